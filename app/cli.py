@@ -1,0 +1,78 @@
+"""`bisenet` console command: one subcommand per stage, each implemented in its own module.
+
+Each module named below exposes `HELP` (one line), `EXAMPLE` (a command line),
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+subcommand runs, so `bisenet run` never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module. Build time (torch) and run time (no torch) side by side.
+SUBCOMMANDS = {
+    "models": "engines.zoo",
+    "export": "engines.export",
+    "train": "training.train",
+    "eval": "training.evaluate",
+    "prepare": "training.prepare",
+    "calibrate": "calibration.calibrate",
+    "build": "engines.tensorrt_build",
+    "run": "app.run",
+    "latency-plot": "app.latency_plot",
+}
+
+
+class CliError(Exception):
+    """An input problem: printed as one line `bisenet: error: ...`, exit code 2."""
+
+
+def build_parser(modules: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bisenet", description="BiSeNetV1 edge segmentation: model zoo, export, training, "
+        "INT8 calibration, TensorRT builds and the live app.",
+        epilog="Example: bisenet models; bisenet export --help")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in modules.items():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+                           epilog=f"Example: {mod.EXAMPLE}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+    return parser
+
+
+def _load(name: str):
+    return importlib.import_module(SUBCOMMANDS[name])
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen in SUBCOMMANDS:
+        modules = {chosen: _load(chosen)}
+    else:
+        # Listing only: describe every subcommand without importing heavy packages.
+        modules = {}
+        for name in SUBCOMMANDS:
+            try:
+                modules[name] = _load(name)
+            except ImportError:
+                continue
+    parser = build_parser(modules)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"bisenet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: system packages the tests use, the venv, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v rtsp-server.pl >/dev/null || [ -x /usr/bin/rtsp-server.pl ] || need+=(rtsp-server-perl)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing system packages (tests needing them will skip): ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2
+    fi
+fi
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
