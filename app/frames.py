@@ -1,0 +1,63 @@
+"""What flows through the run-time pipeline, and the two small protocols around it.
+
+    Reader (source) --image--> capture thread --Frame--> queue --> preprocess --> engine
+    --> labels --> overlay --> Sink.write(frame, overlay, labels)
+
+Every captured Frame ends as exactly one of: written to the sinks, or dropped with a
+reason (see DROP_REASONS). The pipeline counts both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error")
+
+
+@dataclass
+class Frame:
+    id: int                       # 0, 1, 2 ... in capture order
+    capture_ts: float             # time.monotonic() when the reader returned it
+    image: np.ndarray             # uint8 BGR HxWx3 at source resolution
+    source_ts: float | None = None  # the stream's own timestamp (s), if it has one
+    timings: dict = field(default_factory=dict)   # stage -> ms, filled along the way
+
+
+class Reader:
+    """A source of images. `read()` blocks until an image, returns None at end of input,
+    and raises `ReadError` for a bad frame or a lost stream (the caller decides to go on,
+    reconnect, or stop)."""
+
+    live: bool = False            # camera/RTSP: keep only the newest frame
+    fps: float | None = None      # nominal rate if known (files: their own)
+    description: str = ""
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        """-> (BGR uint8 image, source timestamp in seconds or None), or None at the end."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ReadError(RuntimeError):
+    """One frame could not be decoded, or the stream was lost."""
+
+
+class Sink:
+    """An output. `open` is called once with the first frame's size; `write` once per frame."""
+
+    name: str = "sink"
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        pass
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
