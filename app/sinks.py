@@ -131,6 +131,9 @@ class VideoFileSink(Sink):
         self.stream.pix_fmt = "yuv420p"
         if self.bitrate:
             self.stream.bit_rate = int(self.bitrate)
+        elif codec != "libx264":
+            # No CRF outside x264: about 0.15 bit per pixel keeps MPEG-4 free of blocking.
+            self.stream.bit_rate = max(1_000_000, int(0.15 * width * height * fps))
         # Files: one tick per frame. Live: millisecond ticks from the capture clock.
         self.time_base = Fraction(1, 1000) if self.live else 1 / rate
         self.stream.codec_context.time_base = self.time_base
