@@ -44,7 +44,13 @@ class CameraReader(Reader):
         self.cap = None
 
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(self.device)
+        # OpenCV logs a warning per backend it tries; the one-line error below says it all.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self.cap = cv2.VideoCapture(self.device)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self.cap.isOpened():
             raise SourceError(f"cannot open camera {self.device}: check it is plugged in and not used by "
                               "another program (`v4l2-ctl --list-devices` lists cameras)")

@@ -81,7 +81,7 @@ def test_loop_starts_over_with_increasing_timestamps(tmp_path):
 
 def test_bad_sources_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    cases = [str(tmp_path / "missing.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.jpg"), "csi://x"]
+    cases = [str(tmp_path / "missing.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.jpg"), "csi://x", "/dev/video99"]
     if not gstreamer_available():
         cases += ["csi://0", "gst:videotestsrc ! appsink"]
     for spec in cases:
