@@ -125,7 +125,8 @@ class Pipeline:
                 self.reader.close()
             except Exception as e:
                 self.log(f"warning: closing the source: {e}")
-            self.in_q.put(END)   # the inference thread keeps consuming until it sees END
+            # The inference thread consumes until END (or, forced, until the queue is empty).
+            self._put_blocking(self.in_q, END, lambda _: None)
 
     def _put_input(self, frame: Frame) -> None:
         if self.forced.is_set():
@@ -204,7 +205,7 @@ class Pipeline:
             self.forced.set()
             self._drain(self.in_q)
         finally:
-            self.out_q.put(END)
+            self.out_q.put(END)   # the output thread always consumes until END
 
     def _drain(self, q: queue.Queue) -> None:
         while True:

@@ -7,7 +7,7 @@ model-only: engine.infer on one preprocessed batch, back to back (no capture, no
 pipeline:   the app's three threads on a video file (no drops), overlay + null output.
 inference busy: the share of the pipeline's wall time spent inside engine.infer, measured over
             the same seconds as its fps (1.0 = the pipeline adds nothing to the model's time).
-Rounds alternate the two so a busy machine slows both alike; the ratio is per round and the
+Rounds alternate the two (ABBA order) so a busy machine slows both alike; the ratio is per round and the
 median over rounds. A model is exported with random weights when --model is not given: the
 speed of a network does not depend on its weights.
 """
@@ -95,8 +95,8 @@ def main() -> int:
     ap.add_argument("--size", default="512x1024", help="model input HxW when exporting (default 512x1024)")
     ap.add_argument("--source", default=str(SAMPLE), help="video file for the pipeline (looped as needed)")
     ap.add_argument("--frames", type=int, default=10, help="frames per measurement (default 10)")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="alternating model-only/pipeline rounds (default 5): short rounds, many of them, "
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="alternating model-only/pipeline rounds (default 6): short rounds, many of them, "
                     "so a shared machine's changing load hits both sides alike")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers (default cpu)")
@@ -125,8 +125,13 @@ def main() -> int:
     print(f"\n{'round':>6} {'model-only fps':>15} {'pipeline fps':>13} {'ratio':>7} {'inference busy':>15}")
     ratios, busy, model_fps, pipe_fps = [], [], [], []
     for r in range(args.rounds):
-        m = model_only_fps(engine, first, args.frames)
-        p, summary = pipeline_fps(engine, args.source, args.frames)
+        # ABBA order: a load that rises or falls during a round favors neither side.
+        if r % 2 == 0:
+            m = model_only_fps(engine, first, args.frames)
+            p, summary = pipeline_fps(engine, args.source, args.frames)
+        else:
+            p, summary = pipeline_fps(engine, args.source, args.frames)
+            m = model_only_fps(engine, first, args.frames)
         # busy: the share of the pipeline's wall time its inference thread spent in engine.infer,
         # measured over the same seconds as its fps, so the machine's load swings cancel out.
         b = p * summary["inference_s"] / args.frames
