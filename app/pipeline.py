@@ -1,7 +1,8 @@
 """The run-time pipeline: three threads joined by two bounded queues.
 
     capture thread    reader.read() -> Frame(id, capture_ts, image)      -> input queue
-    inference thread  preprocess -> engine.infer -> labels                -> output queue
+                      (files: preprocess here too, ahead of inference)
+    inference thread  (live: preprocess) -> engine.infer -> labels       -> output queue
     output thread     overlay (+ HUD/legend) -> every sink -> latency row
 
 Live sources (camera, RTSP, --realtime) keep only the newest frame: the input queue holds one
@@ -117,6 +118,8 @@ class Pipeline:
                 image, source_ts = got
                 frame = Frame(self.captured, time.monotonic(), image, source_ts)
                 self.captured += 1
+                if not self.live:
+                    self._preprocess_ahead(frame)
                 self._put_input(frame)
         except Exception as e:   # a bug or an unexpected library error: finish cleanly anyway
             self._fail(f"capture: {type(e).__name__}: {e}")
@@ -127,6 +130,18 @@ class Pipeline:
                 self.log(f"warning: closing the source: {e}")
             # The inference thread consumes until END (or, forced, until the queue is empty).
             self._put_blocking(self.in_q, END, lambda _: None)
+
+    def _preprocess_ahead(self, frame: Frame) -> None:
+        """Files: preprocess here, in parallel with the inference of earlier frames, so the
+        inference thread does nothing but infer. (Live sources preprocess in the inference
+        thread instead: most of their captures are replaced before use, and preprocessing
+        those would waste a core.) A failure is left for the inference thread to report."""
+        t0 = time.monotonic()
+        try:
+            frame.batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+        except Exception:
+            return
+        frame.timings["preprocess"] = _ms(t0, time.monotonic())
 
     def _put_input(self, frame: Frame) -> None:
         if self.forced.is_set():
@@ -177,9 +192,14 @@ class Pipeline:
                     self._drop(frame, "shutdown")
                     continue
                 t0 = time.monotonic()
-                frame.timings["queue"] = _ms(frame.capture_ts, t0)
+                # Queue wait: time since capture, less a preprocess the capture thread already did.
+                frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
-                    batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+                    batch = frame.batch
+                    if batch is None:
+                        batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+                        frame.timings["preprocess"] = _ms(t0, time.monotonic())
+                    frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
                     t1 = time.monotonic()
                     labels = np.asarray(self.engine.infer(batch))[0]
                     t2 = time.monotonic()
@@ -193,7 +213,6 @@ class Pipeline:
                         self.request_stop("inference failing")   # drop the rest, finish
                     continue
                 bad = 0
-                frame.timings["preprocess"] = _ms(t0, t1)
                 frame.timings["inference"] = _ms(t1, t2)
                 item = (frame, labels, t2)
                 if self.live:

@@ -211,7 +211,8 @@ def open_plain_source(spec: str, options=None) -> Reader:
     if spec.startswith("csi://") or spec.startswith("gst:"):
         if not gstreamer_available():
             raise SourceError(f"{spec.split(':')[0]} sources need OpenCV built with GStreamer; this OpenCV has "
-                              "none (on a Jetson use the system python3-opencv, or build OpenCV with -DWITH_GSTREAMER=ON)")
+                              "none (on a Jetson use the system python3-opencv, or build OpenCV with "
+                              "-DWITH_GSTREAMER=ON)")
         if spec.startswith("csi://"):
             sensor = spec[len("csi://"):] or "0"
             if not sensor.isdigit():
