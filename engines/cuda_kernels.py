@@ -90,6 +90,51 @@ def gpu_identity() -> tuple[str, str]:
     return name, f"{props['major']}.{props['minor']}"
 
 
+class CudaGraph:
+    """Capture the async work issued on one stream into a CUDA graph, then replay it.
+
+    Through the driver API with ctypes on any stream handle (pycuda's `stream.handle`, CuPy's
+    `stream.ptr`): released pycuda has no graph calls, and this works the same with both.
+    cuGraphInstantiateWithFlags needs CUDA >= 11.4 (JetPack 5 has 11.4)."""
+
+    CAPTURE_MODE_THREAD_LOCAL = 1   # other threads' CUDA calls stay legal during the capture
+
+    def __init__(self, stream_handle: int, work):
+        import ctypes
+        try:
+            self.lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            raise RuntimeError("CUDA graphs need the NVIDIA driver's libcuda.so.1; run without --cuda-graph") from None
+        self.ctypes = ctypes
+        self.stream = ctypes.c_void_p(int(stream_handle))
+        self.graph, self.exec = ctypes.c_void_p(), ctypes.c_void_p()
+        self._check("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(self.CAPTURE_MODE_THREAD_LOCAL))
+        try:
+            work()
+        finally:   # always end the capture, or the stream stays unusable
+            self._check("cuStreamEndCapture", self.stream, ctypes.byref(self.graph))
+        self._check("cuGraphInstantiateWithFlags", ctypes.byref(self.exec), self.graph, ctypes.c_ulonglong(0))
+
+    def _check(self, name, *args):
+        err = getattr(self.lib, name)(*args)
+        if err != 0:
+            text = self.ctypes.c_char_p()
+            self.lib.cuGetErrorString(err, self.ctypes.byref(text))
+            msg = text.value.decode() if text.value else f"error {err}"
+            raise RuntimeError(f"CUDA graph capture failed in {name}: {msg}; run without --cuda-graph")
+
+    def launch(self) -> None:
+        self._check("cuGraphLaunch", self.exec, self.stream)
+
+    def __del__(self):
+        lib = getattr(self, "lib", None)
+        if lib is not None:
+            if self.exec.value:
+                lib.cuGraphExecDestroy(self.exec)
+            if self.graph.value:
+                lib.cuGraphDestroy(self.graph)
+
+
 class CudaKernels:
     """The compiled kernels plus the little device-memory vocabulary the checks need."""
 
@@ -152,6 +197,10 @@ class CudaKernels:
 
     def stream(self):
         return self.cuda.Stream() if self.backend == "pycuda" else self.cupy.cuda.Stream(non_blocking=True)
+
+    def stream_handle(self, stream) -> int:
+        """The CUstream behind a backend stream (for CudaGraph)."""
+        return int(stream.handle) if self.backend == "pycuda" else int(stream.ptr)
 
     def synchronize(self, stream=None) -> None:
         if stream is not None:

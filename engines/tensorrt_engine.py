@@ -135,11 +135,10 @@ class TensorRTEngine(Engine):
 
     def _capture(self, work):
         """Record `work()` (async calls on self.stream) into a CUDA graph; returns its executable."""
+        from engines.cuda_kernels import CudaGraph
         work()                                 # a first run does TensorRT's lazy setup outside the capture
         self.stream.synchronize()
-        self.stream.begin_capture()
-        work()
-        return self.stream.end_capture().instantiate()
+        return CudaGraph(self.stream.handle, work)
 
     # -- the Engine interface (host arrays in and out) -----------------------------------------------
     def _run_host(self, batch1: np.ndarray) -> np.ndarray:
@@ -155,7 +154,7 @@ class TensorRTEngine(Engine):
         if self.use_cuda_graph:
             if self._graph is None:
                 self._graph = self._capture(work)
-            self._graph.launch(self.stream)
+            self._graph.launch()
         else:
             work()
         self.stream.synchronize()
@@ -192,7 +191,7 @@ class TensorRTEngine(Engine):
         if self.use_cuda_graph:
             if r["graph"] is None:
                 r["graph"] = self._capture(r["work"])
-            r["graph"].launch(self.stream)
+            r["graph"].launch()
         else:
             r["work"]()
         self.stream.synchronize()
