@@ -128,6 +128,7 @@ def check_graph(k, backend, frame, labels, lut, cfg, size_hw, repeat):
     graph = ck.CudaGraph(k.stream_handle(stream), work)
     x.set(np.zeros(x.shape, np.float32))
     out.set(np.zeros(out.shape, np.uint8))
+    k.synchronize()                      # the zeroing is done before the replay
     graph.launch()
     stream.synchronize()
     diff = max(max_diff(x.get(), preprocess(frame, size_hw, cfg.mean, cfg.std)),
