@@ -20,6 +20,8 @@ import numpy as np
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = {"preprocess": KERNEL_DIR / "preprocess.cu", "overlay": KERNEL_DIR / "overlay.cu"}
+KERNELS = {"preprocess": ("linear_resize_coeffs", "preprocess_bgr_f32", "preprocess_bgr_f16"),
+           "overlay": ("overlay_bgr", "argmax_channels")}     # the extern "C" entry points of each file
 OVERLAY_MODES = {"overlay": 0, "mask": 1, "side-by-side": 2}   # overlay.cu OVERLAY_MODE_*
 BLOCK_2D = (32, 8, 1)      # 256 threads; a warp spans 32 consecutive pixels of a row
 BLOCK_1D = (256, 1, 1)
@@ -145,13 +147,8 @@ class CudaKernels:
         self.functions = {}
         for name in SOURCES:
             module = self._compile(read_source(name))
-            for fn in self._kernel_names(name):
+            for fn in KERNELS[name]:
                 self.functions[fn] = module.get_function(fn)
-
-    @staticmethod
-    def _kernel_names(source: str) -> list:
-        return {"preprocess": ["linear_resize_coeffs", "preprocess_bgr_f32", "preprocess_bgr_f16"],
-                "overlay": ["overlay_bgr", "argmax_channels"]}[source]
 
     def _pick(self, backend: str) -> str:
         if backend in ("auto", "pycuda"):

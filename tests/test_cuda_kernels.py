@@ -235,7 +235,7 @@ def test_kernels_compile_to_ptx(tmp_path, arch):
         out = tmp_path / f"{name}_{arch}.ptx"
         subprocess.run([nvcc, "--ptx", f"-arch={arch}", "-o", str(out), str(src)], check=True)
         text = out.read_text()
-        for kernel in ck.CudaKernels._kernel_names(name):
+        for kernel in ck.KERNELS[name]:
             assert f".entry {kernel}(" in text, kernel   # extern "C": names unmangled
 
 
