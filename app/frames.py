@@ -23,6 +23,7 @@ class Frame:
     source_ts: float | None = None  # the stream's own timestamp (s), if it has one
     timings: dict = field(default_factory=dict)   # stage -> ms, filled along the way
     batch: np.ndarray | None = None   # the preprocessed model input, when done ahead of inference
+    overlay: np.ndarray | None = None  # the finished overlay, when a GPU engine made it (run_fused)
 
 
 class Reader:

@@ -70,6 +70,12 @@ class Pipeline:
         self.lut = palette_bgr(info.palette)
         self.class_names = list(info.class_names)
         self.input_dtype = getattr(engine, "input_dtype", np.float32)
+        # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
+        # (uint8 frame in, uint8 overlay out, no host round trip). The legend and saved label
+        # maps need the labels on the host, so they keep the CPU overlay.
+        fused = getattr(engine, "run_fused", None)
+        needs_labels = legend or any(getattr(s, "save_labels", False) for s in self.sinks)
+        self.fused = fused if fused is not None and not needs_labels else None
 
     # ---- control -------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested", quiet: bool = False) -> None:
@@ -118,7 +124,7 @@ class Pipeline:
                 image, source_ts = got
                 frame = Frame(self.captured, time.monotonic(), image, source_ts)
                 self.captured += 1
-                if not self.live:
+                if not self.live and self.fused is None:
                     self._preprocess_ahead(frame)
                 self._put_input(frame)
         except Exception as e:   # a bug or an unexpected library error: finish cleanly anyway
@@ -195,14 +201,23 @@ class Pipeline:
                 # Queue wait: time since capture, less a preprocess the capture thread already did.
                 frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
-                    batch = frame.batch
-                    if batch is None:
-                        batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
-                        frame.timings["preprocess"] = _ms(t0, time.monotonic())
-                    frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
-                    t1 = time.monotonic()
-                    labels = np.asarray(self.engine.infer(batch))[0]
-                    t2 = time.monotonic()
+                    if self.fused is not None:
+                        # GPU preprocess + network + overlay in one call (timed as inference);
+                        # what travels on is the finished overlay, not labels.
+                        frame.timings["preprocess"] = 0.0
+                        t1 = time.monotonic()
+                        labels = None
+                        frame.overlay = self.fused(frame.image, self.alpha, self.mode)
+                        t2 = time.monotonic()
+                    else:
+                        batch = frame.batch
+                        if batch is None:
+                            batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+                            frame.timings["preprocess"] = _ms(t0, time.monotonic())
+                        frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
+                        t1 = time.monotonic()
+                        labels = np.asarray(self.engine.infer(batch))[0]
+                        t2 = time.monotonic()
                 except Exception as e:
                     self._drop(frame, "inference_error")
                     bad += 1
@@ -250,7 +265,10 @@ class Pipeline:
                     continue
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
-                image = render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+                if frame.overlay is None:
+                    image = render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+                else:
+                    image, frame.overlay = frame.overlay, None
                 self._annotate(image, labels)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
@@ -303,7 +321,7 @@ class Pipeline:
             active.remove(sink)
 
     def _annotate(self, image: np.ndarray, labels: np.ndarray) -> None:
-        if self.legend:
+        if self.legend and labels is not None:
             present = set(np.flatnonzero(np.bincount(labels.ravel().astype(np.int64),
                                                      minlength=len(self.class_names))).tolist())
             draw_legend(image, self.class_names, self.lut, present)
