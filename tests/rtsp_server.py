@@ -107,7 +107,8 @@ class RtspRelay:
 
 
 class FfmpegPublisher:
-    """ffmpeg pushing a video file in a loop at its own rate (-re) to an RTSP server over UDP."""
+    """ffmpeg pushing a video file in a loop at its own rate (-re) to an RTSP server over UDP,
+    like an IP camera."""
 
     def __init__(self, url: str, video: Path = SAMPLE_VIDEO, log_dir: Path | None = None):
         self.url, self.video = url, video
@@ -118,7 +119,11 @@ class FfmpegPublisher:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1",
-             "-i", str(self.video), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "udp", self.url],
+             "-i", str(self.video),
+             # Re-encoded with a keyframe every second like a real camera (the sample file
+             # has a single keyframe, so a viewer joining mid-loop would wait for the loop).
+             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
+             "-threads", "1", "-f", "rtsp", "-rtsp_transport", "udp", self.url],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         return self

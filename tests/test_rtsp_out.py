@@ -127,3 +127,52 @@ def test_odd_frame_size_is_cropped_to_even(relay):
     finally:
         sink.close()
     assert frames[0].shape == (120, 160, 3)
+
+
+def test_server_down_at_start_then_up_the_stream_appears(relay):
+    """Fault: the RTSP server is down when the app starts and comes up later."""
+    relay.kill()                                  # same ports, nothing listening yet
+    width, height = 160, 120
+    image = sample_image(width, height)
+    sink = RtspPushSink(relay.push_url("/late"), bitrate=500_000, transport="udp",
+                        backoff_initial=0.2, backoff_max=1.0)
+    sink.open(width, height, 25.0)
+    try:
+        assert sink.connects == 0 and sink.outages == 1
+        with Feeder(sink, image, fps=25.0) as feeder:
+            wait_until(lambda: feeder.count >= 20, 10, "frames written while the server is down")
+            relay.start()
+            wait_until(lambda: sink.connects == 1, 15, "the sink to connect")
+            frames = decode_rtsp(relay.pull_url("/late"), 20, timeout_s=20)
+        fed = feeder.count
+        stats = sink.stats()
+    finally:
+        sink.close()
+    assert len(frames) == 20 and frames[0].shape == (height, width, 3)
+    assert stats["dropped"]["server_down"] >= 20
+    assert stats["written"] + sum(stats["dropped"].values()) == fed
+    assert stats["outage_s_total"] > 0
+
+
+def test_server_killed_and_restarted_the_push_resumes(relay):
+    """Fault: the server dies mid-stream (SIGKILL) and comes back on the same port."""
+    width, height = 160, 120
+    image = sample_image(width, height)
+    sink = RtspPushSink(relay.push_url("/again"), bitrate=500_000, transport="udp",
+                        backoff_initial=0.2, backoff_max=1.0)
+    sink.open(width, height, 25.0)
+    try:
+        with Feeder(sink, image, fps=25.0) as feeder:
+            assert len(decode_rtsp(relay.pull_url("/again"), 10, timeout_s=20)) == 10
+            relay.kill()
+            wait_until(lambda: sink.outages == 1, 15, "the sink to notice the dead server")
+            relay.start()
+            wait_until(lambda: sink.connects == 2, 15, "the sink to reconnect")
+            frames = decode_rtsp(relay.pull_url("/again"), 10, timeout_s=20)
+        fed = feeder.count
+        stats = sink.stats()
+    finally:
+        sink.close()
+    assert len(frames) == 10 and frames[0].shape == (height, width, 3)
+    assert stats["dropped"]["send_error"] == 1
+    assert stats["written"] + sum(stats["dropped"].values()) == fed
