@@ -268,11 +268,10 @@ class RtspServeSink(Sink):
         self.name = f"rtsp serve rtsp://@:{port}{path}"
         self.written = 0
         self.dropped = {"no_viewer": 0, "send_error": 0}
-        self._appsrcs: list = []
+        self._appsrcs: dict = {}         # appsrc of each prepared media -> its first capture_ts
         self._lock = threading.Lock()
         self._loop = None
         self._thread = None
-        self._t0: float | None = None
 
     def open(self, width: int, height: int, fps: float) -> None:
         Gst, GstRtspServer, GLib = _import_gstreamer()
@@ -287,8 +286,10 @@ class RtspServeSink(Sink):
                        f"bitrate={self.bitrate} iframeinterval={gop} insert-sps-pps=true "
                        "maxperf-enable=true")
         elif Gst.ElementFactory.find("x264enc"):
+            # threads=1: with zerolatency's sliced threads, viewers here decoded only the
+            # last slice of each frame (tested with ffmpeg over TCP and UDP, GStreamer 1.22).
             encoder = (f"videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency "
-                       f"speed-preset=ultrafast bitrate={kbps} key-int-max={gop}")
+                       f"speed-preset=ultrafast bitrate={kbps} key-int-max={gop} threads=1")
         else:
             raise RuntimeError("GStreamer has no H.264 encoder: install gstreamer1.0-plugins-ugly "
                                "(x264enc), or use nvv4l2h264enc on a Jetson")
@@ -316,30 +317,29 @@ class RtspServeSink(Sink):
     def _on_media_configure(self, factory, media) -> None:
         appsrc = media.get_element().get_child_by_name("src")
         with self._lock:
-            self._appsrcs.append(appsrc)
+            self._appsrcs[appsrc] = None
         media.connect("unprepared", lambda m: self._forget(appsrc))
 
     def _forget(self, appsrc) -> None:
         with self._lock:
-            if appsrc in self._appsrcs:
-                self._appsrcs.remove(appsrc)
+            self._appsrcs.pop(appsrc, None)
 
     def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
         with self._lock:
-            targets = list(self._appsrcs)
+            for appsrc, t0 in self._appsrcs.items():
+                if t0 is None:              # each media's clock starts at its first buffer
+                    self._appsrcs[appsrc] = frame.capture_ts
+            targets = list(self._appsrcs.items())
         if not targets:
             self.dropped["no_viewer"] += 1
             return
         Gst = self._Gst
         w, h = self._size
         data = np.ascontiguousarray(overlay_bgr[:h, :w]).tobytes()
-        if self._t0 is None:
-            self._t0 = frame.capture_ts
-        pts = int((frame.capture_ts - self._t0) * Gst.SECOND)
         ok = False
-        for appsrc in targets:
+        for appsrc, t0 in targets:
             buf = Gst.Buffer.new_wrapped(data)
-            buf.pts = buf.dts = pts
+            buf.pts = buf.dts = int((frame.capture_ts - t0) * Gst.SECOND)
             ok = appsrc.emit("push-buffer", buf) == Gst.FlowReturn.OK or ok
         if ok:
             self.written += 1
@@ -348,7 +348,7 @@ class RtspServeSink(Sink):
 
     def close(self) -> None:
         with self._lock:
-            targets, self._appsrcs = list(self._appsrcs), []
+            targets, self._appsrcs = list(self._appsrcs), {}
         for appsrc in targets:
             appsrc.emit("end-of-stream")
         if self._loop is not None:

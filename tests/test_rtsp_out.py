@@ -176,3 +176,32 @@ def test_server_killed_and_restarted_the_push_resumes(relay):
     assert len(frames) == 10 and frames[0].shape == (height, width, 3)
     assert stats["dropped"]["send_error"] == 1
     assert stats["written"] + sum(stats["dropped"].values()) == fed
+
+
+def test_serve_from_the_app_viewers_can_come_and_go():
+    """rtsp://@:PORT/PATH: the app is the RTSP server (GStreamer); a viewer decodes frames,
+    leaves, and a second viewer connects again."""
+    pytest.importorskip("gi", reason="needs PyGObject + gst-rtsp-server (pip install 'bisenet-edge[serve]'; "
+                                     "apt install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly)")
+    from tests.rtsp_server import free_tcp_port
+    width, height = 160, 120
+    image = sample_image(width, height)
+    port = free_tcp_port()
+    sink = open_rtsp_sink(f"rtsp://@:{port}/live", argparse.Namespace(bitrate="500k"))
+    try:
+        sink.open(width, height, 25.0)
+    except RuntimeError as e:           # PyGObject present but gst-rtsp-server/x264enc missing
+        pytest.skip(str(e))
+    try:
+        with Feeder(sink, image, fps=25.0) as feeder:
+            first = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="tcp")
+            second = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="udp")
+        fed = feeder.count
+    finally:
+        sink.close()
+    assert len(first) == 30 and len(second) == 30
+    assert first[0].shape == (height, width, 3)
+    assert psnr(second[-1], image) > 28
+    stats = sink.stats()
+    assert stats["written"] >= 60
+    assert stats["written"] + sum(stats["dropped"].values()) == fed
