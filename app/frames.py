@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error")
+DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error", "sink_error")
 
 
 @dataclass
