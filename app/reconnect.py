@@ -165,6 +165,11 @@ class ReconnectingReader(Reader):
                 self._failed(f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}")
         return None
 
+    def interrupt(self) -> None:
+        """From another thread (the pipeline stopping): a read() waiting for the source to come
+        back returns None now, like an end of input."""
+        self._closed.set()
+
     def close(self) -> None:
         self._closed.set()
         conn = self._conn

@@ -35,15 +35,6 @@ DEFAULT_BITRATE = 2_000_000
 RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
 
-def add_arguments(parser) -> None:
-    """The RTSP output flags (run_camera.py / `bisenet run` add them to their parser)."""
-    g = parser.add_argument_group("RTSP output")
-    g.add_argument("--bitrate", default="2M", metavar="BITS",
-                   help="H.264 bitrate of RTSP outputs, e.g. 800k, 2M, 4000000 (default 2M)")
-    g.add_argument("--rtsp-transport", choices=("auto", "udp", "tcp"), default="auto",
-                   help="how to push to an RTSP server: auto tries UDP then TCP (default auto)")
-
-
 def parse_bitrate(text) -> int:
     """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000."""
     s = str(text).strip().lower()
@@ -59,6 +50,7 @@ def parse_bitrate(text) -> int:
 
 def open_rtsp_sink(spec: str, args) -> Sink:
     """`rtsp://HOST:PORT/PATH` -> push to that server; `rtsp://@:PORT/PATH` -> serve it here."""
+    # --bitrate and --rtsp-transport are the app's flags (app/run.py).
     bitrate = parse_bitrate(getattr(args, "bitrate", None) or DEFAULT_BITRATE)
     parts = urlsplit(spec)
     if parts.scheme != "rtsp" or not parts.netloc:
