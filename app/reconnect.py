@@ -39,6 +39,7 @@ class _Connection:
         self.reader = reader             # is a stall like a hung read
         self.handoff: queue.Queue = queue.Queue(maxsize=1)
         self.abandoned = threading.Event()
+        self.frames = 0                  # frames taken from it (0: still opening)
         self.thread = threading.Thread(target=self._run, name=f"source-conn-{number}", daemon=True)
         self.thread.start()
 
@@ -89,12 +90,15 @@ class ReconnectingReader(Reader):
 
     def __init__(self, open_reader: Callable[[], Reader], timeout_s: float = 5.0,
                  backoff_initial: float = 0.5, backoff_max: float = 10.0,
-                 first: Reader | None = None):
+                 first: Reader | None = None, open_timeout_s: float | None = None):
         if timeout_s <= 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need timeout_s > 0 and 0 < backoff_initial <= backoff_max; "
                              "check --source-timeout and the reconnect backoff settings")
         self.open_reader = open_reader
         self.timeout_s = float(timeout_s)
+        # Opening a stream and waiting for its first keyframe takes longer than the gap
+        # between two frames (RTSP: a few round trips, probing, up to a GOP): its own budget.
+        self.open_timeout_s = float(open_timeout_s or max(self.timeout_s, 10.0))
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.first = first
@@ -123,17 +127,19 @@ class ReconnectingReader(Reader):
         first, self.first = self.first, None
         self._conn = self._connect(first)
         # Wait for the first frame or the first failure so that a bad source fails loudly.
-        kind, value = self._take(self.timeout_s)
+        wait = self.open_timeout_s
+        kind, value = self._take(wait)
         if kind == "error":
             self._drop_connection()
             raise value if isinstance(value, Exception) else RuntimeError(str(value))
         if kind in ("stall", "end"):
             self._drop_connection()
             what = "ended before its first frame" if kind == "end" else \
-                f"gave no frame within {self.timeout_s:g} s"
+                f"gave no frame within {wait:g} s"
             raise RuntimeError(f"source {self.description or '?'} {what}; check that it is "
                                "running, or raise --source-timeout")
         self._pending = value
+        self._conn.frames = 1
         self._started = True
         reader = self._conn.reader
         self.description = self.description or reader.description
@@ -152,13 +158,15 @@ class ReconnectingReader(Reader):
                     break
                 self.reconnect_attempts += 1
                 self._conn = self._connect()
-            kind, value = self._take(self.timeout_s)
+            wait = self.timeout_s if self._conn.frames else self.open_timeout_s
+            kind, value = self._take(wait)
             if kind == "frame":
+                self._conn.frames += 1
                 return self._got_frame(value)
             if kind == "closed":
                 break
             if kind == "stall":
-                self._failed(f"no frame within {self.timeout_s:g} s", stall=True)
+                self._failed(f"no frame within {wait:g} s", stall=True)
             elif kind == "end":
                 self._failed("stream ended")
             else:

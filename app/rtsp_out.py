@@ -297,7 +297,8 @@ class RtspServeSink(Sink):
         factory.set_shared(True)                  # one encoder for all viewers
         factory.connect("media-configure", self._on_media_configure)
         server.get_mount_points().add_factory(self.path, factory)
-        if server.attach(None) == 0:
+        self._source_id = server.attach(None)
+        if self._source_id == 0:
             raise RuntimeError(f"--output rtsp://@:{self.port}{self.path}: cannot listen on "
                                f"port {self.port}; pick a free port")
         self._Gst, self._server = Gst, server
@@ -344,7 +345,17 @@ class RtspServeSink(Sink):
         for appsrc in targets:
             appsrc.emit("end-of-stream")
         if self._loop is not None:
-            self._loop.quit()
+            # Disconnect the viewers (their media pipelines stop with them), stop listening,
+            # then end the main loop: nothing of GStreamer's keeps running after close().
+            from gi.repository import GLib, GstRtspServer
+
+            def shutdown():
+                self._server.client_filter(lambda server, client: GstRtspServer.RTSPFilterResult.REMOVE)
+                GLib.source_remove(self._source_id)
+                self._loop.quit()
+                return False
+
+            GLib.idle_add(shutdown)
             self._thread.join(timeout=5.0)
 
     def stats(self) -> dict:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import time
 from pathlib import Path
 
@@ -264,8 +265,16 @@ def open_plain_source(spec: str, options=None) -> Reader:
             try:
                 reader.open()
                 return reader
-            except SourceError:
-                reader = OpenCVVideoReader(str(path))   # e.g. a codec this FFmpeg build lacks
+            except SourceError as pyav_error:
+                # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
+                # log lines on a broken file; PyAV's message is the one that says why.
+                os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+                reader = OpenCVVideoReader(str(path))
+                try:
+                    reader.open()
+                except SourceError:
+                    raise SourceError(f"{pyav_error} (truncated, or not a video?)") from None
+                return reader
     reader.open()
     return reader
 

@@ -30,6 +30,21 @@ needs_rtsp_server = pytest.mark.skipif(
            "scripts/test.sh installs them)")
 
 
+# /usr/bin/rtsp-server-perl's own few lines, plus the RTP port base: its --rtp_start_port is
+# reset to the package default 20000 whenever a connection closes with no stream mounted,
+# so two relays (or a leftover one) would fight over UDP 20000.
+LAUNCHER = (
+    "use AnyEvent; use RTSP::Server; $RTSP::Server::RTP_START_PORT = shift @ARGV; "
+    "my $srv = RTSP::Server->new_with_options(rtp_start_port => $RTSP::Server::RTP_START_PORT); "
+    "$srv->listen; AnyEvent->condvar->recv;")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the test process dies, even by a crash (Linux)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,10 +103,12 @@ class RtspRelay:
         assert self.proc is None
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [RTSP_SERVER, "--clientport", str(self.client_port), "--serverport", str(self.source_port),
+            ["perl", "-e", LAUNCHER, str(self.rtp_start_port),
+             "--clientport", str(self.client_port), "--serverport", str(self.source_port),
              "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
-             "--rtp_start_port", str(self.rtp_start_port), "--loglevel", "2"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+             "--loglevel", "2"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent)
         log.close()
         wait_for_port(self.source_port)
         wait_for_port(self.client_port)
@@ -124,7 +141,8 @@ class FfmpegPublisher:
              # has a single keyframe, so a viewer joining mid-loop would wait for the loop).
              "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
              "-threads", "1", "-f", "rtsp", "-rtsp_transport", "udp", self.url],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent)
         log.close()
         return self
 
@@ -141,12 +159,17 @@ def decode_rtsp(url: str, frames: int, timeout_s: float = 20.0, transport: str =
     Raises on timeout. The viewer joins mid-stream, so it starts at the next keyframe."""
     import numpy as np
 
-    probe = subprocess.run(
-        [shutil.which("ffprobe"), "-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0",
-         "-show_entries", "stream=width,height", "-of", "csv=p=0", url],
-        capture_output=True, text=True, timeout=timeout_s)
-    if probe.returncode != 0:
-        raise RuntimeError(f"ffprobe {url}: {probe.stderr.strip()}")
+    deadline = time.monotonic() + timeout_s
+    while True:    # a 404 until the publisher has announced the stream: ask again
+        probe = subprocess.run(
+            [shutil.which("ffprobe"), "-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0",
+             "-show_entries", "stream=width,height", "-of", "csv=p=0", url],
+            capture_output=True, text=True, timeout=timeout_s)
+        if probe.returncode == 0 and probe.stdout.strip():
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ffprobe {url}: {probe.stderr.strip()}")
+        time.sleep(0.3)
     width, height = (int(v) for v in probe.stdout.strip().split(",")[:2])
     out = subprocess.run(
         [FFMPEG, "-nostdin", "-v", "error", "-rtsp_transport", transport, "-i", url,

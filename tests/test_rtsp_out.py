@@ -11,7 +11,7 @@ import pytest
 
 from app.frames import Frame
 from app.rtsp_out import RtspPushSink, RtspServeSink, open_rtsp_sink, parse_bitrate
-from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, publishers, relay  # noqa: F401 (fixtures)
+from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, relay  # noqa: F401 (fixture)
 
 
 def sample_image(width: int, height: int) -> np.ndarray:
@@ -82,11 +82,9 @@ def test_open_rtsp_sink_picks_push_or_serve():
 
 
 def test_serve_without_gstreamer_is_one_line_naming_packages():
-    try:
-        import gi  # noqa: F401
+    import importlib.util
+    if importlib.util.find_spec("gi") is not None:
         pytest.skip("PyGObject is installed here; the serve path is exercised instead")
-    except ImportError:
-        pass
     sink = open_rtsp_sink("rtsp://@:8600/live", argparse.Namespace())
     with pytest.raises(RuntimeError) as err:
         sink.open(160, 120, 15)
@@ -129,31 +127,6 @@ def test_odd_frame_size_is_cropped_to_even(relay):
     assert frames[0].shape == (120, 160, 3)
 
 
-def test_server_down_at_start_then_up_the_stream_appears(relay):
-    """Fault: the RTSP server is down when the app starts and comes up later."""
-    relay.kill()                                  # same ports, nothing listening yet
-    width, height = 160, 120
-    image = sample_image(width, height)
-    sink = RtspPushSink(relay.push_url("/late"), bitrate=500_000, transport="udp",
-                        backoff_initial=0.2, backoff_max=1.0)
-    sink.open(width, height, 25.0)
-    try:
-        assert sink.connects == 0 and sink.outages == 1
-        with Feeder(sink, image, fps=25.0) as feeder:
-            wait_until(lambda: feeder.count >= 20, 10, "frames written while the server is down")
-            relay.start()
-            wait_until(lambda: sink.connects == 1, 15, "the sink to connect")
-            frames = decode_rtsp(relay.pull_url("/late"), 20, timeout_s=20)
-        fed = feeder.count
-        stats = sink.stats()
-    finally:
-        sink.close()
-    assert len(frames) == 20 and frames[0].shape == (height, width, 3)
-    assert stats["dropped"]["server_down"] >= 20
-    assert stats["written"] + sum(stats["dropped"].values()) == fed
-    assert stats["outage_s_total"] > 0
-
-
 def test_server_killed_and_restarted_the_push_resumes(relay):
     """Fault: the server dies mid-stream (SIGKILL) and comes back on the same port."""
     width, height = 160, 120
@@ -178,30 +151,62 @@ def test_server_killed_and_restarted_the_push_resumes(relay):
     assert stats["written"] + sum(stats["dropped"].values()) == fed
 
 
+# The served stream runs in its own process: with GStreamer (PyGObject) loaded, a later torch
+# export in the same test process aborts inside pybind11 (the app itself never imports torch).
+SERVE_SCRIPT = """
+import argparse, json, signal, sys, time
+import numpy as np
+from app.frames import Frame
+from app.rtsp_out import open_rtsp_sink
+from tests.test_rtsp_out import sample_image
+image = sample_image(160, 120)
+sink = open_rtsp_sink(f"rtsp://@:{sys.argv[1]}/live", argparse.Namespace(bitrate="500k"))
+sink.open(160, 120, 25.0)
+print("ready", flush=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+n, t0 = 0, time.monotonic()
+while not stop and n < 25 * 60:
+    sink.write(Frame(n, time.monotonic(), image), image, None)
+    n += 1
+    time.sleep(max(0.0, t0 + n / 25 - time.monotonic()))
+sink.close()
+print(json.dumps({"fed": n, **sink.stats()}), flush=True)
+"""
+
+
 def test_serve_from_the_app_viewers_can_come_and_go():
     """rtsp://@:PORT/PATH: the app is the RTSP server (GStreamer); a viewer decodes frames,
     leaves, and a second viewer connects again."""
-    pytest.importorskip("gi", reason="needs PyGObject + gst-rtsp-server (pip install 'bisenet-edge[serve]'; "
-                                     "apt install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly)")
+    import importlib.util
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.app_helpers import REPO
     from tests.rtsp_server import free_tcp_port
-    width, height = 160, 120
-    image = sample_image(width, height)
+    if importlib.util.find_spec("gi") is None:
+        pytest.skip("needs PyGObject + gst-rtsp-server (pip install 'bisenet-edge[serve]'; "
+                    "apt install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly)")
     port = free_tcp_port()
-    sink = open_rtsp_sink(f"rtsp://@:{port}/live", argparse.Namespace(bitrate="500k"))
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(port)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        sink.open(width, height, 25.0)
-    except RuntimeError as e:           # PyGObject present but gst-rtsp-server/x264enc missing
-        pytest.skip(str(e))
-    try:
-        with Feeder(sink, image, fps=25.0) as feeder:
-            first = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="tcp")
-            second = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="udp")
-        fed = feeder.count
+        ready = proc.stdout.readline().strip()
+        if ready != "ready":
+            err = proc.communicate(timeout=30)[1].strip().splitlines()
+            if err and "gst-rtsp-server" in err[-1]:
+                pytest.skip(err[-1])         # PyGObject present but gst-rtsp-server/x264enc missing
+            raise AssertionError(f"serving failed: {err[-5:]}")
+        first = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="tcp")
+        second = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="udp")
     finally:
-        sink.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
     assert len(first) == 30 and len(second) == 30
-    assert first[0].shape == (height, width, 3)
-    assert psnr(second[-1], image) > 28
-    stats = sink.stats()
+    assert first[0].shape == (120, 160, 3)
+    assert psnr(second[-1], sample_image(160, 120)) > 28
+    stats = json.loads(out.strip().splitlines()[-1])
     assert stats["written"] >= 60
-    assert stats["written"] + sum(stats["dropped"].values()) == fed
+    assert stats["written"] + sum(stats["dropped"].values()) == stats["fed"]
