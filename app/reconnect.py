@@ -14,7 +14,7 @@ by its own daemon thread; a stalled one is abandoned and closes itself whenever 
 read finally returns, while a new connection takes over at once.
 
 Every outage is logged when it starts and when it ends, with its duration (from the last
-frame before it to the first frame after it), and counted in `stats()`.
+frame before it to the first frame after it), and counted in `counters()`.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ class ReconnectingReader(Reader):
 
     # -- counters -------------------------------------------------------------------------
 
-    def stats(self) -> dict:
+    def counters(self) -> dict:
         """Counters for the run summary. `down_now_s` > 0 when an outage is still open."""
         down_now = (time.monotonic() - self._outage_start) if self._outage_start is not None else 0.0
         return {"frames": self.frames, "outages": self.outages, "stalls": self.stalls,

@@ -205,7 +205,7 @@ class RtspPushSink(Sink):
             log.warning("%s: still down at shutdown after %.1f s", self.name,
                         time.monotonic() - self._down_since)
 
-    def stats(self) -> dict:
+    def counters(self) -> dict:
         """Counters for the run summary: frames in = written + sum(dropped)."""
         return {"written": self.written, "dropped": dict(self.dropped),
                 "outages": self.outages, "outage_s_total": round(self.outage_s_total, 3),
@@ -358,7 +358,7 @@ class RtspServeSink(Sink):
             GLib.idle_add(shutdown)
             self._thread.join(timeout=5.0)
 
-    def stats(self) -> dict:
+    def counters(self) -> dict:
         return {"written": self.written, "dropped": dict(self.dropped)}
 
 

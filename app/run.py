@@ -182,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
     if opts.latency_log:
         print(f"latency log: {opts.latency_log}", file=sys.stderr)
     for part in [reader, *sinks]:   # reconnect counters of live sources and RTSP outputs
-        if callable(getattr(part, "stats", None)) and part.stats():
+        if callable(getattr(part, "counters", None)) and part.counters():
             flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
-                    for k, v in part.stats().items()]
+                    for k, v in part.counters().items()]
             print(f"{getattr(part, 'name', None) or 'source ' + reader.description}: {', '.join(flat)}",
                   file=sys.stderr)
     for name, err in pipeline.sink_failures.items():

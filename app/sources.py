@@ -118,7 +118,7 @@ class PyAVReader(Reader):
             self.corrupt_frames += 1
         return frame.to_ndarray(format="bgr24"), frame.time
 
-    def stats(self) -> dict:
+    def counters(self) -> dict:
         """For the run summary, only when something was wrong: concealed decode errors, and
         frames a truncated file announced but did not have."""
         missing = max(0, self.declared - self.decoded) if self.at_end else 0

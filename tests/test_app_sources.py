@@ -169,4 +169,4 @@ def test_live_sources_get_the_reconnect_wrapper(mjpeg_server):
         again.close()
     finally:
         wrapped.close()
-    assert wrapped.stats()["outages"] == 0
+    assert wrapped.counters()["outages"] == 0

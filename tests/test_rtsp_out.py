@@ -100,7 +100,7 @@ def test_push_is_decoded_by_a_real_rtsp_viewer(relay):
     sink = open_rtsp_sink(relay.push_url("/overlay"), argparse.Namespace(bitrate="1M"))
     sink.open(width, height, 25.0)
     try:
-        assert sink.connects == 1, sink.stats()
+        assert sink.connects == 1, sink.counters()
         with Feeder(sink, image, fps=25.0) as feeder:
             frames = decode_rtsp(relay.pull_url("/overlay"), 50, timeout_s=30)
             fed = feeder.count
@@ -109,7 +109,7 @@ def test_push_is_decoded_by_a_real_rtsp_viewer(relay):
     assert len(frames) == 50
     assert frames[0].shape == (height, width, 3)
     assert psnr(frames[-1], image) > 28, "decoded frame does not match what was sent"
-    stats = sink.stats()
+    stats = sink.counters()
     assert stats["written"] + sum(stats["dropped"].values()) >= fed
     assert stats["dropped"] == {"server_down": 0, "send_error": 0}
 
@@ -143,7 +143,7 @@ def test_server_killed_and_restarted_the_push_resumes(relay):
             wait_until(lambda: sink.connects == 2, 15, "the sink to reconnect")
             frames = decode_rtsp(relay.pull_url("/again"), 10, timeout_s=20)
         fed = feeder.count
-        stats = sink.stats()
+        stats = sink.counters()
     finally:
         sink.close()
     assert len(frames) == 10 and frames[0].shape == (height, width, 3)
@@ -171,7 +171,7 @@ while not stop and n < 25 * 60:
     n += 1
     time.sleep(max(0.0, t0 + n / 25 - time.monotonic()))
 sink.close()
-print(json.dumps({"fed": n, **sink.stats()}), flush=True)
+print(json.dumps({"fed": n, **sink.counters()}), flush=True)
 """
 
 

@@ -80,7 +80,7 @@ def test_errors_and_ends_reconnect_with_backoff_and_are_counted(caplog):
     elapsed = time.monotonic() - t0
     r.close()
     assert [int(img[0, 0, 0]) for img, _ in frames] == [1, 2, 3, 1, 2, 1, 2, 3, 4, 5]
-    s = r.stats()
+    s = r.counters()
     # Outage 1: error -> refused -> refused -> frames. Outage 2: end -> frames.
     assert s["outages"] == 2 and s["stalls"] == 0
     assert s["reconnect_attempts"] == 4 and s["frames"] == 10
@@ -101,7 +101,7 @@ def test_stall_is_detected_and_the_stuck_reader_is_abandoned():
     r.open()
     frames = read_n(r, 5)
     assert [int(img[0, 0, 0]) for img, _ in frames] == [1, 2, 1, 2, 3]
-    s = r.stats()
+    s = r.counters()
     assert s["outages"] == 1 and s["stalls"] == 1 and s["outage_s_max"] >= 0.5
     # The stalled reader is still blocked in read(); once that returns, it closes itself.
     assert not made[0].closed
@@ -130,7 +130,7 @@ def test_slow_opens_get_their_own_budget_gaps_between_frames_do_not():
     release.set()
     r.close()
     assert [int(img[0, 0, 0]) for img, _ in frames] == [1, 2, 1, 2, 3]
-    s = r.stats()
+    s = r.counters()
     assert s["outages"] == 1 and s["stalls"] == 1 and s["reconnect_attempts"] == 1
 
 
@@ -158,7 +158,7 @@ def test_close_interrupts_a_read_waiting_for_the_source():
     r.close()
     t.join(timeout=5)
     assert not t.is_alive() and result["item"] is None
-    assert r.stats()["down_now_s"] > 0
+    assert r.counters()["down_now_s"] > 0
 
 
 def test_uses_an_already_opened_first_reader():
