@@ -41,7 +41,8 @@ async function poll() {{
   try {{
     const s = await (await fetch('/stats.json', {{cache: 'no-store'}})).json();
     document.getElementById('stats').textContent =
-      `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
+      `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
+      `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
   }} catch (e) {{
     document.getElementById('stats').textContent = 'stream ended';
   }}

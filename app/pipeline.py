@@ -1,7 +1,8 @@
 """The run-time pipeline: three threads joined by two bounded queues.
 
     capture thread    reader.read() -> Frame(id, capture_ts, image)      -> input queue
-    inference thread  preprocess -> engine.infer -> labels                -> output queue
+                      (files: preprocess here too, ahead of inference)
+    inference thread  (live: preprocess) -> engine.infer -> labels       -> output queue
     output thread     overlay (+ HUD/legend) -> every sink -> latency row
 
 Live sources (camera, RTSP, --realtime) keep only the newest frame: the input queue holds one
@@ -69,6 +70,12 @@ class Pipeline:
         self.lut = palette_bgr(info.palette)
         self.class_names = list(info.class_names)
         self.input_dtype = getattr(engine, "input_dtype", np.float32)
+        # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
+        # (uint8 frame in, uint8 overlay out, no host round trip). The legend and saved label
+        # maps need the labels on the host, so they keep the CPU overlay.
+        fused = getattr(engine, "run_fused", None)
+        needs_labels = legend or any(getattr(s, "save_labels", False) for s in self.sinks)
+        self.fused = fused if fused is not None and not needs_labels else None
 
     # ---- control -------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested", quiet: bool = False) -> None:
@@ -120,6 +127,8 @@ class Pipeline:
                 image, source_ts = got
                 frame = Frame(self.captured, time.monotonic(), image, source_ts)
                 self.captured += 1
+                if not self.live and self.fused is None:
+                    self._preprocess_ahead(frame)
                 self._put_input(frame)
         except Exception as e:   # a bug or an unexpected library error: finish cleanly anyway
             self._fail(f"capture: {type(e).__name__}: {e}")
@@ -128,7 +137,20 @@ class Pipeline:
                 self.reader.close()
             except Exception as e:
                 self.log(f"warning: closing the source: {e}")
-            self.in_q.put(END)   # the inference thread keeps consuming until it sees END
+            # The inference thread consumes until END (or, forced, until the queue is empty).
+            self._put_blocking(self.in_q, END, lambda _: None)
+
+    def _preprocess_ahead(self, frame: Frame) -> None:
+        """Files: preprocess here, in parallel with the inference of earlier frames, so the
+        inference thread does nothing but infer. (Live sources preprocess in the inference
+        thread instead: most of their captures are replaced before use, and preprocessing
+        those would waste a core.) A failure is left for the inference thread to report."""
+        t0 = time.monotonic()
+        try:
+            frame.batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+        except Exception:
+            return
+        frame.timings["preprocess"] = _ms(t0, time.monotonic())
 
     def _put_input(self, frame: Frame) -> None:
         if self.forced.is_set():
@@ -179,12 +201,26 @@ class Pipeline:
                     self._drop(frame, "shutdown")
                     continue
                 t0 = time.monotonic()
-                frame.timings["queue"] = _ms(frame.capture_ts, t0)
+                # Queue wait: time since capture, less a preprocess the capture thread already did.
+                frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
-                    batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
-                    t1 = time.monotonic()
-                    labels = np.asarray(self.engine.infer(batch))[0]
-                    t2 = time.monotonic()
+                    if self.fused is not None:
+                        # GPU preprocess + network + overlay in one call (timed as inference);
+                        # what travels on is the finished overlay, not labels.
+                        frame.timings["preprocess"] = 0.0
+                        t1 = time.monotonic()
+                        labels = None
+                        frame.overlay = self.fused(frame.image, self.alpha, self.mode)
+                        t2 = time.monotonic()
+                    else:
+                        batch = frame.batch
+                        if batch is None:
+                            batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
+                            frame.timings["preprocess"] = _ms(t0, time.monotonic())
+                        frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
+                        t1 = time.monotonic()
+                        labels = np.asarray(self.engine.infer(batch))[0]
+                        t2 = time.monotonic()
                 except Exception as e:
                     self._drop(frame, "inference_error")
                     bad += 1
@@ -195,7 +231,6 @@ class Pipeline:
                         self.request_stop("inference failing")   # drop the rest, finish
                     continue
                 bad = 0
-                frame.timings["preprocess"] = _ms(t0, t1)
                 frame.timings["inference"] = _ms(t1, t2)
                 item = (frame, labels, t2)
                 if self.live:
@@ -207,7 +242,7 @@ class Pipeline:
             self.forced.set()
             self._drain(self.in_q)
         finally:
-            self.out_q.put(END)
+            self.out_q.put(END)   # the output thread always consumes until END
 
     def _drain(self, q: queue.Queue) -> None:
         while True:
@@ -233,7 +268,10 @@ class Pipeline:
                     continue
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
-                image = render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+                if frame.overlay is None:
+                    image = render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+                else:
+                    image, frame.overlay = frame.overlay, None
                 self._annotate(image, labels)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
@@ -286,7 +324,7 @@ class Pipeline:
             active.remove(sink)
 
     def _annotate(self, image: np.ndarray, labels: np.ndarray) -> None:
-        if self.legend:
+        if self.legend and labels is not None:
             present = set(np.flatnonzero(np.bincount(labels.ravel().astype(np.int64),
                                                      minlength=len(self.class_names))).tolist())
             draw_legend(image, self.class_names, self.lut, present)

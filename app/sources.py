@@ -45,7 +45,13 @@ class CameraReader(Reader):
         self.cap = None
 
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(self.device)
+        # OpenCV logs a warning per backend it tries; the one-line error below says it all.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self.cap = cv2.VideoCapture(self.device)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self.cap.isOpened():
             raise SourceError(f"cannot open camera {self.device}: check it is plugged in and not used by "
                               "another program (`v4l2-ctl --list-devices` lists cameras)")
@@ -220,7 +226,8 @@ def open_plain_source(spec: str, options=None) -> Reader:
     if spec.startswith("csi://") or spec.startswith("gst:"):
         if not gstreamer_available():
             raise SourceError(f"{spec.split(':')[0]} sources need OpenCV built with GStreamer; this OpenCV has "
-                              "none (on a Jetson use the system python3-opencv, or build OpenCV with -DWITH_GSTREAMER=ON)")
+                              "none (on a Jetson use the system python3-opencv, or build OpenCV with "
+                              "-DWITH_GSTREAMER=ON)")
         if spec.startswith("csi://"):
             sensor = spec[len("csi://"):] or "0"
             if not sensor.isdigit():

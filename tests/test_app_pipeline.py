@@ -178,3 +178,36 @@ def test_hud_and_legend_only_touch_their_corners():
     top_right = (changed[:, 0] < 80) & (changed[:, 1] > 300)
     assert (top_left | top_right).all()
     assert (img[100:, :] == 100).all()
+
+
+class CpuFusedEngine:
+    """Stands in for TensorRTEngine's GPU chain (no GPU here): the same run_fused contract,
+    computed with the CPU references, around the real ONNX Runtime engine."""
+
+    def __init__(self, engine):
+        self.inner, self.info, self.input_dtype = engine, engine.info, engine.input_dtype
+        self.fused_calls = 0
+
+    def infer(self, batch):
+        return self.inner.infer(batch)
+
+    def run_fused(self, frame_bgr, alpha, mode):
+        self.fused_calls += 1
+        info = self.info
+        labels = self.inner.infer(preprocess(frame_bgr, info.input_size, info.mean, info.std))[0]
+        return render_overlay(frame_bgr, labels, palette_bgr(info.palette), alpha, mode)
+
+
+def test_an_engine_with_a_fused_gpu_path_gets_frames_not_batches(engine):
+    imgs = images(6, seed=3)
+    fused, plain = CpuFusedEngine(engine), CollectSink("plain")
+    ref = CollectSink("ref")
+    assert Pipeline(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
+    p = Pipeline(ListReader(imgs), fused, [plain], alpha=0.3)
+    assert p.run() == 0
+    assert fused.fused_calls == 6
+    assert all(np.array_equal(a, b) for a, b in zip(ref.images, plain.images))
+    # the legend needs labels on the host: back to the CPU overlay
+    legend = CpuFusedEngine(engine)
+    assert Pipeline(ListReader(imgs), legend, [CollectSink()], legend=True).run() == 0
+    assert legend.fused_calls == 0

@@ -50,6 +50,17 @@ def write_images(folder, n, size=(24, 32)):
         cv2.imwrite(str(folder / f"img_{i:02d}.png"), np.full((*size, 3), 20 * i, np.uint8))
 
 
+def write_video(path, n, size=(24, 32), fps=10):
+    from app.sinks import VideoFileSink
+
+    sink = VideoFileSink(path)
+    sink.open(size[1], size[0], fps)
+    for i in range(n):
+        img = np.full((*size, 3), 60 * i, np.uint8)
+        sink.write(Frame(i, 0.0, img), img, None)
+    sink.close()
+
+
 def test_folder_glob_and_image_in_sorted_order_and_a_bad_file_is_a_read_error(tmp_path):
     write_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "img_01b.png").write_bytes(b"not a png")
@@ -79,7 +90,7 @@ def test_loop_starts_over_with_increasing_timestamps(tmp_path):
 
 def test_bad_sources_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    cases = [str(tmp_path / "missing.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.jpg"), "csi://x"]
+    cases = [str(tmp_path / "missing.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.jpg"), "csi://x", "/dev/video99"]
     if not gstreamer_available():
         cases += ["csi://0", "gst:videotestsrc ! appsink"]
     for spec in cases:
@@ -94,17 +105,6 @@ def test_bad_sources_are_one_line_errors(tmp_path):
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
-
-
-def write_video(path, n, size=(24, 32), fps=10):
-    from app.sinks import VideoFileSink
-
-    sink = VideoFileSink(path)
-    sink.open(size[1], size[0], fps)
-    for i in range(n):
-        img = np.full((*size, 3), 60 * i, np.uint8)
-        sink.write(Frame(i, 0.0, img), img, None)
-    sink.close()
 
 
 def test_http_url_of_a_video_file_is_read_as_a_file(tmp_path):
