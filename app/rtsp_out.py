@@ -256,6 +256,7 @@ class RtspServeSink(Sink):
     `dropped["no_viewer"]`."""
 
     def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE):
+        _import_gstreamer()      # missing packages: one line at start, before the model loads
         self.port, self.path, self.bitrate = port, path, bitrate
         self.name = f"rtsp serve rtsp://@:{port}{path}"
         self.written = 0
@@ -371,9 +372,10 @@ def _import_gstreamer():
     except (ImportError, ValueError) as e:
         raise RuntimeError(
             "rtsp://@:PORT/PATH serves through GStreamer, which is missing here "
-            f"({_one_line(e)}): install PyGObject and gst-rtsp-server (Debian/Ubuntu: apt "
-            "install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly), "
-            "or push to an RTSP server with rtsp://HOST:PORT/PATH instead") from None
+            f"({_one_line(e)}): install gst-rtsp-server and x264enc (apt install "
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject (pip install "
+            "'bisenet-edge[serve]', or the system python3-gi), or push to an RTSP server with "
+            "rtsp://HOST:PORT/PATH instead") from None
     return Gst, GstRtspServer, GLib
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.frames import Frame
-from app.rtsp_out import RtspPushSink, RtspServeSink, open_rtsp_sink, parse_bitrate
+from app.rtsp_out import RtspPushSink, open_rtsp_sink, parse_bitrate
 from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, relay  # noqa: F401 (fixture)
 
 
@@ -75,21 +75,25 @@ def test_open_rtsp_sink_picks_push_or_serve():
     args = argparse.Namespace(bitrate="1M", rtsp_transport="udp")
     push = open_rtsp_sink("rtsp://127.0.0.1:8554/cam", args)
     assert isinstance(push, RtspPushSink) and push.bitrate == 1_000_000 and push.transport == "udp"
-    serve = open_rtsp_sink("rtsp://@:8600/live", args)
-    assert isinstance(serve, RtspServeSink) and (serve.port, serve.path) == (8600, "/live")
+    # rtsp://@:PORT/PATH -> RtspServeSink: test_serve_... (in its own process, see there).
     with pytest.raises(ValueError, match="rtsp://HOST:PORT/PATH"):
         open_rtsp_sink("rtsp:/nohost", args)
 
 
 def test_serve_without_gstreamer_is_one_line_naming_packages():
-    import importlib.util
-    if importlib.util.find_spec("gi") is not None:
-        pytest.skip("PyGObject is installed here; the serve path is exercised instead")
-    sink = open_rtsp_sink("rtsp://@:8600/live", argparse.Namespace())
-    with pytest.raises(RuntimeError) as err:
-        sink.open(160, 120, 15)
-    msg = str(err.value)
-    assert "\n" not in msg and "python3-gi" in msg and "gir1.2-gst-rtsp-server-1.0" in msg
+    """Runs where PyGObject is missing; where it is installed, a child process hides it."""
+    import subprocess
+    import sys
+
+    from tests.app_helpers import REPO
+    code = ("import sys, argparse; sys.modules['gi'] = None\n"
+            "from app.rtsp_out import open_rtsp_sink\n"
+            "open_rtsp_sink('rtsp://@:8600/live', argparse.Namespace())")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    msg = r.stderr.strip().splitlines()[-1]
+    assert msg.startswith("RuntimeError: rtsp://@:PORT/PATH serves through GStreamer")
+    assert "gir1.2-gst-rtsp-server-1.0" in msg and "PyGObject" in msg
 
 
 def test_push_is_decoded_by_a_real_rtsp_viewer(relay):
@@ -171,6 +175,7 @@ while not stop and n < 25 * 60:
     n += 1
     time.sleep(max(0.0, t0 + n / 25 - time.monotonic()))
 sink.close()
+assert type(sink).__name__ == "RtspServeSink" and (sink.port, sink.path) == (int(sys.argv[1]), "/live")
 print(json.dumps({"fed": n, **sink.counters()}), flush=True)
 """
 
