@@ -5,7 +5,7 @@ with libx264's defaults. One run, same machine, same frames, same viewer.
     python bench/rtsp_latency.py                   # 320x240 at 25 fps, 150 frames per setting
 
 Each frame carries its number as a black/white bar code in its top rows; the viewer (PyAV,
-nobuffer, slice threads only, as a low-latency player would) reads it back and looks up when that
+nobuffer, low_delay, slice threads only, as a low-latency player would) reads it back and looks up when that
 frame was written. Encoder + RTP packetizing + relay + network stack + decoder, not the
 display. Needs rtsp-server-perl and ffmpeg (apt-get install rtsp-server-perl ffmpeg).
 """
@@ -118,6 +118,7 @@ def measure(pusher_cls, relay, path: str, base: np.ndarray, fps: int, frames: in
                 time.sleep(0.2)
         stream = viewer.streams.video[0]
         stream.thread_type = "SLICE"   # frame threads would add frames of delay in the viewer
+        stream.codec_context.flags |= 1 << 19   # AV_CODEC_FLAG_LOW_DELAY, like ffplay -flags low_delay
         for frame in viewer.decode(stream):
             now = time.monotonic()
             n = read_code(frame.to_ndarray(format="bgr24"))
