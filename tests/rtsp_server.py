@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLE_VIDEO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
-if not SAMPLE_VIDEO.exists():
-    SAMPLE_VIDEO = Path("/work/shared/data/samples/camvid_0016E5_15fps.mp4")
+from tests.app_helpers import SAMPLE_VIDEO  # noqa: E402  (re-exported for the RTSP tests)
 
 RTSP_SERVER = shutil.which("rtsp-server-perl") or shutil.which("rtsp-server.pl")
 FFMPEG = shutil.which("ffmpeg")
