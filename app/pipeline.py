@@ -89,6 +89,9 @@ class Pipeline:
             if not quiet:
                 self.log(f"{reason}: stopping capture, finishing the frames in flight (again to force)")
             self.stopping.set()
+            interrupt = getattr(self.reader, "interrupt", None)
+            if interrupt is not None:   # a reconnecting source may be waiting out an outage
+                interrupt()
 
     def _fail(self, msg: str) -> None:
         self.failures.append(msg)

@@ -25,6 +25,7 @@ DEFAULTS = {
     "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
+    "rtsp_transport": None,
 }
 
 
@@ -72,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=float, help="frame rate for video outputs and --realtime when the source has none "
                    "(default: the source's, else 25)")
     g.add_argument("--bitrate", type=int, help="video / RTSP output bitrate in bit/s (default: the encoder's)")
+    g.add_argument("--rtsp-transport", choices=["tcp", "udp", "auto"],
+                   help="RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); "
+                   "default tcp for --source, auto for rtsp:// outputs")
     g.add_argument("--latency-log", metavar="FILE", help="one row per frame: FILE.csv or FILE.jsonl")
     g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage (default 4)")
 
@@ -177,6 +181,12 @@ def run(args: argparse.Namespace) -> int:
     print(recorder.format_summary(pipeline.captured), file=sys.stderr, flush=True)
     if opts.latency_log:
         print(f"latency log: {opts.latency_log}", file=sys.stderr)
+    for part in [reader, *sinks]:   # reconnect counters of live sources and RTSP outputs
+        if callable(getattr(part, "counters", None)) and part.counters():
+            flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
+                    for k, v in part.counters().items()]
+            print(f"{getattr(part, 'name', None) or 'source ' + reader.description}: {', '.join(flat)}",
+                  file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
     return code

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import time
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class PyAVReader(Reader):
         self.description = url
         self.container = None
         self._frames = None
+        self.decoded = 0
+        self.corrupt_frames = 0    # decoded with errors (FFmpeg concealed them): passed on, counted
+        self.declared = 0          # frames the file's header announces (0: unknown)
+        self.at_end = False
 
     def open(self) -> None:
         import av
@@ -101,20 +106,30 @@ class PyAVReader(Reader):
         stream.thread_type = "AUTO"   # frame-threaded decoding: decode keeps up with the model
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
+        self.declared = 0 if self.live else int(stream.frames or 0)
         self._frames = self.container.decode(stream)
 
     def read(self):
         import av
         try:
             frame = next(self._frames)
-        except StopIteration:
-            return None
-        except av.error.EOFError:
+        except (StopIteration, av.error.EOFError):
+            self.at_end = True
             return None
         except (av.error.FFmpegError, OSError) as e:
             # FFmpeg skips most corrupt packets itself; what reaches here is a lost stream.
             raise ReadError(f"{self.url}: {e}") from None
+        self.decoded += 1
+        if frame.is_corrupt:
+            self.corrupt_frames += 1
         return frame.to_ndarray(format="bgr24"), frame.time
+
+    def counters(self) -> dict:
+        """For the run summary, only when something was wrong: concealed decode errors, and
+        frames a truncated file announced but did not have."""
+        missing = max(0, self.declared - self.decoded) if self.at_end else 0
+        out = {"corrupt_frames": self.corrupt_frames, "missing_frames": missing}
+        return {k: v for k, v in out.items() if v}
 
     def close(self) -> None:
         if self.container is not None:
@@ -226,8 +241,10 @@ def open_plain_source(spec: str, options=None) -> Reader:
         reader = CameraReader(device, size_wh, fps)
     elif spec.startswith("rtsp://") or spec.startswith("rtsps://"):
         # TCP: no lost UDP packets -> no smeared frames; nobuffer: fewer frames of lag.
-        reader = PyAVReader(spec, live=True, options={"rtsp_transport": "tcp", "fflags": "nobuffer",
-                                                      "flags": "low_delay"},
+        # --rtsp-transport udp for servers without TCP; auto: FFmpeg's order (UDP, then TCP).
+        transport = getattr(opt, "rtsp_transport", None) or "tcp"
+        reader = PyAVReader(spec, live=True, options={"fflags": "nobuffer", "flags": "low_delay",
+                                                      **({} if transport == "auto" else {"rtsp_transport": transport})},
                             timeout_s=float(getattr(opt, "source_timeout", None) or 10.0))
     elif spec.startswith("http://") or spec.startswith("https://"):
         suffix = Path(spec.split("?")[0]).suffix.lower()
@@ -255,17 +272,24 @@ def open_plain_source(spec: str, options=None) -> Reader:
             try:
                 reader.open()
                 return reader
-            except SourceError:
-                reader = OpenCVVideoReader(str(path))   # e.g. a codec this FFmpeg build lacks
+            except SourceError as pyav_error:
+                # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
+                # log lines on a broken file; PyAV's message is the one that says why.
+                os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+                reader = OpenCVVideoReader(str(path))
+                try:
+                    reader.open()
+                except SourceError:
+                    raise SourceError(f"{pyav_error} (truncated, or not a video?)") from None
+                return reader
     reader.open()
     return reader
 
 
 def open_source(spec: str, options=None) -> Reader:
     """`--source` -> an opened Reader (`--realtime` paces a file). Live sources get the reconnect wrapper when the
-    app.reconnect module is present (issue 5). Its contract:
-    ReconnectingReader(opened_reader, reopen, options) is a Reader; `reopen()` returns a
-    freshly opened plain reader for the same spec; `options` is the run's argparse namespace."""
+    app.reconnect module is present (issue 5): ReconnectingReader(reopen, timeout_s, first=opened_reader)
+    is a Reader; `reopen()` returns a freshly opened plain reader for the same spec."""
     reader = open_plain_source(spec, options)
     if reader.live:
         try:
@@ -274,7 +298,10 @@ def open_source(spec: str, options=None) -> Reader:
             if e.name != "app.reconnect":
                 raise
             return reader
-        return ReconnectingReader(reader, lambda: open_plain_source(spec, options), options)
+        wrapped = ReconnectingReader(lambda: open_plain_source(spec, options),
+                                     timeout_s=float(getattr(options, "source_timeout", None) or 10.0), first=reader)
+        wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        return wrapped
     if getattr(options, "loop", False):
         reader = LoopingReader(reader, lambda: open_plain_source(spec, options))
     if getattr(options, "realtime", False):

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import time
-import types
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
@@ -156,21 +154,19 @@ def test_http_mjpeg_stream_is_a_live_source(mjpeg_server):
         reader.close()
 
 
-def test_live_sources_get_the_reconnect_wrapper_when_app_reconnect_exists(mjpeg_server, monkeypatch):
-    made = []
+def test_live_sources_get_the_reconnect_wrapper(mjpeg_server):
+    from app.reconnect import ReconnectingReader
 
-    class ReconnectingReader:
-        def __init__(self, reader, reopen, options):
-            made.append((reader, reopen, options))
-            self.live = True
-
-    monkeypatch.setitem(sys.modules, "app.reconnect", types.SimpleNamespace(ReconnectingReader=ReconnectingReader))
     options = SimpleNamespace(source_timeout=3.0)
     wrapped = open_source(mjpeg_server, options)
-    assert isinstance(wrapped, ReconnectingReader)
-    first, reopen, opts = made[0]
-    assert first.live and opts is options
-    again = reopen()                     # a fresh plain reader for the same URL
-    assert again.live and again.read()[0].shape == (48, 64, 3)
-    again.close()
-    first.close()
+    try:
+        assert isinstance(wrapped, ReconnectingReader) and wrapped.live
+        assert wrapped.timeout_s == 3.0 and wrapped.description == mjpeg_server
+        for _ in range(3):
+            assert wrapped.read()[0].shape == (48, 64, 3)
+        again = wrapped.open_reader()        # a fresh plain reader for the same URL
+        assert again.live and again.read()[0].shape == (48, 64, 3)
+        again.close()
+    finally:
+        wrapped.close()
+    assert wrapped.counters()["outages"] == 0
