@@ -111,7 +111,7 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_frames(base, proc)
-        flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600", "--timeout=3000"]
+        flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600", "--timeout=10000"]
         shot = tmp_path / "page.png"
         subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", base + "/"], capture_output=True, timeout=120)
         dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", base + "/"], capture_output=True, text=True,
