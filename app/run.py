@@ -196,11 +196,6 @@ def main(argv=None) -> int:
     """run_camera.py's entry: the same flags and one-line errors as `bisenet run`."""
     parser = _parser("run_camera.py")
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"run_camera.py: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    from app.cli import run_with_one_line_errors
+
+    return run_with_one_line_errors("run_camera.py", run, args)
