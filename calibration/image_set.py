@@ -27,8 +27,7 @@ from app.preprocess import preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
-# The sequence of `0016E5_07965.png` is `0016E5`; of `aachen_000012_000019_leftImg8bit.png`, `aachen`.
-_SEQUENCE = re.compile(r"^(.*?)(?:[_-][a-z]?)?\d+(?:[_-].*)?$", re.IGNORECASE)
+_FRAME_NUMBER = re.compile(r"^[a-z]?\d+$", re.IGNORECASE)   # `07965`, `f02100`
 
 
 class CalibrationDataError(ValueError):
@@ -54,8 +53,13 @@ def sequence_of(path: Path, root: Path | None = None) -> str:
                 return str(rel.parent)
         except ValueError:
             pass
-    m = _SEQUENCE.match(path.stem)
-    return m.group(1) if m and m.group(1) else path.stem
+    # `0016E5_07965` -> `0016E5`, `0006R0_f02100` -> `0006R0`, `aachen_000012_000019_leftImg8bit`
+    # -> `aachen`: the name parts before the first frame number.
+    parts = re.split(r"[_-]", path.stem)
+    for i, part in enumerate(parts):
+        if i and _FRAME_NUMBER.match(part):
+            return "_".join(parts[:i])
+    return re.sub(r"\d+$", "", path.stem) or path.stem
 
 
 def spread_across_sequences(paths: list, num: int, seed: int, root: Path | None = None) -> list:
