@@ -148,11 +148,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    from training.checkpoints import save_checkpoint_atomic
-    save_checkpoint_atomic(obj, path)
-
-
 class JsonlLog:
     def __init__(self, path: Path):
         self.f = open(path, "a", buffering=1)
@@ -179,6 +174,7 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     import torch.nn as nn
 
     from engines.base import ModelInfo
+    from training.checkpoints import save_checkpoint_atomic
     from training.datasets import SegDataset, load_dataset_config
     from training.evaluate import ModuleEngine, Predictor, evaluate_dataset
     from training.losses import seg_loss
@@ -336,11 +332,11 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
             msg = f"iter {done}: val mIoU {last_miou:.2f} aAcc {result['aAcc']:.2f}"
             if best_miou is None or last_miou > best_miou:
                 best_miou = last_miou
-                _save_atomic(checkpoint(done, last_miou), work_dir / "best.pth")
+                save_checkpoint_atomic(checkpoint(done, last_miou), work_dir / "best.pth")
                 msg += " (best so far, wrote best.pth)"
             (bar.write if bar is not None else print)(msg)
         if main_rank and (is_ckpt or is_eval):
-            _save_atomic(checkpoint(done, last_miou if is_eval else None), work_dir / "latest.pth")
+            save_checkpoint_atomic(checkpoint(done, last_miou if is_eval else None), work_dir / "latest.pth")
         if distributed and (is_eval or is_ckpt):
             dist.barrier()
     if bar is not None:
