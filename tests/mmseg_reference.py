@@ -1,8 +1,8 @@
 """Run mmsegmentation 1.2's own BiSeNetV1 (built from mmseg's own config file) on an input.
 
 Runs inside .venv-mmseg (scripts/setup_mmseg_reference.sh), never in the project's venv:
-    python tests/mmseg_reference.py CONFIG_NAME CHECKPOINT INPUT.npy OUTPUT.npy
-Writes the 'whole'-mode logits at input resolution.
+    python tests/mmseg_reference.py CONFIG_NAME CHECKPOINT INPUT.npy OUTPUT.npy [CONFIG_NAME ...]
+(groups of four, one process for all). Writes the 'whole'-mode logits at input resolution.
 """
 import sys
 import types
@@ -32,8 +32,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 import mmseg  # noqa: E402
 
 
-def main(name, checkpoint, inp, out):
-    register_all_modules()
+def run(name, checkpoint, inp, out):
     root = mmseg.__path__[0] + "/.mim/configs/bisenetv1/"
     cfg = Config.fromfile(root + name + ".py")
     model_cfg = cfg.model
@@ -51,4 +50,7 @@ def main(name, checkpoint, inp, out):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    register_all_modules()
+    args = sys.argv[1:]
+    for i in range(0, len(args), 4):
+        run(*args[i:i + 4])
