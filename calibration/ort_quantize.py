@@ -18,7 +18,6 @@ for no speed gain.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -201,15 +200,6 @@ def optimized_op_counts(path: str | Path, threads: int = 1) -> dict:
     for n in model.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def read_ranges_method(ranges_path: str | Path) -> str:
-    data = json.loads(Path(ranges_path).read_text())
-    raw = str(data.get("calibration_method", "")).lower()
-    for m in METHODS:
-        if m in raw.replace("_", ""):
-            return m
-    return "minmax"
 
 
 def _progress(total: int, desc: str, enabled: bool):
