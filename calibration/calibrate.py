@@ -107,9 +107,10 @@ def run(args) -> int:
             keep_float += [r["name"] for r in report["layers"][: args.keep_float_top] if r["name"] not in keep_float]
         if keep_float:
             print(f"kept float: {', '.join(keep_float)}", file=sys.stderr)
+        float_tail = ort_quantize.float_tail_nodes(prepared)
         for flavor, path in outs.items():
             ort_quantize.write_flavor(prepared, ranges, args.method, flavor, path, keep_float=keep_float)
-            write_sidecar(path, int8_sidecar(meta, src, path, flavor, calib, args, list_file, keep_float))
+            write_sidecar(path, int8_sidecar(meta, src, path, flavor, calib, args, list_file, keep_float, float_tail))
             q = ort_quantize.count_qdq(path)
             print(f"wrote {path} ({flavor}: {FLAVOR_INFO[flavor]['activations']} activations, "
                   f"{q['QuantizeLinear']} Q / {q['DequantizeLinear']} DQ nodes)")
@@ -119,14 +120,15 @@ def run(args) -> int:
     return accuracy_gate(args, src, outs)
 
 
-def int8_sidecar(meta: dict, src: Path, path: Path, flavor: str, calib, args, list_file: Path, keep_float) -> dict:
+def int8_sidecar(meta: dict, src: Path, path: Path, flavor: str, calib, args, list_file: Path, keep_float,
+                 float_tail) -> dict:
     out = {k: v for k, v in meta.items() if k != "sidecar_version"}
     out.update({
         "precision": "int8", "flavor": flavor, "quantization": {"format": "QDQ", **FLAVOR_INFO[flavor]},
         "calibration": {"data": str(args.data), "split": args.data_split, "num_images": len(calib),
                         "seed": args.seed, "method": args.method, "list_file": list_file.name,
                         "preprocessing": calib.preprocessing()},
-        "keep_float": list(keep_float) + ["<output tail after the last Conv: Resize/ArgMax/Cast>"],
+        "keep_float": list(keep_float), "float_tail": list(float_tail),
         "source_onnx": src.name, "source_onnx_sha256": file_sha256(src), "onnx_sha256": file_sha256(path),
         "calibrated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })

@@ -57,7 +57,12 @@ def prepare_fp32(onnx_path: str | Path, out_path: str | Path) -> Path:
 
 
 def float_tail_nodes(model) -> list:
-    """Names of the nodes between the graph output and the last Conv (kept float)."""
+    """Names of the nodes between the graph output and the last Conv (kept float).
+    `model`: an onnx.ModelProto or a path."""
+    if not hasattr(model, "graph"):
+        import onnx
+
+        model = onnx.load(str(model), load_external_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
     tail, frontier = [], [o.name for o in model.graph.output]
     seen = set()
@@ -158,11 +163,8 @@ def flavor_options(flavor: str) -> dict:
 def write_flavor(prepared: str | Path, ranges_path: str | Path, method: str, flavor: str,
                  out_path: str | Path, keep_float=(), only_nodes=None) -> Path:
     """Quantize `prepared` with the saved ranges into a QDQ model (no new calibration)."""
-    import onnx
-
     q = _ort_quant()
-    model = onnx.load(str(prepared), load_external_data=False)
-    exclude = sorted(set(float_tail_nodes(model)) | set(keep_float))
+    exclude = sorted(set(float_tail_nodes(prepared)) | set(keep_float))
     opts = flavor_options(flavor)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp")

@@ -90,7 +90,8 @@ def test_keep_float_leaves_a_layer_unquantized(tmp_path):
                 "--keep-float", "conv_seg", "--quiet", "-o", str(out)]) == 0
     ops = ort_quantize.optimized_op_counts(out)
     assert ops.get("QLinearConv") == 2 and ops.get("Conv", 0) + ops.get("FusedConv", 0) == 1
-    assert "conv_seg" in json.loads((tmp_path / "k.int8.onnx.json").read_text())["keep_float"]
+    meta = json.loads((tmp_path / "k.int8.onnx.json").read_text())
+    assert meta["keep_float"] == ["conv_seg"] and sorted(meta["float_tail"]) == ["argmax", "cast", "final_resize"]
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
