@@ -92,6 +92,11 @@ def run(args) -> int:
     keep_float = [n for n in args.keep_float.split(",") if n]
     with tempfile.TemporaryDirectory(prefix="bisenet-int8-") as tmp:
         prepared = ort_quantize.prepare_fp32(src, Path(tmp) / "prepared.onnx")
+        layers = [name for name, _ in ort_quantize.quantizable_nodes(prepared)]
+        unknown = [n for n in keep_float if n not in layers]
+        if unknown:
+            raise ValueError(f"--keep-float {', '.join(unknown)}: no such layer; use names from the sensitivity "
+                             f"report (--sensitivity), e.g. {layers[0]}")
         ranges = ort_quantize.calibrate_ranges(prepared, calib, args.method, Path(tmp) / "ranges.json",
                                                progress=not quiet)
         if args.sensitivity or args.keep_float_top:

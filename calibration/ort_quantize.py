@@ -78,7 +78,12 @@ def float_tail_nodes(model) -> list:
 
 
 def quantizable_nodes(model) -> list:
-    """(name, op_type) of the nodes that carry weights: the layers a sensitivity sweep ranks."""
+    """(name, op_type) of the nodes that carry weights: the layers a sensitivity sweep ranks.
+    `model`: an onnx.ModelProto or a path."""
+    if not hasattr(model, "graph"):
+        import onnx
+
+        model = onnx.load(str(model), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     return [(n.name, n.op_type) for n in model.graph.node
             if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits]

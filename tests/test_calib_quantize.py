@@ -99,9 +99,13 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert cli(["calibrate", "--onnx", str(tmp_path / "none.onnx"), "--data", ".", "-o", "x.onnx"]) == 2
     assert cli(["calibrate", "--onnx", str(fp32), "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert cli(["calibrate", "--onnx", str(fp32), "--data", str(tmp_path), "-o", str(tmp_path / "x.int8")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("bisenet calibrate: error:") for line in err)
+    assert cli(["calibrate", "--onnx", str(fp32), "--data", str(image_folder(tmp_path / "i", per_sequence=1)),
+                "--keep-float", "nope", "--quiet", "-o", str(tmp_path / "x.onnx")]) == 2
+    # (the last run also prints its calibration-set note before failing)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("calibration set")]
+    assert len(err) == 4 and all(line.startswith("bisenet calibrate: error:") for line in err)
     assert "export" in err[0] and "no such file" in err[1] and "must end in .onnx" in err[2]
+    assert "--keep-float nope: no such layer" in err[3]
 
 
 def test_bisenet_r18_export_quantizes_end_to_end(tmp_path):
