@@ -122,3 +122,14 @@ def test_bisenet_r18_export_quantizes_end_to_end(tmp_path):
     ops = ort_quantize.optimized_op_counts(out)
     convs = sum(1 for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
     assert ops.get("QLinearConv") == convs and ops.get("ArgMax") == 1
+
+
+def test_keep_float_top_keeps_the_worst_layers_of_the_report(tmp_path):
+    fp32 = tiny_segmenter(tmp_path / "tiny.onnx")
+    images = image_folder(tmp_path / "imgs", sequences=("s",), per_sequence=2)
+    out = tmp_path / "t.int8.onnx"
+    assert cli(["calibrate", "--onnx", str(fp32), "--data", str(images), "--num-images", "2",
+                "--keep-float-top", "1", "--sensitivity-images", "1", "--quiet", "-o", str(out)]) == 0
+    worst = json.loads((tmp_path / "t.int8.sensitivity.json").read_text())["layers"][0]["name"]
+    assert json.loads((tmp_path / "t.int8.onnx.json").read_text())["keep_float"] == [worst]
+    assert ort_quantize.optimized_op_counts(out).get("QLinearConv") == 2
