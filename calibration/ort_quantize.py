@@ -178,8 +178,31 @@ def write_flavor(prepared: str | Path, ranges_path: str | Path, method: str, fla
                       per_channel=True, reduce_range=False, calibrate_method=calibration_method(method),
                       nodes_to_exclude=exclude, nodes_to_quantize=list(only_nodes) if only_nodes else None,
                       **opts)
+    if keep_float:
+        _feed_float_inputs(tmp, keep_float)
     tmp.replace(out_path)
     return out_path
+
+
+def _feed_float_inputs(path: Path, names) -> None:
+    """Give each kept-float layer the float tensor from before the Q/DQ pair on its input.
+
+    Excluding a Conv from quantization is not enough on ONNX Runtime: when a Conv reads a
+    DequantizeLinear output and has float weights, its WeightBiasQuantization optimizer
+    quantizes those weights itself (per tensor, coarser than ours). Reading the float
+    tensor keeps the layer truly float; the layer's other consumers still see the Q/DQ."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name not in names or not node.input:
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+    onnx.save(model, str(path))
 
 
 def count_qdq(path: str | Path) -> dict:

@@ -23,13 +23,17 @@ def _labels(session, x: np.ndarray) -> np.ndarray:
 
 
 def cpu_session(path, threads: int | None = None):
+    """ONNX Runtime CPU session with WeightBiasQuantization off, so that only the chosen layer
+    is int8: that optimizer quantizes the float weights of a conv that sits between a
+    DequantizeLinear and a QuantizeLinear by itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["WeightBiasQuantization"])
 
 
 def layer_sensitivity(prepared, ranges_path, method: str, flavor: str, images: list,
