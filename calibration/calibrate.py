@@ -51,6 +51,8 @@ def add_arguments(p):
                    help="run the sensitivity report and keep its K worst layers float")
     p.add_argument("--sensitivity", action="store_true", help="write the per-layer sensitivity report (<out>.sensitivity.json)")
     p.add_argument("--sensitivity-images", type=int, default=8, help="images for the sensitivity report (default 8)")
+    p.add_argument("--trt-cache", help="also write a TensorRT entropy-calibration cache (implicit INT8 for "
+                   "`bisenet build --calib-cache`) from the same images; needs tensorrt, pycuda and a GPU")
     p.add_argument("--val", help="dataset config for the accuracy gate (e.g. camvid); omitted: no gate")
     p.add_argument("--val-split", default="val")
     p.add_argument("--val-limit", type=int, help="only the first N val images (quick checks)")
@@ -77,6 +79,10 @@ def run(args) -> int:
     if meta.get("precision", "fp32") != "fp32":
         raise ValueError(f"--onnx {src} is already {meta['precision']}; calibrate the fp32 export")
     outs = output_paths(args.output, args.target)
+    if args.trt_cache:
+        from calibration.tensorrt_calibrator import import_tensorrt
+
+        import_tensorrt()   # fail now, not after minutes of calibration
     first = next(iter(outs.values()))
     _, _, h, w = meta["input_shape"]
     quiet = args.quiet
@@ -120,6 +126,11 @@ def run(args) -> int:
             print(f"wrote {path} ({flavor}: {FLAVOR_INFO[flavor]['activations']} activations, "
                   f"{q['QuantizeLinear']} Q / {q['DequantizeLinear']} DQ nodes)")
 
+    if args.trt_cache:
+        from calibration.tensorrt_calibrator import write_tensorrt_cache
+
+        cache = write_tensorrt_cache(src, calib, args.trt_cache)
+        print(f"wrote TensorRT calibration cache {cache} (+ {cache.name}.json key)")
     if not args.val:
         return 0
     return accuracy_gate(args, src, outs)

@@ -34,11 +34,12 @@ from engines.sidecar import atomic_write_bytes, file_sha256, sidecar_path
 KEY_FIELDS = ("onnx_sha256", "preprocessing", "input_shape", "tensorrt_version")
 
 
-def calibration_key(onnx_path: str | Path, preprocessing: dict, input_shape, tensorrt_version: str) -> dict:
-    """What a calibration cache is valid for. Change any part and the cache is rebuilt."""
-    return {"onnx_sha256": file_sha256(onnx_path),
-            "preprocessing": json.loads(json.dumps(preprocessing, sort_keys=True)),
-            "input_shape": [int(d) for d in input_shape],
+def calibration_key(onnx_path, preprocessing, input_shape, tensorrt_version: str) -> dict:
+    """What a calibration cache is valid for. Change any part and the cache is rebuilt.
+    A part passed as None is left unchecked (a build that only has the cache file)."""
+    return {"onnx_sha256": file_sha256(onnx_path) if onnx_path is not None else None,
+            "preprocessing": json.loads(json.dumps(preprocessing, sort_keys=True)) if preprocessing is not None else None,
+            "input_shape": [int(d) for d in input_shape] if input_shape is not None else None,
             "tensorrt_version": str(tensorrt_version)}
 
 
@@ -54,19 +55,29 @@ class KeyedCache:
         self.key_path = sidecar_path(self.path)
         self.key = key
 
+    def stored_key(self) -> dict | None:
+        try:
+            key = json.loads(self.key_path.read_text()).get("key")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+        return key if isinstance(key, dict) else None
+
     def check(self) -> tuple[bool, str]:
         """(usable, why): usable only when both files exist and the stored key matches."""
         if not self.path.is_file():
             return False, f"no calibration cache at {self.path}"
         if not self.key_path.is_file():
             return False, f"calibration cache {self.path} has no key file {self.key_path.name}"
-        try:
-            stored = json.loads(self.key_path.read_text()).get("key", {})
-        except (json.JSONDecodeError, AttributeError):
+        stored = self.stored_key()
+        if stored is None:
             return False, f"key file {self.key_path} is not valid JSON"
-        changed = [f for f in KEY_FIELDS if stored.get(f) != self.key.get(f)]
+        changed = [f for f in KEY_FIELDS if self.key.get(f) is not None and stored.get(f) != self.key[f]]
         if changed:
             return False, f"calibration cache {self.path} was made for a different {', '.join(changed)}"
+        unchecked = [f for f in KEY_FIELDS if self.key.get(f) is None]
+        if unchecked:
+            return True, (f"calibration cache {self.path} (not checked: {', '.join(unchecked)}; pass onnx_path, "
+                          "input_shape and preprocessing to check them)")
         return True, f"calibration cache {self.path} matches (onnx, preprocessing, input shape, TensorRT version)"
 
     def read(self) -> bytes | None:
@@ -87,6 +98,8 @@ class CalibratorCore:
 
     def __init__(self, cache: KeyedCache, batches=None, batch_shape=None, log=None):
         self.cache = cache
+        if batch_shape is None:   # cache-only use: the shape the cache was made for
+            batch_shape = (cache.stored_key() or {}).get("input_shape") or (1,)
         self.batch_shape = tuple(int(d) for d in batch_shape)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.batches = iter(batches) if batches is not None else None
@@ -126,7 +139,7 @@ class CalibratorCore:
         self.log(f"wrote calibration cache {self.cache.path} ({self.used_batches} batches of {self.batch_size})")
 
 
-def _import_tensorrt():
+def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
@@ -136,14 +149,16 @@ def _import_tensorrt():
 
 
 def _build_entropy_calibrator():
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         """IInt8EntropyCalibrator2 fed from `batches` ([B, 3, H, W] float32, e.g.
-        `CalibrationSet.batches(B)`) through a pycuda device buffer; cache keyed as above."""
+        `CalibrationSet.batches(B)`) through a pycuda device buffer; cache keyed as above.
+        With only `cache_path` it reuses an existing cache, checking the TensorRT version
+        (and whichever of onnx_path / input_shape / preprocessing are given)."""
 
-        def __init__(self, cache_path, batches=None, *, onnx_path, input_shape, preprocessing: dict,
-                     tensorrt_version: str | None = None, log=None):
+        def __init__(self, cache_path, batches=None, *, onnx_path=None, input_shape=None,
+                     preprocessing: dict | None = None, tensorrt_version: str | None = None, log=None):
             trt.IInt8EntropyCalibrator2.__init__(self)
             key = calibration_key(onnx_path, preprocessing, input_shape, tensorrt_version or trt.__version__)
             self.core = CalibratorCore(KeyedCache(cache_path, key), batches, input_shape, log)
@@ -175,6 +190,33 @@ def _build_entropy_calibrator():
             self.core.write_calibration_cache(cache)
 
     return EntropyCalibrator
+
+
+def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
+    """Run TensorRT's entropy calibration over `calib_set` (the same images and preprocess
+    as the QDQ flavors) and write the keyed cache for implicit INT8 builds. Needs tensorrt,
+    pycuda and an NVIDIA GPU; the engine built on the way is thrown away."""
+    trt = import_tensorrt()
+    from calibration.tensorrt_calibrator import EntropyCalibrator
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
+    shape = tuple(network.get_input(0).shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    calibrator = EntropyCalibrator(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path, input_shape=shape,
+                                   preprocessing=calib_set.preprocessing(), log=log)
+    config.int8_calibrator = calibrator
+    if builder.build_serialized_network(network, config) is None:
+        raise RuntimeError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
+    return Path(cache_path)
 
 
 _entropy_calibrator_class = None

@@ -170,3 +170,29 @@ def test_tensorrt_int8_build_writes_then_reuses_the_cache(tmp_path):
     assert first.core.used_batches == 4 and cache.is_file()
     second = build(None)
     assert second.core.reused and second.core.used_batches == 0
+
+
+def test_cache_only_use_checks_what_it_is_given(tmp_path):
+    """`bisenet build --calib-cache` only has the cache: the TensorRT version is still checked,
+    the batch shape comes from the key file, and the message says what went unchecked."""
+    onnx_path = tiny_segmenter(tmp_path / "m.onnx")
+    cache = tmp_path / "c.cache"
+    calibrate_once(core(cache, onnx_path))
+    messages = []
+    only_cache = CalibratorCore(KeyedCache(cache, calibration_key(None, None, None, "8.6.1")), None, None,
+                                log=messages.append)
+    assert only_cache.reused and only_cache.batch_shape == SHAPE
+    assert "not checked: onnx_sha256, preprocessing, input_shape" in messages[-1]
+    with pytest.raises(RuntimeError, match="different tensorrt_version"):
+        CalibratorCore(KeyedCache(cache, calibration_key(None, None, None, "10.3.0")), None, None)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here; this checks the message when it is not")
+def test_trt_cache_without_tensorrt_fails_before_calibrating(tmp_path, capsys):
+    from app.cli import main as cli
+
+    onnx_path = tiny_segmenter(tmp_path / "m.onnx")
+    assert cli(["calibrate", "--onnx", str(onnx_path), "--data", str(tmp_path), "--trt-cache", str(tmp_path / "c"),
+                "-o", str(tmp_path / "m.int8.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the tensorrt Python package" in err[0]
