@@ -1,0 +1,428 @@
+"""`bisenet train` / `torchrun -m training.train`: the mmseg BiSeNetV1 recipe, iteration based.
+
+SGD (momentum 0.9, wd 5e-4), linear warmup from 0.1x then poly 0.9 down to min_lr,
+cross-entropy on the decode head and both auxiliary heads. Every `checkpoint_interval`
+iterations `latest.pth` is written atomically, every `eval_interval` the val mIoU is measured
+and the best model kept as `best.pth`. `--resume` continues exactly: the data order and each
+sample's augmentation are a pure function of (seed, sample number), and the RNG, optimizer,
+scheduler and AMP scaler states travel in the checkpoint.
+Under torchrun each rank reads its own share of every global batch; DDP with NCCL on GPUs
+(SyncBN, AMP) and gloo on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from engines.model_config import REPO_ROOT, ConfigError, ModelConfig, load_model_config
+
+HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
+EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
+           "# multi-GPU: torchrun --nproc_per_node 4 -m training.train --config ... --work-dir ...")
+TRAIN_DIR = REPO_ROOT / "configs" / "train"
+
+
+@dataclass
+class TrainConfig:
+    """configs/train/*.yaml: which model and data, and overrides of the model's recipe."""
+    model: str                              # model config name or YAML
+    dataset: str                            # dataset config name or YAML
+    data_root: str | None = None            # override the dataset's root
+    iterations: int | None = None           # None = the model config's train recipe
+    batch_size: int | None = None           # per process
+    lr: float | None = None
+    warmup_iters: int | None = None
+    warmup_ratio: float | None = None
+    poly_power: float | None = None
+    min_lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    aux_weights: list | None = None
+    crop_size: list | None = None           # [H, W]; None = the model config's crop_size
+    scale: list | None = None               # RandomResize base (W, H); None = the dataset's
+    ratio_range: list | None = None
+    photometric: bool = True
+    ohem: dict | None = None                # e.g. {thresh: 0.7, min_kept: 10000}
+    pretrained: str | None = None           # ImageNet ResNet weights file; None = from scratch
+    eval_interval: int = 1000
+    checkpoint_interval: int = 1000
+    log_interval: int = 10
+    workers: int = 4
+    seed: int = 0
+    amp: bool = True                        # CUDA only
+    sync_bn: bool = True                    # under DDP on CUDA
+    threads: int | None = None              # torch CPU threads; None = torch's default
+
+    def recipe(self, model_cfg: ModelConfig) -> dict:
+        """The effective recipe: the model config's train block with this config's overrides."""
+        r = dataclasses.asdict(model_cfg.train)
+        for k in r:
+            v = getattr(self, k, None)
+            if v is not None:
+                r[k] = v
+        return r
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") and not path.is_file():
+        path = TRAIN_DIR / f"{path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of train keys")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    try:
+        return TrainConfig(**data)
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------- schedule and data order
+def lr_factor(it: int, base_lr: float, iterations: int, warmup_iters: int, warmup_ratio: float,
+              poly_power: float, min_lr: float) -> float:
+    """lr(it) / base_lr: mmseg LinearLR(start_factor=warmup_ratio, 0..warmup) then
+    PolyLR(eta_min=min_lr, power) from warmup to the end."""
+    if it < warmup_iters:
+        return warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters
+    span = max(iterations - warmup_iters, 1)
+    progress = min(it - warmup_iters, span) / span
+    return ((base_lr - min_lr) * (1.0 - progress) ** poly_power + min_lr) / base_lr
+
+
+class SampleStream:
+    """Sampler of (index, seed) keys: epoch e is a permutation seeded by (seed, e); sample number
+    n of the global stream gets augmentation seed (seed, n). Rank r takes every world-th sample,
+    starting at sample `start` (a resume)."""
+
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.start, self.rank, self.world = size, seed, start, rank, world
+
+    def __iter__(self):
+        n = self.start + self.rank
+        perm_epoch, perm = -1, None
+        while True:
+            epoch, pos = divmod(n, self.size)
+            if epoch != perm_epoch:
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+                perm_epoch = epoch
+            yield int(perm[pos]), [self.seed, 1, n]   # list seed: its own stream for each n
+            n += self.world
+
+
+# ---------------------------------------------------------------- helpers
+def _rng_state() -> dict:
+    import torch
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class JsonlLog:
+    def __init__(self, path: Path):
+        self.f = open(path, "a", buffering=1)
+
+    def write(self, **record) -> None:
+        self.f.write(json.dumps(record) + "\n")
+
+
+def _tensorboard(work_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:     # tensorboard not installed: the JSONL log has everything
+        return None
+    return SummaryWriter(str(work_dir / "tb"))
+
+
+# ---------------------------------------------------------------- the loop
+def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop_at: int | None = None,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Train; returns {'iteration', 'best_miou', 'last_miou'}. `stop_at` ends the run early at
+    that iteration with the schedule of the full run (used to test resume)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+
+    from engines.base import ModelInfo
+    from training.checkpoints import save_checkpoint_atomic
+    from training.datasets import SegDataset, load_dataset_config
+    from training.evaluate import ModuleEngine, Predictor, evaluate_dataset
+    from training.losses import seg_loss
+    from training.model import BiSeNetV1
+    from training.transforms import TrainTransform
+    from training.weights import init_from_scratch, load_imagenet_backbone
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    main_rank = rank == 0
+
+    model_cfg = load_model_config(tc.model)
+    ds_cfg = load_dataset_config(tc.dataset, tc.data_root)
+    if model_cfg.num_classes != ds_cfg.num_classes:
+        raise ConfigError(f"model {model_cfg.name} has {model_cfg.num_classes} classes but dataset "
+                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
+    r = tc.recipe(model_cfg)
+    iterations = int(r["iterations"])
+    crop = tc.crop_size or model_cfg.crop_size
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    # Model: mmseg init or ImageNet backbone, then SyncBN (CUDA DDP) and DDP.
+    torch.manual_seed(tc.seed)
+    model = BiSeNetV1(model_cfg, with_aux=True)
+    init_from_scratch(model)
+    if tc.pretrained:
+        n = load_imagenet_backbone(model, tc.pretrained)
+        if main_rank:
+            print(f"loaded {n} ImageNet backbone tensors from {tc.pretrained}", file=sys.stderr)
+    if distributed and dev.type == "cuda" and tc.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(dev)
+    net = _train_forward_module(model)
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if dev.type == "cuda" else None)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
+    sched_args = (r["lr"], iterations, r["warmup_iters"], r["warmup_ratio"], r["poly_power"], r["min_lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, *sched_args))
+    use_amp = bool(tc.amp and dev.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_it, best_miou = 0, None
+    if resume:
+        resume_path = work_dir / "latest.pth" if resume == "auto" else Path(resume)
+        if not resume_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {resume_path} does not exist")
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and use_amp:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_it = int(ckpt["iteration"])
+        _set_rng_state(ckpt["rng"])
+        best_miou = ckpt["meta"].get("best_miou")
+        if main_rank:
+            print(f"resumed from {resume_path} at iteration {start_it}", file=sys.stderr)
+
+    # Data: each rank reads its share of the global sample stream.
+    transform = TrainTransform(crop, tc.scale or ds_cfg.scale, tc.ratio_range or ds_cfg.ratio_range,
+                               model_cfg.mean, model_cfg.std, ds_cfg.cat_max_ratio, tc.photometric)
+    train_set = SegDataset(ds_cfg, "train", transform)
+    val_set = SegDataset(ds_cfg, "val") if main_rank and tc.eval_interval > 0 else None
+    batch = int(r["batch_size"])
+    stream = SampleStream(len(train_set), tc.seed, start=start_it * batch * world, rank=rank, world=world)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=batch, sampler=stream, num_workers=tc.workers, pin_memory=dev.type == "cuda",
+        persistent_workers=False, generator=torch.Generator(),   # keep the global torch RNG untouched
+        collate_fn=lambda items: (torch.from_numpy(np.stack([i[0] for i in items])),
+                                  torch.from_numpy(np.stack([i[1] for i in items]))))
+
+    log = JsonlLog(work_dir / "log.jsonl") if main_rank else None
+    tb = _tensorboard(work_dir) if main_rank else None
+    if main_rank:
+        (work_dir / "config.json").write_text(json.dumps(
+            {"train": dataclasses.asdict(tc), "recipe": r, "crop_size": crop, "world_size": world,
+             "model_config": model_cfg.to_dict()}, indent=2) + "\n")
+    info = ModelInfo.from_model_config(model_cfg)
+
+    def checkpoint(it: int, miou):
+        return {"state_dict": model.state_dict(),
+                "meta": {"model_config": model_cfg.to_dict(), "iteration": it, "miou": miou,
+                         "best_miou": best_miou, "dataset": ds_cfg.name, "crop_size": list(crop)},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "iteration": it, "rng": _rng_state()}
+
+    def validate(it: int):
+        model.eval()
+        try:
+            result = evaluate_dataset(Predictor(ModuleEngine(model, info, dev), ds_cfg.test_scale), val_set,
+                                      ds_cfg.num_classes, model_cfg.class_names)
+        finally:
+            model.train()
+        return result
+
+    end_it = min(stop_at, iterations) if stop_at else iterations
+    bar = None
+    if main_rank and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=iterations, initial=start_it, unit="it", dynamic_ncols=True, file=sys.stderr,
+                   mininterval=2.0)
+    model.train()
+    last_miou = None
+    t_last = time.time()
+    data_iter = iter(loader)
+    for it in range(start_it, end_it):
+        img, label = next(data_iter)
+        img, label = img.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"]
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            logits, aux = net(img)
+        loss, parts = seg_loss(logits, aux, label, r["aux_weights"], tc.ohem)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        done = it + 1
+        if main_rank:
+            if bar is not None:
+                bar.set_postfix(loss=f"{parts['decode']:.3f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+            if done % tc.log_interval == 0 or done == end_it:
+                now = time.time()
+                log.write(mode="train", iter=done, loss=float(loss.detach()), lr=lr,
+                          **{f"loss_{k}": v for k, v in parts.items()}, time=now, sec_per_it=(now - t_last) / tc.log_interval)
+                t_last = now
+                if tb:
+                    tb.add_scalar("train/loss", float(loss.detach()), done)
+                    tb.add_scalar("train/lr", lr, done)
+        is_eval = tc.eval_interval > 0 and (done % tc.eval_interval == 0 or done == iterations)
+        is_ckpt = done % tc.checkpoint_interval == 0 or done == end_it
+        if main_rank and is_eval:
+            t0 = time.time()
+            result = validate(done)
+            last_miou = result["mIoU"]
+            log.write(mode="val", iter=done, mIoU=last_miou, aAcc=result["aAcc"], mAcc=result["mAcc"],
+                      per_class_iou=result["per_class_iou"], eval_seconds=time.time() - t0, time=time.time())
+            if tb:
+                tb.add_scalar("val/mIoU", last_miou, done)
+            msg = f"iter {done}: val mIoU {last_miou:.2f} aAcc {result['aAcc']:.2f}"
+            if best_miou is None or last_miou > best_miou:
+                best_miou = last_miou
+                save_checkpoint_atomic(checkpoint(done, last_miou), work_dir / "best.pth")
+                msg += " (best so far, wrote best.pth)"
+            (bar.write if bar is not None else print)(msg)
+        if main_rank and (is_ckpt or is_eval):
+            save_checkpoint_atomic(checkpoint(done, last_miou if is_eval else None), work_dir / "latest.pth")
+        if distributed and (is_eval or is_ckpt):
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+    if tb:
+        tb.close()
+    if distributed:
+        dist.barrier()
+    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou}
+
+
+def _train_forward_module(model):
+    import torch.nn as nn
+
+    class TrainForward(nn.Module):
+        # DDP syncs gradients only for calls through its forward(); BiSeNetV1.forward is
+        # inference, so this adapter's forward is forward_train.
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model.forward_train(x)
+
+    return TrainForward(model)
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="train config YAML (configs/train/*.yaml) naming model, dataset and schedule")
+    p.add_argument("--model", help="model config name/YAML (instead of or overriding --config's)")
+    p.add_argument("--dataset", help="dataset config name/YAML (instead of or overriding --config's)")
+    p.add_argument("--data-root", help="the dataset's root folder (overrides its YAML)")
+    p.add_argument("--work-dir", required=True, help="where checkpoints (latest.pth, best.pth) and log.jsonl go")
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue exactly from a checkpoint (default: <work-dir>/latest.pth)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--pretrained", help="ImageNet ResNet weights (.pth; torchvision or mmseg key names)")
+    p.add_argument("--eval-interval", type=int)
+    p.add_argument("--checkpoint-interval", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA")
+
+
+def config_from_args(args) -> TrainConfig:
+    if args.config:
+        tc = load_train_config(args.config)
+    elif args.model and args.dataset:
+        tc = TrainConfig(model=args.model, dataset=args.dataset)
+    else:
+        raise ConfigError("pass --config configs/train/<name>.yaml, or both --model and --dataset")
+    for key in ("model", "dataset", "data_root", "iterations", "batch_size", "lr", "crop_size", "pretrained",
+                "eval_interval", "checkpoint_interval", "workers", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(tc, key, list(value) if isinstance(value, tuple) else value)
+    if args.no_amp:
+        tc.amp = False
+    return tc
+
+
+def run(args) -> int:
+    tc = config_from_args(args)
+    result = train(tc, args.work_dir, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = result["best_miou"]
+        print(f"done: {result['iteration']} iterations, best val mIoU "
+              f"{'n/a' if best is None else f'{best:.2f}'}; checkpoints in {args.work_dir}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"training.train: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
