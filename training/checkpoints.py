@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from engines.model_config import ModelConfig
+from engines.sidecar import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -31,21 +32,9 @@ def default_cache_dir() -> Path:
 
 
 def save_checkpoint_atomic(obj: dict, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, rename: a kill mid-save leaves the
-    previous file intact and never a half-written one under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through a temp file + fsync + rename: a kill mid-save leaves the previous
+    file intact and never a half-written one under `path`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_checkpoint(path: str | Path) -> dict:
