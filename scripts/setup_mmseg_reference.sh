@@ -13,7 +13,7 @@ $V/bin/python -m pip install -q --upgrade pip
 $V/bin/python -m pip install -q "torch==2.13.0"
 $V/bin/python -m pip install -q "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex "setuptools<70" wheel
 src=$(mktemp -d)
-$V/bin/python -m pip download -q --no-deps --no-binary :all: -d "$src" "mmcv==2.1.0"
+$V/bin/python -m pip download -q --no-deps --no-build-isolation --no-binary :all: -d "$src" "mmcv==2.1.0"
 tar xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"
 MMCV_WITH_OPS=0 $V/bin/python -m pip install -q --no-build-isolation "$src/mmcv-2.1.0"
 rm -rf "$src"
