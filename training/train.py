@@ -167,7 +167,7 @@ def _tensorboard(work_dir: Path):
 # ---------------------------------------------------------------- the loop
 def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop_at: int | None = None,
           device: str | None = None, progress: bool = True) -> dict:
-    """Train; returns {'iteration', 'best_miou', 'last_miou'}. `stop_at` ends the run early at
+    """Train; returns {'iteration', 'best_miou', 'last_miou', 'model'}. `stop_at` ends the run early at
     that iteration with the schedule of the full run (used to test resume)."""
     import torch
     import torch.distributed as dist
@@ -344,8 +344,12 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     if tb:
         tb.close()
     if distributed:
+        # BN running stats are per rank on CPU (no SyncBN there): hand every rank rank 0's, so
+        # all ranks end with one identical model, the one rank 0 saved.
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
         dist.barrier()
-    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou}
+    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou, "model": model}
 
 
 def _train_forward_module(model):
