@@ -17,7 +17,9 @@ def run(args) -> int:
     print(f"{'model':<{width}}  {'dataset':<15} {'classes':>7} {'crop':>9} {'mIoU':>6} {'ms+flip':>7}")
     for c in rows:
         crop = f"{c.crop_size[0]}x{c.crop_size[1]}"
-        print(f"{c.name:<{width}}  {c.dataset:<15} {c.num_classes:>7} {crop:>9} {c.miou:>6.2f} {c.miou_ms:>7.2f}")
+        miou = f"{c.miou:.2f}" if c.miou is not None else "-"
+        miou_ms = f"{c.miou_ms:.2f}" if c.miou_ms is not None else "-"
+        print(f"{c.name:<{width}}  {c.dataset:<15} {c.num_classes:>7} {crop:>9} {miou:>6} {miou_ms:>7}")
         if args.urls:
             print(f"  {c.checkpoint_url}")
     return 0

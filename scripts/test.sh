@@ -14,4 +14,5 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 bash scripts/setup.sh
+bash scripts/setup_mmseg_reference.sh   # mmsegmentation 1.2 itself, for the parity tests
 exec .venv/bin/python -m pytest -q "$@"

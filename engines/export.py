@@ -1,0 +1,134 @@
+"""`bisenet export`: checkpoint -> ONNX (+ sidecar JSON). Build time: torch lives here.
+
+Graph contract (what ONNX Runtime, TensorRT and the app rely on):
+- input  `input`:  float32 [1, 3, H, W], RGB normalized with the config's mean/std
+- output `logits`: float32 [1, C, H, W] (bilinear, align_corners=False, as mmseg 'whole'), or
+         `labels`: int32   [1, H, W]   (ArgMax in the graph, then Cast to int32: TensorRT
+         has no int64 I/O on 8.6 and ONNX Runtime takes int32 as well)
+- opset 17, auxiliary heads dropped, graph simplified with onnxslim when installed.
+"""
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+from engines.model_config import ConfigError, ModelConfig, load_model_config
+from engines.sidecar import file_sha256, write_sidecar
+
+HELP = "export a BiSeNetV1 checkpoint (official mmseg or own) to ONNX with a sidecar JSON"
+EXAMPLE = ("bisenet export --model bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024 "
+           "--checkpoint r18.pth --size 512x1024 --head labels -o r18.onnx")
+OPSET = 17
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: write it as HxW, e.g. 512x1024") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ConfigError(f"--size {text}: H and W must be positive multiples of 32 (BiSeNetV1 downsamples "
+                          f"by 32), e.g. {max(32, round(h / 32) * 32)}x{max(32, round(w / 32) * 32)}")
+    return h, w
+
+
+def build_model(cfg: ModelConfig, checkpoint: str | Path | None, random_init: bool = False):
+    """Eval-mode BiSeNetV1 without auxiliary heads and the checkpoint's meta."""
+    from training.checkpoints import load_weights, resolve_checkpoint
+    from training.model import BiSeNetV1
+
+    model = BiSeNetV1(cfg, with_aux=False)
+    meta, path = {}, None
+    if random_init:
+        if checkpoint:
+            raise ConfigError("pass either --checkpoint or --random-init, not both")
+    else:
+        path = resolve_checkpoint(cfg, checkpoint)
+        meta = load_weights(model, path, cfg)
+    return model.eval(), meta, path
+
+
+def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str = "labels",
+                dynamic: bool = False, random_init: bool = False, simplify: bool = True) -> Path:
+    import torch
+
+    if head not in ("labels", "logits"):
+        raise ConfigError(f"--head {head!r}: use labels or logits")
+    h, w = size_hw or tuple(cfg.crop_size)
+    if h % 32 or w % 32:
+        raise ConfigError(f"size {h}x{w}: H and W must be multiples of 32")
+    model, _, ckpt_path = build_model(cfg, checkpoint, random_init)
+
+    class Exported(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            logits = self.net(x)
+            return logits if head == "logits" else torch.argmax(logits, dim=1).to(torch.int32)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, h, w)
+    dynamic_axes = {"input": {2: "height", 3: "width"},
+                    head: ({2: "height", 3: "width"} if head == "logits" else {1: "height", 2: "width"})}
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with torch.no_grad():
+        # The TorchScript exporter: it maps this network to plain ONNX ops in one step and
+        # supports dynamic H/W through dynamic_axes.
+        torch.onnx.export(Exported(model), (dummy,), str(tmp), input_names=["input"], output_names=[head],
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                          dynamic_axes=dynamic_axes if dynamic else None)
+    if simplify:
+        _simplify(tmp)
+    tmp.replace(out_path)
+    meta = {
+        "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
+        "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [1, 3, h, w], "input_name": "input",
+        "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
+        "labels_dtype": "int32", "dynamic": bool(dynamic), "precision": "fp32", "opset": OPSET,
+        "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
+        "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
+        "onnx_sha256": file_sha256(out_path), "model_config": cfg.to_dict(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+    }
+    write_sidecar(out_path, meta)
+    return out_path
+
+
+def _simplify(path: Path) -> None:
+    try:
+        import onnx
+        import onnxslim
+    except ImportError:
+        print("note: onnxslim not installed, graph left unsimplified (pip install onnxslim)", file=sys.stderr)
+        return
+    model = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(model, str(path))
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="zoo name (see `bisenet models`) or a model YAML path")
+    p.add_argument("--checkpoint", help="official mmseg .pth or own checkpoint; omitted: download the official one")
+    p.add_argument("--size", help="input HxW, multiples of 32 (default: the config's crop size)")
+    p.add_argument("--head", choices=("labels", "logits"), default="labels",
+                   help="output int32 labels (argmax in the graph) or float32 logits")
+    p.add_argument("--dynamic", action="store_true", help="dynamic input height/width")
+    p.add_argument("--random-init", action="store_true", help="random weights (tests only)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (sidecar written beside it)")
+
+
+def run(args) -> int:
+    cfg = load_model_config(args.model)
+    size = parse_size(args.size) if args.size else None
+    if not args.output.endswith(".onnx"):
+        raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
+    out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
+                      simplify=not args.no_simplify)
+    h, w = size or cfg.crop_size
+    print(f"exported {cfg.name} ({h}x{w}, head={args.head}) -> {out} (+ {out.name}.json)")
+    return 0

@@ -1,0 +1,95 @@
+"""ONNX Runtime engine: CPU by default; CUDA / TensorRT execution providers with onnxruntime-gpu."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engines.base import Engine, ModelInfo
+from engines.sidecar import SidecarError, read_sidecar
+
+# --providers short names -> ONNX Runtime provider names.
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
+    """'tensorrt,cuda,cpu' -> the provider list for InferenceSession (with TensorRT options)."""
+    import onnxruntime as ort
+
+    names = [s.strip().lower() for s in (spec or "cpu").split(",") if s.strip()]
+    available = set(ort.get_available_providers())
+    out = []
+    for name in names:
+        if name not in PROVIDERS:
+            raise ValueError(f"--providers {name!r}: use a comma list of {', '.join(PROVIDERS)}")
+        full = PROVIDERS[name]
+        if full not in available:
+            raise RuntimeError(f"ONNX Runtime here has no {full} (available: {', '.join(sorted(available))}); "
+                               "install onnxruntime-gpu (pip install 'bisenet-edge[gpu]') on an NVIDIA machine")
+        if name == "tensorrt":
+            cache = model_path.parent / ".ort_trt_cache"
+            out.append((full, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                               "trt_timing_cache_enable": True, "trt_fp16_enable": precision != "fp32",
+                               "trt_int8_enable": precision == "int8"}))
+        else:
+            out.append(full)
+    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in out]:
+        out.append("CPUExecutionProvider")  # fallback for ops the GPU providers do not take
+    return out
+
+
+class OnnxEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(self, path, providers: str | None = None, threads: int | None = None,
+                 precision: str | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model {self.path} does not exist; export one with `bisenet export`")
+        meta = read_sidecar(self.path)
+        self.info = ModelInfo.from_sidecar(meta)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), opts, providers=parse_providers(providers, self.path, precision or self.info.precision))
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"ONNX Runtime cannot load {self.path}: {first}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        self.output_name = self.session.get_outputs()[0].name
+        if self.output_name not in ("labels", "logits"):
+            raise SidecarError(f"{self.path}: output {self.output_name!r} is neither labels nor logits; "
+                               "re-export it with `bisenet export`")
+        shape = inp.shape
+        static = all(isinstance(d, int) for d in shape[2:])
+        if static and tuple(shape[2:]) != tuple(self.info.input_size):
+            raise SidecarError(f"{self.path}: graph input is {shape[2]}x{shape[3]} but its sidecar says "
+                               f"{self.info.input_size[0]}x{self.info.input_size[1]}; re-export it with `bisenet export`")
+        if self.output_name != self.info.head:
+            raise SidecarError(f"{self.path}: graph outputs {self.output_name} but its sidecar says "
+                               f"{self.info.head}; re-export it with `bisenet export`")
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._run(batch)
+        if self.output_name == "labels":
+            return out
+        return np.argmax(out, axis=1).astype(np.int32)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_name != "logits":
+            return super().infer_logits(batch)
+        return self._run(batch)
+
+    def providers(self) -> list:
+        return self.session.get_providers()
