@@ -55,8 +55,8 @@ def make_model_config(path: Path) -> Path:
     return path
 
 
-def make_train_config(tmp: Path, **overrides) -> Path:
-    data_yaml = make_dataset(tmp / "data")
+def make_train_config(tmp: Path, image_hw=(48, 64), **overrides) -> Path:
+    data_yaml = make_dataset(tmp / "data", h=image_hw[0], w=image_hw[1])
     model_yaml = make_model_config(tmp / "model.yaml")
     cfg = {"model": str(model_yaml), "dataset": str(data_yaml), "iterations": 6, "batch_size": 2, "lr": 0.01,
            "warmup_iters": 2, "crop_size": [32, 48], "eval_interval": 0, "checkpoint_interval": 3,
