@@ -111,3 +111,27 @@ def test_train_config_defaults_come_from_the_model_recipe(tmp_path):
     cfg = load_model_config("bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024")
     r = TrainConfig(model="x", dataset="y", lr=0.5).recipe(cfg)
     assert r["lr"] == 0.5 and r["iterations"] == 160000 and r["warmup_iters"] == 1000
+
+
+def test_finetune_on_own_classes_from_a_checkpoint_with_other_classes(tmp_path):
+    import yaml
+
+    from engines.model_config import MODELS_DIR, load_model_config
+    from training.model import BiSeNetV1
+    from training.train import load_for_finetune
+
+    camvid = load_model_config(MODELS_DIR / "bisenetv1_r18-d32_camvid-360x480.yaml")   # 11 classes
+    source = tmp_path / "camvid11.pth"
+    torch.save({"state_dict": BiSeNetV1(camvid).state_dict(), "meta": {}}, source)
+    cfg = make_train_config(tmp_path, iterations=2, checkpoint_interval=2)
+    tc = load_train_config(cfg)
+    tc.model = str(MODELS_DIR / "bisenetv1_r18-d32_camvid-360x480.yaml")
+    tc.load_from = str(source)
+    train(tc, tmp_path / "ft", progress=False, device="cpu")
+    derived = yaml.safe_load(open(tmp_path / "ft" / "model.yaml"))
+    assert derived["num_classes"] == 3 and derived["class_names"] == ["ground", "object", "sky"]
+    assert derived["name"] == "bisenetv1_r18-d32_camvid-360x480_tiny"
+    three = load_model_config(tmp_path / "ft" / "model.yaml")
+    skipped = load_for_finetune(BiSeNetV1(three), source)
+    assert skipped == sorted(f"{h}.conv_seg.{p}" for h in ("auxiliary_head.0", "auxiliary_head.1", "decode_head")
+                             for p in ("bias", "weight"))
