@@ -241,6 +241,9 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
         n = load_imagenet_backbone(model, tc.pretrained)
         if main_rank:
             print(f"loaded {n} ImageNet backbone tensors from {tc.pretrained}", file=sys.stderr)
+    elif model_cfg.pretrained and main_rank:
+        print(f"note: the {model_cfg.name} recipe starts from ImageNet weights ({model_cfg.pretrained}); without "
+              "--pretrained FILE this run starts from scratch", file=sys.stderr)
     if tc.load_from:
         skipped = load_for_finetune(model, tc.load_from)
         if main_rank:
