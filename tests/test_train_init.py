@@ -66,3 +66,11 @@ def test_loss_covers_decode_and_both_aux_heads_and_ohem():
     assert keep[:, :2].sum() == 0 and keep.sum() >= 100
     total_ohem, _ = seg_loss(logits, aux, label, [1.0, 1.0], ohem={"thresh": 0.7, "min_kept": 100})
     assert torch.isfinite(total_ohem)
+
+
+def test_v1c_deep_stem_file_loads_its_residual_layers(tmp_path):
+    sd = {k: v for k, v in imagenet_resnet18().items() if not k.startswith(("conv1.", "bn1."))}
+    sd["stem.0.weight"] = torch.randn(32, 3, 3, 3)
+    torch.save({"state_dict": sd}, tmp_path / "v1c.pth")
+    model = BiSeNetV1(load_model_config(CFG))
+    assert load_imagenet_backbone(model, tmp_path / "v1c.pth") == len(ResNet(18).state_dict()) - 6
