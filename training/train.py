@@ -165,6 +165,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def collate(items):
+    import torch
+    return (torch.from_numpy(np.stack([img for img, _ in items])),
+            torch.from_numpy(np.stack([label for _, label in items])))
+
+
 class JsonlLog:
     def __init__(self, path: Path):
         self.f = open(path, "a", buffering=1)
@@ -288,9 +294,8 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     stream = SampleStream(len(train_set), tc.seed, start=start_it * batch * world, rank=rank, world=world)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=batch, sampler=stream, num_workers=tc.workers, pin_memory=dev.type == "cuda",
-        persistent_workers=False, generator=torch.Generator(),   # keep the global torch RNG untouched
-        collate_fn=lambda items: (torch.from_numpy(np.stack([i[0] for i in items])),
-                                  torch.from_numpy(np.stack([i[1] for i in items]))))
+        generator=torch.Generator(),   # worker seeds from their own generator: the global torch RNG stays untouched
+        collate_fn=collate)
 
     log = JsonlLog(work_dir / "log.jsonl") if main_rank else None
     tb = _tensorboard(work_dir) if main_rank else None
