@@ -1,7 +1,6 @@
 """Datasets and transforms on real files: layouts, label mapping, and errors that name the file."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

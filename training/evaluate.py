@@ -161,7 +161,6 @@ class ModuleEngine:
     backend = "pytorch"
 
     def __init__(self, model, info, device="cpu"):
-        from engines.base import ModelInfo  # noqa: F401  (info is a ModelInfo)
         self.model, self.device = model, device
         self.info = info
         self.info.dynamic = True
