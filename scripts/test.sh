@@ -6,6 +6,7 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v rtsp-server.pl >/dev/null || [ -x /usr/bin/rtsp-server.pl ] || need+=(rtsp-server-perl)
 command -v chromium >/dev/null || need+=(chromium)
+command -v g++ >/dev/null || need+=(g++)   # builds engines/*.cu for the host kernel checks
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,248 @@
+"""TensorRT backend behind the Engine interface, on pycuda buffers and its own CUDA stream.
+
+    eng = TensorRTEngine("model.fp16.engine")
+    labels = eng.infer(batch)                       # host in, host out (the Engine interface)
+    out_bgr = eng.run_fused(frame_bgr, mode="overlay")   # uint8 in, uint8 out, nothing else crosses PCIe
+
+The fused path: the uint8 BGR frame goes up once into a page-locked staging buffer's device
+twin; engines/preprocess.cu writes the normalized tensor straight into TensorRT's input
+binding; TensorRT runs; for a logits head engines/overlay.cu's argmax reduces to labels on
+the GPU; the overlay kernel blends with the frame still on the GPU; the uint8 result comes
+down once. With cuda_graph=True the whole chain (both copies included: page-locked buffers
+keep fixed addresses) is captured once per frame size and replayed.
+
+TensorRT 10.x: named tensors (set_tensor_address + execute_async_v3). TensorRT 8.6
+(JetPack 5): bindings + execute_async_v2. No torch on this path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engines.base import Engine, ModelInfo
+from engines.sidecar import SidecarError, read_sidecar
+from engines.tensorrt_build import import_tensorrt, trt_major
+
+PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson, with JetPack's CUDA on PATH)"
+
+
+def check_engine_sidecar(meta: dict, engine_path, tensorrt_version: str, gpu_name: str,
+                         compute_capability: str) -> None:
+    """Refuse an engine built for another TensorRT version or GPU: one line with the rebuild command."""
+    missing = [k for k in ("tensorrt_version", "gpu_name", "compute_capability") if k not in meta]
+    rebuild = meta.get("build_command") or f"bisenet build --onnx model.onnx -o {engine_path}"
+    if missing:
+        raise SidecarError(f"{engine_path}: its sidecar lacks {', '.join(missing)} (not written by `bisenet build`); "
+                           f"rebuild it here: {rebuild}")
+    built = (str(meta["tensorrt_version"]), str(meta["gpu_name"]), str(meta["compute_capability"]))
+    here = (str(tensorrt_version), str(gpu_name), str(compute_capability))
+    if built != here:
+        raise SidecarError(f"{engine_path} was built with TensorRT {built[0]} for {built[1]} (sm {built[2]}) but this "
+                           f"machine has TensorRT {here[0]} on {here[1]} (sm {here[2]}); engines do not move between "
+                           f"TensorRT versions or GPU models: rebuild it here: {rebuild}")
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True):
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no TensorRT engine {self.path}: build one with `bisenet build`")
+        meta = read_sidecar(self.path, rebuild_hint="rebuild it with `bisenet build --onnx model.onnx -o "
+                                                    f"{self.path}`")
+        trt = import_tensorrt()
+        try:
+            import pycuda.driver as cuda
+            import pycuda.autoprimaryctx  # noqa: F401  (CUDA's primary context, shared with TensorRT)
+        except ImportError:
+            raise RuntimeError(PYCUDA_HINT) from None
+        from engines.cuda_kernels import gpu_identity
+        if check:
+            check_engine_sidecar(meta, self.path, trt.__version__, *gpu_identity())
+        self.trt, self.cuda, self.meta = trt, cuda, meta
+        self.info = ModelInfo.from_sidecar(meta)
+        self.tensor_api = trt_major(trt.__version__) >= 10   # 8.6: bindings + execute_async_v2
+
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        if meta.get("dla_core") is not None:
+            self.runtime.DLA_core = int(meta["dla_core"])
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not load {self.path} (see its log above); rebuild it: "
+                               f"{meta.get('build_command', 'bisenet build ...')}")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        self._allocate(tuple(meta["input_shape"]))
+        self.use_cuda_graph = cuda_graph
+        self._graph = None          # infer() replay
+        self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
+        self._kernels = None
+
+    # -- buffers -------------------------------------------------------------------------------
+    def _io(self):
+        """[(name or index, is_input, shape, numpy dtype)] in the engine's order."""
+        trt, e = self.trt, self.engine
+        if self.tensor_api:
+            return [(n, e.get_tensor_mode(n) == trt.TensorIOMode.INPUT, tuple(e.get_tensor_shape(n)),
+                     np.dtype(trt.nptype(e.get_tensor_dtype(n))))
+                    for n in (e.get_tensor_name(i) for i in range(e.num_io_tensors))]
+        return [(i, e.binding_is_input(i), tuple(e.get_binding_shape(i)), np.dtype(trt.nptype(e.get_binding_dtype(i))))
+                for i in range(e.num_bindings)]
+
+    def _allocate(self, input_shape):
+        cuda, ctx = self.cuda, self.context
+        io = self._io()
+        inputs = [t for t in io if t[1]]
+        if len(inputs) != 1:
+            raise RuntimeError(f"{self.path}: expected one input tensor, found {len(inputs)}; rebuild from a "
+                               "`bisenet export` ONNX")
+        name, _, shape, _ = inputs[0]
+        if any(d < 0 for d in shape):          # dynamic engine: run it at the sidecar's (opt) shape
+            if self.tensor_api:
+                ctx.set_input_shape(name, input_shape)
+            else:
+                ctx.set_binding_shape(name, input_shape)
+        self.buffers = {}                      # name -> (page-locked host array, device allocation)
+        self.bindings = []
+        for name, is_input, shape, dtype in io:
+            if self.tensor_api:
+                shape = tuple(ctx.get_tensor_shape(name))
+            else:
+                shape = tuple(ctx.get_binding_shape(name))
+            host = cuda.pagelocked_empty(shape, dtype)
+            dev = cuda.mem_alloc(max(host.nbytes, 1))
+            self.buffers[name] = (host, dev)
+            self.bindings.append(int(dev))
+            if self.tensor_api:
+                ctx.set_tensor_address(name, int(dev))
+            if is_input:
+                self.input_name, self.input_shape, self.input_dtype = name, shape, dtype
+            else:
+                self.output_name, self.output_shape, self.output_dtype = name, shape, dtype
+        if self.input_dtype not in (np.float32, np.float16):
+            raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
+
+    def _execute(self):
+        if self.tensor_api:
+            ok = self.context.execute_async_v3(self.stream.handle)
+        else:
+            ok = self.context.execute_async_v2(self.bindings, self.stream.handle)
+        if not ok:
+            raise RuntimeError(f"TensorRT failed to run {self.path.name} (see its log above)")
+
+    def _capture(self, work):
+        """Record `work()` (async calls on self.stream) into a CUDA graph; returns its executable."""
+        from engines.cuda_kernels import CudaGraph
+        work()                                 # a first run does TensorRT's lazy setup outside the capture
+        self.stream.synchronize()
+        return CudaGraph(self.stream.handle, work)
+
+    # -- the Engine interface (host arrays in and out) -----------------------------------------------
+    def _run_host(self, batch1: np.ndarray) -> np.ndarray:
+        host_in, dev_in = self.buffers[self.input_name]
+        host_out, dev_out = self.buffers[self.output_name]
+        np.copyto(host_in, batch1.reshape(host_in.shape), casting="same_kind")
+
+        def work():
+            self.cuda.memcpy_htod_async(dev_in, host_in, self.stream)
+            self._execute()
+            self.cuda.memcpy_dtoh_async(host_out, dev_out, self.stream)
+
+        if self.use_cuda_graph:
+            if self._graph is None:
+                self._graph = self._capture(work)
+            self._graph.launch()
+        else:
+            work()
+        self.stream.synchronize()
+        return host_out.copy()
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        want = tuple(self.input_shape[1:])
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+            raise ValueError(f"{self.path.name} takes [N, {', '.join(map(str, want))}] input, got {batch.shape}")
+        return batch.astype(self.input_dtype, copy=False)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.info.head != "logits":
+            return super().infer_logits(batch)
+        batch = self._check_batch(batch)
+        return np.concatenate([self._run_host(b[None]) for b in batch]).astype(np.float32, copy=False)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.info.head == "logits":
+            return np.argmax(self.infer_logits(batch), axis=1).astype(np.int32)
+        batch = self._check_batch(batch)
+        labels = np.concatenate([self._run_host(b[None]) for b in batch])
+        return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
+
+    # -- the fused path: uint8 BGR frame in, uint8 BGR frame out ----------------------------------
+    def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"run_fused takes a uint8 BGR HxWx3 frame, got {frame_bgr.dtype} {frame_bgr.shape}")
+        h, w = frame_bgr.shape[:2]
+        key = (h, w, float(alpha), mode)
+        r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+        self._fused[key] = r
+        np.copyto(r["frame_host"], frame_bgr)
+        if self.use_cuda_graph:
+            if r["graph"] is None:
+                r["graph"] = self._capture(r["work"])
+            r["graph"].launch()
+        else:
+            r["work"]()
+        self.stream.synchronize()
+        return r["out_host"].copy()
+
+    def _fused_setup(self, h, w, alpha, mode) -> dict:
+        from app.overlay import palette_bgr
+        from engines.cuda_kernels import CudaKernels, label_step
+        cuda = self.cuda
+        if self._kernels is None:
+            self._kernels = CudaKernels("pycuda")
+        k = self._kernels
+        _, _, in_h, in_w = self.input_shape
+        out_h, out_w = self.output_shape[-2:]
+        frame_host = cuda.pagelocked_empty((h, w, 3), np.uint8)
+        frame_dev = cuda.mem_alloc(frame_host.nbytes)
+        out_host = cuda.pagelocked_empty((h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
+        out_dev = cuda.mem_alloc(out_host.nbytes)
+        pre = k.preprocessor(h, w, in_h, in_w, self.info.mean, self.info.std, self.input_dtype)
+        render = k.overlay_renderer(palette_bgr(self.info.palette))
+        dev_in = self.buffers[self.input_name][1]
+        dev_out = self.buffers[self.output_name][1]
+        labels_dev, labels_dtype = dev_out, self.output_dtype
+        if self.info.head == "logits":
+            if self.output_dtype != np.float32:
+                raise RuntimeError(f"{self.path.name}: the argmax kernel reads float32 logits, the engine outputs "
+                                   f"{self.output_dtype}; rebuild from an ONNX with float32 outputs")
+            labels_dev, labels_dtype = cuda.mem_alloc(out_h * out_w * 4), np.int32
+        else:
+            label_step(labels_dtype)           # int32 or int64, else a one-line error now
+        num_classes = self.info.num_classes
+
+        def work():
+            cuda.memcpy_htod_async(frame_dev, frame_host, self.stream)
+            pre(int(frame_dev), int(dev_in), self.stream)
+            self._execute()
+            if self.info.head == "logits":
+                k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream)
+            render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
+                   label_dtype=labels_dtype, stream=self.stream)
+            cuda.memcpy_dtoh_async(out_host, out_dev, self.stream)
+
+        # Keep every allocation alive as long as the (possibly captured) work refers to it.
+        return {"frame_host": frame_host, "frame_dev": frame_dev, "out_host": out_host, "out_dev": out_dev,
+                "labels_dev": labels_dev, "pre": pre, "render": render, "work": work, "graph": None}
+
+    def close(self) -> None:
+        self._fused.clear()
+        self._graph = None
+        self.context = self.engine = self.runtime = None
+
+    def describe(self) -> str:
+        return (super().describe() + f" TensorRT {self.meta.get('tensorrt_version')} "
+                f"{'graph ' if self.use_cuda_graph else ''}on {self.meta.get('gpu_name')}")

@@ -1,0 +1,291 @@
+"""The CUDA kernels (engines/*.cu) held to the CPU references on real frames.
+
+On every machine: the same .cu text is compiled as host C++ (tests/cuda_host_shim.h) and
+every (block, thread) index of the launch grid is executed through ctypes, then compared with
+app/preprocess.py and app/overlay.py. With nvcc: PTX for Jetson Orin (sm_87), Ampere (sm_86)
+and Hopper (sm_90). With a GPU (marked gpu): the kernels themselves through pycuda or CuPy.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.overlay import palette_bgr, render_overlay
+from app.preprocess import preprocess
+from engines import cuda_kernels as ck
+from engines.model_config import load_model_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CITYSCAPES = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
+
+
+def find_shared_data() -> Path | None:
+    """../shared/data beside the checkout (or beside an ancestor, for git worktrees)."""
+    for parent in ROOT.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return None
+
+
+DATA = find_shared_data()
+needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data (CamVid, Cityscapes sample) not found")
+
+
+def camvid_frames(n=2):
+    return [cv2.imread(str(p)) for p in sorted((DATA / "camvid" / "val").glob("*.jpg"))[:n]]
+
+
+def cityscapes_frame():
+    return cv2.imread(str(DATA / "samples" / "cityscapes_street_2048x1024.png"))
+
+
+def camvid_labels():
+    return cv2.imread(str(sorted((DATA / "camvid" / "valannot").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model_config(CITYSCAPES)
+
+
+# -- the host build ------------------------------------------------------------------------------
+
+P = ctypes.c_void_p
+I = ctypes.c_int
+U = ctypes.c_uint
+F = ctypes.c_float
+PRE = [U, U, U, U, P, I, I, I, P, P, P, P, F, F, F, F, F, F, P, I, I]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) to build the kernels for the host; apt-get install g++")
+    lib = tmp_path_factory.mktemp("cuda_host") / "kernels_host.so"
+    # -ffp-contract=off: no FMA may change a rounding the GPU build does not make either.
+    subprocess.run([cxx, "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-Wall", "-Werror",
+                    "-o", str(lib), str(ROOT / "tests" / "cuda_host_runner.cpp")], check=True)
+    so = ctypes.CDLL(str(lib))
+    so.host_linear_resize_coeffs.argtypes = [U, U, U, U, I, I, I, P, P]
+    so.host_preprocess_bgr_f32.argtypes = PRE
+    so.host_preprocess_bgr_f16.argtypes = PRE
+    so.host_overlay_bgr.argtypes = [U, U, U, U, P, I, I, P, I, I, I, P, I, I, P]
+    so.host_argmax_channels.argtypes = [U, U, U, U, P, I, I, P]
+    return so
+
+
+def ptr(a: np.ndarray):
+    return a.ctypes.data_as(P)
+
+
+def host_preprocess(so, bgr, size_hw, mean, std, dtype=np.float32):
+    """What CudaKernels.preprocess does on a GPU, with the same launch shapes and arguments."""
+    bgr = np.ascontiguousarray(bgr)
+    (src_h, src_w), (h, w) = bgr.shape[:2], size_hw
+    tables = []
+    for src_len, dst_len, clamp in ((src_w, w, 1), (src_h, h, 0)):
+        ofs, wts = np.zeros(dst_len, np.int32), np.zeros(2 * dst_len, np.int16)
+        so.host_linear_resize_coeffs(*ck.grid_1d(dst_len)[:2], *ck.BLOCK_1D[:2], src_len, dst_len, clamp,
+                                     ptr(ofs), ptr(wts))
+        tables += [ofs, wts]
+    f16 = np.dtype(dtype) == np.float16
+    out = np.full((1, 3, h, w), 7, np.uint16 if f16 else np.float32)   # junk: every element must be written
+    fn = so.host_preprocess_bgr_f16 if f16 else so.host_preprocess_bgr_f32
+    fn(*ck.grid_2d(w, h)[:2], *ck.BLOCK_2D[:2], ptr(bgr), src_h, src_w, src_w * 3,
+       *(ptr(t) for t in tables), *ck.normalization_args(mean, std), ptr(out), h, w)
+    return out.view(np.float16) if f16 else out
+
+
+def host_overlay(so, image, labels, lut, alpha, mode):
+    image = np.ascontiguousarray(image)
+    labels = np.ascontiguousarray(labels)
+    height, width = image.shape[:2]
+    out = np.full((height, 2 * width if mode == "side-by-side" else width, 3), 7, np.uint8)
+    so.host_overlay_bgr(*ck.grid_2d(width, height)[:2], *ck.BLOCK_2D[:2], ptr(image), height, width,
+                        ptr(labels), labels.shape[0], labels.shape[1], ck.label_step(labels.dtype),
+                        ptr(np.ascontiguousarray(lut)), ck.alpha_256(alpha), ck.overlay_mode_id(mode), ptr(out))
+    return out
+
+
+# -- preprocess ----------------------------------------------------------------------------------
+
+def max_diff(a, b) -> float:
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max())
+
+
+@needs_data
+@pytest.mark.parametrize("size_hw", [(512, 1024), (256, 320), (360, 480), (720, 960), (333, 1000)])
+def test_host_preprocess_matches_cpu_on_camvid(host, model, size_hw):
+    for frame in camvid_frames():
+        ref = preprocess(frame, size_hw, model.mean, model.std)
+        got = host_preprocess(host, frame, size_hw, model.mean, model.std)
+        assert got.shape == ref.shape
+        assert max_diff(got, ref) <= 1e-3, f"{frame.shape} -> {size_hw}"
+
+
+@needs_data
+@pytest.mark.parametrize("size_hw", [(512, 1024), (360, 640), (1024, 2048)])
+def test_host_preprocess_matches_cpu_on_cityscapes(host, model, size_hw):
+    frame = cityscapes_frame()
+    ref = preprocess(frame, size_hw, model.mean, model.std)
+    got = host_preprocess(host, frame, size_hw, model.mean, model.std)
+    assert max_diff(got, ref) <= 1e-3
+
+
+@needs_data
+def test_host_preprocess_float16_matches_cpu(host, model):
+    frame = camvid_frames(1)[0]
+    ref = preprocess(frame, (512, 1024), model.mean, model.std, dtype=np.float16)
+    got = host_preprocess(host, frame, (512, 1024), model.mean, model.std, dtype=np.float16)
+    assert got.dtype == np.float16
+    # Both round the same float32 to half: the bits agree, not just the values.
+    assert np.array_equal(got.view(np.uint16), ref.view(np.uint16))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_host_float16_rounding_on_every_kind_of_value(host):
+    # mean 0, std 1: the kernel's float->half conversion sees the pixel values themselves,
+    # and std 1/2^k scales them into the subnormal, rounding-tie and overflow ranges.
+    img = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    for std in (1.0, 2.0 ** 20, 2.0 ** 30, 2.0 ** -8, 3.0, 1e-7):
+        ref = preprocess(img, (16, 16), [0, 0, 0], [std] * 3, dtype=np.float16)
+        got = host_preprocess(host, img, (16, 16), [0, 0, 0], [std] * 3, dtype=np.float16)
+        assert np.array_equal(got.view(np.uint16), ref.view(np.uint16)), std
+
+
+@pytest.mark.parametrize("src_hw,dst_hw", [((37, 53), (64, 64)), ((7, 5), (1, 1)), ((5, 7), (41, 23)),
+                                           ((64, 64), (21, 32)), ((1, 9), (3, 4)), ((100, 3), (33, 97))])
+def test_host_preprocess_edges_on_noise(host, src_hw, dst_hw):
+    # Odd sizes and extreme ratios exercise the clamped borders of both resize passes.
+    img = np.random.default_rng(0).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    assert max_diff(host_preprocess(host, img, dst_hw, mean, std), preprocess(img, dst_hw, mean, std)) <= 1e-3
+
+
+# -- overlay -------------------------------------------------------------------------------------
+
+@needs_data
+@pytest.mark.parametrize("mode", ["overlay", "mask", "side-by-side"])
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 1.0])
+def test_host_overlay_matches_cpu_on_camvid(host, mode, alpha):
+    frame = camvid_frames(1)[0]
+    labels = camvid_labels()[::4, ::4].astype(np.int32)     # model resolution 90x120, ids 0..11
+    lut = palette_bgr(np.random.default_rng(1).integers(0, 256, (11, 3)))   # 11 -> unlabelled, black
+    ref = render_overlay(frame, labels, lut, alpha=alpha, mode=mode)
+    got = host_overlay(host, frame, labels, lut, alpha, mode)
+    assert got.shape == ref.shape
+    assert max_diff(got, ref) <= 1
+
+
+@needs_data
+@pytest.mark.parametrize("mode", ["overlay", "mask", "side-by-side"])
+def test_host_overlay_matches_cpu_on_cityscapes(host, model, mode):
+    frame = cityscapes_frame()
+    # Labels at 512x1024 from a real label map: CamVid's classes stretched, plus ids past the palette.
+    labels = cv2.resize(camvid_labels(), (1024, 512), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    labels[:8] = 255
+    lut = palette_bgr(np.asarray(model.palette))
+    ref = render_overlay(frame, labels, lut, alpha=0.6, mode=mode)
+    got = host_overlay(host, frame, labels, lut, 0.6, mode)
+    assert max_diff(got, ref) <= 1
+
+
+def test_host_overlay_int64_labels_and_odd_sizes(host):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)
+    labels = rng.integers(0, 300, (7, 13)).astype(np.int64)   # > 255 wraps like the CPU's uint8 cast
+    lut = palette_bgr(rng.integers(0, 256, (19, 3)))
+    for mode in ck.OVERLAY_MODES:
+        assert max_diff(host_overlay(host, image, labels, lut, 0.45, mode),
+                        render_overlay(image, labels, lut, alpha=0.45, mode=mode)) <= 1
+
+
+def test_host_argmax_matches_numpy_first_maximum(host):
+    logits = np.random.default_rng(3).integers(-3, 3, (19, 33, 47)).astype(np.float32)  # many ties
+    labels = np.full((33, 47), -1, np.int32)
+    plane = 33 * 47
+    host.host_argmax_channels(*ck.grid_1d(plane)[:2], *ck.BLOCK_1D[:2], ptr(logits), 19, plane, ptr(labels))
+    assert np.array_equal(labels, np.argmax(logits, axis=0))
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(ValueError, match="--alpha"):
+        ck.alpha_256(1.5)
+    with pytest.raises(ValueError, match="side-by-side"):
+        ck.overlay_mode_id("blend")
+    with pytest.raises(ValueError, match="int32 or int64"):
+        ck.label_step(np.uint8)
+
+
+# -- PTX for the Jetson and desktop targets --------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["sm_87", "sm_86", "sm_90"])
+def test_kernels_compile_to_ptx(tmp_path, arch):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed (CUDA toolkit); the PTX check needs it")
+    for name, src in ck.SOURCES.items():
+        out = tmp_path / f"{name}_{arch}.ptx"
+        subprocess.run([nvcc, "--ptx", f"-arch={arch}", "-o", str(out), str(src)], check=True)
+        text = out.read_text()
+        for kernel in ck.KERNELS[name]:
+            assert f".entry {kernel}(" in text, kernel   # extern "C": names unmangled
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+
+def gpu_kernels():
+    try:
+        return ck.CudaKernels()
+    except Exception as e:   # no pycuda/CuPy, or no usable GPU
+        pytest.skip(f"no CUDA GPU with pycuda or CuPy here ({str(e).splitlines()[0][:120]})")
+
+
+@pytest.mark.gpu
+@needs_data
+def test_gpu_kernels_match_cpu(model):
+    k = gpu_kernels()
+    frame = cityscapes_frame()
+    for dtype in (np.float32, np.float16):
+        ref = preprocess(frame, (512, 1024), model.mean, model.std, dtype=dtype)
+        assert max_diff(k.preprocess(frame, (512, 1024), model.mean, model.std, dtype), ref) <= 1e-3
+    labels = cv2.resize(camvid_labels(), (1024, 512), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    lut = palette_bgr(np.asarray(model.palette))
+    for mode in ck.OVERLAY_MODES:
+        assert max_diff(k.overlay(frame, labels, lut, 0.5, mode), render_overlay(frame, labels, lut, 0.5, mode)) <= 1
+
+
+@pytest.mark.gpu
+@needs_data
+def test_gpu_graph_replay_matches_direct_launches(model):
+    """CudaGraph (driver API through ctypes) on the backend's stream replays preprocess + overlay."""
+    k = gpu_kernels()
+    frame = camvid_frames(1)[0]
+    h, w = frame.shape[:2]
+    labels = camvid_labels()[::4, ::4].astype(np.int32)
+    lut = palette_bgr(np.asarray(model.palette))
+    stream = k.stream()
+    pre = k.preprocessor(h, w, 256, 320, model.mean, model.std)
+    render = k.overlay_renderer(lut)
+    src, lab = k.to_device(frame), k.to_device(labels)
+    x, out = k.empty((1, 3, 256, 320), np.float32), k.empty(frame.shape, np.uint8)
+
+    def work():
+        pre(k.ptr(src), k.ptr(x), stream)
+        render(k.ptr(src), h, w, k.ptr(lab), *labels.shape, k.ptr(out), 0.4, "overlay", stream=stream)
+
+    graph = ck.CudaGraph(k.stream_handle(stream), work)   # captured, not yet run
+    x.set(np.zeros(x.shape, np.float32))
+    out.set(np.zeros(out.shape, np.uint8))
+    k.synchronize()                                      # the zeroing is done before the replay
+    graph.launch()
+    stream.synchronize()
+    assert max_diff(x.get(), preprocess(frame, (256, 320), model.mean, model.std)) <= 1e-3
+    assert max_diff(out.get(), render_overlay(frame, labels, lut, alpha=0.4, mode="overlay")) <= 1

@@ -1,0 +1,266 @@
+"""`bisenet build` and the TensorRT backend: what runs without a GPU runs here for real.
+
+Here: argument parsing, the build plan (flags, explicit vs implicit INT8, DLA), the engine
+sidecar and its version/GPU check, and the one-line errors of `bisenet build` and the backend
+on a machine without TensorRT (a real subprocess, a real ONNX file). With TensorRT and a GPU
+(marked gpu): a real engine built from a real ONNX, checked against ONNX Runtime and the CPU
+overlay pipeline.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines import tensorrt_build as tb
+from engines.sidecar import SidecarError, file_sha256, read_sidecar, write_sidecar
+from engines.tensorrt_engine import check_engine_sidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ["road", "car", "sky", "tree"]
+PALETTE = [[128, 64, 128], [0, 0, 142], [70, 130, 180], [107, 142, 35]]
+
+
+def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False) -> Path:
+    """A real ONNX model: 1x1 conv, 3 -> 4 class logits (optionally behind a Q/DQ pair), + its sidecar."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "weight")
+    inits, nodes, conv_in = [weight], [], "input"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zero")]
+        nodes += [helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"])]
+        conv_in = "dq"
+    nodes.append(helper.make_node("Conv", [conv_in, "weight"], ["logits"]))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, h, w])], inits)
+    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    write_sidecar(path, {"model": "tiny", "classes": CLASSES, "palette": PALETTE,
+                         "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                         "input_shape": [1, 3, h, w], "head": "logits", "precision": "fp32"})
+    return path
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+def test_parse_shapes_accepts_hw_and_nchw():
+    assert tb.parse_shapes("256x512/512x1024/1x3x1024x2048") == ((1, 3, 256, 512), (1, 3, 512, 1024),
+                                                                  (1, 3, 1024, 2048))
+
+
+@pytest.mark.parametrize("text,msg", [("512x1024", "min/opt/max"), ("1024x2048/512x1024/256x512", "min <= opt"),
+                                      ("2x3x8x8/2x3x8x8/4x3x8x8", "H and W only"), ("axb/8x8/8x8", "bad shape"),
+                                      ("0x8/8x8/8x8", "bad shape")])
+def test_parse_shapes_rejects_with_one_line(text, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        tb.parse_shapes(text)
+    assert "\n" not in str(e.value)
+
+
+def test_resolve_input_shape_static_and_dynamic():
+    assert tb.resolve_input_shape((1, 3, 512, 1024), None) == ((1, 3, 512, 1024), None)
+    shapes = tb.parse_shapes("256x512/512x1024/1024x2048")
+    assert tb.resolve_input_shape((1, 3, -1, -1), shapes) == ((1, 3, 512, 1024), shapes)
+    with pytest.raises(ValueError, match="pass --shapes"):
+        tb.resolve_input_shape((1, 3, -1, -1), None)
+    with pytest.raises(ValueError, match="fixed at 1x3x512x1024"):
+        tb.resolve_input_shape((1, 3, 512, 1024), shapes)
+    with pytest.raises(ValueError, match="contradicts"):
+        tb.resolve_input_shape((1, 4, -1, -1), shapes)
+
+
+# -- the build plan ------------------------------------------------------------------------------
+
+def test_plan_float_precisions():
+    assert tb.plan_build("fp32", False).flags == []
+    assert tb.plan_build("fp16", False).flags == ["FP16"]
+
+
+def test_plan_int8_qdq_is_explicit_and_enables_fp16(tmp_path):
+    plan = tb.plan_build("int8", has_qdq=True)
+    assert (plan.int8_mode, plan.flags) == ("explicit", ["INT8", "FP16"])
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    plan = tb.plan_build("int8", has_qdq=True, calib_cache=cache)
+    assert plan.int8_mode == "explicit" and "ignored" in plan.notes[0]
+
+
+def test_plan_int8_plain_onnx_needs_a_cache(tmp_path):
+    with pytest.raises(ValueError, match="bisenet calibrate"):
+        tb.plan_build("int8", has_qdq=False)
+    with pytest.raises(ValueError, match="no calibration cache"):
+        tb.plan_build("int8", has_qdq=False, calib_cache=tmp_path / "missing.calib")
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    plan = tb.plan_build("int8", has_qdq=False, calib_cache=cache)
+    assert (plan.int8_mode, plan.flags) == ("implicit", ["INT8", "FP16"])
+
+
+def test_plan_refuses_mismatched_requests(tmp_path):
+    with pytest.raises(ValueError, match="--precision int8"):
+        tb.plan_build("fp16", has_qdq=True, onnx_name="model.int8.onnx")
+    with pytest.raises(ValueError, match="--calib-cache is for --precision int8"):
+        tb.plan_build("fp16", False, calib_cache=tmp_path / "x.calib")
+    with pytest.raises(ValueError, match="DLA runs fp16 or int8"):
+        tb.plan_build("fp32", False, dla_core=0)
+
+
+def test_plan_dla_falls_back_to_gpu():
+    plan = tb.plan_build("fp16", False, dla_core=1)
+    assert plan.dla_core == 1 and plan.flags == ["FP16", "GPU_FALLBACK"]
+
+
+# -- sidecar and the version / GPU check ------------------------------------------------------------
+
+def engine_meta(tmp_path, trt_version="10.3.0", gpu="Orin", cc="8.7"):
+    onnx_path = tiny_onnx(tmp_path)
+    plan = tb.plan_build("fp16", False)
+    cmd = tb.build_command(onnx_path, tmp_path / "tiny.engine", "fp16", workspace_mb=512)
+    return tb.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
+                             plan=plan, input_shape=(1, 3, 8, 16), profile=None, tensorrt_version=trt_version,
+                             gpu_name=gpu, compute_capability=cc, command=cmd)
+
+
+def test_engine_sidecar_keeps_model_facts_and_records_the_build(tmp_path):
+    meta = engine_meta(tmp_path)
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"not an engine")
+    write_sidecar(engine, meta)
+    back = read_sidecar(engine)          # the loader's own check accepts it
+    assert back["classes"] == CLASSES and back["palette"] == PALETTE and back["mean"][0] == 123.675
+    assert back["precision"] == "fp16" and back["onnx_precision"] == "fp32"
+    assert back["tensorrt_version"] == "10.3.0" and back["compute_capability"] == "8.7"
+    assert back["onnx_sha256"] == file_sha256(tmp_path / "tiny.onnx")
+    assert back["build_command"].startswith("bisenet build --onnx ")
+
+
+def test_check_engine_sidecar_accepts_the_same_machine(tmp_path):
+    check_engine_sidecar(engine_meta(tmp_path), "tiny.engine", "10.3.0", "Orin", "8.7")
+
+
+@pytest.mark.parametrize("trt_version,gpu,cc,word", [("10.4.0", "Orin", "8.7", "TensorRT 10.4.0"),
+                                                     ("10.3.0", "NVIDIA A100", "8.0", "NVIDIA A100"),
+                                                     ("8.6.2", "Orin", "8.7", "8.6.2")])
+def test_check_engine_sidecar_mismatch_is_one_line_with_the_rebuild_command(tmp_path, trt_version, gpu, cc, word):
+    meta = engine_meta(tmp_path)
+    with pytest.raises(SidecarError) as e:
+        check_engine_sidecar(meta, "tiny.engine", trt_version, gpu, cc)
+    msg = str(e.value)
+    assert "\n" not in msg and word in msg and meta["build_command"] in msg
+
+
+def test_check_engine_sidecar_without_build_facts(tmp_path):
+    meta = engine_meta(tmp_path)
+    del meta["tensorrt_version"]
+    with pytest.raises(SidecarError, match="lacks tensorrt_version"):
+        check_engine_sidecar(meta, "tiny.engine", "10.3.0", "Orin", "8.7")
+
+
+# -- without TensorRT: one-line errors from the real command ------------------------------------------
+
+def has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def bisenet(*args):
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here: the missing-TensorRT message cannot show")
+def test_build_without_tensorrt_says_what_to_install(tmp_path):
+    onnx_path = tiny_onnx(tmp_path)
+    r = bisenet("build", "--onnx", str(onnx_path), "--precision", "fp16", "-o", str(tmp_path / "tiny.engine"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install tensorrt" in lines[0], r.stderr
+    assert not (tmp_path / "tiny.engine").exists()
+
+
+def test_build_input_errors_come_before_tensorrt(tmp_path):
+    onnx_path = tiny_onnx(tmp_path)
+    out = str(tmp_path / "x.engine")
+    cases = [(["--onnx", str(tmp_path / "missing.onnx"), "-o", out], "no ONNX model"),
+             (["--onnx", str(onnx_path), "--shapes", "8x16", "-o", out], "min/opt/max"),
+             (["--onnx", str(onnx_path), "--precision", "fp32", "--dla-core", "0", "-o", out], "DLA runs"),
+             (["--onnx", str(onnx_path), "--precision", "int8", "--calib-cache", str(tmp_path / "no.calib"),
+               "-o", out], "no calibration cache")]
+    for args, msg in cases:
+        r = bisenet("build", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], (args, r.stderr)
+
+
+def test_build_help_has_an_example():
+    r = bisenet("build", "--help")
+    assert r.returncode == 0 and "Example: bisenet build --onnx" in r.stdout and "--dla-core" in r.stdout
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here")
+def test_backend_without_tensorrt_is_one_line(tmp_path):
+    from engines.tensorrt_engine import TensorRTEngine
+    engine = tmp_path / "tiny.engine"
+    engine.write_bytes(b"\0" * 16)
+    write_sidecar(engine, engine_meta(tmp_path))
+    with pytest.raises(RuntimeError, match="pip install tensorrt") as e:
+        TensorRTEngine(engine)
+    assert "\n" not in str(e.value)
+
+
+def test_backend_refuses_an_engine_without_sidecar(tmp_path):
+    from engines.tensorrt_engine import TensorRTEngine
+    engine = tmp_path / "orphan.engine"
+    engine.write_bytes(b"\0" * 16)
+    with pytest.raises(SidecarError, match="bisenet build"):
+        TensorRTEngine(engine)
+
+
+def test_tensorrt_modules_import_no_torch():
+    code = ("import sys, engines.tensorrt_engine, engines.tensorrt_build, engines.cuda_kernels; "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+# -- with TensorRT and a GPU ---------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,cuda_graph", [("fp32", False), ("fp16", True)])
+def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cuda_graph):
+    if not has_tensorrt():
+        pytest.skip("TensorRT not installed (pip install tensorrt, or JetPack on Jetson)")
+    pytest.importorskip("pycuda", reason="pycuda not installed (pip install pycuda)")
+    import onnxruntime as ort
+
+    from app.overlay import palette_bgr, render_overlay
+    from app.preprocess import preprocess
+    from engines.tensorrt_engine import TensorRTEngine
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128)
+    engine_path = tmp_path / f"tiny.{precision}.engine"
+    meta = tb.build_engine(onnx_path, engine_path, precision=precision, workspace_mb=256)
+    assert json.loads((tmp_path / f"tiny.{precision}.engine.json").read_text())["precision"] == precision
+    assert meta["onnx_sha256"] == file_sha256(onnx_path)
+    eng = TensorRTEngine(engine_path, cuda_graph=cuda_graph)
+    frame = np.random.default_rng(4).integers(0, 256, (90, 200, 3), dtype=np.uint8)
+    x = preprocess(frame, (64, 128), meta["mean"], meta["std"])
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = eng.infer_logits(x)
+    assert np.abs(got - ref).max() <= (1e-3 if precision == "fp32" else 5e-2)
+    lut = palette_bgr(np.asarray(PALETTE))
+    for mode in ("overlay", "mask", "side-by-side"):
+        fused = eng.run_fused(frame, alpha=0.5, mode=mode)
+        cpu = render_overlay(frame, ref[0].argmax(0), lut, alpha=0.5, mode=mode)
+        same = (fused == cpu).all(axis=2).mean()
+        assert fused.shape == cpu.shape and same >= (0.999 if precision == "fp32" else 0.98)
+    eng.close()
