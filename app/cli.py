@@ -64,11 +64,17 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    return run_with_one_line_errors(f"bisenet {args.command}", modules[args.command].run, args)
+
+
+def run_with_one_line_errors(prog: str, run, args) -> int:
+    """Input problems (bad values, missing files, missing packages) become one line on
+    stderr and exit code 2, instead of a traceback."""
     try:
-        return int(modules[args.command].run(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
+        return int(run(args) or 0)
+    except (CliError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"bisenet {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error")
+DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error", "sink_error")
 
 
 @dataclass
@@ -22,6 +22,8 @@ class Frame:
     image: np.ndarray             # uint8 BGR HxWx3 at source resolution
     source_ts: float | None = None  # the stream's own timestamp (s), if it has one
     timings: dict = field(default_factory=dict)   # stage -> ms, filled along the way
+    batch: np.ndarray | None = None   # the preprocessed model input, when done ahead of inference
+    overlay: np.ndarray | None = None  # the finished overlay, when a GPU engine made it (run_fused)
 
 
 class Reader:

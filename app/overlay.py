@@ -7,6 +7,7 @@ so the CPU and the kernel pick the same source label for every output pixel.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 MODES = ("overlay", "mask", "side-by-side")
@@ -20,7 +21,8 @@ def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = labels.shape
     if (h, w) == (height, width):
         return labels
-    return labels[nearest_indices(height, h)[:, None], nearest_indices(width, w)[None, :]]
+    # Rows, then columns: two 1-D gathers are ~10x faster than one 2-D fancy index.
+    return np.take(np.take(labels, nearest_indices(height, h), axis=0), nearest_indices(width, w), axis=1)
 
 
 def palette_bgr(palette_rgb: np.ndarray) -> np.ndarray:
@@ -43,14 +45,20 @@ def render_overlay(image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarra
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     height, width = image_bgr.shape[:2]
-    up = upsample_labels(labels, height, width)
-    # A uint8 index keeps the LUT gather cheap; ids above 255 cannot occur (<= 171 classes).
-    color = lut_bgr[up.astype(np.uint8, copy=False)]
+    # A uint8 index keeps the LUT cheap; ids above 255 cannot occur (<= 171 classes).
+    up = upsample_labels(labels.astype(np.uint8, copy=False), height, width)
+    up3 = cv2.merge([up, up, up])
     if mode == "mask":
-        return color
-    # Fixed-point blend in uint16: exact round-half-up of the float formula for alpha in 1/256ths.
+        return cv2.LUT(up3, lut_bgr.reshape(256, 1, 3))
+    # Fixed-point blend, exact round-half-up of the float formula for alpha in 1/256ths:
+    #     (image * (256 - a) + color * a + 128) >> 8
+    # as two 16-bit table lookups (image term, color term per class) and one add, in OpenCV.
     a = int(round(alpha * 256))
-    blended = ((image_bgr.astype(np.uint16) * (256 - a) + color.astype(np.uint16) * a + 128) >> 8).astype(np.uint8)
+    image_term = (np.arange(256, dtype=np.uint16) * (256 - a) + 128).astype(np.uint16)
+    color_term = (lut_bgr.astype(np.uint16) * a).reshape(256, 1, 3)
+    total = cv2.add(cv2.LUT(np.ascontiguousarray(image_bgr), image_term), cv2.LUT(up3, color_term))
+    blended = np.empty((height, width, 3), np.uint8)
+    np.right_shift(total, 8, out=blended, casting="unsafe")
     if mode == "side-by-side":
         return np.concatenate([image_bgr, blended], axis=1)
     return blended

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
-command -v rtsp-server.pl >/dev/null || [ -x /usr/bin/rtsp-server.pl ] || need+=(rtsp-server-perl)
+command -v rtsp-server-perl >/dev/null || need+=(rtsp-server-perl)   # Debian names the binary so
 command -v chromium >/dev/null || need+=(chromium)
 command -v g++ >/dev/null || need+=(g++)   # builds engines/*.cu for the host kernel checks
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,148 @@
+"""`bisenet latency-plot lat.csv -o plot.png`: per-frame stage times and an end-to-end histogram.
+
+Draws with matplotlib when it is installed, else with OpenCV (a run-time dependency already),
+so the edge box needs nothing extra to look at its own log.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.latency import STAGES, read_log
+
+HELP = "plot a --latency-log file: per-frame stage times and an end-to-end latency histogram"
+EXAMPLE = "bisenet latency-plot lat.csv -o latency.png"
+
+# BGR colors per stage (OpenCV); matplotlib gets the same as RGB hex.
+COLORS = {"queue": (180, 180, 180), "preprocess": (60, 180, 75), "inference": (200, 90, 30),
+          "overlay": (25, 140, 245), "sink": (180, 30, 145), "e2e": (40, 40, 230)}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("log", help="a --latency-log file (.csv or .jsonl)")
+    p.add_argument("-o", "--output", default=None, help="PNG to write (default: the log's name with .png)")
+    p.add_argument("--opencv", action="store_true", help="draw with OpenCV even when matplotlib is installed")
+
+
+def series(rows: list) -> dict:
+    """rows -> {'frame': ids of written frames, stage: ms per written frame, 'dropped': ids}."""
+    written = [r for r in rows if not r["dropped"]]
+    out = {"frame": np.array([r["frame"] for r in written], dtype=np.int64),
+           "dropped": np.array([r["frame"] for r in rows if r["dropped"]], dtype=np.int64)}
+    for s in STAGES:
+        out[s] = np.array([r[f"{s}_ms"] if r[f"{s}_ms"] is not None else np.nan for r in written], dtype=np.float64)
+    order = np.argsort(out["frame"])
+    for k in ("frame", *STAGES):
+        out[k] = out[k][order]
+    return out
+
+
+def plot_matplotlib(data: dict, out: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8))
+    for s in STAGES:
+        b, g, r = COLORS[s]
+        ax1.plot(data["frame"], data[s], label=s, color=f"#{r:02x}{g:02x}{b:02x}", linewidth=1)
+    if len(data["dropped"]):
+        ax1.plot(data["dropped"], np.zeros(len(data["dropped"])), "|", color="red", label="dropped")
+    ax1.set_xlabel("frame id")
+    ax1.set_ylabel("ms")
+    ax1.set_title(title)
+    ax1.legend(loc="upper right", ncol=4, fontsize=8)
+    e2e = data["e2e"][np.isfinite(data["e2e"])]
+    ax2.hist(e2e, bins=50, color="#e62828")
+    ax2.set_xlabel("end-to-end ms (capture -> written)")
+    ax2.set_ylabel("frames")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _axes(img, x0, y0, x1, y1, xmax, ymax, xlabel, ylabel):
+    """Frame, 5 ticks per axis with labels; returns (x, y) -> pixel mappers."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
+    for i in range(6):
+        xv, yv = xmax * i / 5, ymax * i / 5
+        px = int(x0 + (x1 - x0) * i / 5)
+        py = int(y1 - (y1 - y0) * i / 5)
+        cv2.line(img, (px, y1), (px, y1 + 5), (0, 0, 0), 1)
+        cv2.putText(img, f"{xv:.0f}", (px - 12, y1 + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.line(img, (x0 - 5, py), (x0, py), (0, 0, 0), 1)
+        cv2.line(img, (x0, py), (x1, py), (230, 230, 230), 1)
+        cv2.putText(img, f"{yv:.0f}", (x0 - 50, py + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, xlabel, ((x0 + x1) // 2 - 60, y1 + 42), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, ylabel, (x0 - 50, y0 - 10), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+
+    def fx(v):
+        return (x0 + (x1 - x0) * np.asarray(v, dtype=np.float64) / max(xmax, 1e-9)).astype(np.int32)
+
+    def fy(v):
+        return (y1 - (y1 - y0) * np.clip(np.asarray(v, dtype=np.float64) / max(ymax, 1e-9), 0, 1)).astype(np.int32)
+
+    return fx, fy
+
+
+def plot_opencv(data: dict, out: Path, title: str) -> None:
+    w, h = 1200, 800
+    img = np.full((h, w, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, title, (70, 28), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    frames = data["frame"]
+    all_ids = np.concatenate([frames, data["dropped"]]) if len(data["dropped"]) else frames
+    xmax = float(all_ids.max()) if len(all_ids) else 1.0
+    finite = np.concatenate([data[s][np.isfinite(data[s])] for s in STAGES]) if len(frames) else np.zeros(1)
+    ymax = float(np.percentile(finite, 99.5) * 1.1) if finite.size else 1.0
+    fx, fy = _axes(img, 70, 60, w - 30, 440, xmax, ymax, "frame id", "ms")
+    for s in STAGES:
+        v = data[s]
+        ok = np.isfinite(v)
+        if ok.sum() >= 2:
+            pts = np.stack([fx(frames[ok]), fy(v[ok])], axis=1).reshape(-1, 1, 2)
+            cv2.polylines(img, [pts], False, COLORS[s], 1, cv2.LINE_AA)
+    for px in fx(data["dropped"]):
+        cv2.line(img, (int(px), 432), (int(px), 440), (0, 0, 255), 1)
+    for i, s in enumerate((*STAGES, "dropped")):
+        color = COLORS.get(s, (0, 0, 255))
+        x = 80 + i * 150
+        cv2.line(img, (x, 75), (x + 25, 75), color, 3)
+        cv2.putText(img, s, (x + 30, 80), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    e2e = data["e2e"][np.isfinite(data["e2e"])]
+    if e2e.size:
+        counts, edges = np.histogram(e2e, bins=50)
+        hx, hy = _axes(img, 70, 510, w - 30, 740, float(edges[-1]), float(counts.max()),
+                       "end-to-end ms (capture -> written)", "frames")
+        for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
+            cv2.rectangle(img, (int(hx(lo)), int(hy(c))), (max(int(hx(hi)) - 1, int(hx(lo))), 740),
+                          COLORS["e2e"], -1)
+    if not cv2.imwrite(str(out), img):
+        raise RuntimeError(f"cannot write {out}")
+
+
+def plot(log: str | Path, out: str | Path | None = None, use_opencv: bool = False) -> Path:
+    log = Path(log)
+    rows = read_log(log)
+    if not rows:
+        raise ValueError(f"{log} has no frames to plot")
+    out = Path(out) if out else log.with_suffix(".png")
+    data = series(rows)
+    title = f"{log.name}: {len(data['frame'])} written, {len(data['dropped'])} dropped"
+    if not use_opencv:
+        try:
+            plot_matplotlib(data, out, title)
+            return out
+        except ImportError:
+            pass
+    plot_opencv(data, out, title)
+    return out
+
+
+def run(args) -> int:
+    out = plot(args.log, args.output, use_opencv=args.opencv)
+    print(f"wrote {out}")
+    return 0

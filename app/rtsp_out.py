@@ -1,0 +1,384 @@
+"""RTSP output: `--output rtsp://HOST:PORT/PATH` (push) and `--output rtsp://@:PORT/PATH` (serve).
+
+Push (`RtspPushSink`): the overlay is encoded to H.264 for low latency (libx264 through
+PyAV/FFmpeg, tune=zerolatency so no B-frames and no look-ahead, preset ultrafast, a keyframe
+every second so a viewer joining late waits at most a second) and sent to an RTSP server that
+accepts ANNOUNCE/RECORD (MediaMTX, rtsp-simple-server, Debian's rtsp-server-perl). Viewers
+pull from that server. UDP is tried first and TCP when the server refuses UDP (FFmpeg's own
+fallback), unless `--rtsp-transport` forces one.
+
+When the server is down at start or goes away, the sink keeps accepting frames, counts them
+as dropped with a reason, and a background thread reconnects with capped exponential backoff
+(so `write()` never blocks the output thread on a slow connect). Each outage is logged with
+its duration. A fresh encoder starts on every connection: the first frame a viewer gets is a
+keyframe.
+
+Serve (`RtspServeSink`): the app itself is the RTSP server, through GStreamer's
+gst-rtsp-server (PyGObject). Viewers connect to rtsp://THIS-HOST:PORT/PATH; any number of
+them, and they can come and go. Uses nvv4l2h264enc on Jetsons that have it, else x264enc.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from fractions import Fraction
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from app.frames import Frame, Sink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BITRATE = 2_000_000
+RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
+
+
+def parse_bitrate(text) -> int:
+    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000."""
+    s = str(text).strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(s[-1:], 1)
+    try:
+        value = float(s[:-1] if scale > 1 else s) * scale
+    except ValueError:
+        value = -1
+    if value < 10_000:
+        raise ValueError(f"--bitrate {text!r}: expected bits per second like 800k, 2M or 4000000")
+    return int(value)
+
+
+def open_rtsp_sink(spec: str, args) -> Sink:
+    """`rtsp://HOST:PORT/PATH` -> push to that server; `rtsp://@:PORT/PATH` -> serve it here."""
+    # --bitrate and --rtsp-transport are the app's flags (app/run.py).
+    bitrate = parse_bitrate(getattr(args, "bitrate", None) or DEFAULT_BITRATE)
+    parts = urlsplit(spec)
+    if parts.scheme != "rtsp" or not parts.netloc:
+        raise ValueError(f"--output {spec}: expected rtsp://HOST:PORT/PATH (push to a server) "
+                         "or rtsp://@:PORT/PATH (serve from this app)")
+    if parts.netloc.startswith("@"):
+        port = parts.port or 8554
+        path = parts.path if parts.path not in ("", "/") else "/stream"
+        return RtspServeSink(port, path, bitrate)
+    return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")
+
+
+class _Connection:
+    """One RTSP session to the server: the FFmpeg muxer plus a fresh H.264 encoder."""
+
+    def __init__(self, url: str, width: int, height: int, fps: float, bitrate: int,
+                 transport: str):
+        import av  # PyAV is a base dependency; imported here to keep `import app` light
+
+        options = {"timeout": "3000000"}          # socket I/O timeout, microseconds
+        if transport != "auto":
+            options["rtsp_transport"] = transport
+        self.container = av.open(url, mode="w", format="rtsp", options=options)
+        try:
+            gop = max(1, round(fps))
+            kbps = bitrate // 1000
+            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={
+                "tune": "zerolatency", "preset": "ultrafast",
+                # A VBV buffer of half a second: bitrate holds without a deep encoder queue.
+                "x264-params": f"vbv-maxrate={kbps}:vbv-bufsize={max(1, kbps // 2)}"})
+            self.stream.width, self.stream.height = width, height
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.bit_rate = bitrate
+            self.stream.codec_context.gop_size = gop      # keyframe every second
+            self.stream.codec_context.time_base = RTP_CLOCK
+            self.container.start_encoding()               # ANNOUNCE, SETUP, RECORD
+        except BaseException:
+            self.close(flush=False)
+            raise
+        self.t0: float | None = None
+        self.last_pts = -1
+
+    def send(self, image: np.ndarray, capture_ts: float) -> None:
+        import av
+
+        if self.t0 is None:
+            self.t0 = capture_ts
+        # Presentation time from the capture clock: the stream plays at the source's pace
+        # and a dropped frame leaves a gap instead of shifting everything after it.
+        pts = max(self.last_pts + 1, int((capture_ts - self.t0) * RTP_CLOCK.denominator))
+        self.last_pts = pts
+        vf = av.VideoFrame.from_ndarray(image, format="bgr24")
+        vf.pts, vf.time_base = pts, RTP_CLOCK
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            if flush:
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+        except Exception:
+            pass                                          # a dead server: nothing to flush to
+        try:
+            self.container.close()                        # TEARDOWN
+        except Exception:
+            pass
+
+
+class RtspPushSink(Sink):
+    """Pushes the overlay as H.264 to an RTSP server, reconnecting when it comes back.
+
+    Frame accounting: every `write()` ends as `written` or as `dropped[reason]` with reason
+    `server_down` (no session: before the first connect or during an outage) or
+    `send_error` (the frame whose send found the session broken)."""
+
+    def __init__(self, url: str, bitrate: int = DEFAULT_BITRATE, transport: str = "auto",
+                 backoff_initial: float = 0.5, backoff_max: float = 8.0):
+        if transport not in ("auto", "udp", "tcp"):
+            raise ValueError(f"--rtsp-transport {transport!r}: expected auto, udp or tcp")
+        self.url, self.bitrate, self.transport = url, bitrate, transport
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.name = f"rtsp push {url}"
+        self.written = 0
+        self.dropped = {"server_down": 0, "send_error": 0}
+        self.outages = 0                 # times the session was lost or never came up
+        self.outage_s_total = 0.0        # summed duration of outages that ended
+        self.connects = 0
+        self._conn: _Connection | None = None
+        self._lock = threading.Lock()    # guards _conn between writer and connector
+        self._wake = threading.Event()   # writer -> connector: the session broke
+        self._stop = threading.Event()
+        self._down_since: float | None = None
+        self._size = (0, 0)
+        self._fps = 30.0
+        self._connector: threading.Thread | None = None
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        import av
+
+        if "libx264" not in av.codecs_available:
+            raise RuntimeError("this FFmpeg build has no libx264 encoder; install PyAV from "
+                               "PyPI (pip install av), whose wheels include it")
+        # yuv420p needs even sizes: the last odd row/column is cropped, never rescaled.
+        self._size = (width - width % 2, height - height % 2)
+        self._fps = float(fps) if fps and fps > 0 else 30.0
+        self._down_since = time.monotonic()
+        try:
+            self._conn = self._connect()
+            self._down_since = None
+        except Exception as e:
+            self.outages += 1
+            log.warning("%s: server not reachable (%s); frames are dropped until it is up, "
+                        "retrying with backoff %g..%g s", self.name, _one_line(e),
+                        self.backoff_initial, self.backoff_max)
+        self._connector = threading.Thread(target=self._reconnect_loop, daemon=True,
+                                           name="rtsp-push-connector")
+        self._connector.start()
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+        w, h = self._size
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                self.dropped["server_down"] += 1
+                return
+            try:
+                conn.send(overlay_bgr[:h, :w], frame.capture_ts)
+                self.written += 1
+                return
+            except Exception as e:      # BrokenPipe, ConnectionReset, EPIPE from FFmpeg ...
+                self.dropped["send_error"] += 1
+                self._conn = None
+                self._down_since = time.monotonic()
+                self.outages += 1
+                error = e
+        conn.close(flush=False)
+        log.warning("%s: lost the server (%s); reconnecting with backoff %g..%g s",
+                    self.name, _one_line(error), self.backoff_initial, self.backoff_max)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._connector is not None:
+            self._connector.join(timeout=5.0)
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(flush=True)
+        if self._down_since is not None:
+            log.warning("%s: still down at shutdown after %.1f s", self.name,
+                        time.monotonic() - self._down_since)
+
+    def counters(self) -> dict:
+        """Counters for the run summary: frames in = written + sum(dropped)."""
+        return {"written": self.written, "dropped": dict(self.dropped),
+                "outages": self.outages, "outage_s_total": round(self.outage_s_total, 3),
+                "connects": self.connects}
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _connect(self) -> _Connection:
+        conn = _Connection(self.url, *self._size, self._fps, self.bitrate, self.transport)
+        self.connects += 1
+        return conn
+
+    def _reconnect_loop(self) -> None:
+        """Waits for a broken session, then retries with capped exponential backoff."""
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            if self._conn is not None:                    # connected: sleep until it breaks
+                self._wake.wait()
+                self._wake.clear()
+                delay = self.backoff_initial
+                continue
+            if self._stop.wait(delay):
+                return
+            try:
+                conn = self._connect()
+            except Exception as e:
+                log.info("%s: reconnect failed (%s); next try in %g s", self.name,
+                         _one_line(e), min(self.backoff_max, delay * 2))
+                delay = min(self.backoff_max, delay * 2)
+                continue
+            with self._lock:
+                if self._stop.is_set():
+                    conn.close(flush=False)
+                    return
+                self._conn = conn
+                down = time.monotonic() - (self._down_since or time.monotonic())
+                self.outage_s_total += down
+                self._down_since = None
+            log.warning("%s: connected after %.1f s down", self.name, down)
+            delay = self.backoff_initial
+
+
+class RtspServeSink(Sink):
+    """Serves the overlay over RTSP from this process with GStreamer's gst-rtsp-server.
+
+    Each frame is pushed into the appsrc of every connected viewer's pipeline (the media is
+    shared, so normally one). Accounting: `written` when at least one viewer got it, else
+    `dropped["no_viewer"]`."""
+
+    def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE):
+        _import_gstreamer()      # missing packages: one line at start, before the model loads
+        self.port, self.path, self.bitrate = port, path, bitrate
+        self.name = f"rtsp serve rtsp://@:{port}{path}"
+        self.written = 0
+        self.dropped = {"no_viewer": 0, "send_error": 0}
+        self._appsrcs: dict = {}         # appsrc of each prepared media -> its first capture_ts
+        self._lock = threading.Lock()
+        self._loop = None
+        self._thread = None
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        Gst, GstRtspServer, GLib = _import_gstreamer()
+        Gst.init(None)
+        w, h = width - width % 2, height - height % 2
+        self._size = (w, h)
+        fps_frac = Fraction(fps if fps and fps > 0 else 30).limit_denominator(1001)
+        gop = max(1, round(float(fps_frac)))
+        kbps = max(1, self.bitrate // 1000)
+        if Gst.ElementFactory.find("nvv4l2h264enc"):     # Jetson hardware encoder
+            encoder = (f"nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc "
+                       f"bitrate={self.bitrate} iframeinterval={gop} insert-sps-pps=true "
+                       "maxperf-enable=true")
+        elif Gst.ElementFactory.find("x264enc"):
+            # threads=1: with zerolatency's sliced threads, viewers here decoded only the
+            # last slice of each frame (tested with ffmpeg over TCP and UDP, GStreamer 1.22).
+            encoder = (f"videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency "
+                       f"speed-preset=ultrafast bitrate={kbps} key-int-max={gop} threads=1")
+        else:
+            raise RuntimeError("GStreamer has no H.264 encoder: install gstreamer1.0-plugins-ugly "
+                               "(x264enc), or use nvv4l2h264enc on a Jetson")
+        caps = (f"video/x-raw,format=BGR,width={w},height={h},"
+                f"framerate={fps_frac.numerator}/{fps_frac.denominator}")
+        launch = (f"( appsrc name=src is-live=true format=time do-timestamp=false caps={caps} "
+                  f"! queue leaky=downstream max-size-buffers=2 ! {encoder} ! h264parse "
+                  "! rtph264pay name=pay0 pt=96 config-interval=-1 )")
+        server = GstRtspServer.RTSPServer()
+        server.set_service(str(self.port))
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(launch)
+        factory.set_shared(True)                  # one encoder for all viewers
+        factory.connect("media-configure", self._on_media_configure)
+        server.get_mount_points().add_factory(self.path, factory)
+        self._source_id = server.attach(None)
+        if self._source_id == 0:
+            raise RuntimeError(f"--output rtsp://@:{self.port}{self.path}: cannot listen on "
+                               f"port {self.port}; pick a free port")
+        self._Gst, self._server = Gst, server
+        self._loop = GLib.MainLoop()
+        self._thread = threading.Thread(target=self._loop.run, daemon=True, name="rtsp-serve")
+        self._thread.start()
+        log.warning("serving RTSP at rtsp://<this host>:%d%s", self.port, self.path)
+
+    def _on_media_configure(self, factory, media) -> None:
+        appsrc = media.get_element().get_child_by_name("src")
+        with self._lock:
+            self._appsrcs[appsrc] = None
+        media.connect("unprepared", lambda m: self._forget(appsrc))
+
+    def _forget(self, appsrc) -> None:
+        with self._lock:
+            self._appsrcs.pop(appsrc, None)
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+        with self._lock:
+            for appsrc, t0 in self._appsrcs.items():
+                if t0 is None:              # each media's clock starts at its first buffer
+                    self._appsrcs[appsrc] = frame.capture_ts
+            targets = list(self._appsrcs.items())
+        if not targets:
+            self.dropped["no_viewer"] += 1
+            return
+        Gst = self._Gst
+        w, h = self._size
+        data = np.ascontiguousarray(overlay_bgr[:h, :w]).tobytes()
+        ok = False
+        for appsrc, t0 in targets:
+            buf = Gst.Buffer.new_wrapped(data)
+            buf.pts = buf.dts = int((frame.capture_ts - t0) * Gst.SECOND)
+            ok = appsrc.emit("push-buffer", buf) == Gst.FlowReturn.OK or ok
+        if ok:
+            self.written += 1
+        else:
+            self.dropped["send_error"] += 1
+
+    def close(self) -> None:
+        with self._lock:
+            targets, self._appsrcs = list(self._appsrcs), {}
+        for appsrc in targets:
+            appsrc.emit("end-of-stream")
+        if self._loop is not None:
+            # Disconnect the viewers (their media pipelines stop with them), stop listening,
+            # then end the main loop: nothing of GStreamer's keeps running after close().
+            from gi.repository import GLib, GstRtspServer
+
+            def shutdown():
+                self._server.client_filter(lambda server, client: GstRtspServer.RTSPFilterResult.REMOVE)
+                GLib.source_remove(self._source_id)
+                self._loop.quit()
+                return False
+
+            GLib.idle_add(shutdown)
+            self._thread.join(timeout=5.0)
+
+    def counters(self) -> dict:
+        return {"written": self.written, "dropped": dict(self.dropped)}
+
+
+def _import_gstreamer():
+    try:
+        import gi
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstRtspServer", "1.0")
+        from gi.repository import GLib, Gst, GstRtspServer
+    except (ImportError, ValueError) as e:
+        raise RuntimeError(
+            "rtsp://@:PORT/PATH serves through GStreamer, which is missing here "
+            f"({_one_line(e)}): install gst-rtsp-server and x264enc (apt install "
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject (pip install "
+            "'bisenet-edge[serve]', or the system python3-gi), or push to an RTSP server with "
+            "rtsp://HOST:PORT/PATH instead") from None
+    return Gst, GstRtspServer, GLib
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,201 @@
+"""`bisenet run` / `python run_camera.py`: live segmentation overlay from a camera, file or stream.
+
+Every flag can also come from a preset, `--config configs/app/<name>.yaml` (or just <name>):
+its keys are the flag names (dashes or underscores); the command line overrides it. An
+unknown key is an error naming the key and the file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
+EXAMPLE = ("python run_camera.py --source clip.mp4 --model artifacts/r18.onnx --output out.mp4 "
+           "--latency-log lat.csv\n  bisenet run --config desktop-webcam --model artifacts/r18.onnx")
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "app"
+
+# Real defaults live here, not in argparse: argparse defaults are None so that a preset value
+# can be told apart from a flag the user left out.
+DEFAULTS = {
+    "source": None, "model": None, "checkpoint": None, "providers": None, "threads": None,
+    "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
+    "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
+    "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
+    "rtsp_transport": None,
+}
+
+
+def size_wh(text) -> tuple:
+    """'1280x720' (or [1280, 720] from YAML) -> (1280, 720)."""
+    if isinstance(text, (list, tuple)) and len(text) == 2:
+        return int(text[0]), int(text[1])
+    try:
+        w, h = str(text).lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="preset: configs/app/<name>.yaml or a path; flags override it")
+    g = p.add_argument_group("input")
+    g.add_argument("--source", help="0 or /dev/video0 (camera), clip.mp4, photo.jpg, folder/, 'imgs/*.png', "
+                   "rtsp://..., http(s)://..., csi://0, gst:<pipeline>")
+    g.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="pace a video file at its own fps and drop like a live source (default off)")
+    g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                   help="start a video file, image or folder over at its end (default off)")
+    g.add_argument("--max-frames", type=int, metavar="N", help="stop after N captured frames")
+    g.add_argument("--camera-size", type=size_wh, metavar="WxH", help="ask the camera / CSI sensor for this size")
+    g.add_argument("--camera-fps", type=float, help="ask the camera / CSI sensor for this rate")
+    g.add_argument("--source-timeout", type=float, metavar="S",
+                   help="seconds without a frame before a stream counts as lost (default 10)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="model.onnx, model.engine, or a zoo name / model YAML (PyTorch)")
+    g.add_argument("--checkpoint", help="checkpoint .pth for a zoo name / model YAML")
+    g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
+    g.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", action="append", metavar="SPEC",
+                   help="repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, "
+                   "null (default display)")
+    g.add_argument("--alpha", type=float, help="overlay opacity 0..1 (default 0.5)")
+    g.add_argument("--mode", choices=["overlay", "mask", "side-by-side"], help="default overlay")
+    g.add_argument("--hud", action=argparse.BooleanOptionalAction, default=None, help="draw fps and latency")
+    g.add_argument("--legend", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the classes on screen with their colors")
+    g.add_argument("--save-labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="folder outputs: also write the raw label maps (labels/NNNNNN.png)")
+    g.add_argument("--fps", type=float, help="frame rate for video outputs and --realtime when the source has none "
+                   "(default: the source's, else 25)")
+    g.add_argument("--bitrate", type=int, help="video / RTSP output bitrate in bit/s (default: the encoder's)")
+    g.add_argument("--rtsp-transport", choices=["tcp", "udp", "auto"],
+                   help="RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); "
+                   "default tcp for --source, auto for rtsp:// outputs")
+    g.add_argument("--latency-log", metavar="FILE", help="one row per frame: FILE.csv or FILE.jsonl")
+    g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage (default 4)")
+
+
+def _preset_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return PRESETS_DIR / f"{name}.yaml"
+
+
+def load_preset(name: str, parser: argparse.ArgumentParser) -> dict:
+    """A preset YAML -> {dest: value}, typed and checked like the flags."""
+    path = _preset_path(name)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise ValueError(f"--config {name}: no such file (presets: {known})")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise ValueError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(actions))}")
+        action = actions[dest]
+        if dest == "output":
+            value = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif value is not None and action.type is not None:
+            try:
+                value = action.type(value)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: {key}: {e}") from None
+        elif dest == "source" and value is not None:
+            value = str(value)   # `source: 0` is camera 0
+        elif isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
+            raise ValueError(f"{path}: {key}: expected true or false, got {value!r}")
+        if action.choices and value not in action.choices:
+            raise ValueError(f"{path}: {key}: {value!r} is not one of {', '.join(action.choices)}")
+        out[dest] = value
+    return out
+
+
+def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Command line > preset > DEFAULTS, into one namespace."""
+    preset = {}
+    if getattr(args, "config", None):
+        probe = parser or _parser()
+        preset = load_preset(args.config, probe)
+    merged = dict(DEFAULTS)
+    merged.update({k: v for k, v in preset.items() if v is not None})
+    merged.update({k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS})
+    return argparse.Namespace(**{**vars(args), **merged})
+
+
+def _parser(prog: str = "bisenet run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=HELP, epilog=f"Example: {EXAMPLE}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.latency import LatencyRecorder
+    from app.pipeline import Pipeline
+    from app.sinks import open_sink
+    from app.sources import open_source
+    from engines.load import load_engine
+
+    opts = resolve(args)
+    if not opts.source:
+        raise ValueError("no --source: pass a camera index, a video/image file, a folder, or a stream URL")
+    if not opts.model:
+        raise ValueError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
+    if not 0.0 <= opts.alpha <= 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1, got {opts.alpha}")
+
+    engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads)
+    sinks, reader = [], None
+    try:
+        reader = open_source(opts.source, opts)
+        for spec in opts.output:
+            sinks.append(open_sink(spec, opts, live=reader.live))
+        recorder = LatencyRecorder(opts.latency_log)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        if reader is not None:
+            reader.close()
+        raise
+    kind = "live" if reader.live else "file"
+    rate = f", {reader.fps:.3g} fps" if reader.fps else ""
+    print(f"source: {reader.description} ({kind}{rate})\nmodel: {engine.describe()}\n"
+          f"outputs: {', '.join(s.name for s in sinks)}", file=sys.stderr, flush=True)
+
+    pipeline = Pipeline(reader, engine, sinks, recorder=recorder, alpha=opts.alpha, mode=opts.mode,
+                        hud=opts.hud, legend=opts.legend, max_frames=opts.max_frames, out_fps=opts.fps,
+                        queue_size=opts.queue_size)
+    code = pipeline.run()
+    engine.close()
+    print(recorder.format_summary(pipeline.captured), file=sys.stderr, flush=True)
+    if opts.latency_log:
+        print(f"latency log: {opts.latency_log}", file=sys.stderr)
+    for part in [reader, *sinks]:   # reconnect counters of live sources and RTSP outputs
+        if callable(getattr(part, "counters", None)) and part.counters():
+            flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
+                    for k, v in part.counters().items()]
+            print(f"{getattr(part, 'name', None) or 'source ' + reader.description}: {', '.join(flat)}",
+                  file=sys.stderr)
+    for name, err in pipeline.sink_failures.items():
+        print(f"output {name} failed: {err}", file=sys.stderr)
+    return code
+
+
+def main(argv=None) -> int:
+    """run_camera.py's entry: the same flags and one-line errors as `bisenet run`."""
+    parser = _parser("run_camera.py")
+    args = parser.parse_args(argv)
+    from app.cli import run_with_one_line_errors
+
+    return run_with_one_line_errors("run_camera.py", run, args)

@@ -1,0 +1,227 @@
+"""Sinks (`--output`, repeatable): where the overlaid frames go, each a `Sink` (app/frames.py).
+
+    display                   an OpenCV window (q or Esc stops the run)
+    out.mp4 / .mkv / .avi     a video file: H.264 (mp4, mkv) or MPEG-4 Part 2 (avi) through
+                              PyAV/FFmpeg; OpenCV's writer if PyAV cannot
+    frames/                   a folder of PNG overlays (`--save-labels`: raw label maps too)
+    http://@:8080             MJPEG stream + a small live page (app/http_sink.py)
+    rtsp://HOST:PORT/PATH     RTSP push (app/rtsp_out.py, the RTSP issue)
+    null                      nothing (benchmarks)
+
+`open_sink(spec, options, live)` picks one. Sinks are opened on the first frame (its size).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.frames import Sink
+
+VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+class SinkError(RuntimeError):
+    """An output that cannot be used; one line that says what to do."""
+
+
+class NullSink(Sink):
+    name = "null"
+
+    def write(self, frame, overlay_bgr, labels) -> None:
+        pass
+
+
+class DisplaySink(Sink):
+    """An OpenCV window. `stop_requested` turns True on q or Esc; the pipeline then stops."""
+
+    name = "display"
+
+    def __init__(self, title: str = "bisenet"):
+        if not gui_available():
+            raise SinkError("--output display needs OpenCV with a GUI, and this one has none "
+                            "(opencv-python-headless): pip install opencv-python, or use "
+                            "--output http://@:8080 / out.mp4")
+        self.title = title
+        self.stop_requested = False
+
+    def open(self, width, height, fps) -> None:
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        cv2.resizeWindow(self.title, width, height)
+
+    def write(self, frame, overlay_bgr, labels) -> None:
+        cv2.imshow(self.title, overlay_bgr)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.stop_requested = True
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+def gui_available() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:"):
+            return "NONE" not in line
+    return False
+
+
+def _even(img: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: pad odd edges by one replicated pixel (nothing is cropped)."""
+    h, w = img.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return img
+    return cv2.copyMakeBorder(img, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+
+
+class VideoFileSink(Sink):
+    """A video file through PyAV (libx264 for mp4/mkv, mpeg4 for avi). Files: frame n at n/fps.
+    Live sources: each frame at its capture time (ms), so drops do not speed the video up.
+    close() flushes the encoder and writes the index: the file is playable after a signal."""
+
+    def __init__(self, path: str | Path, live: bool = False, bitrate: int | None = None):
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.live = live
+        self.bitrate = bitrate
+        self.container = None
+        self.stream = None
+        self.writer = None     # the OpenCV fallback
+        self.count = 0
+        self._t0 = None
+        self._last_pts = -1
+        if not self.path.parent.exists():
+            raise SinkError(f"--output {path}: folder {self.path.parent} does not exist")
+
+    def open(self, width, height, fps) -> None:
+        fps = float(fps or 25.0)
+        width, height = width + width % 2, height + height % 2
+        try:
+            import av
+        except ImportError:
+            av = None
+        if av is not None:
+            codec = VIDEO_OUTPUT_SUFFIXES.get(self.path.suffix.lower(), "h264")
+            if codec == "h264":
+                codec = "libx264" if "libx264" in av.codecs_available else "h264"
+            try:
+                self._open_pyav(av, codec, width, height, fps)
+                return
+            except (av.error.FFmpegError, ValueError) as e:
+                if self.container is not None:
+                    self.container.close()
+                self.container = None
+                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer")
+        fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
+        self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        if not self.writer.isOpened():
+            raise SinkError(f"cannot write video {self.path}: neither PyAV nor OpenCV can encode it")
+
+    def _open_pyav(self, av, codec, width, height, fps) -> None:
+        self.container = av.open(str(self.path), mode="w")
+        rate = Fraction(fps).limit_denominator(1001)
+        options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {}
+        self.stream = self.container.add_stream(codec, rate=rate, options=options)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        if self.bitrate:
+            self.stream.bit_rate = int(self.bitrate)
+        elif codec != "libx264":
+            # No CRF outside x264: about 0.15 bit per pixel keeps MPEG-4 free of blocking.
+            self.stream.bit_rate = max(1_000_000, int(0.15 * width * height * fps))
+        # Files: one tick per frame. Live: millisecond ticks from the capture clock.
+        self.time_base = Fraction(1, 1000) if self.live else 1 / rate
+        self.stream.codec_context.time_base = self.time_base
+        # Open the encoder now, so a bad codec fails here and not on the first frame.
+        self.stream.codec_context.open()
+
+    def write(self, frame, overlay_bgr, labels) -> None:
+        img = _even(overlay_bgr)
+        if self.writer is not None:
+            self.writer.write(img)
+            self.count += 1
+            return
+        import av
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+        if self.live:
+            if self._t0 is None:
+                self._t0 = frame.capture_ts
+            pts = max(int(round((frame.capture_ts - self._t0) * 1000)), self._last_pts + 1)
+        else:
+            pts = self.count
+        self._last_pts = pts
+        vf.pts, vf.time_base = pts, self.time_base
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        if self.container is not None:
+            for packet in self.stream.encode(None):   # flush the encoder's delayed frames
+                self.container.mux(packet)
+            self.container.close()
+            self.container = None
+
+
+class FolderSink(Sink):
+    """NNNNNN.png overlays in a folder; with save_labels also labels/NNNNNN.png, the raw class
+    ids (uint8, or uint16 past 255 classes), named by frame id."""
+
+    def __init__(self, folder: str | Path, save_labels: bool = False):
+        self.folder = Path(folder)
+        self.name = str(self.folder)
+        self.save_labels = save_labels
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SinkError(f"--output {folder} is a file, not a folder")
+
+    def open(self, width, height, fps) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.save_labels:
+            (self.folder / "labels").mkdir(exist_ok=True)
+
+    def write(self, frame, overlay_bgr, labels) -> None:
+        name = f"{frame.id:06d}.png"
+        if not cv2.imwrite(str(self.folder / name), overlay_bgr):
+            raise SinkError(f"cannot write {self.folder / name} (disk full or not writable?)")
+        if self.save_labels:
+            ids = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False)
+            if not cv2.imwrite(str(self.folder / "labels" / name), ids):
+                raise SinkError(f"cannot write {self.folder / 'labels' / name}")
+
+
+def open_sink(spec: str, options=None, live: bool = False) -> Sink:
+    """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size)."""
+    spec = str(spec)
+    if spec == "display":
+        return DisplaySink()
+    if spec == "null":
+        return NullSink()
+    if spec.startswith("http://"):
+        from app.http_sink import open_http_sink
+        return open_http_sink(spec, options)
+    if spec.startswith("rtsp://"):
+        try:
+            from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)
+        except ModuleNotFoundError as e:
+            if e.name != "app.rtsp_out":
+                raise
+            raise SinkError("rtsp:// outputs need app/rtsp_out.py, which this install does not have") from None
+        return open_rtsp_sink(spec, options)
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_OUTPUT_SUFFIXES:
+        return VideoFileSink(path, live=live, bitrate=getattr(options, "bitrate", None))
+    if suffix in IMAGE_SUFFIXES:
+        raise SinkError(f"--output {spec}: for still images pass a folder (frames/), one PNG per frame")
+    if spec.endswith("/") or path.is_dir() or suffix == "":
+        return FolderSink(path, save_labels=bool(getattr(options, "save_labels", False)))
+    raise SinkError(f"--output {spec}: unknown kind; use display, a .mp4/.mkv/.avi file, a folder/, "
+                    "http://@:PORT, rtsp://HOST:PORT/PATH or null")

@@ -1,0 +1,380 @@
+"""Sources (`--source`): every input the app reads, as a `Reader` (app/frames.py).
+
+    0, /dev/video0            camera through OpenCV (live)
+    clip.mp4 / .mkv / .avi    video file through PyAV (OpenCV if PyAV cannot open it)
+    photo.jpg                 one image
+    folder/, 'imgs/*.png'     the images of a folder or a glob, in sorted order
+    rtsp://..., http(s)://... network stream through PyAV/FFmpeg (live; an http URL
+                              ending in a video suffix is read as a file)
+    csi://0                   Jetson CSI camera (nvarguscamerasrc) through OpenCV+GStreamer
+    gst:<pipeline>            any GStreamer pipeline ending in appsink, through OpenCV+GStreamer
+
+`open_source(spec, options)` picks the reader; `--loop` restarts a file at its end and
+`--realtime` paces it at its own rate. Live readers are wrapped by
+`app.reconnect.ReconnectingReader` when that module exists (written for the RTSP issue).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from pathlib import Path
+
+import cv2
+
+from app.frames import Reader, ReadError
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened; the message is one line that says what to do."""
+
+
+class CameraReader(Reader):
+    """A V4L2/USB camera by index (`0`) or device path (`/dev/video0`), through OpenCV."""
+
+    live = True
+
+    def __init__(self, device: int | str, size_wh: tuple | None = None, fps: float | None = None):
+        self.device = device
+        self.size_wh = size_wh
+        self.requested_fps = fps
+        self.description = f"camera {device}"
+        self.cap = None
+
+    def open(self) -> None:
+        # OpenCV logs a warning per backend it tries; the one-line error below says it all.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self.cap = cv2.VideoCapture(self.device)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if not self.cap.isOpened():
+            raise SourceError(f"cannot open camera {self.device}: check it is plugged in and not used by "
+                              "another program (`v4l2-ctl --list-devices` lists cameras)")
+        if self.size_wh:
+            self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size_wh[0])
+            self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size_wh[1])
+        if self.requested_fps:
+            self.cap.set(cv2.CAP_PROP_FPS, self.requested_fps)
+        # A one-frame driver buffer: the pipeline wants the newest frame, not a backlog.
+        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or None
+
+    def read(self):
+        ok, img = self.cap.read()
+        if not ok or img is None:
+            raise ReadError(f"{self.description}: no frame (unplugged or stalled)")
+        return img, None
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class PyAVReader(Reader):
+    """A video file or a network stream, decoded by PyAV (FFmpeg). Source timestamps are the
+    stream's presentation times in seconds."""
+
+    def __init__(self, url: str, live: bool = False, options: dict | None = None, timeout_s: float = 10.0):
+        self.url = url
+        self.live = live
+        self.options = options or {}
+        self.timeout_s = timeout_s
+        self.description = url
+        self.container = None
+        self._frames = None
+        self.decoded = 0
+        self.corrupt_frames = 0    # decoded with errors (FFmpeg concealed them): passed on, counted
+        self.declared = 0          # frames the file's header announces (0: unknown)
+        self.at_end = False
+
+    def open(self) -> None:
+        import av
+        try:
+            self.container = av.open(self.url, options=self.options, timeout=self.timeout_s)
+        except (av.error.FFmpegError, OSError) as e:
+            raise SourceError(f"cannot open {self.url}: {e}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(f"{self.url} has no video stream")
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"   # frame-threaded decoding: decode keeps up with the model
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.declared = 0 if self.live else int(stream.frames or 0)
+        self._frames = self.container.decode(stream)
+
+    def read(self):
+        import av
+        try:
+            frame = next(self._frames)
+        except (StopIteration, av.error.EOFError):
+            self.at_end = True
+            return None
+        except (av.error.FFmpegError, OSError) as e:
+            # FFmpeg skips most corrupt packets itself; what reaches here is a lost stream.
+            raise ReadError(f"{self.url}: {e}") from None
+        self.decoded += 1
+        if frame.is_corrupt:
+            self.corrupt_frames += 1
+        return frame.to_ndarray(format="bgr24"), frame.time
+
+    def counters(self) -> dict:
+        """For the run summary, only when something was wrong: concealed decode errors, and
+        frames a truncated file announced but did not have."""
+        missing = max(0, self.declared - self.decoded) if self.at_end else 0
+        out = {"corrupt_frames": self.corrupt_frames, "missing_frames": missing}
+        return {k: v for k, v in out.items() if v}
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+
+class OpenCVVideoReader(Reader):
+    """A video file through OpenCV (a fallback for files PyAV cannot open), or a GStreamer
+    pipeline when `api` is cv2.CAP_GSTREAMER."""
+
+    def __init__(self, target: str, api: int = cv2.CAP_ANY, live: bool = False, description: str = ""):
+        self.target = target
+        self.api = api
+        self.live = live
+        self.description = description or target
+        self.cap = None
+
+    def open(self) -> None:
+        self.cap = cv2.VideoCapture(self.target, self.api)
+        if not self.cap.isOpened():
+            raise SourceError(f"cannot open {self.description} with OpenCV")
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or None
+
+    def read(self):
+        ok, img = self.cap.read()
+        if not ok or img is None:
+            if self.live:
+                raise ReadError(f"{self.description}: no frame")
+            return None   # OpenCV cannot tell a corrupt tail from the end of a file
+        ts_ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        return img, (ts_ms / 1000.0 if ts_ms >= 0 and not self.live else None)
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class ImageListReader(Reader):
+    """One image, or the images of a folder or glob, in sorted order. An unreadable image is
+    a ReadError (counted as a decode error) and the next one is read."""
+
+    def __init__(self, paths: list, description: str, fps: float | None = None):
+        self.paths = list(paths)
+        self.description = description
+        self.fps = fps
+        self._next = 0
+
+    def read(self):
+        if self._next >= len(self.paths):
+            return None
+        path = self.paths[self._next]
+        self._next += 1
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ReadError(f"cannot decode image {path}")
+        return img, None
+
+
+def gstreamer_available() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+    """The usual Jetson CSI pipeline: nvarguscamerasrc -> NVMM NV12 -> BGRx -> BGR appsink."""
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
+            f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1,format=NV12 ! "
+            "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=true max-buffers=1 sync=false")
+
+
+def _image_paths(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _camera_device(spec: str):
+    if spec.isdigit():
+        return int(spec)
+    if spec.startswith("/dev/video"):
+        return spec
+    return None
+
+
+def open_plain_source(spec: str, options=None) -> Reader:
+    """`spec` -> an opened Reader, without a reconnect wrapper."""
+    opt = options
+    size_wh = getattr(opt, "camera_size", None)
+    fps = getattr(opt, "camera_fps", None)
+    spec = str(spec)
+    if spec.startswith("csi://") or spec.startswith("gst:"):
+        if not gstreamer_available():
+            raise SourceError(f"{spec.split(':')[0]} sources need OpenCV built with GStreamer; this OpenCV has "
+                              "none (on a Jetson use the system python3-opencv, or build OpenCV with "
+                              "-DWITH_GSTREAMER=ON)")
+        if spec.startswith("csi://"):
+            sensor = spec[len("csi://"):] or "0"
+            if not sensor.isdigit():
+                raise SourceError(f"bad CSI source {spec!r}: use csi://0, csi://1 ...")
+            w, h = size_wh or (1280, 720)
+            reader = OpenCVVideoReader(csi_pipeline(int(sensor), w, h, int(fps or 30)), cv2.CAP_GSTREAMER,
+                                       live=True, description=spec)
+        else:
+            reader = OpenCVVideoReader(spec[len("gst:"):].strip(), cv2.CAP_GSTREAMER, live=True, description=spec)
+    elif (device := _camera_device(spec)) is not None:
+        reader = CameraReader(device, size_wh, fps)
+    elif spec.startswith("rtsp://") or spec.startswith("rtsps://"):
+        # TCP: no lost UDP packets -> no smeared frames; nobuffer: fewer frames of lag.
+        # --rtsp-transport udp for servers without TCP; auto: FFmpeg's order (UDP, then TCP).
+        transport = getattr(opt, "rtsp_transport", None) or "tcp"
+        reader = PyAVReader(spec, live=True, options={"fflags": "nobuffer", "flags": "low_delay",
+                                                      **({} if transport == "auto" else {"rtsp_transport": transport})},
+                            timeout_s=float(getattr(opt, "source_timeout", None) or 10.0))
+    elif spec.startswith("http://") or spec.startswith("https://"):
+        suffix = Path(spec.split("?")[0]).suffix.lower()
+        reader = PyAVReader(spec, live=suffix not in VIDEO_SUFFIXES,
+                            timeout_s=float(getattr(opt, "source_timeout", None) or 10.0))
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            paths = _image_paths(path)
+            if not paths:
+                raise SourceError(f"folder {spec} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            reader = ImageListReader(paths, f"folder {spec} ({len(paths)} images)", fps=getattr(opt, "fps", None))
+        elif any(c in spec for c in "*?["):
+            paths = sorted(p for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise SourceError(f"glob {spec!r} matches no images")
+            reader = ImageListReader(paths, f"glob {spec} ({len(paths)} images)", fps=getattr(opt, "fps", None))
+        elif not path.exists():
+            raise SourceError(f"source {spec} does not exist: pass a camera index, a video or image file, a folder, "
+                              "a glob, rtsp://, http://, csi://N or gst:<pipeline>")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            reader = ImageListReader([path], f"image {spec}", fps=getattr(opt, "fps", None))
+        else:
+            reader = PyAVReader(str(path), live=False)
+            try:
+                reader.open()
+                return reader
+            except SourceError as pyav_error:
+                # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
+                # log lines on a broken file; PyAV's message is the one that says why.
+                os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+                reader = OpenCVVideoReader(str(path))
+                try:
+                    reader.open()
+                except SourceError:
+                    raise SourceError(f"{pyav_error} (truncated, or not a video?)") from None
+                return reader
+    reader.open()
+    return reader
+
+
+def open_source(spec: str, options=None) -> Reader:
+    """`--source` -> an opened Reader (`--realtime` paces a file). Live sources get the reconnect wrapper when the
+    app.reconnect module is present (issue 5): ReconnectingReader(reopen, timeout_s, first=opened_reader)
+    is a Reader; `reopen()` returns a freshly opened plain reader for the same spec."""
+    reader = open_plain_source(spec, options)
+    if reader.live:
+        try:
+            from app.reconnect import ReconnectingReader   # RECONNECT HOOK (app/reconnect.py, RTSP issue)
+        except ModuleNotFoundError as e:
+            if e.name != "app.reconnect":
+                raise
+            return reader
+        wrapped = ReconnectingReader(lambda: open_plain_source(spec, options),
+                                     timeout_s=float(getattr(options, "source_timeout", None) or 10.0), first=reader)
+        wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        return wrapped
+    if getattr(options, "loop", False):
+        reader = LoopingReader(reader, lambda: open_plain_source(spec, options))
+    if getattr(options, "realtime", False):
+        reader = RealtimeReader(reader, getattr(options, "fps", None))
+    return reader
+
+
+class LoopingReader(Reader):
+    """--loop: start a file over at its end (demos, kiosks, soak tests). Source timestamps keep
+    increasing across loops so pacing and video timestamps stay monotonic."""
+
+    def __init__(self, inner: Reader, reopen):
+        self.inner = inner
+        self.reopen = reopen
+        self.fps = inner.fps
+        self.description = f"{inner.description} (looped)"
+        self._offset = 0.0
+        self._last_ts = None
+        self._empty = True    # no frame since the last (re)open: an empty file must not spin
+
+    def read(self):
+        got = self.inner.read()
+        if got is None:
+            if self._empty:
+                return None
+            self.inner.close()
+            self.inner = self.reopen()
+            step = 1.0 / (self.fps or 25.0)
+            self._offset = (self._last_ts + step) if self._last_ts is not None else 0.0
+            self._empty = True
+            got = self.inner.read()
+            if got is None:
+                return None
+        self._empty = False
+        img, ts = got
+        if ts is not None:
+            ts += self._offset
+            self._last_ts = ts
+        return img, ts
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RealtimeReader(Reader):
+    """--realtime: hand out a file's frames no faster than its own rate (its timestamps if
+    any, else `fps`); the pipeline then treats it as live (the newest frame wins)."""
+
+    live = True
+
+    def __init__(self, inner: Reader, fps: float | None):
+        self.inner = inner
+        self.fps = inner.fps or fps or 25.0
+        self.description = f"{inner.description} (paced at its own rate)"
+        self._t0 = None
+        self._n = 0
+
+    def open(self) -> None:
+        pass   # the inner reader is already open
+
+    def read(self):
+        got = self.inner.read()
+        if got is None:
+            return None
+        img, ts = got
+        due = ts if ts is not None else self._n / self.fps
+        if self._t0 is None:
+            self._t0 = time.monotonic() - due
+        self._n += 1
+        wait = self._t0 + due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return img, ts
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,158 @@
+"""Pipeline fps against model-only fps on the same ONNX model, and the overlay's cost at 1080p.
+
+    python bench/pipeline.py                        # R18 at 512x1024, random weights (speed only)
+    python bench/pipeline.py --model artifacts/r18.onnx --frames 60 --size 352x480
+
+model-only: engine.infer on one preprocessed batch, back to back (no capture, no overlay).
+pipeline:   the app's three threads on a video file (no drops), overlay + null output.
+inference busy: the share of the pipeline's wall time spent inside engine.infer, measured over
+            the same seconds as its fps (1.0 = the pipeline adds nothing to the model's time).
+Rounds alternate the two (ABBA order) so a busy machine slows both alike; the ratio is per round and the
+median over rounds. A model is exported with random weights when --model is not given: the
+speed of a network does not depend on its weights.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.hud import draw_hud, draw_legend  # noqa: E402
+from app.latency import LatencyRecorder  # noqa: E402
+from app.overlay import palette_bgr, render_overlay  # noqa: E402
+from app.pipeline import Pipeline  # noqa: E402
+from app.preprocess import preprocess  # noqa: E402
+from app.sinks import NullSink  # noqa: E402
+from app.sources import open_source  # noqa: E402
+from engines.load import load_engine  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
+R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
+
+
+def model_only_fps(engine, image, frames: int) -> float:
+    info = engine.info
+    batch = preprocess(image, info.input_size, info.mean, info.std, engine.input_dtype)
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        engine.infer(batch)
+    return frames / (time.perf_counter() - t0)
+
+
+def pipeline_fps(engine, source: str, frames: int) -> tuple[float, dict]:
+    reader = open_source(source, SimpleNamespace(loop=True))
+    recorder = LatencyRecorder()
+    p = Pipeline(reader, engine, [NullSink()], recorder=recorder, max_frames=frames)
+    p.run()
+    s = recorder.summary(p.captured)
+    assert s["written"] == frames and s["dropped"] == 0, s
+    inference = recorder.stats["inference"]
+    s["inference_s"] = float(inference.values[:inference.count].sum()) / 1000.0
+    return s["fps"], s
+
+
+def overlay_ms(labels_hw, repeats: int = 20) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    labels = rng.integers(0, 19, labels_hw).astype(np.int32)
+    lut = palette_bgr(rng.integers(0, 256, (19, 3)))
+    names = [f"class {i}" for i in range(19)]
+
+    def timed(fn):
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1000
+
+    plain = timed(lambda: render_overlay(image, labels, lut, 0.5))
+
+    def annotated():
+        out = render_overlay(image, labels, lut, 0.5)
+        draw_legend(out, names, lut, set(range(19)))
+        draw_hud(out, 30.0, 50.0, 20.0)
+
+    return plain, timed(annotated)
+
+
+def main() -> int:
+    from engines.export import parse_size   # only for the --size flag's parsing
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--model", help="an .onnx (default: export R18 with random weights at --size)")
+    ap.add_argument("--size", default="512x1024", help="model input HxW when exporting (default 512x1024)")
+    ap.add_argument("--source", default=str(SAMPLE), help="video file for the pipeline (looped as needed)")
+    ap.add_argument("--frames", type=int, default=10, help="frames per measurement (default 10)")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="alternating model-only/pipeline rounds (default 6): short rounds, many of them, "
+                    "so a shared machine's changing load hits both sides alike")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--providers", default=None, help="ONNX Runtime providers (default cpu)")
+    args = ap.parse_args()
+
+    if args.model:
+        model = Path(args.model)
+    else:
+        from engines.export import export_onnx
+        from engines.model_config import load_model_config
+
+        h, w = parse_size(args.size)
+        tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-")   # removed at exit
+        model = Path(tmp.name) / f"r18_random_{h}x{w}.onnx"
+        print(f"exporting {R18} with random weights at {h}x{w} -> {model}", flush=True)
+        export_onnx(load_model_config(R18), None, model, (h, w), random_init=True)
+    engine = load_engine(str(model), providers=args.providers, threads=args.threads)
+    reader = open_source(args.source)
+    first = reader.read()[0]
+    reader.close()
+    h, w = engine.info.input_size
+    print(f"model: {engine.describe()}\nsource: {args.source} ({first.shape[1]}x{first.shape[0]}), "
+          f"{args.frames} frames per measurement, {args.rounds} rounds", flush=True)
+
+    model_only_fps(engine, first, 3)   # warm-up: first runs allocate
+    print(f"\n{'round':>6} {'model-only fps':>15} {'pipeline fps':>13} {'ratio':>7} {'inference busy':>15}")
+    ratios, busy, model_fps, pipe_fps = [], [], [], []
+    for r in range(args.rounds):
+        # ABBA order: a load that rises or falls during a round favors neither side.
+        if r % 2 == 0:
+            m = model_only_fps(engine, first, args.frames)
+            p, summary = pipeline_fps(engine, args.source, args.frames)
+        else:
+            p, summary = pipeline_fps(engine, args.source, args.frames)
+            m = model_only_fps(engine, first, args.frames)
+        # busy: the share of the pipeline's wall time its inference thread spent in engine.infer,
+        # measured over the same seconds as its fps, so the machine's load swings cancel out.
+        b = p * summary["inference_s"] / args.frames
+        ratios.append(p / m)
+        busy.append(b)
+        model_fps.append(m)
+        pipe_fps.append(p)
+        print(f"{r + 1:>6} {m:>15.2f} {p:>13.2f} {p / m:>7.3f} {b:>15.3f}", flush=True)
+    print(f"median {statistics.median(model_fps):>15.2f} {statistics.median(pipe_fps):>13.2f} "
+          f"{statistics.median(ratios):>7.3f} {statistics.median(busy):>15.3f}")
+    print("ratio = pipeline fps / model-only fps (median of per-round ratios); inference busy = pipeline fps x "
+          "its own mean inference time")
+    st = summary["stages"]
+    print("last pipeline round, ms p50: " + "  ".join(f"{k} {st[k]['p50']:.1f}" for k in
+                                                      ("queue", "preprocess", "inference", "overlay", "sink", "e2e")))
+
+    plain, annotated = overlay_ms((h, w))
+    print(f"\noverlay of a 1920x1080 frame from {h}x{w} labels (median of 20): {plain:.1f} ms; "
+          f"with legend + HUD: {annotated:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

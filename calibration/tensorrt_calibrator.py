@@ -1,0 +1,233 @@
+"""TensorRT implicit INT8 (TensorRT 8.6 / JetPack 5): an IInt8EntropyCalibrator2 with a keyed cache.
+
+TensorRT calibrates by pulling batches through `get_batch` and stores the resulting
+per-tensor scales in a calibration cache. A cache is only valid for the exact network,
+input preprocessing, input shape and TensorRT version it was measured with, but TensorRT
+itself checks none of that. So the cache gets a key file beside it (`<cache>.json`):
+
+    {"onnx_sha256", "preprocessing", "input_shape", "tensorrt_version"}
+
+`read_calibration_cache` hands TensorRT the cache only when the key matches (printing
+"reusing ..."), and otherwise says which parts changed and lets TensorRT recalibrate.
+
+The key logic (`calibration_key`, `KeyedCache`, `CalibratorCore`) is plain Python and
+tested without TensorRT; `EntropyCalibrator` itself subclasses
+`tensorrt.IInt8EntropyCalibrator2` and is built on first use, so importing this module
+never needs tensorrt or pycuda:
+
+    from calibration.tensorrt_calibrator import EntropyCalibrator   # imports tensorrt here
+    config.int8_calibrator = EntropyCalibrator("model.calib.cache", calib_set.batches(8),
+                                               onnx_path="model.onnx", input_shape=(8, 3, 512, 1024),
+                                               preprocessing=calib_set.preprocessing())
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engines.sidecar import atomic_write_bytes, file_sha256, sidecar_path
+
+KEY_FIELDS = ("onnx_sha256", "preprocessing", "input_shape", "tensorrt_version")
+
+
+def calibration_key(onnx_path, preprocessing, input_shape, tensorrt_version: str) -> dict:
+    """What a calibration cache is valid for. Change any part and the cache is rebuilt.
+    A part passed as None is left unchecked (a build that only has the cache file)."""
+    return {"onnx_sha256": file_sha256(onnx_path) if onnx_path is not None else None,
+            "preprocessing": json.loads(json.dumps(preprocessing, sort_keys=True)) if preprocessing is not None else None,
+            "input_shape": [int(d) for d in input_shape] if input_shape is not None else None,
+            "tensorrt_version": str(tensorrt_version)}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+class KeyedCache:
+    """A TensorRT calibration cache file plus its key file `<cache>.json`."""
+
+    def __init__(self, path: str | Path, key: dict):
+        self.path = Path(path)
+        self.key_path = sidecar_path(self.path)
+        self.key = key
+
+    def stored_key(self) -> dict | None:
+        try:
+            key = json.loads(self.key_path.read_text()).get("key")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+        return key if isinstance(key, dict) else None
+
+    def check(self) -> tuple[bool, str]:
+        """(usable, why): usable only when both files exist and the stored key matches."""
+        if not self.path.is_file():
+            return False, f"no calibration cache at {self.path}"
+        if not self.key_path.is_file():
+            return False, f"calibration cache {self.path} has no key file {self.key_path.name}"
+        stored = self.stored_key()
+        if stored is None:
+            return False, f"key file {self.key_path} is not valid JSON"
+        changed = [f for f in KEY_FIELDS if self.key.get(f) is not None and stored.get(f) != self.key[f]]
+        if changed:
+            return False, f"calibration cache {self.path} was made for a different {', '.join(changed)}"
+        unchecked = [f for f in KEY_FIELDS if self.key.get(f) is None]
+        if unchecked:
+            return True, (f"calibration cache {self.path} (not checked: {', '.join(unchecked)}; pass onnx_path, "
+                          "input_shape and preprocessing to check them)")
+        return True, f"calibration cache {self.path} matches (onnx, preprocessing, input shape, TensorRT version)"
+
+    def read(self) -> bytes | None:
+        ok, _ = self.check()
+        return self.path.read_bytes() if ok else None
+
+    def write(self, table: bytes) -> None:
+        """Cache first, key last: a key file only ever vouches for a complete cache."""
+        self.key_path.unlink(missing_ok=True)
+        atomic_write_bytes(self.path, bytes(table))
+        meta = {"key": self.key, "key_sha256": key_digest(self.key), "cache_sha256": hashlib.sha256(table).hexdigest()}
+        atomic_write_bytes(self.key_path, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+class CalibratorCore:
+    """Everything the TensorRT calibrator does except touching the GPU: cache reuse, batch
+    order and shape checks. `to_device(batch) -> pointer` is the only GPU part."""
+
+    def __init__(self, cache: KeyedCache, batches=None, batch_shape=None, log=None):
+        self.cache = cache
+        if batch_shape is None:   # cache-only use: the shape the cache was made for
+            batch_shape = (cache.stored_key() or {}).get("input_shape") or (1,)
+        self.batch_shape = tuple(int(d) for d in batch_shape)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.batches = iter(batches) if batches is not None else None
+        self.used_batches = 0
+        self.reused, why = cache.check()
+        if self.reused:
+            self.log(f"reusing {why}")
+        elif self.batches is None:
+            raise RuntimeError(f"{why} and no calibration images were given; pass calibration data "
+                               "(e.g. --calib-data train.txt) to calibrate")
+        else:
+            self.log(f"{why}; recalibrating")
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_shape[0]
+
+    def next_batch(self) -> np.ndarray | None:
+        """The next full [B, 3, H, W] float32 batch, or None when done (TensorRT then stops).
+        A last partial batch is dropped: TensorRT takes exactly B images per call."""
+        if self.reused or self.batches is None:
+            return None
+        batch = next(self.batches, None)
+        if batch is None or batch.shape[0] != self.batch_size:
+            return None
+        if tuple(batch.shape) != self.batch_shape:
+            raise ValueError(f"calibration batch {tuple(batch.shape)} does not match the network input "
+                             f"{self.batch_shape}; preprocess to the engine's input size")
+        self.used_batches += 1
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def read_calibration_cache(self):
+        return self.cache.read() if self.reused else None
+
+    def write_calibration_cache(self, table) -> None:
+        self.cache.write(bytes(table))
+        self.log(f"wrote calibration cache {self.cache.path} ({self.used_batches} batches of {self.batch_size})")
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise RuntimeError("TensorRT INT8 calibration needs the tensorrt Python package "
+                           "(JetPack ships it; elsewhere: pip install 'bisenet-edge[gpu]')") from None
+    return trt
+
+
+def _build_entropy_calibrator():
+    trt = import_tensorrt()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        """IInt8EntropyCalibrator2 fed from `batches` ([B, 3, H, W] float32, e.g.
+        `CalibrationSet.batches(B)`) through a pycuda device buffer; cache keyed as above.
+        With only `cache_path` it reuses an existing cache, checking the TensorRT version
+        (and whichever of onnx_path / input_shape / preprocessing are given)."""
+
+        def __init__(self, cache_path, batches=None, *, onnx_path=None, input_shape=None,
+                     preprocessing: dict | None = None, tensorrt_version: str | None = None, log=None):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            key = calibration_key(onnx_path, preprocessing, input_shape, tensorrt_version or trt.__version__)
+            self.core = CalibratorCore(KeyedCache(cache_path, key), batches, input_shape, log)
+            self._device = None
+
+        def get_batch_size(self):
+            return self.core.batch_size
+
+        def get_batch(self, names):
+            batch = self.core.next_batch()
+            if batch is None:
+                return None
+            if self._device is None:
+                try:
+                    import pycuda.autoinit  # noqa: F401  (a CUDA context if the builder has none)
+                    import pycuda.driver as cuda
+                except ImportError:
+                    raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: "
+                                       "pip install pycuda") from None
+                self._cuda = cuda
+                self._device = cuda.mem_alloc(batch.nbytes)
+            self._cuda.memcpy_htod(self._device, batch)
+            return [int(self._device)]
+
+        def read_calibration_cache(self):
+            return self.core.read_calibration_cache()
+
+        def write_calibration_cache(self, cache):
+            self.core.write_calibration_cache(cache)
+
+    return EntropyCalibrator
+
+
+def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
+    """Run TensorRT's entropy calibration over `calib_set` (the same images and preprocess
+    as the QDQ flavors) and write the keyed cache for implicit INT8 builds. Needs tensorrt,
+    pycuda and an NVIDIA GPU; the engine built on the way is thrown away."""
+    trt = import_tensorrt()
+    from calibration.tensorrt_calibrator import EntropyCalibrator
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
+    shape = tuple(network.get_input(0).shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    calibrator = EntropyCalibrator(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path, input_shape=shape,
+                                   preprocessing=calib_set.preprocessing(), log=log)
+    config.int8_calibrator = calibrator
+    if builder.build_serialized_network(network, config) is None:
+        raise RuntimeError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
+    return Path(cache_path)
+
+
+_entropy_calibrator_class = None
+
+
+def __getattr__(name):
+    # `EntropyCalibrator` must subclass a tensorrt type, so it is built on first access
+    # (PEP 562): importing this module stays free of tensorrt for the pure-Python parts.
+    global _entropy_calibrator_class
+    if name == "EntropyCalibrator":
+        if _entropy_calibrator_class is None:
+            _entropy_calibrator_class = _build_entropy_calibrator()
+        return _entropy_calibrator_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

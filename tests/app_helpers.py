@@ -1,0 +1,38 @@
+"""Shared bits of the app tests: a real (random-weight) R18 ONNX model, exported once per
+test process at a small input size, and the sample video."""
+from __future__ import annotations
+
+import atexit
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_VIDEO = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
+MODEL_NAME = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
+
+_models: dict = {}
+_dir = None
+
+
+def tiny_onnx(size_hw=(64, 96)) -> Path:
+    """engines.export.export_onnx(random_init=True) at `size_hw`, cached for this process."""
+    global _dir
+    key = tuple(size_hw)
+    if key not in _models:
+        from engines.export import export_onnx
+        from engines.model_config import load_model_config
+
+        if _dir is None:
+            _dir = Path(tempfile.mkdtemp(prefix="bisenet-app-test-"))
+            atexit.register(shutil.rmtree, _dir, True)
+        out = _dir / f"r18_{key[0]}x{key[1]}.onnx"
+        _models[key] = export_onnx(load_model_config(MODEL_NAME), None, out, key, random_init=True)
+    return _models[key]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

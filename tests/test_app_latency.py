@@ -1,0 +1,64 @@
+"""Latency log rows, the exit summary and `bisenet latency-plot`."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from app.cli import main as cli_main
+from app.frames import Frame
+from app.latency import COLUMNS, LatencyRecorder, read_log
+from app.latency_plot import plot
+
+
+def fill(rec, n_written=20, n_dropped=3):
+    for i in range(n_written):
+        f = Frame(i, rec.start + i * 0.1, np.zeros((1, 1, 3), np.uint8), source_ts=i / 10)
+        f.timings = {"queue": 1.0 + i, "preprocess": 2.0, "inference": 10.0 + i, "overlay": 3.0, "sink": 4.0}
+        rec.record_written(f, f.capture_ts + (20.0 + i) / 1000)
+    for j in range(n_dropped):
+        rec.record_dropped(n_written + j, rec.start + 3.0, "queue_full" if j else "decode_error")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_log_rows_round_trip_and_summary(tmp_path, suffix):
+    rec = LatencyRecorder(tmp_path / f"lat{suffix}", start=100.0)
+    fill(rec)
+    rec.close()
+    rows = read_log(tmp_path / f"lat{suffix}")
+    assert len(rows) == 23 and set(rows[0]) >= set(COLUMNS)
+    first = rows[0]
+    assert first["frame"] == 0 and first["dropped"] == 0 and first["inference_ms"] == pytest.approx(10.0)
+    assert first["e2e_ms"] == pytest.approx(20.0) and first["source_ts"] == pytest.approx(0.0)
+    assert rows[5]["capture_s"] == pytest.approx(0.5)
+    drop = rows[20]
+    assert drop["dropped"] == 1 and drop["reason"] == "decode_error" and drop["inference_ms"] is None
+    s = rec.summary(captured=23)
+    assert (s["captured"], s["written"], s["dropped"], s["unaccounted"]) == (23, 20, 3, 0)
+    assert s["dropped_by_reason"] == {"decode_error": 1, "queue_full": 2}
+    assert s["stages"]["inference"]["p50"] == pytest.approx(np.percentile(np.arange(10, 30), 50))
+    assert s["stages"]["e2e"]["max"] == pytest.approx(39.0, abs=1e-3)
+    text = rec.format_summary(captured=23)
+    assert "frames 23  written 20  dropped 3 (decode_error 1, queue_full 2)" in text
+    assert "inference" in text and "p99" in text
+    assert "UNACCOUNTED 1" in rec.format_summary(captured=24)
+
+
+def test_bad_log_names_are_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"\.csv or \.jsonl"):
+        LatencyRecorder(tmp_path / "lat.txt")
+
+
+def test_latency_plot_with_opencv_and_through_the_cli(tmp_path, capsys):
+    rec = LatencyRecorder(tmp_path / "lat.csv", start=0.0)
+    fill(rec)
+    rec.close()
+    out = plot(tmp_path / "lat.csv", tmp_path / "a.png", use_opencv=True)
+    img = cv2.imread(str(out))
+    assert img.shape == (800, 1200, 3)
+    # The e2e line and histogram are drawn in red (BGR 40, 40, 230).
+    assert ((np.abs(img.astype(int) - (40, 40, 230)).sum(axis=2)) < 30).sum() > 500
+    assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    assert cli_main(["latency-plot", str(tmp_path / "missing.csv")]) == 2
+    assert "no latency log" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""The threaded pipeline with a real ONNX Runtime session (random-weight R18 at 64x96)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.frames import Reader, ReadError, Sink
+from app.hud import draw_hud, draw_legend
+from app.latency import LatencyRecorder, read_log
+from app.overlay import palette_bgr, render_overlay
+from app.pipeline import Pipeline
+from app.preprocess import preprocess
+from app.sources import open_source
+from engines.onnx_engine import OnnxEngine
+from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = OnnxEngine(tiny_onnx((64, 96)), threads=1)
+    yield eng
+    eng.close()
+
+
+class ListReader(Reader):
+    """Hands out a list of images (or exceptions to raise) as a file or a live source."""
+
+    def __init__(self, items, live=False):
+        self.items = list(items)
+        self.live = live
+        self.fps = 10.0
+        self.description = "test list"
+
+    def read(self):
+        if not self.items:
+            return None
+        item = self.items.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item, None
+
+
+class CollectSink(Sink):
+    def __init__(self, name="collect", fail_at=None, on_write=None):
+        self.name = name
+        self.fail_at = fail_at
+        self.on_write = on_write
+        self.ids, self.images, self.opened, self.closed = [], [], None, False
+
+    def open(self, width, height, fps):
+        self.opened = (width, height, fps)
+
+    def write(self, frame, overlay_bgr, labels):
+        if self.fail_at is not None and len(self.ids) >= self.fail_at:
+            raise OSError("disk on fire")
+        self.ids.append(frame.id)
+        self.images.append(overlay_bgr.copy())
+        if self.on_write:
+            self.on_write(frame)
+
+    def close(self):
+        self.closed = True
+
+
+def images(n, size=(36, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def assert_accounted(pipeline, rows):
+    ids = sorted(r["frame"] for r in rows)
+    assert ids == list(range(pipeline.captured)), "every captured id has exactly one row"
+    s = pipeline.recorder.summary(pipeline.captured)
+    assert s["unaccounted"] == 0 and s["written"] + s["dropped"] == pipeline.captured
+
+
+def test_file_source_writes_every_frame_in_order_with_the_reference_overlay(engine, tmp_path):
+    imgs = images(12)
+    sink = CollectSink()
+    rec = LatencyRecorder(tmp_path / "lat.csv")
+    p = Pipeline(ListReader(imgs), engine, [sink], recorder=rec, alpha=0.4, queue_size=2)
+    assert p.run() == 0
+    assert sink.ids == list(range(12)) and sink.opened == (48, 36, 10.0) and sink.closed
+    lut = palette_bgr(engine.info.palette)
+    for img, out in zip(imgs, sink.images):
+        labels = engine.infer(preprocess(img, engine.info.input_size, engine.info.mean, engine.info.std))[0]
+        assert np.array_equal(out, render_overlay(img, labels, lut, 0.4))
+    rows = read_log(tmp_path / "lat.csv")
+    assert len(rows) == 12 and not any(r["dropped"] for r in rows)
+    for r in rows:
+        stages = [r[k] for k in ("queue_ms", "preprocess_ms", "inference_ms", "overlay_ms", "sink_ms")]
+        assert all(v is not None and v >= 0 for v in stages)
+        assert r["e2e_ms"] >= r["inference_ms"]
+    assert_accounted(p, rows)
+
+
+@pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
+def test_max_frames_and_side_by_side(engine):
+    sink = CollectSink()
+    p = Pipeline(open_source(str(SAMPLE_VIDEO)), engine, [sink], mode="side-by-side", max_frames=5)
+    assert p.run() == 0
+    assert sink.ids == [0, 1, 2, 3, 4] and sink.opened[:2] == (960, 360)
+
+
+def test_live_source_keeps_the_newest_frame_and_accounts_for_every_drop(engine, tmp_path):
+    sink = CollectSink()
+    rec = LatencyRecorder(tmp_path / "lat.jsonl")
+    # 120 frames handed out as fast as the reader can: far faster than the model runs.
+    p = Pipeline(ListReader(images(120, seed=1), live=True), engine, [sink], recorder=rec)
+    assert p.run() == 0
+    rows = read_log(tmp_path / "lat.jsonl")
+    assert_accounted(p, rows)
+    dropped = [r for r in rows if r["dropped"]]
+    assert dropped and all(r["reason"] == "queue_full" for r in dropped)
+    assert sink.ids == sorted(sink.ids) and sink.ids[-1] == 119   # the newest frame is never lost
+
+
+def test_bad_frames_are_dropped_with_their_reason_and_the_run_goes_on(engine, tmp_path):
+    good = images(3)
+    items = [good[0], ReadError("corrupt packet"), np.zeros((8, 8), np.uint8), good[1], good[2]]
+    sink = CollectSink()
+    rec = LatencyRecorder(tmp_path / "lat.csv")
+    p = Pipeline(ListReader(items), engine, [sink], recorder=rec)
+    assert p.run() == 0
+    rows = {r["frame"]: r for r in read_log(tmp_path / "lat.csv")}
+    assert rows[1]["reason"] == "decode_error" and rows[2]["reason"] == "inference_error"
+    assert sink.ids == [0, 3, 4]
+    assert_accounted(p, list(rows.values()))
+
+
+def test_a_failing_sink_is_switched_off_and_the_others_go_on(engine):
+    good, bad = CollectSink("good"), CollectSink("bad", fail_at=2)
+    p = Pipeline(ListReader(images(6)), engine, [bad, good])
+    assert p.run() == 0
+    assert good.ids == list(range(6)) and bad.ids == [0, 1]
+    assert "disk on fire" in p.sink_failures["bad"] and bad.closed
+
+
+def test_every_sink_failing_stops_the_run_with_an_error(engine):
+    p = Pipeline(ListReader(images(6)), engine, [CollectSink("bad", fail_at=0)])
+    assert p.run() == 1
+    assert p.recorder.dropped["sink_error"] >= 1 and p.recorder.written == 0
+
+
+def test_stop_drains_the_captured_frames_in_order(engine):
+    holder = {}
+    sink = CollectSink(on_write=lambda f: f.id == 2 and holder["p"].request_stop("test stop"))
+    p = holder["p"] = Pipeline(ListReader(images(40)), engine, [sink], queue_size=3)
+    assert p.run() == 0
+    # Capture stopped soon after frame 2; everything captured by then was still written.
+    assert 3 <= p.captured < 40
+    assert sink.ids == list(range(p.captured)) and p.recorder.written == p.captured
+
+
+def test_a_second_stop_drops_what_is_queued(engine):
+    holder = {}
+
+    def stop_twice(frame):
+        if frame.id == 1:
+            holder["p"].request_stop("first")
+            holder["p"].request_stop("second")
+
+    sink = CollectSink(on_write=stop_twice)
+    p = holder["p"] = Pipeline(ListReader(images(40)), engine, [sink], queue_size=3)
+    p.run()
+    assert sink.ids == [0, 1] and sink.closed
+    assert p.recorder.written + p.recorder.dropped["shutdown"] == p.captured
+
+
+def test_hud_and_legend_only_touch_their_corners():
+    img = np.full((360, 480, 3), 100, np.uint8)
+    draw_hud(img, 12.3, 80.0, 45.0)
+    lut = palette_bgr(np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]]))
+    draw_legend(img, ["road", "tree", "sky"], lut, present={0, 2})
+    changed = np.argwhere((img != 100).any(axis=2))
+    assert len(changed)
+    top_left = (changed[:, 0] < 60) & (changed[:, 1] < 400)
+    top_right = (changed[:, 0] < 80) & (changed[:, 1] > 300)
+    assert (top_left | top_right).all()
+    assert (img[100:, :] == 100).all()
+
+
+class CpuFusedEngine:
+    """Stands in for TensorRTEngine's GPU chain (no GPU here): the same run_fused contract,
+    computed with the CPU references, around the real ONNX Runtime engine."""
+
+    def __init__(self, engine):
+        self.inner, self.info, self.input_dtype = engine, engine.info, engine.input_dtype
+        self.fused_calls = 0
+
+    def infer(self, batch):
+        return self.inner.infer(batch)
+
+    def run_fused(self, frame_bgr, alpha, mode):
+        self.fused_calls += 1
+        info = self.info
+        labels = self.inner.infer(preprocess(frame_bgr, info.input_size, info.mean, info.std))[0]
+        return render_overlay(frame_bgr, labels, palette_bgr(info.palette), alpha, mode)
+
+
+def test_an_engine_with_a_fused_gpu_path_gets_frames_not_batches(engine):
+    imgs = images(6, seed=3)
+    fused, plain = CpuFusedEngine(engine), CollectSink("plain")
+    ref = CollectSink("ref")
+    assert Pipeline(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
+    p = Pipeline(ListReader(imgs), fused, [plain], alpha=0.3)
+    assert p.run() == 0
+    assert fused.fused_calls == 6
+    assert all(np.array_equal(a, b) for a, b in zip(ref.images, plain.images))
+    # the legend needs labels on the host: back to the CPU overlay
+    legend = CpuFusedEngine(engine)
+    assert Pipeline(ListReader(imgs), legend, [CollectSink()], legend=True).run() == 0
+    assert legend.fused_calls == 0
