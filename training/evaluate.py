@@ -85,13 +85,21 @@ class Predictor:
     """Labels for one BGR image from an engine (anything with info, input_dtype, infer,
     infer_logits: engines/base.py)."""
 
-    def __init__(self, engine, test_scale=None, ratios=(1.0,), flip=False):
+    def __init__(self, engine, test_scale=None, ratios=(1.0,), flip=False, input_size=None):
+        """test_scale: (W, H) keep-ratio resize for engines that take any size (mmseg's test
+        Resize); input_size: (H, W) to feed instead. Static engines always get their own size."""
         self.engine = engine
         self.info = engine.info
         self.test_scale = test_scale
         self.ratios = tuple(ratios)
         self.flip = flip
-        self.fixed = not getattr(self.info, "dynamic", False) and self.info.input_size is not None
+        self.size = tuple(input_size) if input_size else None
+        if not getattr(self.info, "dynamic", False):
+            if self.size and self.size != tuple(self.info.input_size):
+                raise ValueError(f"--input-size {self.size[0]}x{self.size[1]}: {engine.describe()} only takes "
+                                 f"{self.info.input_size[0]}x{self.info.input_size[1]}")
+            self.size = tuple(self.info.input_size)
+        self.fixed = self.size is not None
         if (len(self.ratios) > 1 or self.flip) and self.fixed:
             raise ValueError(f"multi-scale/flip evaluation needs an engine that takes any input size; "
                              f"{engine.describe()} has a fixed input: use a PyTorch checkpoint or a dynamic ONNX export")
@@ -100,7 +108,7 @@ class Predictor:
 
     def input_size(self, h: int, w: int, ratio: float = 1.0) -> tuple[int, int]:
         if self.fixed:
-            return tuple(self.info.input_size)
+            return self.size
         if self.test_scale:
             sw, sh = self.test_scale
             return rescale_hw(h, w, (sw * ratio, sh * ratio))
@@ -153,7 +161,6 @@ class ModuleEngine:
     backend = "pytorch"
 
     def __init__(self, model, info, device="cpu"):
-        from engines.base import ModelInfo  # noqa: F401  (info is a ModelInfo)
         self.model, self.device = model, device
         self.info = info
         self.info.dynamic = True
@@ -182,7 +189,10 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default="val", choices=("train", "val"))
     p.add_argument("--aug", choices=("whole", "ms-flip"), default="whole",
                    help="single-scale whole image, or multi-scale (ratios 0.5-1.75) + flip")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated")
+    p.add_argument("--input-size", metavar="HxW",
+                   help="feed every image at this size (default: a static engine's own size; for PyTorch "
+                        "and dynamic ONNX, the dataset's test scale as mmseg)")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt)")
     p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     p.add_argument("--json", help="write the metrics to this JSON file")
 
@@ -195,18 +205,27 @@ def run(args) -> int:
     dataset = SegDataset(ds_cfg, args.split)
     if args.limit:
         dataset.pairs = dataset.pairs[: args.limit]
-    providers = args.providers.split(",") if args.providers else None
-    engine = load_engine(args.model, checkpoint=args.checkpoint, providers=providers)
+    input_size = None
+    if args.input_size:
+        try:
+            input_size = tuple(int(v) for v in args.input_size.lower().split("x"))
+            assert len(input_size) == 2 and min(input_size) > 0
+        except (ValueError, AssertionError):
+            raise ValueError(f"--input-size {args.input_size!r}: write it as HxW, e.g. 352x480") from None
+    engine = load_engine(args.model, checkpoint=args.checkpoint, providers=args.providers)
+    if engine.backend == "pytorch":
+        engine.info.dynamic = True      # a PyTorch model takes any input size
     if engine.info.num_classes != ds_cfg.num_classes:
         raise ValueError(f"{engine.info.model} predicts {engine.info.num_classes} classes but dataset "
                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
     ratios, flip = (MS_RATIOS, True) if args.aug == "ms-flip" else ((1.0,), False)
-    predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip)
+    predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip, input_size)
     print(f"evaluating {engine.describe()} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
           file=sys.stderr)
     result = evaluate_dataset(predictor, dataset, ds_cfg.num_classes, engine.info.class_names, progress=True)
     result.update(model=args.model, checkpoint=args.checkpoint, dataset=ds_cfg.name, split=args.split,
-                  aug=args.aug, engine=engine.describe())
+                  aug=args.aug, engine=engine.describe(),
+                  input_size=list(predictor.size) if predictor.size else f"test scale {ds_cfg.test_scale}")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:>20s}  IoU {'  n/a' if iou is None else f'{iou:6.2f}'}")
     print(f"mIoU {result['mIoU']:.2f}  aAcc {result['aAcc']:.2f}  mAcc {result['mAcc']:.2f}")

@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class TrainConfig:
     photometric: bool = True
     ohem: dict | None = None                # e.g. {thresh: 0.7, min_kept: 10000}
     pretrained: str | None = None           # ImageNet ResNet weights file; None = from scratch
+    load_from: str | None = None            # a segmentor checkpoint to fine-tune from (class layers may differ)
     eval_interval: int = 1000
     checkpoint_interval: int = 1000
     log_interval: int = 10
@@ -126,6 +127,22 @@ class SampleStream:
 
 
 # ---------------------------------------------------------------- helpers
+def load_for_finetune(model, path) -> list:
+    """Weights of an official or own checkpoint, except tensors whose shape differs (the
+    conv_seg layers when the classes differ). Returns the names left at init."""
+    from training.checkpoints import extract_state_dict, read_checkpoint
+
+    sd = extract_state_dict(read_checkpoint(path))
+    own = model.state_dict()
+    unknown = sorted(set(sd) - set(own))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} tensors do not belong to this architecture, e.g. {unknown[0]}; "
+                         "pick the model config the checkpoint was trained with")
+    fits = {k: v for k, v in sd.items() if v.shape == own[k].shape}
+    model.load_state_dict(fits, strict=False)
+    return sorted(set(own) - set(fits))
+
+
 def _rng_state() -> dict:
     import torch
     np_state = np.random.get_state()
@@ -148,6 +165,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def collate(items):
+    import torch
+    return (torch.from_numpy(np.stack([img for img, _ in items])),
+            torch.from_numpy(np.stack([label for _, label in items])))
+
+
 class JsonlLog:
     def __init__(self, path: Path):
         self.f = open(path, "a", buffering=1)
@@ -167,7 +190,7 @@ def _tensorboard(work_dir: Path):
 # ---------------------------------------------------------------- the loop
 def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop_at: int | None = None,
           device: str | None = None, progress: bool = True) -> dict:
-    """Train; returns {'iteration', 'best_miou', 'last_miou'}. `stop_at` ends the run early at
+    """Train; returns {'iteration', 'best_miou', 'last_miou', 'model'}. `stop_at` ends the run early at
     that iteration with the schedule of the full run (used to test resume)."""
     import torch
     import torch.distributed as dist
@@ -200,9 +223,16 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
 
     model_cfg = load_model_config(tc.model)
     ds_cfg = load_dataset_config(tc.dataset, tc.data_root)
-    if model_cfg.num_classes != ds_cfg.num_classes:
-        raise ConfigError(f"model {model_cfg.name} has {model_cfg.num_classes} classes but dataset "
-                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
+    if model_cfg.num_classes != ds_cfg.num_classes or (ds_cfg.class_names and ds_cfg.class_names != model_cfg.class_names):
+        if not (ds_cfg.class_names and ds_cfg.palette):
+            raise ConfigError(f"model {model_cfg.name} has {model_cfg.num_classes} classes but dataset "
+                              f"{ds_cfg.name} has {ds_cfg.num_classes}; give the dataset YAML class_names and palette")
+        # Your own classes on a zoo architecture: the model config takes the dataset's classes
+        # (written to <work-dir>/model.yaml for export).
+        model_cfg = dataclasses.replace(
+            model_cfg, name=f"{model_cfg.name}_{ds_cfg.name}", dataset=ds_cfg.name, num_classes=ds_cfg.num_classes,
+            class_names=list(ds_cfg.class_names), palette=[list(p) for p in ds_cfg.palette], checkpoint_url="",
+            miou=None, miou_ms=None)
     r = tc.recipe(model_cfg)
     iterations = int(r["iterations"])
     crop = tc.crop_size or model_cfg.crop_size
@@ -217,6 +247,14 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
         n = load_imagenet_backbone(model, tc.pretrained)
         if main_rank:
             print(f"loaded {n} ImageNet backbone tensors from {tc.pretrained}", file=sys.stderr)
+    elif model_cfg.pretrained and main_rank:
+        print(f"note: the {model_cfg.name} recipe starts from ImageNet weights ({model_cfg.pretrained}); without "
+              "--pretrained FILE this run starts from scratch", file=sys.stderr)
+    if tc.load_from:
+        skipped = load_for_finetune(model, tc.load_from)
+        if main_rank:
+            print(f"initialized from {tc.load_from}" + (f"; {len(skipped)} tensors left at init because their "
+                  f"shapes differ (the class layers): {', '.join(skipped[:4])}" if skipped else ""), file=sys.stderr)
     if distributed and dev.type == "cuda" and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(dev)
@@ -256,13 +294,13 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     stream = SampleStream(len(train_set), tc.seed, start=start_it * batch * world, rank=rank, world=world)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=batch, sampler=stream, num_workers=tc.workers, pin_memory=dev.type == "cuda",
-        persistent_workers=False, generator=torch.Generator(),   # keep the global torch RNG untouched
-        collate_fn=lambda items: (torch.from_numpy(np.stack([i[0] for i in items])),
-                                  torch.from_numpy(np.stack([i[1] for i in items]))))
+        generator=torch.Generator(),   # worker seeds from their own generator: the global torch RNG stays untouched
+        collate_fn=collate)
 
     log = JsonlLog(work_dir / "log.jsonl") if main_rank else None
     tb = _tensorboard(work_dir) if main_rank else None
     if main_rank:
+        (work_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
         (work_dir / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(tc), "recipe": r, "crop_size": crop, "world_size": world,
              "model_config": model_cfg.to_dict()}, indent=2) + "\n")
@@ -344,8 +382,12 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     if tb:
         tb.close()
     if distributed:
+        # BN running stats are per rank on CPU (no SyncBN there): hand every rank rank 0's, so
+        # all ranks end with one identical model, the one rank 0 saved.
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
         dist.barrier()
-    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou}
+    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou, "model": model}
 
 
 def _train_forward_module(model):
@@ -378,6 +420,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--pretrained", help="ImageNet ResNet weights (.pth; torchvision or mmseg key names)")
+    p.add_argument("--load-from", help="fine-tune from a segmentor checkpoint (official or own; class layers may differ)")
     p.add_argument("--eval-interval", type=int)
     p.add_argument("--checkpoint-interval", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -393,7 +436,7 @@ def config_from_args(args) -> TrainConfig:
         tc = TrainConfig(model=args.model, dataset=args.dataset)
     else:
         raise ConfigError("pass --config configs/train/<name>.yaml, or both --model and --dataset")
-    for key in ("model", "dataset", "data_root", "iterations", "batch_size", "lr", "crop_size", "pretrained",
+    for key in ("model", "dataset", "data_root", "iterations", "batch_size", "lr", "crop_size", "pretrained", "load_from",
                 "eval_interval", "checkpoint_interval", "workers", "seed"):
         value = getattr(args, key, None)
         if value is not None:

@@ -23,7 +23,7 @@ def rescale_size(w: int, h: int, scale_wh) -> tuple[int, int]:
 
 def random_resize(img, label, rng, scale_wh, ratio_range):
     ratio = rng.uniform(ratio_range[0], ratio_range[1])
-    target = (scale_wh[0] * ratio, scale_wh[1] * ratio)
+    target = (int(scale_wh[0] * ratio), int(scale_wh[1] * ratio))   # as mmseg RandomResize
     w, h = rescale_size(img.shape[1], img.shape[0], target)
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -57,6 +57,10 @@ def load_imagenet_backbone(model: BiSeNetV1, path: str | Path) -> int:
                 picked[k[len(prefix):]] = value
                 break
     missing = sorted(set(wanted) - set(picked) - {k for k in wanted if k.endswith("num_batches_tracked")})
+    if any(".stem." in k or k.startswith("stem.") for k in sd):
+        # A V1c (deep stem) file, e.g. open-mmlab://resnet18_v1c: its stem does not fit this
+        # network's 7x7 stem; mmseg loads it the same way (non-strict), keeping the stem at init.
+        missing = [k for k in missing if not k.startswith(("conv1.", "bn1."))]
     if missing:
         raise ValueError(f"{path}: not a ResNet-{model.cfg.backbone_depth} ImageNet checkpoint: "
                          f"{len(missing)} backbone tensors missing, e.g. {missing[0]}")
