@@ -186,6 +186,15 @@ def load_bgr_images(items: list):
         yield it, img
 
 
+
+def preprocessing_record(size_hw, mean, std) -> dict:
+    """What the preprocess does, as recorded in sidecars and TensorRT calibration cache keys
+    (the build step rebuilds the same record from the ONNX sidecar to check a cache)."""
+    return {"function": "app.preprocess.preprocess", "resize": "cv2.INTER_LINEAR",
+            "color": "RGB", "layout": "NCHW", "dtype": "float32",
+            "size_hw": [int(v) for v in size_hw], "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std]}
+
 class CalibrationSet:
     """Items + the run-time preprocess for one model input: iterate to get [1, 3, H, W] arrays."""
 
@@ -221,10 +230,7 @@ class CalibrationSet:
             yield np.stack(buf)
 
     def preprocessing(self) -> dict:
-        """What the preprocess did, as recorded in sidecars and cache keys."""
-        return {"function": "app.preprocess.preprocess", "resize": "cv2.INTER_LINEAR",
-                "color": "RGB", "layout": "NCHW", "dtype": "float32",
-                "size_hw": list(self.size_hw), "mean": self.mean, "std": self.std}
+        return preprocessing_record(self.size_hw, self.mean, self.std)
 
     def save_list(self, path: str | Path) -> Path:
         """One image (or video#frame) per line, in calibration order."""

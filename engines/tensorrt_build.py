@@ -135,8 +135,9 @@ def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, o
                 plan.notes.append(f"{onnx_name} is a QDQ model with its own scales: --calib-cache ignored")
         elif calib_cache:
             if not Path(calib_cache).is_file():
-                raise ValueError(f"no calibration cache {calib_cache}: create it with "
-                                 "`bisenet calibrate --onnx ... --target tensorrt`, or build the QDQ model instead")
+                raise ValueError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
+                                 f"{onnx_name} --data ... --trt-cache {calib_cache}` (on a machine with TensorRT "
+                                 "and a GPU), or build the QDQ model instead")
             plan.int8_mode = "implicit"
         else:
             raise ValueError(f"INT8 needs scales: build the QDQ model (`bisenet calibrate --onnx {onnx_name} "
@@ -241,8 +242,9 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
     if precision != "int8":
         plan_build(precision, False, calib_cache, dla_core, onnx_path.name)
     elif calib_cache and not Path(calib_cache).is_file():
-        raise FileNotFoundError(f"no calibration cache {calib_cache}: create it with "
-                                "`bisenet calibrate --onnx ... --target tensorrt`")
+        raise FileNotFoundError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
+                                f"{onnx_path.name} --data ... --trt-cache {calib_cache}` (on a machine with "
+                                "TensorRT and a GPU)")
     trt = import_tensorrt()
     from engines.cuda_kernels import gpu_identity
     gpu_name, cc = gpu_identity()
@@ -278,10 +280,15 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
     calibrator = None
     if plan.int8_mode == "implicit":
         try:
+            from calibration.image_set import preprocessing_record
             from calibration.tensorrt_calibrator import EntropyCalibrator
         except ImportError as e:
             raise RuntimeError(f"implicit INT8 needs calibration/tensorrt_calibrator.py ({e})") from None
-        calibrator = EntropyCalibrator(str(calib_cache))   # reads the cache; no images needed
+        # Reads the cache (no images needed) and refuses one made for another ONNX, input
+        # shape, preprocessing or TensorRT version.
+        calibrator = EntropyCalibrator(
+            str(calib_cache), onnx_path=onnx_path, input_shape=input_shape,
+            preprocessing=preprocessing_record(input_shape[2:], onnx_meta["mean"], onnx_meta["std"]))
         config.int8_calibrator = calibrator
         if profile_dims:
             config.set_calibration_profile(profile)
