@@ -58,20 +58,22 @@ class ModelConfig:
         return d
 
 
-def _from_dict(cls, data: dict, where: str):
+def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
+    """`data` (from yaml.safe_load) may hold only the fields of dataclass `cls`: an unknown
+    key is an error naming the key and the file. Shared by every YAML config loader."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     return data
 
 
-def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
-    data = dict(_from_dict(ModelConfig, data, source))
+def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
+    data = dict(check_keys(ModelConfig, data, source))
     data.pop("source", None)
-    train = TrainRecipe(**_from_dict(TrainRecipe, data.pop("train", {}) or {}, f"{source} (train)"))
+    train = TrainRecipe(**check_keys(TrainRecipe, data.pop("train", {}) or {}, f"{source} (train)"))
     try:
         cfg = ModelConfig(**data, train=train, source=source)
     except TypeError as e:  # a required key is missing
@@ -96,4 +98,4 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
                           f"`bisenet models` lists")
     with open(path) as f:
         data = yaml.safe_load(f)
-    return model_config_from_dict(data, str(path))
+    return model_configcheck_keys(data, str(path))

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import yaml
 
-from engines.model_config import REPO_ROOT, ConfigError
+from engines.model_config import REPO_ROOT, ConfigError, check_keys
 
 IGNORE_INDEX = 255
 DATASETS_DIR = REPO_ROOT / "configs" / "datasets"
@@ -54,12 +54,7 @@ def load_dataset_config(name_or_path: str | Path, root: str | None = None) -> Da
         raise ConfigError(f"no dataset config {str(name_or_path)!r}: pass a YAML path or one of: {known}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of dataset keys")
-    names = {f.name for f in dataclasses.fields(DatasetConfig)} - {"source"}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    check_keys(DatasetConfig, data, str(path), exclude={"source"})
     try:
         cfg = DatasetConfig(**data, source=str(path))
     except TypeError as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engines.model_config import REPO_ROOT, ConfigError, ModelConfig, load_model_config
+from engines.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
@@ -82,12 +82,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of train keys")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    check_keys(TrainConfig, data, str(path))
     try:
         return TrainConfig(**data)
     except TypeError as e:
