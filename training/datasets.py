@@ -7,7 +7,6 @@ scale; see docs/training.md for its keys.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
