@@ -152,23 +152,28 @@ class FfmpegPublisher:
             self.proc = None
 
 
-def decode_rtsp(url: str, frames: int, timeout_s: float = 20.0, transport: str = "udp"):
-    """A real RTSP viewer (ffmpeg): decode `frames` frames -> list of BGR uint8 arrays.
-    Raises on timeout. The viewer joins mid-stream, so it starts at the next keyframe."""
-    import numpy as np
-
+def wait_published(url: str, timeout_s: float = 20.0, transport: str = "udp") -> tuple[int, int]:
+    """Block until a viewer can open `url` (the server answers 404 until the publisher has
+    announced the stream) -> the stream's (width, height)."""
     deadline = time.monotonic() + timeout_s
-    while True:    # a 404 until the publisher has announced the stream: ask again
+    while True:
         probe = subprocess.run(
             [shutil.which("ffprobe"), "-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0",
              "-show_entries", "stream=width,height", "-of", "csv=p=0", url],
             capture_output=True, text=True, timeout=timeout_s)
         if probe.returncode == 0 and probe.stdout.strip():
-            break
+            return tuple(int(v) for v in probe.stdout.strip().split(",")[:2])
         if time.monotonic() > deadline:
             raise RuntimeError(f"ffprobe {url}: {probe.stderr.strip()}")
         time.sleep(0.3)
-    width, height = (int(v) for v in probe.stdout.strip().split(",")[:2])
+
+
+def decode_rtsp(url: str, frames: int, timeout_s: float = 20.0, transport: str = "udp"):
+    """A real RTSP viewer (ffmpeg): decode `frames` frames -> list of BGR uint8 arrays.
+    Raises on timeout. The viewer joins mid-stream, so it starts at the next keyframe."""
+    import numpy as np
+
+    width, height = wait_published(url, timeout_s, transport)
     out = subprocess.run(
         [FFMPEG, "-nostdin", "-v", "error", "-rtsp_transport", transport, "-i", url,
          "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],

@@ -114,8 +114,14 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
         flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600", "--timeout=10000"]
         shot = tmp_path / "page.png"
         subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", base + "/"], capture_output=True, timeout=120)
-        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", base + "/"], capture_output=True, text=True,
-                             timeout=120).stdout
+        # The stats line is filled by the page's own polling; on a loaded machine the first
+        # dump can come before the first poll answered, so look again (bounded).
+        for wait_ms in (10000, 20000, 40000):
+            dom_flags = [f if not f.startswith("--timeout=") else f"--timeout={wait_ms}" for f in flags]
+            dom = subprocess.run([CHROMIUM, *dom_flags, "--dump-dom", base + "/"], capture_output=True, text=True,
+                                 timeout=120).stdout
+            if " fps | e2e " in dom:
+                break
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 from tests.app_process import ENV, App, check_accounting, part_stats
-from tests.rtsp_server import decode_rtsp, publishers, relay  # noqa: F401 (fixtures)
+from tests.rtsp_server import decode_rtsp, publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 
@@ -32,6 +32,7 @@ def run_camera(*args, timeout_s=120):
 
 def test_rtsp_source_server_killed_and_restarted_frames_resume(relay, publishers, tmp_path):
     camera = publishers(relay.push_url("/camera"))
+    wait_published(relay.pull_url("/camera"))   # before the app: a 404 at start is an error
     app = App("--source", relay.pull_url("/camera"), "--rtsp-transport", "udp", "--model", tiny_onnx((64, 96)),
               "--output", "null", "--source-timeout", 5, log=tmp_path / "lat.csv")
     try:
@@ -166,6 +167,7 @@ def test_second_signal_forces_exit_during_an_rtsp_outage(relay, publishers, tmp_
     """The first SIGINT interrupts a source waiting out an outage; a second one right after
     forces the exit. Either way: exit 0, the video finalized, every frame accounted for."""
     publishers(relay.push_url("/camera"))
+    wait_published(relay.pull_url("/camera"))   # before the app: a 404 at start is an error
     app = App("--source", relay.pull_url("/camera"), "--rtsp-transport", "udp", "--model", tiny_onnx((64, 96)),
               "--output", tmp_path / "out.mkv", "--source-timeout", 2, log=tmp_path / "lat.csv")
     try:

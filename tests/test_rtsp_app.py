@@ -8,7 +8,7 @@ import pytest
 
 from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
 from tests.app_process import App, check_accounting, part_stats
-from tests.rtsp_server import decode_rtsp, publishers, relay  # noqa: F401 (fixtures)
+from tests.rtsp_server import decode_rtsp, publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 
@@ -18,6 +18,7 @@ def test_rtsp_in_rtsp_out_decoded_by_a_viewer(relay, publishers, tmp_path):
     decodes >= 50 frames of the app's RTSP output at the source's size (480x360)."""
     model = tiny_onnx((64, 96))
     publishers(relay.push_url("/camera"))
+    wait_published(relay.pull_url("/camera"))   # before the app: a 404 at start is an error
     app = App("--source", relay.pull_url("/camera"), "--rtsp-transport", "udp", "--model", model,
               "--output", relay.push_url("/overlay"), "--output", tmp_path / "out.mkv",
               "--bitrate", 1_000_000, "--source-timeout", 10, log=tmp_path / "lat.csv")
