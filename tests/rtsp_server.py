@@ -43,6 +43,15 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
+def _kill_group(proc):
+    """SIGKILL a process started with start_new_session=True and its children; -> None."""
+    if proc is not None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    return None
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,11 +123,7 @@ class RtspRelay:
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without a goodbye, like a crashed or unplugged box."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
+        self.proc = _kill_group(self.proc)
 
 
 class FfmpegPublisher:
@@ -145,11 +150,7 @@ class FfmpegPublisher:
         return self
 
     def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
+        self.proc = _kill_group(self.proc)
 
 
 def wait_published(url: str, timeout_s: float = 20.0, transport: str = "udp") -> tuple[int, int]:
