@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -128,7 +129,9 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert " fps | e2e " in dom and " ms | model " in dom       # the live stats line was filled in
+    stats = re.search(r'<div id="stats">(.*?)</div>', dom)
+    assert " fps | e2e " in dom and " ms | model " in dom, (   # the live stats line was filled in
+        f"stats line: {stats.group(1) if stats else dom[:300]!r}; app stderr: {err[-500:]}")
     page = cv2.imread(str(shot))
     assert page is not None and page.shape[:2] == (600, 800)
     # The 480x360 video sits under the stats line: most of it must be palette colors (JPEG-close).
