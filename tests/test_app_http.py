@@ -112,15 +112,20 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_frames(base, proc)
-        flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600", "--timeout=10000"]
+        def chromium(profile: str, wait_ms: int, *args) -> subprocess.CompletedProcess:
+            # A fresh profile per browser: a previous browser still shutting down keeps its
+            # profile locked, and a second one on the same profile does not load the page itself.
+            flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / profile}", "--window-size=800,600",
+                                      f"--timeout={wait_ms}"]
+            return subprocess.run([CHROMIUM, *flags, *args, base + "/"], capture_output=True, text=True,
+                                  timeout=120)
+
         shot = tmp_path / "page.png"
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", base + "/"], capture_output=True, timeout=120)
+        chromium("profile-shot", 10000, f"--screenshot={shot}")
         # The stats line is filled by the page's own polling; on a loaded machine the first
         # dump can come before the first poll answered, so look again (bounded).
         for wait_ms in (10000, 20000, 40000):
-            dom_flags = [f if not f.startswith("--timeout=") else f"--timeout={wait_ms}" for f in flags]
-            dom = subprocess.run([CHROMIUM, *dom_flags, "--dump-dom", base + "/"], capture_output=True, text=True,
-                                 timeout=120).stdout
+            dom = chromium(f"profile-dom-{wait_ms}", wait_ms, "--dump-dom").stdout
             if " fps | e2e " in dom:
                 break
         proc.send_signal(signal.SIGTERM)
