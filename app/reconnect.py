@@ -188,6 +188,11 @@ class ReconnectingReader(Reader):
         if conn is not None:
             conn.thread.join(timeout=2.0)   # let it close its reader if its read returns
 
+    @property
+    def down(self) -> bool:
+        """In an outage now (reconnecting): a multi-camera scheduler does not wait for it."""
+        return self._outage_start is not None
+
     # -- counters -------------------------------------------------------------------------
 
     def counters(self) -> dict:

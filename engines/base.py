@@ -22,6 +22,9 @@ class ModelInfo:
     head: str = "labels"          # 'labels' or 'logits': what the graph outputs
     precision: str = "fp32"
     dynamic: bool = False         # ONNX with dynamic H/W
+    batch: int = 1                # frames per inference the graph takes (static batch)
+    dynamic_batch: bool = False   # the graph takes any batch size (`bisenet export --dynamic-batch`)
+    max_batch: int | None = None  # dynamic: the most frames the app puts in one batch (None: no cap)
     extra: dict = field(default_factory=dict)   # the rest of the sidecar
 
     @property
@@ -30,14 +33,17 @@ class ModelInfo:
 
     @classmethod
     def from_sidecar(cls, meta: dict) -> "ModelInfo":
-        _, _, h, w = meta["input_shape"]
-        known = {"model", "classes", "palette", "mean", "std", "input_shape", "head", "precision", "dynamic"}
+        b, _, h, w = meta["input_shape"]
+        known = {"model", "classes", "palette", "mean", "std", "input_shape", "head", "precision", "dynamic",
+                 "dynamic_batch", "max_batch"}
         return cls(model=meta["model"], class_names=list(meta["classes"]),
                    palette=np.asarray(meta["palette"], dtype=np.uint8).reshape(-1, 3),
                    mean=np.asarray(meta["mean"], dtype=np.float32),
                    std=np.asarray(meta["std"], dtype=np.float32),
                    input_size=(int(h), int(w)), head=meta.get("head", "labels"),
                    precision=meta.get("precision", "fp32"), dynamic=bool(meta.get("dynamic", False)),
+                   batch=int(b), dynamic_batch=bool(meta.get("dynamic_batch", False)),
+                   max_batch=int(meta["max_batch"]) if meta.get("max_batch") else None,
                    extra={k: v for k, v in meta.items() if k not in known})
 
     @classmethod
@@ -63,9 +69,35 @@ class Engine:
         raise NotImplementedError(f"the {self.backend} engine for {self.info.model} outputs labels only; "
                                   "export with --head logits for logits")
 
+    def batch_limit(self, cameras: int) -> int:
+        """The most frames one infer() call gets when `cameras` cameras share this engine: a
+        static batch N takes N (fewer are padded), a dynamic batch one frame per camera (up to
+        its max_batch), a batch-1 model one frame at a time."""
+        if self.info.dynamic_batch:
+            return max(1, min(cameras, self.info.max_batch or cameras))
+        return max(1, min(cameras, self.info.batch))
+
     def close(self) -> None:
         pass
 
     def describe(self) -> str:
         h, w = self.info.input_size
-        return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}"
+        batch = "" if self.info.batch == 1 and not self.info.dynamic_batch else \
+            (f" batch dynamic{f' (max {self.info.max_batch})' if self.info.max_batch else ''}"
+             if self.info.dynamic_batch else f" batch {self.info.batch}")
+        return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}{batch}"
+
+
+def run_static_batch(run, batch: np.ndarray, size: int) -> np.ndarray:
+    """Run `batch` ([n, ...]) through `run`, a graph that takes exactly `size` frames: in
+    chunks of `size`, the last one padded with zeros (their outputs are thrown away)."""
+    n = len(batch)
+    if n == size:
+        return run(batch)
+    outs = []
+    for i in range(0, n, size):
+        part = batch[i:i + size]
+        if len(part) < size:
+            part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
+        outs.append(run(part)[:min(size, n - i)])
+    return np.concatenate(outs)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo
+from engines.base import Engine, ModelInfo, run_static_batch
 from engines.sidecar import SidecarError, read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
@@ -73,12 +73,26 @@ class OnnxEngine(Engine):
         if static and tuple(shape[2:]) != tuple(self.info.input_size):
             raise SidecarError(f"{self.path}: graph input is {shape[2]}x{shape[3]} but its sidecar says "
                                f"{self.info.input_size[0]}x{self.info.input_size[1]}; re-export it with `bisenet export`")
+        graph_batch = shape[0] if isinstance(shape[0], int) else None
+        if self.info.dynamic_batch and graph_batch is not None or \
+                not self.info.dynamic_batch and graph_batch not in (None, self.info.batch):
+            want = "any batch" if self.info.dynamic_batch else f"batch {self.info.batch}"
+            raise SidecarError(f"{self.path}: graph input batch is {graph_batch or 'dynamic'} but its sidecar says "
+                               f"{want}; re-export it with `bisenet export`")
         if self.output_name != self.info.head:
             raise SidecarError(f"{self.path}: graph outputs {self.output_name} but its sidecar says "
                                f"{self.info.head}; re-export it with `bisenet export`")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
+        """Any number of frames: a dynamic-batch graph takes them at once, a static one in
+        chunks of its batch size (padded)."""
+        batch = batch.astype(self.input_dtype, copy=False)
+        if self.info.dynamic_batch:
+            return self._session_run(batch)
+        return run_static_batch(self._session_run, batch, self.info.batch)
+
+    def _session_run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         out = self._run(batch)
