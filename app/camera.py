@@ -64,14 +64,21 @@ def check_name(name) -> str:
     return name
 
 
-def output_for(spec: str, camera: str, cameras: int) -> str:
-    """`--output` for one camera: `{camera}` replaced by its name. With several cameras an
-    output that is a file, folder or stream must name the camera, or they would overwrite
-    each other."""
+def output_for(spec: str, camera: str, shared_by: int) -> str:
+    """`--output` for one camera: `{camera}` replaced by its name. An output shared by several
+    cameras that is a file, folder or stream must name the camera, or they would overwrite
+    each other; the live page serves one camera per port (give each camera its own output
+    in the config's cameras: list)."""
     spec = str(spec)
     if PLACEHOLDER in spec:
+        if spec.startswith("http://"):
+            raise ValueError(f"--output {spec}: {PLACEHOLDER} cannot go in an http:// output; give each camera its "
+                             "own port in the config's cameras: list (output: http://@:8081)")
         return spec.replace(PLACEHOLDER, camera)
-    if cameras > 1 and spec not in ("null", "display") and not spec.startswith("http://"):
-        raise ValueError(f"--output {spec} with {cameras} cameras: put {PLACEHOLDER} in it "
+    if shared_by > 1 and spec.startswith("http://"):
+        raise ValueError(f"--output {spec} with {shared_by} cameras: the live page shows one camera; give each "
+                         "camera its own port in the config's cameras: list (output: http://@:8081)")
+    if shared_by > 1 and spec not in ("null", "display"):
+        raise ValueError(f"--output {spec} with {shared_by} cameras: put {PLACEHOLDER} in it "
                          f"(e.g. out_{PLACEHOLDER}.mp4, folder_{PLACEHOLDER}/, rtsp://host:8554/{PLACEHOLDER})")
     return spec

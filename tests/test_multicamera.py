@@ -1,0 +1,223 @@
+"""Many cameras, one engine: run_camera.py with several sources as a real process, real clips,
+real ONNX Runtime sessions (batch-1, static-batch and dynamic-batch exports), a real RTSP
+camera through rtsp-server-perl whose publisher dies and returns. Every camera's accounting
+is checked exactly, row by row."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from app.latency import read_log
+from app.run import main as run_main
+from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
+from tests.app_process import ENV, App, camera_counts, check_camera_accounting, part_stats
+from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
+CAMVID_VAL = REPO.parent / "shared" / "data" / "camvid" / "val"
+CAMVID_MODEL = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
+CAMVID_CONFIG = "bisenetv1_r18-d32_camvid-360x480"
+
+
+def run_camera(*args, timeout_s=180):
+    return subprocess.run([sys.executable, str(REPO / "run_camera.py"), *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def frames_in(path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Three different short clips cut from the street video (re-encoded: real H.264 files)."""
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    for start_s, frames in ((0.0, 20), (2.0, 25), (4.0, 30)):
+        path = folder / f"clip_{frames}.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", str(start_s), "-i", str(SAMPLE_VIDEO),
+                        "-frames:v", str(frames), "-c:v", "libx264", "-preset", "ultrafast", str(path)],
+                       check=True, timeout=60)
+        assert frames_in(path) == frames
+        out.append((path, frames))
+    return out
+
+
+def test_three_file_cameras_three_mp4s_with_all_frames_and_one_log(clips, tmp_path):
+    """A batch-1 model serves three cameras one frame at a time, round-robin."""
+    sources = [a for path, _ in clips for a in ("--source", path)]
+    r = run_camera(*sources, "--model", tiny_onnx((64, 96)), "--output", tmp_path / "out_{camera}.mp4",
+                   "--latency-log", tmp_path / "lat.csv", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    counts = check_camera_accounting(r.stderr, tmp_path / "lat.csv")
+    rows = read_log(tmp_path / "lat.csv")
+    for i, (_, frames) in enumerate(clips):
+        assert counts[f"cam{i}"] == {"captured": frames, "written": frames, "dropped": 0, "reasons": {}}
+        assert frames_in(tmp_path / f"out_cam{i}.mp4") == frames
+    assert {r["camera"] for r in rows} == {"cam0", "cam1", "cam2"}
+    assert {r["batch_size"] for r in rows} == {1}
+    assert "all cameras: frames 75  written 75  dropped 0" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def camvid_models(tmp_path_factory):
+    """The trained CamVid R18 (real labels on the street frames) at 96x128: batch 1 and dynamic batch."""
+    if not CAMVID_MODEL.is_file():
+        pytest.skip(f"no trained CamVid model at {CAMVID_MODEL}")
+    from engines.export import export_onnx
+    from engines.model_config import load_model_config
+
+    cfg = load_model_config(CAMVID_CONFIG)
+    folder = tmp_path_factory.mktemp("camvid")
+    return {name: export_onnx(cfg, CAMVID_MODEL, folder / f"{name}.onnx", (96, 128), **kw)
+            for name, kw in (("batch1", {}), ("dynamic", {"dynamic_batch": True}))}
+
+
+def label_maps(folder) -> list:
+    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((folder / "labels").glob("*.png"))]
+
+
+@pytest.mark.skipif(not CAMVID_VAL.is_dir(), reason=f"no CamVid images at {CAMVID_VAL}")
+def test_dynamic_batch_model_batches_three_cameras_with_the_labels_of_the_batch1_model(camvid_models, tmp_path):
+    # Three file cameras of different kinds: a video, a folder of images, a glob of images.
+    sources = ["--source", SAMPLE_VIDEO, "--source", CAMVID_VAL, "--source", f"{CAMVID_VAL}/0016E5_079*.jpg"]
+    logs = {}
+    for name, model in camvid_models.items():
+        out = tmp_path / name
+        r = run_camera(*sources, "--model", model, "--max-frames", 16, "--output", f"{out}_{{camera}}/",
+                       "--save-labels", "--latency-log", tmp_path / f"{name}.csv", "--threads", 1)
+        assert r.returncode == 0, r.stderr
+        check_camera_accounting(r.stderr, tmp_path / f"{name}.csv")
+        logs[name] = read_log(tmp_path / f"{name}.csv")
+    assert {r["batch_size"] for r in logs["batch1"]} == {1}
+    sizes = [r["batch_size"] for r in logs["dynamic"]]
+    assert np.mean(sizes) > 1.5, sizes
+    for cam in ("cam0", "cam1", "cam2"):
+        ref, got = label_maps(tmp_path / f"batch1_{cam}"), label_maps(tmp_path / f"dynamic_{cam}")
+        assert len(ref) == len(got) == 16
+        assert len({int(m.max()) for m in ref}) > 1 or len(np.unique(ref[0])) > 2   # real, varied labels
+        for i, (a, b) in enumerate(zip(ref, got)):
+            assert np.array_equal(a, b), f"{cam} frame {i}: batched labels differ from batch-1"
+
+
+def test_static_batch_export_and_padded_batches(tmp_path, capsys):
+    """`bisenet export --batch 2`: the graph takes 2 frames; 1 or 3 frames are padded / chunked
+    and give what the batch-1 graph gives frame by frame."""
+    from app.cli import main as cli
+    from engines.onnx_engine import OnnxEngine
+
+    ckpt = tmp_path / "c.pth"
+    import torch
+
+    from engines.model_config import load_model_config
+    from tests.helpers import randomized_model
+    cfg = load_model_config(CAMVID_CONFIG)
+    torch.save({"state_dict": randomized_model(cfg).state_dict()}, ckpt)
+    for name, extra in (("b1", []), ("b2", ["--batch", "2"]), ("dyn", ["--dynamic-batch", "--batch", "4"])):
+        assert cli(["export", "--model", CAMVID_CONFIG, "--checkpoint", str(ckpt), "--size", "64x96",
+                    "-o", str(tmp_path / f"{name}.onnx"), *extra]) == 0
+    meta = json.loads((tmp_path / "b2.onnx.json").read_text())
+    assert meta["input_shape"] == [2, 3, 64, 96] and meta["dynamic_batch"] is False
+    meta = json.loads((tmp_path / "dyn.onnx.json").read_text())
+    assert meta["dynamic_batch"] is True and meta["max_batch"] == 4
+    b1, b2, dyn = (OnnxEngine(tmp_path / f"{n}.onnx", threads=1) for n in ("b1", "b2", "dyn"))
+    assert (b1.batch_limit(3), b2.batch_limit(3), dyn.batch_limit(3), dyn.batch_limit(9)) == (1, 2, 3, 4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 3, 64, 96)).astype(np.float32)
+    ref = np.concatenate([b1.infer(x[i:i + 1]) for i in range(3)])
+    assert np.array_equal(b2.infer(x), ref) and np.array_equal(b2.infer(x[:1]), ref[:1])
+    assert np.array_equal(dyn.infer(x), ref)
+    assert "batch 2" in b2.describe() and "batch dynamic (max 4)" in dyn.describe()
+
+
+def test_cameras_list_in_the_config_with_per_camera_flags_and_errors(clips, tmp_path, capsys):
+    model = tiny_onnx((64, 96))
+    (a, _), (b, _), _ = clips
+    preset = tmp_path / "cams.yaml"
+    preset.write_text(f"model: {model}\noutput: ['{tmp_path}/all_{{camera}}/']\nmax-frames: 3\n"
+                      f"cameras:\n"
+                      f"  - {{name: front, source: {a}}}\n"
+                      f"  - {{name: back, source: {b}, max-frames: 2, output: ['{tmp_path}/own_back/']}}\n")
+    assert run_main(["--config", str(preset), "--threads", "1"]) == 0
+    assert len(list((tmp_path / "all_front").glob("*.png"))) == 3
+    assert len(list((tmp_path / "own_back").glob("*.png"))) == 2 and not (tmp_path / "all_back").exists()
+    err = capsys.readouterr().err
+    assert "front: frames 3  written 3" in err and "back:  frames 2  written 2" in err
+    bad = {
+        "  - {name: x, source: a.mp4, alpha: 0.3}\n": "'alpha' is not a per-camera key",
+        "  - {name: 'a b', source: a.mp4}\n": "camera name 'a b'",
+        "  - {name: x}\n": "exactly one source",
+        f"  - {{name: x, source: {a}}}\n  - {{name: x, source: {b}}}\n": "camera names must differ",
+    }
+    for cameras, message in bad.items():
+        preset.write_text(f"model: {model}\noutput: [null]\ncameras:\n{cameras}")
+        assert run_main(["--config", str(preset)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    for output, message in ((tmp_path / "same.mp4", "put {camera} in it"), ("http://@:0", "own port")):
+        assert run_main(["--source", str(a), "--source", str(b), "--model", str(model), "--output", str(output)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+
+
+def written_rate(rows, camera, t0, t1) -> float:
+    n = sum(1 for r in rows if r["camera"] == camera and not r["dropped"] and t0 <= r["capture_s"] < t1)
+    return n / (t1 - t0)
+
+
+def last_capture_s(log) -> float:
+    return max(r["capture_s"] for r in read_log(log))
+
+
+def test_four_live_cameras_one_rtsp_publisher_dies_the_others_keep_their_rate(relay, publishers, tmp_path):
+    """Three clips paced at 15 fps and an RTSP camera (ffmpeg -> rtsp-server-perl). The RTSP
+    publisher is killed mid-run (SIGTERM; after a SIGKILL rtsp-server-perl would refuse the
+    returning publisher its path): the other cameras keep their rate (within 10%), the outage
+    is logged, the camera resumes when the publisher returns, every frame is accounted for."""
+    url = relay.push_url("/cam3")
+    camera = publishers(url)
+    wait_published(relay.pull_url("/cam3"))
+    log = tmp_path / "lat.csv"
+    app = App(*["--source", SAMPLE_VIDEO] * 3, "--source", relay.pull_url("/cam3"), "--realtime", "--loop",
+              "--rtsp-transport", "udp", "--source-timeout", 2, "--model", tiny_onnx((64, 96), dynamic_batch=True),
+              "--output", "null", log=log)
+    try:
+        app.wait_rows(4 * 20, timeout_s=60)
+        time.sleep(1.0)                             # past the start (4 decoders opening)
+        t0 = last_capture_s(log)
+        time.sleep(4.0)
+        t_kill = last_capture_s(log)
+        camera.stop()          # the camera's stream stops; the relay stays (and frees its path)
+        time.sleep(5.0)                             # detected after --source-timeout 2 s, retried
+        t_back = last_capture_s(log)
+        publishers(url)
+        deadline = time.monotonic() + 60
+        while not any(r["camera"] == "cam3" and r["capture_s"] > t_back and not r["dropped"] for r in read_log(log)):
+            assert time.monotonic() < deadline, "the RTSP camera did not resume"
+            assert app.proc.poll() is None, app.finish()
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        app.signal()
+    err = app.finish()
+    assert app.proc.returncode == 0, err
+    counts = check_camera_accounting(err, log)
+    assert set(counts) == {"cam0", "cam1", "cam2", "cam3"}
+    rows = read_log(log)
+    for cam in ("cam0", "cam1", "cam2"):
+        # Not slowed down by the dead camera (it may rise: the dead camera's share is free).
+        before, during = written_rate(rows, cam, t0, t_kill), written_rate(rows, cam, t_kill, t_back)
+        assert before > 5 and during >= 0.9 * before, (cam, before, during)
+    assert written_rate(rows, "cam3", t_kill + 2.5, t_back) == 0            # it really was down
+    assert "lost (" in err and "back after" in err
+    source = part_stats(err, "cam3 source rtsp://")
+    assert source["outages"] == 1 and source["outage_s_total"] >= 2.0 and source["down_now_s"] == 0
+    assert camera_counts(err)["cam3"]["written"] > 0
