@@ -221,3 +221,28 @@ def test_four_live_cameras_one_rtsp_publisher_dies_the_others_keep_their_rate(re
     source = part_stats(err, "cam3 source rtsp://")
     assert source["outages"] == 1 and source["outage_s_total"] >= 2.0 and source["down_now_s"] == 0
     assert camera_counts(err)["cam3"]["written"] > 0
+
+
+def test_summary_and_latency_plot_per_camera(tmp_path):
+    from app.frames import Frame
+    from app.latency import LatencyRecorder
+    from app.latency_plot import plot
+
+    rec = LatencyRecorder(tmp_path / "lat.jsonl", start=0.0)
+    for cam, n, e2e in (("cam0", 30, 20.0), ("cam1", 10, 200.0)):
+        for i in range(n):
+            f = Frame(i, i * 0.1, np.zeros((1, 1, 3), np.uint8), camera=cam, batch_size=2)
+            f.timings = {"queue": 1.0, "preprocess": 2.0, "inference": 10.0, "overlay": 3.0, "sink": 4.0}
+            rec.record_written(f, f.capture_ts + (e2e + i) / 1000)
+    rec.record_dropped(10, 1.05, "queue_full", camera="cam1")
+    rec.close()
+    text = rec.format_summary({"cam0": 30, "cam1": 11})
+    assert "cam0: frames 30  written 30  dropped 0  fps" in text
+    assert "cam1: frames 11  written 10  dropped 1 (queue_full 1)" in text and "p50 204.5" in text
+    assert "all cameras: frames 41  written 40  dropped 1 (queue_full 1)" in text and "batch 2.00" in text
+    rows = read_log(tmp_path / "lat.jsonl")
+    assert {(r["camera"], r["batch_size"]) for r in rows} == {("cam0", 2), ("cam1", 2), ("cam1", None)}
+    img = cv2.imread(str(plot(tmp_path / "lat.jsonl", tmp_path / "p.png", use_opencv=True)))
+    assert img.shape == (1600, 1200, 3)                   # one 800-pixel panel per camera
+    for panel in (img[:800], img[800:]):                  # each with its own e2e histogram (red)
+        assert ((np.abs(panel.astype(int) - (40, 40, 230)).sum(axis=2)) < 30).sum() > 500
