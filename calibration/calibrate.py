@@ -82,7 +82,7 @@ def run(args) -> int:
     if args.trt_cache:
         from calibration.tensorrt_calibrator import import_tensorrt
 
-        import_tensorrt()   # fail now, not after minutes of calibration
+        import_tensorrt(src.name)   # fail now (no tensorrt, or 11.x: no implicit INT8), not after minutes
     first = next(iter(outs.values()))
     _, _, h, w = meta["input_shape"]
     quiet = args.quiet
