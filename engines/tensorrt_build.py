@@ -94,8 +94,11 @@ def tensorrt_logger(trt, verbose: bool = False):
 def add_arguments(p):
     p.add_argument("--onnx", required=True, help="exported model (with its model.onnx.json sidecar)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache)")
-    p.add_argument("--calib-cache", help="TensorRT INT8 calibration cache for a plain ONNX (implicit INT8)")
+                   help="fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache). "
+                   "TensorRT 11 takes the precision from the ONNX: fp16 needs `bisenet export --precision fp16`, "
+                   "int8 the QDQ model")
+    p.add_argument("--calib-cache", help="TensorRT INT8 calibration cache for a plain ONNX (implicit INT8; "
+                   "TensorRT 8.6 and 10.x only)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB",
                    help="builder workspace memory limit in MiB (default 1024; Jetson Nano/NX: 256-512)")
     p.add_argument("--timing-cache", help="read and update this timing cache: rebuilds take seconds, not minutes")

@@ -235,7 +235,8 @@ def test_dispatch_names_only_members_the_version_has(tmp_path, version):
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
     assert tb.network_flags(trt, api) == (1 if version.startswith("8.") else 0)
-    requests = [("fp32", False, None, None, "fp32"), ("fp16", False, None, 0, "fp16"), ("int8", True, None, None, "fp32")]
+    requests = [("fp32", False, None, None, "fp32"), ("fp16", False, None, 0, "fp16"),
+                ("int8", True, None, None, "fp32")]
     if api.implicit_int8:
         requests += [("fp16", False, None, None, "fp32"), ("int8", False, cache, 1, "fp32")]
     for precision, qdq, calib, dla, onnx_precision in requests:
