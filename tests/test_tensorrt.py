@@ -407,6 +407,33 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
 
 
 @pytest.mark.gpu
+def test_gpu_uncapturable_engine_falls_back_to_plain_enqueue_once(tmp_path, capfd):
+    """A stream synchronize inside the captured work is illegal during a capture: the capture
+    fails, is ended, logged once, and every call runs plainly with the right result."""
+    needs_tensorrt_gpu()
+    import onnxruntime as ort
+
+    from engines.tensorrt_engine import TensorRTEngine
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128)
+    tb.build_engine(onnx_path, tmp_path / "tiny.engine", precision="fp32", workspace_mb=256)
+    eng = TensorRTEngine(tmp_path / "tiny.engine", cuda_graph=True)
+    execute = eng._execute
+
+    def uncapturable():
+        eng.stream.synchronize()
+        execute()
+
+    eng._execute = uncapturable
+    x = np.random.default_rng(5).normal(size=(1, 3, 64, 128)).astype(np.float32)
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    for _ in range(3):
+        assert np.abs(eng.infer_logits(x) - ref).max() <= 1e-3
+    err = capfd.readouterr().err
+    assert err.count("CUDA graph capture of tiny.engine failed") == 1 and not eng.use_cuda_graph, err
+    eng.close()
+
+
+@pytest.mark.gpu
 def test_gpu_timing_cache_is_reported_and_the_sidecar_always_written(tmp_path, capfd):
     needs_tensorrt_gpu()
     onnx_path = tiny_onnx(tmp_path, h=64, w=128)
