@@ -9,6 +9,9 @@ Graph contract (what ONNX Runtime, TensorRT and the app rely on):
   any (`--dynamic-batch`, axis named "batch"); the sidecar records it (input_shape[0],
   dynamic_batch, max_batch).
 - opset 17, auxiliary heads dropped, graph simplified with onnxslim when installed.
+- `--precision fp16`: the same float32 input and outputs; weights and activations float16
+  inside (Cast at both ends). TensorRT 11 builds only strongly typed networks: this is its
+  fp16 route (`bisenet build --precision fp16` on this file).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ HELP = "export a BiSeNetV1 checkpoint (official mmseg or own) to ONNX with a sid
 EXAMPLE = ("bisenet export --model bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024 "
            "--checkpoint r18.pth --size 512x1024 --head labels -o r18.onnx")
 OPSET = 17
+PRECISIONS = ("fp32", "fp16")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -54,27 +58,30 @@ def build_model(cfg: ModelConfig, checkpoint: str | Path | None, random_init: bo
 
 def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str = "labels",
                 dynamic: bool = False, random_init: bool = False, simplify: bool = True,
-                batch: int = 1, dynamic_batch: bool = False) -> Path:
+                precision: str = "fp32", batch: int = 1, dynamic_batch: bool = False) -> Path:
     """`batch`: the graph's static batch; with `dynamic_batch` the graph takes any batch and
     `batch` (when > 1) is recorded as the most frames the app should put in one."""
     import torch
 
     if head not in ("labels", "logits"):
         raise ConfigError(f"--head {head!r}: use labels or logits")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use fp32 or fp16")
     if int(batch) < 1:
         raise ConfigError(f"--batch {batch}: must be 1 or more")
     h, w = size_hw or tuple(cfg.crop_size)
     if h % 32 or w % 32:
         raise ConfigError(f"size {h}x{w}: H and W must be multiples of 32")
     model, _, ckpt_path = build_model(cfg, checkpoint, random_init)
+    half = precision == "fp16"
 
     class Exported(torch.nn.Module):
         def __init__(self, net):
             super().__init__()
-            self.net = net
+            self.net = net.half() if half else net
 
         def forward(self, x):
-            logits = self.net(x)
+            logits = self.net(x.half()).float() if half else self.net(x)   # fp16 inside, float32 I/O
             return logits if head == "logits" else torch.argmax(logits, dim=1).to(torch.int32)
 
     out_path = Path(out_path)
@@ -102,7 +109,7 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
         "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [graph_batch, 3, h, w], "input_name": "input",
         "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
         "labels_dtype": "int32", "dynamic": bool(dynamic), "dynamic_batch": bool(dynamic_batch),
-        "max_batch": int(batch) if dynamic_batch and int(batch) > 1 else None, "precision": "fp32", "opset": OPSET,
+        "max_batch": int(batch) if dynamic_batch and int(batch) > 1 else None, "precision": precision, "opset": OPSET,
         "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
         "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
         "onnx_sha256": file_sha256(out_path), "model_config": cfg.to_dict(),
@@ -131,6 +138,8 @@ def add_arguments(p):
     p.add_argument("--head", choices=("labels", "logits"), default="labels",
                    help="output int32 labels (argmax in the graph) or float32 logits")
     p.add_argument("--dynamic", action="store_true", help="dynamic input height/width")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16: float16 weights and activations, float32 input/output (TensorRT 11's fp16 route)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="frames per inference: a static batch of N (the app batches N cameras; default 1); "
                    "with --dynamic-batch the most frames the app puts in one batch")
@@ -147,8 +156,9 @@ def run(args) -> int:
     if not args.output.endswith(".onnx"):
         raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
     out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
-                      simplify=not args.no_simplify, batch=args.batch, dynamic_batch=args.dynamic_batch)
+                      simplify=not args.no_simplify, precision=args.precision, batch=args.batch,
+                      dynamic_batch=args.dynamic_batch)
     h, w = size or cfg.crop_size
     batch = f", batch {'dynamic' if args.dynamic_batch else args.batch}" if args.dynamic_batch or args.batch > 1 else ""
-    print(f"exported {cfg.name} ({h}x{w}, head={args.head}{batch}) -> {out} (+ {out.name}.json)")
+    print(f"exported {cfg.name} ({h}x{w}, head={args.head}, {args.precision}{batch}) -> {out} (+ {out.name}.json)")
     return 0
