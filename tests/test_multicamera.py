@@ -246,3 +246,59 @@ def test_summary_and_latency_plot_per_camera(tmp_path):
     assert img.shape == (1600, 1200, 3)                   # one 800-pixel panel per camera
     for panel in (img[:800], img[800:]):                  # each with its own e2e histogram (red)
         assert ((np.abs(panel.astype(int) - (40, 40, 230)).sum(axis=2)) < 30).sum() > 500
+
+
+class PacedCamera:
+    """A live source handing out `frames` real street frames at `fps`, then (stall=True)
+    blocking for `stall_s` seconds like a frozen camera before it ends."""
+
+    live = True
+
+    def __init__(self, images, fps=30.0, stall_after=None, stall_s=0.0):
+        self.images, self.fps, self.stall_after, self.stall_s = images, fps, stall_after, stall_s
+        self.description = "paced test camera"
+        self.n, self.t0 = 0, None
+
+    def read(self):
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        if self.stall_after is not None and self.n >= self.stall_after:
+            time.sleep(self.stall_s)
+            return None
+        if self.n >= len(self.images):
+            return None
+        wait = self.t0 + self.n / self.fps - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.n += 1
+        return self.images[self.n - 1], None
+
+    def close(self):
+        pass
+
+
+def test_a_stalled_live_camera_is_not_waited_for_and_batches_go_on_without_it(tmp_path):
+    """cam2 freezes after 3 frames (no outage declared yet: a plain reader). With a 400 ms batch
+    deadline, waiting for it would hold every later frame of cam0/cam1 ~400 ms in the queue."""
+    from app.camera import Camera
+    from app.latency import LatencyRecorder
+    from app.pipeline import Pipeline
+    from app.sinks import NullSink
+    from engines.onnx_engine import OnnxEngine
+
+    with av.open(str(SAMPLE_VIDEO)) as c:
+        images = [f.to_ndarray(format="bgr24") for _, f in zip(range(45), c.decode(video=0))]
+    engine = OnnxEngine(tiny_onnx((64, 96), dynamic_batch=True), threads=1)
+    cams = [Camera("cam0", PacedCamera(images), [NullSink()]), Camera("cam1", PacedCamera(images), [NullSink()]),
+            Camera("cam2", PacedCamera(images, stall_after=3, stall_s=2.0), [NullSink()])]
+    rec = LatencyRecorder(tmp_path / "lat.csv")
+    p = Pipeline(cams, engine, recorder=rec, batch_timeout_ms=400)
+    assert p.scheduler.batch_size == 3
+    assert p.run() == 0
+    rows = read_log(tmp_path / "lat.csv")
+    assert rec.summary(p.captured_by_camera())["unaccounted"] == 0
+    assert [sum(1 for r in rows if r["camera"] == c) for c in ("cam0", "cam1", "cam2")] == [45, 45, 3]
+    later = [r for r in rows if r["camera"] in ("cam0", "cam1") and r["frame"] >= 10 and not r["dropped"]]
+    assert len(later) >= 60                                # the live cameras kept going
+    assert np.median([r["queue_ms"] for r in later]) < 200, "batches waited for the frozen camera"
+    assert max(r["batch_size"] for r in later) == 2        # cam0 and cam1 still batched together
