@@ -51,7 +51,8 @@ def size_wh(text) -> tuple:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="YAML", help="preset: configs/app/<name>.yaml or a path; flags override it")
+    p.add_argument("--config", metavar="YAML",
+                   help="preset: configs/app/<name>.yaml or a path (may list cameras:); flags override it")
     g = p.add_argument_group("input")
     g.add_argument("--source", action="append", metavar="SOURCE",
                    help="0 or /dev/video0 (camera), clip.mp4, photo.jpg, folder/, 'imgs/*.png', "
@@ -61,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pace a video file at its own fps and drop like a live source (default off)")
     g.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
                    help="start a video file, image or folder over at its end (default off)")
-    g.add_argument("--max-frames", type=int, metavar="N", help="stop after N captured frames")
+    g.add_argument("--max-frames", type=int, metavar="N", help="stop after N captured frames (per camera)")
     g.add_argument("--camera-size", type=size_wh, metavar="WxH", help="ask the camera / CSI sensor for this size")
     g.add_argument("--camera-fps", type=float, help="ask the camera / CSI sensor for this rate")
     g.add_argument("--source-timeout", type=float, metavar="S",
