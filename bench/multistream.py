@@ -7,6 +7,8 @@ and latency, for N = 1, 2, 4, 8 cameras, with a batch-1 model and a dynamic-batc
 Every camera is the street clip, looped. Modes:
   file      read as fast as the pipeline takes frames (nothing dropped): throughput
   realtime  each camera paced at the clip's 15 fps (--realtime; the newest frame wins): latency
+  processes today's way without this feature: N run_camera.py processes at once, one camera and
+            one engine each (files, batch-1 model); agg = the sum of their own fps
 Columns:
   batch     frames per inference: the most the engine takes for N cameras / the mean seen in the log
   model     model-only fps: engine.infer on a batch of that size back to back, frames per second,
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,13 +93,33 @@ def pipeline_run(engine, cameras: int, frames: int, realtime: bool) -> dict:
             "batch_limit": p.scheduler.batch_size}
 
 
+def processes_run(model: Path, cameras: int, frames: int, threads: int | None) -> dict:
+    cmd = [sys.executable, str(REPO / "run_camera.py"), "--source", str(SAMPLE), "--loop", "--max-frames", str(frames),
+           "--model", str(model), "--output", "null", *(["--threads", str(threads)] if threads else [])]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(cameras)]
+    fps, p50, p99 = [], [], []
+    for proc in procs:
+        err = proc.communicate()[1]
+        m = re.search(r"written (\d+)  dropped 0  fps ([\d.]+)", err)
+        e2e = re.search(r"^e2e +([\d.]+) +[\d.]+ +([\d.]+)", err, re.M)
+        if proc.returncode != 0 or not m or int(m.group(1)) != frames or not e2e:
+            raise RuntimeError(f"run_camera.py failed: {err[-500:]}")
+        fps.append(float(m.group(2)))
+        p50.append(float(e2e.group(1)))
+        p99.append(float(e2e.group(2)))
+    return {"agg": sum(fps), "batch": 1.0, "spread": max(fps) / min(fps), "p50": statistics.median(p50),
+            "p99": max(p99), "dropped": 0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="352x480", help="model input HxW (default 352x480)")
     ap.add_argument("--cameras", default="1,2,4,8", help="camera counts (default 1,2,4,8)")
     ap.add_argument("--frames", type=int, default=40, help="frames per camera in file mode (default 40)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per realtime run (default 6)")
-    ap.add_argument("--modes", default="file,realtime", help="file, realtime or both (default)")
+    ap.add_argument("--modes", default="file,processes,realtime",
+                    help="comma list of file, processes, realtime (default: all three)")
     ap.add_argument("--model-seconds", type=float, default=2.0, help="seconds per model-only measurement")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     args = ap.parse_args()
@@ -115,20 +139,25 @@ def main() -> int:
         print(f"# {CONFIG} {'trained' if CHECKPOINT.is_file() else 'random'} weights, input {args.size}, "
               f"ONNX Runtime CPU, threads {args.threads or 'default'}, {os.cpu_count()} CPUs; "
               f"load average at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-        print(f"{'mode':<9}{'N':>3} {'model':<8}{'batch':>10}{'model fps':>10}{'agg fps':>9}{'ratio':>7}"
+        print(f"{'mode':<10}{'N':>3} {'model':<8}{'batch':>10}{'model fps':>10}{'agg fps':>9}{'ratio':>7}"
               f"{'spread':>8}{'e2e p50':>9}{'e2e p99':>9}{'dropped':>8}")
         for mode in modes:
             realtime = mode == "realtime"
             for n in counts:
                 for kind, engine in engines.items():
-                    b = engine.batch_limit(n)
+                    if mode == "processes" and kind != "batch-1":
+                        continue
+                    b = engine.batch_limit(n) if mode != "processes" else 1
                     before = model_only_fps(engine, image, b, args.model_seconds)
                     frames = int(round(args.seconds * 15)) if realtime else args.frames
-                    r = pipeline_run(engine, n, frames, realtime)
+                    if mode == "processes":
+                        r = processes_run(models[kind], n, frames, args.threads)
+                    else:
+                        r = pipeline_run(engine, n, frames, realtime)
                     after = model_only_fps(engine, image, b, args.model_seconds)
                     model = (before + after) / 2
                     batch = f"{b}/{r['batch']:.2f}"
-                    print(f"{mode:<9}{n:>3} {kind:<8}{batch:>10}{model:>10.2f}"
+                    print(f"{mode:<10}{n:>3} {kind:<8}{batch:>10}{model:>10.2f}"
                           f"{r['agg']:>9.2f}{r['agg'] / model:>7.2f}{r['spread']:>8.2f}{r['p50']:>9.0f}"
                           f"{r['p99']:>9.0f}{r['dropped']:>8}", flush=True)
         print(f"# load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
