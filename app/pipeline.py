@@ -63,6 +63,8 @@ class Pipeline:
         if len(self.cameras) > 1:
             for cam in self.cameras:
                 cam.tag = f"{cam.name}: "
+                if hasattr(cam.reader, "camera"):
+                    cam.reader.camera = cam.name   # its outage lines name the camera
         self.by_name = {cam.name: cam for cam in self.cameras}
         self.engine = engine
         self.recorder = recorder or LatencyRecorder()

@@ -217,7 +217,8 @@ def test_four_live_cameras_one_rtsp_publisher_dies_the_others_keep_their_rate(re
         before, during = written_rate(rows, cam, t0, t_kill), written_rate(rows, cam, t_kill, t_back)
         assert before > 5 and during >= 0.9 * before, (cam, before, during)
     assert written_rate(rows, "cam3", t_kill + 2.5, t_back) == 0            # it really was down
-    assert "lost (" in err and "back after" in err
+    source_line = f"cam3: source {relay.pull_url('/cam3')}: "
+    assert f"{source_line}lost (" in err and f"{source_line}back after" in err   # the outage, logged
     source = part_stats(err, "cam3 source rtsp://")
     assert source["outages"] == 1 and source["outage_s_total"] >= 2.0 and source["down_now_s"] == 0
     assert camera_counts(err)["cam3"]["written"] > 0
