@@ -57,9 +57,10 @@ class LatencyRecorder:
         self._file = None
         self._csv = None
         if self.path:
-            if self.path.suffix.lower() not in (".csv", ".jsonl"):
-                raise ValueError(f"--latency-log {self.path}: use a .csv or .jsonl file name")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from app.validate import check_value, prepare_output
+
+            check_value("latency_log", str(self.path))   # .csv or .jsonl
+            prepare_output(self.path, "--latency-log")   # missing folders made, like every output
             self._file = open(self.path, "w", newline="")
             if self.path.suffix.lower() == ".csv":
                 self._csv = csv.writer(self._file)

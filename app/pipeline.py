@@ -301,8 +301,8 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.close()   # finalizes video files: playable even after a signal
-                except Exception as e:
-                    self.log(f"warning: closing {sink.name}: {type(e).__name__}: {e}")
+                except Exception as e:   # e.g. the file could not be written: the run says so
+                    self._sink_failed(sink, e, [])
 
     def _open_sinks(self, width: int, height: int) -> list:
         fps = self.out_fps or self.reader.fps or 25.0

@@ -5,8 +5,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
 
@@ -59,15 +57,14 @@ class ModelConfig:
 
 
 def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
-    """`data` (from yaml.safe_load) may hold only the fields of dataclass `cls`: an unknown
-    key is an error naming the key and the file. Shared by every YAML config loader."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    return data
+    """`data` (from a YAML file) may hold only the fields of dataclass `cls`, each of its
+    annotated type: otherwise an error naming the key and the file (app/validate.py)."""
+    from app.validate import InputError, check_fields
+
+    try:
+        return check_fields(cls, data, where, exclude)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
@@ -96,6 +93,6 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    return model_configcheck_keys(data, str(path))
+    from app.validate import load_yaml
+
+    return model_configcheck_keys(load_yaml(path, "model config"), str(path))
