@@ -76,8 +76,13 @@ def main(argv=None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     if args.command != "run":   # `run` has its own handlers: it drains and finalizes its outputs
         remove_temp_files_on_sigterm()
+    from app.validate import check_command_args
+
+    def run(a):
+        return modules[args.command].run(check_command_args(args.command, a))
+
     try:
-        return run_with_one_line_errors(f"bisenet {args.command}", modules[args.command].run, args)
+        return run_with_one_line_errors(f"bisenet {args.command}", run, args)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

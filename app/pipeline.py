@@ -221,6 +221,10 @@ class Pipeline:
                         t1 = time.monotonic()
                         labels = np.asarray(self.engine.infer(batch))[0]
                         t2 = time.monotonic()
+                        top = int(labels.max(initial=0))
+                        if top >= len(self.class_names):   # would draw black: say so instead
+                            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                                             f"{len(self.class_names)} classes; re-export the model")
                 except Exception as e:
                     self._drop(frame, "inference_error")
                     bad += 1

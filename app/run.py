@@ -96,7 +96,7 @@ def load_preset(name: str, parser: argparse.ArgumentParser) -> dict:
         action = actions[dest]
         where = f"{path}: {key}"
         if dest == "output":
-            value = [str(v) for v in (value if isinstance(value, list) else [value])]
+            value = value if isinstance(value, list) else [value]
         elif dest in validate.RUN_FLAGS or value is None:
             pass   # typed and checked by its rule below
         elif isinstance(action, argparse.BooleanOptionalAction):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -129,7 +130,8 @@ class VideoFileSink(Sink):
                 if self.container is not None:
                     self.container.close()
                 self.container = None
-                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer")
+                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer",
+                      file=sys.stderr)
         fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
         self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
         if not self.writer.isOpened():

@@ -105,6 +105,8 @@ def each(rule):
 
 def source_spec(value) -> str:
     """A camera index must fit OpenCV's int; everything else is checked when it is opened."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{value!r}: expected a camera index, a file, a folder or a URL")
     spec = str(value).strip()
     if not spec:
         raise ValueError(f"{value!r} is empty: pass a camera index, a video/image file, a folder, or a stream URL")
@@ -127,8 +129,10 @@ def port_of(spec: str, default: int) -> int:
 
 
 def output_spec(value) -> str:
-    """Form checks of one --output; paths are probed separately (prepare_output)."""
-    spec = str(value).strip()
+    """Form checks of one --output; paths are probed when the output is made (prepare_output)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r}: expected display, a file or folder name, a URL or null")
+    spec = value.strip()
     if spec.startswith(("http://", "rtsp://")):
         scheme = spec.split(":", 1)[0]
         port_of(spec, 8080 if scheme == "http" else 8554)
@@ -161,6 +165,33 @@ RUN_FLAGS = {
     "threads": Number(int, 1, 1024),
     "bitrate": Number(int, 10_000, 1_000_000_000, units=True, hint="bit/s like 800k, 2M or 4000000"),
 }
+
+
+# The other `bisenet` commands: command -> {dest: rule}, checked before the command runs.
+COUNT = Number(int, min=1)
+COMMAND_FLAGS = {
+    "build": {"workspace": Number(int, 1, 1 << 20, hint="MiB"), "dla_core": Number(int, 0, 15)},
+    "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
+                  "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, 0, 100),
+                  "threads": Number(int, 1, 1024)},
+    "eval": {"limit": COUNT},
+    "prepare": {"workers": Number(int, 1, 256)},
+    "train": {"iterations": COUNT, "batch_size": COUNT, "lr": Number(float, above=0, max=10),
+              "crop_size": each(Number(int, 32, MAX_SIDE)), "eval_interval": COUNT,
+              "checkpoint_interval": COUNT, "workers": Number(int, 0, 256), "seed": Number(int, min=0)},
+}
+
+
+def check_command_args(command: str, args):
+    """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS (InputError, one line)."""
+    for dest, rule in COMMAND_FLAGS.get(command, {}).items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            try:
+                setattr(args, dest, rule(value))
+            except ValueError as e:
+                raise InputError(f"{flag_name(dest)} {e}") from None
+    return args
 
 
 def flag_name(dest: str) -> str:
@@ -296,8 +327,8 @@ def _numbers(n: int, positive: bool = False):
 
 
 def _classes(v):
-    if not isinstance(v, list) or not 1 <= len(v) <= 65535 or not all(isinstance(c, str) for c in v):
-        raise ValueError("expected a list of 1 to 65535 class names")
+    if not isinstance(v, list) or not 1 <= len(v) <= 256 or not all(isinstance(c, str) for c in v):
+        raise ValueError("expected a list of 1 to 256 class names (the overlay draws up to 256)")
     return v
 
 

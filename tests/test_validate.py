@@ -90,12 +90,39 @@ def test_good_values_pass_and_are_typed():
          "output": ["http://@:8080", "out.mp4"], "source": "0"}
 
 
-def test_every_numeric_flag_of_bisenet_run_has_a_rule():
-    """A new int/float flag needs its line in validate.RUN_FLAGS (ranges are part of the schema)."""
-    from app.run import _parser
+def test_every_numeric_flag_of_every_command_has_a_rule():
+    """A new int/float flag needs its line in validate.RUN_FLAGS (bisenet run) or
+    validate.COMMAND_FLAGS (the other commands): ranges are part of the schema."""
+    import argparse
+    import importlib
 
-    numeric = {a.dest for a in _parser()._actions if a.type in (int, float)}
-    assert numeric <= set(validate.RUN_FLAGS), sorted(numeric - set(validate.RUN_FLAGS))
+    from app.cli import SUBCOMMANDS
+
+    for command, module in SUBCOMMANDS.items():
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module).add_arguments(parser)
+        numeric = {a.dest for a in parser._actions if a.type in (int, float)}
+        rules = validate.RUN_FLAGS if command == "run" else validate.COMMAND_FLAGS.get(command, {})
+        assert numeric <= set(rules), (command, sorted(numeric - set(rules)))
+
+
+COMMAND_CASES = [
+    (["train", "--work-dir", "w", "--lr", "0"], "--lr 0.0 is out of range"),
+    (["train", "--work-dir", "w", "--crop-size", "0", "512"], "--crop-size 0 is out of range"),
+    (["train", "--work-dir", "w", "--iterations", "-5"], "--iterations -5 is out of range"),
+    (["calibrate", "--onnx", "x.onnx", "--data", "camvid", "-o", "y.onnx", "--num-images", "0"], "--num-images 0"),
+    (["calibrate", "--onnx", "x.onnx", "--data", "camvid", "-o", "y.onnx", "--max-drop", "nan"], "not a finite"),
+    (["build", "--onnx", "x.onnx", "-o", "y.engine", "--workspace", "0"], "--workspace 0 is out of range"),
+    (["eval", "--model", "x.onnx", "--dataset", "camvid", "--limit", "-1"], "--limit -1 is out of range"),
+    (["prepare", "cityscapes", "--root", "r", "--workers", "0"], "--workers 0 is out of range"),
+    (["export", "--model", "x"], "the following arguments are required: -o/--output"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", COMMAND_CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in COMMAND_CASES])
+def test_bad_values_of_other_commands_are_one_line_exit_2(argv, expect, capsys):
+    err = one_line_exit_2(bisenet_main, argv, capsys, prog=f"bisenet {argv[0]}: error: ")
+    assert expect in err, err
 
 
 # ------------------------------------------------------------------------ preset YAML
@@ -113,6 +140,8 @@ PRESET_CASES = [
     ("mode: blend\n", "mode: 'blend' is not one of"),
     ("output: http://@:99999\n", "output http://@:99999: the port"),
     ("fps: [1, 2]\n", "fps [1, 2] is not a number"),
+    ("output: {a: 1}\n", "output {'a': 1}: expected display, a file or folder name"),
+    ("source: {a: 1}\n", "source {'a': 1}: expected a camera index"),
     ("modle: x.onnx\n", "unknown key 'modle'"),
     (b"source: \xff\xfe\n", "cannot read this preset"),
 ]
@@ -159,7 +188,8 @@ SIDECAR_CASES = [
     ("123", lambda m: 123, "expected a JSON object, got int"),
     ("palette entry 300", lambda m: {**m, "palette": [[300, 0, 0]] + m["palette"][1:]}, "color [300, 0, 0]"),
     ("palette 7", _edit({"palette": 7}), "palette: expected a list of [R, G, B] colors"),
-    ("classes 7", _edit({"classes": 7}), "classes: expected a list of 1 to 65535 class names"),
+    ("classes 7", _edit({"classes": 7}), "classes: expected a list of 1 to 256 class names"),
+    ("300 classes", _edit({"classes": ["c"] * 300, "palette": [[0, 0, 0]] * 300}), "1 to 256 class names"),
     ("two mean values", _edit({"mean": [1.0, 2.0]}), "mean: expected a list of 3 numbers"),
     ("std 0", _edit({"std": [58.0, 0, 57.0]}), "std: 0 is out of range: expected a number above 0"),
     ("std string", _edit({"std": ["a", 1, 1]}), "std: 'a' is not a number"),
@@ -256,6 +286,25 @@ def test_nothing_written_exits_non_zero_and_says_why(model, capsys, tmp_path):
                      "--max-frames", "5"]) == 1
     err = capsys.readouterr().err
     assert "written 0" in err and "exit 1: no frame was written (inference_error 5)" in err, err
+
+    # A network that outputs class ids its sidecar has no class (and color) for: every frame is
+    # refused rather than drawn black.
+    beyond = tmp_path / "beyond.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["input"], ["s"]),
+         helper.make_node("Gather", ["s", "axes"], ["s3"]),
+         helper.make_node("ConstantOfShape", ["s3"], ["labels"],
+                          value=helper.make_tensor("v", TensorProto.INT32, [1], [5]))], "beyond",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 128])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 64, 128])],
+        [helper.make_tensor("axes", TensorProto.INT64, [3], [0, 2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(beyond))
+    write_sidecar(beyond, json.loads((model.parent / (model.name + ".json")).read_text()))
+    assert run_main(["--source", str(SAMPLE_VIDEO), "--model", str(beyond), "--output", "null",
+                     "--max-frames", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "the model outputs class 5 but its sidecar lists 3 classes" in err, err
+    assert "exit 1: no frame was written (inference_error 3)" in err, err
 
     # A video whose frames are all missing (index first, then cut right after it).
     fast = tmp_path / "fast.mp4"
