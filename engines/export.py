@@ -16,6 +16,7 @@ import datetime
 import sys
 from pathlib import Path
 
+from app.validate import prepare_output
 from engines.model_config import ConfigError, ModelConfig, load_model_config
 from engines.sidecar import atomic_path, file_sha256, write_sidecar
 
@@ -137,6 +138,7 @@ def run(args) -> int:
     size = parse_size(args.size) if args.size else None
     if not args.output.endswith(".onnx"):
         raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
+    prepare_output(args.output, "-o")   # before minutes of work: can it be written at all?
     out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
                       simplify=not args.no_simplify, precision=args.precision)
     h, w = size or cfg.crop_size
