@@ -108,6 +108,7 @@ class VideoFileSink(Sink):
         self.count = 0
         self._t0 = None
         self._last_pts = -1
+        self._next_key_ms = 0
         self.fragmented = self.path.suffix.lower() in (".mp4", ".mov")
         self._sync_fd = None   # fsync after each fragment: it survives a power loss too
         prepare_output(self.path, "--output")   # missing folders are made; unwritable: one line now
@@ -172,6 +173,11 @@ class VideoFileSink(Sink):
             if self._t0 is None:
                 self._t0 = frame.capture_ts
             pts = max(int(round((frame.capture_ts - self._t0) * 1000)), self._last_pts + 1)
+            # A live run may write far fewer frames than its nominal fps (drops), so the GOP in
+            # frames is not a bound in time: force a keyframe (a new fragment) every second.
+            if pts >= self._next_key_ms:
+                vf.pict_type = av.video.frame.PictureType.I
+                self._next_key_ms = pts + int(KEYFRAME_EVERY_S * 1000)
         else:
             pts = self.count
         self._last_pts = pts

@@ -77,16 +77,33 @@ def write_clip(path, n=45, fps=15):
 
 def test_keyframe_every_second_and_normal_duration(tmp_path):
     write_clip(tmp_path / "clip.mp4", n=45, fps=15)
-    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                        "packet=pts_time,flags:format=duration", "-of", "csv=p=0", str(tmp_path / "clip.mp4")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    packets = [line.split(",") for line in r.stdout.splitlines()[:-1]]
-    keys = [float(t) for t, flags in packets if "K" in flags]
-    duration = float(r.stdout.strip().splitlines()[-1])
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                        str(tmp_path / "clip.mp4")], capture_output=True, text=True, timeout=60)
+    duration = float(r.stdout)
+    keys = keyframe_times(tmp_path / "clip.mp4")
     assert keys[0] == 0.0 and max(np.diff(keys)) <= KEYFRAME_EVERY_S + 1e-6, keys
     assert duration == pytest.approx(3.0, abs=1e-3)
     assert samples_in_complete_fragments(tmp_path / "clip.mp4")[0] == 45
+
+
+def keyframe_times(path) -> list:
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+                        "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [float(t) for t, flags in (line.split(",")[:2] for line in r.stdout.splitlines()) if "K" in flags]
+
+
+def test_live_recording_keyframes_every_second_even_when_frames_drop(tmp_path):
+    """Nominal 30 fps but only 2 frames a second reach the file: keyframes still come every second."""
+    sink = VideoFileSink(tmp_path / "live.mp4", live=True)
+    sink.open(64, 48, 30)
+    for i in range(12):
+        img = np.full((48, 64, 3), 10 * i, np.uint8)
+        sink.write(Frame(i, 100.0 + 0.5 * i, img), img, None)
+    sink.close()
+    keys = keyframe_times(tmp_path / "live.mp4")
+    assert keys[0] == 0.0 and max(np.diff(keys)) <= KEYFRAME_EVERY_S + 1e-6, keys
+    assert samples_in_complete_fragments(tmp_path / "live.mp4") == (12, len(keys))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
