@@ -1,14 +1,15 @@
 """One validation layer for every input the app and `bisenet` read: flag values (command line
 or preset YAML), YAML files, sidecar JSON, model files and output paths.
 
-Schemas are declared once, as data: `RUN_FLAGS` holds one rule per `bisenet run` flag (add a
-line there with a new flag), `SIDECAR` one rule per sidecar field, and `check_fields` types
+Schemas are declared once, as data: `RUN_FLAGS` holds one rule per `bisenet run` flag and
+`COMMAND_FLAGS` those of the other commands (add a line there with a new flag; a test checks
+every numeric flag has one), `SIDECAR` one rule per sidecar field, and `check_fields` types
 the YAML configs from their dataclasses. Every problem is an `InputError`: one line naming the
 flag or file and what to do; the commands print it and exit 2 (app/cli.py).
 
 Output paths: a missing folder is created (like `mkdir -p`), for every kind of output
-(videos, frame folders, --latency-log, export/build/calibrate files); a place that cannot be
-written is refused at start, before the model loads.
+(videos, frame folders, --latency-log, the files of export/build/calibrate); an output of
+`bisenet run` or `export` that cannot be written is refused at start (prepare_output).
 """
 from __future__ import annotations
 
@@ -182,25 +183,13 @@ COMMAND_FLAGS = {
 }
 
 
-def check_command_args(command: str, args):
-    """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS (InputError, one line)."""
-    for dest, rule in COMMAND_FLAGS.get(command, {}).items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            try:
-                setattr(args, dest, rule(value))
-            except ValueError as e:
-                raise InputError(f"{flag_name(dest)} {e}") from None
-    return args
-
-
 def flag_name(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def check_value(dest: str, value, where: str | None = None):
+def check_value(dest: str, value, where: str | None = None, rules: dict = RUN_FLAGS):
     """`value` through the rule for flag `dest` (if any); InputError names `where` (default: the flag)."""
-    rule = RUN_FLAGS.get(dest)
+    rule = rules.get(dest)
     if rule is None or value is None:
         return value
     try:
@@ -209,9 +198,18 @@ def check_value(dest: str, value, where: str | None = None):
         raise InputError(f"{where or flag_name(dest)} {e}") from None
 
 
-def check_flags(values: dict, where=None) -> dict:
-    """Every value in {dest: value} through its rule; `where(dest)` names it in errors."""
-    return {dest: check_value(dest, v, where(dest) if where else None) for dest, v in values.items()}
+def check_flags(values: dict) -> dict:
+    """Every value of {dest: value} (`bisenet run`'s flags) through its rule."""
+    return {dest: check_value(dest, v) for dest, v in values.items()}
+
+
+def check_command_args(command: str, args):
+    """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS."""
+    rules = COMMAND_FLAGS.get(command, {})
+    for dest in rules:
+        if hasattr(args, dest):
+            setattr(args, dest, check_value(dest, getattr(args, dest), rules=rules))
+    return args
 
 
 # ---------------------------------------------------------------------------- files

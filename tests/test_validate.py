@@ -19,7 +19,7 @@ import pytest
 from app import validate
 from app.cli import main as bisenet_main
 from app.run import main as run_main
-from engines.sidecar import atomic_write, write_sidecar
+from engines.sidecar import atomic_path, atomic_write, write_sidecar
 from tests.app_helpers import MODEL_NAME, REPO, SAMPLE_VIDEO
 from tests.app_process import ENV
 from tests.calib_fixtures import tiny_segmenter
@@ -356,6 +356,10 @@ def test_an_interrupted_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(tmp_path / "a.bin", interrupted)
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"] and (tmp_path / "a.bin").read_bytes() == b"old"
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "b.onnx") as tmp:
+        tmp.write_bytes(b"half a model")        # what torch.onnx.export / quantize_static do
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
 def test_sigterm_during_export_leaves_no_temp_file_and_modes_match(tmp_path):
