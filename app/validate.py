@@ -113,6 +113,10 @@ def source_spec(value) -> str:
         raise ValueError(f"{value!r} is empty: pass a camera index, a video/image file, a folder, or a stream URL")
     if spec.isdigit() and int(spec) > 9999:
         raise ValueError(f"{spec} is not a camera index (0, 1, ... or /dev/videoN) nor an existing file")
+    default_ports = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    if scheme in default_ports:
+        port_of(spec, default_ports[scheme])
     return spec
 
 

@@ -52,6 +52,8 @@ FLAG_CASES = [
     (["--output", "http://[::1]:8080"], "IPv6"),
     (["--output", "rtsp://@:70000/live"], "1 to 65535"),
     (["--source", "99999999999999999999"], "--source 99999999999999999999 is not a camera index"),
+    (["--source", "rtsp://127.0.0.1:99999/cam"], "--source rtsp://127.0.0.1:99999/cam: the port must be"),
+    (["--source", "http://127.0.0.1:-1/x.mjpg"], "the port must be a number from 1 to 65535"),
     (["--queue-size", "100000"], f"--queue-size 100000 is out of range: expected a whole number from 1 to "
                                  f"{validate.MAX_QUEUE}"),
     (["--queue-size", "0"], "--queue-size 0 is out of range"),
