@@ -177,7 +177,7 @@ COUNT = Number(int, min=1)
 COMMAND_FLAGS = {
     "build": {"workspace": Number(int, 1, 1 << 20, hint="MiB"), "dla_core": Number(int, 0, 15)},
     "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
-                  "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, 0, 100),
+                  "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
                   "threads": Number(int, 1, 1024)},
     "eval": {"limit": COUNT},
     "prepare": {"workers": Number(int, 1, 256)},

@@ -114,6 +114,7 @@ COMMAND_CASES = [
     (["train", "--work-dir", "w", "--iterations", "-5"], "--iterations -5 is out of range"),
     (["calibrate", "--onnx", "x.onnx", "--data", "camvid", "-o", "y.onnx", "--num-images", "0"], "--num-images 0"),
     (["calibrate", "--onnx", "x.onnx", "--data", "camvid", "-o", "y.onnx", "--max-drop", "nan"], "not a finite"),
+    (["calibrate", "--onnx", "x.onnx", "--data", "camvid", "-o", "y.onnx", "--max-drop", "101"], "from -100 to 100"),
     (["build", "--onnx", "x.onnx", "-o", "y.engine", "--workspace", "0"], "--workspace 0 is out of range"),
     (["eval", "--model", "x.onnx", "--dataset", "camvid", "--limit", "-1"], "--limit -1 is out of range"),
     (["prepare", "cityscapes", "--root", "r", "--workers", "0"], "--workers 0 is out of range"),
