@@ -182,7 +182,8 @@ COMMAND_FLAGS = {
     "eval": {"limit": COUNT},
     "prepare": {"workers": Number(int, 1, 256)},
     "train": {"iterations": COUNT, "batch_size": COUNT, "lr": Number(float, above=0, max=10),
-              "crop_size": each(Number(int, 32, MAX_SIDE)), "eval_interval": COUNT,
+              "crop_size": each(Number(int, 32, MAX_SIDE)),
+              "eval_interval": Number(int, min=0, hint="0: no evaluation"),
               "checkpoint_interval": COUNT, "workers": Number(int, 0, 256), "seed": Number(int, min=0)},
 }
 
