@@ -197,7 +197,9 @@ def run_problems(pipeline, recorder) -> str:
     written, or nothing written at all. The exit status is 1 then."""
     problems = list(pipeline.failures)
     problems += [f"output {name} could not be written" for name in pipeline.sink_failures]
-    if pipeline.captured == 0:
+    if pipeline.stop_reason in ("SIGINT", "SIGTERM"):
+        pass   # the user stopped it, maybe before the first frame: not a failure by itself
+    elif pipeline.captured == 0:
         problems.append("the source gave no frames")
     elif recorder.written == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(recorder.dropped.items()))
