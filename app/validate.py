@@ -370,7 +370,23 @@ def _bool(v):
     return v
 
 
-# Sidecar field -> rule; the first REQUIRED ones must be present.
+def _optional(rule):
+    return lambda v: v if v is None else rule(v)
+
+
+def _sha256(v):
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ValueError("expected 64 lowercase hex digits")
+    return v
+
+
+def _mapping(v):
+    if not isinstance(v, dict):
+        raise ValueError("expected a JSON object")
+    return v
+
+
+# Sidecar field -> rule; the SIDECAR_REQUIRED ones must be present.
 SIDECAR = {
     "model": _text,
     "classes": _classes,
@@ -381,6 +397,11 @@ SIDECAR = {
     "head": _one_of("labels", "logits"),
     "precision": _one_of("fp32", "fp16", "int8"),
     "dynamic": _bool,
+    "input_name": _text,
+    "output_name": _one_of("labels", "logits"),
+    "onnx_sha256": _optional(_sha256),
+    "model_config": _mapping,
+    "dla_core": _optional(Number(int, 0, 15)),
 }
 SIDECAR_REQUIRED = ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision")
 
@@ -401,7 +422,7 @@ def check_sidecar(meta, where: str, hint: str) -> dict:
     n = len(meta["classes"])
     if len(meta["palette"]) != n:
         raise InputError(f"{where}: {n} classes but {len(meta['palette'])} palette colors; {hint}")
-    trained = (meta.get("model_config") or {}).get("num_classes") if isinstance(meta.get("model_config"), dict) else None
+    trained = meta.get("model_config", {}).get("num_classes")
     if isinstance(trained, int) and trained != n:
         raise InputError(f"{where}: {n} classes but the network was exported with {trained}; {hint}")
     return meta

@@ -202,6 +202,8 @@ SIDECAR_CASES = [
     ("head", _edit({"head": "probs"}), "head: 'probs' is not one of labels, logits"),
     ("precision", _edit({"precision": 16}), "precision: 16 is not one of"),
     ("missing", lambda m: {k: v for k, v in m.items() if k != "std"}, "missing std"),
+    ("sha256", _edit({"onnx_sha256": "xyz"}), "onnx_sha256: expected 64 lowercase hex digits"),
+    ("model_config", _edit({"model_config": []}), "model_config: expected a JSON object"),
     ("exported with more classes", lambda m: {**m, "classes": m["classes"][:2], "palette": m["palette"][:2],
                                               "model_config": {"num_classes": 3}},
      "2 classes but the network was exported with 3"),
