@@ -428,6 +428,15 @@ def check_sidecar(meta, where: str, hint: str) -> dict:
     return meta
 
 
+def check_fields_by_rules(values: dict, rules: dict, where: str) -> None:
+    """Fields of a YAML config that a sidecar also carries, through the sidecar's rules."""
+    for key, value in values.items():
+        try:
+            rules[key](value)
+        except ValueError as e:
+            raise InputError(f"{where}: {key}: {e}") from None
+
+
 def check_output_channels(channels, n_classes: int, where: str, hint: str) -> None:
     """A logits graph's channel count must be the sidecar's class count."""
     if isinstance(channels, int) and channels != n_classes:

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.validate import SIDECAR, InputError, check_fields, check_fields_by_rules, load_yaml
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
 
@@ -59,8 +61,6 @@ class ModelConfig:
 def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
     """`data` (from a YAML file) may hold only the fields of dataclass `cls`, each of its
     annotated type: otherwise an error naming the key and the file (app/validate.py)."""
-    from app.validate import InputError, check_fields
-
     try:
         return check_fields(cls, data, where, exclude)
     except InputError as e:
@@ -75,6 +75,11 @@ def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
         cfg = ModelConfig(**data, train=train, source=source)
     except TypeError as e:  # a required key is missing
         raise ConfigError(f"{source}: {e}") from None
+    try:   # the same rules as the sidecar these values end up in
+        check_fields_by_rules({"classes": cfg.class_names, "palette": cfg.palette, "mean": cfg.mean,
+                               "std": cfg.std}, SIDECAR, source)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     if len(cfg.class_names) != cfg.num_classes or len(cfg.palette) != cfg.num_classes:
         raise ConfigError(f"{source}: num_classes is {cfg.num_classes} but there are "
                           f"{len(cfg.class_names)} class names and {len(cfg.palette)} palette colors")
@@ -93,6 +98,4 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")
-    from app.validate import load_yaml
-
     return model_configcheck_keys(load_yaml(path, "model config"), str(path))

@@ -173,7 +173,23 @@ MODEL_YAML_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,expect", MODEL_YAML_CASES, ids=[c[0][:24] for c in MODEL_YAML_CASES])
+def zoo_yaml_with(**changes) -> str:
+    import yaml
+
+    from engines.model_config import MODELS_DIR
+
+    data = yaml.safe_load((MODELS_DIR / "bisenetv1_r18-d32_camvid-360x480.yaml").read_text())
+    return yaml.safe_dump({**data, **changes})
+
+
+MODEL_YAML_CASES += [
+    (zoo_yaml_with(std=[58.0, 0, 57.0]), "std: 0 is out of range"),
+    (zoo_yaml_with(palette=[[300, 0, 0]] * 11), "palette: color [300, 0, 0]"),
+    (zoo_yaml_with(mean=[1, 2]), "mean: expected a list of 3 numbers"),
+]
+
+
+@pytest.mark.parametrize("text,expect", MODEL_YAML_CASES, ids=[c[1][:24] for c in MODEL_YAML_CASES])
 def test_bad_model_config_yaml_is_one_line_exit_2(text, expect, capsys, tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text(text)
