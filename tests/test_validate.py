@@ -129,6 +129,23 @@ def test_bad_values_of_other_commands_are_one_line_exit_2(argv, expect, capsys):
     assert expect in err, err
 
 
+LOG_CASES = [
+    ("lat.csv", "frame,x\n1,2\n", "not a latency log (no source_ts"),
+    ("lat.csv", "frame,source_ts,capture_s,queue_ms,preprocess_ms,inference_ms,overlay_ms,sink_ms,e2e_ms,"
+                "dropped,reason\nzz,,0.1,1,1,1,1,1,5,0,\n", "lat.csv line 2: frame: invalid literal"),
+    ("lat.jsonl", "5\n", "not a latency log"),
+    ("lat.jsonl", "{x\n", "not JSON lines"),
+]
+
+
+@pytest.mark.parametrize("name,text,expect", LOG_CASES, ids=[c[2][:20] for c in LOG_CASES])
+def test_bad_latency_logs_are_one_line_exit_2(name, text, expect, capsys, tmp_path):
+    (tmp_path / name).write_text(text)
+    err = one_line_exit_2(bisenet_main, ["latency-plot", str(tmp_path / name), "-o", str(tmp_path / "p.png")],
+                          capsys, prog="bisenet latency-plot: error: ")
+    assert expect in err, err
+
+
 # ------------------------------------------------------------------------ preset YAML
 PRESET_CASES = [
     ("!!python/object/apply:os.system ['true']\n", "line 1: not valid YAML: could not determine a constructor"),
