@@ -232,9 +232,10 @@ def load_yaml(path: str | Path, what: str = "config"):
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        if "constructor" in type(e).__name__.lower() or "could not determine a constructor" in str(e):
-            problem = f"{problem}; only plain YAML is read (mappings, lists, strings, numbers)"
-        raise InputError(f"{path}{at}: not valid YAML: {problem}") from None
+        if isinstance(e, yaml.constructor.ConstructorError):   # e.g. !!python/object tags
+            raise InputError(f"{path}{at}: {problem}; only plain YAML is read (mappings, lists, "
+                             "strings, numbers, no tags)") from None
+        raise InputError(f"{path}{at}: not valid YAML: {problem}; fix the syntax") from None
 
 
 def _type_ok(value, hint) -> bool:

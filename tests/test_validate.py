@@ -148,7 +148,7 @@ def test_bad_latency_logs_are_one_line_exit_2(name, text, expect, capsys, tmp_pa
 
 # ------------------------------------------------------------------------ preset YAML
 PRESET_CASES = [
-    ("!!python/object/apply:os.system ['true']\n", "line 1: not valid YAML: could not determine a constructor"),
+    ("!!python/object/apply:os.system ['true']\n", "line 1: could not determine a constructor for the tag"),
     ("source: !!python/object:os.getcwd {}\n", "only plain YAML is read"),
     ("source: [0\nmodel: x\n", "not valid YAML"),
     ("source: 0\n  model: x\n", "line 2: not valid YAML"),
@@ -182,7 +182,7 @@ def test_unreadable_preset(capsys, tmp_path):
 
 
 MODEL_YAML_CASES = [
-    ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ("!!python/object/apply:os.system ['true']\n", "only plain YAML is read"),
     ("name: x\nnum_classes: [1\n", "not valid YAML"),
     ("name: x\nnum_classes: eleven\n", "num_classes: expected int, got str"),
     ("name: x\ntrain: 5\n", "train: expected TrainRecipe, got int"),
