@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.validate import check_output_channels, readable_file
 from engines.base import Engine, ModelInfo
 from engines.sidecar import SidecarError, read_sidecar
 
@@ -45,8 +46,6 @@ class OnnxEngine(Engine):
     def __init__(self, path, providers: str | None = None, threads: int | None = None,
                  precision: str | None = None):
         import onnxruntime as ort
-
-        from app.validate import check_output_channels, readable_file
 
         self.path = readable_file(path, "model", "export one with `bisenet export`")
         meta = read_sidecar(self.path)

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from app.validate import InputError, check_sidecar
+
 SIDECAR_VERSION = 1
 
 
@@ -91,8 +93,6 @@ def write_sidecar(model_path: str | Path, meta: dict) -> Path:
 def read_sidecar(model_path: str | Path, rebuild_hint: str = "re-export it with `bisenet export`") -> dict:
     """Read the sidecar of `model_path` and check it against the schema (app/validate.py):
     one-line SidecarError otherwise."""
-    from app.validate import InputError, check_sidecar
-
     side = sidecar_path(model_path)
     if not side.exists():
         raise SidecarError(f"{model_path}: no sidecar {side.name} beside it (classes, palette, "
