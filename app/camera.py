@@ -12,6 +12,7 @@ import re
 import threading
 
 from app.frames import Reader
+from app.validate import InputError
 from app.hud import RateMeter
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # safe inside file names and URL paths
@@ -60,7 +61,7 @@ def camera_names(count: int) -> list[str]:
 def check_name(name) -> str:
     name = str(name)
     if not NAME_RE.match(name):
-        raise ValueError(f"camera name {name!r}: use letters, digits, '_', '-' or '.' (it goes into file names)")
+        raise InputError(f"camera name {name!r}: use letters, digits, '_', '-' or '.' (it goes into file names)")
     return name
 
 
@@ -72,13 +73,13 @@ def output_for(spec: str, camera: str, shared_by: int) -> str:
     spec = str(spec)
     if PLACEHOLDER in spec:
         if spec.startswith("http://"):
-            raise ValueError(f"--output {spec}: {PLACEHOLDER} cannot go in an http:// output; give each camera its "
+            raise InputError(f"--output {spec}: {PLACEHOLDER} cannot go in an http:// output; give each camera its "
                              "own port in the config's cameras: list (output: http://@:8081)")
         return spec.replace(PLACEHOLDER, camera)
     if shared_by > 1 and spec.startswith("http://"):
-        raise ValueError(f"--output {spec} with {shared_by} cameras: the live page shows one camera; give each "
+        raise InputError(f"--output {spec} with {shared_by} cameras: the live page shows one camera; give each "
                          "camera its own port in the config's cameras: list (output: http://@:8081)")
     if shared_by > 1 and spec not in ("null", "display"):
-        raise ValueError(f"--output {spec} with {shared_by} cameras: put {PLACEHOLDER} in it "
+        raise InputError(f"--output {spec} with {shared_by} cameras: put {PLACEHOLDER} in it "
                          f"(e.g. out_{PLACEHOLDER}.mp4, folder_{PLACEHOLDER}/, rtsp://host:8554/{PLACEHOLDER})")
     return spec

@@ -309,6 +309,10 @@ class Pipeline:
         t1 = time.monotonic()
         labels = np.asarray(self.engine.infer(inputs[0] if len(inputs) == 1 else np.concatenate(inputs)))
         t2 = time.monotonic()
+        top = int(labels.max(initial=0))
+        if top >= len(self.class_names):   # would draw black: say so instead
+            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                             f"{len(self.class_names)} classes; re-export the model")
         for frame in good:
             frame.timings["inference"] = _ms(t1, t2)
             frame.batch_size = len(good)
@@ -382,8 +386,8 @@ class Pipeline:
             for sink in cam.sinks:
                 try:
                     sink.close()   # finalizes video files: playable even after a signal
-                except Exception as e:
-                    self.log(f"warning: closing {sink.name}: {type(e).__name__}: {e}")
+                except Exception as e:   # e.g. the file could not be written: the run says so
+                    self._sink_failed(cam, sink, e, [])
 
     def _open_sinks(self, cam: Camera, width: int, height: int) -> list:
         fps = cam.out_fps or cam.reader.fps or 25.0
