@@ -158,11 +158,11 @@ def test_cameras_list_in_the_config_with_per_camera_flags_and_errors(clips, tmp_
         f"  - {{name: x, source: {a}}}\n  - {{name: x, source: {b}}}\n": "camera names must differ",
     }
     for cameras, message in bad.items():
-        preset.write_text(f"model: {model}\noutput: [null]\ncameras:\n{cameras}")
+        preset.write_text(f"model: {model}\noutput: ['null']\ncameras:\n{cameras}")
         assert run_main(["--config", str(preset)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
-    for output, message in ((tmp_path / "same.mp4", "put {camera} in it"), ("http://@:0", "own port")):
+    for output, message in ((tmp_path / "same.mp4", "put {camera} in it"), ("http://127.0.0.1:8099", "own port")):
         assert run_main(["--source", str(a), "--source", str(b), "--model", str(model), "--output", str(output)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
