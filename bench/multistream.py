@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,13 +74,18 @@ def model_only_fps(engine, image, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def pipeline_run(engine, cameras: int, frames: int, realtime: bool) -> dict:
+def pipeline_run(engine, cameras: int, frames: int, realtime: bool, seconds: float) -> dict:
+    """Files: `frames` per camera. Realtime: all cameras for the same `seconds`, then a stop
+    (a frame count would end the cameras opened first earlier and skew the spread)."""
     cams = []
     for name in camera_names(cameras):
         reader = open_source(str(SAMPLE), SimpleNamespace(loop=True, realtime=realtime))
-        cams.append(Camera(name, reader, [NullSink()], max_frames=frames))
+        cams.append(Camera(name, reader, [NullSink()], max_frames=None if realtime else frames))
     recorder = LatencyRecorder()
     p = Pipeline(cams, engine, recorder=recorder, log=lambda msg: None)
+    if realtime:
+        timer = threading.Timer(seconds, p.request_stop, args=("time is up", True))
+        timer.start()
     p.run()
     s = recorder.summary(p.captured_by_camera())
     assert s["unaccounted"] == 0, s
@@ -149,11 +155,11 @@ def main() -> int:
                         continue
                     b = engine.batch_limit(n) if mode != "processes" else 1
                     before = model_only_fps(engine, image, b, args.model_seconds)
-                    frames = int(round(args.seconds * 15)) if realtime else args.frames
+                    frames = args.frames
                     if mode == "processes":
                         r = processes_run(models[kind], n, frames, args.threads)
                     else:
-                        r = pipeline_run(engine, n, frames, realtime)
+                        r = pipeline_run(engine, n, frames, realtime, args.seconds)
                     after = model_only_fps(engine, image, b, args.model_seconds)
                     model = (before + after) / 2
                     batch = f"{b}/{r['batch']:.2f}"
