@@ -319,6 +319,42 @@ class _Refuse(asyncio.Protocol):
         pass
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted in `slots` from accept to close (aiohttp
+    registers a connection only once it is set up, too late for a burst of accepts)."""
+
+    def __init__(self, inner, slots: list):
+        self.inner, self.slots, self.released = inner, slots, False
+        slots[0] += 1
+
+    def _release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.slots[0] -= 1
+
+    def connection_made(self, transport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc) -> None:
+        self._release()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def __del__(self):
+        self._release()   # never connected (e.g. a TLS handshake that failed)
+
+
 class AppServer:
     """Listeners, cameras, auth and metrics of one app run. Nothing listens until `listen()`."""
 
@@ -442,9 +478,10 @@ class AppServer:
         await runner.setup()
         server = runner.server
         cap = self.options.max_clients + HEADROOM
+        slots = [0]   # connections open on this listener
 
         def protocol():
-            return server() if len(server.connections) < cap else _Refuse()
+            return _Counted(server(), slots) if slots[0] < cap else _Refuse()
 
         try:
             listener = await asyncio.get_running_loop().create_server(
@@ -495,7 +532,7 @@ class AppServer:
                              {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
             if query_token is not None and request.match_info.handler == self._page:
                 # The page: trade the token for an HttpOnly cookie and drop it from the address bar.
-                response = web.HTTPSeeOther(request.path)
+                response = web.Response(status=303, headers={"Location": request.path, "Cache-Control": "no-store"})
                 response.set_cookie(COOKIE, self.auth.cookie_value(), httponly=True, samesite="Strict",
                                     secure=self.ssl is not None, path="/")
                 return response
@@ -569,24 +606,25 @@ class AppServer:
             response = web.StreamResponse(headers={
                 "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", "Cache-Control": "no-store"})
             await asyncio.wait_for(response.prepare(request), self.options.send_timeout_s)
-            seq, busy_since = -1, None
+            seen, busy_since = -1, None     # seen: the newest frame this viewer was offered
             loop = asyncio.get_running_loop()
             while not self.closing and not cam.ended and not transport.is_closing():
-                await cam.wait_newer(seq, timeout=1.0)
+                await cam.wait_newer(seen, timeout=1.0)   # always waits when nothing is new
                 if transport.is_closing():
                     break
                 if transport.get_write_buffer_size() > 0:
-                    # The previous frame is still queued: skip, never queue a second one.
+                    # The previous frame is still queued here: skip this one, never queue two.
                     busy_since = busy_since or loop.time()
                     if loop.time() - busy_since > self.options.send_timeout_s:
                         log.debug("http: viewer %s took no data for %g s; dropped", peer, self.options.send_timeout_s)
                         transport.abort()
                         break
+                    seen = cam.seq
                     continue
                 busy_since = None
-                if cam.seq == seq:
+                if cam.seq == seen:
                     continue
-                seq, data = await cam.jpeg(self.pool)
+                seen, data = await cam.jpeg(self.pool)
                 if data is None:
                     continue
                 part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()

@@ -1,0 +1,406 @@
+"""The app's server (app/server.py) tried as an attacker and as a viewer would, with real
+clients on 127.0.0.1: auth on every path, the rate limit, Bearer / Basic / cookie, the Host
+check, client limits and timeouts, /metrics against the latency log, /healthz against a real
+RTSP source that dies and returns, TLS."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.frames import Frame
+from app.http_sink import HttpSink
+from app.latency import LatencyRecorder, read_log
+from app.server import Auth, AppServer, ServerError, ServerOptions
+from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+from tests.app_process import App
+
+TOKEN = "s3cret-token-for-tests"
+PATHS = ["/", "/index.html", "/stream.mjpg", "/snapshot.jpg", "/stats.json", "/metrics",
+         "/camera/cam0", "/camera/cam0/stream.mjpg", "/camera/cam0/snapshot.jpg", "/camera/cam0/stats.json"]
+
+
+def request(port, path, headers=None, method="GET", timeout=10, tls=None, read=True):
+    """-> (status, headers dict, body) from a real HTTP(S) client on 127.0.0.1."""
+    if tls is not None:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read() if read and not r.getheader("Content-Type", "").startswith("multipart/") else b""
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def image(h=48, w=64):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, w // 2:] = (0, 0, 255)
+    return img
+
+
+@pytest.fixture
+def served():
+    """An in-process server on 127.0.0.1 with a token (auth on, as on any non-loopback bind),
+    one camera with a frame in it."""
+    said = []
+    server = AppServer(ServerOptions(auth_token=TOKEN, allowed_hosts=("edge-box.lan",)), announce=said.append)
+    sink = HttpSink("127.0.0.1", 0, server=server)
+    img = image()
+    for i in range(2):
+        sink.write(Frame(i, time.monotonic(), img, None, {"inference": 5.0}), img, None)
+    try:
+        yield server, sink.port, said
+    finally:
+        sink.close()
+        server.close()
+
+
+def test_no_token_is_401_on_every_path_and_bearer_basic_cookie_work(served):
+    server, port, said = served
+    assert any(f"serving the overlay at http://127.0.0.1:{port}/" in s and "auth on" in s for s in said), said
+    for path in PATHS:
+        status, headers, _ = request(port, path)
+        assert status == 401, path
+        assert headers["www-authenticate"].startswith("Basic")   # so VLC, ffplay and browsers ask
+    # Bearer and Basic (any user name, the token as password) on every path.
+    for path in PATHS:
+        assert request(port, path, bearer())[0] == 200, path
+    for user in ("", "viewer", "vlc"):
+        assert request(port, "/stats.json", basic(user, TOKEN))[0] == 200
+    stats = json.loads(request(port, "/stats.json", bearer())[2])
+    assert stats["frame"] == 1 and stats["inference_ms"] == pytest.approx(5.0)
+    # /?token= once: an HttpOnly cookie, and the token leaves the address bar.
+    status, headers, _ = request(port, f"/?token={TOKEN}")
+    assert status == 303 and headers["location"] == "/"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and TOKEN not in cookie
+    session = cookie.split(";", 1)[0]
+    for path in ("/", "/stats.json", "/snapshot.jpg", "/metrics"):
+        assert request(port, path, {"Cookie": session})[0] == 200
+    assert request(port, "/stats.json", {"Cookie": session[:-4] + "abcd"})[0] == 401
+    # /healthz answers local health checks without a token.
+    assert request(port, "/healthz")[0] == 200
+
+
+def test_host_header_check_against_dns_rebinding(served):
+    _, port, _ = served
+    assert request(port, "/stats.json", {**bearer(), "Host": "evil.example"})[0] == 403
+    assert request(port, "/stats.json", {**bearer(), "Host": "evil.example:8080"})[0] == 403
+    for host in (f"127.0.0.1:{port}", "192.168.1.20:8080", "[::1]:8080", "localhost", "edge-box.lan:8080",
+                 socket.gethostname()):
+        assert request(port, "/stats.json", {**bearer(), "Host": host})[0] == 200, host
+
+
+def test_wrong_tokens_are_401_then_rate_limited(served):
+    _, port, _ = served
+    for i in range(5):
+        status, _, _ = request(port, "/stats.json", bearer("not-the-token"))
+        assert status == 401
+    status, headers, _ = request(port, "/stats.json", bearer())   # even the right one, for a while
+    assert status == 429 and int(headers["retry-after"]) > 0
+    assert request(port, "/", basic("x", "guess"))[0] == 429
+
+
+def test_token_policy_generated_once_loopback_free_no_auth_warns():
+    said = []
+    auth = Auth(None, announce=said.append)
+    assert not auth.required_for("127.0.0.1") and auth.token_for("127.0.0.1", "x") is None
+    token = auth.token_for("0.0.0.0", "http://<this host>:8080")
+    assert token and len(token) >= 16 and auth.token_for("0.0.0.0", "y") == token
+    assert len(said) == 1 and token in said[0]                     # printed once
+    assert Auth(TOKEN).required_for("127.0.0.1")                    # given: loopback too
+    assert not Auth(None, disabled=True).required_for("0.0.0.0")
+    said = []
+    server = AppServer(ServerOptions(no_auth=True), announce=said.append)
+    server.close()
+    assert any("--no-auth" in s and s.startswith("warning") for s in said)
+    with pytest.raises(ValueError, match="go together"):
+        ServerOptions(tls_cert="a.pem").check()
+    with pytest.raises(ValueError, match="max-clients"):
+        ServerOptions(max_clients=0).check()
+
+
+def read_parts(sock_file, n):
+    """Read n MJPEG parts from a response body -> their sizes."""
+    sizes = []
+    while len(sizes) < n:
+        line = sock_file.readline()
+        if not line:
+            raise ConnectionError("stream ended")
+        if line.lower().startswith(b"content-length:"):
+            size = int(line.split(b":")[1])
+            sock_file.readline()
+            assert len(sock_file.read(size)) == size
+            sizes.append(size)
+    return sizes
+
+
+def open_stream(port, path="/stream.mjpg", rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    return s
+
+
+def test_viewer_cap_send_timeout_and_idle_timeout():
+    """--max-clients viewers, the rest 503; a viewer that never reads is dropped after the
+    send timeout while a reading one goes on; a half-sent request is closed after the idle
+    timeout; past the connection cap, 503 at once."""
+    server = AppServer(ServerOptions(auth_token=TOKEN, max_clients=2, send_timeout_s=1.0, idle_timeout_s=1.0),
+                       announce=lambda m: None)
+    sink = HttpSink("127.0.0.1", 0, server=server)
+    port = sink.port
+    big = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)   # ~200 KB JPEGs
+    stop = threading.Event()
+
+    def feed():
+        i = 0
+        while not stop.is_set():
+            sink.write(Frame(i, time.monotonic(), big), big, None)
+            i += 1
+            time.sleep(0.04)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    reader = open_stream(port)
+    stuck = open_stream(port, rcvbuf=4096)   # never reads
+    try:
+        f = reader.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        read_parts(f, 2)
+        assert server.viewers == 2
+        assert request(port, "/stream.mjpg", bearer())[0] == 503     # the third viewer
+        assert request(port, "/stats.json", bearer())[0] == 200      # pages still answer
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /stats.json HTTP/1.1\r\nHost: 127")        # and never finishes
+        deadline = time.monotonic() + 10
+        while server.viewers > 1 and time.monotonic() < deadline:
+            read_parts(f, 1)
+        assert server.viewers == 1, "the viewer that never reads was not dropped"
+        read_parts(f, 5)                                              # the reading one goes on
+        slow.settimeout(5)
+        assert slow.recv(100) == b"", "a half-sent request was kept open past the idle timeout"
+        # Past the connection cap (max_clients + headroom): 503 at once, socket closed.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        refused = 0
+        for s in idle:
+            s.settimeout(0.5)
+            try:
+                refused += s.recv(100).startswith(b"HTTP/1.1 503")
+            except socket.timeout:
+                pass
+        assert refused >= 40 - (2 + 16), refused
+        for s in idle:
+            s.close()
+    finally:
+        stop.set()
+        feeder.join()
+        for s in (reader, stuck):
+            s.close()
+        sink.close()
+        server.close()
+
+
+def proc_counts(pid):
+    """-> (threads, open descriptors) of a process, both the least of 5 looks 20 ms apart.
+    FFmpeg's threads are left out of the thread count: the looping clip's decoder threads
+    ("av:...") are replaced at every loop, and PyAV's frame conversion starts short-lived
+    threads on every frame read (2 per frame here, with or without any viewer)."""
+    looks = []
+    for _ in range(5):
+        threads = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    threads += not f.read().startswith("av:")
+            except FileNotFoundError:
+                pass
+        looks.append((threads, len(os.listdir(f"/proc/{pid}/fd"))))
+        time.sleep(0.02)
+    return min(t for t, _ in looks), min(n for _, n in looks)
+
+
+def fps_between(log, t0, t1):
+    """Written frames per second with capture time in [t0, t1) (seconds since the run started)."""
+    rows = [r for r in read_log(log) if not r["dropped"] and t0 <= r["capture_s"] < t1]
+    return len(rows) / (t1 - t0)
+
+
+def metric_values(text, name):
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+@pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
+def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
+    """The app as a subprocess (real start-up, flags, auth): 300 idle sockets and 50 viewers
+    that never read. fps stays within 10%, threads and descriptors stay bounded by
+    --max-clients plus a constant, a normal viewer keeps getting frames, resets are no
+    tracebacks, and nothing served names a file path."""
+    model = tiny_onnx((64, 96))
+    port, max_clients = free_port(), 8
+    log = tmp_path / "lat.csv"
+    app = App("--source", SAMPLE_VIDEO, "--realtime", "--loop", "--model", model, "--output",
+              f"http://127.0.0.1:{port}", "--auth-token", TOKEN, "--max-clients", max_clients, log=log)
+    sockets = []
+    try:
+        app.wait_rows(30)
+        start = time.monotonic() - read_log(log)[-1]["capture_s"]   # the run's clock, roughly
+        viewer = open_stream(port)
+        f = viewer.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        read_parts(f, 3)
+        base_threads, base_fds = proc_counts(app.proc.pid)
+        t0 = time.monotonic() - start
+        time.sleep(4)
+        read_parts(f, 1)
+        t1 = time.monotonic() - start
+        # The attack: 50 viewers that never read, 300 idle sockets, some reset mid-stream.
+        for _ in range(50):
+            try:
+                sockets.append(open_stream(port, rcvbuf=4096))
+            except OSError:
+                pass   # refused at the cap: what should happen
+        for _ in range(300):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            sockets.append(s)
+        for s in sockets[:10]:   # RST instead of FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        t2 = time.monotonic() - start
+        peak_threads, peak_fds = base_threads, base_fds
+        got = 0
+        while time.monotonic() - start < t2 + 4:
+            got += len(read_parts(f, 1))                   # the normal viewer still gets frames
+            threads, fds = proc_counts(app.proc.pid)
+            peak_threads, peak_fds = max(peak_threads, threads), max(peak_fds, fds)
+        t3 = time.monotonic() - start
+        while sockets:                        # the attack ends: the slots free up at once
+            sockets.pop().close()
+        deadline = time.monotonic() + 15
+        while (status := request(port, "/stats.json", bearer())[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, _, metrics = request(port, "/metrics", bearer())
+        page = request(port, "/", bearer())[2] + request(port, "/stats.json", bearer())[2]
+    finally:
+        for s in sockets:
+            s.close()
+        app.signal()
+        err = app.finish()
+    fps_before, fps_during = fps_between(log, t0, t1), fps_between(log, t2, t3)
+    print(f"fps {fps_before:.2f} -> {fps_during:.2f} under attack; threads {base_threads} -> {peak_threads}, "
+          f"fds {base_fds} -> {peak_fds}; the normal viewer got {got} frames in {t3 - t2:.1f} s")
+    assert fps_during >= 0.9 * fps_before, (fps_before, fps_during)
+    assert got >= 20
+    assert peak_threads <= base_threads + 2, (base_threads, peak_threads)
+    assert peak_fds <= base_fds + max_clients + 16 + 4, (base_fds, peak_fds)
+    assert status == 200 and str(model) not in metrics.decode() and str(model.parent) not in page.decode()
+    assert f"serving the overlay at http://127.0.0.1:{port}/ (bound to 127.0.0.1:{port}, auth on" in err
+    assert "Traceback" not in err and "Error handling request" not in err, err[-3000:]
+    written = sum(1 for r in read_log(log) if not r["dropped"])
+    scraped = metric_values(metrics.decode(), "bisenet_frames_total")[(("camera", "cam0"), ("outcome", "written"))]
+    assert 0 < scraped <= written
+
+
+def test_metrics_parse_and_equal_the_latency_log(tmp_path):
+    """A real pipeline (ONNX Runtime, a real video) feeding the server; after the run
+    /metrics parses with prometheus_client's parser and counts exactly what the log has."""
+    from app.pipeline import Pipeline
+    from app.sources import open_source
+    from engines.load import load_engine
+
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip("no sample video")
+    engine = load_engine(str(tiny_onnx((64, 96))), threads=1)
+    server = AppServer(ServerOptions(auth_token=TOKEN), announce=lambda m: None)
+    try:
+        server.set_model(engine)
+        port = server.listen("127.0.0.1", 0, what="metrics")
+        log = tmp_path / "lat.csv"
+        recorder = LatencyRecorder(log)
+        reader = open_source(str(SAMPLE_VIDEO))
+        pipeline = Pipeline(reader, engine, [HttpSink("127.0.0.1", 0, server=server)], recorder=recorder,
+                            max_frames=25)
+        server.metrics.watch("cam0", pipeline, recorder, 10.0)
+        assert pipeline.run() == 0
+        assert request(port, "/metrics")[0] == 401
+        assert request(port, "/stats.json", bearer())[0] == 404           # metrics-only listener
+        status, headers, body = request(port, "/metrics", bearer())
+    finally:
+        server.close()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    rows = read_log(log)
+    written = sum(1 for r in rows if not r["dropped"])
+    assert written == 25
+    frames = metric_values(text, "bisenet_frames_total")
+    assert frames == {(("camera", "cam0"), ("outcome", "written")): float(written)}
+    counts = metric_values(text, "bisenet_stage_duration_seconds_count")
+    stages = {dict(k)["stage"] for k in counts}
+    assert stages == {"capture", "queue", "preprocess", "inference", "overlay", "sink", "e2e"}
+    assert all(v == written for v in counts.values()), counts
+    sums = metric_values(text, "bisenet_stage_duration_seconds_sum")
+    e2e = sum(r["e2e_ms"] for r in rows if not r["dropped"]) / 1000.0
+    assert sums[(("camera", "cam0"), ("stage", "e2e"))] == pytest.approx(e2e, rel=1e-2)
+    info = metric_values(text, "bisenet_model_info")
+    (labels, value), = info.items()
+    assert value == 1 and dict(labels)["backend"] == "onnxruntime" and dict(labels)["input_size"] == "64x96"
+    assert metric_values(text, "bisenet_queue_depth")
+    assert metric_values(text, "bisenet_source_reconnects_total") == {(("camera", "cam0"),): 0.0}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    said = []
+    server = AppServer(ServerOptions(auth_token=TOKEN, tls_cert=str(cert), tls_key=str(key)), announce=said.append)
+    sink = HttpSink("127.0.0.1", 0, server=server)
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        assert request(sink.port, "/stats.json", tls=client)[0] == 401
+        status, headers, _ = request(sink.port, f"/?token={TOKEN}", tls=client)
+        assert status == 303 and "Secure" in headers["set-cookie"]
+        assert request(sink.port, "/stats.json", bearer(), tls=client)[0] == 200
+        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+            request(sink.port, "/stats.json", bearer(), timeout=3)   # plain HTTP to the TLS port
+    finally:
+        sink.close()
+        server.close()
+    assert any(f"https://127.0.0.1:{sink.port}/" in s and "TLS" in s for s in said)
+    with pytest.raises(ServerError, match="tls-cert") as e:
+        AppServer(ServerOptions(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem")))
+    assert "\n" not in str(e.value)
