@@ -25,6 +25,7 @@ from app.latency import LatencyRecorder, read_log
 from app.server import Auth, AppServer, ServerError, ServerOptions
 from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
 from tests.app_process import App
+from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 TOKEN = "s3cret-token-for-tests"
 PATHS = ["/", "/index.html", "/stream.mjpg", "/snapshot.jpg", "/stats.json", "/metrics",
@@ -417,3 +418,43 @@ def test_tls(tmp_path):
     with pytest.raises(ServerError, match="tls-cert") as e:
         AppServer(ServerOptions(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem")))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
+def test_healthz_503_naming_the_dead_source_and_200_when_it_returns(relay, publishers, tmp_path):
+    """A real RTSP camera (ffmpeg publishing to rtsp-server-perl) read by the app with an RTSP
+    output-less headless run: /healthz on --metrics-port follows the source."""
+    camera = publishers(relay.push_url("/camera"))
+    wait_published(relay.pull_url("/camera"))
+    port = free_port()
+    app = App("--source", relay.pull_url("/camera"), "--rtsp-transport", "udp", "--model", tiny_onnx((64, 96)),
+              "--output", "null", "--source-timeout", 2, "--metrics-port", f"127.0.0.1:{port}",
+              log=tmp_path / "lat.csv")
+
+    def wait_health(code, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, _, body = request(port, "/healthz")
+            if status == code or time.monotonic() > deadline:
+                return status, body.decode()
+            time.sleep(0.2)
+
+    try:
+        app.wait_rows(10)
+        assert wait_health(200, 10) == (200, "ok\n")
+        relay.kill()                                    # the camera and its server die
+        camera.kill()
+        status, body = wait_health(503, 15)
+        assert status == 503 and body.startswith("stale: cam0 (no frame for "), body
+        assert request(port, "/metrics")[0] == 200      # loopback bind, no token given: open
+        relay.start()                                   # ...and come back
+        publishers(relay.push_url("/camera"))
+        status, body = wait_health(200, 60)
+        assert status == 200, body
+        metrics = request(port, "/metrics")[2].decode()
+    finally:
+        app.signal()
+        err = app.finish()
+    assert f"serving metrics at http://127.0.0.1:{port}/ (bound to 127.0.0.1:{port}, no auth (loopback only)" in err
+    assert metric_values(metrics, "bisenet_source_outages_total")[(("camera", "cam0"),)] >= 1
+    assert metric_values(metrics, "bisenet_source_reconnects_total")[(("camera", "cam0"),)] >= 1
