@@ -68,7 +68,7 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
             from app.server import Auth, ServerOptions
             options = ServerOptions.from_options(args)
             auth = Auth(options.auth_token, options.no_auth)
-        token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:TOKEN@<this host>:{port}{path} (HTTP outputs)")
+        token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}")
         return RtspServeSink(port, path, bitrate, auth_token=token)
     return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")
 

@@ -143,10 +143,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def shown_host(host: str) -> str:
-    return "0.0.0.0 (all interfaces)" if host in ("", "0.0.0.0", "::") else host
-
-
 class Auth:
     """Who may watch. One per app run; each listener asks `required_for(its bind host)`."""
 
@@ -161,16 +157,16 @@ class Auth:
     def required_for(self, host: str) -> bool:
         return not self.disabled and (self.explicit or not is_loopback(host))
 
-    def token_for(self, host: str, where: str) -> str | None:
-        """The token a listener on `host` requires (generated and printed once), or None."""
+    def token_for(self, host: str, watch: str) -> str | None:
+        """The token a listener on `host` requires, or None. Generated when none was given and
+        printed once, with `watch` (a URL with {token} in it) as the way in."""
         if not self.required_for(host):
             return None
         with self.lock:
             if self.token is None:
                 self.token = secrets.token_urlsafe(18)
-                self.announce(f"auth token (generated for this run; set --auth-token or {TOKEN_ENV} to choose "
-                              f"one): {self.token}\n  watch: {where}/?token={self.token}  "
-                              f"(VLC/ffplay: any user name, the token as password)")
+                self.announce(f"auth token (generated for this run; set --auth-token or {TOKEN_ENV} to keep "
+                              f"one): {self.token}\n  watch: {watch.format(token=self.token)}")
         return self.token
 
     def cookie_value(self) -> str:
@@ -418,19 +414,24 @@ class AppServer:
         what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
         self._start_loop()
         where = f"{self.scheme}://{host if host not in ('', '0.0.0.0', '::') else '<this host>'}:{port}"
-        token = self.auth.token_for(host, where)   # generated before the line that says auth is on
+        # Generated (and printed) before the line that says auth is on.
+        token = self.auth.token_for(host, where + "/?token={token}  (VLC, ffplay: any user name, the token "
+                                    "as password)")
         future = asyncio.run_coroutine_threadsafe(self._listen(host, port, what, token), self.loop)
         port = future.result(timeout=30)
-        url = f"{self.scheme}://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}/"
         served = "the overlay" if what == "all" else "metrics"
+        if host in ("", "0.0.0.0", "::"):
+            url, bound = f"{self.scheme}://<this host>:{port}/", f"all interfaces, {host or '0.0.0.0'}:{port}"
+        else:
+            url, bound = f"{self.scheme}://{host}:{port}/", f"{host}:{port} only"
         if token:
-            auth = "auth on (token required)"
+            auth = "auth on: token required"
         elif self.options.no_auth:
             auth = "auth OFF (--no-auth)"
         else:
-            auth = "no auth (loopback only)"
-        self.announce(f"serving {served} at {url} (bound to {shown_host(host)}:{port}, "
-                      f"{'TLS, ' if self.ssl else ''}{auth}, at most {self.options.max_clients} viewers)")
+            auth = "no auth: loopback only"
+        self.announce(f"serving {served} at {url} (listening on {bound}; {'TLS; ' if self.ssl else ''}{auth}; "
+                      f"at most {self.options.max_clients} viewers)")
         return port
 
     def close(self) -> None:
@@ -462,7 +463,7 @@ class AppServer:
     async def _listen(self, host: str, port: int, what: str, token: str | None) -> int:
         from aiohttp import web
 
-        app = web.Application(middlewares=[self._guard(token)], handler_args={"max_field_size": 8190})
+        app = web.Application(middlewares=[self._guard(token)])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         if what == "all":

@@ -80,7 +80,8 @@ def served():
 
 def test_no_token_is_401_on_every_path_and_bearer_basic_cookie_work(served):
     server, port, said = served
-    assert any(f"serving the overlay at http://127.0.0.1:{port}/" in s and "auth on" in s for s in said), said
+    assert f"serving the overlay at http://127.0.0.1:{port}/ (listening on 127.0.0.1:{port} only; " \
+           "auth on: token required; at most 16 viewers)" in said, said
     for path in PATHS:
         status, headers, _ = request(port, path)
         assert status == 401, path
@@ -128,9 +129,9 @@ def test_token_policy_generated_once_loopback_free_no_auth_warns():
     said = []
     auth = Auth(None, announce=said.append)
     assert not auth.required_for("127.0.0.1") and auth.token_for("127.0.0.1", "x") is None
-    token = auth.token_for("0.0.0.0", "http://<this host>:8080")
+    token = auth.token_for("0.0.0.0", "http://<this host>:8080/?token={token}")
     assert token and len(token) >= 16 and auth.token_for("0.0.0.0", "y") == token
-    assert len(said) == 1 and token in said[0]                     # printed once
+    assert len(said) == 1 and f"http://<this host>:8080/?token={token}" in said[0]   # printed once
     assert Auth(TOKEN).required_for("127.0.0.1")                    # given: loopback too
     assert not Auth(None, disabled=True).required_for("0.0.0.0")
     said = []
@@ -340,7 +341,7 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
     assert peak_threads <= base_threads + 2, (base_threads, peak_threads)
     assert peak_fds <= base_fds + max_clients + 16 + 4, (base_fds, peak_fds)
     assert status == 200 and str(model) not in metrics.decode() and str(model.parent) not in page.decode()
-    assert f"serving the overlay at http://127.0.0.1:{port}/ (bound to 127.0.0.1:{port}, auth on" in err
+    assert f"serving the overlay at http://127.0.0.1:{port}/ (listening on 127.0.0.1:{port} only; auth on" in err
     assert "Traceback" not in err and "Error handling request" not in err, err[-3000:]
     written = sum(1 for r in read_log(log) if not r["dropped"])
     scraped = metric_values(metrics.decode(), "bisenet_frames_total")[(("camera", "cam0"), ("outcome", "written"))]
@@ -414,7 +415,7 @@ def test_tls(tmp_path):
     finally:
         sink.close()
         server.close()
-    assert any(f"https://127.0.0.1:{sink.port}/" in s and "TLS" in s for s in said)
+    assert any(f"https://127.0.0.1:{sink.port}/" in s and "; TLS; auth on" in s for s in said), said
     with pytest.raises(ServerError, match="tls-cert") as e:
         AppServer(ServerOptions(tls_cert=str(cert), tls_key=str(tmp_path / "missing.pem")))
     assert "\n" not in str(e.value)
@@ -455,6 +456,6 @@ def test_healthz_503_naming_the_dead_source_and_200_when_it_returns(relay, publi
     finally:
         app.signal()
         err = app.finish()
-    assert f"serving metrics at http://127.0.0.1:{port}/ (bound to 127.0.0.1:{port}, no auth (loopback only)" in err
+    assert f"serving metrics at http://127.0.0.1:{port}/ (listening on 127.0.0.1:{port} only; no auth: loopback" in err
     assert metric_values(metrics, "bisenet_source_outages_total")[(("camera", "cam0"),)] >= 1
     assert metric_values(metrics, "bisenet_source_reconnects_total")[(("camera", "cam0"),)] >= 1
