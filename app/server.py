@@ -119,7 +119,7 @@ class ServerOptions:
             hosts = [h for h in hosts.split(",")]
         out = cls(auth_token=token, no_auth=bool(getattr(opts, "no_auth", False)),
                   allowed_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
-                  max_clients=int(getattr(opts, "max_clients", None) or 16),
+                  max_clients=int(16 if getattr(opts, "max_clients", None) is None else opts.max_clients),
                   tls_cert=getattr(opts, "tls_cert", None), tls_key=getattr(opts, "tls_key", None))
         out.check()
         return out

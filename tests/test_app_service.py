@@ -459,3 +459,16 @@ def test_healthz_503_naming_the_dead_source_and_200_when_it_returns(relay, publi
     assert f"serving metrics at http://127.0.0.1:{port}/ (listening on 127.0.0.1:{port} only; no auth: loopback" in err
     assert metric_values(metrics, "bisenet_source_outages_total")[(("camera", "cam0"),)] >= 1
     assert metric_values(metrics, "bisenet_source_reconnects_total")[(("camera", "cam0"),)] >= 1
+
+
+def test_bad_serving_flags_are_one_line_errors(tmp_path):
+    import sys
+
+    from tests.app_helpers import REPO
+    for flags, expected in ((["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+                            (["--metrics-port", "nine"], "--metrics-port 'nine': expected PORT or HOST:PORT"),
+                            (["--max-clients", "0"], "--max-clients must be at least 1"),
+                            (["--auth-token", "short"], "use at least 8 characters")):
+        r = subprocess.run([sys.executable, str(REPO / "run_camera.py"), "--source", "x.mp4", "--model", "m.onnx",
+                            *flags], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
