@@ -194,10 +194,10 @@ class Auth:
             if hmac.compare_digest(candidate.encode(), expected):
                 return "ok"
         cookie = cookies.get(COOKIE)
-        if cookie is not None:
-            if hmac.compare_digest(cookie.encode(), self.cookie_value().encode()):
-                return "ok"
-            offered.append(cookie)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), self.cookie_value().encode()):
+            return "ok"
+        # A stale cookie (a tab left open across runs with generated tokens) is not a guess:
+        # it must not lock its browser out. Guessing a 256-bit cookie gains nothing anyway.
         return "wrong" if offered else "missing"
 
     def locked_for(self, address: str, now: float) -> float:
@@ -447,6 +447,8 @@ class AppServer:
             log.debug("http shutdown: %s", e)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
         self.pool.shutdown(wait=False)
 
     # -- event loop thread ------------------------------------------------------------------
