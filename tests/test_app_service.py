@@ -473,3 +473,41 @@ def test_bad_serving_flags_are_one_line_errors(tmp_path):
         r = subprocess.run([sys.executable, str(REPO / "run_camera.py"), "--source", "x.mp4", "--model", "m.onnx",
                             *flags], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_browser_opens_the_page_once_with_the_token_and_the_cookie_carries_the_stream(tmp_path):
+    """Headless Chromium opens /?token=: the redirect drops the token, the HttpOnly cookie
+    then carries the page's own requests (the MJPEG <img> and the stats poll)."""
+    from tests.test_app_http import CHROMIUM_FLAGS
+
+    server = AppServer(ServerOptions(auth_token=TOKEN), announce=lambda m: None)
+    sink = HttpSink("127.0.0.1", 0, server=server)
+    green = np.zeros((360, 480, 3), np.uint8)
+    green[:] = (0, 200, 0)
+    stop = threading.Event()
+
+    def feed():
+        i = 0
+        while not stop.is_set():
+            sink.write(Frame(i, time.monotonic(), green, None, {"inference": 7.0}), green, None)
+            i += 1
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    shot = tmp_path / "page.png"
+    try:
+        subprocess.run([shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                        "--window-size=800,600", "--timeout=5000", f"--screenshot={shot}",
+                        f"http://127.0.0.1:{sink.port}/?token={TOKEN}"], capture_output=True, timeout=120)
+    finally:
+        stop.set()
+        feeder.join()
+        sink.close()
+        server.close()
+    import cv2
+    page = cv2.imread(str(shot))
+    assert page is not None, "no screenshot"
+    video = page[60:380, 10:470].reshape(-1, 3).astype(int)
+    assert (np.abs(video - (0, 200, 0)).sum(axis=1) < 40).mean() > 0.9, "the stream did not show in the page"
