@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -25,6 +24,7 @@ from app.latency import LatencyRecorder, read_log
 from app.server import Auth, AppServer, ServerError, ServerOptions
 from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
 from tests.app_process import App
+from tests.http_clients import Viewer, attack, open_stream, proc_counts, read_parts
 from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 TOKEN = "s3cret-token-for-tests"
@@ -145,31 +145,6 @@ def test_token_policy_generated_once_loopback_free_no_auth_warns():
         ServerOptions(max_clients=0).check()
 
 
-def read_parts(sock_file, n):
-    """Read n MJPEG parts from a response body -> their sizes."""
-    sizes = []
-    while len(sizes) < n:
-        line = sock_file.readline()
-        if not line:
-            raise ConnectionError("stream ended")
-        if line.lower().startswith(b"content-length:"):
-            size = int(line.split(b":")[1])
-            sock_file.readline()
-            assert len(sock_file.read(size)) == size
-            sizes.append(size)
-    return sizes
-
-
-def open_stream(port, path="/stream.mjpg", rcvbuf=None):
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(10)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
-    return s
-
-
 def test_viewer_cap_send_timeout_and_idle_timeout():
     """--max-clients viewers, the rest 503; a viewer that never reads is dropped after the
     send timeout while a reading one goes on; a half-sent request is closed after the idle
@@ -190,8 +165,8 @@ def test_viewer_cap_send_timeout_and_idle_timeout():
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    reader = open_stream(port)
-    stuck = open_stream(port, rcvbuf=4096)   # never reads
+    reader = open_stream(port, TOKEN)
+    stuck = open_stream(port, TOKEN, rcvbuf=4096)   # never reads
     try:
         f = reader.makefile("rb")
         assert f.readline().startswith(b"HTTP/1.1 200")
@@ -229,29 +204,6 @@ def test_viewer_cap_send_timeout_and_idle_timeout():
         server.close()
 
 
-def proc_counts(pid):
-    """-> (threads, open descriptors) of a process: threads alive both now and 0.3 s later,
-    the fewer descriptors of the two looks. Short-lived threads are left out: PyAV's frame
-    conversion starts threads for every frame read (2 per frame here, with or without any
-    viewer, each gone a frame later), and so are FFmpeg's decoder threads ("av:..."), which
-    the looping clip replaces at every loop."""
-    def look():
-        tids = set()
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                    if not f.read().startswith("av:"):
-                        tids.add(tid)
-            except FileNotFoundError:
-                pass
-        return tids, len(os.listdir(f"/proc/{pid}/fd"))
-
-    first, fds1 = look()
-    time.sleep(0.3)
-    second, fds2 = look()
-    return len(first & second), min(fds1, fds2)
-
-
 def fps_between(log, t0, t1):
     """Written frames per second with capture time in [t0, t1) (seconds since the run started)."""
     rows = [r for r in read_log(log) if not r["dropped"] and t0 <= r["capture_s"] < t1]
@@ -282,59 +234,35 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
     try:
         app.wait_rows(30)
         start = time.monotonic() - read_log(log)[-1]["capture_s"]   # the run's clock, roughly
-        viewer = open_stream(port)
-        f = viewer.makefile("rb")
-        assert f.readline().startswith(b"HTTP/1.1 200")
-        read_parts(f, 3)
-        arrivals = []                               # when the normal viewer got each frame
-
-        def watch():
-            try:
-                while True:
-                    read_parts(f, 1)
-                    arrivals.append(time.monotonic() - start)
-            except (OSError, ValueError):
-                pass                                # closed at the end of the test
-
-        threading.Thread(target=watch, daemon=True).start()
+        viewer = Viewer(port, TOKEN)
         base_threads, base_fds = proc_counts(app.proc.pid)
-        t0 = time.monotonic() - start
+        t0 = time.monotonic()
         time.sleep(4)
-        t1 = time.monotonic() - start
-        # The attack: 50 viewers that never read, 300 idle sockets, some reset mid-stream.
-        for _ in range(50):
-            try:
-                sockets.append(open_stream(port, rcvbuf=4096))
-            except OSError:
-                pass   # refused at the cap: what should happen
-        for _ in range(300):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            sockets.append(s)
-        for s in sockets[:10]:   # RST instead of FIN
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            s.close()
-        t2 = time.monotonic() - start
+        t1 = time.monotonic()
+        sockets = attack(port, TOKEN, readers=50, idle=300)
+        t2 = time.monotonic()
         peak_threads, peak_fds = base_threads, base_fds
-        while time.monotonic() - start < t2 + 4:
+        while time.monotonic() < t2 + 4:
             threads, fds = proc_counts(app.proc.pid)
             peak_threads, peak_fds = max(peak_threads, threads), max(peak_fds, fds)
-        t3 = time.monotonic() - start
-        got = sum(1 for t in arrivals if t2 <= t < t3)     # the normal viewer still gets frames
-        while sockets:                        # the attack ends: the slots free up at once
+        t3 = time.monotonic()
+        got = viewer.frames_between(t2, t3)                  # the normal viewer still gets frames
+        while sockets:                                        # the attack ends: the slots free up
             sockets.pop().close()
         deadline = time.monotonic() + 15
-        while (status := request(port, "/stats.json", bearer())[0]) == 503 and time.monotonic() < deadline:
+        while request(port, "/stats.json", bearer())[0] == 503 and time.monotonic() < deadline:
             time.sleep(0.2)
         status, _, metrics = request(port, "/metrics", bearer())
         page = request(port, "/", bearer())[2] + request(port, "/stats.json", bearer())[2]
     finally:
-        for s in sockets + ([viewer] if viewer else []):
+        for s in sockets:
             s.close()
+        if viewer is not None:
+            viewer.close()
         app.signal()
         err = app.finish()
-    fps_before, fps_during = fps_between(log, t0, t1), fps_between(log, t2, t3)
+    fps_before = fps_between(log, t0 - start, t1 - start)
+    fps_during = fps_between(log, t2 - start, t3 - start)
     print(f"fps {fps_before:.2f} -> {fps_during:.2f} under attack; threads {base_threads} -> {peak_threads}, "
           f"fds {base_fds} -> {peak_fds}; the normal viewer got {got} frames in {t3 - t2:.1f} s")
     assert fps_during >= 0.9 * fps_before, (fps_before, fps_during)
