@@ -9,7 +9,9 @@ The app reads the sample clip in a loop: paced at its 15 fps like a camera (--re
 --unpaced as fast as the model goes, which shows any CPU the server takes from the pipeline.
 Phases alternate quiet / attack / quiet / attack ...; fps comes from the latency log over
 each phase's seconds; the ratio is attack / the quiet phase before it, and the median over
-rounds. Threads are those alive longer than 0.3 s, FFmpeg's own left out (tests/http_clients.py).
+rounds. CPU ms/frame is the app process's CPU time over the phase divided by its frames: it
+shows the server's cost even when other jobs on the machine make fps noisy. Threads are those
+alive longer than 0.3 s, FFmpeg's own left out (tests/http_clients.py).
 """
 from __future__ import annotations
 
@@ -35,9 +37,16 @@ R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 TOKEN = "bench-token-0123456789"
 
 
-def fps_over(log: Path, start: float, t0: float, t1: float) -> float:
-    rows = [r for r in read_log(log) if not r["dropped"] and t0 - start <= r["capture_s"] < t1 - start]
-    return len(rows) / (t1 - t0)
+def written_between(log: Path, start: float, t0: float, t1: float) -> int:
+    return sum(1 for r in read_log(log) if not r["dropped"] and t0 - start <= r["capture_s"] < t1 - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: unlike fps, it does not depend on how busy
+    the rest of the machine is."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -79,13 +88,14 @@ def main() -> int:
         for r in range(args.rounds):
             for phase in ("quiet", "attack"):
                 sockets = attack(port, TOKEN) if phase == "attack" else []
-                t0 = time.monotonic()
+                t0, cpu0 = time.monotonic(), cpu_seconds(app.pid)
                 peak = proc_counts(app.pid)
                 while time.monotonic() < t0 + args.seconds:
                     peak = tuple(map(max, peak, proc_counts(app.pid)))
-                t1 = time.monotonic()
-                rows.append((r, phase, fps_over(log, start, t0, t1), viewer.frames_between(t0, t1) / (t1 - t0),
-                             *peak))
+                t1, cpu1 = time.monotonic(), cpu_seconds(app.pid)
+                frames = written_between(log, start, t0, t1)
+                rows.append((r, phase, frames / (t1 - t0), viewer.frames_between(t0, t1) / (t1 - t0),
+                             1000 * (cpu1 - cpu0) / max(frames, 1), *peak))
                 for s in sockets:
                     s.close()
                 time.sleep(1.0 if phase == "attack" else 0.0)   # let the refused slots free up
@@ -99,11 +109,12 @@ def main() -> int:
     print(f"bench/http_clients.py: {'unpaced' if args.unpaced else 'paced at 15 fps (--realtime)'}, "
           f"--max-clients {args.max_clients}, {args.seconds:g} s phases, load average {load[0]:.2f} "
           f"{load[1]:.2f} {load[2]:.2f} at the end, {os.cpu_count()} CPUs")
-    print(f"{'round':>5} {'phase':>7} {'app fps':>8} {'viewer fps':>11} {'threads':>8} {'fds':>5}")
-    for r, phase, fps, vfps, threads, fds in rows:
-        print(f"{r:>5} {phase:>7} {fps:>8.2f} {vfps:>11.2f} {threads:>8} {fds:>5}")
-    ratios = [rows[i + 1][2] / rows[i][2] for i in range(0, len(rows), 2) if rows[i][2] > 0]
-    print(f"fps attack / quiet: {', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+    print(f"{'round':>5} {'phase':>7} {'app fps':>8} {'viewer fps':>11} {'CPU ms/frame':>13} {'threads':>8} {'fds':>5}")
+    for r, phase, fps, vfps, cpu, threads, fds in rows:
+        print(f"{r:>5} {phase:>7} {fps:>8.2f} {vfps:>11.2f} {cpu:>13.1f} {threads:>8} {fds:>5}")
+    for column, name in ((2, "fps"), (4, "CPU ms per frame")):
+        ratios = [rows[i + 1][column] / rows[i][column] for i in range(0, len(rows), 2) if rows[i][column] > 0]
+        print(f"{name} attack / quiet: {', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
     if "Traceback" in err:
         print("the app printed a traceback:\n" + err[-3000:])
         return 1
