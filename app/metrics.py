@@ -2,7 +2,7 @@
 
 One `Metrics` per app run, with its own prometheus-client `CollectorRegistry` (nothing global,
 so two runs in one process never share counters). It is fed by the per-frame latency records:
-`watch(camera, pipeline, recorder, source_timeout_s)` adds a listener to the run's
+`watch(camera, recorder, source_timeout_s, queues, reader)` adds a listener to that camera's
 `LatencyRecorder`, which already sees every captured frame once (written, or dropped with a
 reason), so the histograms and counters agree with the latency log row for row.
 
@@ -41,7 +41,7 @@ class Metrics:
                               ["camera", "outcome"], registry=self.registry)
         self.model = Info("bisenet_model", "The model this run serves", registry=self.registry)
         self.lock = threading.Lock()
-        self.pipelines = {}       # camera -> the Pipeline (queue depths, reader counters)
+        self.sources = {}         # camera -> (its queues {name: queue.Queue}, its reader)
         self.last_frame = {}      # camera -> monotonic time its source last delivered a frame
         self.timeouts = {}        # camera -> seconds without a frame before it counts as stale
         self.viewers = lambda: 0  # set by the HTTP server
@@ -53,12 +53,13 @@ class Metrics:
         self.model.info({"model": str(info.model), "backend": str(getattr(engine, "backend", "")),
                          "precision": str(info.precision), "input_size": f"{h}x{w}"})
 
-    def watch(self, camera: str, pipeline, recorder, source_timeout_s: float) -> None:
-        """Feed this camera's metrics from `recorder` and read its queues and reconnect
-        counters from `pipeline` at scrape time."""
+    def watch(self, camera: str, recorder, source_timeout_s: float, queues: dict | None = None,
+              reader=None) -> None:
+        """Feed this camera's metrics from its `recorder`; at scrape time read the depth of
+        `queues` ({name: queue.Queue}) and the reconnect counters of `reader` (its counters())."""
         start = recorder.start
         with self.lock:
-            self.pipelines[camera] = pipeline
+            self.sources[camera] = (dict(queues or {}), reader)
             self.timeouts[camera] = float(source_timeout_s)
             self.last_frame[camera] = time.monotonic()   # the grace period before a first frame
 
@@ -105,11 +106,11 @@ class _ScrapeTimeCollector:
                                          labels=["camera"])
         outages = CounterMetricFamily("bisenet_source_outages", "Outages of a live source", labels=["camera"])
         with self.metrics.lock:
-            pipelines = dict(self.metrics.pipelines)
-        for camera, p in sorted(pipelines.items()):
-            depth.add_metric([camera, "input"], p.in_q.qsize())
-            depth.add_metric([camera, "output"], p.out_q.qsize())
-            counters = p.reader.counters() if callable(getattr(p.reader, "counters", None)) else {}
+            sources = dict(self.metrics.sources)
+        for camera, (queues, reader) in sorted(sources.items()):
+            for name, q in queues.items():
+                depth.add_metric([camera, name], q.qsize())
+            counters = reader.counters() if callable(getattr(reader, "counters", None)) else {}
             reconnects.add_metric([camera], counters.get("reconnect_attempts", 0))
             outages.add_metric([camera], counters.get("outages", 0))
         yield depth

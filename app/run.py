@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(reader, engine, sinks, recorder=recorder, alpha=opts.alpha, mode=opts.mode,
                         hud=opts.hud, legend=opts.legend, max_frames=opts.max_frames, out_fps=opts.fps,
                         queue_size=opts.queue_size)
-    server.metrics.watch("cam0", pipeline, recorder, opts.source_timeout)
+    server.metrics.watch("cam0", recorder, opts.source_timeout, reader=pipeline.reader,
+                         queues={"input": pipeline.in_q, "output": pipeline.out_q})
     try:
         code = pipeline.run()
     finally:

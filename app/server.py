@@ -411,7 +411,13 @@ class AppServer:
 
     def listen(self, host: str, port: int, what: str = "all") -> int:
         """Bind now (a busy port is an error before anything runs) -> the port bound.
-        what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
+        what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health).
+        Listening again on a host:port this server already serves is a no-op (several cameras
+        on one port)."""
+        if port and (host, port) in self.listeners:
+            if self.listeners[(host, port)][2] != what:
+                raise ServerError(f"port {port} cannot serve both the overlay and --metrics-port; pick another")
+            return port
         self._start_loop()
         where = f"{self.scheme}://{host if host not in ('', '0.0.0.0', '::') else '<this host>'}:{port}"
         # Generated (and printed) before the line that says auth is on.

@@ -197,10 +197,11 @@ class FolderSink(Sink):
                 raise SinkError(f"cannot write {self.folder / 'labels' / name}")
 
 
-def open_sink(spec: str, options=None, live: bool = False, server=None) -> Sink:
+def open_sink(spec: str, options=None, live: bool = False, server=None, camera: str = "cam0") -> Sink:
     """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size).
     `server`: the run's app.server.AppServer (auth and listeners shared by http:// and
-    rtsp://@ outputs); None gives each its own loopback-default one."""
+    rtsp://@ outputs); None gives each its own loopback-default one. `camera`: the name an
+    http:// output serves this stream under (/camera/NAME; several may share one port)."""
     spec = str(spec)
     if spec == "display":
         return DisplaySink()
@@ -208,7 +209,7 @@ def open_sink(spec: str, options=None, live: bool = False, server=None) -> Sink:
         return NullSink()
     if spec.startswith("http://"):
         from app.http_sink import open_http_sink
-        return open_http_sink(spec, options, server=server)
+        return open_http_sink(spec, options, server=server, camera=camera)
     if spec.startswith("rtsp://"):
         try:
             from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)

@@ -296,7 +296,8 @@ def test_metrics_parse_and_equal_the_latency_log(tmp_path):
         reader = open_source(str(SAMPLE_VIDEO))
         pipeline = Pipeline(reader, engine, [HttpSink("127.0.0.1", 0, server=server)], recorder=recorder,
                             max_frames=25)
-        server.metrics.watch("cam0", pipeline, recorder, 10.0)
+        server.metrics.watch("cam0", recorder, 10.0, queues={"input": pipeline.in_q, "output": pipeline.out_q},
+                             reader=pipeline.reader)
         assert pipeline.run() == 0
         assert request(port, "/metrics")[0] == 401
         assert request(port, "/stats.json", bearer())[0] == 404           # metrics-only listener
@@ -439,3 +440,25 @@ def test_a_browser_opens_the_page_once_with_the_token_and_the_cookie_carries_the
     assert page is not None, "no screenshot"
     video = page[60:380, 10:470].reshape(-1, 3).astype(int)
     assert (np.abs(video - (0, 200, 0)).sum(axis=1) < 40).mean() > 0.9, "the stream did not show in the page"
+
+
+def test_several_cameras_share_one_port():
+    """What the multi-camera run builds on: two named cameras on one server and port."""
+    server = AppServer(ServerOptions(), announce=lambda m: None)
+    first = HttpSink("127.0.0.1", 0, server=server, camera="door")
+    second = HttpSink("127.0.0.1", first.port, server=server, camera="yard")
+    try:
+        for sink, value in ((first, 50), (second, 200)):
+            img = np.full((24, 32, 3), value, np.uint8)
+            sink.write(Frame(0, time.monotonic(), img), img, None)
+        import cv2
+        for path, value in (("/snapshot.jpg", 50), ("/camera/door/snapshot.jpg", 50),
+                            ("/camera/yard/snapshot.jpg", 200)):
+            status, _, body = request(first.port, path)
+            assert status == 200 and abs(int(cv2.imdecode(np.frombuffer(body, np.uint8), 1).mean()) - value) < 4, path
+        assert b"/camera/yard/stream.mjpg" in request(first.port, "/camera/yard")[2]
+        assert request(first.port, "/camera/nobody/stats.json")[0] == 404
+    finally:
+        first.close()
+        second.close()
+        server.close()
