@@ -482,7 +482,7 @@ class AppServer:
                 app.router.add_get(f"/camera/{{camera}}/{name}", self._camera_route(name))
             app.router.add_get("/camera/{camera}", self._page)
             app.router.add_get("/camera/{camera}/", self._page)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
                                keepalive_timeout=self.options.idle_timeout_s)
         await runner.setup()
         server = runner.server
