@@ -531,7 +531,10 @@ class AppServer:
             if wait > 0:
                 return _text(429, "too many wrong tokens; try again later\n",
                              {"Retry-After": str(int(wait) + 1)})
-            query_token = request.query.get("token")
+            # ?token= only on the page, where it is swapped for the cookie at once; tokens in
+            # the URLs of streams would end up in proxies' and players' logs.
+            is_page = request.match_info.handler == self._page
+            query_token = request.query.get("token") if is_page else None
             verdict = self.auth.check(request.headers, request.cookies, query_token)
             if verdict != "ok":
                 if verdict == "wrong":
@@ -539,7 +542,7 @@ class AppServer:
                 return _text(401, "authentication required: Authorization: Bearer TOKEN, HTTP Basic with "
                              "the token as password, or open /?token=TOKEN once\n",
                              {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
-            if query_token is not None and request.match_info.handler == self._page:
+            if query_token is not None:
                 # The page: trade the token for an HttpOnly cookie and drop it from the address bar.
                 response = web.Response(status=303, headers={"Location": request.path, "Cache-Control": "no-store"})
                 response.set_cookie(COOKIE, self.auth.cookie_value(), httponly=True, samesite="Strict",

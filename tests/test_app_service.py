@@ -94,8 +94,11 @@ def test_no_token_is_401_on_every_path_and_bearer_basic_cookie_work(served):
     stats = json.loads(request(port, "/stats.json", bearer())[2])
     assert stats["frame"] == 1 and stats["inference_ms"] == pytest.approx(5.0)
     # /?token= once: an HttpOnly cookie, and the token leaves the address bar.
+    assert request(port, f"/stats.json?token={TOKEN}")[0] == 401   # in a URL only for the page
     status, headers, _ = request(port, f"/?token={TOKEN}")
     assert status == 303 and headers["location"] == "/"
+    status, headers, _ = request(port, f"/camera/cam0?token={TOKEN}")
+    assert status == 303 and headers["location"] == "/camera/cam0"
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and TOKEN not in cookie
     session = cookie.split(";", 1)[0]
