@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import resource
 import shutil
 import socket
 import ssl
@@ -236,6 +237,9 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
     sockets, viewer = [], None
     try:
         app.wait_rows(30)
+        # The crash: with 64 descriptors, ~53 idle sockets used to make the clip's next
+        # reopen (it loops every 101 frames) fail, and the app exit 1.
+        resource.prlimit(app.proc.pid, resource.RLIMIT_NOFILE, (64, 64))
         start = time.monotonic() - read_log(log)[-1]["capture_s"]   # the run's clock, roughly
         viewer = Viewer(port, TOKEN)
         base_threads, base_fds = proc_counts(app.proc.pid)
@@ -275,7 +279,9 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
     assert status == 200 and str(model) not in metrics.decode() and str(model.parent) not in page.decode()
     assert f"serving the overlay at http://127.0.0.1:{port}/ (listening on 127.0.0.1:{port} only; auth on" in err
     assert "Traceback" not in err and "Error handling request" not in err, err[-3000:]
+    assert app.proc.returncode == 0, err[-3000:]
     written = sum(1 for r in read_log(log) if not r["dropped"])
+    assert written > 101, "the clip did not loop under the descriptor limit"
     scraped = metric_values(metrics.decode(), "bisenet_frames_total")[(("camera", "cam0"), ("outcome", "written"))]
     assert 0 < scraped <= written
 
