@@ -62,6 +62,7 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
     if parts.netloc.startswith("@"):
         port = parts.port or 8554
         path = parts.path if parts.path not in ("", "/") else "/stream"
+        _import_gstreamer()      # missing packages: that error first, before a token is printed
         if server is not None:
             auth = server.auth
         else:
