@@ -26,7 +26,7 @@ DEFAULTS = {
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
     "rtsp_transport": None,
-    "auth_token": None, "no_auth": False, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
+    "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
     "tls_cert": None, "tls_key": None,
 }
 
@@ -84,8 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--auth-token", metavar="TOKEN",
                    help="token viewers must send (Bearer, Basic password, or /?token= once); default: "
                    "$BISENET_AUTH_TOKEN, else one is generated and printed when a port listens beyond loopback")
-    g.add_argument("--no-auth", action=argparse.BooleanOptionalAction, default=None,
-                   help="serve without authentication even beyond loopback (warns at every start)")
+    g.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                   help="require the token on ports beyond loopback (default); --no-auth serves without "
+                   "one and warns at every start")
     g.add_argument("--allowed-hosts", metavar="NAMES",
                    help="comma list of host names browsers may use for this box besides its IP addresses, "
                    "localhost and its own name (DNS-rebinding check); '*' turns the check off")

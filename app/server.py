@@ -117,7 +117,7 @@ class ServerOptions:
         hosts = getattr(opts, "allowed_hosts", None) or ()
         if isinstance(hosts, str):
             hosts = [h for h in hosts.split(",")]
-        out = cls(auth_token=token, no_auth=bool(getattr(opts, "no_auth", False)),
+        out = cls(auth_token=token, no_auth=getattr(opts, "auth", True) is False,   # --no-auth
                   allowed_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
                   max_clients=int(16 if getattr(opts, "max_clients", None) is None else opts.max_clients),
                   tls_cert=getattr(opts, "tls_cert", None), tls_key=getattr(opts, "tls_key", None))
