@@ -88,10 +88,8 @@ def attack(port, token, readers=50, idle=300, resets=10) -> list:
 
 def proc_counts(pid):
     """-> (threads, open descriptors) of a process: threads alive both now and 0.3 s later,
-    the fewer descriptors of the two looks. Short-lived threads are left out: PyAV's frame
-    conversion starts threads for every frame read (2 per frame here, with or without any
-    viewer, each gone a frame later), and so are FFmpeg's decoder threads ("av:..."), which
-    the looping clip replaces at every loop."""
+    the fewer descriptors of the two looks. Short-lived threads are left out, and so are
+    FFmpeg's decoder threads ("av:..."), which the looping clip replaces at every loop."""
     def look():
         tids = set()
         for tid in os.listdir(f"/proc/{pid}/task"):
