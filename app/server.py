@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import html
@@ -53,6 +54,7 @@ from urllib.parse import urlsplit
 
 import cv2
 
+from app import validate
 from app.hud import RateMeter
 from app.metrics import Metrics
 
@@ -129,9 +131,11 @@ class ServerOptions:
             raise ValueError(f"--max-clients must be at least 1, got {self.max_clients}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together: pass both (PEM files) or neither")
-        if self.auth_token is not None and len(self.auth_token) < 8:
-            raise ValueError("--auth-token / BISENET_AUTH_TOKEN: use at least 8 characters "
-                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(16))')")
+        if self.auth_token is not None:
+            try:
+                validate.auth_token(self.auth_token)
+            except ValueError as e:
+                raise validate.InputError(f"--auth-token / {TOKEN_ENV}: {e}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -498,8 +502,10 @@ class AppServer:
                 ssl_handshake_timeout=self.options.idle_timeout_s if self.ssl else None)
         except OSError as e:
             await runner.cleanup()
+            todo = ("pick another port" if e.errno in (errno.EADDRINUSE, errno.EACCES)
+                    else "use an address of this machine, e.g. 127.0.0.1 or @ (every interface)")
             raise ServerError(f"{self.scheme}://{host or '@'}:{port}: cannot listen ({e.strerror or e}); "
-                              "pick another port") from None
+                              f"{todo}") from None
         port = listener.sockets[0].getsockname()[1]
         self.listeners[(host, port)] = (runner, listener, what)
         return port
@@ -694,13 +700,3 @@ def parse_http_spec(spec: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_metrics_port(text) -> tuple[str, int]:
-    """--metrics-port 9100 -> ('0.0.0.0', 9100); 127.0.0.1:9100 -> ('127.0.0.1', 9100)."""
-    host, _, port = str(text).rpartition(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError(f"--metrics-port {text!r}: expected PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100") from None
-    if not 0 <= port < 65536:
-        raise ValueError(f"--metrics-port {text!r}: the port must be 0..65535")
-    return (host.strip("[]") if host not in ("", "@") else "0.0.0.0"), port

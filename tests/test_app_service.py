@@ -406,8 +406,9 @@ def test_bad_serving_flags_are_one_line_errors(tmp_path):
     from tests.app_helpers import REPO
     for flags, expected in ((["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
                             (["--metrics-port", "nine"], "--metrics-port 'nine': expected PORT or HOST:PORT"),
-                            (["--max-clients", "0"], "--max-clients must be at least 1"),
-                            (["--auth-token", "short"], "use at least 8 characters")):
+                            (["--metrics-port", "70000"], "--metrics-port '70000': expected PORT"),
+                            (["--max-clients", "0"], "--max-clients 0 is out of range"),
+                            (["--auth-token", "short"], "--auth-token use at least 8 characters")):
         r = subprocess.run([sys.executable, str(REPO / "run_camera.py"), "--source", "x.mp4", "--model", "m.onnx",
                             *flags], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
