@@ -68,17 +68,16 @@ def check_name(name) -> str:
 def output_for(spec: str, camera: str, shared_by: int) -> str:
     """`--output` for one camera: `{camera}` replaced by its name. An output shared by several
     cameras that is a file, folder or stream must name the camera, or they would overwrite
-    each other; the live page serves one camera per port (give each camera its own output
-    in the config's cameras: list)."""
+    each other. http:// outputs are shared as they are: every camera is served on that port
+    under /camera/NAME, with a grid of all of them at /."""
     spec = str(spec)
+    if spec.startswith("http://") or spec.startswith("https://"):
+        if PLACEHOLDER in spec:
+            raise InputError(f"--output {spec}: no {PLACEHOLDER} in http:// outputs; every camera is served on "
+                             "the one port as /camera/NAME, all of them as a grid at /")
+        return spec
     if PLACEHOLDER in spec:
-        if spec.startswith("http://"):
-            raise InputError(f"--output {spec}: {PLACEHOLDER} cannot go in an http:// output; give each camera its "
-                             "own port in the config's cameras: list (output: http://@:8081)")
         return spec.replace(PLACEHOLDER, camera)
-    if shared_by > 1 and spec.startswith("http://"):
-        raise InputError(f"--output {spec} with {shared_by} cameras: the live page shows one camera; give each "
-                         "camera its own port in the config's cameras: list (output: http://@:8081)")
     if shared_by > 1 and spec not in ("null", "display"):
         raise InputError(f"--output {spec} with {shared_by} cameras: put {PLACEHOLDER} in it "
                          f"(e.g. out_{PLACEHOLDER}.mp4, folder_{PLACEHOLDER}/, rtsp://host:8554/{PLACEHOLDER})")

@@ -108,6 +108,9 @@ class LatencyRecorder:
         self.lock = threading.Lock()
         self.total = Tally()
         self.cameras: dict[str, Tally] = {}
+        # fn(row, frame timings) after each row, under the lock (app/metrics.py feeds /metrics here;
+        # rows carry their camera)
+        self.listeners = []
         self._file = None
         self._csv = None
         if self.path:
@@ -150,6 +153,8 @@ class LatencyRecorder:
             self.total.add_written(row, frame.capture_ts, done_at)
             self._camera(camera).add_written(row, frame.capture_ts, done_at)
             self._write(row)
+            for fn in self.listeners:
+                fn(row, t)
 
     def record_dropped(self, frame_id: int, capture_ts: float, reason: str, source_ts=None, timings=None,
                        camera: str = DEFAULT_CAMERA, batch_size: int | None = None) -> None:
@@ -163,6 +168,8 @@ class LatencyRecorder:
                 tally.dropped[reason] += 1
                 tally.seen(capture_ts)
             self._write(row)
+            for fn in self.listeners:
+                fn(row, timings or {})
 
     def _write(self, row: dict) -> None:
         if self._file is None:

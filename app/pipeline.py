@@ -104,6 +104,8 @@ class Pipeline:
         """sink name -> its error, over all cameras (names carry the camera when there are several)."""
         return {f"{cam.tag}{name}": err for cam in self.cameras for name, err in cam.sink_failures.items()}
 
+    reader = property(lambda self: self.cameras[0].reader)
+    sinks = property(lambda self: self.cameras[0].sinks)
     in_q = property(lambda self: self.cameras[0].in_q)
     out_q = property(lambda self: self.cameras[0].out_q)
 
@@ -153,6 +155,7 @@ class Pipeline:
             while not (self.stopping.is_set() or cam.stopping.is_set()):
                 if cam.max_frames is not None and cam.captured >= cam.max_frames:
                     break
+                t_read = time.monotonic()
                 try:
                     got = cam.reader.read()
                 except ReadError as e:
@@ -172,6 +175,7 @@ class Pipeline:
                 bad_reads = 0
                 image, source_ts = got
                 frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name)
+                frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts
                 if not cam.live and self.fused is None:

@@ -34,6 +34,8 @@ DEFAULTS = {
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
     "rtsp_transport": None, "batch_timeout_ms": None, "cameras": None,
+    "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
+    "tls_cert": None, "tls_key": None,
 }
 # Flags a `cameras:` entry may set for its camera alone (besides `name`).
 PER_CAMERA = ("source", "output", "realtime", "loop", "max_frames", "camera_size", "camera_fps", "source_timeout",
@@ -85,6 +87,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-log", metavar="FILE", help="one row per frame: FILE.csv or FILE.jsonl")
     g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage "
                    f"(default 4, at most {validate.MAX_QUEUE})")
+    g = p.add_argument_group("serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)")
+    g.add_argument("--auth-token", metavar="TOKEN",
+                   help="token viewers must send (Bearer, Basic password, or /?token= once); default: "
+                   "$BISENET_AUTH_TOKEN, else one is generated and printed when a port listens beyond loopback")
+    g.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                   help="require the token on ports beyond loopback (default); --no-auth serves without "
+                   "one and warns at every start")
+    g.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma list of host names browsers may use for this box besides its IP addresses, "
+                   "localhost and its own name (DNS-rebinding check); '*' turns the check off")
+    g.add_argument("--max-clients", type=int, metavar="N", help="most MJPEG viewers at once; the rest get 503 "
+                   "(default 16)")
+    g.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                   help="also serve /metrics and /healthz on this port (all interfaces unless HOST is given), "
+                   "e.g. for RTSP or file outputs")
+    g.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    g.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
 
 
 def _preset_path(name: str) -> Path:
@@ -222,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from app.camera import Camera, output_for
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
+    from app.server import AppServer, ServerOptions
     from app.sinks import DisplaySink, open_sink
     from app.sources import open_source
     from engines.load import load_engine
@@ -236,25 +256,33 @@ def run(args: argparse.Namespace) -> int:
     outputs = {name: [output_for(spec, name, 1 if own else len(specs)) for spec in cam_opts.output]
                for name, cam_opts, own in specs}   # checked before anything is opened
 
+    server_options = ServerOptions.from_options(opts)
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads)
-    cameras, opened = [], []
+    cameras, opened, server = [], [], None
     try:
+        server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
+        server.set_model(engine)
         for name, cam_opts, _ in specs:
             reader = open_source(cam_opts.source, cam_opts)
             opened.append(reader)
             sinks = []
             for spec in outputs[name]:
-                sink = open_sink(spec, cam_opts, live=reader.live)
+                # http:// outputs of all cameras share the server: /camera/NAME each, a grid at /
+                sink = open_sink(spec, cam_opts, live=reader.live, server=server, camera=name)
                 opened.append(sink)
                 if several and isinstance(sink, DisplaySink):
                     sink.title = f"{sink.title} {name}"   # one window per camera
                 sinks.append(sink)
             cameras.append(Camera(name, reader, sinks, max_frames=cam_opts.max_frames, out_fps=cam_opts.fps,
                                   queue_size=opts.queue_size))
+        if opts.metrics_port is not None:   # (host, port): app/validate.py's listen_address
+            server.listen(*opts.metrics_port, what="metrics")
         recorder = LatencyRecorder(opts.latency_log)
     except BaseException:
         for part in opened:
             part.close()
+        if server is not None:
+            server.close()
         raise
     for cam in cameras:
         reader = cam.reader
@@ -268,7 +296,13 @@ def run(args: argparse.Namespace) -> int:
                 f"deadline {pipeline.scheduler.timeout_s * 1000:.0f} ms") if several else ""
     print(f"model: {engine.describe()}" + ("" if several else f"\noutputs: {', '.join(s.name for s in cameras[0].sinks)}")
           + batching, file=sys.stderr, flush=True)
-    code = pipeline.run()
+    for cam, (_, cam_opts, _) in zip(cameras, specs):
+        server.metrics.watch(cam.name, recorder, cam_opts.source_timeout, reader=cam.reader,
+                             queues={"input": cam.in_q, "output": cam.out_q})
+    try:
+        code = pipeline.run()
+    finally:
+        server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
     if opts.latency_log:

@@ -162,7 +162,8 @@ def test_cameras_list_in_the_config_with_per_camera_flags_and_errors(clips, tmp_
         assert run_main(["--config", str(preset)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
-    for output, message in ((tmp_path / "same.mp4", "put {camera} in it"), ("http://127.0.0.1:8099", "own port")):
+    for output, message in ((tmp_path / "same.mp4", "put {camera} in it"),
+                            ("http://127.0.0.1:8099/{camera}", "no {camera} in http:// outputs")):
         assert run_main(["--source", str(a), "--source", str(b), "--model", str(model), "--output", str(output)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
@@ -303,3 +304,45 @@ def test_a_stalled_live_camera_is_not_waited_for_and_batches_go_on_without_it(tm
     assert len(later) >= 60                                # the live cameras kept going
     assert np.median([r["queue_ms"] for r in later]) < 200, "batches waited for the frozen camera"
     assert max(r["batch_size"] for r in later) == 2        # cam0 and cam1 still batched together
+
+
+def test_one_http_port_serves_every_camera_and_a_grid_page(clips, tmp_path):
+    """--output http://127.0.0.1:PORT with three cameras: / is a grid naming them all, each
+    camera has its own snapshot / stats / stream under /camera/NAME, /metrics counts per camera."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.app_helpers import free_port
+    from tests.test_app_service import request
+
+    port = free_port()
+    sources = [a for path, _ in clips for a in ("--source", path)]
+    app = App(*sources, "--realtime", "--loop", "--model", tiny_onnx((64, 96), dynamic_batch=True),
+              "--output", f"http://127.0.0.1:{port}", log=tmp_path / "lat.csv")
+    try:
+        app.wait_rows(3 * 10, timeout_s=60)
+        status, headers, body = request(port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        page = body.decode()
+        assert '["cam0", "cam1", "cam2"]' in page and "/snapshot.jpg" in page
+        snaps = {}
+        for cam in ("cam0", "cam1", "cam2"):
+            status, headers, body = request(port, f"/camera/{cam}/snapshot.jpg")
+            assert status == 200 and headers["content-type"] == "image/jpeg"
+            snaps[cam] = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+            assert snaps[cam].shape == (360, 480, 3)
+            status, _, body = request(port, f"/camera/{cam}/stats.json")
+            assert status == 200 and json.loads(body)["frame"] >= 0
+            status, _, _ = request(port, f"/camera/{cam}")
+            assert status == 200
+        assert not np.array_equal(snaps["cam0"], snaps["cam2"])   # each its own clip
+        assert request(port, "/camera/cam9/snapshot.jpg")[0] == 404
+        status, _, body = request(port, "/metrics")
+        frames = {s.labels["camera"]: s.value for f in text_string_to_metric_families(body.decode())
+                  if f.name == "bisenet_frames" for s in f.samples
+                  if s.name == "bisenet_frames_total" and s.labels["outcome"] == "written"}
+        assert set(frames) == {"cam0", "cam1", "cam2"} and min(frames.values()) > 0
+    finally:
+        app.signal()
+    err = app.finish()
+    assert app.proc.returncode == 0, err
+    check_camera_accounting(err, tmp_path / "lat.csv")
