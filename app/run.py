@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         reader = cam.reader
         kind = "live" if reader.live else "file"
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
-        print(f"{cam.tag if several else ''}source: {reader.description} ({kind}{rate})"
+        print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate})"
               + (f" -> {', '.join(s.name for s in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
     pipeline = Pipeline(cameras, engine, recorder=recorder, alpha=opts.alpha, mode=opts.mode,
                         hud=opts.hud, legend=opts.legend, batch_timeout_ms=opts.batch_timeout_ms)

@@ -51,7 +51,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import cv2
 
@@ -99,8 +99,8 @@ setInterval(poll, 500); poll();
 
 
 # Several cameras: / shows them all. Tiles refresh from snapshot.jpg (each asks for the next
-# frame when the last one has loaded) rather than one MJPEG stream each: browsers open at most
-# 6 connections per host, so 8 streams would starve; /camera/NAME has the full-rate stream.
+# frame when the last one is on screen) rather than one MJPEG stream each: browsers open at
+# most 6 connections per host, so 8 streams would starve; /camera/NAME has the full-rate stream.
 GRID_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -110,25 +110,27 @@ body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 .stats {{ padding: 3px 0; font-size: 14px; }}
 </style></head>
 <body>
-<div id="grid"></div>
+<div id="grid">{tiles}</div>
 <script>
-const cameras = {cameras};
-const grid = document.getElementById('grid');
-for (const name of cameras) {{
-  const base = '/camera/' + encodeURIComponent(name);
-  const tile = document.createElement('div');
-  tile.className = 'tile';
-  tile.innerHTML = '<div class="stats"><a></a> <span>waiting for frames</span></div><img alt="">';
-  tile.querySelector('a').href = base;
-  tile.querySelector('a').textContent = name;
-  grid.appendChild(tile);
+for (const tile of document.querySelectorAll('.tile')) {{
+  const base = '/camera/' + encodeURIComponent(tile.dataset.camera);
   const img = tile.querySelector('img'), stats = tile.querySelector('span');
-  img.alt = name + ': live segmentation overlay';
-  const next = (wait) => setTimeout(() => {{ img.src = base + '/snapshot.jpg?t=' + Date.now(); }}, wait);
-  img.onload = () => next(100);
-  img.onerror = () => next(1000);
-  next(0);
-  async function poll() {{
+  let shown = null;   // the blob: URL on screen; a new frame replaces it only once it is complete
+  const refresh = async () => {{
+    let wait = 1000;
+    try {{
+      const r = await fetch(base + '/snapshot.jpg', {{cache: 'no-store'}});
+      if (r.ok) {{
+        const url = URL.createObjectURL(await r.blob());
+        await new Promise((done) => {{ img.onload = img.onerror = done; img.src = url; }});
+        if (shown) URL.revokeObjectURL(shown);
+        shown = url;
+        wait = 100;
+      }}
+    }} catch (e) {{}}
+    setTimeout(refresh, wait);
+  }};
+  const poll = async () => {{
     try {{
       const s = await (await fetch(base + '/stats.json', {{cache: 'no-store'}})).json();
       stats.textContent = `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
@@ -136,12 +138,16 @@ for (const name of cameras) {{
     }} catch (e) {{
       stats.textContent = 'no stats';
     }}
-  }}
-  setInterval(poll, 1000); poll();
+  }};
+  window.addEventListener('load', () => {{ refresh(); setInterval(poll, 1000); poll(); }});
 }}
 </script>
 </body></html>
 """
+# One tile; the first frame is in the page itself (the page has loaded once every camera's has).
+GRID_TILE = ('<div class="tile" data-camera="{name}"><div class="stats"><a href="/camera/{path}">{name}</a> '
+             '<span>waiting for frames</span></div><img src="/camera/{path}/snapshot.jpg" '
+             'alt="{name}: live segmentation overlay"></div>')
 
 
 class ServerError(RuntimeError):
@@ -631,8 +637,9 @@ class AppServer:
         from aiohttp import web
 
         if "camera" not in request.match_info and len(self.cameras) > 1:
-            names = json.dumps(list(self.cameras)).replace("</", "<\\/")   # inside <script>
-            body = GRID_PAGE.format(title=html.escape(self.title), cameras=names)
+            tiles = "".join(GRID_TILE.format(name=html.escape(name), path=html.escape(quote(name, safe="")))
+                            for name in self.cameras)
+            body = GRID_PAGE.format(title=html.escape(self.title), tiles=tiles)
             return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
         cam = self._camera(request)
         if cam is None:

@@ -5,6 +5,7 @@ is checked exactly, row by row."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -323,7 +324,7 @@ def test_one_http_port_serves_every_camera_and_a_grid_page(clips, tmp_path):
         status, headers, body = request(port, "/")
         assert status == 200 and headers["content-type"].startswith("text/html")
         page = body.decode()
-        assert '["cam0", "cam1", "cam2"]' in page and "/snapshot.jpg" in page
+        assert all(f'src="/camera/{c}/snapshot.jpg"' in page for c in ("cam0", "cam1", "cam2"))
         snaps = {}
         for cam in ("cam0", "cam1", "cam2"):
             status, headers, body = request(port, f"/camera/{cam}/snapshot.jpg")
@@ -346,3 +347,50 @@ def test_one_http_port_serves_every_camera_and_a_grid_page(clips, tmp_path):
     err = app.finish()
     assert app.proc.returncode == 0, err
     check_camera_accounting(err, tmp_path / "lat.csv")
+
+
+def test_the_grid_page_shows_every_camera_in_headless_chromium(clips, tmp_path):
+    """A real browser loads / and draws the three cameras side by side (mask mode: every video
+    pixel is a palette color, easy to find in the screenshot)."""
+    from tests.app_helpers import free_port
+    from tests.test_app_http import CHROMIUM, CHROMIUM_FLAGS
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    model = tiny_onnx((64, 96), dynamic_batch=True)
+    palette = np.array(json.loads(open(str(model) + ".json").read())["palette"])[:, ::-1]   # BGR
+    port = free_port()
+    sources = [a for path, _ in clips for a in ("--source", path)]
+    app = App(*sources, "--realtime", "--loop", "--model", model, "--mode", "mask",
+              "--output", f"http://127.0.0.1:{port}", log=tmp_path / "lat.csv")
+
+    def tiles_shown(page) -> list:
+        """Three tiles in a row (auto-fill columns of at least 360 px): the share of each tile's
+        video area, below its stats line, in palette colors."""
+        shares = []
+        for i in range(3):
+            tile = page[60:260, i * 400 + 20:i * 400 + 360].reshape(-1, 1, 3).astype(int)
+            shares.append(float((np.abs(tile - palette[None].astype(int)).sum(axis=2).min(axis=1) < 40).mean()))
+        return shares
+
+    try:
+        app.wait_rows(3 * 10, timeout_s=60)
+        # The page holds every camera's first frame, so Chromium's screenshot (taken once the
+        # page has loaded) shows all tiles; the script then refreshes each from snapshot.jpg.
+        shot = tmp_path / "grid.png"
+        subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                        "--window-size=1200,700", "--timeout=10000", f"--screenshot={shot}",
+                        f"http://127.0.0.1:{port}/"], capture_output=True, timeout=120)
+        # ...and after a few (virtual) seconds every tile shows a frame its script fetched.
+        dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-dom'}",
+                              "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{port}/"],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        app.signal()
+    err = app.finish()
+    assert app.proc.returncode == 0, err
+    assert dom.count('<img src="blob:') == 3 and len(re.findall(r"<span>[\d.]+ fps \| e2e", dom)) == 3, dom[-2000:]
+    page = cv2.imread(str(shot))
+    assert page is not None and page.shape[:2] == (700, 1200)
+    shares = tiles_shown(page)
+    assert min(shares) > 0.8, f"tiles with the overlay (share of palette pixels): {shares}"
