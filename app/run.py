@@ -25,7 +25,7 @@ DEFAULTS = {
     "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
-    "rtsp_transport": None,
+    "rtsp_transport": None, "triton_shm": "none", "triton_in_flight": 2,
 }
 
 
@@ -55,10 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-timeout", type=float, metavar="S",
                    help="seconds without a frame before a stream counts as lost (default 10)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="model.onnx, model.engine, or a zoo name / model YAML (PyTorch)")
+    g.add_argument("--model", help="model.onnx, model.engine, grpc://HOST:8001/NAME or http://HOST:8000/NAME "
+                   "(Triton), or a zoo name / model YAML (PyTorch)")
     g.add_argument("--checkpoint", help="checkpoint .pth for a zoo name / model YAML")
     g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
     g.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    g.add_argument("--triton-shm", choices=["none", "system", "cuda"],
+                   help="Triton: pass tensors through shared memory, server on this host (default none; "
+                   "cuda is unverified)")
+    g.add_argument("--triton-in-flight", type=int, metavar="K", help="Triton: requests in flight at once (default 2)")
     g = p.add_argument_group("output")
     g.add_argument("--output", action="append", metavar="SPEC",
                    help="repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, "
@@ -155,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= opts.alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {opts.alpha}")
 
-    engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads)
+    engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
+                         triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
     sinks, reader = [], None
     try:
         reader = open_source(opts.source, opts)
@@ -181,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     print(recorder.format_summary(pipeline.captured), file=sys.stderr, flush=True)
     if opts.latency_log:
         print(f"latency log: {opts.latency_log}", file=sys.stderr)
-    for part in [reader, *sinks]:   # reconnect counters of live sources and RTSP outputs
+    for part in [reader, *sinks, engine]:   # reconnect counters: live sources, RTSP outputs, Triton
         if callable(getattr(part, "counters", None)) and part.counters():
             flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
                     for k, v in part.counters().items()]

@@ -1,5 +1,6 @@
 """One call from `--model` to an Engine: .onnx -> ONNX Runtime, .engine -> TensorRT,
-a zoo name or model YAML -> PyTorch (with --checkpoint, or the official checkpoint)."""
+grpc:// or http:// -> a Triton Inference Server, a zoo name or model YAML -> PyTorch (with
+--checkpoint, or the official checkpoint)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,12 @@ from engines.base import Engine
 
 
 def load_engine(model: str, checkpoint: str | None = None, providers: str | None = None,
-                input_size=None, threads: int | None = None, device: str = "cpu") -> Engine:
+                input_size=None, threads: int | None = None, device: str = "cpu",
+                triton_shm: str = "none", triton_in_flight: int = 2) -> Engine:
+    from engines.triton_engine import TritonEngine, is_triton_url
+
+    if is_triton_url(model):   # grpc://HOST:PORT/NAME or http://HOST:PORT/NAME: a Triton server
+        return TritonEngine(model, shm=triton_shm, in_flight=triton_in_flight)
     path = Path(model)
     if path.suffix == ".onnx":
         from engines.onnx_engine import OnnxEngine
