@@ -91,6 +91,7 @@ class Pipeline:
         # Remote engines (Triton) keep several requests in flight: submit() returns a Future
         # that the output thread resolves in frame order, so the network overlaps the rest.
         self.submit = getattr(engine, "submit", None) if self.fused is None else None
+        self.bad_results = 0                # failed remote results in a row
 
     # ---- control -------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested", quiet: bool = False) -> None:
@@ -339,8 +340,14 @@ class Pipeline:
             return None, 0.0
         except Exception as e:
             self._drop(frame, "inference_error")
-            self.log(f"warning: frame {frame.id}: inference failed: {type(e).__name__}: {e}")
+            self.bad_results += 1
+            if self.bad_results == 1:
+                self.log(f"warning: frame {frame.id}: inference failed: {type(e).__name__}: {e}")
+            if self.bad_results == MAX_BAD_INFERENCES:
+                self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
+                self.request_stop("inference failing")
             return None, 0.0
+        self.bad_results = 0
         # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
         done = pending.done or time.monotonic()
         frame.timings["inference"] = _ms(pending.sent, done)
