@@ -36,6 +36,7 @@ SCHEMES = ("grpc", "http")
 TRITON_TO_NP = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,
                 "TYPE_UINT8": np.uint8}
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 4.0
+PROBE_TIMEOUT_S = 2.0     # a readiness probe during an outage: short, it runs in the inference thread
 
 
 def is_triton_url(model: str) -> bool:
@@ -147,11 +148,12 @@ class TritonEngine(Engine):
         self._free = threading.Semaphore(in_flight)
 
     # ---- setup ---------------------------------------------------------------------------
-    def _new_client(self):
+    def _new_client(self, timeout_s: float | None = None):
         if self.protocol == "grpc":
             return self.client_mod.InferenceServerClient(self.host)
-        return self.client_mod.InferenceServerClient(self.host, connection_timeout=self.timeout_s,
-                                                     network_timeout=self.timeout_s)
+        timeout_s = timeout_s or self.timeout_s
+        return self.client_mod.InferenceServerClient(self.host, connection_timeout=timeout_s,
+                                                     network_timeout=timeout_s)
 
     def _client(self):
         """This thread's client, renewed after an outage (a gRPC channel may sit in backoff)."""
@@ -334,8 +336,11 @@ class TritonEngine(Engine):
     def _probe(self) -> bool:
         """A fresh client asks whether the model is ready (a short, bounded call)."""
         try:
-            client = self._new_client()
+            client = self._new_client(PROBE_TIMEOUT_S)
             try:
+                if self.protocol == "grpc":
+                    return bool(client.is_server_ready(client_timeout=PROBE_TIMEOUT_S)
+                                and client.is_model_ready(self.model_name, client_timeout=PROBE_TIMEOUT_S))
                 return bool(client.is_server_ready() and client.is_model_ready(self.model_name))
             finally:
                 client.close()

@@ -1,0 +1,166 @@
+"""Local ONNX Runtime vs Triton (gRPC, gRPC + system shared memory, HTTP) on this host, one run.
+
+Starts `bisenet serve-triton` on free loopback ports (needs .venv-triton:
+scripts/setup_triton.sh), then for 1 and C concurrent clients (threads, each with its own
+engine, each sending one frame at a time) times `engine.infer` on a preprocessed 352x480
+frame: per-frame latency (p50/p90) and throughput. Modes are interleaved in rounds so
+background load hits them alike. Triton's metrics (nv_inference_count /
+nv_inference_exec_count) give the mean server-side batch of each Triton row.
+
+    python bench/triton.py                          # random-weight R18 at 352x480
+    python bench/triton.py --onnx r18.onnx --clients 4 --frames 40
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.app_helpers import MODEL_NAME, free_port  # noqa: E402
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def export(size_hw, workdir: Path) -> Path:
+    from engines.export import export_onnx
+    from engines.model_config import load_model_config
+
+    return export_onnx(load_model_config(MODEL_NAME), None, workdir / "r18.onnx", size_hw, random_init=True)
+
+
+def start_server(onnx: Path, ports: dict, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve-triton", "--onnx", str(onnx),
+                             "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+                             "--metrics-port", str(ports["metrics"])],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "Triton serving" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"serve-triton did not start: {log.read_text()[-1500:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def server_counts(port: int) -> tuple:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    got = {}
+    for line in text.splitlines():
+        for key in ("nv_inference_count", "nv_inference_exec_count"):
+            if line.startswith(key + "{"):
+                got[key] = float(line.rsplit(" ", 1)[1])
+    return got.get("nv_inference_count", 0.0), got.get("nv_inference_exec_count", 0.0)
+
+
+def make_engine(mode: str, onnx: Path, ports: dict):
+    if mode == "local onnxruntime":
+        from engines.onnx_engine import OnnxEngine
+
+        return OnnxEngine(onnx)
+    from engines.triton_engine import TritonEngine
+
+    protocol = "http" if mode.startswith("triton http") else "grpc"
+    url = f"{protocol}://127.0.0.1:{ports[protocol]}/bisenet"
+    return TritonEngine(url, shm="system" if "shm" in mode else "none", in_flight=1)
+
+
+def run_round(engines: list, batch: np.ndarray, frames: int) -> tuple:
+    """Every engine (one per client thread) infers `frames` times; -> (latencies ms, wall s)."""
+    lat, lock = [], threading.Lock()
+
+    def client(engine):
+        mine = []
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            engine.infer(batch)
+            mine.append((time.perf_counter() - t0) * 1000.0)
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(e,)) for e in engines]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--onnx", help="model to serve (default: a random-weight R18 exported at --size)")
+    p.add_argument("--size", default="352x480", help="HxW for the default export (default 352x480)")
+    p.add_argument("--clients", type=int, default=4, help="the concurrent-client column (default 4)")
+    p.add_argument("--frames", type=int, default=10, help="frames per client per round (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
+    onnx = Path(args.onnx) if args.onnx else export(tuple(int(v) for v in args.size.split("x")), work)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    print(f"load average at start: {load_average()}  ({os.cpu_count()} CPUs)", flush=True)
+    server = start_server(onnx, ports, work / "server.log")
+    modes = ["local onnxruntime", "triton grpc", "triton grpc + shm", "triton http"]
+    try:
+        from app.preprocess import preprocess
+        from engines.sidecar import read_sidecar
+
+        meta = read_sidecar(onnx)
+        h, w = meta["input_shape"][2:]
+        image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        batch = preprocess(image, (h, w), np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32))
+        results = {}
+        for clients in (1, args.clients):
+            engines = {m: [make_engine(m, onnx, ports) for _ in range(clients)] for m in modes}
+            for m in modes:   # warm-up: sessions, connections, server model
+                run_round(engines[m], batch, 2)
+            for _ in range(args.rounds):
+                for m in modes:
+                    before = server_counts(ports["metrics"])
+                    lat, wall = run_round(engines[m], batch, args.frames)
+                    after = server_counts(ports["metrics"])
+                    r = results.setdefault((m, clients), {"lat": [], "wall": 0.0, "n": 0, "inf": 0.0, "exe": 0.0})
+                    r["lat"] += lat
+                    r["wall"] += wall
+                    r["n"] += len(lat)
+                    r["inf"] += after[0] - before[0]
+                    r["exe"] += after[1] - before[1]
+            for m in modes:
+                for e in engines[m]:
+                    e.close()
+        print(f"\n{onnx.name} {h}x{w}, {args.rounds} rounds x {args.frames} frames per client; "
+              f"load average at end: {load_average()}")
+        print(f"{'mode':<20} {'clients':>7} {'p50 ms':>8} {'p90 ms':>8} {'frames/s':>9} {'vs local':>9} "
+              f"{'server batch':>12}")
+        for clients in (1, args.clients):
+            base = None
+            for m in modes:
+                r = results[(m, clients)]
+                q = statistics.quantiles(r["lat"], n=10)
+                fps = r["n"] / r["wall"]
+                p50 = statistics.median(r["lat"])
+                base = base or p50
+                batch_txt = f"{r['inf'] / r['exe']:.2f}" if r["exe"] else "-"
+                print(f"{m:<20} {clients:>7} {p50:>8.1f} {q[8]:>8.1f} {fps:>9.2f} {p50 / base:>8.3f}x {batch_txt:>12}")
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
