@@ -55,14 +55,20 @@ def start_server(onnx: Path, ports: dict, log: Path) -> subprocess.Popen:
     return proc
 
 
-def server_counts(port: int) -> tuple:
+# Triton's per-model counters: inferences, executions (their ratio is the mean batch), and
+# the server-side time of all requests: total, waiting in the queue, running the model.
+METRICS = ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_duration_us",
+           "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us")
+
+
+def server_counts(port: int) -> dict:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    got = {}
+    got = dict.fromkeys(METRICS, 0.0)
     for line in text.splitlines():
-        for key in ("nv_inference_count", "nv_inference_exec_count"):
-            if line.startswith(key + "{"):
-                got[key] = float(line.rsplit(" ", 1)[1])
-    return got.get("nv_inference_count", 0.0), got.get("nv_inference_exec_count", 0.0)
+        name = line.split("{", 1)[0]
+        if name in got:
+            got[name] = float(line.rsplit(" ", 1)[1])
+    return got
 
 
 def make_engine(mode: str, onnx: Path, ports: dict):
@@ -131,29 +137,30 @@ def main() -> int:
                     before = server_counts(ports["metrics"])
                     lat, wall = run_round(engines[m], batch, args.frames)
                     after = server_counts(ports["metrics"])
-                    r = results.setdefault((m, clients), {"lat": [], "wall": 0.0, "n": 0, "inf": 0.0, "exe": 0.0})
+                    r = results.setdefault((m, clients), {"lat": [], "wall": 0.0, **dict.fromkeys(METRICS, 0.0)})
                     r["lat"] += lat
                     r["wall"] += wall
-                    r["n"] += len(lat)
-                    r["inf"] += after[0] - before[0]
-                    r["exe"] += after[1] - before[1]
+                    for k in METRICS:
+                        r[k] += after[k] - before[k]
             for m in modes:
                 for e in engines[m]:
                     e.close()
         print(f"\n{onnx.name} {h}x{w}, {args.rounds} rounds x {args.frames} frames per client; "
               f"load average at end: {load_average()}")
-        print(f"{'mode':<20} {'clients':>7} {'p50 ms':>8} {'p90 ms':>8} {'frames/s':>9} {'vs local':>9} "
-              f"{'server batch':>12}")
+        print(f"{'mode':<18} {'clients':>7} {'p50 ms':>7} {'p90 ms':>7} {'frames/s':>8} {'p50 vs local':>12} "
+              f"{'srv batch':>9} {'srv request ms':>14} {'srv queue ms':>12} {'srv model ms':>12}")
         for clients in (1, args.clients):
-            base = None
+            base = statistics.median(results[(modes[0], clients)]["lat"])
             for m in modes:
                 r = results[(m, clients)]
-                q = statistics.quantiles(r["lat"], n=10)
-                fps = r["n"] / r["wall"]
-                p50 = statistics.median(r["lat"])
-                base = base or p50
-                batch_txt = f"{r['inf'] / r['exe']:.2f}" if r["exe"] else "-"
-                print(f"{m:<20} {clients:>7} {p50:>8.1f} {q[8]:>8.1f} {fps:>9.2f} {p50 / base:>8.3f}x {batch_txt:>12}")
+                p50, p90 = statistics.median(r["lat"]), statistics.quantiles(r["lat"], n=10)[8]
+                n = r["nv_inference_count"]   # requests here are one frame each
+                srv = ["-"] * 4
+                if r["nv_inference_exec_count"]:
+                    srv = [f"{n / r['nv_inference_exec_count']:.2f}",
+                           *(f"{r[k] / n / 1000:.1f}" for k in METRICS[2:])]
+                print(f"{m:<18} {clients:>7} {p50:>7.1f} {p90:>7.1f} {len(r['lat']) / r['wall']:>8.2f} "
+                      f"{p50 / base:>11.3f}x {srv[0]:>9} {srv[1]:>14} {srv[2]:>12} {srv[3]:>12}")
     finally:
         import signal
 

@@ -287,7 +287,8 @@ class TritonEngine(Engine):
             raise ValueError(f"a batch of {n} frames but Triton model {self.model_name} takes at most "
                              f"{self.max_batch} (max_batch_size); send fewer or raise --max-batch on the server")
         if not self.max_batch and n != self.fixed_batch:
-            raise ValueError(f"a batch of {n} frames but Triton model {self.model_name} takes exactly {self.fixed_batch}")
+            raise ValueError(f"a batch of {n} frames but Triton model {self.model_name} takes exactly "
+                             f"{self.fixed_batch}")
         want = self.input_dims[1:]
         if list(batch.shape[1:2]) != [3] or any(d not in (-1, s) for d, s in zip(want, batch.shape[2:])):
             raise ValueError(f"input {list(batch.shape)} does not fit Triton model {self.model_name} "
@@ -298,7 +299,8 @@ class TritonEngine(Engine):
         mod = self.client_mod
         try:
             data = np.ascontiguousarray(batch, dtype=self.input_dtype)
-            inp = mod.InferInput(self.input_name, list(data.shape), "FP16" if self.input_dtype == np.float16 else "FP32")
+            dtype = "FP16" if self.input_dtype == np.float16 else "FP32"
+            inp = mod.InferInput(self.input_name, list(data.shape), dtype)
             out = mod.InferRequestedOutput(self.output_name)
             if self.regions:
                 region_in, region_out = self.regions[slot]
@@ -314,7 +316,10 @@ class TritonEngine(Engine):
             try:
                 result = client.infer(self.model_name, [inp], outputs=[out], **kwargs)
             except Exception as e:
-                if self._server_is_down():
+                # A server restarted between two requests is up but has forgotten our shared
+                # memory regions: handle it as an outage too (the recovery registers them again).
+                forgot = bool(self.regions) and "shared memory" in str(e).lower()
+                if forgot or self._server_is_down():
                     self._mark_down(e)
                     raise ServerDown(f"Triton at {self.host} is down: {_first_line(e)}") from None
                 raise RuntimeError(f"Triton inference failed: {_first_line(e)}") from None

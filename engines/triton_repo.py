@@ -203,7 +203,8 @@ def add_arguments(p) -> None:
     src.add_argument("--onnx", help="model.onnx with its sidecar (onnxruntime backend)")
     src.add_argument("--engine", help="TensorRT model.engine with its sidecar (tensorrt backend, Triton's "
                      "TensorRT version and GPU must match the build)")
-    p.add_argument("--name", default="bisenet", help="model name in the repository and in client URLs (default bisenet)")
+    p.add_argument("--name", default="bisenet",
+                   help="model name in the repository and in client URLs (default bisenet)")
     p.add_argument("--max-batch", type=int, help="Triton max_batch_size (default 8 for a dynamic-batch export, "
                    "0 for a fixed batch)")
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US,

@@ -120,7 +120,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 def add_arguments(p) -> None:
     p.add_argument("--onnx", required=True, help="model.onnx with its sidecar")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="what runs the model inside Triton (default onnxruntime)")
+                   help="what runs the model inside Triton (default onnxruntime; openvino needs the OpenVINO "
+                        "engine, not in this build yet)")
     p.add_argument("--name", default="bisenet", help="model name clients use in the URL (default bisenet)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; Triton has no auth: expose it only on a "
@@ -162,8 +163,8 @@ def run(args) -> int:
         host = args.address if args.address not in ("0.0.0.0", "::") else "127.0.0.1"
         if not wait_ready(f"http://{host}:{args.http_port}/v2/health/ready", proc, args.startup_timeout):
             code = proc.poll()
-            raise RuntimeError(f"tritonserver did not get ready ({'exit code ' + str(code) if code is not None else 'timeout'}"
-                               f"); see its log above; run with --verbose for more")
+            why = f"exit code {code}" if code is not None else f"not ready in {args.startup_timeout:g} s"
+            raise RuntimeError(f"tritonserver did not get ready ({why}); see its log above, --verbose for more")
         print(f"Triton serving {args.name} ({model}): grpc://{host}:{args.grpc_port}/{args.name} "
               f"http://{host}:{args.http_port}/{args.name} metrics http://{host}:{args.metrics_port}/metrics",
               file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _pb2():
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient not installed (pip install 'tritonclient[grpc,http]')")
+    pytest.importorskip("tritonclient.grpc", reason="no tritonclient: pip install 'tritonclient[grpc,http]'")
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
