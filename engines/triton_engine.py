@@ -99,10 +99,17 @@ class CudaRegion(SystemRegion):
     """UNVERIFIED (no GPU in this project's checks): the same slot in CUDA memory on device 0."""
 
     def __init__(self, name: str, size: int, device: int = 0):
-        import tritonclient.utils.cuda_shared_memory as cshm
-
-        self.shm, self.name, self.size, self.device = cshm, name, size, device
+        self.shm, self.name, self.size, self.device = self.module(), name, size, device
         self.handle = cshm.create_shared_memory_region(name, size, device)
+
+    @staticmethod
+    def module():
+        try:
+            import tritonclient.utils.cuda_shared_memory as cshm
+        except (ImportError, RuntimeError):   # tritonclient raises RuntimeError without cuda-python
+            raise RuntimeError("--triton-shm cuda needs cuda-python: pip install 'tritonclient[cuda]' on a machine "
+                               "with an NVIDIA GPU (or use --triton-shm system)") from None
+        return cshm
 
     def register(self, client) -> None:
         client.register_cuda_shared_memory(self.name, self.shm.get_raw_handle(self.handle), self.device, self.size)
@@ -222,6 +229,8 @@ class TritonEngine(Engine):
         self.in_bytes = frames * 3 * h * w * np.dtype(self.input_dtype).itemsize
         self.out_bytes = frames * out_per_frame * np.dtype(self.output_dtype).itemsize
         region = CudaRegion if self.shm == "cuda" else SystemRegion
+        if region is CudaRegion:
+            CudaRegion.module()   # a missing package is its own one-line error
         tag = f"bisenet_{threading.get_native_id()}_{id(self) & 0xffffff:x}"
         try:
             for slot in range(self.in_flight):

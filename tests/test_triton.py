@@ -259,6 +259,11 @@ def test_wrong_model_name_or_size_is_one_line(server, tmp_path):
     assert "cannot reach Triton" in err
     err = one_line_error(run_app(f"grpc://127.0.0.1:{server.grpc}", None))
     assert "grpc://HOST:PORT/NAME" in err
+    try:
+        import tritonclient.utils.cuda_shared_memory  # noqa: F401
+    except (ImportError, RuntimeError):   # no cuda-python (no GPU here): says what to install
+        err = one_line_error(run_app(server.url(), None, "--triton-shm", "cuda"))
+        assert "tritonclient[cuda]" in err
     # bisenet eval takes the classes from the server's parameters: a Cityscapes model on CamVid is refused.
     camvid = REPO.parent / "shared" / "data" / "camvid"
     if camvid.is_dir():
