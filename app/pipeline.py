@@ -240,6 +240,8 @@ class Pipeline:
                         else:
                             labels = np.asarray(self.engine.infer(batch))[0]
                         t2 = time.monotonic()
+                        if not isinstance(labels, Pending):
+                            self._check_classes(labels)
                 except ServerDown:
                     self._drop(frame, "server_down")   # the engine retries on its own
                     continue
@@ -327,8 +329,8 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.close()   # finalizes video files: playable even after a signal
-                except Exception as e:
-                    self.log(f"warning: closing {sink.name}: {type(e).__name__}: {e}")
+                except Exception as e:   # e.g. the file could not be written: the run says so
+                    self._sink_failed(sink, e, [])
 
     def _await(self, frame: Frame, pending: "Pending"):
         """A remote engine's result, in frame order: (labels, time it arrived), or (None, _)
@@ -339,19 +341,33 @@ class Pipeline:
             self._drop(frame, "server_down")
             return None, 0.0
         except Exception as e:
-            self._drop(frame, "inference_error")
-            self.bad_results += 1
-            if self.bad_results == 1:
-                self.log(f"warning: frame {frame.id}: inference failed: {type(e).__name__}: {e}")
-            if self.bad_results == MAX_BAD_INFERENCES:
-                self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
-                self.request_stop("inference failing")
-            return None, 0.0
-        self.bad_results = 0
+            return self._result_failed(frame, e)
         # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
         done = pending.done or time.monotonic()
         frame.timings["inference"] = _ms(pending.sent, done)
-        return np.asarray(self.engine.labels_of(out))[0], done
+        labels = np.asarray(self.engine.labels_of(out))[0]
+        try:
+            self._check_classes(labels)
+        except ValueError as e:
+            return self._result_failed(frame, e)
+        self.bad_results = 0
+        return labels, done
+
+    def _result_failed(self, frame: Frame, e: Exception):
+        self._drop(frame, "inference_error")
+        self.bad_results += 1
+        if self.bad_results == 1:
+            self.log(f"warning: frame {frame.id}: inference failed: {type(e).__name__}: {e}")
+        if self.bad_results == MAX_BAD_INFERENCES:
+            self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
+            self.request_stop("inference failing")
+        return None, 0.0
+
+    def _check_classes(self, labels: np.ndarray) -> None:
+        top = int(labels.max(initial=0))
+        if top >= len(self.class_names):   # would draw black: say so instead
+            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                             f"{len(self.class_names)} classes; re-export the model")
 
     def _open_sinks(self, width: int, height: int) -> list:
         fps = self.out_fps or self.reader.fps or 25.0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.validate import check_output_channels, readable_file
 from engines.base import Engine, ModelInfo
 from engines.sidecar import SidecarError, read_sidecar
 
@@ -46,9 +47,7 @@ class OnnxEngine(Engine):
                  precision: str | None = None):
         import onnxruntime as ort
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model {self.path} does not exist; export one with `bisenet export`")
+        self.path = readable_file(path, "model", "export one with `bisenet export`")
         meta = read_sidecar(self.path)
         self.info = ModelInfo.from_sidecar(meta)
         opts = ort.SessionOptions()
@@ -73,6 +72,10 @@ class OnnxEngine(Engine):
         if static and tuple(shape[2:]) != tuple(self.info.input_size):
             raise SidecarError(f"{self.path}: graph input is {shape[2]}x{shape[3]} but its sidecar says "
                                f"{self.info.input_size[0]}x{self.info.input_size[1]}; re-export it with `bisenet export`")
+        out_shape = self.session.get_outputs()[0].shape
+        if self.output_name == "logits" and len(out_shape) == 4:
+            check_output_channels(out_shape[1], self.info.num_classes, str(self.path),
+                                  "re-export it with `bisenet export`")
         if self.output_name != self.info.head:
             raise SidecarError(f"{self.path}: graph outputs {self.output_name} but its sidecar says "
                                f"{self.info.head}; re-export it with `bisenet export`")
