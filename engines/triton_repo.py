@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.validate import InputError, check_sidecar
 from engines.sidecar import SidecarError, read_sidecar
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
@@ -134,11 +135,15 @@ def metadata_from_parameters(parameters: dict, where: str) -> dict:
         raise SidecarError(f"{where}: the model config has no {', '.join(missing)} parameters (classes, palette "
                            "and normalization travel there); write its repository with `bisenet triton-repo` "
                            "or serve it with `bisenet serve-triton`")
+    hint = "rewrite the repository with `bisenet triton-repo`"
     try:
-        return {k: json.loads(parameters[k]["string_value"]) for k in PARAMETER_KEYS}
+        meta = {k: json.loads(parameters[k]["string_value"]) for k in PARAMETER_KEYS}
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise SidecarError(f"{where}: unreadable metadata parameter ({e}); rewrite the repository with "
-                           "`bisenet triton-repo`") from None
+        raise SidecarError(f"{where}: unreadable metadata parameter ({e}); {hint}") from None
+    try:   # the same schema as a sidecar file
+        return check_sidecar(meta, f"{where} parameters", hint)
+    except InputError as e:
+        raise SidecarError(str(e)) from None
 
 
 def check_io_matches_sidecar(io: ModelIO, meta: dict, model_path) -> None:
