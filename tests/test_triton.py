@@ -144,10 +144,13 @@ class Server:
         self.proc = None
 
     def start(self, timeout=180):
+        self.shm_before = set(os.listdir("/dev/shm"))
+        # TMPDIR: the repository serve-triton writes lands in pytest's folder even after a SIGKILL.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve-triton", "--onnx", str(self.model), "--http-port", str(self.http),
              "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--max-queue-delay-us", "20000"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.log.parent)})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -158,8 +161,21 @@ class Server:
         pytest.fail(f"serve-triton not ready in {timeout} s: {self.log.read_text()[-2000:]}")
 
     def kill(self):
+        """Like a crash; then remove the Python backend's shared memory the server left behind
+        (new since start: the lock makes this the only Triton server of these tests)."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        for name in set(os.listdir("/dev/shm")) - self.shm_before:
+            if name.startswith("triton_python_backend_shm_region_"):
+                Path("/dev/shm", name).unlink(missing_ok=True)
+
+    def stop(self):
+        """serve-triton's own clean stop (SIGTERM): the server exits, its folder is removed."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def url(self, protocol="grpc") -> str:
         return f"{protocol}://127.0.0.1:{self.grpc if protocol == 'grpc' else self.http}/bisenet"
@@ -189,7 +205,7 @@ def server(tmp_path_factory):
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
+            srv.stop()
         lock.close()
 
 
