@@ -303,12 +303,13 @@ def test_three_apps_are_batched_by_triton(server):
     assert inferences / executions > 1.0, f"mean server-side batch {inferences / executions:.2f}"
 
 
-def test_server_killed_and_restarted_mid_run(server, tmp_path):
+@pytest.mark.parametrize("protocol,shm", [("grpc", "system"), ("http", "none")])
+def test_server_killed_and_restarted_mid_run(server, tmp_path, protocol, shm):
     """The app keeps running through a crash of the server: frames in the outage are dropped
     with reason server_down, the stream resumes, every frame id is accounted for once."""
     log = tmp_path / "lat.jsonl"
     app = subprocess.Popen([sys.executable, "run_camera.py", "--source", str(SAMPLE_VIDEO), "--model",
-                            server.url("grpc"), "--triton-shm", "system", "--realtime", "--loop",
+                            server.url(protocol), "--triton-shm", shm, "--realtime", "--loop",
                             "--output", "null", "--latency-log", str(log)],
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = []
