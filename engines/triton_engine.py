@@ -100,7 +100,7 @@ class CudaRegion(SystemRegion):
 
     def __init__(self, name: str, size: int, device: int = 0):
         self.shm, self.name, self.size, self.device = self.module(), name, size, device
-        self.handle = cshm.create_shared_memory_region(name, size, device)
+        self.handle = self.shm.create_shared_memory_region(name, size, device)
 
     @staticmethod
     def module():
