@@ -136,6 +136,7 @@ def main() -> int:
                 for m in modes:
                     before = server_counts(ports["metrics"])
                     lat, wall = run_round(engines[m], batch, args.frames)
+                    time.sleep(0.3)   # Triton updates a request's statistics just after its response
                     after = server_counts(ports["metrics"])
                     r = results.setdefault((m, clients), {"lat": [], "wall": 0.0, **dict.fromkeys(METRICS, 0.0)})
                     r["lat"] += lat
@@ -156,7 +157,7 @@ def main() -> int:
                 p50, p90 = statistics.median(r["lat"]), statistics.quantiles(r["lat"], n=10)[8]
                 n = r["nv_inference_count"]   # requests here are one frame each
                 srv = ["-"] * 4
-                if r["nv_inference_exec_count"]:
+                if r["nv_inference_exec_count"] and m != "local onnxruntime":
                     srv = [f"{n / r['nv_inference_exec_count']:.2f}",
                            *(f"{r[k] / n / 1000:.1f}" for k in METRICS[2:])]
                 print(f"{m:<18} {clients:>7} {p50:>7.1f} {p90:>7.1f} {len(r['lat']) / r['wall']:>8.2f} "

@@ -149,7 +149,6 @@ def run(args) -> int:
     ports = {args.http_port, args.grpc_port, args.metrics_port}
     if len(ports) != 3 or not all(0 < p < 65536 for p in ports):
         raise ValueError("--http-port, --grpc-port and --metrics-port must be three different ports 1-65535")
-    env = find_server_env(args.server_env)
     work = Path(tempfile.mkdtemp(prefix="bisenet-triton-"))
     proc = None
     try:
@@ -158,6 +157,7 @@ def run(args) -> int:
         write_repository(model, repo, args.name, max_batch=args.max_batch, instances=args.instances,
                          queue_delay_us=args.max_queue_delay_us, backend="python",
                          extra_files={"model.py": Path(__file__).with_name("triton_python_model.py")})
+        env = find_server_env(args.server_env)   # after the model: its errors come first
         cmd = server_command(env, repo, env.backend_dir(work), args)
         proc = subprocess.Popen(cmd, env=env.environ(), preexec_fn=_die_with_parent)
         host = args.address if args.address not in ("0.0.0.0", "::") else "127.0.0.1"
