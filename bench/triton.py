@@ -110,8 +110,8 @@ def main() -> int:
     p.add_argument("--onnx", help="model to serve (default: a random-weight R18 exported at --size)")
     p.add_argument("--size", default="352x480", help="HxW for the default export (default 352x480)")
     p.add_argument("--clients", type=int, default=4, help="the concurrent-client column (default 4)")
-    p.add_argument("--frames", type=int, default=10, help="frames per client per round (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--frames", type=int, default=5, help="frames per client per round (default 5)")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     onnx = Path(args.onnx) if args.onnx else export(tuple(int(v) for v in args.size.split("x")), work)
@@ -149,19 +149,21 @@ def main() -> int:
         print(f"\n{onnx.name} {h}x{w}, {args.rounds} rounds x {args.frames} frames per client; "
               f"load average at end: {load_average()}")
         print(f"{'mode':<18} {'clients':>7} {'p50 ms':>7} {'p90 ms':>7} {'frames/s':>8} {'p50 vs local':>12} "
-              f"{'srv batch':>9} {'srv request ms':>14} {'srv queue ms':>12} {'srv model ms':>12}")
+              f"{'srv batch':>9} {'srv request ms':>14} {'srv queue ms':>12} {'srv model ms':>12} {'overhead ms':>11}")
         for clients in (1, args.clients):
             base = statistics.median(results[(modes[0], clients)]["lat"])
             for m in modes:
                 r = results[(m, clients)]
                 p50, p90 = statistics.median(r["lat"]), statistics.quantiles(r["lat"], n=10)[8]
                 n = r["nv_inference_count"]   # requests here are one frame each
-                srv = ["-"] * 4
+                srv = ["-"] * 5
                 if r["nv_inference_exec_count"] and m != "local onnxruntime":
+                    # overhead: the client's mean latency less the server's mean request time
                     srv = [f"{n / r['nv_inference_exec_count']:.2f}",
-                           *(f"{r[k] / n / 1000:.1f}" for k in METRICS[2:])]
+                           *(f"{r[k] / n / 1000:.1f}" for k in METRICS[2:]),
+                           f"{statistics.mean(r['lat']) - r[METRICS[2]] / n / 1000:.1f}"]
                 print(f"{m:<18} {clients:>7} {p50:>7.1f} {p90:>7.1f} {len(r['lat']) / r['wall']:>8.2f} "
-                      f"{p50 / base:>11.3f}x {srv[0]:>9} {srv[1]:>14} {srv[2]:>12} {srv[3]:>12}")
+                      f"{p50 / base:>11.3f}x {srv[0]:>9} {srv[1]:>14} {srv[2]:>12} {srv[3]:>12} {srv[4]:>11}")
     finally:
         import signal
 
