@@ -54,6 +54,8 @@ class LatencyRecorder:
         self.dropped = Counter()
         self.first_capture = None
         self.last_written_at = None
+        # fn(row, frame timings) after each row, under the lock (app/metrics.py feeds /metrics here)
+        self.listeners = []
         self._file = None
         self._csv = None
         if self.path:
@@ -86,6 +88,8 @@ class LatencyRecorder:
                 if row[f"{s}_ms"] is not None:
                     self.stats[s].add(row[f"{s}_ms"])
             self._write(row)
+            for fn in self.listeners:
+                fn(row, t)
 
     def record_dropped(self, frame_id: int, capture_ts: float, reason: str, source_ts=None, timings=None) -> None:
         row = {"frame": frame_id, "source_ts": source_ts, "capture_s": capture_ts - self.start}
@@ -96,6 +100,8 @@ class LatencyRecorder:
             self.dropped[reason] += 1
             self._seen(capture_ts)
             self._write(row)
+            for fn in self.listeners:
+                fn(row, timings or {})
 
     def _seen(self, capture_ts: float) -> None:
         if self.first_capture is None or capture_ts < self.first_capture:

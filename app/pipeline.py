@@ -124,6 +124,7 @@ class Pipeline:
             while not self.stopping.is_set():
                 if self.max_frames is not None and self.captured >= self.max_frames:
                     break
+                t_read = time.monotonic()
                 try:
                     got = self.reader.read()
                 except ReadError as e:
@@ -142,6 +143,7 @@ class Pipeline:
                 bad_reads = 0
                 image, source_ts = got
                 frame = Frame(self.captured, time.monotonic(), image, source_ts)
+                frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 self.captured += 1
                 if not self.live and self.fused is None:
                     self._preprocess_ahead(frame)

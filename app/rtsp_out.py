@@ -32,6 +32,7 @@ from app.frames import Frame, Sink
 log = logging.getLogger(__name__)
 
 DEFAULT_BITRATE = 2_000_000
+RTSP_USER = "bisenet"                 # served RTSP: this user name, the app's token as password
 RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
 
@@ -42,8 +43,10 @@ def parse_bitrate(text) -> int:
     return check_value("bitrate", text)
 
 
-def open_rtsp_sink(spec: str, args) -> Sink:
-    """`rtsp://HOST:PORT/PATH` -> push to that server; `rtsp://@:PORT/PATH` -> serve it here."""
+def open_rtsp_sink(spec: str, args, server=None) -> Sink:
+    """`rtsp://HOST:PORT/PATH` -> push to that server; `rtsp://@:PORT/PATH` -> serve it here.
+    Serving listens on every interface, so it takes the run's token (`server.auth`, an
+    app.server.AppServer) as HTTP Basic credentials, unless --no-auth."""
     # --bitrate and --rtsp-transport are the app's flags (app/run.py).
     bitrate = parse_bitrate(getattr(args, "bitrate", None) or DEFAULT_BITRATE)
     parts = urlsplit(spec)
@@ -53,7 +56,15 @@ def open_rtsp_sink(spec: str, args) -> Sink:
     if parts.netloc.startswith("@"):
         port = parts.port or 8554
         path = parts.path if parts.path not in ("", "/") else "/stream"
-        return RtspServeSink(port, path, bitrate)
+        _import_gstreamer()      # missing packages: that error first, before a token is printed
+        if server is not None:
+            auth = server.auth
+        else:
+            from app.server import Auth, ServerOptions
+            options = ServerOptions.from_options(args)
+            auth = Auth(options.auth_token, options.no_auth)
+        token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}")
+        return RtspServeSink(port, path, bitrate, auth_token=token)
     return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")
 
 
@@ -249,9 +260,10 @@ class RtspServeSink(Sink):
     shared, so normally one). Accounting: `written` when at least one viewer got it, else
     `dropped["no_viewer"]`."""
 
-    def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE):
+    def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE, auth_token: str | None = None):
         _import_gstreamer()      # missing packages: one line at start, before the model loads
         self.port, self.path, self.bitrate = port, path, bitrate
+        self.auth_token = auth_token     # None: anyone may watch (--no-auth)
         self.name = f"rtsp serve rtsp://@:{port}{path}"
         self.written = 0
         self.dropped = {"no_viewer": 0, "send_error": 0}
@@ -291,6 +303,8 @@ class RtspServeSink(Sink):
         factory.set_launch(launch)
         factory.set_shared(True)                  # one encoder for all viewers
         factory.connect("media-configure", self._on_media_configure)
+        if self.auth_token is not None:
+            self._require_basic_auth(GstRtspServer, server, factory)
         server.get_mount_points().add_factory(self.path, factory)
         self._source_id = server.attach(None)
         if self._source_id == 0:
@@ -300,7 +314,21 @@ class RtspServeSink(Sink):
         self._loop = GLib.MainLoop()
         self._thread = threading.Thread(target=self._loop.run, daemon=True, name="rtsp-serve")
         self._thread.start()
-        log.warning("serving RTSP at rtsp://<this host>:%d%s", self.port, self.path)
+        log.warning("serving RTSP at rtsp://<this host>:%d%s (all interfaces, %s)", self.port, self.path,
+                    f"auth on: user {RTSP_USER}, the token as password" if self.auth_token else "auth OFF")
+
+    def _require_basic_auth(self, GstRtspServer, server, factory) -> None:
+        """Only user RTSP_USER with the token as password may construct and watch the media
+        (gst-rtsp-server compares the whole Basic credential, so the user name is fixed)."""
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(RTSP_USER, self.auth_token), token)
+        server.set_auth(auth)   # no default token: a client without these credentials gets 401
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role("viewer", "media.factory.access", True)
+        permissions.add_permission_for_role("viewer", "media.factory.construct", True)
+        factory.set_permissions(permissions)
 
     def _on_media_configure(self, factory, media) -> None:
         appsrc = media.get_element().get_child_by_name("src")

@@ -27,6 +27,8 @@ DEFAULTS = {
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
     "rtsp_transport": None, "triton_shm": "none", "triton_in_flight": 2,
+    "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
+    "tls_cert": None, "tls_key": None,
 }
 
 
@@ -74,6 +76,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-log", metavar="FILE", help="one row per frame: FILE.csv or FILE.jsonl")
     g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage "
                    f"(default 4, at most {validate.MAX_QUEUE})")
+    g = p.add_argument_group("serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)")
+    g.add_argument("--auth-token", metavar="TOKEN",
+                   help="token viewers must send (Bearer, Basic password, or /?token= once); default: "
+                   "$BISENET_AUTH_TOKEN, else one is generated and printed when a port listens beyond loopback")
+    g.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                   help="require the token on ports beyond loopback (default); --no-auth serves without "
+                   "one and warns at every start")
+    g.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma list of host names browsers may use for this box besides its IP addresses, "
+                   "localhost and its own name (DNS-rebinding check); '*' turns the check off")
+    g.add_argument("--max-clients", type=int, metavar="N", help="most MJPEG viewers at once; the rest get 503 "
+                   "(default 16)")
+    g.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                   help="also serve /metrics and /healthz on this port (all interfaces unless HOST is given), "
+                   "e.g. for RTSP or file outputs")
+    g.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    g.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
 
 
 def _preset_path(name: str) -> Path:
@@ -147,6 +166,7 @@ def _parser(prog: str = "bisenet run") -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
+    from app.server import AppServer, ServerOptions
     from app.sinks import open_sink
     from app.sources import open_source
     from engines.load import load_engine
@@ -157,19 +177,26 @@ def run(args: argparse.Namespace) -> int:
     if not opts.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
 
+    server_options = ServerOptions.from_options(opts)
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
                          triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
-    sinks, reader = [], None
+    sinks, reader, server = [], None, None
     try:
+        server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
+        server.set_model(engine)
         reader = open_source(opts.source, opts)
         for spec in opts.output:
-            sinks.append(open_sink(spec, opts, live=reader.live))
+            sinks.append(open_sink(spec, opts, live=reader.live, server=server))
+        if opts.metrics_port is not None:   # (host, port): app/validate.py's listen_address
+            server.listen(*opts.metrics_port, what="metrics")
         recorder = LatencyRecorder(opts.latency_log)
     except BaseException:
         for sink in sinks:
             sink.close()
         if reader is not None:
             reader.close()
+        if server is not None:
+            server.close()
         raise
     kind = "live" if reader.live else "file"
     rate = f", {reader.fps:.3g} fps" if reader.fps else ""
@@ -179,7 +206,12 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(reader, engine, sinks, recorder=recorder, alpha=opts.alpha, mode=opts.mode,
                         hud=opts.hud, legend=opts.legend, max_frames=opts.max_frames, out_fps=opts.fps,
                         queue_size=opts.queue_size)
-    code = pipeline.run()
+    server.metrics.watch("cam0", recorder, opts.source_timeout, reader=pipeline.reader,
+                         queues={"input": pipeline.in_q, "output": pipeline.out_q})
+    try:
+        code = pipeline.run()
+    finally:
+        server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured), file=sys.stderr, flush=True)
     if opts.latency_log:

@@ -4,7 +4,7 @@
     out.mp4 / .mkv / .avi     a video file: H.264 (mp4, mkv) or MPEG-4 Part 2 (avi) through
                               PyAV/FFmpeg; OpenCV's writer if PyAV cannot
     frames/                   a folder of PNG overlays (`--save-labels`: raw label maps too)
-    http://@:8080             MJPEG stream + a small live page (app/http_sink.py)
+    http://@:8080             MJPEG stream + a small live page (app/http_sink.py, app/server.py)
     rtsp://HOST:PORT/PATH     RTSP push (app/rtsp_out.py, the RTSP issue)
     null                      nothing (benchmarks)
 
@@ -246,8 +246,11 @@ class FolderSink(Sink):
                 raise SinkError(f"cannot write {self.folder / 'labels' / name}")
 
 
-def open_sink(spec: str, options=None, live: bool = False) -> Sink:
-    """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size)."""
+def open_sink(spec: str, options=None, live: bool = False, server=None, camera: str = "cam0") -> Sink:
+    """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size).
+    `server`: the run's app.server.AppServer (auth and listeners shared by http:// and
+    rtsp://@ outputs); None gives each its own loopback-default one. `camera`: the name an
+    http:// output serves this stream under (/camera/NAME; several may share one port)."""
     spec = str(spec)
     if spec == "display":
         return DisplaySink()
@@ -255,7 +258,7 @@ def open_sink(spec: str, options=None, live: bool = False) -> Sink:
         return NullSink()
     if spec.startswith("http://"):
         from app.http_sink import open_http_sink
-        return open_http_sink(spec, options)
+        return open_http_sink(spec, options, server=server, camera=camera)
     if spec.startswith("rtsp://"):
         try:
             from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)
@@ -263,7 +266,7 @@ def open_sink(spec: str, options=None, live: bool = False) -> Sink:
             if e.name != "app.rtsp_out":
                 raise
             raise SinkError("rtsp:// outputs need app/rtsp_out.py, which this install does not have") from None
-        return open_rtsp_sink(spec, options)
+        return open_rtsp_sink(spec, options, server=server)
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in VIDEO_OUTPUT_SUFFIXES:

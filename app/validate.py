@@ -148,6 +148,27 @@ def output_spec(value) -> str:
     return spec
 
 
+def listen_address(value, expected: str) -> tuple[str, int]:
+    """'9100' -> ('0.0.0.0', 9100) (every interface); '127.0.0.1:9100' -> ('127.0.0.1', 9100)."""
+    host, _, port = str(value).strip().rpartition(":")
+    try:
+        number = Number(int, 1, 65535)(port)
+    except ValueError:
+        raise ValueError(f"{value!r}: expected {expected}") from None
+    if ":" in host or host.startswith("["):
+        raise ValueError(f"{value!r}: IPv6 addresses are not supported; expected {expected}")
+    return (host if host not in ("", "@") else "0.0.0.0"), number
+
+
+def auth_token(value) -> str:
+    """A token viewers must send: long enough that guessing it (5 tries a minute) is hopeless."""
+    token = str(value)
+    if len(token) < 8 or token != token.strip():
+        raise ValueError("use at least 8 characters, no spaces around them (e.g. python -c "
+                         "'import secrets; print(secrets.token_urlsafe(16))')")
+    return token
+
+
 def latency_log_path(value) -> str:
     if Path(str(value)).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{value}: use a .csv or .jsonl file name")
@@ -170,6 +191,10 @@ RUN_FLAGS = {
     "threads": Number(int, 1, 1024),
     "bitrate": Number(int, 10_000, 1_000_000_000, units=True, hint="bit/s like 800k, 2M or 4000000"),
     "triton_in_flight": Number(int, 1, 64, hint="each request in flight holds one frame"),
+    # Serving (app/server.py, docs/service.md).
+    "max_clients": Number(int, 1, 4096, hint="MJPEG viewers at once"),
+    "metrics_port": lambda v: listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"),
+    "auth_token": auth_token,
 }
 
 

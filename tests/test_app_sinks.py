@@ -105,7 +105,7 @@ def test_open_sink_dispatch_and_one_line_errors(tmp_path, monkeypatch):
 
 def test_rtsp_outputs_go_to_app_rtsp_out(monkeypatch):
     calls = []
-    fake = types.SimpleNamespace(open_rtsp_sink=lambda spec, args: calls.append((spec, args)) or NullSink())
+    fake = types.SimpleNamespace(open_rtsp_sink=lambda spec, args, server=None: calls.append((spec, args)) or NullSink())
     monkeypatch.setitem(sys.modules, "app.rtsp_out", fake)
     options = SimpleNamespace(bitrate=2_000_000)
     assert isinstance(open_sink("rtsp://127.0.0.1:8554/live", options), NullSink)

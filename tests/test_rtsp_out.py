@@ -164,7 +164,7 @@ from app.frames import Frame
 from app.rtsp_out import open_rtsp_sink
 from tests.test_rtsp_out import sample_image
 image = sample_image(160, 120)
-sink = open_rtsp_sink(f"rtsp://@:{sys.argv[1]}/live", argparse.Namespace(bitrate="500k"))
+sink = open_rtsp_sink(f"rtsp://@:{sys.argv[1]}/live", argparse.Namespace(bitrate="500k", auth_token=sys.argv[2]))
 sink.open(160, 120, 25.0)
 print("ready", flush=True)
 stop = []
@@ -181,7 +181,8 @@ print(json.dumps({"fed": n, **sink.counters()}), flush=True)
 
 
 def test_serve_from_the_app_viewers_can_come_and_go():
-    """rtsp://@:PORT/PATH: the app is the RTSP server (GStreamer); a viewer decodes frames,
+    """rtsp://@:PORT/PATH: the app is the RTSP server (GStreamer); it listens on every
+    interface, so a viewer without the token (Basic) is refused; one with it decodes frames,
     leaves, and a second viewer connects again."""
     import importlib.util
     import json
@@ -195,7 +196,8 @@ def test_serve_from_the_app_viewers_can_come_and_go():
         pytest.skip("needs PyGObject + gst-rtsp-server (pip install 'bisenet-edge[serve]'; "
                     "apt install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly)")
     port = free_tcp_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(port)], cwd=REPO, text=True,
+    token = "rtsp-test-token"
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(port), token], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ready = proc.stdout.readline().strip()
@@ -204,11 +206,20 @@ def test_serve_from_the_app_viewers_can_come_and_go():
             if err and "gst-rtsp-server" in err[-1]:
                 pytest.skip(err[-1])         # PyGObject present but gst-rtsp-server/x264enc missing
             raise AssertionError(f"serving failed: {err[-5:]}")
-        first = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="tcp")
-        second = decode_rtsp(f"rtsp://127.0.0.1:{port}/live", 30, timeout_s=30, transport="udp")
+        import shutil
+        refused = subprocess.run([shutil.which("ffprobe"), "-v", "error", "-rtsp_transport", "tcp",
+                                  f"rtsp://127.0.0.1:{port}/live"], capture_output=True, text=True, timeout=30)
+        wrong = subprocess.run([shutil.which("ffprobe"), "-v", "error", "-rtsp_transport", "tcp",
+                                f"rtsp://bisenet:guess@127.0.0.1:{port}/live"], capture_output=True, text=True,
+                               timeout=30)
+        url = f"rtsp://bisenet:{token}@127.0.0.1:{port}/live"
+        first = decode_rtsp(url, 30, timeout_s=30, transport="tcp")
+        second = decode_rtsp(url, 30, timeout_s=30, transport="udp")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
+    assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr
+    assert wrong.returncode != 0 and "401" in wrong.stderr, wrong.stderr
     assert len(first) == 30 and len(second) == 30
     assert first[0].shape == (120, 160, 3)
     assert psnr(second[-1], sample_image(160, 120)) > 28

@@ -1,0 +1,119 @@
+"""What the app tells Prometheus about itself, and whether its sources are alive (/healthz).
+
+One `Metrics` per app run, with its own prometheus-client `CollectorRegistry` (nothing global,
+so two runs in one process never share counters). It is fed by the per-frame latency records:
+`watch(camera, recorder, source_timeout_s, queues, reader)` adds a listener to that camera's
+`LatencyRecorder`, which already sees every captured frame once (written, or dropped with a
+reason), so the histograms and counters agree with the latency log row for row.
+
+    bisenet_stage_duration_seconds{stage, camera}   histogram over written frames; stages
+        capture (the source's read: decode, and for live sources the wait for the frame),
+        queue, preprocess, inference, overlay, sink, e2e (capture -> written)
+    bisenet_frames_total{camera, outcome}            outcome: written or the drop reason
+    bisenet_source_reconnects_total{camera}          reconnect attempts of a live source
+    bisenet_source_outages_total{camera}             outages of a live source
+    bisenet_queue_depth{camera, queue}               frames waiting (input, output), read at scrape time
+    bisenet_http_viewers                             MJPEG viewers connected now
+    bisenet_model_info{model, backend, precision, input_size}
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+STAGES = ("capture", "queue", "preprocess", "inference", "overlay", "sink", "e2e")
+# Seconds: 1 ms .. 10 s, dense where an edge model's stages live (5 .. 250 ms).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A decode error is recorded when the read failed: no frame was delivered, so it does not
+# count as a sign of life for /healthz.
+NOT_DELIVERED = {"decode_error"}
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.stage = Histogram("bisenet_stage_duration_seconds", "Per-frame stage durations of written frames",
+                               ["stage", "camera"], buckets=BUCKETS, registry=self.registry)
+        self.frames = Counter("bisenet_frames", "Captured frames by outcome: written or the drop reason",
+                              ["camera", "outcome"], registry=self.registry)
+        self.model = Info("bisenet_model", "The model this run serves", registry=self.registry)
+        self.lock = threading.Lock()
+        self.sources = {}         # camera -> (its queues {name: queue.Queue}, its reader)
+        self.last_frame = {}      # camera -> monotonic time its source last delivered a frame
+        self.timeouts = {}        # camera -> seconds without a frame before it counts as stale
+        self.viewers = lambda: 0  # set by the HTTP server
+        self.registry.register(_ScrapeTimeCollector(self))
+
+    def set_model(self, engine) -> None:
+        info = engine.info
+        h, w = info.input_size
+        self.model.info({"model": str(info.model), "backend": str(getattr(engine, "backend", "")),
+                         "precision": str(info.precision), "input_size": f"{h}x{w}"})
+
+    def watch(self, camera: str, recorder, source_timeout_s: float, queues: dict | None = None,
+              reader=None) -> None:
+        """Feed this camera's metrics from its `recorder`; at scrape time read the depth of
+        `queues` ({name: queue.Queue}) and the reconnect counters of `reader` (its counters())."""
+        start = recorder.start
+        with self.lock:
+            self.sources[camera] = (dict(queues or {}), reader)
+            self.timeouts[camera] = float(source_timeout_s)
+            self.last_frame[camera] = time.monotonic()   # the grace period before a first frame
+
+        def on_row(row: dict, timings: dict) -> None:
+            outcome = "written" if not row["dropped"] else (row["reason"] or "unknown")
+            self.frames.labels(camera=camera, outcome=outcome).inc()
+            if outcome not in NOT_DELIVERED:
+                captured = start + row["capture_s"]
+                with self.lock:
+                    self.last_frame[camera] = max(self.last_frame.get(camera, captured), captured)
+            if row["dropped"]:
+                return
+            for stage in STAGES:
+                ms = row.get(f"{stage}_ms", timings.get(stage))
+                if ms is not None:
+                    self.stage.labels(stage=stage, camera=camera).observe(ms / 1000.0)
+
+        recorder.listeners.append(on_row)
+
+    def health(self, now: float | None = None) -> list[tuple[str, float, float]]:
+        """-> [(camera, seconds since its last frame, its timeout)] for every stale source."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            return [(cam, now - t, self.timeouts[cam]) for cam, t in sorted(self.last_frame.items())
+                    if now - t > self.timeouts[cam]]
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ScrapeTimeCollector:
+    """Values read when Prometheus scrapes: queue depths, reconnect counters, viewers."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []   # values change at every scrape; nothing to check at registration
+
+    def collect(self):
+        depth = GaugeMetricFamily("bisenet_queue_depth", "Frames waiting in the pipeline's queues",
+                                  labels=["camera", "queue"])
+        reconnects = CounterMetricFamily("bisenet_source_reconnects", "Reconnect attempts of a live source",
+                                         labels=["camera"])
+        outages = CounterMetricFamily("bisenet_source_outages", "Outages of a live source", labels=["camera"])
+        with self.metrics.lock:
+            sources = dict(self.metrics.sources)
+        for camera, (queues, reader) in sorted(sources.items()):
+            for name, q in queues.items():
+                depth.add_metric([camera, name], q.qsize())
+            counters = reader.counters() if callable(getattr(reader, "counters", None)) else {}
+            reconnects.add_metric([camera], counters.get("reconnect_attempts", 0))
+            outages.add_metric([camera], counters.get("outages", 0))
+        yield depth
+        yield reconnects
+        yield outages
+        yield GaugeMetricFamily("bisenet_http_viewers", "MJPEG viewers connected now", value=self.metrics.viewers())
