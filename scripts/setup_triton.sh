@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 V=.venv-triton
 [ -f $V/.ready ] && exit 0
 PY=${TRITON_PYTHON:-/usr/bin/python3}
-glibc=$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || echo 0)
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+glibc=${glibc:-0}
 if [ "$(uname -m)" != x86_64 ] || ! printf '2.35\n%s\n' "$glibc" | sort -V -C; then
     echo "setup_triton: nvidia-pytriton needs x86_64 with glibc >= 2.35 (here $(uname -m), glibc $glibc); Triton tests will skip" >&2
     exit 0
