@@ -1,6 +1,6 @@
 """The one interface the pipeline sees: what input an engine wants, and infer(batch) -> labels.
 
-ONNX Runtime, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
+ONNX Runtime, OpenVINO, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
 about them. What the model is (classes, palette, normalization) travels in `ModelInfo`,
 read from the model's sidecar JSON or its model config.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engines.sidecar import SidecarError
 
 
 @dataclass
@@ -69,3 +71,19 @@ class Engine:
     def describe(self) -> str:
         h, w = self.info.input_size
         return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}"
+
+
+def check_graph_io(path, info: ModelInfo, output_name: str, input_shape) -> None:
+    """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
+    `logits` as the sidecar's head says, and a static input of the sidecar's size."""
+    if output_name not in ("labels", "logits"):
+        raise SidecarError(f"{path}: output {output_name!r} is neither labels nor logits; "
+                           "re-export it with `bisenet export`")
+    dims = list(input_shape)[2:]
+    static = all(isinstance(d, int) and d > 0 for d in dims)
+    if static and tuple(dims) != tuple(info.input_size):
+        raise SidecarError(f"{path}: graph input is {dims[0]}x{dims[1]} but its sidecar says "
+                           f"{info.input_size[0]}x{info.input_size[1]}; re-export it with `bisenet export`")
+    if output_name != info.head:
+        raise SidecarError(f"{path}: graph outputs {output_name} but its sidecar says "
+                           f"{info.head}; re-export it with `bisenet export`")

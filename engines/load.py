@@ -1,16 +1,49 @@
-"""One call from `--model` to an Engine: .onnx -> ONNX Runtime, .engine -> TensorRT,
-a zoo name or model YAML -> PyTorch (with --checkpoint, or the official checkpoint)."""
+"""One call from `--model` to an Engine: .onnx -> OpenVINO or ONNX Runtime (--backend),
+.engine -> TensorRT, a zoo name or model YAML -> PyTorch (with --checkpoint, or the
+official checkpoint)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from engines.base import Engine
 
+BACKENDS = ("openvino", "onnxruntime")
+# The CPU default for .onnx: the faster one in bench/models.py, quiet and under load
+# (BENCHMARKS.md, "CPU backends"). GPU execution providers (--providers cuda/tensorrt) are
+# ONNX Runtime's, so asking for them picks ONNX Runtime.
+DEFAULT_BACKEND = "openvino"
+
+
+def pick_backend(backend: str | None, providers: str | None) -> str:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    gpu = any(p.strip().lower() not in ("", "cpu") for p in (providers or "").split(","))
+    if gpu:
+        if backend == "openvino":
+            raise ValueError(f"--providers {providers} are ONNX Runtime's; use --backend onnxruntime "
+                             "(or drop --providers for OpenVINO on the CPU)")
+        return "onnxruntime"
+    return backend or DEFAULT_BACKEND
+
 
 def load_engine(model: str, checkpoint: str | None = None, providers: str | None = None,
-                input_size=None, threads: int | None = None, device: str = "cpu") -> Engine:
+                input_size=None, threads: int | None = None, device: str = "cpu",
+                backend: str | None = None, precision: str | None = None) -> Engine:
+    """backend: 'openvino' or 'onnxruntime' for an .onnx (None: DEFAULT_BACKEND);
+    precision: the float compute precision, 'fp32' (default) or 'bf16' (OpenVINO only)."""
     path = Path(model)
+    if path.suffix != ".onnx" and (backend or precision not in (None, "fp32")):
+        what = f"--backend {backend}" if backend else f"--precision {precision}"
+        raise ValueError(f"{what} applies to .onnx models; {model} is not one")
     if path.suffix == ".onnx":
+        chosen = pick_backend(backend, providers)
+        if chosen == "openvino":
+            from engines.openvino_engine import OpenVinoEngine
+
+            return OpenVinoEngine(path, precision=precision, threads=threads)
+        if precision not in (None, "fp32"):
+            raise ValueError(f"--precision {precision} needs --backend openvino (ONNX Runtime runs the model's "
+                             "own precision)")
         from engines.onnx_engine import OnnxEngine
 
         return OnnxEngine(path, providers=providers, threads=threads)

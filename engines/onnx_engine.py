@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo
-from engines.sidecar import SidecarError, read_sidecar
+from engines.base import Engine, ModelInfo, check_graph_io
+from engines.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -65,17 +65,7 @@ class OnnxEngine(Engine):
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.output_name = self.session.get_outputs()[0].name
-        if self.output_name not in ("labels", "logits"):
-            raise SidecarError(f"{self.path}: output {self.output_name!r} is neither labels nor logits; "
-                               "re-export it with `bisenet export`")
-        shape = inp.shape
-        static = all(isinstance(d, int) for d in shape[2:])
-        if static and tuple(shape[2:]) != tuple(self.info.input_size):
-            raise SidecarError(f"{self.path}: graph input is {shape[2]}x{shape[3]} but its sidecar says "
-                               f"{self.info.input_size[0]}x{self.info.input_size[1]}; re-export it with `bisenet export`")
-        if self.output_name != self.info.head:
-            raise SidecarError(f"{self.path}: graph outputs {self.output_name} but its sidecar says "
-                               f"{self.info.head}; re-export it with `bisenet export`")
+        check_graph_io(self.path, self.info, self.output_name, inp.shape)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
