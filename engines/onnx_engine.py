@@ -39,11 +39,15 @@ def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
     return out
 
 
+# ONNX Runtime's intra-op threads spin while idle unless told not to (see OnnxEngine).
+SPINNING = False
+
+
 class OnnxEngine(Engine):
     backend = "onnxruntime"
 
     def __init__(self, path, providers: str | None = None, threads: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, spinning: bool = SPINNING):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -55,6 +59,12 @@ class OnnxEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if not spinning:
+            # Idle intra-op threads spin-wait for work by default; beside the pipeline's own
+            # threads (or any neighbour) on a small CPU they burn the cores those need, and
+            # inference itself collapses under load (BENCHMARKS.md, "CPU backends").
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=parse_providers(providers, self.path, precision or self.info.precision))
