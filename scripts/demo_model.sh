@@ -1,0 +1,30 @@
+# Sourced by scripts/demo.sh (and by tests/test_demo_model.py): which model the demo runs.
+#   export_demo_model OUT.onnx  exports, in this order of preference:
+#     1. MODEL with CHECKPOINT, when CHECKPOINT is given;
+#     2. MODEL with its official mmseg checkpoint (downloaded, cached);
+#     3. offline: the CamVid model trained by this project's own recipe (CAMVID_CHECKPOINT,
+#        ../shared/models/camvid_r18-d32_cpu.pth; see docs/training.md);
+#     4. neither: MODEL with random weights, so at least the pipeline shows.
+# Paths are relative to the project root (demo.sh runs from there).
+MODEL=${MODEL:-bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024}
+SIZE=${SIZE:-352x480}
+BISENET=${BISENET:-.venv/bin/bisenet}
+CAMVID_MODEL=bisenetv1_r18-d32_camvid-360x480
+CAMVID_CHECKPOINT=${CAMVID_CHECKPOINT:-../shared/models/camvid_r18-d32_cpu.pth}
+
+export_demo_model() {
+    local out=$1
+    if [ -n "${CHECKPOINT:-}" ]; then
+        $BISENET export --model "$MODEL" --checkpoint "$CHECKPOINT" --size "$SIZE" -o "$out"
+    elif $BISENET export --model "$MODEL" --size "$SIZE" -o "$out"; then
+        :
+    elif [ -f "$CAMVID_CHECKPOINT" ]; then
+        echo "demo: no official checkpoint for $MODEL could be had (offline?); using the CamVid model trained by" \
+             "this project's recipe instead: $CAMVID_MODEL with $CAMVID_CHECKPOINT (sky, building, road, tree, car, ...)." >&2
+        $BISENET export --model "$CAMVID_MODEL" --checkpoint "$CAMVID_CHECKPOINT" --size "$SIZE" -o "$out"
+    else
+        echo "demo: no checkpoint could be had (offline?) and no $CAMVID_CHECKPOINT. Running the pipeline with RANDOM" \
+             "weights: the colors mean nothing. For real output pass CHECKPOINT=path/to.pth (official mmseg or your own)." >&2
+        $BISENET export --model "$MODEL" --random-init --size "$SIZE" -o "$out"
+    fi
+}
