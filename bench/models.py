@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.int8_speed import cpu_name  # noqa: E402
 
 DEFAULT_MODEL = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid" / "train.txt"
@@ -66,16 +67,6 @@ def parse_sizes(text: str) -> list:
         return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part]
     except ValueError:
         raise SystemExit(f"--sizes {text!r}: write HxW[,HxW...], e.g. 352x480,512x1024") from None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def loadavg() -> str:

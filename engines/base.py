@@ -73,6 +73,27 @@ class Engine:
         return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}"
 
 
+class GraphEngine(Engine):
+    """An exported graph (ONNX Runtime, OpenVINO) whose one output is `labels` (argmax in the
+    graph) or `logits`: subclasses set `output_name` and implement `_run(batch) -> output`."""
+
+    output_name = "labels"
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._run(batch)
+        if self.output_name == "labels":
+            return out
+        return np.argmax(out, axis=1).astype(np.int32)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_name != "logits":
+            return super().infer_logits(batch)
+        return self._run(batch)
+
+
 def check_graph_io(path, info: ModelInfo, output_name: str, input_shape) -> None:
     """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
     `logits` as the sidecar's head says, and a static input of the sidecar's size."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, check_graph_io
+from engines.base import GraphEngine, ModelInfo, check_graph_io
 from engines.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
@@ -43,7 +43,7 @@ def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
 SPINNING = False
 
 
-class OnnxEngine(Engine):
+class OnnxEngine(GraphEngine):
     backend = "onnxruntime"
 
     def __init__(self, path, providers: str | None = None, threads: int | None = None,
@@ -79,17 +79,6 @@ class OnnxEngine(Engine):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._run(batch)
-        if self.output_name == "labels":
-            return out
-        return np.argmax(out, axis=1).astype(np.int32)
-
-    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
-        if self.output_name != "logits":
-            return super().infer_logits(batch)
-        return self._run(batch)
 
     def providers(self) -> list:
         return self.session.get_providers()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, check_graph_io
+from engines.base import GraphEngine, ModelInfo, check_graph_io
 from engines.sidecar import read_sidecar
 
 PRECISIONS = ("fp32", "bf16")
@@ -35,7 +35,7 @@ def cpu_has_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-class OpenVinoEngine(Engine):
+class OpenVinoEngine(GraphEngine):
     backend = "openvino"
 
     def __init__(self, path, precision: str | None = None, threads: int | None = None):
@@ -67,7 +67,6 @@ class OpenVinoEngine(Engine):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.compute_precision = compute
         # What runs, in words: int8 layers + float rest, or one float precision throughout.
         self.info.precision = f"int8+{compute}" if self.info.precision == "int8" else compute
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -76,17 +75,6 @@ class OpenVinoEngine(Engine):
         self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         # The request reuses its output buffer on the next call: hand out a copy.
         return self.request.get_output_tensor(0).data.copy()
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._run(batch)
-        if self.output_name == "labels":
-            return out
-        return np.argmax(out, axis=1).astype(np.int32)
-
-    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
-        if self.output_name != "logits":
-            return super().infer_logits(batch)
-        return self._run(batch)
 
     def describe(self) -> str:
         return f"{super().describe()} threads={self.threads}"
