@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
     g.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
     g.add_argument("--backend", choices=["openvino", "onnxruntime"],
-                   help="CPU backend for an .onnx (default openvino; --providers cuda/tensorrt use onnxruntime)")
+                   help="CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, "
+                   "onnxruntime for fp32; --providers cuda/tensorrt use onnxruntime)")
     g.add_argument("--precision", choices=["fp32", "bf16"],
                    help="float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; "
                    "an int8 model keeps its int8 layers)")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.preprocess import preprocess
-from engines.load import load_engine
+from engines.load import load_engine, pick_backend
 from engines.sidecar import SidecarError
 from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 
@@ -113,14 +113,15 @@ def test_missing_openvino_is_one_line(tmp_path):
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 @pytest.mark.parametrize("backend", ["openvino", None])
 def test_run_camera_on_the_street_clip(tmp_path, backend):
-    """--backend openvino and the default (no flag) both run the clip end to end."""
+    """--backend openvino and the default (no flag: ONNX Runtime for an fp32 model) both run
+    the clip end to end and say which backend and precision ran."""
     flag = ["--backend", backend] if backend else []
     r = subprocess.run([sys.executable, str(REPO / "run_camera.py"), "--source", str(SAMPLE_VIDEO),
                         "--model", str(tiny_onnx((64, 96))), *flag, "--output", str(tmp_path / "out.mp4"),
                         "--max-frames", "30", "--threads", "1"], cwd=REPO, env=ENV,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "model: openvino " in r.stderr and " fp32 " in r.stderr
+    assert f"model: {backend or 'onnxruntime'} " in r.stderr and " fp32 " in r.stderr
     assert "frames 30  written 30  dropped 0" in r.stderr
     assert (tmp_path / "out.mp4").stat().st_size > 0
 
@@ -144,3 +145,7 @@ def test_trained_camvid_fp32_and_int8_match_onnxruntime(tmp_path):
         equal = [np.mean(ov.infer(x) == ort.infer(x)) for x in batches(ov, frames)]
         assert np.mean(equal) >= need, (path.name, equal)
     assert ov.info.precision == "int8+fp32" and "int8+fp32" in ov.describe()
+    # The default for each file: OpenVINO for the int8 model, ONNX Runtime for fp32; bf16 is OpenVINO's.
+    assert load_engine(str(int8)).backend == "openvino"
+    assert load_engine(str(fp32)).backend == "onnxruntime"
+    assert pick_backend(None, None, "fp32", "bf16") == "openvino"

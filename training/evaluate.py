@@ -194,7 +194,7 @@ def add_arguments(p) -> None:
                         "and dynamic ONNX, the dataset's test scale as mmseg)")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt)")
     p.add_argument("--backend", choices=("openvino", "onnxruntime"),
-                   help="CPU backend for an .onnx model (default openvino)")
+                   help="CPU backend for an .onnx model (default: openvino for int8 and bf16, onnxruntime for fp32)")
     p.add_argument("--precision", choices=("fp32", "bf16"),
                    help="float compute precision, OpenVINO only (default fp32)")
     p.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
