@@ -7,8 +7,9 @@
 - the PyTorch reference network on CUDA (fp32 with TF32 off, and fp16 autocast) vs the CPU;
 - the fused chain: uint8 frame up -> preprocess kernel -> network on the GPU -> argmax kernel ->
   overlay kernel -> uint8 frame down, vs the same chain on the CPU;
-- TensorRT: an fp32 and an fp16 engine built from an ONNX export and run through the TensorRT
-  backend, when tensorrt, pycuda and the export code import.
+- TensorRT: an fp32 engine from an fp32 ONNX export and an fp16 engine from an fp16 export
+  (the route TensorRT 11 needs), each created in the main thread and run in a worker thread
+  as the app's pipeline does, when tensorrt, pycuda and the export code import.
 
 Prints one table: ms per stage (CPU and GPU, mean of --repeat calls after warm-up, wall clock
 around a synchronize), and the max abs difference to the CPU reference. Missing pieces are
@@ -125,7 +126,7 @@ def check_graph(k, backend, frame, labels, lut, cfg, size_hw, repeat):
 
     work()
     stream.synchronize()
-    graph = ck.CudaGraph(k.stream_handle(stream), work)
+    graph = ck.CudaGraph(k.stream_handle(stream), work, k.context)
     x.set(np.zeros(x.shape, np.float32))
     out.set(np.zeros(out.shape, np.uint8))
     k.synchronize()                      # the zeroing is done before the replay
@@ -257,20 +258,34 @@ def check_tensorrt(cfg, frames, size_hw, repeat):
     net = seeded_network(cfg, x)
     with torch.inference_mode():
         ref = net(torch.from_numpy(x)).numpy()
+
+    class Half(torch.nn.Module):            # what `bisenet export --precision fp16` writes
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x.half()).float()
+
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
     with tempfile.TemporaryDirectory() as tmp:
-        # A plain export with its sidecar, so this check needs nothing but torch.
-        onnx_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(net, (torch.from_numpy(x),), str(onnx_path), input_names=["input"],
-                          output_names=["logits"], opset_version=17)
-        write_sidecar(onnx_path, {"model": cfg.name, "classes": cfg.class_names, "palette": cfg.palette,
-                                  "mean": cfg.mean, "std": cfg.std, "input_shape": [1, 3, *size_hw],
-                                  "head": "logits", "precision": "fp32"})
-        for precision in ("fp32", "fp16"):
+        # Plain exports with their sidecars, so this check needs nothing but torch.
+        onnx_paths = {}
+        for precision, model in (("fp32", net), ("fp16", Half(copy.deepcopy(net).half()))):
+            onnx_paths[precision] = Path(tmp) / f"model.{precision}.onnx"
+            torch.onnx.export(model, (torch.from_numpy(x),), str(onnx_paths[precision]), input_names=["input"],
+                              output_names=["logits"], opset_version=17, dynamo=False)
+            write_sidecar(onnx_paths[precision], {
+                "model": cfg.name, "classes": cfg.class_names, "palette": cfg.palette, "mean": cfg.mean,
+                "std": cfg.std, "input_shape": [1, 3, *size_hw], "head": "logits", "precision": precision})
+        for precision, onnx_path in onnx_paths.items():
             engine_path = Path(tmp) / f"model.{precision}.engine"
             build_engine(onnx_path, engine_path, precision=precision)
-            eng = TensorRTEngine(engine_path)
-            got = eng.infer_logits(x)
-            gpu = time_ms(lambda: eng.infer_logits(x), lambda: None, repeat)
+            eng = TensorRTEngine(engine_path)    # made here, run in a worker thread as the app does
+            with ThreadPoolExecutor(1) as worker:
+                got = worker.submit(eng.infer_logits, x).result()
+                gpu = worker.submit(time_ms, lambda: eng.infer_logits(x), lambda: None, repeat).result()
             agree = float((got.argmax(1) == ref.argmax(1)).mean()) * 100
             row(f"TensorRT {precision} {size_hw[1]}x{size_hw[0]} (host in/out)", "tensorrt", None, gpu,
                 max_diff(got, ref), f"labels agree {agree:.2f}%")
@@ -315,7 +330,8 @@ def main(argv=None) -> int:
         except Exception as e:   # noqa: BLE001
             MISSING.append((f"CUDA kernels through {backend}", str(e).splitlines()[0]))
             continue
-        check_kernels(k, backend, frames, labels_full, cfg, size_hw, args.repeat)
+        with k.context:                  # this script's own array calls (.set, .get) need it current
+            check_kernels(k, backend, frames, labels_full, cfg, size_hw, args.repeat)
         if backend == "cupy":
             cupy_kernels = k
     check_torch(cfg, frames, size_hw, args.repeat, cupy_kernels)

@@ -52,7 +52,8 @@ def add_arguments(p):
     p.add_argument("--sensitivity", action="store_true", help="write the per-layer sensitivity report (<out>.sensitivity.json)")
     p.add_argument("--sensitivity-images", type=int, default=8, help="images for the sensitivity report (default 8)")
     p.add_argument("--trt-cache", help="also write a TensorRT entropy-calibration cache (implicit INT8 for "
-                   "`bisenet build --calib-cache`) from the same images; needs tensorrt, pycuda and a GPU")
+                   "`bisenet build --calib-cache`) from the same images; needs TensorRT 8.6 or 10.x (11 has no "
+                   "implicit INT8), pycuda and a GPU")
     p.add_argument("--val", help="dataset config for the accuracy gate (e.g. camvid); omitted: no gate")
     p.add_argument("--val-split", default="val")
     p.add_argument("--val-limit", type=int, help="only the first N val images (quick checks)")
@@ -85,7 +86,7 @@ def run(args) -> int:
     if args.trt_cache:
         from calibration.tensorrt_calibrator import import_tensorrt
 
-        import_tensorrt()   # fail now, not after minutes of calibration
+        import_tensorrt(src.name)   # fail now (no tensorrt, or 11.x: no implicit INT8), not after minutes
     first = next(iter(outs.values()))
     _, _, h, w = meta["input_shape"]
     quiet = args.quiet

@@ -1,4 +1,8 @@
-"""TensorRT implicit INT8 (TensorRT 8.6 / JetPack 5): an IInt8EntropyCalibrator2 with a keyed cache.
+"""TensorRT implicit INT8 (TensorRT 8.6 / 10.x): an IInt8EntropyCalibrator2 with a keyed cache.
+
+TensorRT 11 removed implicit INT8 (calibrators, config.int8_calibrator): there the QDQ model
+(`bisenet calibrate --target tensorrt`) is the only INT8 route, and the calibrator and
+`write_tensorrt_cache` refuse with one line that says so.
 
 TensorRT calibrates by pulling batches through `get_batch` and stores the resulting
 per-tensor scales in a calibration cache. A cache is only valid for the exact network,
@@ -139,13 +143,28 @@ class CalibratorCore:
         self.log(f"wrote calibration cache {self.cache.path} ({self.used_batches} batches of {self.batch_size})")
 
 
-def import_tensorrt():
+def import_tensorrt(onnx_name="model.onnx"):
+    """tensorrt, on a version that still has implicit INT8 (8.6, 10.x): a one-line error otherwise."""
     try:
         import tensorrt as trt
     except ImportError:
         raise RuntimeError("TensorRT INT8 calibration needs the tensorrt Python package "
                            "(JetPack ships it; elsewhere: pip install 'bisenet-edge[gpu]')") from None
+    from engines.tensorrt_build import check_implicit_int8, tensorrt_api
+    check_implicit_int8(tensorrt_api(trt.__version__), onnx_name)
     return trt
+
+
+def _device_feed(nbytes: int):
+    """(PrimaryContext, device buffer) for feeding TensorRT: pycuda in CUDA's primary context,
+    the one TensorRT builds in (pycuda.autoinit would make a second, private context)."""
+    try:
+        from engines.cuda_context import PrimaryContext
+        context = PrimaryContext("pycuda")
+    except ImportError:
+        raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
+    with context:
+        return context, context.cuda.mem_alloc(nbytes)
 
 
 def _build_entropy_calibrator():
@@ -162,7 +181,9 @@ def _build_entropy_calibrator():
             trt.IInt8EntropyCalibrator2.__init__(self)
             key = calibration_key(onnx_path, preprocessing, input_shape, tensorrt_version or trt.__version__)
             self.core = CalibratorCore(KeyedCache(cache_path, key), batches, input_shape, log)
-            self._device = None
+            self._context = self._device = None
+            if not self.core.reused:           # batches will be fed: the device buffer now, not mid-build
+                self._context, self._device = _device_feed(int(np.prod(self.core.batch_shape)) * 4)
 
         def get_batch_size(self):
             return self.core.batch_size
@@ -171,17 +192,16 @@ def _build_entropy_calibrator():
             batch = self.core.next_batch()
             if batch is None:
                 return None
-            if self._device is None:
-                try:
-                    import pycuda.autoinit  # noqa: F401  (a CUDA context if the builder has none)
-                    import pycuda.driver as cuda
-                except ImportError:
-                    raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: "
-                                       "pip install pycuda") from None
-                self._cuda = cuda
-                self._device = cuda.mem_alloc(batch.nbytes)
-            self._cuda.memcpy_htod(self._device, batch)
+            with self._context:                # TensorRT may call from a thread of its own
+                self._context.cuda.memcpy_htod(self._device, batch)
             return [int(self._device)]
+
+        def close(self) -> None:
+            """Free the device buffer in its context (from whichever thread calls)."""
+            if self._device is not None:
+                with self._context:
+                    self._device.free()
+                self._device = None
 
         def read_calibration_cache(self):
             return self.core.read_calibration_cache()
@@ -196,26 +216,37 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
     """Run TensorRT's entropy calibration over `calib_set` (the same images and preprocess
     as the QDQ flavors) and write the keyed cache for implicit INT8 builds. Needs tensorrt,
     pycuda and an NVIDIA GPU; the engine built on the way is thrown away."""
-    trt = import_tensorrt()
+    trt = import_tensorrt(Path(onnx_path).name)
     from calibration.tensorrt_calibrator import EntropyCalibrator
+    from engines.cuda_context import PrimaryContext
+    from engines.tensorrt_build import network_flags, tensorrt_api, tensorrt_logger
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
-    shape = tuple(network.get_input(0).shape)
-    if any(d < 0 for d in shape):
-        raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
-    calibrator = EntropyCalibrator(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path, input_shape=shape,
-                                   preprocessing=calib_set.preprocessing(), log=log)
-    config.int8_calibrator = calibrator
-    if builder.build_serialized_network(network, config) is None:
-        raise RuntimeError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
+    try:
+        context = PrimaryContext("pycuda")
+    except ImportError:
+        raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
+    # CUDA's primary context is current before the builder exists: TensorRT builds in it and
+    # the calibrator's pycuda buffer lives in it.
+    with context:
+        logger = tensorrt_logger(trt)
+        builder = trt.Builder(logger)
+        network = builder.create_network(network_flags(trt, tensorrt_api(trt.__version__)))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
+        shape = tuple(network.get_input(0).shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
+        config = builder.create_builder_config()
+        config.set_flag(trt.BuilderFlag.INT8)
+        calibrator = EntropyCalibrator(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path,
+                                       input_shape=shape, preprocessing=calib_set.preprocessing(), log=log)
+        config.int8_calibrator = calibrator
+        try:
+            if builder.build_serialized_network(network, config) is None:
+                raise RuntimeError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
+        finally:
+            calibrator.close()
     return Path(cache_path)
 
 

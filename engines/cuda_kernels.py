@@ -1,8 +1,11 @@
 """The CUDA preprocess and overlay kernels (engines/preprocess.cu, engines/overlay.cu) from Python.
 
 The .cu text is compiled at run time for the GPU in the machine: with pycuda's SourceModule
-(what the TensorRT backend uses; pycuda shares CUDA's primary context with TensorRT) or,
-where pycuda is not installed, with CuPy's RawModule (NVRTC) on the same source.
+(what the TensorRT backend uses) or, where pycuda is not installed, with CuPy's RawModule
+(NVRTC) on the same source. Every call runs inside `self.context`
+(engines.cuda_context.PrimaryContext): CUDA's primary context, shared with TensorRT, current
+in whichever thread calls. Device arrays handed out (`to_device`, `empty`) are read, written
+and dropped inside `with k.context:` when the caller is in another thread.
 
     k = CudaKernels()                                # picks pycuda, else CuPy
     x = k.preprocess(bgr, (512, 1024), mean, std)    # numpy in, numpy out (for checks)
@@ -25,6 +28,7 @@ KERNELS = {"preprocess": ("linear_resize_coeffs", "preprocess_bgr_f32", "preproc
 OVERLAY_MODES = {"overlay": 0, "mask": 1, "side-by-side": 2}   # overlay.cu OVERLAY_MODE_*
 BLOCK_2D = (32, 8, 1)      # 256 threads; a warp spans 32 consecutive pixels of a row
 BLOCK_1D = (256, 1, 1)
+NON_BLOCKING = 1           # CU_STREAM_NON_BLOCKING, the flag of pycuda's Stream(flags=...)
 
 INSTALL_HINT = ("install pycuda (pip install pycuda, on Jetson from the JetPack Python) or CuPy "
                 "(pip install cupy-cuda12x) on a machine with an NVIDIA GPU")
@@ -97,25 +101,36 @@ class CudaGraph:
 
     Through the driver API with ctypes on any stream handle (pycuda's `stream.handle`, CuPy's
     `stream.ptr`): released pycuda has no graph calls, and this works the same with both.
-    cuGraphInstantiateWithFlags needs CUDA >= 11.4 (JetPack 5 has 11.4)."""
+    cuGraphInstantiateWithFlags needs CUDA >= 11.4 (JetPack 5 has 11.4). The stream should be
+    a non-blocking one (CudaKernels.stream()): a blocking stream synchronizes with the legacy
+    default stream, and any legacy-stream call from another thread invalidates the capture.
+    `context` (a PrimaryContext) is made current around every driver call, so the graph can
+    be captured in one thread and launched or dropped in another."""
 
     CAPTURE_MODE_THREAD_LOCAL = 1   # other threads' CUDA calls stay legal during the capture
 
-    def __init__(self, stream_handle: int, work):
+    def __init__(self, stream_handle: int, work, context=None):
+        import contextlib
         import ctypes
         try:
             self.lib = ctypes.CDLL("libcuda.so.1")
         except OSError:
             raise RuntimeError("CUDA graphs need the NVIDIA driver's libcuda.so.1; run without --cuda-graph") from None
         self.ctypes = ctypes
+        self.context = context if context is not None else contextlib.nullcontext()
         self.stream = ctypes.c_void_p(int(stream_handle))
         self.graph, self.exec = ctypes.c_void_p(), ctypes.c_void_p()
-        self._check("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(self.CAPTURE_MODE_THREAD_LOCAL))
-        try:
-            work()
-        finally:   # always end the capture, or the stream stays unusable
+        with self.context:
+            self._check("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(self.CAPTURE_MODE_THREAD_LOCAL))
+            try:
+                work()
+            except BaseException:
+                # End the capture so the stream is usable again; its own error (the capture
+                # was invalidated) would only hide the one that matters, so it is dropped.
+                self.lib.cuStreamEndCapture(self.stream, ctypes.byref(self.graph))
+                raise
             self._check("cuStreamEndCapture", self.stream, ctypes.byref(self.graph))
-        self._check("cuGraphInstantiateWithFlags", ctypes.byref(self.exec), self.graph, ctypes.c_ulonglong(0))
+            self._check("cuGraphInstantiateWithFlags", ctypes.byref(self.exec), self.graph, ctypes.c_ulonglong(0))
 
     def _check(self, name, *args):
         err = getattr(self.lib, name)(*args)
@@ -126,11 +141,14 @@ class CudaGraph:
             raise RuntimeError(f"CUDA graph capture failed in {name}: {msg}; run without --cuda-graph")
 
     def launch(self) -> None:
-        self._check("cuGraphLaunch", self.exec, self.stream)
+        with self.context:
+            self._check("cuGraphLaunch", self.exec, self.stream)
 
     def __del__(self):
         lib = getattr(self, "lib", None)
-        if lib is not None:
+        if lib is None:
+            return
+        with self.context:
             if self.exec.value:
                 lib.cuGraphExecDestroy(self.exec)
             if self.graph.value:
@@ -145,28 +163,29 @@ class CudaKernels:
             raise ValueError(f"unknown CUDA backend {backend!r}: use auto, pycuda or cupy")
         self.backend = self._pick(backend)
         self.functions = {}
-        for name in SOURCES:
-            module = self._compile(read_source(name))
-            for fn in KERNELS[name]:
-                self.functions[fn] = module.get_function(fn)
+        with self.context:
+            for name in SOURCES:
+                module = self._compile(read_source(name))
+                for fn in KERNELS[name]:
+                    self.functions[fn] = module.get_function(fn)
 
     def _pick(self, backend: str) -> str:
+        from engines.cuda_context import PrimaryContext
         if backend in ("auto", "pycuda"):
             try:
-                import pycuda.driver as cuda
-                import pycuda.autoprimaryctx  # noqa: F401  (the primary context TensorRT uses too)
                 import pycuda.gpuarray  # noqa: F401
-                self.cuda = cuda
+                self.context = PrimaryContext("pycuda")   # the primary context TensorRT uses too
+                self.cuda = self.context.cuda
                 return "pycuda"
             except ImportError:
                 if backend == "pycuda":
                     raise RuntimeError("the TensorRT path needs pycuda: pip install pycuda "
                                        "(on Jetson, with JetPack's CUDA on PATH)") from None
         try:
-            import cupy
+            self.context = PrimaryContext("cupy")
         except ImportError:
             raise RuntimeError(f"the CUDA kernels need a CUDA Python binding: {INSTALL_HINT}") from None
-        self.cupy = cupy
+        self.cupy = self.context.cupy
         return "cupy"
 
     def _compile(self, source: str):
@@ -178,45 +197,53 @@ class CudaKernels:
     # -- device memory, streams -------------------------------------------------------------
     def to_device(self, array: np.ndarray):
         array = np.ascontiguousarray(array)
-        if self.backend == "pycuda":
-            import pycuda.gpuarray as gpuarray
-            return gpuarray.to_gpu(array)
-        return self.cupy.asarray(array)
+        with self.context:
+            if self.backend == "pycuda":
+                import pycuda.gpuarray as gpuarray
+                return gpuarray.to_gpu(array)
+            return self.cupy.asarray(array)
 
     def empty(self, shape, dtype):
-        if self.backend == "pycuda":
-            import pycuda.gpuarray as gpuarray
-            return gpuarray.empty(shape, dtype)
-        return self.cupy.empty(shape, dtype)
+        with self.context:
+            if self.backend == "pycuda":
+                import pycuda.gpuarray as gpuarray
+                return gpuarray.empty(shape, dtype)
+            return self.cupy.empty(shape, dtype)
 
     def ptr(self, device_array) -> int:
         return int(device_array.ptr) if self.backend == "pycuda" else int(device_array.data.ptr)
 
     def stream(self):
-        return self.cuda.Stream() if self.backend == "pycuda" else self.cupy.cuda.Stream(non_blocking=True)
+        """A non-blocking stream (no implicit sync with the legacy default stream: capturable)."""
+        with self.context:
+            if self.backend == "pycuda":
+                return self.cuda.Stream(flags=NON_BLOCKING)
+            return self.cupy.cuda.Stream(non_blocking=True)
 
     def stream_handle(self, stream) -> int:
         """The CUstream behind a backend stream (for CudaGraph)."""
         return int(stream.handle) if self.backend == "pycuda" else int(stream.ptr)
 
     def synchronize(self, stream=None) -> None:
-        if stream is not None:
-            stream.synchronize()
-        elif self.backend == "pycuda":
-            self.cuda.Context.synchronize()
-        else:
-            self.cupy.cuda.Device().synchronize()
+        with self.context:
+            if stream is not None:
+                stream.synchronize()
+            elif self.backend == "pycuda":
+                self.cuda.Context.synchronize()
+            else:
+                self.cupy.cuda.Device().synchronize()
 
     def launch(self, name: str, grid: tuple, block: tuple, args: tuple, stream=None) -> None:
         """args: numpy scalars (np.int32, np.float32) and device pointers as np.uint64."""
         fn = self.functions[name]
-        if self.backend == "pycuda":
-            fn(*args, grid=tuple(int(g) for g in grid[:2]), block=tuple(int(b) for b in block), stream=stream)
-        elif stream is None:
-            fn(tuple(grid), tuple(block), args)
-        else:
-            with stream:
+        with self.context:
+            if self.backend == "pycuda":
+                fn(*args, grid=tuple(int(g) for g in grid[:2]), block=tuple(int(b) for b in block), stream=stream)
+            elif stream is None:
                 fn(tuple(grid), tuple(block), args)
+            else:
+                with stream:
+                    fn(tuple(grid), tuple(block), args)
 
     # -- the two stages, device pointers in and out (the fused path) ---------------------------
     def preprocessor(self, src_h, src_w, dst_h, dst_w, mean, std, dtype=np.float32) -> "Preprocessor":
@@ -235,27 +262,33 @@ class CudaKernels:
         if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
             raise ValueError(f"preprocess takes a uint8 BGR HxWx3 image, got {bgr.dtype} {bgr.shape}")
         h, w = int(size_hw[0]), int(size_hw[1])
-        pre = self.preprocessor(bgr.shape[0], bgr.shape[1], h, w, mean, std, dtype)
-        src = self.to_device(bgr)
-        out = self.empty((1, 3, h, w), np.dtype(dtype))
-        pre(self.ptr(src), self.ptr(out))
-        self.synchronize()
-        return out.get()
+        with self.context:
+            pre = self.preprocessor(bgr.shape[0], bgr.shape[1], h, w, mean, std, dtype)
+            src = self.to_device(bgr)
+            out = self.empty((1, 3, h, w), np.dtype(dtype))
+            pre(self.ptr(src), self.ptr(out))
+            self.synchronize()
+            result = out.get()
+            del pre, src, out      # freed while the context is current, in any thread
+        return result
 
     def overlay(self, image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarray,
                 alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
         labels = np.ascontiguousarray(labels)
         if labels.dtype not in (np.int32, np.int64):
             labels = labels.astype(np.int32)
-        image = self.to_device(image_bgr)
-        lab = self.to_device(labels)
         height, width = image_bgr.shape[:2]
-        out = self.empty((height, 2 * width if mode == "side-by-side" else width, 3), np.uint8)
-        render = self.overlay_renderer(lut_bgr)
-        render(self.ptr(image), height, width, self.ptr(lab), labels.shape[0], labels.shape[1],
-               self.ptr(out), alpha, mode, label_dtype=labels.dtype)
-        self.synchronize()
-        return out.get()
+        with self.context:
+            image = self.to_device(image_bgr)
+            lab = self.to_device(labels)
+            out = self.empty((height, 2 * width if mode == "side-by-side" else width, 3), np.uint8)
+            render = self.overlay_renderer(lut_bgr)
+            render(self.ptr(image), height, width, self.ptr(lab), labels.shape[0], labels.shape[1],
+                   self.ptr(out), alpha, mode, label_dtype=labels.dtype)
+            self.synchronize()
+            result = out.get()
+            del image, lab, out, render   # freed while the context is current, in any thread
+        return result
 
 
 class Preprocessor:

@@ -6,6 +6,9 @@ Graph contract (what ONNX Runtime, TensorRT and the app rely on):
          `labels`: int32   [1, H, W]   (ArgMax in the graph, then Cast to int32: TensorRT
          has no int64 I/O on 8.6 and ONNX Runtime takes int32 as well)
 - opset 17, auxiliary heads dropped, graph simplified with onnxslim when installed.
+- `--precision fp16`: the same float32 input and outputs; weights and activations float16
+  inside (Cast at both ends). TensorRT 11 builds only strongly typed networks: this is its
+  fp16 route (`bisenet build --precision fp16` on this file).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ HELP = "export a BiSeNetV1 checkpoint (official mmseg or own) to ONNX with a sid
 EXAMPLE = ("bisenet export --model bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024 "
            "--checkpoint r18.pth --size 512x1024 --head labels -o r18.onnx")
 OPSET = 17
+PRECISIONS = ("fp32", "fp16")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -50,23 +54,27 @@ def build_model(cfg: ModelConfig, checkpoint: str | Path | None, random_init: bo
 
 
 def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str = "labels",
-                dynamic: bool = False, random_init: bool = False, simplify: bool = True) -> Path:
+                dynamic: bool = False, random_init: bool = False, simplify: bool = True,
+                precision: str = "fp32") -> Path:
     import torch
 
     if head not in ("labels", "logits"):
         raise ConfigError(f"--head {head!r}: use labels or logits")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use fp32 or fp16")
     h, w = size_hw or tuple(cfg.crop_size)
     if h % 32 or w % 32:
         raise ConfigError(f"size {h}x{w}: H and W must be multiples of 32")
     model, _, ckpt_path = build_model(cfg, checkpoint, random_init)
+    half = precision == "fp16"
 
     class Exported(torch.nn.Module):
         def __init__(self, net):
             super().__init__()
-            self.net = net
+            self.net = net.half() if half else net
 
         def forward(self, x):
-            logits = self.net(x)
+            logits = self.net(x.half()).float() if half else self.net(x)   # fp16 inside, float32 I/O
             return logits if head == "logits" else torch.argmax(logits, dim=1).to(torch.int32)
 
     out_path = Path(out_path)
@@ -88,7 +96,7 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
         "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
         "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [1, 3, h, w], "input_name": "input",
         "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
-        "labels_dtype": "int32", "dynamic": bool(dynamic), "precision": "fp32", "opset": OPSET,
+        "labels_dtype": "int32", "dynamic": bool(dynamic), "precision": precision, "opset": OPSET,
         "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
         "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
         "onnx_sha256": file_sha256(out_path), "model_config": cfg.to_dict(),
@@ -117,6 +125,8 @@ def add_arguments(p):
     p.add_argument("--head", choices=("labels", "logits"), default="labels",
                    help="output int32 labels (argmax in the graph) or float32 logits")
     p.add_argument("--dynamic", action="store_true", help="dynamic input height/width")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16: float16 weights and activations, float32 input/output (TensorRT 11's fp16 route)")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (sidecar written beside it)")
@@ -128,7 +138,7 @@ def run(args) -> int:
     if not args.output.endswith(".onnx"):
         raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
     out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
-                      simplify=not args.no_simplify)
+                      simplify=not args.no_simplify, precision=args.precision)
     h, w = size or cfg.crop_size
-    print(f"exported {cfg.name} ({h}x{w}, head={args.head}) -> {out} (+ {out.name}.json)")
+    print(f"exported {cfg.name} ({h}x{w}, head={args.head}, {args.precision}) -> {out} (+ {out.name}.json)")
     return 0

@@ -5,12 +5,15 @@
     bisenet build --onnx model.onnx --precision int8 --calib-cache model.calib -o m.engine   # implicit INT8
     bisenet build --onnx model.onnx --precision fp16 --dla-core 0 -o model.dla.engine   # Jetson DLA
 
-Written against TensorRT 10.x with the 8.6 (JetPack 5) differences handled: 8.6 networks need
-the EXPLICIT_BATCH flag (10.x has only explicit batch) and have no IProgressMonitor.
-INT8 builds also enable FP16, so layers INT8 cannot run take FP16 rather than FP32. A QDQ
-ONNX (from `bisenet calibrate --target tensorrt`) carries its own scales: explicit
-quantization, no calibrator. A plain ONNX needs a calibration cache from the entropy
-calibrator (calibration/tensorrt_calibrator.py): implicit quantization.
+Runs on TensorRT 8.6 (JetPack 5), 10.x and 11.x; `tensorrt_api(version)` is the one place
+they differ: 8.6 networks need the EXPLICIT_BATCH flag and have no IProgressMonitor; 11.x
+builds strongly typed networks only (no FP16/INT8 builder flags, no calibrators): each layer
+runs in the type the ONNX gives it, so fp16 comes from an fp16 export
+(`bisenet export --precision fp16`) and int8 from the QDQ model.
+On 8.6/10.x INT8 builds also enable FP16, so layers INT8 cannot run take FP16 rather than
+FP32. A QDQ ONNX (from `bisenet calibrate --target tensorrt`) carries its own scales:
+explicit quantization, no calibrator. A plain ONNX needs a calibration cache from the
+entropy calibrator (calibration/tensorrt_calibrator.py): implicit quantization, 8.6/10.x only.
 
 Engines only run on the TensorRT version and GPU model that built them; the sidecar records
 both (and the ONNX sha256) so the TensorRT backend can refuse a mismatch with the command
@@ -30,7 +33,8 @@ from engines.sidecar import atomic_write_bytes, file_sha256, read_sidecar, write
 HELP = "build a TensorRT engine (fp32, fp16 or int8, GPU or Jetson DLA) from an exported ONNX model"
 EXAMPLE = "bisenet build --onnx artifacts/model.onnx --precision fp16 -o artifacts/model.fp16.engine"
 PRECISIONS = ("fp32", "fp16", "int8")
-TENSORRT_HINT = ("TensorRT is not installed: pip install tensorrt (desktop GPUs; CUDA 12 wheels) or, "
+SUPPORTED_TENSORRT = "TensorRT 8.6, 10.x or 11.x"
+TENSORRT_HINT = ("TensorRT is not installed: pip install 'tensorrt>=10,<12' (desktop GPUs) or, "
                  "on Jetson, use JetPack's python3-libnvinfer with the system python3")
 
 
@@ -42,15 +46,59 @@ def import_tensorrt():
     return trt
 
 
-def trt_major(version: str) -> int:
-    return int(str(version).split(".")[0])
+@dataclass(frozen=True)
+class TensorRTApi:
+    """What differs between the TensorRT versions this code supports."""
+    version: str
+    major: int
+    network_flag: str | None    # NetworkDefinitionCreationFlag to set: 8.6 EXPLICIT_BATCH
+    precision_flags: bool       # BuilderFlag.FP16 / INT8 exist (8.6, 10.x); 11.x is strongly typed
+    implicit_int8: bool         # IInt8EntropyCalibrator2 + config.int8_calibrator (8.6, 10.x)
+    progress_monitor: bool      # IProgressMonitor (10.x, 11.x)
+
+
+def tensorrt_api(version: str) -> TensorRTApi:
+    """The one version dispatch. 11.x needs no network flag: strong typing is always on there
+    (its STRONGLY_TYPED flag is deprecated and ignored). 10.x ignores EXPLICIT_BATCH, 11.x lacks it."""
+    try:
+        major, minor = (int(v) for v in str(version).split(".")[:2])
+    except ValueError:
+        major, minor = -1, -1
+    if (major, minor) == (8, 6):
+        return TensorRTApi(str(version), 8, "EXPLICIT_BATCH", True, True, False)
+    if major == 10:
+        return TensorRTApi(str(version), 10, None, True, True, True)
+    if major == 11:
+        return TensorRTApi(str(version), 11, None, False, False, True)
+    raise RuntimeError(f"TensorRT {version} is not supported: this project runs on {SUPPORTED_TENSORRT} "
+                       "(pip install 'tensorrt>=10,<12', or JetPack 5/6 on Jetson)")
+
+
+def network_flags(trt, api: TensorRTApi) -> int:
+    return 1 << int(getattr(trt.NetworkDefinitionCreationFlag, api.network_flag)) if api.network_flag else 0
+
+
+_logger = None
+
+
+def tensorrt_logger(trt, verbose: bool = False):
+    """The process's one TensorRT logger, shared by builders, runtimes and parsers (TensorRT
+    warns when a second logger is handed to it)."""
+    global _logger
+    if _logger is None:
+        _logger = trt.Logger(trt.Logger.WARNING)
+    _logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
+    return _logger
 
 
 def add_arguments(p):
     p.add_argument("--onnx", required=True, help="exported model (with its model.onnx.json sidecar)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache)")
-    p.add_argument("--calib-cache", help="TensorRT INT8 calibration cache for a plain ONNX (implicit INT8)")
+                   help="fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache). "
+                   "TensorRT 11 takes the precision from the ONNX: fp16 needs `bisenet export --precision fp16`, "
+                   "int8 the QDQ model")
+    p.add_argument("--calib-cache", help="TensorRT INT8 calibration cache for a plain ONNX (implicit INT8; "
+                   "TensorRT 8.6 and 10.x only)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB",
                    help="builder workspace memory limit in MiB (default 1024; Jetson Nano/NX: 256-512)")
     p.add_argument("--timing-cache", help="read and update this timing cache: rebuilds take seconds, not minutes")
@@ -116,29 +164,60 @@ class BuildPlan:
     notes: list = field(default_factory=list)
 
 
-def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, onnx_name="model.onnx") -> BuildPlan:
-    """Builder flags and INT8 mode for a request; a ValueError (one line) for one that cannot work."""
+def qdq_route(onnx_name: str) -> str:
+    return (f"`bisenet calibrate --onnx {onnx_name} --data ... --target tensorrt`, then build the QDQ model it "
+            "writes with --precision int8")
+
+
+def check_implicit_int8(api: TensorRTApi, onnx_name="model.onnx") -> None:
+    """Calibration caches (implicit INT8) exist on 8.6/10.x only: one line naming the QDQ route on 11.x."""
+    if not api.implicit_int8:
+        raise ValueError(f"TensorRT {api.version} has no implicit INT8 (calibration caches, --calib-cache / "
+                         f"--trt-cache): quantize with Q/DQ nodes instead: {qdq_route(onnx_name)}")
+
+
+def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, onnx_name="model.onnx",
+               onnx_precision="fp32", api: TensorRTApi | None = None) -> BuildPlan:
+    """Builder flags and INT8 mode for a request; a ValueError (one line) for one that cannot work.
+    api None: the checks that hold on every TensorRT version (before tensorrt is imported)."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     plan = BuildPlan(precision, dla_core=dla_core)
+    strongly_typed = api is not None and not api.precision_flags
     if calib_cache and precision != "int8":
         raise ValueError(f"--calib-cache is for --precision int8 (got {precision})")
     if has_qdq and precision != "int8":
         raise ValueError(f"{onnx_name} has Q/DQ nodes (an INT8 model): build it with --precision int8")
-    if precision == "fp16":
+    if onnx_precision == "fp16" and precision != "fp16":
+        raise ValueError(f"{onnx_name} is an fp16 export: build it with --precision fp16 (or export fp32 for "
+                         f"--precision {precision})")
+    if precision == "fp16" and strongly_typed and onnx_precision != "fp16":
+        raise ValueError(f"TensorRT {api.version} builds each layer in the ONNX's own types (no FP16 flag) and "
+                         f"{onnx_name} is {onnx_precision}: export an fp16 model (`bisenet export ... --precision "
+                         "fp16`) and build that")
+    if precision == "fp16" and not strongly_typed:
         plan.flags.append("FP16")
     if precision == "int8":
-        plan.flags += ["INT8", "FP16"]          # FP16 for the layers INT8 cannot run
+        if not strongly_typed:
+            plan.flags += ["INT8", "FP16"]      # FP16 for the layers INT8 cannot run
         if has_qdq:
             plan.int8_mode = "explicit"
             if calib_cache:
                 plan.notes.append(f"{onnx_name} is a QDQ model with its own scales: --calib-cache ignored")
+            if strongly_typed:
+                plan.notes.append(f"TensorRT {api.version}: layers outside the Q/DQ pairs run in the ONNX's "
+                                  f"{onnx_precision}")
         elif calib_cache:
+            if api is not None:
+                check_implicit_int8(api, onnx_name)
             if not Path(calib_cache).is_file():
                 raise ValueError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
                                  f"{onnx_name} --data ... --trt-cache {calib_cache}` (on a machine with TensorRT "
                                  "and a GPU), or build the QDQ model instead")
             plan.int8_mode = "implicit"
+        elif strongly_typed:
+            raise ValueError(f"INT8 needs scales and TensorRT {api.version} takes them from Q/DQ nodes only: "
+                             f"{qdq_route(onnx_name)}")
         else:
             raise ValueError(f"INT8 needs scales: build the QDQ model (`bisenet calibrate --onnx {onnx_name} "
                              "--target tensorrt`) or pass --calib-cache FILE for this plain ONNX")
@@ -237,29 +316,55 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model {onnx_path}: export one with `bisenet export`")
     onnx_meta = read_sidecar(onnx_path)
+    onnx_precision = onnx_meta.get("precision", "fp32")
     profile_shapes = parse_shapes(shapes) if shapes else None
     # What a user can get wrong is checked before TensorRT is needed (Q/DQ waits for the parse).
     if precision != "int8":
-        plan_build(precision, False, calib_cache, dla_core, onnx_path.name)
+        plan_build(precision, False, calib_cache, dla_core, onnx_path.name, onnx_precision)
     elif calib_cache and not Path(calib_cache).is_file():
         raise FileNotFoundError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
                                 f"{onnx_path.name} --data ... --trt-cache {calib_cache}` (on a machine with "
                                 "TensorRT and a GPU)")
     trt = import_tensorrt()
+    api = tensorrt_api(trt.__version__)
     from engines.cuda_kernels import gpu_identity
     gpu_name, cc = gpu_identity()
-    major = trt_major(trt.__version__)
+    # (An implicit INT8 build only reads its calibration cache: no batches, no pycuda.)
+    return _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, workspace_mb,
+                  timing_cache, dla_core, shapes, profile_shapes, verbose, gpu_name, cc)
 
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+def _attach_timing_cache(config, path) -> object | None:
+    """Load `path` into the builder config; say in one line what happened. Returns the cache
+    to write back after the build (None: TensorRT took no cache)."""
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"[build] timing cache {path}: {'loaded ' + str(len(data)) + ' bytes' if data else 'new'}",
+              file=sys.stderr)
+        return cache
+    # A cache from another GPU model or TensorRT version (or a damaged file) is refused.
+    cache = config.create_timing_cache(b"")
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"[build] timing cache {path} does not fit this GPU/TensorRT (or is damaged): starting a new one, "
+              "written over it after the build", file=sys.stderr)
+        return cache
+    print(f"[build] TensorRT took no timing cache: building without one ({path} left as it is)", file=sys.stderr)
+    return None
+
+
+def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, workspace_mb, timing_cache,
+           dla_core, shapes, profile_shapes, verbose, gpu_name, cc) -> dict:
+    logger = tensorrt_logger(trt, verbose)
     builder = trt.Builder(logger)
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, api))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         first = parser.get_error(0) if parser.num_errors else "unknown error"
         raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first} "
                            f"({parser.num_errors} errors; re-export with a lower --opset?)")
-    plan = plan_build(precision, network_has_qdq(trt, network), calib_cache, dla_core, onnx_path.name)
+    plan = plan_build(precision, network_has_qdq(trt, network), calib_cache, dla_core, onnx_path.name,
+                      onnx_meta.get("precision", "fp32"), api)
     for note in plan.notes:
         print(f"[build] note: {note}", file=sys.stderr)
 
@@ -293,13 +398,9 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
         if profile_dims:
             config.set_calibration_profile(profile)
 
-    cache = None
-    if timing_cache:
-        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = _attach_timing_cache(config, timing_cache) if timing_cache else None
     monitor = None
-    if major >= 10 and hasattr(trt, "IProgressMonitor"):
+    if api.progress_monitor:
         monitor = make_progress_monitor(trt)   # must outlive the build
         config.progress_monitor = monitor
     else:
@@ -314,15 +415,20 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build {engine_path.name} (its log above says why); "
                            "a larger --workspace or --precision fp16 may help")
-    atomic_write_bytes(engine_path, bytes(serialized))
-    if cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     command = build_command(onnx_path, engine_path, precision, calib_cache if plan.int8_mode == "implicit" else None,
                             workspace_mb, timing_cache, plan.dla_core, shapes)
     meta = engine_sidecar(onnx_meta, onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), plan=plan,
                           input_shape=input_shape, profile=profile_dims, tensorrt_version=trt.__version__,
                           gpu_name=gpu_name, compute_capability=cc, command=command)
+    # Engine and sidecar first, together: the backend refuses an engine without its sidecar.
+    atomic_write_bytes(engine_path, bytes(serialized))
     write_sidecar(engine_path, meta)
+    if cache is not None:
+        updated = config.get_timing_cache()
+        if updated is None:
+            print(f"[build] TensorRT returned no timing cache: {timing_cache} not updated", file=sys.stderr)
+        else:
+            atomic_write_bytes(timing_cache, bytes(updated.serialize()))
     del monitor, calibrator
     print(f"[build] wrote {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB) in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)

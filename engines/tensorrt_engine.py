@@ -9,20 +9,24 @@ twin; engines/preprocess.cu writes the normalized tensor straight into TensorRT'
 binding; TensorRT runs; for a logits head engines/overlay.cu's argmax reduces to labels on
 the GPU; the overlay kernel blends with the frame still on the GPU; the uint8 result comes
 down once. With cuda_graph=True the whole chain (both copies included: page-locked buffers
-keep fixed addresses) is captured once per frame size and replayed.
+keep fixed addresses) is captured once per frame size and replayed; an engine that cannot be
+captured falls back to plain enqueue (one log line).
 
-TensorRT 10.x: named tensors (set_tensor_address + execute_async_v3). TensorRT 8.6
-(JetPack 5): bindings + execute_async_v2. No torch on this path.
+One named-tensor path for TensorRT 8.6, 10.x and 11.x (set_input_shape, set_tensor_address,
+execute_async_v3: all in 8.6 already). Every public call runs inside CUDA's primary context
+(engines.cuda_context), so the engine can be made in one thread and run in another, as the
+app's pipeline does. No torch on this path.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from engines.base import Engine, ModelInfo
 from engines.sidecar import SidecarError, read_sidecar
-from engines.tensorrt_build import import_tensorrt, trt_major
+from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
 
 PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson, with JetPack's CUDA on PATH)"
 
@@ -53,44 +57,42 @@ class TensorRTEngine(Engine):
         meta = read_sidecar(self.path, rebuild_hint="rebuild it with `bisenet build --onnx model.onnx -o "
                                                     f"{self.path}`")
         trt = import_tensorrt()
+        tensorrt_api(trt.__version__)          # a version this code was not written for: one line now
         try:
-            import pycuda.driver as cuda
-            import pycuda.autoprimaryctx  # noqa: F401  (CUDA's primary context, shared with TensorRT)
+            from engines.cuda_context import PrimaryContext
+            self.cuda_context = PrimaryContext("pycuda")   # CUDA's primary context, shared with TensorRT
         except ImportError:
             raise RuntimeError(PYCUDA_HINT) from None
-        from engines.cuda_kernels import gpu_identity
+        from engines.cuda_kernels import NON_BLOCKING, gpu_identity
         if check:
             check_engine_sidecar(meta, self.path, trt.__version__, *gpu_identity())
-        self.trt, self.cuda, self.meta = trt, cuda, meta
+        self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
-        self.tensor_api = trt_major(trt.__version__) >= 10   # 8.6: bindings + execute_async_v2
-
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        if meta.get("dla_core") is not None:
-            self.runtime.DLA_core = int(meta["dla_core"])
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not load {self.path} (see its log above); rebuild it: "
-                               f"{meta.get('build_command', 'bisenet build ...')}")
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
-        self._allocate(tuple(meta["input_shape"]))
         self.use_cuda_graph = cuda_graph
-        self._graph = None          # infer() replay
+        self._host_graph = {}       # {"graph": CudaGraph} once infer() has captured one
         self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
         self._kernels = None
+        with self.cuda_context:
+            self.runtime = trt.Runtime(tensorrt_logger(trt))
+            if meta.get("dla_core") is not None:
+                self.runtime.DLA_core = int(meta["dla_core"])
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not load {self.path} (see its log above); rebuild it: "
+                                   f"{meta.get('build_command', 'bisenet build ...')}")
+            self.context = self.engine.create_execution_context()
+            # Non-blocking: no implicit sync with the legacy default stream, which a CUDA graph
+            # capture on this stream would not survive.
+            self.stream = self.cuda.Stream(flags=NON_BLOCKING)
+            self._allocate(tuple(meta["input_shape"]))
 
     # -- buffers -------------------------------------------------------------------------------
     def _io(self):
-        """[(name or index, is_input, shape, numpy dtype)] in the engine's order."""
+        """[(name, is_input, shape, numpy dtype)] in the engine's order."""
         trt, e = self.trt, self.engine
-        if self.tensor_api:
-            return [(n, e.get_tensor_mode(n) == trt.TensorIOMode.INPUT, tuple(e.get_tensor_shape(n)),
-                     np.dtype(trt.nptype(e.get_tensor_dtype(n))))
-                    for n in (e.get_tensor_name(i) for i in range(e.num_io_tensors))]
-        return [(i, e.binding_is_input(i), tuple(e.get_binding_shape(i)), np.dtype(trt.nptype(e.get_binding_dtype(i))))
-                for i in range(e.num_bindings)]
+        return [(n, e.get_tensor_mode(n) == trt.TensorIOMode.INPUT, tuple(e.get_tensor_shape(n)),
+                 np.dtype(trt.nptype(e.get_tensor_dtype(n))))
+                for n in (e.get_tensor_name(i) for i in range(e.num_io_tensors))]
 
     def _allocate(self, input_shape):
         cuda, ctx = self.cuda, self.context
@@ -101,23 +103,16 @@ class TensorRTEngine(Engine):
                                "`bisenet export` ONNX")
         name, _, shape, _ = inputs[0]
         if any(d < 0 for d in shape):          # dynamic engine: run it at the sidecar's (opt) shape
-            if self.tensor_api:
-                ctx.set_input_shape(name, input_shape)
-            else:
-                ctx.set_binding_shape(name, input_shape)
+            if not ctx.set_input_shape(name, input_shape):
+                raise RuntimeError(f"{self.path}: TensorRT refused input shape {input_shape} (outside the "
+                                   "engine's profile); rebuild it with matching --shapes")
         self.buffers = {}                      # name -> (page-locked host array, device allocation)
-        self.bindings = []
         for name, is_input, shape, dtype in io:
-            if self.tensor_api:
-                shape = tuple(ctx.get_tensor_shape(name))
-            else:
-                shape = tuple(ctx.get_binding_shape(name))
+            shape = tuple(ctx.get_tensor_shape(name))
             host = cuda.pagelocked_empty(shape, dtype)
             dev = cuda.mem_alloc(max(host.nbytes, 1))
             self.buffers[name] = (host, dev)
-            self.bindings.append(int(dev))
-            if self.tensor_api:
-                ctx.set_tensor_address(name, int(dev))
+            ctx.set_tensor_address(name, int(dev))
             if is_input:
                 self.input_name, self.input_shape, self.input_dtype = name, shape, dtype
             else:
@@ -126,19 +121,27 @@ class TensorRTEngine(Engine):
             raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
 
     def _execute(self):
-        if self.tensor_api:
-            ok = self.context.execute_async_v3(self.stream.handle)
-        else:
-            ok = self.context.execute_async_v2(self.bindings, self.stream.handle)
-        if not ok:
+        if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} (see its log above)")
 
-    def _capture(self, work):
-        """Record `work()` (async calls on self.stream) into a CUDA graph; returns its executable."""
-        from engines.cuda_kernels import CudaGraph
-        work()                                 # a first run does TensorRT's lazy setup outside the capture
-        self.stream.synchronize()
-        return CudaGraph(self.stream.handle, work)
+    def _run(self, work, graph_holder: dict) -> None:
+        """Run `work()` (async calls on self.stream): replayed from a CUDA graph when graphs are
+        on, captured on first use. An engine that cannot be captured runs plainly from then on."""
+        if self.use_cuda_graph and graph_holder.get("graph") is None:
+            from engines.cuda_kernels import CudaGraph
+            work()                             # a first run does TensorRT's lazy setup outside the capture
+            self.stream.synchronize()
+            try:
+                graph_holder["graph"] = CudaGraph(self.stream.handle, work, self.cuda_context)
+            except Exception as e:             # noqa: BLE001  (TensorRT or the driver refused the capture)
+                self.use_cuda_graph = False
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"[tensorrt] CUDA graph capture of {self.path.name} failed ({first}): running it "
+                      "without a graph", file=sys.stderr, flush=True)
+        if graph_holder.get("graph") is not None:
+            graph_holder["graph"].launch()
+        else:
+            work()
 
     # -- the Engine interface (host arrays in and out) -----------------------------------------------
     def _run_host(self, batch1: np.ndarray) -> np.ndarray:
@@ -151,12 +154,7 @@ class TensorRTEngine(Engine):
             self._execute()
             self.cuda.memcpy_dtoh_async(host_out, dev_out, self.stream)
 
-        if self.use_cuda_graph:
-            if self._graph is None:
-                self._graph = self._capture(work)
-            self._graph.launch()
-        else:
-            work()
+        self._run(work, self._host_graph)
         self.stream.synchronize()
         return host_out.copy()
 
@@ -170,13 +168,16 @@ class TensorRTEngine(Engine):
         if self.info.head != "logits":
             return super().infer_logits(batch)
         batch = self._check_batch(batch)
-        return np.concatenate([self._run_host(b[None]) for b in batch]).astype(np.float32, copy=False)
+        with self.cuda_context:
+            logits = [self._run_host(b[None]) for b in batch]
+        return np.concatenate(logits).astype(np.float32, copy=False)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.info.head == "logits":
             return np.argmax(self.infer_logits(batch), axis=1).astype(np.int32)
         batch = self._check_batch(batch)
-        labels = np.concatenate([self._run_host(b[None]) for b in batch])
+        with self.cuda_context:
+            labels = np.concatenate([self._run_host(b[None]) for b in batch])
         return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
 
     # -- the fused path: uint8 BGR frame in, uint8 BGR frame out ----------------------------------
@@ -185,17 +186,13 @@ class TensorRTEngine(Engine):
             raise ValueError(f"run_fused takes a uint8 BGR HxWx3 frame, got {frame_bgr.dtype} {frame_bgr.shape}")
         h, w = frame_bgr.shape[:2]
         key = (h, w, float(alpha), mode)
-        r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
-        self._fused[key] = r
-        np.copyto(r["frame_host"], frame_bgr)
-        if self.use_cuda_graph:
-            if r["graph"] is None:
-                r["graph"] = self._capture(r["work"])
-            r["graph"].launch()
-        else:
-            r["work"]()
-        self.stream.synchronize()
-        return r["out_host"].copy()
+        with self.cuda_context:
+            r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+            self._fused[key] = r
+            np.copyto(r["frame_host"], frame_bgr)
+            self._run(r["work"], r)
+            self.stream.synchronize()
+            return r["out_host"].copy()
 
     def _fused_setup(self, h, w, alpha, mode) -> dict:
         from app.overlay import palette_bgr
@@ -239,9 +236,16 @@ class TensorRTEngine(Engine):
                 "labels_dev": labels_dev, "pre": pre, "render": render, "work": work, "graph": None}
 
     def close(self) -> None:
-        self._fused.clear()
-        self._graph = None
-        self.context = self.engine = self.runtime = None
+        """Free the GPU resources now, in the primary context (from whichever thread calls)."""
+        if getattr(self, "engine", None) is None:
+            return
+        with self.cuda_context:
+            self._fused.clear()
+            self._host_graph.clear()
+            self._kernels = None
+            self.buffers = {}
+            self.context = self.engine = self.runtime = None
+            self.stream = None
 
     def describe(self) -> str:
         return (super().describe() + f" TensorRT {self.meta.get('tensorrt_version')} "

@@ -37,3 +37,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_in_thread(fn, *args):
+    """fn(*args) in a new thread (as the app's inference thread runs the engine); its result,
+    or its exception raised here."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args)
+        except BaseException as e:   # noqa: BLE001  (re-raised in the caller's thread)
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

@@ -114,7 +114,32 @@ def test_entropy_calibrator_without_tensorrt_says_what_to_install():
         tc.EntropyCalibrator
 
 
-@pytest.mark.skipif(not HAS_TRT, reason="tensorrt is not installed (pip install 'bisenet-edge[gpu]' on an NVIDIA machine)")
+def _implicit_int8_tensorrt() -> bool:
+    """tensorrt imports and still has calibrators (8.6, 10.x; 11.x removed them)."""
+    if not HAS_TRT:
+        return False
+    import tensorrt as trt
+
+    from engines.tensorrt_build import tensorrt_api
+    return tensorrt_api(trt.__version__).implicit_int8
+
+
+def _cuda_gpu() -> bool:
+    if not _implicit_int8_tensorrt() or importlib.util.find_spec("pycuda") is None:
+        return False
+    try:
+        import pycuda.driver as cuda
+        cuda.init()
+        return cuda.Device.count() > 0
+    except Exception:
+        return False
+
+
+NEEDS_GPU = "needs an NVIDIA GPU with pycuda and tensorrt 8.6 or 10.x (11.x has no implicit INT8)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_gpu(), reason=NEEDS_GPU)
 def test_entropy_calibrator_is_a_tensorrt_calibrator_with_the_keyed_cache(tmp_path):
     import tensorrt as trt
 
@@ -132,31 +157,22 @@ def test_entropy_calibrator_is_a_tensorrt_calibrator_with_the_keyed_cache(tmp_pa
         EntropyCalibrator(cache, None, onnx_path=onnx_path, input_shape=(1, 3, 64, 128), preprocessing=PRE)
 
 
-def _cuda_gpu() -> bool:
-    if not HAS_TRT or importlib.util.find_spec("pycuda") is None:
-        return False
-    try:
-        import pycuda.driver as cuda
-        cuda.init()
-        return cuda.Device.count() > 0
-    except Exception:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda_gpu(), reason="needs an NVIDIA GPU with tensorrt and pycuda")
+@pytest.mark.skipif(not _cuda_gpu(), reason=NEEDS_GPU)
 def test_tensorrt_int8_build_writes_then_reuses_the_cache(tmp_path):
+    """Built in this thread, calibrated from TensorRT's (the calibrator pushes CUDA's primary context)."""
     import tensorrt as trt
 
     from calibration.tensorrt_calibrator import EntropyCalibrator
+    from engines.tensorrt_build import network_flags, tensorrt_api, tensorrt_logger
 
     onnx_path = tiny_segmenter(tmp_path / "m.onnx")
     cache = tmp_path / "m.calib.cache"
 
     def build(data):
-        logger = trt.Logger(trt.Logger.WARNING)
+        logger = tensorrt_logger(trt)
         builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+        network = builder.create_network(network_flags(trt, tensorrt_api(trt.__version__)))
         parser = trt.OnnxParser(network, logger)
         assert parser.parse(onnx_path.read_bytes())
         config = builder.create_builder_config()

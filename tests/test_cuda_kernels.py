@@ -251,21 +251,27 @@ def gpu_kernels():
 @pytest.mark.gpu
 @needs_data
 def test_gpu_kernels_match_cpu(model):
+    """Compiled in this thread, run in another (the app's inference thread does the same)."""
+    from tests.app_helpers import run_in_thread
     k = gpu_kernels()
     frame = cityscapes_frame()
     for dtype in (np.float32, np.float16):
         ref = preprocess(frame, (512, 1024), model.mean, model.std, dtype=dtype)
-        assert max_diff(k.preprocess(frame, (512, 1024), model.mean, model.std, dtype), ref) <= 1e-3
+        got = run_in_thread(k.preprocess, frame, (512, 1024), model.mean, model.std, dtype)
+        assert max_diff(got, ref) <= 1e-3
     labels = cv2.resize(camvid_labels(), (1024, 512), interpolation=cv2.INTER_NEAREST).astype(np.int32)
     lut = palette_bgr(np.asarray(model.palette))
     for mode in ck.OVERLAY_MODES:
-        assert max_diff(k.overlay(frame, labels, lut, 0.5, mode), render_overlay(frame, labels, lut, 0.5, mode)) <= 1
+        got = run_in_thread(k.overlay, frame, labels, lut, 0.5, mode)
+        assert max_diff(got, render_overlay(frame, labels, lut, 0.5, mode)) <= 1
 
 
 @pytest.mark.gpu
 @needs_data
 def test_gpu_graph_replay_matches_direct_launches(model):
-    """CudaGraph (driver API through ctypes) on the backend's stream replays preprocess + overlay."""
+    """CudaGraph (driver API through ctypes) on the backend's stream replays preprocess + overlay:
+    resources made in this thread, the graph captured in a second thread, replayed in a third."""
+    from tests.app_helpers import run_in_thread
     k = gpu_kernels()
     frame = camvid_frames(1)[0]
     h, w = frame.shape[:2]
@@ -281,11 +287,68 @@ def test_gpu_graph_replay_matches_direct_launches(model):
         pre(k.ptr(src), k.ptr(x), stream)
         render(k.ptr(src), h, w, k.ptr(lab), *labels.shape, k.ptr(out), 0.4, "overlay", stream=stream)
 
-    graph = ck.CudaGraph(k.stream_handle(stream), work)   # captured, not yet run
-    x.set(np.zeros(x.shape, np.float32))
-    out.set(np.zeros(out.shape, np.uint8))
-    k.synchronize()                                      # the zeroing is done before the replay
-    graph.launch()
-    stream.synchronize()
-    assert max_diff(x.get(), preprocess(frame, (256, 320), model.mean, model.std)) <= 1e-3
-    assert max_diff(out.get(), render_overlay(frame, labels, lut, alpha=0.4, mode="overlay")) <= 1
+    graph = run_in_thread(ck.CudaGraph, k.stream_handle(stream), work, k.context)   # captured, not yet run
+
+    def replay():
+        with k.context:                                  # the test's own array calls
+            x.set(np.zeros(x.shape, np.float32))
+            out.set(np.zeros(out.shape, np.uint8))
+            k.synchronize()                              # the zeroing is done before the replay
+            graph.launch()
+            stream.synchronize()
+            return x.get(), out.get()
+
+    got_x, got_out = run_in_thread(replay)
+    assert max_diff(got_x, preprocess(frame, (256, 320), model.mean, model.std)) <= 1e-3
+    assert max_diff(got_out, render_overlay(frame, labels, lut, alpha=0.4, mode="overlay")) <= 1
+
+
+@pytest.mark.gpu
+def test_gpu_failed_capture_ends_it_and_raises_the_real_error():
+    """An error inside the captured work ends the capture (the stream stays usable) and is the
+    error the caller sees, not the driver's CAPTURE_INVALIDATED."""
+    k = gpu_kernels()
+    stream = k.stream()
+
+    def work():
+        raise ValueError("not capturable")
+
+    with pytest.raises(ValueError, match="not capturable"):
+        ck.CudaGraph(k.stream_handle(stream), work, k.context)
+    a = k.to_device(np.arange(8, dtype=np.int32))
+    with k.context:
+        assert np.array_equal(a.get(), np.arange(8))      # the context and the stream still work
+        stream.synchronize()
+
+
+@pytest.mark.gpu
+def test_gpu_primary_context_is_pushed_and_popped_in_any_thread():
+    """engines.cuda_context.PrimaryContext with pycuda: current only inside the block, nested
+    entries pop back to the outer one, an exception still pops, any thread."""
+    pycuda = pytest.importorskip("pycuda.driver", reason="pycuda not installed (pip install pycuda)")
+    from engines.cuda_context import PrimaryContext
+    from tests.app_helpers import run_in_thread
+    try:
+        ctx = PrimaryContext("pycuda")
+        with ctx:
+            pass
+    except RuntimeError as e:
+        pytest.skip(f"no usable CUDA GPU here ({e})")
+
+    def check():
+        assert pycuda.Context.get_current() is None
+        with ctx:
+            outer = pycuda.Context.get_current()
+            with ctx:
+                assert pycuda.Context.get_current() == outer
+                buf = ctx.cuda.mem_alloc(64)
+            assert pycuda.Context.get_current() == outer
+            buf.free()
+        assert pycuda.Context.get_current() is None
+        with pytest.raises(KeyError):
+            with ctx:
+                raise KeyError("inside")
+        assert pycuda.Context.get_current() is None
+        return int(outer.handle)
+
+    assert run_in_thread(check) == run_in_thread(check)   # the same (primary) context in every thread

@@ -25,27 +25,35 @@ CLASSES = ["road", "car", "sky", "tree"]
 PALETTE = [[128, 64, 128], [0, 0, 142], [70, 130, 180], [107, 142, 35]]
 
 
-def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False) -> Path:
-    """A real ONNX model: 1x1 conv, 3 -> 4 class logits (optionally behind a Q/DQ pair), + its sidecar."""
+def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32") -> Path:
+    """A real ONNX model: 1x1 conv, 3 -> 4 class logits (optionally behind a Q/DQ pair), + its sidecar.
+    fp16: float32 in and out as `bisenet export --precision fp16` writes it, the conv in float16."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "weight")
-    inits, nodes, conv_in = [weight], [], "input"
+    fp16 = precision == "fp16"
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float16 if fp16 else np.float32),
+                                     "weight")
+    inits, nodes, conv_in, conv_out = [weight], [], "input", "logits"
+    if fp16:
+        nodes.append(helper.make_node("Cast", ["input"], ["input16"], to=TensorProto.FLOAT16))
+        conv_in, conv_out = "input16", "logits16"
     if qdq:
         inits += [numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
                   numpy_helper.from_array(np.array(0, np.int8), "zero")]
         nodes += [helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"]),
                   helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"])]
         conv_in = "dq"
-    nodes.append(helper.make_node("Conv", [conv_in, "weight"], ["logits"]))
+    nodes.append(helper.make_node("Conv", [conv_in, "weight"], [conv_out]))
+    if fp16:
+        nodes.append(helper.make_node("Cast", ["logits16"], ["logits"], to=TensorProto.FLOAT))
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, h, w])], inits)
-    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.onnx")
+    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.fp16.onnx" if fp16 else "tiny.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     write_sidecar(path, {"model": "tiny", "classes": CLASSES, "palette": PALETTE,
                          "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-                         "input_shape": [1, 3, h, w], "head": "logits", "precision": "fp32"})
+                         "input_shape": [1, 3, h, w], "head": "logits", "precision": precision})
     return path
 
 
@@ -118,6 +126,125 @@ def test_plan_dla_falls_back_to_gpu():
     assert plan.dla_core == 1 and plan.flags == ["FP16", "GPU_FALLBACK"]
 
 
+# -- TensorRT 8.6 / 10.x / 11.x: the version dispatch and its one-line refusals ---------------------
+
+TRT86, TRT10, TRT11 = tb.tensorrt_api("8.6.1"), tb.tensorrt_api("10.13.3.9"), tb.tensorrt_api("11.4.0")
+
+
+def test_version_dispatch():
+    assert (TRT86.major, TRT86.network_flag, TRT86.precision_flags, TRT86.implicit_int8, TRT86.progress_monitor) == \
+        (8, "EXPLICIT_BATCH", True, True, False)
+    assert (TRT10.major, TRT10.network_flag, TRT10.precision_flags, TRT10.implicit_int8, TRT10.progress_monitor) == \
+        (10, None, True, True, True)
+    assert (TRT11.major, TRT11.network_flag, TRT11.precision_flags, TRT11.implicit_int8, TRT11.progress_monitor) == \
+        (11, None, False, False, True)
+    assert tb.tensorrt_api("10.0.1").major == 10 and tb.tensorrt_api("11.0.0.7").major == 11
+
+
+@pytest.mark.parametrize("version", ["8.5.3.1", "8.4.1", "9.2.0.post12", "12.0.0", "7.2.3", "", "abc"])
+def test_unsupported_versions_are_one_line(version):
+    with pytest.raises(RuntimeError) as e:
+        tb.tensorrt_api(version)
+    msg = str(e.value)
+    assert "\n" not in msg and "TensorRT 8.6, 10.x or 11.x" in msg and "pip install 'tensorrt>=10,<12'" in msg
+
+
+def test_plan_on_8_6_and_10_keeps_the_precision_flags(tmp_path):
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    for api in (TRT86, TRT10):
+        assert tb.plan_build("fp16", False, api=api).flags == ["FP16"]
+        assert tb.plan_build("fp16", False, onnx_precision="fp16", api=api).flags == ["FP16"]
+        assert tb.plan_build("int8", True, api=api).flags == ["INT8", "FP16"]
+        plan = tb.plan_build("int8", False, calib_cache=cache, api=api)
+        assert (plan.int8_mode, plan.flags) == ("implicit", ["INT8", "FP16"])
+
+
+def test_plan_on_11_is_strongly_typed():
+    assert tb.plan_build("fp32", False, api=TRT11).flags == []
+    assert tb.plan_build("fp16", False, onnx_precision="fp16", api=TRT11).flags == []
+    plan = tb.plan_build("int8", True, onnx_name="m.int8.onnx", api=TRT11)
+    assert (plan.int8_mode, plan.flags) == ("explicit", []) and "run in the ONNX's fp32" in plan.notes[0]
+    assert tb.plan_build("fp16", False, dla_core=0, onnx_precision="fp16", api=TRT11).flags == ["GPU_FALLBACK"]
+
+
+def one_line_refusal(match, **kw):
+    with pytest.raises(ValueError, match=match) as e:
+        tb.plan_build(**kw)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_plan_on_11_refuses_fp16_from_an_fp32_export():
+    msg = one_line_refusal("TensorRT 11.4.0 builds each layer in the ONNX's own types", precision="fp16",
+                           has_qdq=False, onnx_name="m.onnx", api=TRT11)
+    assert "bisenet export ... --precision fp16" in msg
+
+
+def test_plan_on_11_refuses_implicit_int8_naming_the_qdq_route(tmp_path):
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    msg = one_line_refusal("TensorRT 11.4.0 has no implicit INT8", precision="int8", has_qdq=False,
+                           calib_cache=cache, onnx_name="m.onnx", api=TRT11)
+    assert "bisenet calibrate --onnx m.onnx --data ... --target tensorrt" in msg and "--precision int8" in msg
+    msg = one_line_refusal("Q/DQ nodes only", precision="int8", has_qdq=False, onnx_name="m.onnx", api=TRT11)
+    assert "--target tensorrt" in msg and "--calib-cache" not in msg
+    with pytest.raises(ValueError, match="no implicit INT8") as e:      # `bisenet calibrate --trt-cache` too
+        tb.check_implicit_int8(TRT11, "m.onnx")
+    assert "\n" not in str(e.value)
+    tb.check_implicit_int8(TRT10)
+    tb.check_implicit_int8(TRT86)
+
+
+def test_an_fp16_export_builds_only_as_fp16():
+    for api in (None, TRT86, TRT10, TRT11):
+        one_line_refusal("m.fp16.onnx is an fp16 export: build it with --precision fp16", precision="fp32",
+                         has_qdq=False, onnx_name="m.fp16.onnx", onnx_precision="fp16", api=api)
+
+
+def test_build_refuses_an_fp16_export_at_fp32_before_tensorrt(tmp_path):
+    onnx_path = tiny_onnx(tmp_path, precision="fp16")
+    r = bisenet("build", "--onnx", str(onnx_path), "--precision", "fp32", "-o", str(tmp_path / "x.engine"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "is an fp16 export" in lines[0], r.stderr
+
+
+# What the builder asks of the `tensorrt` module, per version. TensorRT is not installed here,
+# so these stand-ins list the enum members NVIDIA's Python bindings define (NVIDIA/TensorRT
+# python/src/infer/pyCore.cpp on release/8.6, release/10.16 and release/11.1). They test only
+# that this code's dispatch never names a member its version lacks; nothing here ran TensorRT.
+STAND_IN_ENUMS = {
+    "8.6.1": {"BuilderFlag": ["FP16", "INT8", "GPU_FALLBACK"], "NetworkDefinitionCreationFlag": ["EXPLICIT_BATCH"]},
+    "10.16.0": {"BuilderFlag": ["FP16", "INT8", "GPU_FALLBACK"],
+                "NetworkDefinitionCreationFlag": ["EXPLICIT_BATCH", "STRONGLY_TYPED"]},
+    "11.1.0": {"BuilderFlag": ["GPU_FALLBACK"], "NetworkDefinitionCreationFlag": ["STRONGLY_TYPED"]},
+}
+
+
+def stand_in_tensorrt(version):
+    from types import SimpleNamespace
+    enums = STAND_IN_ENUMS[version]
+    return SimpleNamespace(__version__=version, **{
+        name: SimpleNamespace(**{m: i for i, m in enumerate(members)}) for name, members in enums.items()})
+
+
+@pytest.mark.parametrize("version", sorted(STAND_IN_ENUMS))
+def test_dispatch_names_only_members_the_version_has(tmp_path, version):
+    trt = stand_in_tensorrt(version)
+    api = tb.tensorrt_api(version)
+    cache = tmp_path / "model.calib"
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    assert tb.network_flags(trt, api) == (1 if version.startswith("8.") else 0)
+    requests = [("fp32", False, None, None, "fp32"), ("fp16", False, None, 0, "fp16"),
+                ("int8", True, None, None, "fp32")]
+    if api.implicit_int8:
+        requests += [("fp16", False, None, None, "fp32"), ("int8", False, cache, 1, "fp32")]
+    for precision, qdq, calib, dla, onnx_precision in requests:
+        plan = tb.plan_build(precision, qdq, calib, dla, onnx_precision=onnx_precision, api=api)
+        for flag in plan.flags:
+            getattr(trt.BuilderFlag, flag)     # AttributeError: a flag this version removed
+
+
 # -- sidecar and the version / GPU check ------------------------------------------------------------
 
 def engine_meta(tmp_path, trt_version="10.3.0", gpu="Orin", cc="8.7"):
@@ -184,7 +311,7 @@ def test_build_without_tensorrt_says_what_to_install(tmp_path):
     r = bisenet("build", "--onnx", str(onnx_path), "--precision", "fp16", "-o", str(tmp_path / "tiny.engine"))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install tensorrt" in lines[0], r.stderr
+    assert len(lines) == 1 and "pip install 'tensorrt>=10,<12'" in lines[0], r.stderr
     assert not (tmp_path / "tiny.engine").exists()
 
 
@@ -213,7 +340,7 @@ def test_backend_without_tensorrt_is_one_line(tmp_path):
     engine = tmp_path / "tiny.engine"
     engine.write_bytes(b"\0" * 16)
     write_sidecar(engine, engine_meta(tmp_path))
-    with pytest.raises(RuntimeError, match="pip install tensorrt") as e:
+    with pytest.raises(RuntimeError, match="pip install 'tensorrt>=10,<12'") as e:
         TensorRTEngine(engine)
     assert "\n" not in str(e.value)
 
@@ -235,18 +362,25 @@ def test_tensorrt_modules_import_no_torch():
 
 # -- with TensorRT and a GPU ---------------------------------------------------------------------
 
+def needs_tensorrt_gpu():
+    if not has_tensorrt():
+        pytest.skip("TensorRT not installed (pip install 'tensorrt>=10,<12', or JetPack on Jetson)")
+    pytest.importorskip("pycuda", reason="pycuda not installed (pip install pycuda)")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,cuda_graph", [("fp32", False), ("fp16", True)])
 def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cuda_graph):
-    if not has_tensorrt():
-        pytest.skip("TensorRT not installed (pip install tensorrt, or JetPack on Jetson)")
-    pytest.importorskip("pycuda", reason="pycuda not installed (pip install pycuda)")
+    """Built and created in this thread, run in another (as the app's inference thread does),
+    closed from a third. fp16 builds the fp16 export: the one fp16 route on TensorRT 11."""
+    needs_tensorrt_gpu()
     import onnxruntime as ort
 
     from app.overlay import palette_bgr, render_overlay
     from app.preprocess import preprocess
     from engines.tensorrt_engine import TensorRTEngine
-    onnx_path = tiny_onnx(tmp_path, h=64, w=128)
+    from tests.app_helpers import run_in_thread
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128, precision=precision)
     engine_path = tmp_path / f"tiny.{precision}.engine"
     meta = tb.build_engine(onnx_path, engine_path, precision=precision, workspace_mb=256)
     assert json.loads((tmp_path / f"tiny.{precision}.engine.json").read_text())["precision"] == precision
@@ -255,12 +389,82 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
     frame = np.random.default_rng(4).integers(0, 256, (90, 200, 3), dtype=np.uint8)
     x = preprocess(frame, (64, 128), meta["mean"], meta["std"])
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    got = eng.infer_logits(x)
+
+    def run():
+        got = eng.infer_logits(x)
+        return got, {mode: eng.run_fused(frame, alpha=0.5, mode=mode) for mode in ("overlay", "mask", "side-by-side")}
+
+    got, fused = run_in_thread(run)
+    again, _ = run_in_thread(run)           # a second thread replays what the first captured
     assert np.abs(got - ref).max() <= (1e-3 if precision == "fp32" else 5e-2)
+    assert np.array_equal(got, again)
     lut = palette_bgr(np.asarray(PALETTE))
-    for mode in ("overlay", "mask", "side-by-side"):
-        fused = eng.run_fused(frame, alpha=0.5, mode=mode)
+    for mode, out in fused.items():
         cpu = render_overlay(frame, ref[0].argmax(0), lut, alpha=0.5, mode=mode)
-        same = (fused == cpu).all(axis=2).mean()
-        assert fused.shape == cpu.shape and same >= (0.999 if precision == "fp32" else 0.98)
+        same = (out == cpu).all(axis=2).mean()
+        assert out.shape == cpu.shape and same >= (0.999 if precision == "fp32" else 0.98)
+    run_in_thread(eng.close)
+
+
+@pytest.mark.gpu
+def test_gpu_uncapturable_engine_falls_back_to_plain_enqueue_once(tmp_path, capfd):
+    """A stream synchronize inside the captured work is illegal during a capture: the capture
+    fails, is ended, logged once, and every call runs plainly with the right result."""
+    needs_tensorrt_gpu()
+    import onnxruntime as ort
+
+    from engines.tensorrt_engine import TensorRTEngine
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128)
+    tb.build_engine(onnx_path, tmp_path / "tiny.engine", precision="fp32", workspace_mb=256)
+    eng = TensorRTEngine(tmp_path / "tiny.engine", cuda_graph=True)
+    execute = eng._execute
+
+    def uncapturable():
+        eng.stream.synchronize()
+        execute()
+
+    eng._execute = uncapturable
+    x = np.random.default_rng(5).normal(size=(1, 3, 64, 128)).astype(np.float32)
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    for _ in range(3):
+        assert np.abs(eng.infer_logits(x) - ref).max() <= 1e-3
+    err = capfd.readouterr().err
+    assert err.count("CUDA graph capture of tiny.engine failed") == 1 and not eng.use_cuda_graph, err
     eng.close()
+
+
+@pytest.mark.gpu
+def test_gpu_timing_cache_is_reported_and_the_sidecar_always_written(tmp_path, capfd):
+    needs_tensorrt_gpu()
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128)
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"not a timing cache")        # refused by TensorRT: a new one replaces it
+    tb.build_engine(onnx_path, tmp_path / "a.engine", precision="fp32", workspace_mb=256, timing_cache=cache)
+    err = capfd.readouterr().err
+    assert "does not fit this GPU/TensorRT" in err or "TensorRT took no timing cache" in err, err
+    assert (tmp_path / "a.engine.json").is_file()
+    if cache.read_bytes() != b"not a timing cache":   # TensorRT wrote its own: the next build loads it
+        tb.build_engine(onnx_path, tmp_path / "b.engine", precision="fp32", workspace_mb=256, timing_cache=cache)
+        assert "timing cache " + str(cache) + ": loaded" in capfd.readouterr().err
+        assert (tmp_path / "b.engine.json").is_file()
+
+
+@pytest.mark.gpu
+def test_gpu_app_runs_an_engine_in_its_inference_thread(tmp_path):
+    """The app end to end: run_camera.py loads the engine in its main thread and runs it (the
+    fused CUDA path) in the pipeline's inference thread; every frame must come out."""
+    needs_tensorrt_gpu()
+    from app.latency import read_log
+    from tests.app_helpers import SAMPLE_VIDEO
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip(f"no sample video at {SAMPLE_VIDEO}")
+    engine = tmp_path / "tiny.engine"
+    tb.build_engine(tiny_onnx(tmp_path, h=64, w=96), engine, precision="fp32", workspace_mb=256)
+    r = subprocess.run([sys.executable, str(ROOT / "run_camera.py"), "--source", str(SAMPLE_VIDEO), "--model",
+                        str(engine), "--max-frames", "30", "--output", str(tmp_path / "out.mp4"),
+                        "--latency-log", str(tmp_path / "lat.csv")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = read_log(tmp_path / "lat.csv")
+    assert len(rows) == 30 and not any(row["dropped"] for row in rows), r.stderr
+    assert "inference failed" not in r.stderr
