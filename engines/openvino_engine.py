@@ -67,8 +67,10 @@ class OpenVinoEngine(GraphEngine):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        # What runs, in words: int8 layers + float rest, or one float precision throughout.
-        self.info.precision = f"int8+{compute}" if self.info.precision == "int8" else compute
+        # What runs, in words: one float precision throughout (fp32 / bf16), or the model's
+        # own (int8 layers, an fp16 export) + the precision of the rest ("int8+fp32").
+        model_precision = self.info.precision
+        self.info.precision = compute if model_precision == "fp32" else f"{model_precision}+{compute}"
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
