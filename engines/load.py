@@ -15,7 +15,7 @@ def pick_backend(backend: str | None, providers: str | None, model_precision: st
                  precision: str | None = None) -> str:
     """The backend for an .onnx: the one asked for, else the faster one for this file on the
     CPU (bench/models.py, BENCHMARKS.md "CPU backends"): OpenVINO for an int8 QDQ model (its
-    int8 kernels are 2-3x ONNX Runtime's, quiet and loaded) and for bf16 (only OpenVINO has
+    AMX/VNNI int8 ran 1.3-3x ONNX Runtime's, quiet and loaded) and for bf16 (only OpenVINO has
     it); ONNX Runtime for fp32 (the same speed quiet, less slow under load). GPU execution
     providers (--providers cuda/tensorrt) are ONNX Runtime's."""
     if backend is not None and backend not in BACKENDS:
