@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # subcommand -> module. Build time (torch) and run time (no torch) side by side.
@@ -28,8 +29,16 @@ class CliError(Exception):
     """An input problem: printed as one line `bisenet: error: ...`, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (`prog: error: ...`, exit 2), without the usage
+    block: every input error of the project looks the same (`--help` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see --help)\n")
+
+
 def build_parser(modules: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="bisenet", description="BiSeNetV1 edge segmentation: model zoo, export, training, "
         "INT8 calibration, TensorRT builds and the live app.",
         epilog="Example: bisenet models; bisenet export --help")
@@ -64,7 +73,30 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    return run_with_one_line_errors(f"bisenet {args.command}", modules[args.command].run, args)
+    previous = signal.getsignal(signal.SIGTERM)
+    if args.command != "run":   # `run` has its own handlers: it drains and finalizes its outputs
+        remove_temp_files_on_sigterm()
+    from app.validate import check_command_args
+
+    def run(a):
+        return modules[args.command].run(check_command_args(args.command, a))
+
+    try:
+        return run_with_one_line_errors(f"bisenet {args.command}", run, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def remove_temp_files_on_sigterm() -> None:
+    """SIGTERM ends the process by raising SystemExit(143), so `finally` blocks run and the
+    temp files of interrupted writes (export, calibration, engine builds, checkpoints) are
+    removed (engines/sidecar.py atomic_write / atomic_path). Left alone when someone else
+    (e.g. torchrun) installed a handler."""
+    def on_sigterm(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def run_with_one_line_errors(prog: str, run, args) -> int:
@@ -72,7 +104,7 @@ def run_with_one_line_errors(prog: str, run, args) -> int:
     stderr and exit code 2, instead of a traceback."""
     try:
         return int(run(args) or 0)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
+    except (CliError, ValueError, OSError, RuntimeError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ pipeline's output thread only hands the latest frame over.
 """
 from __future__ import annotations
 
+import errno
 import html
 import json
 import sys
@@ -69,8 +70,10 @@ class HttpSink(Sink):
             # Bind now, not on the first frame: a busy port is an error before the model loads.
             self.server = ThreadingHTTPServer((host, port), self._handler_class())
         except OSError as e:
-            raise RuntimeError(f"--output http://{host or '@'}:{port}: cannot listen ({e.strerror}); "
-                               "pick another port") from None
+            todo = ("pick another port" if e.errno in (errno.EADDRINUSE, errno.EACCES)
+                    else "use an address of this machine, e.g. http://127.0.0.1:PORT or http://@:PORT")
+            raise RuntimeError(f"--output http://{host or '@'}:{port}: cannot listen "
+                               f"({e.strerror or e}); {todo}") from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="http-sink", daemon=True)

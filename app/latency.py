@@ -57,9 +57,10 @@ class LatencyRecorder:
         self._file = None
         self._csv = None
         if self.path:
-            if self.path.suffix.lower() not in (".csv", ".jsonl"):
-                raise ValueError(f"--latency-log {self.path}: use a .csv or .jsonl file name")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from app.validate import check_value, prepare_output
+
+            check_value("latency_log", str(self.path))   # .csv or .jsonl
+            prepare_output(self.path, "--latency-log")   # missing folders made, like every output
             self._file = open(self.path, "w", newline="")
             if self.path.suffix.lower() == ".csv":
                 self._csv = csv.writer(self._file)
@@ -158,20 +159,30 @@ def read_log(path: str | Path) -> list[dict]:
     rows = []
     if path.suffix.lower() == ".jsonl":
         with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            try:
+                rows = [json.loads(line) for line in f if line.strip()]
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not JSON lines ({e})") from None
     elif path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
                 rows.append({k: (None if v == "" else v) for k, v in r.items()})
     else:
         raise ValueError(f"{path}: a latency log is a .csv or .jsonl file")
-    for r in rows:
-        for k in COLUMNS:
-            v = r.get(k)
-            if k == "reason":
-                r[k] = v or ""
-            elif k in ("frame", "dropped"):
-                r[k] = int(v)
-            else:
-                r[k] = None if v is None else float(v)
+    for n, r in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+        missing = [k for k in COLUMNS if k not in r] if isinstance(r, dict) else list(COLUMNS)
+        if missing:
+            raise ValueError(f"{path}: not a latency log (no {', '.join(missing)}); "
+                             "write one with run_camera.py --latency-log FILE.csv")
+        try:
+            for k in COLUMNS:
+                v = r.get(k)
+                if k == "reason":
+                    r[k] = v or ""
+                elif k in ("frame", "dropped"):
+                    r[k] = int(v)
+                else:
+                    r[k] = None if v is None else float(v)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} line {n}: {k}: {e}") from None
     return rows

@@ -221,6 +221,10 @@ class Pipeline:
                         t1 = time.monotonic()
                         labels = np.asarray(self.engine.infer(batch))[0]
                         t2 = time.monotonic()
+                        top = int(labels.max(initial=0))
+                        if top >= len(self.class_names):   # would draw black: say so instead
+                            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                                             f"{len(self.class_names)} classes; re-export the model")
                 except Exception as e:
                     self._drop(frame, "inference_error")
                     bad += 1
@@ -301,8 +305,8 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.close()   # finalizes video files: playable even after a signal
-                except Exception as e:
-                    self.log(f"warning: closing {sink.name}: {type(e).__name__}: {e}")
+                except Exception as e:   # e.g. the file could not be written: the run says so
+                    self._sink_failed(sink, e, [])
 
     def _open_sinks(self, width: int, height: int) -> list:
         fps = self.out_fps or self.reader.fps or 25.0

@@ -36,16 +36,10 @@ RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
 
 def parse_bitrate(text) -> int:
-    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000."""
-    s = str(text).strip().lower()
-    scale = {"k": 1_000, "m": 1_000_000}.get(s[-1:], 1)
-    try:
-        value = float(s[:-1] if scale > 1 else s) * scale
-    except ValueError:
-        value = -1
-    if value < 10_000:
-        raise ValueError(f"--bitrate {text!r}: expected bits per second like 800k, 2M or 4000000")
-    return int(value)
+    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000 (the --bitrate rule of app/validate.py)."""
+    from app.validate import check_value
+
+    return check_value("bitrate", text)
 
 
 def open_rtsp_sink(spec: str, args) -> Sink:

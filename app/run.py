@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
+from app import validate
+from app.validate import InputError, size_wh
 
 HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
 EXAMPLE = ("python run_camera.py --source clip.mp4 --model artifacts/r18.onnx --output out.mp4 "
@@ -27,17 +28,6 @@ DEFAULTS = {
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
     "rtsp_transport": None, "backend": None, "precision": None,
 }
-
-
-def size_wh(text) -> tuple:
-    """'1280x720' (or [1280, 720] from YAML) -> (1280, 720)."""
-    if isinstance(text, (list, tuple)) and len(text) == 2:
-        return int(text[0]), int(text[1])
-    try:
-        w, h = str(text).lower().split("x")
-        return int(w), int(h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,12 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder outputs: also write the raw label maps (labels/NNNNNN.png)")
     g.add_argument("--fps", type=float, help="frame rate for video outputs and --realtime when the source has none "
                    "(default: the source's, else 25)")
-    g.add_argument("--bitrate", type=int, help="video / RTSP output bitrate in bit/s (default: the encoder's)")
+    g.add_argument("--bitrate", help="video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: the encoder's)")
     g.add_argument("--rtsp-transport", choices=["tcp", "udp", "auto"],
                    help="RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); "
                    "default tcp for --source, auto for rtsp:// outputs")
     g.add_argument("--latency-log", metavar="FILE", help="one row per frame: FILE.csv or FILE.jsonl")
-    g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage (default 4)")
+    g.add_argument("--queue-size", type=int, help="frames a file may have queued per stage "
+                   f"(default 4, at most {validate.MAX_QUEUE})")
 
 
 def _preset_path(name: str) -> Path:
@@ -96,34 +87,39 @@ def _preset_path(name: str) -> Path:
 def load_preset(name: str, parser: argparse.ArgumentParser) -> dict:
     """A preset YAML -> {dest: value}, typed and checked like the flags."""
     path = _preset_path(name)
-    if not path.is_file():
+    if not path.exists():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-        raise ValueError(f"--config {name}: no such file (presets: {known})")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise InputError(f"--config {name}: no such file (presets: {known})")
+    data = validate.load_yaml(path, "preset") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of flag names to values")
+        raise InputError(f"{path}: expected a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         if dest not in actions:
-            raise ValueError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(actions))}")
+            raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(actions))}")
         action = actions[dest]
+        where = f"{path}: {key}"
         if dest == "output":
-            value = [str(v) for v in (value if isinstance(value, list) else [value])]
-        elif value is not None and action.type is not None:
+            value = value if isinstance(value, list) else [value]
+        elif dest in validate.RUN_FLAGS or value is None:
+            pass   # typed and checked by its rule below
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise InputError(f"{where}: expected true or false, got {value!r}")
+        elif isinstance(value, (dict, list)):
+            raise InputError(f"{where}: expected a single value, got {value!r}")
+        elif action.type is not None:
             try:
                 value = action.type(value)
             except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}: {key}: {e}") from None
-        elif dest == "source" and value is not None:
-            value = str(value)   # `source: 0` is camera 0
-        elif isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
-            raise ValueError(f"{path}: {key}: expected true or false, got {value!r}")
+                raise InputError(f"{where}: {e}") from None
+        elif action.choices is None:
+            value = str(value)
         if action.choices and value not in action.choices:
-            raise ValueError(f"{path}: {key}: {value!r} is not one of {', '.join(action.choices)}")
-        out[dest] = value
+            raise InputError(f"{where}: {value!r} is not one of {', '.join(action.choices)}")
+        out[dest] = validate.check_value(dest, value, where)
     return out
 
 
@@ -135,12 +131,15 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         preset = load_preset(args.config, probe)
     merged = dict(DEFAULTS)
     merged.update({k: v for k, v in preset.items() if v is not None})
-    merged.update({k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS})
+    given = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
+    merged.update(validate.check_flags(given))
     return argparse.Namespace(**{**vars(args), **merged})
 
 
 def _parser(prog: str = "bisenet run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=HELP, epilog=f"Example: {EXAMPLE}",
+    from app.cli import OneLineParser
+
+    p = OneLineParser(prog=prog, description=HELP, epilog=f"Example: {EXAMPLE}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
@@ -155,11 +154,9 @@ def run(args: argparse.Namespace) -> int:
 
     opts = resolve(args)
     if not opts.source:
-        raise ValueError("no --source: pass a camera index, a video/image file, a folder, or a stream URL")
+        raise InputError("no --source: pass a camera index, a video/image file, a folder, or a stream URL")
     if not opts.model:
-        raise ValueError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
-    if not 0.0 <= opts.alpha <= 1.0:
-        raise ValueError(f"--alpha must be between 0 and 1, got {opts.alpha}")
+        raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
 
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
                          backend=opts.backend, precision=opts.precision)
@@ -196,7 +193,25 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
-    return code
+    why = run_problems(pipeline, recorder)
+    if why:
+        print(f"exit 1: {why}", file=sys.stderr)
+    return 1 if why else code
+
+
+def run_problems(pipeline, recorder) -> str:
+    """Why the run did not do its job ('' when it did): a failure, an output that could not be
+    written, or nothing written at all. The exit status is 1 then."""
+    problems = list(pipeline.failures)
+    problems += [f"output {name} could not be written" for name in pipeline.sink_failures]
+    if pipeline.stop_reason in ("SIGINT", "SIGTERM"):
+        pass   # the user stopped it, maybe before the first frame: not a failure by itself
+    elif pipeline.captured == 0:
+        problems.append("the source gave no frames")
+    elif recorder.written == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(recorder.dropped.items()))
+        problems.append(f"no frame was written ({reasons or 'none finished'})")
+    return "; ".join(problems)
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import cv2
 import numpy as np
 
 from app.frames import Sink
+from app.validate import prepare_output
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -79,10 +82,20 @@ def _even(img: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(img, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
 
 
+# mp4/mov are written fragmented: an empty index up front, then one self-contained fragment
+# (moof + mdat) per keyframe, flushed to the file as it is written. A SIGKILL or power loss
+# leaves a file that plays up to its last complete fragment; a keyframe every second bounds
+# the loss to about a second plus the encoder's delay (docs/app.md). default_base_moof is the
+# layout browsers' Media Source Extensions expect; players read it like any mp4.
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+KEYFRAME_EVERY_S = 1.0
+
+
 class VideoFileSink(Sink):
     """A video file through PyAV (libx264 for mp4/mkv, mpeg4 for avi). Files: frame n at n/fps.
     Live sources: each frame at its capture time (ms), so drops do not speed the video up.
-    close() flushes the encoder and writes the index: the file is playable after a signal."""
+    close() flushes the encoder and writes the trailer: the file is playable after a signal,
+    and mp4/mkv stay readable up to the last second or so even after a kill."""
 
     def __init__(self, path: str | Path, live: bool = False, bitrate: int | None = None):
         self.path = Path(path)
@@ -95,8 +108,10 @@ class VideoFileSink(Sink):
         self.count = 0
         self._t0 = None
         self._last_pts = -1
-        if not self.path.parent.exists():
-            raise SinkError(f"--output {path}: folder {self.path.parent} does not exist")
+        self._next_key_ms = 0
+        self.fragmented = self.path.suffix.lower() in (".mp4", ".mov")
+        self._sync_fd = None   # fsync after each fragment: it survives a power loss too
+        prepare_output(self.path, "--output")   # missing folders are made; unwritable: one line now
 
     def open(self, width, height, fps) -> None:
         fps = float(fps or 25.0)
@@ -116,17 +131,23 @@ class VideoFileSink(Sink):
                 if self.container is not None:
                     self.container.close()
                 self.container = None
-                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer")
+                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer",
+                      file=sys.stderr)
         fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
         self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
         if not self.writer.isOpened():
             raise SinkError(f"cannot write video {self.path}: neither PyAV nor OpenCV can encode it")
 
     def _open_pyav(self, av, codec, width, height, fps) -> None:
-        self.container = av.open(str(self.path), mode="w")
+        self.container = av.open(str(self.path), mode="w", options=FRAGMENTED_MP4 if self.fragmented else {})
         rate = Fraction(fps).limit_denominator(1001)
         options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {}
         self.stream = self.container.add_stream(codec, rate=rate, options=options)
+        self.stream.codec_context.gop_size = max(1, round(fps * KEYFRAME_EVERY_S))
+        if self.fragmented:
+            # No B-frames: the empty index up front cannot carry the edit list that would shift
+            # B-frame timestamps back to 0 (the first frame would show at 2/fps). Also less delay.
+            self.stream.codec_context.max_b_frames = 0
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
         if self.bitrate:
@@ -152,12 +173,16 @@ class VideoFileSink(Sink):
             if self._t0 is None:
                 self._t0 = frame.capture_ts
             pts = max(int(round((frame.capture_ts - self._t0) * 1000)), self._last_pts + 1)
+            # A live run may write far fewer frames than its nominal fps (drops), so the GOP in
+            # frames is not a bound in time: force a keyframe (a new fragment) every second.
+            if pts >= self._next_key_ms:
+                vf.pict_type = av.video.frame.PictureType.I
+                self._next_key_ms = pts + int(KEYFRAME_EVERY_S * 1000)
         else:
             pts = self.count
         self._last_pts = pts
         vf.pts, vf.time_base = pts, self.time_base
-        for packet in self.stream.encode(vf):
-            self.container.mux(packet)
+        self._mux(self.stream.encode(vf))
         self.count += 1
 
     def close(self) -> None:
@@ -165,10 +190,33 @@ class VideoFileSink(Sink):
             self.writer.release()
             self.writer = None
         if self.container is not None:
-            for packet in self.stream.encode(None):   # flush the encoder's delayed frames
-                self.container.mux(packet)
+            self._mux(self.stream.encode(None))   # the encoder's delayed frames
             self.container.close()
             self.container = None
+        if self._sync_fd is not None:
+            os.fsync(self._sync_fd)
+            os.close(self._sync_fd)
+            self._sync_fd = None
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self.container.mux(packet)
+            if packet.is_keyframe and self.fragmented:
+                self._sync()
+
+    def _sync(self) -> None:
+        """A keyframe starts a new fragment, so the one before is complete in the file now
+        (flush_packets): push it to the disk, and the file's name once."""
+        if self._sync_fd is None:
+            if not self.path.exists():
+                return   # nothing written yet (the header goes out with the first packet)
+            self._sync_fd = os.open(self.path, os.O_RDONLY)
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        os.fsync(self._sync_fd)
 
 
 class FolderSink(Sink):
@@ -181,6 +229,7 @@ class FolderSink(Sink):
         self.save_labels = save_labels
         if self.folder.exists() and not self.folder.is_dir():
             raise SinkError(f"--output {folder} is a file, not a folder")
+        prepare_output(self.folder, "--output", folder=True)
 
     def open(self, width, height, fps) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

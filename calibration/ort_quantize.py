@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.sidecar import atomic_path
+
 METHODS = ("entropy", "minmax", "percentile")
 FLAVORS = ("cpu", "tensorrt")
 # What follows the last Conv and must stay float (labels head: Resize -> ArgMax -> Cast).
@@ -172,15 +174,14 @@ def write_flavor(prepared: str | Path, ranges_path: str | Path, method: str, fla
     exclude = sorted(set(float_tail_nodes(prepared)) | set(keep_float))
     opts = flavor_options(flavor)
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    q.quantize_static(str(prepared), str(tmp), calibration_data_reader=None,
-                      calibration_cache_path=str(ranges_path), quant_format=q.QuantFormat.QDQ,
-                      per_channel=True, reduce_range=False, calibrate_method=calibration_method(method),
-                      nodes_to_exclude=exclude, nodes_to_quantize=list(only_nodes) if only_nodes else None,
-                      **opts)
-    if keep_float:
-        _feed_float_inputs(tmp, keep_float)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:   # an interrupted run leaves no temp file
+        q.quantize_static(str(prepared), str(tmp), calibration_data_reader=None,
+                          calibration_cache_path=str(ranges_path), quant_format=q.QuantFormat.QDQ,
+                          per_channel=True, reduce_range=False, calibrate_method=calibration_method(method),
+                          nodes_to_exclude=exclude, nodes_to_quantize=list(only_nodes) if only_nodes else None,
+                          **opts)
+        if keep_float:
+            _feed_float_inputs(tmp, keep_float)
     return out_path
 
 

@@ -94,9 +94,12 @@ class GraphEngine(Engine):
         return self._run(batch)
 
 
-def check_graph_io(path, info: ModelInfo, output_name: str, input_shape) -> None:
+def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_shape=()) -> None:
     """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
-    `logits` as the sidecar's head says, and a static input of the sidecar's size."""
+    `logits` as the sidecar's head says, a static input of the sidecar's size, and logits
+    with one channel per class of the sidecar."""
+    from app.validate import check_output_channels
+
     if output_name not in ("labels", "logits"):
         raise SidecarError(f"{path}: output {output_name!r} is neither labels nor logits; "
                            "re-export it with `bisenet export`")
@@ -105,6 +108,8 @@ def check_graph_io(path, info: ModelInfo, output_name: str, input_shape) -> None
     if static and tuple(dims) != tuple(info.input_size):
         raise SidecarError(f"{path}: graph input is {dims[0]}x{dims[1]} but its sidecar says "
                            f"{info.input_size[0]}x{info.input_size[1]}; re-export it with `bisenet export`")
+    if output_name == "logits" and len(output_shape) == 4:
+        check_output_channels(output_shape[1], info.num_classes, str(path), "re-export it with `bisenet export`")
     if output_name != info.head:
         raise SidecarError(f"{path}: graph outputs {output_name} but its sidecar says "
                            f"{info.head}; re-export it with `bisenet export`")

@@ -16,8 +16,9 @@ import datetime
 import sys
 from pathlib import Path
 
+from app.validate import prepare_output
 from engines.model_config import ConfigError, ModelConfig, load_model_config
-from engines.sidecar import file_sha256, write_sidecar
+from engines.sidecar import atomic_path, file_sha256, write_sidecar
 
 HELP = "export a BiSeNetV1 checkpoint (official mmseg or own) to ONNX with a sidecar JSON"
 EXAMPLE = ("bisenet export --model bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024 "
@@ -82,16 +83,16 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
     dummy = torch.zeros(1, 3, h, w)
     dynamic_axes = {"input": {2: "height", 3: "width"},
                     head: ({2: "height", 3: "width"} if head == "logits" else {1: "height", 2: "width"})}
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with torch.no_grad():
+    # Through a hidden temp file: an interrupted export (an exception, Ctrl-C, SIGTERM) leaves
+    # neither half a model nor the temp file behind.
+    with atomic_path(out_path) as tmp, torch.no_grad():
         # The TorchScript exporter: it maps this network to plain ONNX ops in one step and
         # supports dynamic H/W through dynamic_axes.
         torch.onnx.export(Exported(model), (dummy,), str(tmp), input_names=["input"], output_names=[head],
                           opset_version=OPSET, dynamo=False, do_constant_folding=True,
                           dynamic_axes=dynamic_axes if dynamic else None)
-    if simplify:
-        _simplify(tmp)
-    tmp.replace(out_path)
+        if simplify:
+            _simplify(tmp)
     meta = {
         "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
         "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [1, 3, h, w], "input_name": "input",
@@ -137,6 +138,7 @@ def run(args) -> int:
     size = parse_size(args.size) if args.size else None
     if not args.output.endswith(".onnx"):
         raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
+    prepare_output(args.output, "-o")   # before minutes of work: can it be written at all?
     out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
                       simplify=not args.no_simplify, precision=args.precision)
     h, w = size or cfg.crop_size

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from app.validate import SIDECAR, InputError, check_fields, check_fields_by_rules, load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
@@ -59,15 +59,12 @@ class ModelConfig:
 
 
 def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
-    """`data` (from yaml.safe_load) may hold only the fields of dataclass `cls`: an unknown
-    key is an error naming the key and the file. Shared by every YAML config loader."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    return data
+    """`data` (from a YAML file) may hold only the fields of dataclass `cls`, each of its
+    annotated type: otherwise an error naming the key and the file (app/validate.py)."""
+    try:
+        return check_fields(cls, data, where, exclude)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
@@ -78,6 +75,11 @@ def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
         cfg = ModelConfig(**data, train=train, source=source)
     except TypeError as e:  # a required key is missing
         raise ConfigError(f"{source}: {e}") from None
+    try:   # the same rules as the sidecar these values end up in
+        check_fields_by_rules({"classes": cfg.class_names, "palette": cfg.palette, "mean": cfg.mean,
+                               "std": cfg.std}, SIDECAR, source)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     if len(cfg.class_names) != cfg.num_classes or len(cfg.palette) != cfg.num_classes:
         raise ConfigError(f"{source}: num_classes is {cfg.num_classes} but there are "
                           f"{len(cfg.class_names)} class names and {len(cfg.palette)} palette colors")
@@ -96,6 +98,4 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    return model_configcheck_keys(data, str(path))
+    return model_configcheck_keys(load_yaml(path, "model config"), str(path))

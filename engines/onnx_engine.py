@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.validate import readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
 from engines.sidecar import read_sidecar
 
@@ -50,9 +51,7 @@ class OnnxEngine(GraphEngine):
                  precision: str | None = None, spinning: bool = SPINNING):
         import onnxruntime as ort
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model {self.path} does not exist; export one with `bisenet export`")
+        self.path = readable_file(path, "model", "export one with `bisenet export`")
         meta = read_sidecar(self.path)
         self.info = ModelInfo.from_sidecar(meta)
         opts = ort.SessionOptions()
@@ -75,7 +74,7 @@ class OnnxEngine(GraphEngine):
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.output_name = self.session.get_outputs()[0].name
-        check_graph_io(self.path, self.info, self.output_name, inp.shape)
+        check_graph_io(self.path, self.info, self.output_name, inp.shape, self.session.get_outputs()[0].shape)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]

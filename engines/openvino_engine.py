@@ -12,10 +12,10 @@ low-precision transformations; the same file ONNX Runtime runs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
+from app.validate import readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
 from engines.sidecar import read_sidecar
 
@@ -40,9 +40,7 @@ class OpenVinoEngine(GraphEngine):
 
     def __init__(self, path, precision: str | None = None, threads: int | None = None):
         ov = import_openvino()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model {self.path} does not exist; export one with `bisenet export`")
+        self.path = readable_file(path, "model", "export one with `bisenet export`")
         self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
         compute = precision or "fp32"
         if compute not in PRECISIONS:
@@ -61,7 +59,8 @@ class OpenVinoEngine(GraphEngine):
                                f"{len(model.inputs)} and {len(model.outputs)}; re-export it with `bisenet export`")
         shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
         self.output_name = model.outputs[0].get_any_name()
-        check_graph_io(self.path, self.info, self.output_name, shape)
+        out_shape = [d.get_length() if d.is_static else None for d in model.outputs[0].get_partial_shape()]
+        check_graph_io(self.path, self.info, self.output_name, shape, out_shape)
         config = {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)

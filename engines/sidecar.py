@@ -1,11 +1,14 @@
 """Sidecar metadata JSON beside every .onnx and .engine (`model.onnx` -> `model.onnx.json`)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from app.validate import InputError, check_sidecar
 
 SIDECAR_VERSION = 1
 
@@ -26,13 +29,30 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_mode() -> int:
+    """0666 less this process's umask: the mode open() gives a new file. mkstemp makes 0600
+    files, so project files made through a temp file get this mode before the rename."""
+    try:
+        with open("/proc/self/status") as f:   # Linux: read it without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call `write(file)` on a temp file in the same folder, fsync, then rename over `path`:
-    readers (and a kill mid-write) never leave or see half a file under `path`."""
+    readers (and a kill mid-write) never leave or see half a file under `path`. The file gets
+    the umask's mode like any other; an exception or SIGTERM (app/cli.py) removes the temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -42,6 +62,21 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp"):
+    """For libraries that write to a path themselves (torch.onnx.export, quantize_static,
+    cv2.imwrite): yield a hidden temp path beside `path`, rename it over `path` when the block
+    ends, remove it when the block raises (SIGTERM included, see app/cli.py)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -55,23 +90,21 @@ def write_sidecar(model_path: str | Path, meta: dict) -> Path:
     return out
 
 
-REQUIRED = ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision")
-
-
 def read_sidecar(model_path: str | Path, rebuild_hint: str = "re-export it with `bisenet export`") -> dict:
-    """Read and sanity-check the sidecar of `model_path`; one-line SidecarError otherwise."""
+    """Read the sidecar of `model_path` and check it against the schema (app/validate.py):
+    one-line SidecarError otherwise."""
     side = sidecar_path(model_path)
-    if not side.is_file():
+    if not side.exists():
         raise SidecarError(f"{model_path}: no sidecar {side.name} beside it (classes, palette, "
                            f"normalization live there); {rebuild_hint}")
     try:
         meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise SidecarError(f"{side}: cannot read it ({getattr(e, 'strerror', None) or e}); fix its "
+                           f"permissions or {rebuild_hint}") from None
     except json.JSONDecodeError as e:
         raise SidecarError(f"{side}: not valid JSON ({e}); {rebuild_hint}") from None
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise SidecarError(f"{side}: missing {', '.join(missing)}; {rebuild_hint}")
-    if len(meta["classes"]) != len(meta["palette"]):
-        raise SidecarError(f"{side}: {len(meta['classes'])} classes but {len(meta['palette'])} palette colors; "
-                           f"{rebuild_hint}")
-    return meta
+    try:
+        return check_sidecar(meta, str(side), rebuild_hint)
+    except InputError as e:
+        raise SidecarError(str(e)) from None

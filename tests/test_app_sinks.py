@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from app.frames import Frame
+from app.validate import InputError
 from app.sinks import FolderSink, NullSink, SinkError, VideoFileSink, gui_available, open_sink
 
 
@@ -78,13 +79,22 @@ def test_folder_sink_writes_overlays_and_raw_labels(tmp_path):
 
 def test_open_sink_dispatch_and_one_line_errors(tmp_path, monkeypatch):
     assert isinstance(open_sink("null"), NullSink)
-    bad = [str(tmp_path / "still.png"), str(tmp_path / "x.xyz"), str(tmp_path / "nofolder" / "out.mp4")]
+    bad = [str(tmp_path / "still.png"), str(tmp_path / "x.xyz")]
     if not gui_available():
         bad.append("display")
     for spec in bad:
         with pytest.raises(SinkError) as e:
             open_sink(spec)
         assert "\n" not in str(e.value)
+    # Missing folders are made for every output kind; a place that cannot be written is refused now.
+    open_sink(str(tmp_path / "new" / "dir" / "out.mp4"))
+    assert (tmp_path / "new" / "dir").is_dir() and not (tmp_path / "new" / "dir" / "out.mp4").exists()
+    for spec in ["/proc/out.mp4", "/proc/frames/", str(tmp_path / "x.xyz") + "/"]:
+        if spec.endswith("x.xyz/"):
+            (tmp_path / "x.xyz").write_text("a file")
+        with pytest.raises((SinkError, InputError)) as e:
+            open_sink(spec)
+        assert "\n" not in str(e.value) and spec.rstrip("/") in str(e.value)
     monkeypatch.delitem(sys.modules, "app.rtsp_out", raising=False)
     try:
         import app.rtsp_out  # noqa: F401  (present once the RTSP issue lands)

@@ -1,6 +1,7 @@
 """Checkpoint loading (strict, weights_only) and download against a real HTTP server on 127.0.0.1."""
 import hashlib
 import http.server
+import os
 import socket
 import threading
 
@@ -117,6 +118,12 @@ def named(payload: bytes, stem="bisenetv1_r18_20210922_172239"):
     return f"/{stem}-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_download_good_file_then_reuse(tmp_path):
     payload = b"checkpoint bytes " * 1000
     path = named(payload)
@@ -124,6 +131,7 @@ def test_download_good_file_then_reuse(tmp_path):
     try:
         got = download_checkpoint(server.url(path), tmp_path, progress=False)
         assert got.read_bytes() == payload and got.parent == tmp_path
+        assert got.stat().st_mode & 0o777 == 0o666 & ~current_umask()   # not mkstemp's 0600
     finally:
         server.close()
     # server gone: the verified cached file is reused

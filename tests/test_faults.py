@@ -144,10 +144,11 @@ def test_a_sink_that_raises_the_others_go_on_and_the_failure_is_reported(tmp_pat
     shutil.rmtree(frames_dir)
     frames_dir.write_text("a file where the folder was: every later PNG write fails")
     err = app.finish(timeout_s=120)                      # runs to the end of the clip
-    assert app.proc.returncode == 0, err
+    assert app.proc.returncode == 1, err                 # the exit status tells: an output failed
     s = check_accounting(err, tmp_path / "lat.csv")
     assert s["captured"] == 101 and s["written"] + s["reasons"].get("queue_full", 0) == 101
     assert f"output {frames_dir} failed" in err
+    assert err.rstrip().splitlines()[-1] == f"exit 1: output {frames_dir} could not be written"
     assert frames_in(tmp_path / "out.mp4") == s["written"]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from engines.model_config import ModelConfig
-from engines.sidecar import atomic_write
+from engines.sidecar import atomic_write, file_mode
 
 
 class CheckpointError(RuntimeError):
@@ -118,6 +118,7 @@ def download_checkpoint(url: str, cache_dir: str | Path | None = None, timeout: 
         dest.unlink()  # corrupt leftover (e.g. copied in by hand): fetch again
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".part")
+    os.fchmod(fd, file_mode())   # mkstemp makes 0600; a download gets the umask's mode like any file
     try:
         h = hashlib.sha256()
         try:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
+from app.validate import load_yaml
 from engines.model_config import REPO_ROOT, ConfigError, check_keys
 
 IGNORE_INDEX = 255
@@ -51,8 +51,7 @@ def load_dataset_config(name_or_path: str | Path, root: str | None = None) -> Da
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in DATASETS_DIR.glob("*.yaml")))
         raise ConfigError(f"no dataset config {str(name_or_path)!r}: pass a YAML path or one of: {known}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = load_yaml(path, "dataset config") or {}
     check_keys(DatasetConfig, data, str(path), exclude={"source"})
     try:
         cfg = DatasetConfig(**data, source=str(path))

@@ -6,13 +6,14 @@ outputs are skipped unless --force.
 """
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from engines.sidecar import atomic_path
 
 HELP = "prepare a dataset for training: Cityscapes gtFine labelIds -> labelTrainIds"
 EXAMPLE = "bisenet prepare cityscapes --root data/cityscapes"
@@ -37,10 +38,9 @@ def convert_one(src: Path, lut: np.ndarray, force: bool = False) -> bool:
     raw = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.ndim != 2:
         raise ValueError(f"{src}: not a single-channel label image; expected gtFine *_labelIds.png")
-    tmp = dst.with_name(f".{dst.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), lut[raw]):
-        raise OSError(f"cannot write {tmp}")
-    os.replace(tmp, dst)
+    with atomic_path(dst, suffix=".tmp.png") as tmp:   # cv2 picks the format by the suffix
+        if not cv2.imwrite(str(tmp), lut[raw]):
+            raise OSError(f"cannot write {tmp}")
     return True
 
 

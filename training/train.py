@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from app.validate import load_yaml
 from engines.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
@@ -80,8 +81,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         path = TRAIN_DIR / f"{path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = load_yaml(path, "train config") or {}
     check_keys(TrainConfig, data, str(path))
     try:
         return TrainConfig(**data)
