@@ -12,7 +12,6 @@ low-precision transformations; the same file ONNX Runtime runs.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from app.validate import readable_file
