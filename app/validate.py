@@ -204,7 +204,7 @@ COMMAND_FLAGS = {
     "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
                   "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
                   "threads": Number(int, 1, 1024)},
-    "eval": {"limit": COUNT},
+    "eval": {"limit": COUNT, "threads": Number(int, 1, 1024)},
     "prepare": {"workers": Number(int, 1, 256)},
     "train": {"iterations": COUNT, "batch_size": COUNT, "lr": Number(float, above=0, max=10),
               "crop_size": each(Number(int, 32, MAX_SIDE)),
