@@ -26,7 +26,7 @@ DEFAULTS = {
     "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
-    "rtsp_transport": None, "triton_shm": "none", "triton_in_flight": 2,
+    "rtsp_transport": None, "backend": None, "precision": None, "triton_shm": "none", "triton_in_flight": 2,
     "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
     "tls_cert": None, "tls_key": None,
 }
@@ -51,7 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(Triton), or a zoo name / model YAML (PyTorch)")
     g.add_argument("--checkpoint", help="checkpoint .pth for a zoo name / model YAML")
     g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
-    g.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    g.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
+    g.add_argument("--backend", choices=["openvino", "onnxruntime"],
+                   help="CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, "
+                   "onnxruntime for fp32; --providers cuda/tensorrt use onnxruntime)")
+    g.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; "
+                   "an int8 model keeps its int8 layers)")
     g.add_argument("--triton-shm", choices=["none", "system", "cuda"],
                    help="Triton: pass tensors through shared memory, server on this host (default none; "
                    "cuda is unverified)")
@@ -179,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
     server_options = ServerOptions.from_options(opts)
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
+                         backend=opts.backend, precision=opts.precision,
                          triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
     sinks, reader, server = [], None, None
     try:

@@ -205,7 +205,7 @@ COMMAND_FLAGS = {
     "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
                   "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
                   "threads": Number(int, 1, 1024)},
-    "eval": {"limit": COUNT},
+    "eval": {"limit": COUNT, "threads": Number(int, 1, 1024)},
     "triton-repo": {"max_batch": Number(int, 0, 1024), "instances": Number(int, 1, 64),
                     "max_queue_delay_us": Number(int, 0, 10_000_000)},
     "serve-triton": {"max_batch": Number(int, 1, 1024), "instances": Number(int, 1, 64),

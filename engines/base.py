@@ -1,6 +1,6 @@
 """The one interface the pipeline sees: what input an engine wants, and infer(batch) -> labels.
 
-ONNX Runtime, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
+ONNX Runtime, OpenVINO, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
 about them. What the model is (classes, palette, normalization) travels in `ModelInfo`,
 read from the model's sidecar JSON or its model config.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engines.sidecar import SidecarError
 
 
 @dataclass
@@ -74,3 +76,45 @@ class Engine:
     def describe(self) -> str:
         h, w = self.info.input_size
         return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}"
+
+
+class GraphEngine(Engine):
+    """An exported graph (ONNX Runtime, OpenVINO) whose one output is `labels` (argmax in the
+    graph) or `logits`: subclasses set `output_name` and implement `_run(batch) -> output`."""
+
+    output_name = "labels"
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._run(batch)
+        if self.output_name == "labels":
+            return out
+        return np.argmax(out, axis=1).astype(np.int32)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_name != "logits":
+            return super().infer_logits(batch)
+        return self._run(batch)
+
+
+def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_shape=()) -> None:
+    """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
+    `logits` as the sidecar's head says, a static input of the sidecar's size, and logits
+    with one channel per class of the sidecar."""
+    from app.validate import check_output_channels
+
+    if output_name not in ("labels", "logits"):
+        raise SidecarError(f"{path}: output {output_name!r} is neither labels nor logits; "
+                           "re-export it with `bisenet export`")
+    dims = list(input_shape)[2:]
+    static = all(isinstance(d, int) and d > 0 for d in dims)
+    if static and tuple(dims) != tuple(info.input_size):
+        raise SidecarError(f"{path}: graph input is {dims[0]}x{dims[1]} but its sidecar says "
+                           f"{info.input_size[0]}x{info.input_size[1]}; re-export it with `bisenet export`")
+    if output_name == "logits" and len(output_shape) == 4:
+        check_output_channels(output_shape[1], info.num_classes, str(path), "re-export it with `bisenet export`")
+    if output_name != info.head:
+        raise SidecarError(f"{path}: graph outputs {output_name} but its sidecar says "
+                           f"{info.head}; re-export it with `bisenet export`")

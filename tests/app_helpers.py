@@ -16,10 +16,10 @@ _models: dict = {}
 _dir = None
 
 
-def tiny_onnx(size_hw=(64, 96)) -> Path:
+def tiny_onnx(size_hw=(64, 96), head: str = "labels") -> Path:
     """engines.export.export_onnx(random_init=True) at `size_hw`, cached for this process."""
     global _dir
-    key = tuple(size_hw)
+    key = (*size_hw, head)
     if key not in _models:
         from engines.export import export_onnx
         from engines.model_config import load_model_config
@@ -27,8 +27,9 @@ def tiny_onnx(size_hw=(64, 96)) -> Path:
         if _dir is None:
             _dir = Path(tempfile.mkdtemp(prefix="bisenet-app-test-"))
             atexit.register(shutil.rmtree, _dir, True)
-        out = _dir / f"r18_{key[0]}x{key[1]}.onnx"
-        _models[key] = export_onnx(load_model_config(MODEL_NAME), None, out, key, random_init=True)
+        out = _dir / f"r18_{key[0]}x{key[1]}{'' if head == 'labels' else '_' + head}.onnx"
+        _models[key] = export_onnx(load_model_config(MODEL_NAME), None, out, tuple(size_hw), head=head,
+                                   random_init=True)
     return _models[key]
 
 
