@@ -1,4 +1,5 @@
-"""The model.py that `bisenet serve-triton` puts beside model.onnx for Triton's Python backend.
+"""The model.py that `bisenet serve-triton` puts beside model.onnx for Triton's Python backend:
+ONNX Runtime or OpenVINO (the config's `runtime` parameter) on the CPU.
 
 It runs inside Triton's Python-backend stub (its own interpreter with the server
 environment's packages), so it imports nothing from this project. Triton's dynamic batcher
@@ -10,7 +11,6 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
@@ -20,15 +20,25 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
-        first = self.session.get_inputs()[0].shape[0]
-        self.batch_dim_dynamic = not (isinstance(first, int) and first > 0)
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(folder, "model.onnx")
+        if params.get("runtime") == "openvino":
+            import openvino as ov
 
-    def _run(self, batch):
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+            # fp32 precision hint, as the app's OpenVINO engine (the CPU plugin's default may be bf16)
+            compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                             "PERFORMANCE_HINT": "LATENCY"})
+            self._run = lambda batch: compiled(batch)[0]
+            self.batch_dim_dynamic = compiled.input(0).get_partial_shape()[0].is_dynamic
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self._run = lambda batch: session.run([self.output_name], {self.input_name: batch})[0]
+            first = session.get_inputs()[0].shape[0]
+            self.batch_dim_dynamic = not (isinstance(first, int) and first > 0)
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]

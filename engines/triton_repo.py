@@ -103,7 +103,7 @@ def _quote(text: str) -> str:
 
 def config_text(name: str, backend: str, io: ModelIO, max_batch_size: int, meta: dict, *,
                 instances: int = 1, kind: str = "KIND_CPU", queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-                default_filename: str | None = None) -> str:
+                default_filename: str | None = None, extra_parameters: dict | None = None) -> str:
     """config.pbtxt text (Triton's ModelConfig in protobuf text format)."""
     def tensor_block(tensors, drop_batch):
         rows = []
@@ -125,6 +125,8 @@ def config_text(name: str, backend: str, io: ModelIO, max_batch_size: int, meta:
     for key in PARAMETER_KEYS:
         value = json.dumps(meta[key], separators=(",", ":"))
         lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
+    for key, value in (extra_parameters or {}).items():
+        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(str(value))} }} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -160,11 +162,13 @@ def check_io_matches_sidecar(io: ModelIO, meta: dict, model_path) -> None:
 
 def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: int | None = None,
                      instances: int = 1, kind: str | None = None, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-                     backend: str | None = None, extra_files: dict | None = None) -> Path:
+                     backend: str | None = None, extra_files: dict | None = None,
+                     extra_parameters: dict | None = None) -> Path:
     """Write out_dir/<name>/config.pbtxt and out_dir/<name>/1/<model file>; returns the config path.
 
     backend None: onnxruntime for .onnx, tensorrt for .engine. serve-triton passes "python"
-    with its model.py in extra_files ({file name in 1/: source path})."""
+    with its model.py in extra_files ({file name in 1/: source path}) and the runtime that
+    model.py uses in extra_parameters."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} does not exist; export one with `bisenet export`")
@@ -189,7 +193,8 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
         io.batch = None   # serve-triton's model.py runs a fixed batch-1 graph frame by frame
     mb = batching(io, max_batch, model_path)
     text = config_text(name, backend, io, mb, meta, instances=instances, kind=kind, queue_delay_us=queue_delay_us,
-                       default_filename=filename if backend == "tensorrt" else None)
+                       default_filename=filename if backend == "tensorrt" else None,
+                       extra_parameters=extra_parameters)
     model_dir = Path(out_dir) / name
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 It runs the `tritonserver` binary that the `nvidia-pytriton` wheel bundles, with Triton's
 Python backend: the model repository is the one `bisenet triton-repo` writes (same name,
 same config and metadata parameters, dynamic batching), except that the backend is
-"python" and 1/model.py (engines/triton_python_model.py) runs the .onnx with ONNX Runtime,
-because the wheel carries no onnxruntime backend.
+"python" and 1/model.py (engines/triton_python_model.py) runs the .onnx with ONNX Runtime
+or OpenVINO (--backend), because the wheel carries no onnxruntime or openvino backend.
 
 The server needs its own environment (scripts/setup_triton.sh makes `.venv-triton`):
 nvidia-pytriton wants numpy < 2, and its Python-backend stub embeds the system's
@@ -31,8 +31,8 @@ HELP = "serve an .onnx on a real Triton Inference Server (nvidia-pytriton's trit
 EXAMPLE = ("bisenet serve-triton --onnx r18.onnx --name bisenet --grpc-port 8001\n"
            "  python run_camera.py --source clip.mp4 --model grpc://127.0.0.1:8001/bisenet --output out.mp4")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SETUP_HINT = ("run scripts/setup_triton.sh (makes .venv-triton from /usr/bin/python3 with nvidia-pytriton and "
-              "onnxruntime) or pass --server-env to such a venv")
+SETUP_HINT = ("run scripts/setup_triton.sh (makes .venv-triton from /usr/bin/python3 with nvidia-pytriton, "
+              "onnxruntime and openvino) or pass --server-env to such a venv")
 
 
 class ServerEnv:
@@ -54,8 +54,11 @@ class ServerEnv:
         if not self.stub.is_file():
             raise RuntimeError(f"{root}: nvidia-pytriton has no Python-backend stub for Python {self.python_version}; "
                                f"{SETUP_HINT}")
-        if not any(self.site.glob("onnxruntime/__init__.py")):
-            raise RuntimeError(f"{root}: onnxruntime is not installed there; {SETUP_HINT}")
+
+    def require(self, runtime: str) -> None:
+        """The package model.py imports for `runtime` must be in this environment."""
+        if not (self.site / runtime / "__init__.py").is_file():
+            raise RuntimeError(f"{self.root}: {runtime} is not installed there; {SETUP_HINT}")
 
     def backend_dir(self, work: Path) -> Path:
         """Triton wants the stub inside backends/python/; the wheel keeps one per Python version."""
@@ -120,8 +123,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 def add_arguments(p) -> None:
     p.add_argument("--onnx", required=True, help="model.onnx with its sidecar")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="what runs the model inside Triton (default onnxruntime; openvino needs the OpenVINO "
-                        "engine, not in this build yet)")
+                   help="what runs the model inside Triton's Python backend: onnxruntime (default) or openvino "
+                        "(CPU, fp32 precision hint, as the app's OpenVINO engine)")
     p.add_argument("--name", default="bisenet", help="model name clients use in the URL (default bisenet)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; Triton has no auth: expose it only on a "
@@ -140,8 +143,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    if args.backend == "openvino":
-        raise ValueError("--backend openvino: this build has no OpenVINO engine yet; use --backend onnxruntime")
     if not args.onnx.endswith(".onnx"):
         raise ValueError(f"--onnx {args.onnx}: expected a .onnx file")
     if args.max_batch < 1:
@@ -156,8 +157,10 @@ def run(args) -> int:
         model = Path(args.onnx)
         write_repository(model, repo, args.name, max_batch=args.max_batch, instances=args.instances,
                          queue_delay_us=args.max_queue_delay_us, backend="python",
-                         extra_files={"model.py": Path(__file__).with_name("triton_python_model.py")})
+                         extra_files={"model.py": Path(__file__).with_name("triton_python_model.py")},
+                         extra_parameters={"runtime": args.backend})
         env = find_server_env(args.server_env)   # after the model: its errors come first
+        env.require(args.backend)
         cmd = server_command(env, repo, env.backend_dir(work), args)
         proc = subprocess.Popen(cmd, env=env.environ(), preexec_fn=_die_with_parent)
         host = args.address if args.address not in ("0.0.0.0", "::") else "127.0.0.1"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Triton server's own venv, .venv-triton, for `bisenet serve-triton` and its tests:
-# nvidia-pytriton (the real `tritonserver` binary + Python backend) and onnxruntime.
+# nvidia-pytriton (the real `tritonserver` binary + Python backend), onnxruntime and openvino
+# (what runs the model inside it: serve-triton --backend).
 # Separate from .venv because nvidia-pytriton wants numpy < 2, and built from the system
 # Python (/usr/bin/python3): the Python-backend stub embeds the system's libpython, which
 # fails with another build's standard library (e.g. pyenv 3.11.7: '_thread.RLock' object
@@ -8,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv-triton
-[ -f $V/.ready ] && exit 0
+stamp=$V/.setup-$(sha256sum scripts/setup_triton.sh | cut -c1-16)   # reinstalls when this script changes
+[ -f "$stamp" ] && exit 0
 PY=${TRITON_PYTHON:-/usr/bin/python3}
 glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
 glibc=${glibc:-0}
@@ -20,7 +22,7 @@ if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     echo "setup_triton: $PY cannot make venvs; install python3-venv (apt-get install python3-venv)" >&2
     exit 1
 fi
-rm -rf $V && "$PY" -m venv $V
+[ -x $V/bin/python ] || "$PY" -m venv $V
 $V/bin/python -m pip install -q --upgrade pip
-$V/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime==1.32.0"
-touch $V/.ready
+$V/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime==1.32.0" "openvino==2026.4.1"
+rm -f $V/.setup-* $V/.ready; touch "$stamp"
