@@ -31,6 +31,7 @@ from app.hud import RateMeter, draw_hud, draw_legend
 from app.latency import LatencyRecorder
 from app.overlay import palette_bgr, render_overlay
 from app.preprocess import preprocess
+from engines.base import ServerDown
 
 END = object()            # end-of-stream marker passed down the queues
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost
@@ -39,6 +40,17 @@ MAX_BAD_INFERENCES = 10   # failed inferences in a row before the run stops
 
 def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
+
+
+class Pending:
+    """A request a remote engine is still working on: its Future and when it was sent."""
+
+    def __init__(self, future, sent: float):
+        self.future, self.sent, self.done = future, sent, None
+        future.add_done_callback(self._arrived)
+
+    def _arrived(self, _future) -> None:
+        self.done = time.monotonic()
 
 
 class Pipeline:
@@ -76,6 +88,10 @@ class Pipeline:
         fused = getattr(engine, "run_fused", None)
         needs_labels = legend or any(getattr(s, "save_labels", False) for s in self.sinks)
         self.fused = fused if fused is not None and not needs_labels else None
+        # Remote engines (Triton) keep several requests in flight: submit() returns a Future
+        # that the output thread resolves in frame order, so the network overlaps the rest.
+        self.submit = getattr(engine, "submit", None) if self.fused is None else None
+        self.bad_results = 0                # failed remote results in a row
 
     # ---- control -------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested", quiet: bool = False) -> None:
@@ -221,12 +237,16 @@ class Pipeline:
                             frame.timings["preprocess"] = _ms(t0, time.monotonic())
                         frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
                         t1 = time.monotonic()
-                        labels = np.asarray(self.engine.infer(batch))[0]
+                        if self.submit is not None:
+                            labels = Pending(self.submit(batch), t1)   # the output thread waits for it
+                        else:
+                            labels = np.asarray(self.engine.infer(batch))[0]
                         t2 = time.monotonic()
-                        top = int(labels.max(initial=0))
-                        if top >= len(self.class_names):   # would draw black: say so instead
-                            raise ValueError(f"the model outputs class {top} but its sidecar lists "
-                                             f"{len(self.class_names)} classes; re-export the model")
+                        if not isinstance(labels, Pending):
+                            self._check_classes(labels)
+                except ServerDown:
+                    self._drop(frame, "server_down")   # the engine retries on its own
+                    continue
                 except Exception as e:
                     self._drop(frame, "inference_error")
                     bad += 1
@@ -272,6 +292,10 @@ class Pipeline:
                 if self.forced.is_set():
                     self._drop(frame, "shutdown")
                     continue
+                if isinstance(labels, Pending):
+                    labels, t_queued = self._await(frame, labels)
+                    if labels is None:
+                        continue
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
                 if frame.overlay is None:
@@ -309,6 +333,43 @@ class Pipeline:
                     sink.close()   # finalizes video files: playable even after a signal
                 except Exception as e:   # e.g. the file could not be written: the run says so
                     self._sink_failed(sink, e, [])
+
+    def _await(self, frame: Frame, pending: "Pending"):
+        """A remote engine's result, in frame order: (labels, time it arrived), or (None, _)
+        after dropping the frame (server_down, or inference_error with a warning)."""
+        try:
+            out = pending.future.result()
+        except ServerDown:
+            self._drop(frame, "server_down")
+            return None, 0.0
+        except Exception as e:
+            return self._result_failed(frame, e)
+        # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
+        done = pending.done or time.monotonic()
+        frame.timings["inference"] = _ms(pending.sent, done)
+        labels = np.asarray(self.engine.labels_of(out))[0]
+        try:
+            self._check_classes(labels)
+        except ValueError as e:
+            return self._result_failed(frame, e)
+        self.bad_results = 0
+        return labels, done
+
+    def _result_failed(self, frame: Frame, e: Exception):
+        self._drop(frame, "inference_error")
+        self.bad_results += 1
+        if self.bad_results == 1:
+            self.log(f"warning: frame {frame.id}: inference failed: {type(e).__name__}: {e}")
+        if self.bad_results == MAX_BAD_INFERENCES:
+            self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
+            self.request_stop("inference failing")
+        return None, 0.0
+
+    def _check_classes(self, labels: np.ndarray) -> None:
+        top = int(labels.max(initial=0))
+        if top >= len(self.class_names):   # would draw black: say so instead
+            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                             f"{len(self.class_names)} classes; re-export the model")
 
     def _open_sinks(self, width: int, height: int) -> list:
         fps = self.out_fps or self.reader.fps or 25.0

@@ -26,7 +26,7 @@ DEFAULTS = {
     "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
-    "rtsp_transport": None, "backend": None, "precision": None,
+    "rtsp_transport": None, "backend": None, "precision": None, "triton_shm": "none", "triton_in_flight": 2,
     "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
     "tls_cert": None, "tls_key": None,
 }
@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-timeout", type=float, metavar="S",
                    help="seconds without a frame before a stream counts as lost (default 10)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="model.onnx, model.engine, or a zoo name / model YAML (PyTorch)")
+    g.add_argument("--model", help="model.onnx, model.engine, grpc://HOST:8001/NAME or http://HOST:8000/NAME "
+                   "(Triton), or a zoo name / model YAML (PyTorch)")
     g.add_argument("--checkpoint", help="checkpoint .pth for a zoo name / model YAML")
     g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
     g.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
@@ -57,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16"],
                    help="float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; "
                    "an int8 model keeps its int8 layers)")
+    g.add_argument("--triton-shm", choices=["none", "system", "cuda"],
+                   help="Triton: pass tensors through shared memory, server on this host (default none; "
+                   "cuda is unverified)")
+    g.add_argument("--triton-in-flight", type=int, metavar="K", help="Triton: requests in flight at once (default 2)")
     g = p.add_argument_group("output")
     g.add_argument("--output", action="append", metavar="SPEC",
                    help="repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, "
@@ -180,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
 
     server_options = ServerOptions.from_options(opts)
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
-                         backend=opts.backend, precision=opts.precision)
+                         backend=opts.backend, precision=opts.precision,
+                         triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
     sinks, reader, server = [], None, None
     try:
         server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
@@ -217,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     print(recorder.format_summary(pipeline.captured), file=sys.stderr, flush=True)
     if opts.latency_log:
         print(f"latency log: {opts.latency_log}", file=sys.stderr)
-    for part in [reader, *sinks]:   # reconnect counters of live sources and RTSP outputs
+    for part in [reader, *sinks, engine]:   # reconnect counters: live sources, RTSP outputs, Triton
         if callable(getattr(part, "counters", None)) and part.counters():
             flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
                     for k, v in part.counters().items()]

@@ -50,6 +50,11 @@ class ModelInfo:
                    input_size=tuple(input_size or cfg.crop_size), head="logits")
 
 
+class ServerDown(RuntimeError):
+    """A remote engine's server is unreachable: the pipeline drops the frame with reason
+    `server_down` (not an inference error) and the engine retries on its own."""
+
+
 class Engine:
     """Base class. Subclasses set `info`, `input_dtype` and implement `infer_logits` or `infer`."""
 

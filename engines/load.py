@@ -1,6 +1,6 @@
 """One call from `--model` to an Engine: .onnx -> ONNX Runtime or OpenVINO (--backend),
-.engine -> TensorRT, a zoo name or model YAML -> PyTorch (with --checkpoint, or the
-official checkpoint)."""
+.engine -> TensorRT, grpc:// or http:// -> a Triton Inference Server, a zoo name or model
+YAML -> PyTorch (with --checkpoint, or the official checkpoint)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,9 +33,17 @@ def pick_backend(backend: str | None, providers: str | None, model_precision: st
 
 def load_engine(model: str, checkpoint: str | None = None, providers: str | None = None,
                 input_size=None, threads: int | None = None, device: str = "cpu",
-                backend: str | None = None, precision: str | None = None) -> Engine:
+                backend: str | None = None, precision: str | None = None,
+                triton_shm: str = "none", triton_in_flight: int = 2) -> Engine:
     """backend: 'openvino' or 'onnxruntime' for an .onnx (None: pick_backend's choice);
     precision: the float compute precision, 'fp32' (default) or 'bf16' (OpenVINO only)."""
+    from engines.triton_engine import TritonEngine, is_triton_url
+
+    if is_triton_url(model):   # grpc://HOST:PORT/NAME or http://HOST:PORT/NAME: a Triton server
+        if backend or precision not in (None, "fp32"):
+            raise ValueError("--backend and --precision choose a local engine; a Triton server runs its own "
+                             "(bisenet serve-triton --backend)")
+        return TritonEngine(model, shm=triton_shm, in_flight=triton_in_flight)
     path = Path(model)
     if path.suffix != ".onnx" and (backend or precision not in (None, "fp32")):
         what = f"--backend {backend}" if backend else f"--precision {precision}"

@@ -182,7 +182,8 @@ class ModuleEngine:
 # ---------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True,
-                   help="what to evaluate: a model config name/YAML (with --checkpoint), or an .onnx/.engine file")
+                   help="what to evaluate: a model config name/YAML (with --checkpoint), an .onnx/.engine file, "
+                        "or a Triton model grpc://HOST:8001/NAME")
     p.add_argument("--checkpoint", help="PyTorch checkpoint (.pth) for a model config")
     p.add_argument("--dataset", required=True, help="dataset config name (configs/datasets) or YAML path")
     p.add_argument("--data-root", help="override the dataset YAML's root folder")
