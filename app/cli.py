@@ -22,6 +22,8 @@ SUBCOMMANDS = {
     "build": "engines.tensorrt_build",
     "run": "app.run",
     "latency-plot": "app.latency_plot",
+    "triton-repo": "engines.triton_repo",
+    "serve-triton": "engines.triton_serve",
 }
 
 

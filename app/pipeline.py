@@ -40,12 +40,24 @@ from app.latency import LatencyRecorder
 from app.overlay import palette_bgr, render_overlay
 from app.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
+from engines.base import ServerDown
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost
 MAX_BAD_INFERENCES = 10   # failed inferences in a row before the run stops
 
 
 def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
+
+
+class Pending:
+    """A request a remote engine is still working on: its Future and when it was sent."""
+
+    def __init__(self, future, sent: float):
+        self.future, self.sent, self.done = future, sent, None
+        future.add_done_callback(self._arrived)
+
+    def _arrived(self, _future) -> None:
+        self.done = time.monotonic()
 
 
 class Pipeline:
@@ -86,8 +98,14 @@ class Pipeline:
         fused = getattr(engine, "run_fused", None)
         needs_labels = legend or any(getattr(s, "save_labels", False) for c in self.cameras for s in c.sinks)
         self.fused = fused if fused is not None and not needs_labels else None
+        # Remote engines (Triton) keep several requests in flight: submit() returns a Future
+        # that the output thread resolves in frame order, so the network overlaps the rest.
+        self.submit = getattr(engine, "submit", None) if self.fused is None else None
+        self.bad_results = 0                # failed remote results in a row
+        # Frames per infer() call: fused GPU chains and remote requests take one frame.
         limit = getattr(engine, "batch_limit", None)
-        batch = 1 if self.fused is not None or limit is None else limit(len(self.cameras))
+        one = self.fused is not None or self.submit is not None or limit is None
+        batch = 1 if one else limit(len(self.cameras))
         self.scheduler = BatchScheduler(self.cameras, batch,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
 
@@ -256,6 +274,12 @@ class Pipeline:
                     frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
                     done, t2 = (self._infer_fused if self.fused is not None else self._infer_batch)(batch)
+                except ServerDown:
+                    for frame in batch:
+                        if frame.batch_size is None:   # not yet dropped by a failed preprocess
+                            frame.batch_size = len(batch)
+                            self._drop(frame, "server_down")   # the engine retries on its own
+                    continue
                 except Exception as e:
                     for frame in batch:
                         if frame.batch_size is None:   # not yet dropped by a failed preprocess
@@ -311,12 +335,13 @@ class Pipeline:
         if not good:
             raise ValueError("no frame of the batch could be preprocessed")
         t1 = time.monotonic()
-        labels = np.asarray(self.engine.infer(inputs[0] if len(inputs) == 1 else np.concatenate(inputs)))
+        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        if self.submit is not None:   # a remote engine (one frame): the output thread waits for it
+            labels = [Pending(self.submit(x), t1)]
+        else:
+            labels = np.asarray(self.engine.infer(x))
+            self._check_classes(labels)
         t2 = time.monotonic()
-        top = int(labels.max(initial=0))
-        if top >= len(self.class_names):   # would draw black: say so instead
-            raise ValueError(f"the model outputs class {top} but its sidecar lists "
-                             f"{len(self.class_names)} classes; re-export the model")
         for frame in good:
             frame.timings["inference"] = _ms(t1, t2)
             frame.batch_size = len(good)
@@ -355,6 +380,10 @@ class Pipeline:
                 if self.forced.is_set():
                     self._drop(frame, "shutdown")
                     continue
+                if isinstance(labels, Pending):
+                    labels, t_queued = self._await(frame, labels)
+                    if labels is None:
+                        continue
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
                 if frame.overlay is None:
@@ -392,6 +421,44 @@ class Pipeline:
                     sink.close()   # finalizes video files: playable even after a signal
                 except Exception as e:   # e.g. the file could not be written: the run says so
                     self._sink_failed(cam, sink, e, [])
+
+    def _await(self, frame: Frame, pending: "Pending"):
+        """A remote engine's result, in frame order: (labels, time it arrived), or (None, _)
+        after dropping the frame (server_down, or inference_error with a warning)."""
+        try:
+            out = pending.future.result()
+        except ServerDown:
+            self._drop(frame, "server_down")
+            return None, 0.0
+        except Exception as e:
+            return self._result_failed(frame, e)
+        # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
+        done = pending.done or time.monotonic()
+        frame.timings["inference"] = _ms(pending.sent, done)
+        labels = np.asarray(self.engine.labels_of(out))[0]
+        try:
+            self._check_classes(labels)
+        except ValueError as e:
+            return self._result_failed(frame, e)
+        self.bad_results = 0
+        return labels, done
+
+    def _result_failed(self, frame: Frame, e: Exception):
+        self._drop(frame, "inference_error")
+        self.bad_results += 1
+        if self.bad_results == 1:
+            self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: inference failed: "
+                     f"{type(e).__name__}: {e}")
+        if self.bad_results == MAX_BAD_INFERENCES:
+            self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
+            self.request_stop("inference failing")
+        return None, 0.0
+
+    def _check_classes(self, labels: np.ndarray) -> None:
+        top = int(labels.max(initial=0))
+        if top >= len(self.class_names):   # would draw black: say so instead
+            raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                             f"{len(self.class_names)} classes; re-export the model")
 
     def _open_sinks(self, cam: Camera, width: int, height: int) -> list:
         fps = cam.out_fps or cam.reader.fps or 25.0

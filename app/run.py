@@ -33,7 +33,8 @@ DEFAULTS = {
     "output": ["display"], "alpha": 0.5, "mode": "overlay", "hud": False, "legend": False,
     "latency_log": None, "max_frames": None, "realtime": False, "loop": False, "save_labels": False, "fps": None,
     "camera_size": None, "camera_fps": None, "queue_size": 4, "source_timeout": 10.0, "bitrate": None,
-    "rtsp_transport": None, "batch_timeout_ms": None, "cameras": None,
+    "rtsp_transport": None, "backend": None, "precision": None, "triton_shm": "none", "triton_in_flight": 2,
+    "batch_timeout_ms": None, "cameras": None,
     "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
     "tls_cert": None, "tls_key": None,
 }
@@ -60,10 +61,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-timeout", type=float, metavar="S",
                    help="seconds without a frame before a stream counts as lost (default 10)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="model.onnx, model.engine, or a zoo name / model YAML (PyTorch)")
+    g.add_argument("--model", help="model.onnx, model.engine, grpc://HOST:8001/NAME or http://HOST:8000/NAME "
+                   "(Triton), or a zoo name / model YAML (PyTorch)")
     g.add_argument("--checkpoint", help="checkpoint .pth for a zoo name / model YAML")
     g.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)")
-    g.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    g.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
+    g.add_argument("--backend", choices=["openvino", "onnxruntime"],
+                   help="CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, "
+                   "onnxruntime for fp32; --providers cuda/tensorrt use onnxruntime)")
+    g.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; "
+                   "an int8 model keeps its int8 layers)")
+    g.add_argument("--triton-shm", choices=["none", "system", "cuda"],
+                   help="Triton: pass tensors through shared memory, server on this host (default none; "
+                   "cuda is unverified)")
+    g.add_argument("--triton-in-flight", type=int, metavar="K", help="Triton: requests in flight at once (default 2)")
     g.add_argument("--batch-timeout-ms", type=float, metavar="MS",
                    help="several cameras: run a batch that is not full after this long (default: half a "
                    "frame interval of the fastest camera)")
@@ -257,7 +269,9 @@ def run(args: argparse.Namespace) -> int:
                for name, cam_opts, own in specs}   # checked before anything is opened
 
     server_options = ServerOptions.from_options(opts)
-    engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads)
+    engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
+                         backend=opts.backend, precision=opts.precision,
+                         triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
     cameras, opened, server = [], [], None
     try:
         server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
@@ -307,13 +321,14 @@ def run(args: argparse.Namespace) -> int:
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
     if opts.latency_log:
         print(f"latency log: {opts.latency_log}", file=sys.stderr)
-    for cam in cameras:   # reconnect counters of live sources and RTSP outputs
-        for part in [cam.reader, *cam.sinks]:
-            if callable(getattr(part, "counters", None)) and part.counters():
-                flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
-                        for k, v in part.counters().items()]
-                label = getattr(part, "name", None) or "source " + cam.reader.description
-                print(f"{cam.name + ' ' if several else ''}{label}: {', '.join(flat)}", file=sys.stderr)
+    # Reconnect counters: live sources and RTSP outputs (per camera), a remote engine (Triton).
+    parts = [(f"{cam.name} " if several else "", part, "source " + cam.reader.description)
+             for cam in cameras for part in [cam.reader, *cam.sinks]] + [("", engine, "engine")]
+    for prefix, part, fallback in parts:
+        if callable(getattr(part, "counters", None)) and part.counters():
+            flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
+                    for k, v in part.counters().items()]
+            print(f"{prefix}{getattr(part, 'name', None) or fallback}: {', '.join(flat)}", file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
     why = run_problems(pipeline, recorder)

@@ -98,8 +98,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6,
                     help="alternating model-only/pipeline rounds (default 6): short rounds, many of them, "
                     "so a shared machine's changing load hits both sides alike")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=int, default=None, help="inference threads of the CPU backend")
     ap.add_argument("--providers", default=None, help="ONNX Runtime providers (default cpu)")
+    ap.add_argument("--backend", choices=("openvino", "onnxruntime"), help="CPU backend (default: the app's)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), help="OpenVINO float precision (default fp32)")
     args = ap.parse_args()
 
     if args.model:
@@ -113,7 +115,8 @@ def main() -> int:
         model = Path(tmp.name) / f"r18_random_{h}x{w}.onnx"
         print(f"exporting {R18} with random weights at {h}x{w} -> {model}", flush=True)
         export_onnx(load_model_config(R18), None, model, (h, w), random_init=True)
-    engine = load_engine(str(model), providers=args.providers, threads=args.threads)
+    engine = load_engine(str(model), providers=args.providers, threads=args.threads, backend=args.backend,
+                         precision=args.precision)
     reader = open_source(args.source)
     first = reader.read()[0]
     reader.close()

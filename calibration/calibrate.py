@@ -59,7 +59,10 @@ def add_arguments(p):
     p.add_argument("--val-limit", type=int, help="only the first N val images (quick checks)")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed mIoU drop in points (default 1.0)")
     p.add_argument("--force", action="store_true", help="keep the int8 model even when the gate fails")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads for the gate and report")
+    p.add_argument("--threads", type=int, help="inference threads for the gate and report")
+    p.add_argument("--gate-backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="CPU backend the gate evaluates fp32 and int8 on (default onnxruntime; the app runs an "
+                   "int8 model on openvino by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="int8 .onnx (tensorrt flavor of -o x.int8.onnx: x.int8.trt.onnx)")
 
@@ -161,11 +164,12 @@ def int8_sidecar(meta: dict, src: Path, path: Path, flavor: str, calib, args, li
 def accuracy_gate(args, src: Path, outs: dict) -> int:
     from calibration import gate
 
-    # The gate runs on ONNX Runtime CPU: the cpu flavor when written, else the tensorrt one
-    # (its symmetric Q/DQ runs on the CPU too, as a stand-in for the TensorRT engine).
+    # The gate runs on the CPU (--gate-backend): the cpu flavor when written, else the tensorrt
+    # one (its symmetric Q/DQ runs on the CPU too, as a stand-in for the TensorRT engine).
     flavor, int8_path = next(iter(outs.items()))
-    fp32 = gate.evaluate_onnx(src, args.val, args.val_split, args.val_limit, args.threads)
-    int8 = gate.evaluate_onnx(int8_path, args.val, args.val_split, args.val_limit, args.threads)
+    backend = getattr(args, "gate_backend", "onnxruntime")
+    fp32 = gate.evaluate_onnx(src, args.val, args.val_split, args.val_limit, args.threads, backend=backend)
+    int8 = gate.evaluate_onnx(int8_path, args.val, args.val_split, args.val_limit, args.threads, backend=backend)
     result = gate.compare(fp32, int8, args.max_drop)
     print(gate.format_gate(result))
     for path in outs.values():   # record the verdict in every flavor's sidecar

@@ -1,6 +1,6 @@
 """The one interface the pipeline sees: what input an engine wants, and infer(batch) -> labels.
 
-ONNX Runtime, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
+ONNX Runtime, OpenVINO, TensorRT and PyTorch implement it; the run-time pipeline knows nothing else
 about them. What the model is (classes, palette, normalization) travels in `ModelInfo`,
 read from the model's sidecar JSON or its model config.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engines.sidecar import SidecarError
 
 
 @dataclass
@@ -52,6 +54,11 @@ class ModelInfo:
                    palette=np.asarray(cfg.palette, dtype=np.uint8).reshape(-1, 3),
                    mean=np.asarray(cfg.mean, dtype=np.float32), std=np.asarray(cfg.std, dtype=np.float32),
                    input_size=tuple(input_size or cfg.crop_size), head="logits")
+
+
+class ServerDown(RuntimeError):
+    """A remote engine's server is unreachable: the pipeline drops the frame with reason
+    `server_down` (not an inference error) and the engine retries on its own."""
 
 
 class Engine:
@@ -101,3 +108,59 @@ def run_static_batch(run, batch: np.ndarray, size: int) -> np.ndarray:
             part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
         outs.append(run(part)[:min(size, n - i)])
     return np.concatenate(outs)
+
+
+class GraphEngine(Engine):
+    """An exported graph (ONNX Runtime, OpenVINO) whose one output is `labels` (argmax in the
+    graph) or `logits`: subclasses set `output_name` and implement `_run(batch) -> output`."""
+
+    output_name = "labels"
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _run_frames(self, batch: np.ndarray) -> np.ndarray:
+        """Any number of frames (several cameras): a dynamic-batch graph takes them at once,
+        a static one in chunks of its batch size (padded)."""
+        if self.info.dynamic_batch:
+            return self._run(batch)
+        return run_static_batch(self._run, batch, self.info.batch)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._run_frames(batch)
+        if self.output_name == "labels":
+            return out
+        return np.argmax(out, axis=1).astype(np.int32)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_name != "logits":
+            return super().infer_logits(batch)
+        return self._run_frames(batch)
+
+
+def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_shape=()) -> None:
+    """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
+    `logits` as the sidecar's head says, a static input of the sidecar's size, and logits
+    with one channel per class of the sidecar."""
+    from app.validate import check_output_channels
+
+    if output_name not in ("labels", "logits"):
+        raise SidecarError(f"{path}: output {output_name!r} is neither labels nor logits; "
+                           "re-export it with `bisenet export`")
+    dims = list(input_shape)[2:]
+    static = all(isinstance(d, int) and d > 0 for d in dims)
+    if static and tuple(dims) != tuple(info.input_size):
+        raise SidecarError(f"{path}: graph input is {dims[0]}x{dims[1]} but its sidecar says "
+                           f"{info.input_size[0]}x{info.input_size[1]}; re-export it with `bisenet export`")
+    first = list(input_shape)[0] if len(input_shape) else None
+    graph_batch = first if isinstance(first, int) and first > 0 else None
+    if info.dynamic_batch and graph_batch is not None or \
+            not info.dynamic_batch and graph_batch not in (None, info.batch):
+        want = "any batch" if info.dynamic_batch else f"batch {info.batch}"
+        raise SidecarError(f"{path}: graph input batch is {graph_batch or 'dynamic'} but its sidecar says "
+                           f"{want}; re-export it with `bisenet export`")
+    if output_name == "logits" and len(output_shape) == 4:
+        check_output_channels(output_shape[1], info.num_classes, str(path), "re-export it with `bisenet export`")
+    if output_name != info.head:
+        raise SidecarError(f"{path}: graph outputs {output_name} but its sidecar says "
+                           f"{info.head}; re-export it with `bisenet export`")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.validate import check_output_channels, readable_file
-from engines.base import Engine, ModelInfo, run_static_batch
-from engines.sidecar import SidecarError, read_sidecar
+from app.validate import readable_file
+from engines.base import GraphEngine, ModelInfo, check_graph_io
+from engines.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -40,11 +40,15 @@ def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
     return out
 
 
-class OnnxEngine(Engine):
+# ONNX Runtime's intra-op threads spin while idle unless told not to (see OnnxEngine).
+SPINNING = False
+
+
+class OnnxEngine(GraphEngine):
     backend = "onnxruntime"
 
     def __init__(self, path, providers: str | None = None, threads: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, spinning: bool = SPINNING):
         import onnxruntime as ort
 
         self.path = readable_file(path, "model", "export one with `bisenet export`")
@@ -54,6 +58,12 @@ class OnnxEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if not spinning:
+            # Idle intra-op threads spin-wait for work by default; beside the pipeline's own
+            # threads (or any neighbour) on a small CPU they burn the cores those need, and
+            # inference itself collapses under load (BENCHMARKS.md, "CPU backends").
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=parse_providers(providers, self.path, precision or self.info.precision))
@@ -64,49 +74,10 @@ class OnnxEngine(Engine):
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.output_name = self.session.get_outputs()[0].name
-        if self.output_name not in ("labels", "logits"):
-            raise SidecarError(f"{self.path}: output {self.output_name!r} is neither labels nor logits; "
-                               "re-export it with `bisenet export`")
-        shape = inp.shape
-        static = all(isinstance(d, int) for d in shape[2:])
-        if static and tuple(shape[2:]) != tuple(self.info.input_size):
-            raise SidecarError(f"{self.path}: graph input is {shape[2]}x{shape[3]} but its sidecar says "
-                               f"{self.info.input_size[0]}x{self.info.input_size[1]}; re-export it with `bisenet export`")
-        out_shape = self.session.get_outputs()[0].shape
-        if self.output_name == "logits" and len(out_shape) == 4:
-            check_output_channels(out_shape[1], self.info.num_classes, str(self.path),
-                                  "re-export it with `bisenet export`")
-        graph_batch = shape[0] if isinstance(shape[0], int) else None
-        if self.info.dynamic_batch and graph_batch is not None or \
-                not self.info.dynamic_batch and graph_batch not in (None, self.info.batch):
-            want = "any batch" if self.info.dynamic_batch else f"batch {self.info.batch}"
-            raise SidecarError(f"{self.path}: graph input batch is {graph_batch or 'dynamic'} but its sidecar says "
-                               f"{want}; re-export it with `bisenet export`")
-        if self.output_name != self.info.head:
-            raise SidecarError(f"{self.path}: graph outputs {self.output_name} but its sidecar says "
-                               f"{self.info.head}; re-export it with `bisenet export`")
+        check_graph_io(self.path, self.info, self.output_name, inp.shape, self.session.get_outputs()[0].shape)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Any number of frames: a dynamic-batch graph takes them at once, a static one in
-        chunks of its batch size (padded)."""
-        batch = batch.astype(self.input_dtype, copy=False)
-        if self.info.dynamic_batch:
-            return self._session_run(batch)
-        return run_static_batch(self._session_run, batch, self.info.batch)
-
-    def _session_run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._run(batch)
-        if self.output_name == "labels":
-            return out
-        return np.argmax(out, axis=1).astype(np.int32)
-
-    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
-        if self.output_name != "logits":
-            return super().infer_logits(batch)
-        return self._run(batch)
+        return self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
 
     def providers(self) -> list:
         return self.session.get_providers()

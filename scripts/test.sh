@@ -7,6 +7,7 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v rtsp-server-perl >/dev/null || need+=(rtsp-server-perl)   # Debian names the binary so
 command -v chromium >/dev/null || need+=(chromium)
 command -v g++ >/dev/null || need+=(g++)   # builds engines/*.cu for the host kernel checks
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)   # .venv-triton (setup_triton.sh)
 command -v openssl >/dev/null || need+=(openssl)   # a test certificate for the HTTPS test
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -17,4 +18,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 bash scripts/setup.sh
 bash scripts/setup_mmseg_reference.sh   # mmsegmentation 1.2 itself, for the parity tests
+bash scripts/setup_triton.sh            # the Triton server's own venv, for the serve-triton tests
 exec .venv/bin/python -m pytest -q "$@"

@@ -52,3 +52,14 @@ def test_force_keeps_a_model_that_fails_the_gate(setup, capsys):
     assert (tmp / "forced.int8.onnx").is_file()
     assert not json.loads((tmp / "forced.int8.onnx.json").read_text())["accuracy_gate"]["passed"]
     assert "kept because of --force" in capsys.readouterr().err
+
+
+def test_gate_on_openvino(setup, capsys):
+    """--gate-backend openvino evaluates both models on OpenVINO (the app's default for int8)."""
+    pytest.importorskip("openvino", reason="pip install openvino")
+    fp32, dataset, tmp = setup
+    assert calibrate(fp32, dataset, tmp / "ov.int8.onnx", "--max-drop", "100", "--gate-backend", "openvino") == 0
+    out = capsys.readouterr().out
+    assert "accuracy gate: tiny val (3 images), openvino CPU" in out and "PASS" in out
+    gate = json.loads((tmp / "ov.int8.onnx.json").read_text())["accuracy_gate"]
+    assert gate["backend"] == "openvino" and gate["passed"]

@@ -58,3 +58,13 @@ def test_providers(onnx_model):
 def test_checkpoint_as_model_is_explained():
     with pytest.raises(ValueError, match="goes in --checkpoint"):
         load_engine("weights.pth")
+
+
+def test_sessions_do_not_spin_while_idle(onnx_model):
+    """Idle intra-op threads sleep instead of spin-waiting (they took the CPU the pipeline's own
+    threads need: BENCHMARKS.md, "CPU backends"); spinning=True restores ONNX Runtime's default."""
+    quiet = OnnxEngine(onnx_model, threads=2).session.get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spin = OnnxEngine(onnx_model, threads=2, spinning=True).session.get_session_options()
+    with pytest.raises(Exception, match="does not have configuration"):
+        spin.get_session_config_entry("session.intra_op.allow_spinning")

@@ -182,7 +182,8 @@ class ModuleEngine:
 # ---------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True,
-                   help="what to evaluate: a model config name/YAML (with --checkpoint), or an .onnx/.engine file")
+                   help="what to evaluate: a model config name/YAML (with --checkpoint), an .onnx/.engine file, "
+                        "or a Triton model grpc://HOST:8001/NAME")
     p.add_argument("--checkpoint", help="PyTorch checkpoint (.pth) for a model config")
     p.add_argument("--dataset", required=True, help="dataset config name (configs/datasets) or YAML path")
     p.add_argument("--data-root", help="override the dataset YAML's root folder")
@@ -193,6 +194,11 @@ def add_arguments(p) -> None:
                    help="feed every image at this size (default: a static engine's own size; for PyTorch "
                         "and dynamic ONNX, the dataset's test scale as mmseg)")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt)")
+    p.add_argument("--backend", choices=("openvino", "onnxruntime"),
+                   help="CPU backend for an .onnx model (default: openvino for int8 and bf16, onnxruntime for fp32)")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="float compute precision, OpenVINO only (default fp32)")
+    p.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
     p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     p.add_argument("--json", help="write the metrics to this JSON file")
 
@@ -212,7 +218,8 @@ def run(args) -> int:
             assert len(input_size) == 2 and min(input_size) > 0
         except (ValueError, AssertionError):
             raise ValueError(f"--input-size {args.input_size!r}: write it as HxW, e.g. 352x480") from None
-    engine = load_engine(args.model, checkpoint=args.checkpoint, providers=args.providers)
+    engine = load_engine(args.model, checkpoint=args.checkpoint, providers=args.providers,
+                         backend=args.backend, precision=args.precision, threads=args.threads)
     if engine.backend == "pytorch":
         engine.info.dynamic = True      # a PyTorch model takes any input size
     if engine.info.num_classes != ds_cfg.num_classes:

@@ -1,0 +1,80 @@
+"""OpenVINO engine (CPU): the same `.onnx` + sidecar as ONNX Runtime, precision always explicit.
+
+    precision   fp32 model (export)              int8 model (QDQ from `bisenet calibrate`)
+    fp32        every layer in f32               int8 layers, the float rest (tail) in f32
+    bf16        every layer in bf16 (AMX/AVX512) int8 layers, the float rest in bf16
+
+OpenVINO's CPU plugin picks bf16 by itself on CPUs that have it (its
+INFERENCE_PRECISION_HINT default); this engine always sets the hint, so `fp32` means fp32
+and bf16 is a choice (`--precision bf16`) whose accuracy cost is measured in BENCHMARKS.md.
+A QDQ int8 model runs its quantized layers in int8 (VNNI / AMX) through OpenVINO's
+low-precision transformations; the same file ONNX Runtime runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from app.validate import readable_file
+from engines.base import GraphEngine, ModelInfo, check_graph_io
+from engines.sidecar import read_sidecar
+
+PRECISIONS = ("fp32", "bf16")
+HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError("the OpenVINO backend needs the openvino package: pip install openvino") from None
+    return openvino
+
+
+def cpu_has_bf16(core) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoEngine(GraphEngine):
+    backend = "openvino"
+
+    def __init__(self, path, precision: str | None = None, threads: int | None = None):
+        ov = import_openvino()
+        self.path = readable_file(path, "model", "export one with `bisenet export`")
+        self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
+        compute = precision or "fp32"
+        if compute not in PRECISIONS:
+            raise ValueError(f"--precision {compute!r}: OpenVINO takes {' or '.join(PRECISIONS)}")
+        core = ov.Core()
+        if compute == "bf16" and not cpu_has_bf16(core):
+            raise ValueError(f"--precision bf16: this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no "
+                             "bf16 support in OpenVINO; use --precision fp32")
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as e:  # OpenVINO raises its own RuntimeError subclasses with long text
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"OpenVINO cannot read {self.path}: {first}") from None
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise RuntimeError(f"{self.path}: expected one input and one output, got "
+                               f"{len(model.inputs)} and {len(model.outputs)}; re-export it with `bisenet export`")
+        shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
+        self.output_name = model.outputs[0].get_any_name()
+        out_shape = [d.get_length() if d.is_static else None for d in model.outputs[0].get_partial_shape()]
+        check_graph_io(self.path, self.info, self.output_name, shape, out_shape)
+        config = {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        # What runs, in words: one float precision throughout (fp32 / bf16), or the model's
+        # own (int8 layers, an fp16 export) + the precision of the rest ("int8+fp32").
+        model_precision = self.info.precision
+        self.info.precision = compute if model_precision == "fp32" else f"{model_precision}+{compute}"
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        # The request reuses its output buffer on the next call: hand out a copy.
+        return self.request.get_output_tensor(0).data.copy()
+
+    def describe(self) -> str:
+        return f"{super().describe()} threads={self.threads}"

@@ -1,0 +1,384 @@
+"""Triton Inference Server: the repository export (every config.pbtxt parsed by Triton's own
+schema, model_config_pb2.ModelConfig), and a real `tritonserver` started by `bisenet
+serve-triton` (nvidia-pytriton's binary, from .venv-triton: scripts/setup_triton.sh) serving
+the app over gRPC, HTTP and shared memory, on 127.0.0.1 only.
+
+One Triton server per machine at a time (its docs): the server tests hold a file lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+
+SIZE = (128, 256)
+SERVER_ENV = REPO / ".venv-triton"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _pb2():
+    pytest.importorskip("tritonclient.grpc", reason="no tritonclient: pip install 'tritonclient[grpc,http]'")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format, model_config_pb2
+
+
+def parse_config(path: Path):
+    text_format, pb2 = _pb2()
+    return text_format.Parse(path.read_text(), pb2.ModelConfig())
+
+
+def params(cfg) -> dict:
+    return {k: json.loads(v.string_value) for k, v in cfg.parameters.items()}
+
+
+def bisenet(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------- repository export (no server)
+def test_repo_static_batch_export(tmp_path):
+    model = tiny_onnx(SIZE)
+    out = bisenet("triton-repo", "--onnx", model, "--name", "seg", "--instances", "2", "-o", tmp_path / "repo")
+    assert out.returncode == 0, out.stderr
+    cfg = parse_config(tmp_path / "repo" / "seg" / "config.pbtxt")
+    assert (tmp_path / "repo" / "seg" / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    assert cfg.name == "seg" and cfg.backend == "onnxruntime"
+    # A fixed batch-1 export: Triton cannot batch it, so max_batch_size 0 and the full dims.
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in cfg.input] == [("input", [1, 3, *SIZE])]
+    assert [(t.name, list(t.dims)) for t in cfg.output] == [("labels", [1, *SIZE])]
+    _, pb2 = _pb2()
+    assert cfg.input[0].data_type == pb2.TYPE_FP32 and cfg.output[0].data_type == pb2.TYPE_INT32
+    assert cfg.instance_group[0].count == 2 and cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
+    side = json.loads(Path(str(model) + ".json").read_text())
+    got = params(cfg)
+    for key in ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision"):
+        assert got[key] == side[key], key
+    # Asking a fixed-batch export for dynamic batching: one line, exit 2.
+    err = one_line_error(bisenet("triton-repo", "--onnx", model, "--max-batch", "4", "-o", tmp_path / "r2"))
+    assert "fixed batch of 1" in err
+
+
+def test_repo_dynamic_batch_and_engine(tmp_path):
+    import onnx
+
+    # The same graph with its first dimension declared dynamic, as a dynamic-batch export has it.
+    src = tiny_onnx(SIZE)
+    proto = onnx.load(str(src))
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    dyn = tmp_path / "dyn.onnx"
+    onnx.save(proto, str(dyn))
+    shutil.copyfile(str(src) + ".json", str(dyn) + ".json")
+    out = bisenet("triton-repo", "--onnx", dyn, "--max-batch", "16", "--max-queue-delay-us", "500",
+                  "-o", tmp_path / "repo")
+    assert out.returncode == 0, out.stderr
+    cfg = parse_config(tmp_path / "repo" / "bisenet" / "config.pbtxt")
+    assert cfg.max_batch_size == 16 and cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert list(cfg.input[0].dims) == [3, *SIZE] and list(cfg.output[0].dims) == list(SIZE)
+
+    # A TensorRT engine's repository is written from its sidecar (TensorRT is not needed for
+    # that, and is not on this machine: the .engine bytes here are only copied, never loaded).
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan bytes: copied, not parsed")
+    side = json.loads(Path(str(src) + ".json").read_text())
+    side.update(precision="fp16", input_shape=[1, 3, *SIZE])
+    Path(str(engine) + ".json").write_text(json.dumps(side))
+    out = bisenet("triton-repo", "--engine", engine, "--name", "trt", "-o", tmp_path / "repo")
+    assert out.returncode == 0, out.stderr
+    cfg = parse_config(tmp_path / "repo" / "trt" / "config.pbtxt")
+    _, pb2 = _pb2()
+    assert cfg.backend == "tensorrt" and cfg.default_model_filename == "model.plan"
+    assert (tmp_path / "repo" / "trt" / "1" / "model.plan").is_file()
+    assert cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU and params(cfg)["precision"] == "fp16"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bisenet", "trt"]   # both kept
+
+
+def test_serve_triton_refuses_bad_inputs(tmp_path):
+    model = tiny_onnx(SIZE)
+    err = one_line_error(bisenet("serve-triton", "--onnx", model, "--server-env", tmp_path / "nothing"))
+    assert "scripts/setup_triton.sh" in err
+    # A sidecar that disagrees with the graph: refused before anything is served.
+    liar = tmp_path / "liar.onnx"
+    shutil.copyfile(model, liar)
+    side = json.loads(Path(str(model) + ".json").read_text())
+    side["input_shape"] = [1, 3, 64, 64]
+    Path(str(liar) + ".json").write_text(json.dumps(side))
+    err = one_line_error(bisenet("serve-triton", "--onnx", liar))
+    assert "128x256" in err and "64x64" in err
+
+
+# ---------------------------------------------------------------- a real server
+class Server:
+    """`bisenet serve-triton` in its own process group (killed as a group, like a crash)."""
+
+    def __init__(self, model: Path, log: Path):
+        self.model, self.log = model, log
+        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
+        self.proc = None
+
+    def start(self, timeout=180, *extra):
+        self.shm_before = set(os.listdir("/dev/shm"))
+        # TMPDIR: the repository serve-triton writes lands in pytest's folder even after a SIGKILL.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve-triton", "--onnx", str(self.model), "--http-port", str(self.http),
+             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--max-queue-delay-us", "20000",
+             *extra],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.log.parent)})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve-triton exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if "Triton serving" in self.log.read_text().split("--- start ---")[-1]:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"serve-triton not ready in {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def kill(self):
+        """Like a crash; then remove the Python backend's shared memory the server left behind
+        (new since start: the lock makes this the only Triton server of these tests)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for name in set(os.listdir("/dev/shm")) - self.shm_before:
+            if name.startswith("triton_python_backend_shm_region_"):
+                Path("/dev/shm", name).unlink(missing_ok=True)
+
+    def stop(self):
+        """serve-triton's own clean stop (SIGTERM): the server exits, its folder is removed."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def url(self, protocol="grpc") -> str:
+        return f"{protocol}://127.0.0.1:{self.grpc if protocol == 'grpc' else self.http}/bisenet"
+
+    def counts(self) -> tuple:
+        """Triton's own counters: (inferences, executions); their ratio is the mean batch."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).read().decode()
+        values = {}
+        for line in text.splitlines():
+            for key in ("nv_inference_count", "nv_inference_exec_count"):
+                if line.startswith(key + "{") and 'model="bisenet"' in line:
+                    values[key] = float(line.rsplit(" ", 1)[1])
+        return values.get("nv_inference_count", 0.0), values.get("nv_inference_exec_count", 0.0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _pb2()
+    from engines.triton_serve import ServerEnv
+
+    try:
+        ServerEnv(SERVER_ENV)
+    except RuntimeError as e:   # not set up, or a platform nvidia-pytriton does not support
+        pytest.skip(str(e))
+    lock = open(Path(tempfile.gettempdir()) / "bisenet-triton-tests.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)   # one Triton server per machine at a time
+    srv = Server(tiny_onnx(SIZE), tmp_path_factory.mktemp("triton") / "server.log")
+    try:
+        srv.log.write_text("--- start ---\n")
+        srv.start()
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+        lock.close()
+
+
+def run_app(model, out_dir: Path | None, *extra, max_frames=12, timeout=120):
+    args = [sys.executable, "run_camera.py", "--source", str(SAMPLE_VIDEO), "--model", str(model),
+            "--max-frames", str(max_frames), *map(str, extra)]
+    args += ["--output", str(out_dir), "--save-labels"] if out_dir else ["--output", "null"]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def read_labels(folder: Path) -> list:
+    import cv2
+
+    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((folder / "labels").glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def local_labels(tmp_path_factory):
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip(f"sample clip missing: {SAMPLE_VIDEO}")
+    out = tmp_path_factory.mktemp("local") / "out"
+    done = run_app(tiny_onnx(SIZE), out)
+    assert done.returncode == 0, done.stderr
+    labels = read_labels(out)
+    assert len(labels) == 12
+    return labels
+
+
+@pytest.mark.parametrize("protocol,shm", [("grpc", "none"), ("http", "none"), ("grpc", "system"),
+                                          ("http", "system")])
+def test_labels_identical_to_local_onnxruntime(server, local_labels, tmp_path, protocol, shm):
+    out = tmp_path / "out"
+    done = run_app(server.url(protocol), out, "--triton-shm", shm, "--triton-in-flight", "3")
+    assert done.returncode == 0, done.stderr
+    assert f"triton {server.url(protocol)}" in done.stderr and "written 12" in done.stderr.replace(":", ""), done.stderr
+    labels = read_labels(out)
+    assert len(labels) == len(local_labels)
+    for i, (a, b) in enumerate(zip(local_labels, labels)):
+        assert np.array_equal(a, b), f"frame {i} differs from local ONNX Runtime over {protocol}/{shm}"
+
+
+def test_openvino_backend_matches_local_openvino(server, tmp_path):
+    """serve-triton --backend openvino: the labels of the app's own OpenVINO engine, frame by frame.
+    (A second server beside the module's one: separate ports, both under this module's lock.)"""
+    pytest.importorskip("openvino", reason="openvino not installed in the app's venv")
+    local = tmp_path / "local"
+    done = run_app(tiny_onnx(SIZE), local, "--backend", "openvino", max_frames=6)
+    assert done.returncode == 0, done.stderr
+    srv = Server(tiny_onnx(SIZE), tmp_path / "server.log")
+    srv.log.write_text("--- start ---\n")
+    srv.start(180, "--backend", "openvino")
+    try:
+        import tritonclient.http as httpclient
+
+        config = httpclient.InferenceServerClient(f"127.0.0.1:{srv.http}").get_model_config("bisenet")
+        assert config["parameters"]["runtime"]["string_value"] == "openvino"
+        remote = tmp_path / "remote"
+        done = run_app(srv.url("grpc"), remote, max_frames=6)
+        assert done.returncode == 0, done.stderr
+    finally:
+        srv.stop()
+    a, b = read_labels(local), read_labels(remote)
+    assert len(a) == len(b) == 6
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert np.array_equal(x, y), f"frame {i} differs from local OpenVINO"
+
+
+def test_engine_reads_metadata_and_refuses_wrong_shape(server):
+    from engines.load import load_engine
+
+    engine = load_engine(server.url("grpc"))
+    try:
+        side = json.loads(Path(str(tiny_onnx(SIZE)) + ".json").read_text())
+        assert engine.info.class_names == side["classes"] and engine.info.input_size == SIZE
+        assert engine.max_batch == 8 and not engine.info.dynamic
+        with pytest.raises(ValueError, match="does not fit"):
+            engine.infer(np.zeros((1, 3, 64, 64), np.float32))
+        with pytest.raises(ValueError, match="at most 8"):
+            engine.infer(np.zeros((9, 3, *SIZE), np.float32))
+        from engines.onnx_engine import OnnxEngine
+
+        local = OnnxEngine(tiny_onnx(SIZE))
+        batch = np.random.default_rng(0).standard_normal((3, 3, *SIZE)).astype(np.float32)
+        assert np.array_equal(engine.infer(batch), np.concatenate([local.infer(b[None]) for b in batch]))
+    finally:
+        engine.close()
+
+
+def test_wrong_model_name_or_size_is_one_line(server, tmp_path):
+    err = one_line_error(run_app(f"grpc://127.0.0.1:{server.grpc}/nosuch", None))
+    assert "no ready model 'nosuch'" in err and "bisenet" in err
+    err = one_line_error(run_app(f"http://127.0.0.1:{free_port()}/bisenet", None))
+    assert "cannot reach Triton" in err
+    err = one_line_error(run_app(f"grpc://127.0.0.1:{server.grpc}", None))
+    assert "grpc://HOST:PORT/NAME" in err
+    try:
+        import tritonclient.utils.cuda_shared_memory  # noqa: F401
+    except (ImportError, RuntimeError):   # no cuda-python (no GPU here): says what to install
+        err = one_line_error(run_app(server.url(), None, "--triton-shm", "cuda"))
+        assert "tritonclient[cuda]" in err
+    # bisenet eval takes the classes from the server's parameters: a Cityscapes model on CamVid is refused.
+    camvid = REPO.parent / "shared" / "data" / "camvid"
+    if camvid.is_dir():
+        err = one_line_error(bisenet("eval", "--model", server.url(), "--dataset", "camvid", "--data-root", camvid,
+                                     "--limit", "1"))
+        assert "predicts 19 classes" in err and "11" in err
+
+
+def test_three_apps_are_batched_by_triton(server):
+    before = server.counts()
+    procs = [subprocess.Popen([sys.executable, "run_camera.py", "--source", str(SAMPLE_VIDEO), "--model",
+                               server.url("grpc" if i % 2 == 0 else "http"), "--max-frames", "20",
+                               "--triton-in-flight", "4", "--output", "null"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    after = server.counts()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 60, (before, after)
+    assert inferences / executions > 1.0, f"mean server-side batch {inferences / executions:.2f}"
+
+
+@pytest.mark.parametrize("protocol,shm", [("grpc", "system"), ("http", "none")])
+def test_server_killed_and_restarted_mid_run(server, tmp_path, protocol, shm):
+    """The app keeps running through a crash of the server: frames in the outage are dropped
+    with reason server_down, the stream resumes, every frame id is accounted for once."""
+    log = tmp_path / "lat.jsonl"
+    app = subprocess.Popen([sys.executable, "run_camera.py", "--source", str(SAMPLE_VIDEO), "--model",
+                            server.url(protocol), "--triton-shm", shm, "--realtime", "--loop",
+                            "--output", "null", "--latency-log", str(log)],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(app.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in ln for ln in lines):
+                return
+            assert app.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        pytest.fail(f"no {text!r} in the app's log within {timeout} s: {''.join(lines)}")
+
+    try:
+        wait_for("outputs:", 60)
+        time.sleep(1.5)                       # frames flow
+        server.kill()
+        wait_for("is down", 20)
+        time.sleep(1.0)
+        server.log.write_text(server.log.read_text() + "--- start ---\n")
+        server.start()
+        wait_for("is back", 60)
+        time.sleep(1.5)                       # frames flow again
+        app.send_signal(signal.SIGINT)
+        app.wait(timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    reader.join(5)
+    text = "".join(lines)
+    assert app.returncode == 0, text
+    rows = [json.loads(ln) for ln in log.read_text().splitlines()]
+    ids = [r["frame"] for r in rows]
+    assert sorted(ids) == list(range(len(ids))), "every captured frame: exactly one row"
+    reasons = [r["reason"] for r in rows if r["dropped"]]
+    assert reasons.count("server_down") >= 1 and set(reasons) <= {"server_down", "queue_full", "shutdown"}, reasons
+    down = [i for i, r in enumerate(rows) if r["reason"] == "server_down"]
+    written_after = [r for r in rows[down[-1]:] if not r["dropped"]]
+    written_before = [r for r in rows[:down[0]] if not r["dropped"]]
+    assert written_before and written_after, "frames written before the outage and after it"
+    assert "outages 1" in text, text
