@@ -137,6 +137,17 @@ def test_static_batch_export_and_padded_batches(tmp_path, capsys):
     assert np.array_equal(b2.infer(x), ref) and np.array_equal(b2.infer(x[:1]), ref[:1])
     assert np.array_equal(dyn.infer(x), ref)
     assert "batch 2" in b2.describe() and "batch dynamic (max 4)" in dyn.describe()
+    # OpenVINO runs the same batched graphs (its own kernels: near-equal, not bit-equal, labels).
+    try:
+        from engines.openvino_engine import OpenVinoEngine
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    for name in ("b2", "dyn"):
+        ov = OpenVinoEngine(tmp_path / f"{name}.onnx", threads=1)
+        assert ov.batch_limit(3) == (2 if name == "b2" else 3)
+        got = ov.infer(x)
+        assert got.shape == ref.shape and (got == ref).mean() > 0.99, name
 
 
 def test_cameras_list_in_the_config_with_per_camera_flags_and_errors(clips, tmp_path, capsys):
