@@ -24,6 +24,8 @@ class Frame:
     timings: dict = field(default_factory=dict)   # stage -> ms, filled along the way
     batch: np.ndarray | None = None   # the preprocessed model input, when done ahead of inference
     overlay: np.ndarray | None = None  # the finished overlay, when a GPU engine made it (run_fused)
+    camera: str = "cam0"          # which camera took it (ids count per camera)
+    batch_size: int | None = None   # how many frames were inferred together with it
 
 
 class Reader:

@@ -1,10 +1,13 @@
 """Per-frame latency records (`--latency-log FILE.csv|.jsonl`) and the exit summary.
 
-One row per captured frame id, written as soon as the frame is done (flushed, so a killed run
+One row per captured frame, written as soon as the frame is done (flushed, so a killed run
 keeps what it had):
     frame, source_ts, capture_s (s since the run started), queue_ms, preprocess_ms,
-    inference_ms, overlay_ms, sink_ms, e2e_ms (capture -> written), dropped (0/1), reason
+    inference_ms, overlay_ms, sink_ms, e2e_ms (capture -> written), dropped (0/1), reason,
+    camera (cam0, cam1, ... or its configured name), batch_size (frames inferred together)
 queue_ms is the time the frame waited in the two queues (capture->inference, inference->output).
+Frame ids count per camera: (camera, frame) names a row. The summary has one line per camera
+and, with several cameras, an all-camera line.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 STAGES = ("queue", "preprocess", "inference", "overlay", "sink", "e2e")
-COLUMNS = ("frame", "source_ts", "capture_s", *(f"{s}_ms" for s in STAGES), "dropped", "reason")
+COLUMNS = ("frame", "source_ts", "capture_s", *(f"{s}_ms" for s in STAGES), "dropped", "reason", "camera",
+           "batch_size")
+DEFAULT_CAMERA = "cam0"
 
 
 class StageStats:
@@ -42,19 +47,69 @@ class StageStats:
         return [float(v) for v in np.percentile(self.values[:n], qs)]
 
 
+class Tally:
+    """What one camera (or all of them together) did: frames written and dropped by reason,
+    stage times, the span for fps, and the batch sizes its frames were inferred in."""
+
+    def __init__(self, keep: int = 100_000):
+        self.stats = {s: StageStats(keep) for s in STAGES}
+        self.written = 0
+        self.dropped = Counter()
+        self.first_capture = None
+        self.last_written_at = None
+        self.batch_sum = 0
+
+    def add_written(self, row: dict, capture_ts: float, done_at: float) -> None:
+        self.written += 1
+        self.last_written_at = done_at
+        self.seen(capture_ts)
+        self.batch_sum += row["batch_size"] or 0
+        for s in STAGES:
+            if row[f"{s}_ms"] is not None:
+                self.stats[s].add(row[f"{s}_ms"])
+
+    def seen(self, capture_ts: float) -> None:
+        if self.first_capture is None or capture_ts < self.first_capture:
+            self.first_capture = capture_ts
+
+    def fps(self) -> float:
+        if not self.written or self.first_capture is None or self.last_written_at is None:
+            return 0.0
+        span = self.last_written_at - self.first_capture
+        return self.written / span if span > 0 else 0.0
+
+    def summary(self, captured: int | None) -> dict:
+        accounted = self.written + sum(self.dropped.values())
+        captured = accounted if captured is None else captured
+        out = {"captured": captured, "written": self.written, "dropped": sum(self.dropped.values()),
+               "unaccounted": captured - accounted, "dropped_by_reason": dict(self.dropped), "fps": self.fps(),
+               "mean_batch": self.batch_sum / self.written if self.written else 0.0, "stages": {}}
+        for s in STAGES:
+            st = self.stats[s]
+            p50, p90, p99 = st.percentiles()
+            out["stages"][s] = {"count": st.count, "p50": p50, "p90": p90, "p99": p99, "max": st.max}
+        return out
+
+
+def _counts_line(s: dict) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped_by_reason"].items()))
+    return (f"frames {s['captured']}  written {s['written']}  dropped {s['dropped']}"
+            + (f" ({reasons})" if reasons else "") + f"  fps {s['fps']:.2f}"
+            + (f"  UNACCOUNTED {s['unaccounted']}" if s["unaccounted"] else ""))
+
+
 class LatencyRecorder:
-    """Thread-safe: the capture, inference and output threads all report here."""
+    """Thread-safe: the capture, inference and output threads of every camera report here.
+    `written`, `dropped`, `stats` are the all-camera totals; `cameras[name]` each camera's."""
 
     def __init__(self, path: str | Path | None = None, start: float | None = None):
         self.start = time.monotonic() if start is None else start
         self.path = Path(path) if path else None
         self.lock = threading.Lock()
-        self.stats = {s: StageStats() for s in STAGES}
-        self.written = 0
-        self.dropped = Counter()
-        self.first_capture = None
-        self.last_written_at = None
-        # fn(row, frame timings) after each row, under the lock (app/metrics.py feeds /metrics here)
+        self.total = Tally()
+        self.cameras: dict[str, Tally] = {}
+        # fn(row, frame timings) after each row, under the lock (app/metrics.py feeds /metrics here;
+        # rows carry their camera)
         self.listeners = []
         self._file = None
         self._csv = None
@@ -69,43 +124,52 @@ class LatencyRecorder:
                 self._csv.writerow(COLUMNS)
             self._file.flush()
 
+    # The all-camera totals under their old names (one camera: simply its numbers).
+    written = property(lambda self: self.total.written)
+    dropped = property(lambda self: self.total.dropped)
+    stats = property(lambda self: self.total.stats)
+    first_capture = property(lambda self: self.total.first_capture)
+    last_written_at = property(lambda self: self.total.last_written_at)
+
     @property
     def accounted(self) -> int:
         return self.written + sum(self.dropped.values())
 
+    def _camera(self, name: str) -> Tally:
+        if name not in self.cameras:
+            self.cameras[name] = Tally(keep=20_000)   # bounded per camera too
+        return self.cameras[name]
+
     def record_written(self, frame, done_at: float) -> None:
         t = frame.timings
+        camera = getattr(frame, "camera", DEFAULT_CAMERA)
         row = {"frame": frame.id, "source_ts": frame.source_ts, "capture_s": frame.capture_ts - self.start}
         for s in STAGES[:-1]:
             row[f"{s}_ms"] = t.get(s)
         row["e2e_ms"] = (done_at - frame.capture_ts) * 1000.0
         row["dropped"], row["reason"] = 0, ""
+        row["camera"], row["batch_size"] = camera, getattr(frame, "batch_size", None)
         with self.lock:
-            self.written += 1
-            self.last_written_at = done_at
-            self._seen(frame.capture_ts)
-            for s in STAGES:
-                if row[f"{s}_ms"] is not None:
-                    self.stats[s].add(row[f"{s}_ms"])
+            self.total.add_written(row, frame.capture_ts, done_at)
+            self._camera(camera).add_written(row, frame.capture_ts, done_at)
             self._write(row)
             for fn in self.listeners:
                 fn(row, t)
 
-    def record_dropped(self, frame_id: int, capture_ts: float, reason: str, source_ts=None, timings=None) -> None:
+    def record_dropped(self, frame_id: int, capture_ts: float, reason: str, source_ts=None, timings=None,
+                       camera: str = DEFAULT_CAMERA, batch_size: int | None = None) -> None:
         row = {"frame": frame_id, "source_ts": source_ts, "capture_s": capture_ts - self.start}
         for s in STAGES:
             row[f"{s}_ms"] = (timings or {}).get(s)
         row["dropped"], row["reason"] = 1, reason
+        row["camera"], row["batch_size"] = camera, batch_size
         with self.lock:
-            self.dropped[reason] += 1
-            self._seen(capture_ts)
+            for tally in (self.total, self._camera(camera)):
+                tally.dropped[reason] += 1
+                tally.seen(capture_ts)
             self._write(row)
             for fn in self.listeners:
                 fn(row, timings or {})
-
-    def _seen(self, capture_ts: float) -> None:
-        if self.first_capture is None or capture_ts < self.first_capture:
-            self.first_capture = capture_ts
 
     def _write(self, row: dict) -> None:
         if self._file is None:
@@ -119,32 +183,35 @@ class LatencyRecorder:
         self._file.flush()   # a killed run keeps every finished row
 
     def fps(self) -> float:
-        if not self.written or self.first_capture is None or self.last_written_at is None:
-            return 0.0
-        span = self.last_written_at - self.first_capture
-        return self.written / span if span > 0 else 0.0
+        return self.total.fps()
 
-    def summary(self, captured: int | None = None) -> dict:
-        """`captured`: the capture thread's own count; it must equal written + dropped."""
+    def summary(self, captured: int | dict | None = None) -> dict:
+        """`captured`: the capture threads' own count (an int for all cameras together, or
+        {camera: count}); it must equal written + dropped. `cameras`: the same per camera."""
+        per = captured if isinstance(captured, dict) else {}
+        total = sum(per.values()) if isinstance(captured, dict) else captured
         with self.lock:
-            accounted = self.accounted
-            captured = accounted if captured is None else captured
-            out = {"captured": captured, "written": self.written, "dropped": sum(self.dropped.values()),
-                   "unaccounted": captured - accounted,
-                   "dropped_by_reason": dict(self.dropped), "fps": self.fps(), "stages": {}}
-            for s in STAGES:
-                st = self.stats[s]
-                p50, p90, p99 = st.percentiles()
-                out["stages"][s] = {"count": st.count, "p50": p50, "p90": p90, "p99": p99, "max": st.max}
+            out = self.total.summary(total)
+            names = list(per) + [n for n in self.cameras if n not in per]
+            out["cameras"] = {n: (self.cameras[n] if n in self.cameras else Tally(keep=1)).summary(per.get(n))
+                              for n in names}
         return out
 
-    def format_summary(self, captured: int | None = None) -> str:
+    def format_summary(self, captured: int | dict | None = None) -> str:
+        """One camera: its counts line and stage table. Several: a line per camera (counts,
+        fps, e2e p50/p99, mean batch size), an all-camera line, the all-camera stage table."""
         s = self.summary(captured)
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped_by_reason"].items()))
-        lines = [f"frames {s['captured']}  written {s['written']}  dropped {s['dropped']}"
-                 + (f" ({reasons})" if reasons else "") + f"  fps {s['fps']:.2f}"
-                 + (f"  UNACCOUNTED {s['unaccounted']}" if s["unaccounted"] else ""),
-                 f"{'stage ms':<11}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}"]
+        lines = []
+        if len(s["cameras"]) > 1:
+            width = max(len(n) for n in s["cameras"]) + 1
+            for name, c in s["cameras"].items():
+                e2e = c["stages"]["e2e"]
+                lines.append(f"{name + ':':<{width}} {_counts_line(c)}  e2e p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms"
+                             f"  batch {c['mean_batch']:.2f}")
+            lines.append(f"all cameras: {_counts_line(s)}  batch {s['mean_batch']:.2f}")
+        else:
+            lines.append(_counts_line(s))
+        lines.append(f"{'stage ms':<11}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
         for name, st in s["stages"].items():
             if st["count"]:
                 lines.append(f"{name:<11}{st['p50']:>9.1f}{st['p90']:>9.1f}{st['p99']:>9.1f}{st['max']:>9.1f}")
@@ -175,8 +242,9 @@ def read_log(path: str | Path) -> list[dict]:
                 rows.append({k: (None if v == "" else v) for k, v in r.items()})
     else:
         raise ValueError(f"{path}: a latency log is a .csv or .jsonl file")
+    optional = ("camera", "batch_size")   # logs from before multi-camera runs lack them
     for n, r in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
-        missing = [k for k in COLUMNS if k not in r] if isinstance(r, dict) else list(COLUMNS)
+        missing = [k for k in COLUMNS if k not in r and k not in optional] if isinstance(r, dict) else list(COLUMNS)
         if missing:
             raise ValueError(f"{path}: not a latency log (no {', '.join(missing)}); "
                              "write one with run_camera.py --latency-log FILE.csv")
@@ -185,6 +253,10 @@ def read_log(path: str | Path) -> list[dict]:
                 v = r.get(k)
                 if k == "reason":
                     r[k] = v or ""
+                elif k == "camera":
+                    r[k] = v or DEFAULT_CAMERA
+                elif k == "batch_size":
+                    r[k] = None if v is None else int(v)
                 elif k in ("frame", "dropped"):
                     r[k] = int(v)
                 else:

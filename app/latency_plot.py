@@ -1,4 +1,5 @@
-"""`bisenet latency-plot lat.csv -o plot.png`: per-frame stage times and an end-to-end histogram.
+"""`bisenet latency-plot lat.csv -o plot.png`: per-frame stage times and an end-to-end histogram,
+one panel per camera when the log has several (its `camera` column).
 
 Draws with matplotlib when it is installed, else with OpenCV (a run-time dependency already),
 so the edge box needs nothing extra to look at its own log.
@@ -12,7 +13,7 @@ import numpy as np
 
 from app.latency import STAGES, read_log
 
-HELP = "plot a --latency-log file: per-frame stage times and an end-to-end latency histogram"
+HELP = "plot a --latency-log file: per-frame stage times and an end-to-end latency histogram (a panel per camera)"
 EXAMPLE = "bisenet latency-plot lat.csv -o latency.png"
 
 # BGR colors per stage (OpenCV); matplotlib gets the same as RGB hex.
@@ -39,25 +40,28 @@ def series(rows: list) -> dict:
     return out
 
 
-def plot_matplotlib(data: dict, out: Path, title: str) -> None:
+def plot_matplotlib(panels: list, out: Path) -> None:
+    """panels: [(title, series)], one row each: stage times per frame | e2e histogram."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 8))
-    for s in STAGES:
-        b, g, r = COLORS[s]
-        ax1.plot(data["frame"], data[s], label=s, color=f"#{r:02x}{g:02x}{b:02x}", linewidth=1)
-    if len(data["dropped"]):
-        ax1.plot(data["dropped"], np.zeros(len(data["dropped"])), "|", color="red", label="dropped")
-    ax1.set_xlabel("frame id")
-    ax1.set_ylabel("ms")
-    ax1.set_title(title)
-    ax1.legend(loc="upper right", ncol=4, fontsize=8)
-    e2e = data["e2e"][np.isfinite(data["e2e"])]
-    ax2.hist(e2e, bins=50, color="#e62828")
-    ax2.set_xlabel("end-to-end ms (capture -> written)")
-    ax2.set_ylabel("frames")
+    fig, axes = plt.subplots(len(panels), 2, figsize=(14, 4 * len(panels)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1]})
+    for (title, data), (ax1, ax2) in zip(panels, axes):
+        for s in STAGES:
+            b, g, r = COLORS[s]
+            ax1.plot(data["frame"], data[s], label=s, color=f"#{r:02x}{g:02x}{b:02x}", linewidth=1)
+        if len(data["dropped"]):
+            ax1.plot(data["dropped"], np.zeros(len(data["dropped"])), "|", color="red", label="dropped")
+        ax1.set_xlabel("frame id")
+        ax1.set_ylabel("ms")
+        ax1.set_title(title)
+        ax1.legend(loc="upper right", ncol=4, fontsize=8)
+        e2e = data["e2e"][np.isfinite(data["e2e"])]
+        ax2.hist(e2e, bins=50, color="#e62828")
+        ax2.set_xlabel("end-to-end ms (capture -> written)")
+        ax2.set_ylabel("frames")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -88,7 +92,14 @@ def _axes(img, x0, y0, x1, y1, xmax, ymax, xlabel, ylabel):
     return fx, fy
 
 
-def plot_opencv(data: dict, out: Path, title: str) -> None:
+def plot_opencv(panels: list, out: Path) -> None:
+    """panels: [(title, series)], drawn one below the other."""
+    img = np.vstack([panel_opencv(data, title) for title, data in panels])
+    if not cv2.imwrite(str(out), img):
+        raise RuntimeError(f"cannot write {out}")
+
+
+def panel_opencv(data: dict, title: str) -> np.ndarray:
     w, h = 1200, 800
     img = np.full((h, w, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -120,8 +131,8 @@ def plot_opencv(data: dict, out: Path, title: str) -> None:
         for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
             cv2.rectangle(img, (int(hx(lo)), int(hy(c))), (max(int(hx(hi)) - 1, int(hx(lo))), 740),
                           COLORS["e2e"], -1)
-    if not cv2.imwrite(str(out), img):
-        raise RuntimeError(f"cannot write {out}")
+    cv2.line(img, (0, h - 1), (w, h - 1), (0, 0, 0), 1)   # the border between camera panels
+    return img
 
 
 def plot(log: str | Path, out: str | Path | None = None, use_opencv: bool = False) -> Path:
@@ -130,15 +141,19 @@ def plot(log: str | Path, out: str | Path | None = None, use_opencv: bool = Fals
     if not rows:
         raise ValueError(f"{log} has no frames to plot")
     out = Path(out) if out else log.with_suffix(".png")
-    data = series(rows)
-    title = f"{log.name}: {len(data['frame'])} written, {len(data['dropped'])} dropped"
+    cameras = sorted({r["camera"] for r in rows})
+    panels = []
+    for cam in cameras:
+        data = series([r for r in rows if r["camera"] == cam])
+        name = log.name if len(cameras) == 1 else f"{log.name} {cam}"
+        panels.append((f"{name}: {len(data['frame'])} written, {len(data['dropped'])} dropped", data))
     if not use_opencv:
         try:
-            plot_matplotlib(data, out, title)
+            plot_matplotlib(panels, out)
             return out
         except ImportError:
             pass
-    plot_opencv(data, out, title)
+    plot_opencv(panels, out)
     return out
 
 

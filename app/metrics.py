@@ -64,6 +64,8 @@ class Metrics:
             self.last_frame[camera] = time.monotonic()   # the grace period before a first frame
 
         def on_row(row: dict, timings: dict) -> None:
+            if row.get("camera", camera) != camera:
+                return   # another camera's row (one recorder serves every camera)
             outcome = "written" if not row["dropped"] else (row["reason"] or "unknown")
             self.frames.labels(camera=camera, outcome=outcome).inc()
             if outcome not in NOT_DELIVERED:

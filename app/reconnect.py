@@ -103,6 +103,7 @@ class ReconnectingReader(Reader):
         self.backoff_max = float(backoff_max)
         self.first = first
         self.description = first.description if first is not None else ""
+        self.camera = ""               # set when several cameras run: their outage lines name it
         self.fps = first.fps if first is not None else None
         self._conn: _Connection | None = None
         self._connections = 0
@@ -183,10 +184,15 @@ class ReconnectingReader(Reader):
         conn = self._conn
         self._drop_connection()
         if self._outage_start is not None:
-            log.warning("source %s: still down at shutdown after %.1f s (%s)", self.description,
+            log.warning("%ssource %s: still down at shutdown after %.1f s (%s)", self._tag(), self.description,
                         time.monotonic() - self._outage_start, self._outage_reason)
         if conn is not None:
             conn.thread.join(timeout=2.0)   # let it close its reader if its read returns
+
+    @property
+    def down(self) -> bool:
+        """In an outage now (reconnecting): a multi-camera scheduler does not wait for it."""
+        return self._outage_start is not None
 
     # -- counters -------------------------------------------------------------------------
 
@@ -199,6 +205,9 @@ class ReconnectingReader(Reader):
                 "outage_s_max": round(self.outage_s_max, 3), "down_now_s": round(down_now, 3)}
 
     # -- internals ------------------------------------------------------------------------
+
+    def _tag(self) -> str:
+        return f"{self.camera}: " if self.camera else ""
 
     def _connect(self, reader: Reader | None = None) -> _Connection:
         self._connections += 1
@@ -229,8 +238,8 @@ class ReconnectingReader(Reader):
             duration = now - self._outage_start
             self.outage_s_total += duration
             self.outage_s_max = max(self.outage_s_max, duration)
-            log.warning("source %s: back after %.1f s outage #%d (%s; %d reconnect attempt(s))",
-                        self.description, duration, self.outages, self._outage_reason,
+            log.warning("%ssource %s: back after %.1f s outage #%d (%s; %d reconnect attempt(s))",
+                        self._tag(), self.description, duration, self.outages, self._outage_reason,
                         self._attempts)
             self._outage_start = None
         self._attempts = 0
@@ -246,11 +255,11 @@ class ReconnectingReader(Reader):
             self.stalls += int(stall)
             self._outage_start = self._last_frame_t or time.monotonic()
             self._outage_reason = reason
-            log.warning("source %s: lost (%s); outage #%d, reconnecting with backoff %g..%g s",
-                        self.description, reason, self.outages, self.backoff_initial,
+            log.warning("%ssource %s: lost (%s); outage #%d, reconnecting with backoff %g..%g s",
+                        self._tag(), self.description, reason, self.outages, self.backoff_initial,
                         self.backoff_max)
         else:
-            log.info("source %s: reconnect attempt %d failed (%s)", self.description,
+            log.info("%ssource %s: reconnect attempt %d failed (%s)", self._tag(), self.description,
                      self._attempts, reason)
 
     def _wait_backoff(self) -> bool:

@@ -7,7 +7,8 @@
     /stats.json       {"fps", "e2e_ms", "inference_ms", "frame", "title"}  /camera/NAME/stats.json
     /metrics          Prometheus text format (app/metrics.py)
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
-The short paths are the first camera registered (`cam0` for a single camera). A metrics-only
+The short paths are the first camera registered (`cam0` for a single camera); with several
+cameras `/` is a grid of all of them (snapshots, stats, links to /camera/NAME). A metrics-only
 listener (`--metrics-port`) serves /metrics and /healthz alone. Nothing is served from files.
 
 aiohttp runs in its own thread with its own asyncio event loop inside the app process: every
@@ -50,7 +51,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import cv2
 
@@ -95,6 +96,58 @@ setInterval(poll, 500); poll();
 </script>
 </body></html>
 """
+
+
+# Several cameras: / shows them all. Tiles refresh from snapshot.jpg (each asks for the next
+# frame when the last one is on screen) rather than one MJPEG stream each: browsers open at
+# most 6 connections per host, so 8 streams would starve; /camera/NAME has the full-rate stream.
+GRID_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
+#grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 6px; padding: 6px; }}
+.tile a {{ color: #eee; }} .tile img {{ display: block; width: 100%; background: #222; min-height: 120px; }}
+.stats {{ padding: 3px 0; font-size: 14px; }}
+</style></head>
+<body>
+<div id="grid">{tiles}</div>
+<script>
+for (const tile of document.querySelectorAll('.tile')) {{
+  const base = '/camera/' + encodeURIComponent(tile.dataset.camera);
+  const img = tile.querySelector('img'), stats = tile.querySelector('span');
+  let shown = null;   // the blob: URL on screen; a new frame replaces it only once it is complete
+  const refresh = async () => {{
+    let wait = 1000;
+    try {{
+      const r = await fetch(base + '/snapshot.jpg', {{cache: 'no-store'}});
+      if (r.ok) {{
+        const url = URL.createObjectURL(await r.blob());
+        await new Promise((done) => {{ img.onload = img.onerror = done; img.src = url; }});
+        if (shown) URL.revokeObjectURL(shown);
+        shown = url;
+        wait = 100;
+      }}
+    }} catch (e) {{}}
+    setTimeout(refresh, wait);
+  }};
+  const poll = async () => {{
+    try {{
+      const s = await (await fetch(base + '/stats.json', {{cache: 'no-store'}})).json();
+      stats.textContent = `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
+        `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
+    }} catch (e) {{
+      stats.textContent = 'no stats';
+    }}
+  }};
+  window.addEventListener('load', () => {{ refresh(); setInterval(poll, 1000); poll(); }});
+}}
+</script>
+</body></html>
+"""
+# One tile; the first frame is in the page itself (the page has loaded once every camera's has).
+GRID_TILE = ('<div class="tile" data-camera="{name}"><div class="stats"><a href="/camera/{path}">{name}</a> '
+             '<span>waiting for frames</span></div><img src="/camera/{path}/snapshot.jpg" '
+             'alt="{name}: live segmentation overlay"></div>')
 
 
 class ServerError(RuntimeError):
@@ -583,6 +636,11 @@ class AppServer:
     async def _page(self, request):
         from aiohttp import web
 
+        if "camera" not in request.match_info and len(self.cameras) > 1:
+            tiles = "".join(GRID_TILE.format(name=html.escape(name), path=html.escape(quote(name, safe="")))
+                            for name in self.cameras)
+            body = GRID_PAGE.format(title=html.escape(self.title), tiles=tiles)
+            return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
         cam = self._camera(request)
         if cam is None:
             return _text(404, "no such camera\n")

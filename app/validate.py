@@ -195,6 +195,7 @@ RUN_FLAGS = {
     "max_clients": Number(int, 1, 4096, hint="MJPEG viewers at once"),
     "metrics_port": lambda v: listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"),
     "auth_token": auth_token,
+    "batch_timeout_ms": Number(float, 0, 10_000, hint="0 runs what is ready at once"),
 }
 
 
@@ -206,6 +207,7 @@ COMMAND_FLAGS = {
                   "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
                   "threads": Number(int, 1, 1024)},
     "eval": {"limit": COUNT, "threads": Number(int, 1, 1024)},
+    "export": {"batch": Number(int, 1, 1024, hint="frames per inference (cameras batched together)")},
     "triton-repo": {"max_batch": Number(int, 0, 1024), "instances": Number(int, 1, 64),
                     "max_queue_delay_us": Number(int, 0, 10_000_000)},
     "serve-triton": {"max_batch": Number(int, 1, 1024), "instances": Number(int, 1, 64),
@@ -382,8 +384,9 @@ def _palette(v):
 
 
 def _input_shape(v):
-    if not isinstance(v, list) or len(v) != 4 or v[:2] != [1, 3]:
-        raise ValueError("expected [1, 3, H, W]")
+    if not isinstance(v, list) or len(v) != 4 or v[1] != 3:
+        raise ValueError("expected [N, 3, H, W]")
+    Number(int, 1, 1024)(v[0])   # the batch: 1, or N for `bisenet export --batch N`
     Number(int, 1, MAX_SIDE)(v[2])
     Number(int, 1, MAX_SIDE)(v[3])
     return v
@@ -430,6 +433,8 @@ SIDECAR = {
     "head": _one_of("labels", "logits"),
     "precision": _one_of("fp32", "fp16", "int8"),
     "dynamic": _bool,
+    "dynamic_batch": _bool,
+    "max_batch": _optional(Number(int, 1, 1024)),
     "input_name": _text,
     "output_name": _one_of("labels", "logits"),
     "onnx_sha256": _optional(_sha256),

@@ -24,6 +24,9 @@ class ModelInfo:
     head: str = "labels"          # 'labels' or 'logits': what the graph outputs
     precision: str = "fp32"
     dynamic: bool = False         # ONNX with dynamic H/W
+    batch: int = 1                # frames per inference the graph takes (static batch)
+    dynamic_batch: bool = False   # the graph takes any batch size (`bisenet export --dynamic-batch`)
+    max_batch: int | None = None  # dynamic: the most frames the app puts in one batch (None: no cap)
     extra: dict = field(default_factory=dict)   # the rest of the sidecar
 
     @property
@@ -32,14 +35,17 @@ class ModelInfo:
 
     @classmethod
     def from_sidecar(cls, meta: dict) -> "ModelInfo":
-        _, _, h, w = meta["input_shape"]
-        known = {"model", "classes", "palette", "mean", "std", "input_shape", "head", "precision", "dynamic"}
+        b, _, h, w = meta["input_shape"]
+        known = {"model", "classes", "palette", "mean", "std", "input_shape", "head", "precision", "dynamic",
+                 "dynamic_batch", "max_batch"}
         return cls(model=meta["model"], class_names=list(meta["classes"]),
                    palette=np.asarray(meta["palette"], dtype=np.uint8).reshape(-1, 3),
                    mean=np.asarray(meta["mean"], dtype=np.float32),
                    std=np.asarray(meta["std"], dtype=np.float32),
                    input_size=(int(h), int(w)), head=meta.get("head", "labels"),
                    precision=meta.get("precision", "fp32"), dynamic=bool(meta.get("dynamic", False)),
+                   batch=int(b), dynamic_batch=bool(meta.get("dynamic_batch", False)),
+                   max_batch=int(meta["max_batch"]) if meta.get("max_batch") else None,
                    extra={k: v for k, v in meta.items() if k not in known})
 
     @classmethod
@@ -70,12 +76,38 @@ class Engine:
         raise NotImplementedError(f"the {self.backend} engine for {self.info.model} outputs labels only; "
                                   "export with --head logits for logits")
 
+    def batch_limit(self, cameras: int) -> int:
+        """The most frames one infer() call gets when `cameras` cameras share this engine: a
+        static batch N takes N (fewer are padded), a dynamic batch one frame per camera (up to
+        its max_batch), a batch-1 model one frame at a time."""
+        if self.info.dynamic_batch:
+            return max(1, min(cameras, self.info.max_batch or cameras))
+        return max(1, min(cameras, self.info.batch))
+
     def close(self) -> None:
         pass
 
     def describe(self) -> str:
         h, w = self.info.input_size
-        return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}"
+        batch = "" if self.info.batch == 1 and not self.info.dynamic_batch else \
+            (f" batch dynamic{f' (max {self.info.max_batch})' if self.info.max_batch else ''}"
+             if self.info.dynamic_batch else f" batch {self.info.batch}")
+        return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}{batch}"
+
+
+def run_static_batch(run, batch: np.ndarray, size: int) -> np.ndarray:
+    """Run `batch` ([n, ...]) through `run`, a graph that takes exactly `size` frames: in
+    chunks of `size`, the last one padded with zeros (their outputs are thrown away)."""
+    n = len(batch)
+    if n == size:
+        return run(batch)
+    outs = []
+    for i in range(0, n, size):
+        part = batch[i:i + size]
+        if len(part) < size:
+            part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
+        outs.append(run(part)[:min(size, n - i)])
+    return np.concatenate(outs)
 
 
 class GraphEngine(Engine):
@@ -87,8 +119,15 @@ class GraphEngine(Engine):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _run_frames(self, batch: np.ndarray) -> np.ndarray:
+        """Any number of frames (several cameras): a dynamic-batch graph takes them at once,
+        a static one in chunks of its batch size (padded)."""
+        if self.info.dynamic_batch:
+            return self._run(batch)
+        return run_static_batch(self._run, batch, self.info.batch)
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._run(batch)
+        out = self._run_frames(batch)
         if self.output_name == "labels":
             return out
         return np.argmax(out, axis=1).astype(np.int32)
@@ -96,7 +135,7 @@ class GraphEngine(Engine):
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.output_name != "logits":
             return super().infer_logits(batch)
-        return self._run(batch)
+        return self._run_frames(batch)
 
 
 def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_shape=()) -> None:
@@ -113,6 +152,13 @@ def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_
     if static and tuple(dims) != tuple(info.input_size):
         raise SidecarError(f"{path}: graph input is {dims[0]}x{dims[1]} but its sidecar says "
                            f"{info.input_size[0]}x{info.input_size[1]}; re-export it with `bisenet export`")
+    first = list(input_shape)[0] if len(input_shape) else None
+    graph_batch = first if isinstance(first, int) and first > 0 else None
+    if info.dynamic_batch and graph_batch is not None or \
+            not info.dynamic_batch and graph_batch not in (None, info.batch):
+        want = "any batch" if info.dynamic_batch else f"batch {info.batch}"
+        raise SidecarError(f"{path}: graph input batch is {graph_batch or 'dynamic'} but its sidecar says "
+                           f"{want}; re-export it with `bisenet export`")
     if output_name == "logits" and len(output_shape) == 4:
         check_output_channels(output_shape[1], info.num_classes, str(path), "re-export it with `bisenet export`")
     if output_name != info.head:

@@ -1,10 +1,13 @@
 """`bisenet export`: checkpoint -> ONNX (+ sidecar JSON). Build time: torch lives here.
 
 Graph contract (what ONNX Runtime, TensorRT and the app rely on):
-- input  `input`:  float32 [1, 3, H, W], RGB normalized with the config's mean/std
-- output `logits`: float32 [1, C, H, W] (bilinear, align_corners=False, as mmseg 'whole'), or
-         `labels`: int32   [1, H, W]   (ArgMax in the graph, then Cast to int32: TensorRT
+- input  `input`:  float32 [N, 3, H, W], RGB normalized with the config's mean/std
+- output `logits`: float32 [N, C, H, W] (bilinear, align_corners=False, as mmseg 'whole'), or
+         `labels`: int32   [N, H, W]   (ArgMax in the graph, then Cast to int32: TensorRT
          has no int64 I/O on 8.6 and ONNX Runtime takes int32 as well)
+  N is 1 by default, `--batch N` for a static batch (the app batches N cameras' frames), or
+  any (`--dynamic-batch`, axis named "batch"); the sidecar records it (input_shape[0],
+  dynamic_batch, max_batch).
 - opset 17, auxiliary heads dropped, graph simplified with onnxslim when installed.
 - `--precision fp16`: the same float32 input and outputs; weights and activations float16
   inside (Cast at both ends). TensorRT 11 builds only strongly typed networks: this is its
@@ -56,13 +59,17 @@ def build_model(cfg: ModelConfig, checkpoint: str | Path | None, random_init: bo
 
 def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str = "labels",
                 dynamic: bool = False, random_init: bool = False, simplify: bool = True,
-                precision: str = "fp32") -> Path:
+                precision: str = "fp32", batch: int = 1, dynamic_batch: bool = False) -> Path:
+    """`batch`: the graph's static batch; with `dynamic_batch` the graph takes any batch and
+    `batch` (when > 1) is recorded as the most frames the app should put in one."""
     import torch
 
     if head not in ("labels", "logits"):
         raise ConfigError(f"--head {head!r}: use labels or logits")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: use fp32 or fp16")
+    if int(batch) < 1:
+        raise ConfigError(f"--batch {batch}: must be 1 or more")
     h, w = size_hw or tuple(cfg.crop_size)
     if h % 32 or w % 32:
         raise ConfigError(f"size {h}x{w}: H and W must be multiples of 32")
@@ -80,9 +87,14 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, h, w)
-    dynamic_axes = {"input": {2: "height", 3: "width"},
-                    head: ({2: "height", 3: "width"} if head == "logits" else {1: "height", 2: "width"})}
+    graph_batch = 1 if dynamic_batch else int(batch)
+    dummy = torch.zeros(graph_batch, 3, h, w)
+    dynamic_axes = {"input": {}, head: {}}
+    if dynamic:
+        dynamic_axes = {"input": {2: "height", 3: "width"},
+                        head: ({2: "height", 3: "width"} if head == "logits" else {1: "height", 2: "width"})}
+    if dynamic_batch:
+        dynamic_axes["input"][0] = dynamic_axes[head][0] = "batch"
     # Through a hidden temp file: an interrupted export (an exception, Ctrl-C, SIGTERM) leaves
     # neither half a model nor the temp file behind.
     with atomic_path(out_path) as tmp, torch.no_grad():
@@ -90,14 +102,15 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
         # supports dynamic H/W through dynamic_axes.
         torch.onnx.export(Exported(model), (dummy,), str(tmp), input_names=["input"], output_names=[head],
                           opset_version=OPSET, dynamo=False, do_constant_folding=True,
-                          dynamic_axes=dynamic_axes if dynamic else None)
+                          dynamic_axes=dynamic_axes if dynamic or dynamic_batch else None)
         if simplify:
             _simplify(tmp)
     meta = {
         "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
-        "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [1, 3, h, w], "input_name": "input",
+        "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [graph_batch, 3, h, w], "input_name": "input",
         "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
-        "labels_dtype": "int32", "dynamic": bool(dynamic), "precision": precision, "opset": OPSET,
+        "labels_dtype": "int32", "dynamic": bool(dynamic), "dynamic_batch": bool(dynamic_batch),
+        "max_batch": int(batch) if dynamic_batch and int(batch) > 1 else None, "precision": precision, "opset": OPSET,
         "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
         "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
         "onnx_sha256": file_sha256(out_path), "model_config": cfg.to_dict(),
@@ -128,6 +141,11 @@ def add_arguments(p):
     p.add_argument("--dynamic", action="store_true", help="dynamic input height/width")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp16: float16 weights and activations, float32 input/output (TensorRT 11's fp16 route)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="frames per inference: a static batch of N (the app batches N cameras; default 1); "
+                   "with --dynamic-batch the most frames the app puts in one batch")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="a graph that takes any batch size (multi-camera runs batch what is ready)")
     p.add_argument("--random-init", action="store_true", help="random weights (tests only)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (sidecar written beside it)")
@@ -140,7 +158,9 @@ def run(args) -> int:
         raise ConfigError(f"-o {args.output}: the output file must end in .onnx")
     prepare_output(args.output, "-o")   # before minutes of work: can it be written at all?
     out = export_onnx(cfg, args.checkpoint, args.output, size, args.head, args.dynamic, args.random_init,
-                      simplify=not args.no_simplify, precision=args.precision)
+                      simplify=not args.no_simplify, precision=args.precision, batch=args.batch,
+                      dynamic_batch=args.dynamic_batch)
     h, w = size or cfg.crop_size
-    print(f"exported {cfg.name} ({h}x{w}, head={args.head}, {args.precision}) -> {out} (+ {out.name}.json)")
+    batch = f", batch {'dynamic' if args.dynamic_batch else args.batch}" if args.dynamic_batch or args.batch > 1 else ""
+    print(f"exported {cfg.name} ({h}x{w}, head={args.head}, {args.precision}{batch}) -> {out} (+ {out.name}.json)")
     return 0

@@ -16,10 +16,11 @@ _models: dict = {}
 _dir = None
 
 
-def tiny_onnx(size_hw=(64, 96), head: str = "labels") -> Path:
-    """engines.export.export_onnx(random_init=True) at `size_hw`, cached for this process."""
+def tiny_onnx(size_hw=(64, 96), head: str = "labels", dynamic_batch: bool = False) -> Path:
+    """engines.export.export_onnx(random_init=True) at `size_hw` (batch 1, or any batch),
+    cached for this process."""
     global _dir
-    key = (*size_hw, head)
+    key = (*size_hw, head, dynamic_batch)
     if key not in _models:
         from engines.export import export_onnx
         from engines.model_config import load_model_config
@@ -27,9 +28,10 @@ def tiny_onnx(size_hw=(64, 96), head: str = "labels") -> Path:
         if _dir is None:
             _dir = Path(tempfile.mkdtemp(prefix="bisenet-app-test-"))
             atexit.register(shutil.rmtree, _dir, True)
-        out = _dir / f"r18_{key[0]}x{key[1]}{'' if head == 'labels' else '_' + head}.onnx"
+        tag = ("" if head == "labels" else "_" + head) + ("_dynbatch" if dynamic_batch else "")
+        out = _dir / f"r18_{key[0]}x{key[1]}{tag}.onnx"
         _models[key] = export_onnx(load_model_config(MODEL_NAME), None, out, tuple(size_hw), head=head,
-                                   random_init=True)
+                                   random_init=True, dynamic_batch=dynamic_batch)
     return _models[key]
 
 

@@ -99,3 +99,40 @@ def part_stats(stderr: str, prefix: str) -> dict:
                 out[key] = float(value) if "." in value else int(value)
             return out
     raise AssertionError(f"no line starting with {prefix!r} in: {stderr[-2000:]}")
+
+
+def camera_counts(stderr: str) -> dict:
+    """The per-camera summary lines 'cam1: frames 40  written 38  dropped 2 (queue_full 2) ...'
+    -> {camera: {captured, written, dropped, reasons}}."""
+    out = {}
+    for m in re.finditer(r"^([\w.-]+): +frames (\d+)  written (\d+)  dropped (\d+)(?: \(([^)]*)\))?", stderr, re.M):
+        if m.group(1) == "all":
+            continue
+        reasons = {}
+        for part in filter(None, (m.group(5) or "").split(", ")):
+            name, n = part.rsplit(" ", 1)
+            reasons[name] = int(n)
+        out[m.group(1)] = {"captured": int(m.group(2)), "written": int(m.group(3)), "dropped": int(m.group(4)),
+                           "reasons": reasons}
+    assert out, f"no per-camera summary in: {stderr[-2000:]}"
+    assert "UNACCOUNTED" not in stderr, stderr[-2000:]
+    return out
+
+
+def check_camera_accounting(stderr: str, log: Path) -> dict:
+    """For every camera: captured = written + dropped (by reason), in its summary line and row
+    by row in the one log (ids count per camera)."""
+    counts = camera_counts(stderr)
+    rows = read_log(log)
+    assert {r["camera"] for r in rows} == set(counts)
+    for name, s in counts.items():
+        mine = [r for r in rows if r["camera"] == name]
+        assert s["captured"] == s["written"] + s["dropped"] and s["dropped"] == sum(s["reasons"].values()), name
+        assert sorted(r["frame"] for r in mine) == list(range(s["captured"])), f"{name}: each frame id exactly once"
+        assert sum(1 for r in mine if not r["dropped"]) == s["written"], name
+        by_reason = {}
+        for r in mine:
+            if r["dropped"]:
+                by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        assert by_reason == s["reasons"], name
+    return counts

@@ -152,6 +152,17 @@ class FfmpegPublisher:
     def kill(self) -> None:
         self.proc = _kill_group(self.proc)
 
+    def stop(self) -> None:
+        """SIGTERM: ffmpeg ends the stream with a TEARDOWN, so the relay frees the path for
+        the next publisher (after a SIGKILL rtsp-server-perl keeps the path taken: 403)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc = _kill_group(self.proc)
+
 
 def wait_published(url: str, timeout_s: float = 20.0, transport: str = "udp") -> tuple[int, int]:
     """Block until a viewer can open `url` (the server answers 404 until the publisher has

@@ -1,0 +1,84 @@
+"""One camera's state in one place: its reader (live sources reconnect on their own, see
+app/reconnect.py), its sinks, its two queues and its counters.
+
+A run has one or more cameras (`--source` repeated: cam0, cam1, ...; or a config's
+`cameras:` list). Each has its own capture thread and output thread; one inference thread
+serves them all through app/scheduler.py. One camera is simply a list of one.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import threading
+
+from app.frames import Reader
+from app.validate import InputError
+from app.hud import RateMeter
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # safe inside file names and URL paths
+PLACEHOLDER = "{camera}"
+
+
+class Camera:
+    def __init__(self, name: str, reader: Reader, sinks: list, *, max_frames: int | None = None,
+                 out_fps: float | None = None, queue_size: int = 4):
+        self.name = name
+        self.reader = reader
+        self.sinks = list(sinks)
+        self.max_frames = max_frames
+        self.out_fps = out_fps
+        self.live = bool(reader.live)
+        # Live: one slot, a newer capture replaces the waiting one (the newest frame wins).
+        # Files: a few frames ahead, blocking (nothing dropped).
+        self.in_q = queue.Queue(maxsize=1 if self.live else max(1, queue_size))
+        self.out_q = queue.Queue(maxsize=max(1, queue_size))
+        self.captured = 0
+        self.last_capture: float | None = None   # monotonic time of its newest frame
+        self.stopping = threading.Event()        # this camera stops capturing (its own failure)
+        self.finished = False                    # its end marker went through the scheduler
+        self.sink_failures: dict = {}            # sink name -> its error (that sink was switched off)
+        self.meter = RateMeter()                 # for the HUD
+        self.tag = ""                            # log prefix, "cam1: " when there are several
+
+    @property
+    def fps(self) -> float | None:
+        return self.reader.fps
+
+    def down(self) -> bool:
+        """A live source waiting out an outage (reconnecting): the scheduler leaves it out."""
+        return bool(getattr(self.reader, "down", False))
+
+    def counters(self) -> dict:
+        """Reconnect counters of a live source, decode counters of a file (empty when none)."""
+        get = getattr(self.reader, "counters", None)
+        return get() if callable(get) else {}
+
+
+def camera_names(count: int) -> list[str]:
+    return [f"cam{i}" for i in range(count)]
+
+
+def check_name(name) -> str:
+    name = str(name)
+    if not NAME_RE.match(name):
+        raise InputError(f"camera name {name!r}: use letters, digits, '_', '-' or '.' (it goes into file names)")
+    return name
+
+
+def output_for(spec: str, camera: str, shared_by: int) -> str:
+    """`--output` for one camera: `{camera}` replaced by its name. An output shared by several
+    cameras that is a file, folder or stream must name the camera, or they would overwrite
+    each other. http:// outputs are shared as they are: every camera is served on that port
+    under /camera/NAME, with a grid of all of them at /."""
+    spec = str(spec)
+    if spec.startswith("http://") or spec.startswith("https://"):
+        if PLACEHOLDER in spec:
+            raise InputError(f"--output {spec}: no {PLACEHOLDER} in http:// outputs; every camera is served on "
+                             "the one port as /camera/NAME, all of them as a grid at /")
+        return spec
+    if PLACEHOLDER in spec:
+        return spec.replace(PLACEHOLDER, camera)
+    if shared_by > 1 and spec not in ("null", "display"):
+        raise InputError(f"--output {spec} with {shared_by} cameras: put {PLACEHOLDER} in it "
+                         f"(e.g. out_{PLACEHOLDER}.mp4, folder_{PLACEHOLDER}/, rtsp://host:8554/{PLACEHOLDER})")
+    return spec
