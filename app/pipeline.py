@@ -52,8 +52,9 @@ def _ms(t0: float, t1: float) -> float:
 class Pending:
     """A request a remote engine is still working on: its Future and when it was sent."""
 
-    def __init__(self, future, sent: float):
+    def __init__(self, future, sent: float, index: int = 0):
         self.future, self.sent, self.done = future, sent, None
+        self.index = index   # this frame's row in the request's batch
         future.add_done_callback(self._arrived)
 
     def _arrived(self, _future) -> None:
@@ -102,9 +103,10 @@ class Pipeline:
         # that the output thread resolves in frame order, so the network overlaps the rest.
         self.submit = getattr(engine, "submit", None) if self.fused is None else None
         self.bad_results = 0                # failed remote results in a row
-        # Frames per infer() call: fused GPU chains and remote requests take one frame.
+        # Frames per infer() call: fused GPU chains take one frame; remote engines (one request
+        # for the cameras' batch) and graph engines say what they take.
         limit = getattr(engine, "batch_limit", None)
-        one = self.fused is not None or self.submit is not None or limit is None
+        one = self.fused is not None or limit is None
         batch = 1 if one else limit(len(self.cameras))
         self.scheduler = BatchScheduler(self.cameras, batch,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
@@ -336,8 +338,9 @@ class Pipeline:
             raise ValueError("no frame of the batch could be preprocessed")
         t1 = time.monotonic()
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
-        if self.submit is not None:   # a remote engine (one frame): the output thread waits for it
-            labels = [Pending(self.submit(x), t1)]
+        if self.submit is not None:   # a remote engine: one request, each camera's output thread waits for its row
+            future = self.submit(x)
+            labels = [Pending(future, t1, i) for i in range(len(good))]
         else:
             labels = np.asarray(self.engine.infer(x))
             self._check_classes(labels)
@@ -435,7 +438,7 @@ class Pipeline:
         # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
         done = pending.done or time.monotonic()
         frame.timings["inference"] = _ms(pending.sent, done)
-        labels = np.asarray(self.engine.labels_of(out))[0]
+        labels = np.asarray(self.engine.labels_of(out))[pending.index]
         try:
             self._check_classes(labels)
         except ValueError as e:

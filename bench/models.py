@@ -166,7 +166,9 @@ def conv_gflop(onnx_path: Path) -> float:
 
 
 def matmul_peak_gflops(threads: int, n: int = 2048) -> tuple[float, str]:
-    """Best of 10 fp32 n x n matmuls: the CPU's practical fp32 ceiling for dense math."""
+    """Best of 10 fp32 n x n matmuls: the CPU's practical fp32 ceiling for dense math. More
+    threads than cores would measure oversubscription, not the CPU."""
+    threads = min(threads, os.cpu_count() or threads)
     try:
         import torch
 

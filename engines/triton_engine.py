@@ -286,6 +286,12 @@ class TritonEngine(Engine):
             return super().infer_logits(batch)
         return self.submit(batch).result()
 
+    def batch_limit(self, cameras: int) -> int:
+        """Frames per request when `cameras` cameras share this engine: one per camera, up to the
+        server model's max_batch_size (Triton's dynamic batcher then merges requests of several
+        edge processes too); a model without a batch dimension takes one frame."""
+        return max(1, min(cameras, self.max_batch)) if self.max_batch else 1
+
     def labels_of(self, output: np.ndarray) -> np.ndarray:
         """What submit's Future gives -> labels (the pipeline calls this on the result)."""
         return output if self.output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)

@@ -332,6 +332,31 @@ def test_three_apps_are_batched_by_triton(server):
     assert inferences / executions > 1.0, f"mean server-side batch {inferences / executions:.2f}"
 
 
+def test_three_cameras_share_one_request_per_batch(server, local_labels, tmp_path):
+    """One app, three cameras: each batch of the cameras' frames goes to Triton as one request
+    (mean batch_size > 1.5 in the log, fewer server executions than frames), every camera's
+    labels equal local ONNX Runtime's frame by frame, and its accounting is exact."""
+    from tests.app_process import check_camera_accounting, read_log
+
+    before = server.counts()
+    log = tmp_path / "lat.jsonl"
+    done = subprocess.run([sys.executable, "run_camera.py", *["--source", str(SAMPLE_VIDEO)] * 3,
+                           "--model", server.url("grpc"), "--triton-shm", "system", "--max-frames", "12",
+                           "--output", str(tmp_path / "out_{camera}"), "--save-labels", "--latency-log", str(log)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    check_camera_accounting(done.stderr, log)
+    rows = read_log(log)
+    assert len(rows) == 36 and sum(r["batch_size"] for r in rows) / len(rows) > 1.5, rows
+    for cam in ("cam0", "cam1", "cam2"):
+        labels = read_labels(tmp_path / f"out_{cam}")
+        assert len(labels) == len(local_labels), cam
+        for i, (a, b) in enumerate(zip(local_labels, labels)):
+            assert np.array_equal(a, b), f"{cam} frame {i} differs from local ONNX Runtime"
+    after = server.counts()
+    assert after[0] - before[0] == 36 and after[1] - before[1] < 36, (before, after)
+
+
 @pytest.mark.parametrize("protocol,shm", [("grpc", "system"), ("http", "none")])
 def test_server_killed_and_restarted_mid_run(server, tmp_path, protocol, shm):
     """The app keeps running through a crash of the server: frames in the outage are dropped
