@@ -25,9 +25,10 @@ CLASSES = ["road", "car", "sky", "tree"]
 PALETTE = [[128, 64, 128], [0, 0, 142], [70, 130, 180], [107, 142, 35]]
 
 
-def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32") -> Path:
+def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32", dynamic_batch=False, max_batch=None) -> Path:
     """A real ONNX model: 1x1 conv, 3 -> 4 class logits (optionally behind a Q/DQ pair), + its sidecar.
-    fp16: float32 in and out as `bisenet export --precision fp16` writes it, the conv in float16."""
+    fp16: float32 in and out as `bisenet export --precision fp16` writes it, the conv in float16.
+    dynamic_batch: any batch (axis "batch"), recorded like `bisenet export --dynamic-batch [--batch N]`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -47,13 +48,16 @@ def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32") -> Path:
     nodes.append(helper.make_node("Conv", [conv_in, "weight"], [conv_out]))
     if fp16:
         nodes.append(helper.make_node("Cast", ["logits16"], ["logits"], to=TensorProto.FLOAT))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, h, w])], inits)
-    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.fp16.onnx" if fp16 else "tiny.onnx")
+    n = "batch" if dynamic_batch else 1
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, 3, h, w])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, 4, h, w])], inits)
+    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.fp16.onnx" if fp16 else
+                       "tiny.batch.onnx" if dynamic_batch else "tiny.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     write_sidecar(path, {"model": "tiny", "classes": CLASSES, "palette": PALETTE,
                          "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-                         "input_shape": [1, 3, h, w], "head": "logits", "precision": precision})
+                         "input_shape": [1, 3, h, w], "head": "logits", "precision": precision,
+                         "dynamic_batch": dynamic_batch, "max_batch": max_batch})
     return path
 
 
@@ -83,6 +87,77 @@ def test_resolve_input_shape_static_and_dynamic():
         tb.resolve_input_shape((1, 3, 512, 1024), shapes)
     with pytest.raises(ValueError, match="contradicts"):
         tb.resolve_input_shape((1, 4, -1, -1), shapes)
+
+
+# -- an optimization profile over the batch (bisenet export --dynamic-batch) -------------------------
+
+def test_plan_max_batch_from_the_flag_or_the_sidecar():
+    dyn = {"dynamic_batch": True, "max_batch": 4, "input_shape": [1, 3, 8, 16]}
+    assert tb.plan_max_batch(dyn) == 4
+    assert tb.plan_max_batch(dyn, 6) == 6                        # the flag wins
+    assert tb.plan_max_batch({**dyn, "max_batch": None}, 3) == 3
+    assert tb.plan_max_batch({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}) is None
+    assert tb.plan_max_batch({"input_shape": [1, 3, 8, 16]}) is None   # sidecars from before --dynamic-batch
+
+
+@pytest.mark.parametrize("meta,flag,msg", [
+    ({"dynamic_batch": True, "max_batch": None}, None, "takes any batch and its sidecar gives no max_batch: pass --max-batch N"),
+    ({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}, 4, "takes a fixed batch of 2"),
+    ({"dynamic_batch": True, "max_batch": 4}, 0, "--max-batch must be from 1 to 1024"),
+    ({"dynamic_batch": True}, 2000, "--max-batch must be from 1 to 1024")])
+def test_plan_max_batch_refusals_are_one_line(meta, flag, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        tb.plan_max_batch(meta, flag, "m.onnx")
+    assert "\n" not in str(e.value)
+
+
+def test_batch_profile_is_1_n_n():
+    assert tb.resolve_input_shape((-1, 3, 8, 16), None, 4) == \
+        ((4, 3, 8, 16), ((1, 3, 8, 16), (4, 3, 8, 16), (4, 3, 8, 16)))
+    assert tb.resolve_input_shape(("batch", 3, 8, 16), None, 1) == \
+        ((1, 3, 8, 16), ((1, 3, 8, 16),) * 3)                    # a dim name from the ONNX is dynamic too
+
+
+def test_batch_profile_with_dynamic_hw_takes_hw_from_shapes():
+    shapes = tb.parse_shapes("256x512/512x1024/1024x2048")
+    assert tb.resolve_input_shape((-1, 3, -1, -1), shapes, 8) == \
+        ((8, 3, 512, 1024), ((1, 3, 256, 512), (8, 3, 512, 1024), (8, 3, 1024, 2048)))
+    fixed = tb.parse_shapes("8x16/8x16/8x16")                     # static H/W: --shapes may repeat them
+    assert tb.resolve_input_shape((-1, 3, 8, 16), fixed, 2)[1] == ((1, 3, 8, 16), (2, 3, 8, 16), (2, 3, 8, 16))
+
+
+@pytest.mark.parametrize("onnx_shape,shapes,max_batch,msg", [
+    ((-1, 3, 8, 16), None, None, "dynamic batch: pass --max-batch N"),
+    ((-1, 3, -1, -1), None, 4, "pass --shapes min/opt/max"),
+    ((-1, 3, -1, -1), "2x3x8x8/2x3x8x8/2x3x8x8", 4, "write them as HxW"),
+    ((-1, 3, 8, 16), "8x8/8x16/8x16", 4, "fixed at 1x3x8x16"),
+    ((2, 3, 8, 16), None, 4, "batch is fixed at 2: --max-batch applies only")])
+def test_batch_profile_refusals_are_one_line(onnx_shape, shapes, max_batch, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        tb.resolve_input_shape(onnx_shape, tb.parse_shapes(shapes) if shapes else None, max_batch)
+    assert "\n" not in str(e.value)
+
+
+def test_batch_engine_sidecar_records_the_range(tmp_path):
+    onnx_path = tiny_onnx(tmp_path, dynamic_batch=True, max_batch=4)
+    shape, profile = tb.resolve_input_shape((-1, 3, 8, 16), None, 4)
+    cmd = tb.build_command(onnx_path, tmp_path / "b.engine", "fp16", max_batch=4)
+    meta = tb.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
+                             plan=tb.plan_build("fp16", False), input_shape=shape, profile=profile,
+                             tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", command=cmd,
+                             max_batch=4)
+    engine = tmp_path / "b.engine"
+    engine.write_bytes(b"not an engine")
+    write_sidecar(engine, meta)
+    back = read_sidecar(engine)
+    assert back["batch_range"] == [1, 4] and back["max_batch"] == 4 and back["dynamic_batch"] is True
+    assert back["input_shape"] == [4, 3, 8, 16] and back["shapes"][0] == [1, 3, 8, 16]
+    assert back["dynamic"] is False                               # H/W stay fixed
+    assert "--max-batch 4" in back["build_command"]
+    from engines.base import Engine, ModelInfo
+    eng = Engine()
+    eng.info = ModelInfo.from_sidecar(back)
+    assert [eng.batch_limit(c) for c in (1, 3, 4, 9)] == [1, 3, 4, 4]   # what the pipeline gives it
 
 
 # -- the build plan ------------------------------------------------------------------------------
@@ -322,7 +397,9 @@ def test_build_input_errors_come_before_tensorrt(tmp_path):
              (["--onnx", str(onnx_path), "--shapes", "8x16", "-o", out], "min/opt/max"),
              (["--onnx", str(onnx_path), "--precision", "fp32", "--dla-core", "0", "-o", out], "DLA runs"),
              (["--onnx", str(onnx_path), "--precision", "int8", "--calib-cache", str(tmp_path / "no.calib"),
-               "-o", out], "no calibration cache")]
+               "-o", out], "no calibration cache"),
+             (["--onnx", str(onnx_path), "--max-batch", "4", "-o", out], "--max-batch applies only"),
+             (["--onnx", str(tiny_onnx(tmp_path, dynamic_batch=True)), "-o", out], "pass --max-batch N")]
     for args, msg in cases:
         r = bisenet("build", *args)
         lines = r.stderr.strip().splitlines()
