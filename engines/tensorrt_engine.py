@@ -1,7 +1,7 @@
 """TensorRT backend behind the Engine interface, on pycuda buffers and its own CUDA stream.
 
     eng = TensorRTEngine("model.fp16.engine")
-    labels = eng.infer(batch)                       # host in, host out (the Engine interface)
+    labels = eng.infer(batch)                       # host in, host out (the Engine interface), N frames
     out_bgr = eng.run_fused(frame_bgr, mode="overlay")   # uint8 in, uint8 out, nothing else crosses PCIe
 
 The fused path: the uint8 BGR frame goes up once into a page-locked staging buffer's device
@@ -11,6 +11,12 @@ the GPU; the overlay kernel blends with the frame still on the GPU; the uint8 re
 down once. With cuda_graph=True the whole chain (both copies included: page-locked buffers
 keep fixed addresses) is captured once per frame size and replayed; an engine that cannot be
 captured falls back to plain enqueue (one log line).
+
+Batches: an engine built from a dynamic-batch ONNX (`bisenet build --max-batch N`: a profile
+over batch 1..N) takes 1 to N frames per inference (set_input_shape with the batch; more are
+run in chunks of N); a fixed-batch engine takes its own batch (fewer frames are padded). The
+pipeline gives infer() up to `batch_limit(cameras)` frames; the fused path stays one frame
+per call. With cuda_graph=True each batch size gets its own graph (captured at that shape).
 
 One named-tensor path for TensorRT 8.6, 10.x and 11.x (set_input_shape, set_tensor_address,
 execute_async_v3: all in 8.6 already). Every public call runs inside CUDA's primary context
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo
+from engines.base import Engine, ModelInfo, run_static_batch
 from engines.sidecar import SidecarError, read_sidecar
 from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
 
@@ -69,7 +75,7 @@ class TensorRTEngine(Engine):
         self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
         self.use_cuda_graph = cuda_graph
-        self._host_graph = {}       # {"graph": CudaGraph} once infer() has captured one
+        self._host_graphs = {}      # batch size -> {"graph": CudaGraph} once infer() has captured one
         self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
         self._kernels = None
         with self.cuda_context:
@@ -120,6 +126,12 @@ class TensorRTEngine(Engine):
         if self.input_dtype not in (np.float32, np.float16):
             raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
 
+    def _set_batch(self, n: int) -> None:
+        """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most)."""
+        if not self.context.set_input_shape(self.input_name, (n, *self.input_shape[1:])):
+            raise RuntimeError(f"{self.path}: TensorRT refused batch {n} (outside the engine's profile, batch 1.."
+                               f"{self.input_shape[0]}); rebuild it with a larger --max-batch")
+
     def _execute(self):
         if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} (see its log above)")
@@ -144,19 +156,33 @@ class TensorRTEngine(Engine):
             work()
 
     # -- the Engine interface (host arrays in and out) -----------------------------------------------
-    def _run_host(self, batch1: np.ndarray) -> np.ndarray:
+    def _run_host(self, batch: np.ndarray) -> np.ndarray:
+        """n frames, n up to the buffers' batch: a dynamic-batch engine runs at n, a fixed one
+        gets exactly its batch (run_static_batch pads)."""
+        n = len(batch)
         host_in, dev_in = self.buffers[self.input_name]
         host_out, dev_out = self.buffers[self.output_name]
-        np.copyto(host_in, batch1.reshape(host_in.shape), casting="same_kind")
+        if self.info.dynamic_batch:
+            self._set_batch(n)
+        part_in, part_out = host_in[:n], host_out[:n]   # the first n frames: fixed addresses per n
+        np.copyto(part_in, batch, casting="same_kind")
 
         def work():
-            self.cuda.memcpy_htod_async(dev_in, host_in, self.stream)
+            self.cuda.memcpy_htod_async(dev_in, part_in, self.stream)
             self._execute()
-            self.cuda.memcpy_dtoh_async(host_out, dev_out, self.stream)
+            self.cuda.memcpy_dtoh_async(part_out, dev_out, self.stream)
 
-        self._run(work, self._host_graph)
+        self._run(work, self._host_graphs.setdefault(n, {}))
         self.stream.synchronize()
-        return host_out.copy()
+        return part_out.copy()
+
+    def _run_frames(self, batch: np.ndarray) -> np.ndarray:
+        """Any number of frames: in chunks of the engine's batch (dynamic: up to it)."""
+        size = self.input_shape[0]
+        with self.cuda_context:
+            if self.info.dynamic_batch:
+                return np.concatenate([self._run_host(batch[i:i + size]) for i in range(0, len(batch), size)])
+            return run_static_batch(self._run_host, batch, size)
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         want = tuple(self.input_shape[1:])
@@ -167,17 +193,13 @@ class TensorRTEngine(Engine):
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.info.head != "logits":
             return super().infer_logits(batch)
-        batch = self._check_batch(batch)
-        with self.cuda_context:
-            logits = [self._run_host(b[None]) for b in batch]
-        return np.concatenate(logits).astype(np.float32, copy=False)
+        return self._run_frames(self._check_batch(batch)).astype(np.float32, copy=False)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.info.head == "logits":
             return np.argmax(self.infer_logits(batch), axis=1).astype(np.int32)
         batch = self._check_batch(batch)
-        with self.cuda_context:
-            labels = np.concatenate([self._run_host(b[None]) for b in batch])
+        labels = self._run_frames(batch)
         return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
 
     # -- the fused path: uint8 BGR frame in, uint8 BGR frame out ----------------------------------
@@ -189,6 +211,8 @@ class TensorRTEngine(Engine):
         with self.cuda_context:
             r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
             self._fused[key] = r
+            if self.info.dynamic_batch:
+                self._set_batch(1)             # one frame (infer() may have left another batch size)
             np.copyto(r["frame_host"], frame_bgr)
             self._run(r["work"], r)
             self.stream.synchronize()
@@ -241,7 +265,7 @@ class TensorRTEngine(Engine):
             return
         with self.cuda_context:
             self._fused.clear()
-            self._host_graph.clear()
+            self._host_graphs.clear()
             self._kernels = None
             self.buffers = {}
             self.context = self.engine = self.runtime = None

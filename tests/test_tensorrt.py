@@ -484,6 +484,45 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
+    """A --dynamic-batch ONNX built with a batch profile 1..4: built and created in this thread,
+    run in another with batches of 1, 3, 4 and 6 (4 + 2) and back to 3 (one graph per batch
+    size), each frame equal to ONNX Runtime's; the fused path still takes one frame."""
+    needs_tensorrt_gpu()
+    import onnxruntime as ort
+
+    from app.overlay import palette_bgr, render_overlay
+    from app.preprocess import preprocess
+    from engines.tensorrt_engine import TensorRTEngine
+    from tests.app_helpers import run_in_thread
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128, dynamic_batch=True, max_batch=4)
+    meta = tb.build_engine(onnx_path, tmp_path / "tiny.b4.engine", precision="fp32", workspace_mb=256)
+    assert meta["batch_range"] == [1, 4] and meta["shapes"][0][0] == 1 and meta["input_shape"][0] == 4
+    eng = TensorRTEngine(tmp_path / "tiny.b4.engine", cuda_graph=cuda_graph)
+    assert [eng.batch_limit(c) for c in (1, 3, 8)] == [1, 3, 4]
+    x = np.random.default_rng(8).normal(size=(6, 3, 64, 128)).astype(np.float32)
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    frame = np.random.default_rng(9).integers(0, 256, (90, 200, 3), dtype=np.uint8)
+
+    def run():
+        got = {n: eng.infer_logits(x[:n]) for n in (1, 3, 4, 6)}
+        got["3 again"] = eng.infer_logits(x[:3])
+        return got, eng.run_fused(frame, alpha=0.5, mode="overlay"), eng.infer(x[:3])
+
+    got, fused, labels = run_in_thread(run)
+    for n, out in got.items():
+        n = int(str(n).split()[0])
+        assert out.shape == (n, 4, 64, 128) and np.abs(out - ref[:n]).max() <= 1e-3, n
+    assert np.array_equal(labels, got["3 again"].argmax(1))
+    one = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": preprocess(frame, (64, 128), meta["mean"], meta["std"])})[0]
+    cpu = render_overlay(frame, one[0].argmax(0), palette_bgr(np.asarray(PALETTE)), alpha=0.5, mode="overlay")
+    assert (fused == cpu).all(axis=2).mean() >= 0.999
+    run_in_thread(eng.close)
+
+
+@pytest.mark.gpu
 def test_gpu_uncapturable_engine_falls_back_to_plain_enqueue_once(tmp_path, capfd):
     """A stream synchronize inside the captured work is illegal during a capture: the capture
     fails, is ended, logged once, and every call runs plainly with the right result."""
