@@ -14,9 +14,11 @@ captured falls back to plain enqueue (one log line).
 
 Batches: an engine built from a dynamic-batch ONNX (`bisenet build --max-batch N`: a profile
 over batch 1..N) takes 1 to N frames per inference (set_input_shape with the batch; more are
-run in chunks of N); a fixed-batch engine takes its own batch (fewer frames are padded). The
-pipeline gives infer() up to `batch_limit(cameras)` frames; the fused path stays one frame
-per call. With cuda_graph=True each batch size gets its own graph (captured at that shape).
+run in chunks of N); a fixed-batch engine takes its own batch (fewer frames are padded).
+`run_fused_frames(frames)` does the same on the fused path: same-size frames, up to the
+engine's batch at a time, in one launch of each kernel and one enqueue. The pipeline gives
+either up to `batch_limit(cameras)` frames. With cuda_graph=True each batch size gets its own
+graph (captured at that shape).
 
 One named-tensor path for TensorRT 8.6, 10.x and 11.x (set_input_shape, set_tensor_address,
 execute_async_v3: all in 8.6 already). Every public call runs inside CUDA's primary context
@@ -202,34 +204,59 @@ class TensorRTEngine(Engine):
         labels = self._run_frames(batch)
         return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
 
-    # -- the fused path: uint8 BGR frame in, uint8 BGR frame out ----------------------------------
+    # -- the fused path: uint8 BGR frames in, uint8 BGR frames out --------------------------------
     def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"run_fused takes a uint8 BGR HxWx3 frame, got {frame_bgr.dtype} {frame_bgr.shape}")
-        h, w = frame_bgr.shape[:2]
-        key = (h, w, float(alpha), mode)
+        return self.run_fused_frames([frame_bgr], alpha, mode)[0]
+
+    def run_fused_frames(self, frames: list, alpha: float = 0.5, mode: str = "overlay") -> list:
+        """Several frames (several cameras' frames): those of one size go through together, up
+        to the engine's batch at a time: one upload, one preprocess launch, one enqueue, one
+        argmax and one overlay launch, one download. Returns the overlays in the frames' order."""
+        for f in frames:
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"run_fused takes uint8 BGR HxWx3 frames, got {f.dtype} {f.shape}")
+        by_size = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(f.shape[:2], []).append(i)
+        out = [None] * len(frames)
+        cap = self.input_shape[0]
         with self.cuda_context:
-            r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
-            self._fused[key] = r
-            if self.info.dynamic_batch:
-                self._set_batch(1)             # one frame (infer() may have left another batch size)
-            np.copyto(r["frame_host"], frame_bgr)
-            self._run(r["work"], r)
-            self.stream.synchronize()
-            return r["out_host"].copy()
+            for (h, w), idx in by_size.items():
+                key = (h, w, float(alpha), mode)
+                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+                self._fused[key] = r
+                for i in range(0, len(idx), cap):
+                    part = idx[i:i + cap]
+                    for j, overlay in zip(part, self._fused_run(r, [frames[j] for j in part])):
+                        out[j] = overlay
+        return out
+
+    def _fused_run(self, r: dict, frames: list) -> list:
+        n = len(frames)
+        if self.info.dynamic_batch:
+            self._set_batch(n)                 # (a fixed batch runs all its frames; the first n are read)
+        for i, f in enumerate(frames):
+            np.copyto(r["frame_host"][i], f)
+        work = r["work"].get(n) or r["make_work"](n)
+        r["work"][n] = work                    # fixed addresses per n: replayable
+        self._run(work, r["graphs"].setdefault(n, {}))
+        self.stream.synchronize()
+        return [o.copy() for o in r["out_host"][:n]]
 
     def _fused_setup(self, h, w, alpha, mode) -> dict:
+        """Staging buffers for up to the engine's batch of h x w frames, and `make_work(n)`: the
+        async chain for n of them (what a CUDA graph per n captures)."""
         from app.overlay import palette_bgr
         from engines.cuda_kernels import CudaKernels, label_step
         cuda = self.cuda
         if self._kernels is None:
             self._kernels = CudaKernels("pycuda")
         k = self._kernels
-        _, _, in_h, in_w = self.input_shape
+        cap, _, in_h, in_w = self.input_shape
         out_h, out_w = self.output_shape[-2:]
-        frame_host = cuda.pagelocked_empty((h, w, 3), np.uint8)
+        frame_host = cuda.pagelocked_empty((cap, h, w, 3), np.uint8)
         frame_dev = cuda.mem_alloc(frame_host.nbytes)
-        out_host = cuda.pagelocked_empty((h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
+        out_host = cuda.pagelocked_empty((cap, h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
         out_dev = cuda.mem_alloc(out_host.nbytes)
         pre = k.preprocessor(h, w, in_h, in_w, self.info.mean, self.info.std, self.input_dtype)
         render = k.overlay_renderer(palette_bgr(self.info.palette))
@@ -240,24 +267,29 @@ class TensorRTEngine(Engine):
             if self.output_dtype != np.float32:
                 raise RuntimeError(f"{self.path.name}: the argmax kernel reads float32 logits, the engine outputs "
                                    f"{self.output_dtype}; rebuild from an ONNX with float32 outputs")
-            labels_dev, labels_dtype = cuda.mem_alloc(out_h * out_w * 4), np.int32
+            labels_dev, labels_dtype = cuda.mem_alloc(cap * out_h * out_w * 4), np.int32
         else:
             label_step(labels_dtype)           # int32 or int64, else a one-line error now
         num_classes = self.info.num_classes
 
-        def work():
-            cuda.memcpy_htod_async(frame_dev, frame_host, self.stream)
-            pre(int(frame_dev), int(dev_in), self.stream)
-            self._execute()
-            if self.info.head == "logits":
-                k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream)
-            render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
-                   label_dtype=labels_dtype, stream=self.stream)
-            cuda.memcpy_dtoh_async(out_host, out_dev, self.stream)
+        def make_work(n):
+            frames_in, frames_out = frame_host[:n], out_host[:n]
+
+            def work():
+                cuda.memcpy_htod_async(frame_dev, frames_in, self.stream)
+                pre(int(frame_dev), int(dev_in), self.stream, frames=n)
+                self._execute()
+                if self.info.head == "logits":
+                    k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream, frames=n)
+                render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
+                       label_dtype=labels_dtype, stream=self.stream, frames=n)
+                cuda.memcpy_dtoh_async(frames_out, out_dev, self.stream)
+            return work
 
         # Keep every allocation alive as long as the (possibly captured) work refers to it.
         return {"frame_host": frame_host, "frame_dev": frame_dev, "out_host": out_host, "out_dev": out_dev,
-                "labels_dev": labels_dev, "pre": pre, "render": render, "work": work, "graph": None}
+                "labels_dev": labels_dev, "pre": pre, "render": render, "make_work": make_work, "work": {},
+                "graphs": {}}
 
     def close(self) -> None:
         """Free the GPU resources now, in the primary context (from whichever thread calls)."""
