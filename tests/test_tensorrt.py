@@ -488,7 +488,8 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
 def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
     """A --dynamic-batch ONNX built with a batch profile 1..4: built and created in this thread,
     run in another with batches of 1, 3, 4 and 6 (4 + 2) and back to 3 (one graph per batch
-    size), each frame equal to ONNX Runtime's; the fused path still takes one frame."""
+    size), each frame equal to ONNX Runtime's; run_fused_frames (five frames of two sizes:
+    batches of 4 + 1 and 1) equal to run_fused frame by frame."""
     needs_tensorrt_gpu()
     import onnxruntime as ort
 
@@ -503,11 +504,17 @@ def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
     assert [eng.batch_limit(c) for c in (1, 3, 8)] == [1, 3, 4]
     x = np.random.default_rng(8).normal(size=(6, 3, 64, 128)).astype(np.float32)
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    frame = np.random.default_rng(9).integers(0, 256, (90, 200, 3), dtype=np.uint8)
+    rng = np.random.default_rng(9)
+    frames = [rng.integers(0, 256, (90, 200, 3), dtype=np.uint8) for _ in range(5)]
+    frames[2] = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    frame = frames[0]
 
     def run():
         got = {n: eng.infer_logits(x[:n]) for n in (1, 3, 4, 6)}
         got["3 again"] = eng.infer_logits(x[:3])
+        batched = eng.run_fused_frames(frames, alpha=0.5, mode="side-by-side")
+        singles = [eng.run_fused(f, alpha=0.5, mode="side-by-side") for f in frames]
+        assert all(np.array_equal(a, b) for a, b in zip(batched, singles))
         return got, eng.run_fused(frame, alpha=0.5, mode="overlay"), eng.infer(x[:3])
 
     got, fused, labels = run_in_thread(run)
