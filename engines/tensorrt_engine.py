@@ -17,8 +17,9 @@ over batch 1..N) takes 1 to N frames per inference (set_input_shape with the bat
 run in chunks of N); a fixed-batch engine takes its own batch (fewer frames are padded).
 `run_fused_frames(frames)` does the same on the fused path: same-size frames, up to the
 engine's batch at a time, in one launch of each kernel and one enqueue. The pipeline gives
-either up to `batch_limit(cameras)` frames. With cuda_graph=True each batch size gets its own
-graph (captured at that shape).
+either up to `batch_limit(cameras)` frames. With cuda_graph=True a dynamic-batch engine keeps
+the graphs of one batch size at a time (a graph fixes the context's shapes): a change of batch
+size recaptures.
 
 One named-tensor path for TensorRT 8.6, 10.x and 11.x (set_input_shape, set_tensor_address,
 execute_async_v3: all in 8.6 already). Every public call runs inside CUDA's primary context
@@ -78,6 +79,7 @@ class TensorRTEngine(Engine):
         self.info = ModelInfo.from_sidecar(meta)
         self.use_cuda_graph = cuda_graph
         self._host_graphs = {}      # batch size -> {"graph": CudaGraph} once infer() has captured one
+        self._batch_now = None      # the batch size the context is set to (dynamic-batch engines)
         self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
         self._kernels = None
         with self.cuda_context:
@@ -129,10 +131,17 @@ class TensorRTEngine(Engine):
             raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
 
     def _set_batch(self, n: int) -> None:
-        """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most)."""
+        """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most).
+        A CUDA graph fixes the shapes its context had at capture, so a new batch size drops the
+        graphs of the old one: steady full batches replay, a change recaptures once."""
+        if n != self._batch_now:
+            self._host_graphs.clear()
+            for r in self._fused.values():
+                r["graphs"].clear()
         if not self.context.set_input_shape(self.input_name, (n, *self.input_shape[1:])):
             raise RuntimeError(f"{self.path}: TensorRT refused batch {n} (outside the engine's profile, batch 1.."
                                f"{self.input_shape[0]}); rebuild it with a larger --max-batch")
+        self._batch_now = n
 
     def _execute(self):
         if not self.context.execute_async_v3(self.stream.handle):

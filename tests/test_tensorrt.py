@@ -487,7 +487,7 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
     """A --dynamic-batch ONNX built with a batch profile 1..4: built and created in this thread,
-    run in another with batches of 1, 3, 4 and 6 (4 + 2) and back to 3 (one graph per batch
+    run in another with batches of 1, 3, 4 and 6 (4 + 2) and back to 3 (graphs recaptured per batch
     size), each frame equal to ONNX Runtime's; run_fused_frames (five frames of two sizes:
     batches of 4 + 1 and 1) equal to run_fused frame by frame."""
     needs_tensorrt_gpu()
