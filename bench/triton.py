@@ -43,10 +43,11 @@ def export(size_hw, workdir: Path) -> Path:
     return export_onnx(load_model_config(MODEL_NAME), None, workdir / "r18.onnx", size_hw, random_init=True)
 
 
-def start_server(onnx: Path, ports: dict, log: Path) -> subprocess.Popen:
+def start_server(onnx: Path, ports: dict, log: Path, queue_delay_us: int | None = None) -> subprocess.Popen:
+    delay = [] if queue_delay_us is None else ["--max-queue-delay-us", str(queue_delay_us)]
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve-triton", "--onnx", str(onnx),
                              "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-                             "--metrics-port", str(ports["metrics"])],
+                             "--metrics-port", str(ports["metrics"]), *delay],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     deadline = time.monotonic() + 180
     while "Triton serving" not in log.read_text():
@@ -113,12 +114,14 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4, help="the concurrent-client column (default 4)")
     p.add_argument("--frames", type=int, default=5, help="frames per client per round (default 5)")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
+    p.add_argument("--max-queue-delay-us", type=int,
+                   help="the server's dynamic-batching delay (default: serve-triton's)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     onnx = Path(args.onnx) if args.onnx else export(tuple(int(v) for v in args.size.split("x")), work)
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     print(f"load average at start: {load_average()}  ({os.cpu_count()} CPUs)", flush=True)
-    server = start_server(onnx, ports, work / "server.log")
+    server = start_server(onnx, ports, work / "server.log", args.max_queue_delay_us)
     modes = ["local onnxruntime", "triton grpc", "triton grpc + shm", "triton http"]
     try:
         from app.preprocess import preprocess
