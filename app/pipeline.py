@@ -96,17 +96,22 @@ class Pipeline:
         # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
         # (uint8 frame in, uint8 overlay out, no host round trip). The legend and saved label
         # maps need the labels on the host, so they keep the CPU overlay.
+        # run_fused_frames takes several frames (several cameras) in one call; run_fused one.
         fused = getattr(engine, "run_fused", None)
+        fused_frames = getattr(engine, "run_fused_frames", None)
+        if fused_frames is None and fused is not None:
+            fused_frames = lambda images, alpha, mode: [fused(image, alpha, mode) for image in images]  # noqa: E731
         needs_labels = legend or any(getattr(s, "save_labels", False) for c in self.cameras for s in c.sinks)
-        self.fused = fused if fused is not None and not needs_labels else None
+        self.fused = fused_frames if fused is not None and not needs_labels else None
         # Remote engines (Triton) keep several requests in flight: submit() returns a Future
         # that the output thread resolves in frame order, so the network overlaps the rest.
         self.submit = getattr(engine, "submit", None) if self.fused is None else None
         self.bad_results = 0                # failed remote results in a row
-        # Frames per infer() call: fused GPU chains take one frame; remote engines (one request
-        # for the cameras' batch) and graph engines say what they take.
+        # Frames per infer() call: a fused GPU chain without run_fused_frames takes one frame;
+        # remote engines (one request for the cameras' batch), graph and TensorRT engines say
+        # what they take.
         limit = getattr(engine, "batch_limit", None)
-        one = self.fused is not None or limit is None
+        one = self.fused is not None and not hasattr(engine, "run_fused_frames") or limit is None
         batch = 1 if one else limit(len(self.cameras))
         self.scheduler = BatchScheduler(self.cameras, batch,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
@@ -351,15 +356,17 @@ class Pipeline:
         return [(frame, labels[i]) for i, frame in enumerate(good)], t2
 
     def _infer_fused(self, batch: list) -> tuple[list, float]:
-        """GPU preprocess + network + overlay in one call per frame (timed as inference); what
-        travels on is the finished overlay, not labels."""
-        for frame in batch:
+        """GPU preprocess + network + overlay for the batch in one call (timed as inference);
+        what travels on is the finished overlay, not labels."""
+        t1 = time.monotonic()
+        overlays = self.fused([frame.image for frame in batch], self.alpha, self.mode)
+        t2 = time.monotonic()
+        for frame, overlay in zip(batch, overlays):
             frame.timings["preprocess"] = 0.0
-            t1 = time.monotonic()
-            frame.overlay = self.fused(frame.image, self.alpha, self.mode)
-            frame.timings["inference"] = _ms(t1, time.monotonic())
-            frame.batch_size = 1
-        return [(frame, None) for frame in batch], time.monotonic()
+            frame.overlay = overlay
+            frame.timings["inference"] = _ms(t1, t2)
+            frame.batch_size = len(batch)
+        return [(frame, None) for frame in batch], t2
 
     def _drain(self, q: queue.Queue) -> None:
         while True:

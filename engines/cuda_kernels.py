@@ -11,6 +11,7 @@ and dropped inside `with k.context:` when the caller is in another thread.
     x = k.preprocess(bgr, (512, 1024), mean, std)    # numpy in, numpy out (for checks)
     pre = k.preprocessor(1024, 2048, 512, 1024, mean, std)
     pre(src_ptr, dst_ptr, stream)                    # device pointers: the fused path
+    pre(src_ptr, dst_ptr, stream, frames=4)          # 4 frames back to back, one launch
 
 The argument packing below (normalization constants, alpha in 1/256ths, grid sizes) is plain
 numpy, shared with the host build the CI tests run (tests/test_cuda_kernels.py).
@@ -38,12 +39,22 @@ def read_source(name: str) -> str:
     return SOURCES[name].read_text()
 
 
-def grid_2d(width: int, height: int, block=BLOCK_2D) -> tuple:
-    return ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], 1)
+def grid_2d(width: int, height: int, frames: int = 1, block=BLOCK_2D) -> tuple:
+    """The launch grid over a frame; z: one layer per frame (the kernels read blockIdx.z)."""
+    return ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], check_frames(frames))
 
 
-def grid_1d(n: int, block=BLOCK_1D) -> tuple:
-    return ((n + block[0] - 1) // block[0], 1, 1)
+def grid_1d(n: int, frames: int = 1, block=BLOCK_1D) -> tuple:
+    return ((n + block[0] - 1) // block[0], 1, check_frames(frames))
+
+
+MAX_GRID_Z = 65535         # CUDA's limit on gridDim.z
+
+
+def check_frames(frames: int) -> int:
+    if not 1 <= int(frames) <= MAX_GRID_Z:
+        raise ValueError(f"a kernel launch takes 1 to {MAX_GRID_Z} frames, got {frames}")
+    return int(frames)
 
 
 def normalization_args(mean, std) -> tuple:
@@ -238,7 +249,7 @@ class CudaKernels:
         fn = self.functions[name]
         with self.context:
             if self.backend == "pycuda":
-                fn(*args, grid=tuple(int(g) for g in grid[:2]), block=tuple(int(b) for b in block), stream=stream)
+                fn(*args, grid=tuple(int(g) for g in grid), block=tuple(int(b) for b in block), stream=stream)
             elif stream is None:
                 fn(tuple(grid), tuple(block), args)
             else:
@@ -252,21 +263,25 @@ class CudaKernels:
     def overlay_renderer(self, lut_bgr: np.ndarray) -> "OverlayRenderer":
         return OverlayRenderer(self, lut_bgr)
 
-    def argmax(self, logits_ptr: int, num_classes: int, plane: int, labels_ptr: int, stream=None) -> None:
-        self.launch("argmax_channels", grid_1d(plane), BLOCK_1D,
+    def argmax(self, logits_ptr: int, num_classes: int, plane: int, labels_ptr: int, stream=None,
+               frames: int = 1) -> None:
+        """[frames, C, plane] float32 logits -> [frames, plane] int32 labels, one launch."""
+        self.launch("argmax_channels", grid_1d(plane, frames), BLOCK_1D,
                     (np.uint64(logits_ptr), np.int32(num_classes), np.int32(plane), np.uint64(labels_ptr)),
                     stream)
 
     # -- numpy in, numpy out: what the checks compare with app/preprocess.py, app/overlay.py ---
     def preprocess(self, bgr: np.ndarray, size_hw, mean, std, dtype=np.float32) -> np.ndarray:
-        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-            raise ValueError(f"preprocess takes a uint8 BGR HxWx3 image, got {bgr.dtype} {bgr.shape}")
+        """bgr: one HxWx3 image or N of them (NxHxWx3) -> [N, 3, H, W], all in one launch."""
+        if bgr.ndim not in (3, 4) or bgr.shape[-1] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f"preprocess takes uint8 BGR HxWx3 or NxHxWx3 images, got {bgr.dtype} {bgr.shape}")
+        frames = bgr.reshape(-1, *bgr.shape[-3:])
         h, w = int(size_hw[0]), int(size_hw[1])
         with self.context:
-            pre = self.preprocessor(bgr.shape[0], bgr.shape[1], h, w, mean, std, dtype)
-            src = self.to_device(bgr)
-            out = self.empty((1, 3, h, w), np.dtype(dtype))
-            pre(self.ptr(src), self.ptr(out))
+            pre = self.preprocessor(frames.shape[1], frames.shape[2], h, w, mean, std, dtype)
+            src = self.to_device(frames)
+            out = self.empty((len(frames), 3, h, w), np.dtype(dtype))
+            pre(self.ptr(src), self.ptr(out), frames=len(frames))
             self.synchronize()
             result = out.get()
             del pre, src, out      # freed while the context is current, in any thread
@@ -274,17 +289,22 @@ class CudaKernels:
 
     def overlay(self, image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarray,
                 alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
+        """One HxWx3 image and hxw labels, or N of each (NxHxWx3, Nxhxw): one launch."""
         labels = np.ascontiguousarray(labels)
         if labels.dtype not in (np.int32, np.int64):
             labels = labels.astype(np.int32)
-        height, width = image_bgr.shape[:2]
+        frames = 1 if image_bgr.ndim == 3 else len(image_bgr)
+        if labels.size // (labels.shape[-2] * labels.shape[-1]) != frames:
+            raise ValueError(f"overlay: {frames} images but labels of shape {labels.shape}")
+        height, width = image_bgr.shape[-3:-1]
+        out_w = 2 * width if mode == "side-by-side" else width
         with self.context:
             image = self.to_device(image_bgr)
             lab = self.to_device(labels)
-            out = self.empty((height, 2 * width if mode == "side-by-side" else width, 3), np.uint8)
+            out = self.empty((*image_bgr.shape[:-3], height, out_w, 3), np.uint8)
             render = self.overlay_renderer(lut_bgr)
-            render(self.ptr(image), height, width, self.ptr(lab), labels.shape[0], labels.shape[1],
-                   self.ptr(out), alpha, mode, label_dtype=labels.dtype)
+            render(self.ptr(image), height, width, self.ptr(lab), labels.shape[-2], labels.shape[-1],
+                   self.ptr(out), alpha, mode, label_dtype=labels.dtype, frames=frames)
             self.synchronize()
             result = out.get()
             del image, lab, out, render   # freed while the context is current, in any thread
@@ -312,14 +332,15 @@ class Preprocessor:
                             np.uint64(kernels.ptr(ofs)), np.uint64(kernels.ptr(w))))
         kernels.synchronize()
 
-    def __call__(self, src_ptr: int, dst_ptr: int, stream=None) -> None:
-        """src: uint8 BGR src_h x src_w x 3 (contiguous); dst: the [1, 3, H, W] input buffer."""
+    def __call__(self, src_ptr: int, dst_ptr: int, stream=None, frames: int = 1) -> None:
+        """src: `frames` uint8 BGR src_h x src_w x 3 images back to back (contiguous); dst: the
+        [frames, 3, H, W] input buffer. All frames in one launch."""
         k = self.k
         args = (np.uint64(src_ptr), np.int32(self.src_h), np.int32(self.src_w), np.int32(self.src_w * 3),
                 np.uint64(k.ptr(self.xofs)), np.uint64(k.ptr(self.xw)),
                 np.uint64(k.ptr(self.yofs)), np.uint64(k.ptr(self.yw)),
                 *self.norm, np.uint64(dst_ptr), np.int32(self.dst_h), np.int32(self.dst_w))
-        k.launch(self.kernel, grid_2d(self.dst_w, self.dst_h), BLOCK_2D, args, stream)
+        k.launch(self.kernel, grid_2d(self.dst_w, self.dst_h, frames), BLOCK_2D, args, stream)
 
 
 class OverlayRenderer:
@@ -333,10 +354,12 @@ class OverlayRenderer:
         self.lut = kernels.to_device(lut)
 
     def __call__(self, image_ptr: int, height: int, width: int, labels_ptr: int, label_h: int, label_w: int,
-                 out_ptr: int, alpha: float = 0.5, mode: str = "overlay", label_dtype=np.int32, stream=None) -> None:
+                 out_ptr: int, alpha: float = 0.5, mode: str = "overlay", label_dtype=np.int32, stream=None,
+                 frames: int = 1) -> None:
+        """`frames` images, label maps and outputs, each back to back in its buffer: one launch."""
         k = self.k
         args = (np.uint64(image_ptr), np.int32(height), np.int32(width),
                 np.uint64(labels_ptr), np.int32(label_h), np.int32(label_w), np.int32(label_step(label_dtype)),
                 np.uint64(k.ptr(self.lut)), np.int32(alpha_256(alpha)), np.int32(overlay_mode_id(mode)),
                 np.uint64(out_ptr))
-        k.launch("overlay_bgr", grid_2d(width, height), BLOCK_2D, args, stream)
+        k.launch("overlay_bgr", grid_2d(width, height, frames), BLOCK_2D, args, stream)

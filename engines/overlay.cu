@@ -1,5 +1,7 @@
 // Fused overlay: labels at model resolution -> nearest upsample to the source size -> BGR
-// palette -> alpha blend with the source frame -> uint8 BGR. One thread per source pixel.
+// palette -> alpha blend with the source frame -> uint8 BGR. One thread per source pixel and
+// frame: blockIdx.z is the frame, so N frames (images, labels and outputs each back to back in
+// one buffer) take one launch with gridDim.z = N; one frame is N = 1.
 //
 // Matches app/overlay.py exactly: half-pixel nearest sampling in integer arithmetic
 // src = ((2 * y + 1) * h) / (2 * H), the 256-entry BGR lookup table indexed by the label's
@@ -24,12 +26,16 @@ extern "C" __global__ void overlay_bgr(const unsigned char* image, int height, i
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= width || y >= height) return;
+    int out_w = mode == OVERLAY_MODE_SIDE ? 2 * width : width;
+    long long frame = blockIdx.z;
+    image += frame * height * width * 3;
+    labels += frame * label_h * label_w * label_step;
+    out += frame * height * out_w * 3;
     int ly = ((2 * y + 1) * label_h) / (2 * height);
     int lx = ((2 * x + 1) * label_w) / (2 * width);
     int label = labels[(ly * label_w + lx) * label_step] & 255;
     const unsigned char* color = lut_bgr + label * 3;
     const unsigned char* pixel = image + (y * width + x) * 3;
-    int out_w = mode == OVERLAY_MODE_SIDE ? 2 * width : width;
     unsigned char* o = out + (y * out_w + x) * 3;
     if (mode == OVERLAY_MODE_SIDE) {
         o[0] = pixel[0]; o[1] = pixel[1]; o[2] = pixel[2];
@@ -42,12 +48,16 @@ extern "C" __global__ void overlay_bgr(const unsigned char* image, int height, i
     }
 }
 
-// Logits [C, h, w] float32 -> labels [h, w] int32, the first maximum like numpy.argmax.
-// For engines exported with --head logits, so the overlay still needs no host round trip.
+// Logits [N, C, h, w] float32 -> labels [N, h, w] int32, the first maximum like numpy.argmax;
+// blockIdx.z is the frame. For engines exported with --head logits, so the overlay still
+// needs no host round trip.
 extern "C" __global__ void argmax_channels(const float* logits, int num_classes, int plane, int* labels)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= plane) return;
+    long long frame = blockIdx.z;
+    logits += frame * num_classes * plane;
+    labels += frame * plane;
     float best = logits[i];
     int best_c = 0;
     for (int c = 1; c < num_classes; c++) {

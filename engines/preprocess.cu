@@ -1,5 +1,7 @@
-// Fused preprocess: uint8 BGR HWC frame at source size -> the engine's input tensor
-// [1, 3, H, W] RGB, (x - mean) / std, float32 or float16. One thread per output pixel.
+// Fused preprocess: uint8 BGR HWC frames at source size -> the engine's input tensor
+// [N, 3, H, W] RGB, (x - mean) / std, float32 or float16. One thread per output pixel and
+// frame: blockIdx.z is the frame, so N frames (several cameras' frames, back to back in one
+// buffer, all at one source size) take one launch with gridDim.z = N; one frame is N = 1.
 //
 // It matches app/preprocess.py (cv2.resize INTER_LINEAR) bit for bit. OpenCV resizes uint8
 // images in fixed point, not in float: 11-bit weights rounded from float32 fractions, a
@@ -76,7 +78,8 @@ __device__ __forceinline__ unsigned short float_to_half_bits(float value)
     return (unsigned short)(sign | q);
 }
 
-// The three normalized RGB values of output pixel (x, y); false outside the image.
+// The three normalized RGB values of output pixel (x, y) of frame blockIdx.z, and the index
+// of its R value in the [N, 3, H, W] output; false outside the image.
 __device__ __forceinline__ bool preprocess_pixel(
     const unsigned char* src, int src_h, int src_w, int src_pitch,
     const int* xofs, const short* xw, const int* yofs, const short* yw,
@@ -86,6 +89,8 @@ __device__ __forceinline__ bool preprocess_pixel(
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= dst_w || y >= dst_h) return false;
+    int frame = blockIdx.z;
+    src += (long long)frame * src_h * src_pitch;   // the frames lie back to back
     int sx = xofs[x];
     int x0 = sx * 3, x1 = (sx + 1 < src_w ? sx + 1 : sx) * 3;   // weight is 0 when clamped
     int sy = yofs[y];
@@ -96,7 +101,7 @@ __device__ __forceinline__ bool preprocess_pixel(
     *b = ((float)resized_channel(row0, row1, x0, x1, a0, a1, b0, b1, 0) - mean_b) * inv_std_b;
     *g = ((float)resized_channel(row0, row1, x0, x1, a0, a1, b0, b1, 1) - mean_g) * inv_std_g;
     *r = ((float)resized_channel(row0, row1, x0, x1, a0, a1, b0, b1, 2) - mean_r) * inv_std_r;
-    *index = y * dst_w + x;
+    *index = frame * 3 * dst_h * dst_w + y * dst_w + x;
     return true;
 }
 

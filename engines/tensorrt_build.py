@@ -4,6 +4,7 @@
     bisenet build --onnx model.int8.onnx --precision int8 -o model.int8.engine        # QDQ: explicit INT8
     bisenet build --onnx model.onnx --precision int8 --calib-cache model.calib -o m.engine   # implicit INT8
     bisenet build --onnx model.onnx --precision fp16 --dla-core 0 -o model.dla.engine   # Jetson DLA
+    bisenet build --onnx model.b4.onnx --max-batch 4 -o model.b4.engine   # --dynamic-batch export: 1..4 frames
 
 Runs on TensorRT 8.6 (JetPack 5), 10.x and 11.x; `tensorrt_api(version)` is the one place
 they differ: 8.6 networks need the EXPLICIT_BATCH flag and have no IProgressMonitor; 11.x
@@ -18,6 +19,11 @@ entropy calibrator (calibration/tensorrt_calibrator.py): implicit quantization, 
 Engines only run on the TensorRT version and GPU model that built them; the sidecar records
 both (and the ONNX sha256) so the TensorRT backend can refuse a mismatch with the command
 that rebuilds it (`build_command` in the sidecar).
+
+A dynamic-batch ONNX (`bisenet export --dynamic-batch`) gets an optimization profile over the
+batch: min 1, opt N, max N, N from --max-batch or the ONNX sidecar's max_batch (several cameras
+fill batches up to N, so N is the shape to tune for); with dynamic H/W too, --shapes gives the
+H/W part of min/opt/max. The engine sidecar records the range (`batch_range`, `max_batch`).
 """
 from __future__ import annotations
 
@@ -105,6 +111,9 @@ def add_arguments(p):
     p.add_argument("--dla-core", type=int, help="build for this Jetson DLA core (layers DLA lacks fall back to the GPU)")
     p.add_argument("--shapes", help="for an ONNX with dynamic H/W: min/opt/max input shapes, each HxW or NxCxHxW, "
                    "e.g. 256x512/512x1024/1024x2048")
+    p.add_argument("--max-batch", type=int, metavar="N",
+                   help="for a dynamic-batch ONNX (bisenet export --dynamic-batch): the engine takes 1 to N frames "
+                   "per inference, tuned for N (default: the ONNX sidecar's max_batch)")
     p.add_argument("-o", "--output", required=True, help="the engine file to write (its sidecar goes beside it)")
 
 
@@ -136,9 +145,47 @@ def parse_shapes(text: str) -> tuple:
     return lo, opt, hi
 
 
-def resolve_input_shape(onnx_shape, shapes):
-    """The ONNX input shape (-1 or None for dynamic dims) + --shapes -> (opt shape, profile or None)."""
+MAX_BATCH = 1024     # what the sidecar schema (app/validate.py) accepts
+
+
+def plan_max_batch(onnx_meta: dict, max_batch=None, onnx_name="model.onnx") -> int | None:
+    """The batch range's top for this ONNX: --max-batch, else its sidecar's max_batch; None for
+    a fixed-batch ONNX. A ValueError (one line) for a request that cannot work."""
+    if max_batch is not None and not 1 <= int(max_batch) <= MAX_BATCH:
+        raise ValueError(f"--max-batch must be from 1 to {MAX_BATCH}, got {max_batch}")
+    if not onnx_meta.get("dynamic_batch"):
+        if max_batch is not None:
+            batch = (onnx_meta.get("input_shape") or [1])[0]
+            raise ValueError(f"--max-batch applies only to a dynamic-batch export (`bisenet export --dynamic-batch`); "
+                             f"{onnx_name} takes a fixed batch of {batch}")
+        return None
+    top = max_batch if max_batch is not None else onnx_meta.get("max_batch")
+    if not top:
+        raise ValueError(f"{onnx_name} takes any batch and its sidecar gives no max_batch: pass --max-batch N "
+                         "(the most frames one inference gets, e.g. the number of cameras)")
+    return int(top)
+
+
+def resolve_input_shape(onnx_shape, shapes, max_batch=None):
+    """The ONNX input shape (-1 or None for dynamic dims) + --shapes (H/W) + max_batch (the top
+    of a dynamic batch, plan_max_batch) -> (opt shape, profile (min, opt, max) or None).
+    A dynamic batch runs from 1 to max_batch, tuned for max_batch."""
     dims = [d if isinstance(d, int) and d > 0 else -1 for d in onnx_shape]
+    if dims and dims[0] < 0:
+        if max_batch is None:
+            raise ValueError("the ONNX input has a dynamic batch: pass --max-batch N (or export with "
+                             "`bisenet export --dynamic-batch --batch N`, which records it)")
+        if shapes and any(s[0] != 1 for s in shapes):
+            raise ValueError("--shapes gives H and W only for a dynamic-batch ONNX (the batch runs 1..--max-batch): "
+                             "write them as HxW")
+        opt, profile = resolve_input_shape([1] + dims[1:], shapes)
+        lo, opt, hi = profile or (opt, opt, opt)
+        n = int(max_batch)
+        profile = ((1,) + tuple(lo[1:]), (n,) + tuple(opt[1:]), (n,) + tuple(hi[1:]))
+        return profile[1], profile
+    if max_batch is not None:
+        raise ValueError(f"the ONNX input batch is fixed at {dims[0]}: --max-batch applies only to a dynamic-batch "
+                         "export (bisenet export --dynamic-batch)")
     dynamic = any(d < 0 for d in dims)
     if not dynamic:
         if shapes and any(s != tuple(dims) for s in shapes):
@@ -231,7 +278,7 @@ def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, o
 
 
 def build_command(onnx_path, engine_path, precision, calib_cache=None, workspace_mb=None,
-                  timing_cache=None, dla_core=None, shapes_text=None) -> str:
+                  timing_cache=None, dla_core=None, shapes_text=None, max_batch=None) -> str:
     cmd = ["bisenet", "build", "--onnx", str(onnx_path), "--precision", precision]
     if calib_cache:
         cmd += ["--calib-cache", str(calib_cache)]
@@ -243,19 +290,28 @@ def build_command(onnx_path, engine_path, precision, calib_cache=None, workspace
         cmd += ["--dla-core", str(dla_core)]
     if shapes_text:
         cmd += ["--shapes", shapes_text]
+    if max_batch is not None:
+        cmd += ["--max-batch", str(max_batch)]
     cmd += ["-o", str(engine_path)]
     return shlex.join(cmd)
 
 
 def engine_sidecar(onnx_meta: dict, *, onnx_path, onnx_sha256: str, plan: BuildPlan, input_shape, profile,
-                   tensorrt_version: str, gpu_name: str, compute_capability: str, command: str) -> dict:
-    """The engine's sidecar: the ONNX sidecar's model facts + what the engine is tied to."""
+                   tensorrt_version: str, gpu_name: str, compute_capability: str, command: str,
+                   max_batch: int | None = None) -> dict:
+    """The engine's sidecar: the ONNX sidecar's model facts + what the engine is tied to.
+    max_batch (a dynamic-batch engine): its batch range 1..max_batch; input_shape is then the
+    profile's opt shape, batch max_batch (what the backend allocates for)."""
     meta = {k: v for k, v in onnx_meta.items() if k != "sidecar_version"}
     meta.update({
         "precision": plan.precision,
         "input_shape": [int(d) for d in input_shape],
-        "dynamic": profile is not None,
+        # dynamic: H/W (as `bisenet export --dynamic`); a profile over the batch alone is not
+        "dynamic": profile is not None and (max_batch is None or bool(onnx_meta.get("dynamic"))),
         "shapes": [list(s) for s in profile] if profile else None,
+        "dynamic_batch": max_batch is not None,
+        "max_batch": int(max_batch) if max_batch is not None else None,
+        "batch_range": [1, int(max_batch)] if max_batch is not None else None,
         "int8_mode": plan.int8_mode,
         "dla_core": plan.dla_core,
         "onnx": Path(onnx_path).name,
@@ -310,14 +366,16 @@ def make_progress_monitor(trt):
 
 
 def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, workspace_mb=1024,
-                 timing_cache=None, dla_core=None, shapes=None, verbose=False) -> dict:
-    """Build and write `engine_path` + its sidecar; returns the sidecar dict. shapes: 'min/opt/max' text."""
+                 timing_cache=None, dla_core=None, shapes=None, verbose=False, max_batch=None) -> dict:
+    """Build and write `engine_path` + its sidecar; returns the sidecar dict. shapes: 'min/opt/max' text;
+    max_batch: the top of a dynamic-batch ONNX's batch range (default: its sidecar's max_batch)."""
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX model {onnx_path}: export one with `bisenet export`")
     onnx_meta = read_sidecar(onnx_path)
     onnx_precision = onnx_meta.get("precision", "fp32")
     profile_shapes = parse_shapes(shapes) if shapes else None
+    max_batch = plan_max_batch(onnx_meta, max_batch, onnx_path.name)
     # What a user can get wrong is checked before TensorRT is needed (Q/DQ waits for the parse).
     if precision != "int8":
         plan_build(precision, False, calib_cache, dla_core, onnx_path.name, onnx_precision)
@@ -331,7 +389,7 @@ def build_engine(onnx_path, engine_path, precision="fp16", calib_cache=None, wor
     gpu_name, cc = gpu_identity()
     # (An implicit INT8 build only reads its calibration cache: no batches, no pycuda.)
     return _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, workspace_mb,
-                  timing_cache, dla_core, shapes, profile_shapes, verbose, gpu_name, cc)
+                  timing_cache, dla_core, shapes, profile_shapes, verbose, gpu_name, cc, max_batch)
 
 
 def _attach_timing_cache(config, path) -> object | None:
@@ -354,7 +412,7 @@ def _attach_timing_cache(config, path) -> object | None:
 
 
 def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, workspace_mb, timing_cache,
-           dla_core, shapes, profile_shapes, verbose, gpu_name, cc) -> dict:
+           dla_core, shapes, profile_shapes, verbose, gpu_name, cc, max_batch) -> dict:
     logger = tensorrt_logger(trt, verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, api))
@@ -377,7 +435,7 @@ def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, 
         config.DLA_core = plan.dla_core
 
     inp = network.get_input(0)
-    input_shape, profile_dims = resolve_input_shape(tuple(inp.shape), profile_shapes)
+    input_shape, profile_dims = resolve_input_shape(tuple(inp.shape), profile_shapes, max_batch)
     if profile_dims:
         profile = builder.create_optimization_profile()
         profile.set_shape(inp.name, *profile_dims)
@@ -408,7 +466,8 @@ def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, 
 
     what = f"{precision}{' (' + plan.int8_mode + ' INT8)' if plan.int8_mode else ''}"
     where = f"DLA core {plan.dla_core} + GPU fallback" if plan.dla_core is not None else gpu_name
-    print(f"[build] {onnx_path.name} -> {engine_path.name}: {what}, input {'x'.join(map(str, input_shape))}, "
+    batch = f" (batch 1..{max_batch})" if max_batch is not None else ""
+    print(f"[build] {onnx_path.name} -> {engine_path.name}: {what}, input {'x'.join(map(str, input_shape))}{batch}, "
           f"TensorRT {trt.__version__} on {where}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
@@ -416,10 +475,10 @@ def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, 
         raise RuntimeError(f"TensorRT could not build {engine_path.name} (its log above says why); "
                            "a larger --workspace or --precision fp16 may help")
     command = build_command(onnx_path, engine_path, precision, calib_cache if plan.int8_mode == "implicit" else None,
-                            workspace_mb, timing_cache, plan.dla_core, shapes)
+                            workspace_mb, timing_cache, plan.dla_core, shapes, max_batch)
     meta = engine_sidecar(onnx_meta, onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), plan=plan,
                           input_shape=input_shape, profile=profile_dims, tensorrt_version=trt.__version__,
-                          gpu_name=gpu_name, compute_capability=cc, command=command)
+                          gpu_name=gpu_name, compute_capability=cc, command=command, max_batch=max_batch)
     # Engine and sidecar first, together: the backend refuses an engine without its sidecar.
     atomic_write_bytes(engine_path, bytes(serialized))
     write_sidecar(engine_path, meta)
@@ -440,5 +499,5 @@ def run(args) -> int:
         raise ValueError(f"--workspace must be a positive number of MiB, got {args.workspace}")
     build_engine(args.onnx, args.output, precision=args.precision, calib_cache=args.calib_cache,
                  workspace_mb=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
-                 shapes=args.shapes)
+                 shapes=args.shapes, max_batch=args.max_batch)
     return 0

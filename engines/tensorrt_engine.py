@@ -1,7 +1,7 @@
 """TensorRT backend behind the Engine interface, on pycuda buffers and its own CUDA stream.
 
     eng = TensorRTEngine("model.fp16.engine")
-    labels = eng.infer(batch)                       # host in, host out (the Engine interface)
+    labels = eng.infer(batch)                       # host in, host out (the Engine interface), N frames
     out_bgr = eng.run_fused(frame_bgr, mode="overlay")   # uint8 in, uint8 out, nothing else crosses PCIe
 
 The fused path: the uint8 BGR frame goes up once into a page-locked staging buffer's device
@@ -11,6 +11,15 @@ the GPU; the overlay kernel blends with the frame still on the GPU; the uint8 re
 down once. With cuda_graph=True the whole chain (both copies included: page-locked buffers
 keep fixed addresses) is captured once per frame size and replayed; an engine that cannot be
 captured falls back to plain enqueue (one log line).
+
+Batches: an engine built from a dynamic-batch ONNX (`bisenet build --max-batch N`: a profile
+over batch 1..N) takes 1 to N frames per inference (set_input_shape with the batch; more are
+run in chunks of N); a fixed-batch engine takes its own batch (fewer frames are padded).
+`run_fused_frames(frames)` does the same on the fused path: same-size frames, up to the
+engine's batch at a time, in one launch of each kernel and one enqueue. The pipeline gives
+either up to `batch_limit(cameras)` frames. With cuda_graph=True a dynamic-batch engine keeps
+the graphs of one batch size at a time (a graph fixes the context's shapes): a change of batch
+size recaptures.
 
 One named-tensor path for TensorRT 8.6, 10.x and 11.x (set_input_shape, set_tensor_address,
 execute_async_v3: all in 8.6 already). Every public call runs inside CUDA's primary context
@@ -24,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo
+from engines.base import Engine, ModelInfo, run_static_batch
 from engines.sidecar import SidecarError, read_sidecar
 from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
 
@@ -69,7 +78,8 @@ class TensorRTEngine(Engine):
         self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
         self.use_cuda_graph = cuda_graph
-        self._host_graph = {}       # {"graph": CudaGraph} once infer() has captured one
+        self._host_graphs = {}      # batch size -> {"graph": CudaGraph} once infer() has captured one
+        self._batch_now = None      # the batch size the context is set to (dynamic-batch engines)
         self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
         self._kernels = None
         with self.cuda_context:
@@ -120,6 +130,19 @@ class TensorRTEngine(Engine):
         if self.input_dtype not in (np.float32, np.float16):
             raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
 
+    def _set_batch(self, n: int) -> None:
+        """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most).
+        A CUDA graph fixes the shapes its context had at capture, so a new batch size drops the
+        graphs of the old one: steady full batches replay, a change recaptures once."""
+        if n != self._batch_now:
+            self._host_graphs.clear()
+            for r in self._fused.values():
+                r["graphs"].clear()
+        if not self.context.set_input_shape(self.input_name, (n, *self.input_shape[1:])):
+            raise RuntimeError(f"{self.path}: TensorRT refused batch {n} (outside the engine's profile, batch 1.."
+                               f"{self.input_shape[0]}); rebuild it with a larger --max-batch")
+        self._batch_now = n
+
     def _execute(self):
         if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} (see its log above)")
@@ -144,19 +167,33 @@ class TensorRTEngine(Engine):
             work()
 
     # -- the Engine interface (host arrays in and out) -----------------------------------------------
-    def _run_host(self, batch1: np.ndarray) -> np.ndarray:
+    def _run_host(self, batch: np.ndarray) -> np.ndarray:
+        """n frames, n up to the buffers' batch: a dynamic-batch engine runs at n, a fixed one
+        gets exactly its batch (run_static_batch pads)."""
+        n = len(batch)
         host_in, dev_in = self.buffers[self.input_name]
         host_out, dev_out = self.buffers[self.output_name]
-        np.copyto(host_in, batch1.reshape(host_in.shape), casting="same_kind")
+        if self.info.dynamic_batch:
+            self._set_batch(n)
+        part_in, part_out = host_in[:n], host_out[:n]   # the first n frames: fixed addresses per n
+        np.copyto(part_in, batch, casting="same_kind")
 
         def work():
-            self.cuda.memcpy_htod_async(dev_in, host_in, self.stream)
+            self.cuda.memcpy_htod_async(dev_in, part_in, self.stream)
             self._execute()
-            self.cuda.memcpy_dtoh_async(host_out, dev_out, self.stream)
+            self.cuda.memcpy_dtoh_async(part_out, dev_out, self.stream)
 
-        self._run(work, self._host_graph)
+        self._run(work, self._host_graphs.setdefault(n, {}))
         self.stream.synchronize()
-        return host_out.copy()
+        return part_out.copy()
+
+    def _run_frames(self, batch: np.ndarray) -> np.ndarray:
+        """Any number of frames: in chunks of the engine's batch (dynamic: up to it)."""
+        size = self.input_shape[0]
+        with self.cuda_context:
+            if self.info.dynamic_batch:
+                return np.concatenate([self._run_host(batch[i:i + size]) for i in range(0, len(batch), size)])
+            return run_static_batch(self._run_host, batch, size)
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         want = tuple(self.input_shape[1:])
@@ -167,45 +204,68 @@ class TensorRTEngine(Engine):
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.info.head != "logits":
             return super().infer_logits(batch)
-        batch = self._check_batch(batch)
-        with self.cuda_context:
-            logits = [self._run_host(b[None]) for b in batch]
-        return np.concatenate(logits).astype(np.float32, copy=False)
+        return self._run_frames(self._check_batch(batch)).astype(np.float32, copy=False)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.info.head == "logits":
             return np.argmax(self.infer_logits(batch), axis=1).astype(np.int32)
         batch = self._check_batch(batch)
-        with self.cuda_context:
-            labels = np.concatenate([self._run_host(b[None]) for b in batch])
+        labels = self._run_frames(batch)
         return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
 
-    # -- the fused path: uint8 BGR frame in, uint8 BGR frame out ----------------------------------
+    # -- the fused path: uint8 BGR frames in, uint8 BGR frames out --------------------------------
     def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"run_fused takes a uint8 BGR HxWx3 frame, got {frame_bgr.dtype} {frame_bgr.shape}")
-        h, w = frame_bgr.shape[:2]
-        key = (h, w, float(alpha), mode)
+        return self.run_fused_frames([frame_bgr], alpha, mode)[0]
+
+    def run_fused_frames(self, frames: list, alpha: float = 0.5, mode: str = "overlay") -> list:
+        """Several frames (several cameras' frames): those of one size go through together, up
+        to the engine's batch at a time: one upload, one preprocess launch, one enqueue, one
+        argmax and one overlay launch, one download. Returns the overlays in the frames' order."""
+        for f in frames:
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"run_fused takes uint8 BGR HxWx3 frames, got {f.dtype} {f.shape}")
+        by_size = {}
+        for i, f in enumerate(frames):
+            by_size.setdefault(f.shape[:2], []).append(i)
+        out = [None] * len(frames)
+        cap = self.input_shape[0]
         with self.cuda_context:
-            r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
-            self._fused[key] = r
-            np.copyto(r["frame_host"], frame_bgr)
-            self._run(r["work"], r)
-            self.stream.synchronize()
-            return r["out_host"].copy()
+            for (h, w), idx in by_size.items():
+                key = (h, w, float(alpha), mode)
+                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+                self._fused[key] = r
+                for i in range(0, len(idx), cap):
+                    part = idx[i:i + cap]
+                    for j, overlay in zip(part, self._fused_run(r, [frames[j] for j in part])):
+                        out[j] = overlay
+        return out
+
+    def _fused_run(self, r: dict, frames: list) -> list:
+        n = len(frames)
+        if self.info.dynamic_batch:
+            self._set_batch(n)                 # (a fixed batch runs all its frames; the first n are read)
+        for i, f in enumerate(frames):
+            np.copyto(r["frame_host"][i], f)
+        work = r["work"].get(n) or r["make_work"](n)
+        r["work"][n] = work                    # fixed addresses per n: replayable
+        self._run(work, r["graphs"].setdefault(n, {}))
+        self.stream.synchronize()
+        return [o.copy() for o in r["out_host"][:n]]
 
     def _fused_setup(self, h, w, alpha, mode) -> dict:
+        """Staging buffers for up to the engine's batch of h x w frames, and `make_work(n)`: the
+        async chain for n of them (what a CUDA graph per n captures)."""
         from app.overlay import palette_bgr
         from engines.cuda_kernels import CudaKernels, label_step
         cuda = self.cuda
         if self._kernels is None:
             self._kernels = CudaKernels("pycuda")
         k = self._kernels
-        _, _, in_h, in_w = self.input_shape
+        cap, _, in_h, in_w = self.input_shape
         out_h, out_w = self.output_shape[-2:]
-        frame_host = cuda.pagelocked_empty((h, w, 3), np.uint8)
+        frame_host = cuda.pagelocked_empty((cap, h, w, 3), np.uint8)
         frame_dev = cuda.mem_alloc(frame_host.nbytes)
-        out_host = cuda.pagelocked_empty((h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
+        out_host = cuda.pagelocked_empty((cap, h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
         out_dev = cuda.mem_alloc(out_host.nbytes)
         pre = k.preprocessor(h, w, in_h, in_w, self.info.mean, self.info.std, self.input_dtype)
         render = k.overlay_renderer(palette_bgr(self.info.palette))
@@ -216,24 +276,29 @@ class TensorRTEngine(Engine):
             if self.output_dtype != np.float32:
                 raise RuntimeError(f"{self.path.name}: the argmax kernel reads float32 logits, the engine outputs "
                                    f"{self.output_dtype}; rebuild from an ONNX with float32 outputs")
-            labels_dev, labels_dtype = cuda.mem_alloc(out_h * out_w * 4), np.int32
+            labels_dev, labels_dtype = cuda.mem_alloc(cap * out_h * out_w * 4), np.int32
         else:
             label_step(labels_dtype)           # int32 or int64, else a one-line error now
         num_classes = self.info.num_classes
 
-        def work():
-            cuda.memcpy_htod_async(frame_dev, frame_host, self.stream)
-            pre(int(frame_dev), int(dev_in), self.stream)
-            self._execute()
-            if self.info.head == "logits":
-                k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream)
-            render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
-                   label_dtype=labels_dtype, stream=self.stream)
-            cuda.memcpy_dtoh_async(out_host, out_dev, self.stream)
+        def make_work(n):
+            frames_in, frames_out = frame_host[:n], out_host[:n]
+
+            def work():
+                cuda.memcpy_htod_async(frame_dev, frames_in, self.stream)
+                pre(int(frame_dev), int(dev_in), self.stream, frames=n)
+                self._execute()
+                if self.info.head == "logits":
+                    k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream, frames=n)
+                render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
+                       label_dtype=labels_dtype, stream=self.stream, frames=n)
+                cuda.memcpy_dtoh_async(frames_out, out_dev, self.stream)
+            return work
 
         # Keep every allocation alive as long as the (possibly captured) work refers to it.
         return {"frame_host": frame_host, "frame_dev": frame_dev, "out_host": out_host, "out_dev": out_dev,
-                "labels_dev": labels_dev, "pre": pre, "render": render, "work": work, "graph": None}
+                "labels_dev": labels_dev, "pre": pre, "render": render, "make_work": make_work, "work": {},
+                "graphs": {}}
 
     def close(self) -> None:
         """Free the GPU resources now, in the primary context (from whichever thread calls)."""
@@ -241,7 +306,7 @@ class TensorRTEngine(Engine):
             return
         with self.cuda_context:
             self._fused.clear()
-            self._host_graph.clear()
+            self._host_graphs.clear()
             self._kernels = None
             self.buffers = {}
             self.context = self.engine = self.runtime = None

@@ -198,6 +198,42 @@ class CpuFusedEngine:
         return render_overlay(frame_bgr, labels, palette_bgr(info.palette), alpha, mode)
 
 
+class CpuFusedFramesEngine(CpuFusedEngine):
+    """TensorRTEngine's batched GPU chain (run_fused_frames: several frames per call, up to
+    batch_limit), computed with the CPU references around a real dynamic-batch ONNX Runtime engine."""
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.calls = []
+
+    def batch_limit(self, cameras):
+        return self.inner.batch_limit(cameras)
+
+    def run_fused_frames(self, frames, alpha, mode):
+        self.calls.append(len(frames))
+        info = self.info
+        x = np.concatenate([preprocess(f, info.input_size, info.mean, info.std) for f in frames])
+        lut = palette_bgr(info.palette)
+        return [render_overlay(f, labels, lut, alpha, mode) for f, labels in zip(frames, self.inner.infer(x))]
+
+
+def test_a_fused_gpu_path_with_run_fused_frames_gets_the_cameras_batch():
+    from app.camera import Camera
+    engine = OnnxEngine(tiny_onnx((64, 96), dynamic_batch=True), threads=1)
+    imgs = [images(5, seed=s) for s in (4, 5, 6)]
+    refs = [CollectSink(f"ref{i}") for i in range(3)]
+    assert Pipeline([Camera(f"cam{i}", ListReader(imgs[i]), [refs[i]]) for i in range(3)], engine, alpha=0.3).run() == 0
+    fused, outs = CpuFusedFramesEngine(engine), [CollectSink(f"out{i}") for i in range(3)]
+    p = Pipeline([Camera(f"cam{i}", ListReader(imgs[i]), [outs[i]]) for i in range(3)], fused, alpha=0.3)
+    assert p.scheduler.batch_size == 3
+    assert p.run() == 0
+    assert sum(fused.calls) == 15 and max(fused.calls) == 3 and fused.fused_calls == 0
+    for ref, out in zip(refs, outs):
+        assert out.ids == ref.ids == list(range(5))
+        assert all(np.array_equal(a, b) for a, b in zip(ref.images, out.images))
+    engine.close()
+
+
 def test_an_engine_with_a_fused_gpu_path_gets_frames_not_batches(engine):
     imgs = images(6, seed=3)
     fused, plain = CpuFusedEngine(engine), CollectSink("plain")

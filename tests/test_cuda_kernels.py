@@ -60,7 +60,7 @@ P = ctypes.c_void_p
 I = ctypes.c_int
 U = ctypes.c_uint
 F = ctypes.c_float
-PRE = [U, U, U, U, P, I, I, I, P, P, P, P, F, F, F, F, F, F, P, I, I]
+PRE = [U, U, U, U, U, P, I, I, I, P, P, P, P, F, F, F, F, F, F, P, I, I]
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,11 @@ def host(tmp_path_factory):
     subprocess.run([cxx, "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-Wall", "-Werror",
                     "-o", str(lib), str(ROOT / "tests" / "cuda_host_runner.cpp")], check=True)
     so = ctypes.CDLL(str(lib))
-    so.host_linear_resize_coeffs.argtypes = [U, U, U, U, I, I, I, P, P]
+    so.host_linear_resize_coeffs.argtypes = [U, U, U, U, U, I, I, I, P, P]
     so.host_preprocess_bgr_f32.argtypes = PRE
     so.host_preprocess_bgr_f16.argtypes = PRE
-    so.host_overlay_bgr.argtypes = [U, U, U, U, P, I, I, P, I, I, I, P, I, I, P]
-    so.host_argmax_channels.argtypes = [U, U, U, U, P, I, I, P]
+    so.host_overlay_bgr.argtypes = [U, U, U, U, U, P, I, I, P, I, I, I, P, I, I, P]
+    so.host_argmax_channels.argtypes = [U, U, U, U, U, P, I, I, P]
     return so
 
 
@@ -86,30 +86,33 @@ def ptr(a: np.ndarray):
 
 
 def host_preprocess(so, bgr, size_hw, mean, std, dtype=np.float32):
-    """What CudaKernels.preprocess does on a GPU, with the same launch shapes and arguments."""
-    bgr = np.ascontiguousarray(bgr)
-    (src_h, src_w), (h, w) = bgr.shape[:2], size_hw
+    """What CudaKernels.preprocess does on a GPU, with the same launch shapes and arguments.
+    bgr: one HxWx3 image or N of them (NxHxWx3): N frames in one launch (grid z = N)."""
+    frames = np.ascontiguousarray(bgr).reshape(-1, *bgr.shape[-3:])
+    (src_h, src_w), (h, w) = frames.shape[1:3], size_hw
     tables = []
     for src_len, dst_len, clamp in ((src_w, w, 1), (src_h, h, 0)):
         ofs, wts = np.zeros(dst_len, np.int32), np.zeros(2 * dst_len, np.int16)
-        so.host_linear_resize_coeffs(*ck.grid_1d(dst_len)[:2], *ck.BLOCK_1D[:2], src_len, dst_len, clamp,
+        so.host_linear_resize_coeffs(*ck.grid_1d(dst_len), *ck.BLOCK_1D[:2], src_len, dst_len, clamp,
                                      ptr(ofs), ptr(wts))
         tables += [ofs, wts]
     f16 = np.dtype(dtype) == np.float16
-    out = np.full((1, 3, h, w), 7, np.uint16 if f16 else np.float32)   # junk: every element must be written
+    out = np.full((len(frames), 3, h, w), 7, np.uint16 if f16 else np.float32)   # junk: every element must be written
     fn = so.host_preprocess_bgr_f16 if f16 else so.host_preprocess_bgr_f32
-    fn(*ck.grid_2d(w, h)[:2], *ck.BLOCK_2D[:2], ptr(bgr), src_h, src_w, src_w * 3,
+    fn(*ck.grid_2d(w, h, len(frames)), *ck.BLOCK_2D[:2], ptr(frames), src_h, src_w, src_w * 3,
        *(ptr(t) for t in tables), *ck.normalization_args(mean, std), ptr(out), h, w)
     return out.view(np.float16) if f16 else out
 
 
 def host_overlay(so, image, labels, lut, alpha, mode):
+    """One HxWx3 image + hxw labels, or N of each (NxHxWx3 + Nxhxw) in one launch."""
     image = np.ascontiguousarray(image)
     labels = np.ascontiguousarray(labels)
-    height, width = image.shape[:2]
-    out = np.full((height, 2 * width if mode == "side-by-side" else width, 3), 7, np.uint8)
-    so.host_overlay_bgr(*ck.grid_2d(width, height)[:2], *ck.BLOCK_2D[:2], ptr(image), height, width,
-                        ptr(labels), labels.shape[0], labels.shape[1], ck.label_step(labels.dtype),
+    frames = 1 if image.ndim == 3 else len(image)
+    height, width = image.shape[-3:-1]
+    out = np.full((*image.shape[:-3], height, 2 * width if mode == "side-by-side" else width, 3), 7, np.uint8)
+    so.host_overlay_bgr(*ck.grid_2d(width, height, frames), *ck.BLOCK_2D[:2], ptr(image), height, width,
+                        ptr(labels), labels.shape[-2], labels.shape[-1], ck.label_step(labels.dtype),
                         ptr(np.ascontiguousarray(lut)), ck.alpha_256(alpha), ck.overlay_mode_id(mode), ptr(out))
     return out
 
@@ -211,8 +214,46 @@ def test_host_argmax_matches_numpy_first_maximum(host):
     logits = np.random.default_rng(3).integers(-3, 3, (19, 33, 47)).astype(np.float32)  # many ties
     labels = np.full((33, 47), -1, np.int32)
     plane = 33 * 47
-    host.host_argmax_channels(*ck.grid_1d(plane)[:2], *ck.BLOCK_1D[:2], ptr(logits), 19, plane, ptr(labels))
+    host.host_argmax_channels(*ck.grid_1d(plane), *ck.BLOCK_1D[:2], ptr(logits), 19, plane, ptr(labels))
     assert np.array_equal(labels, np.argmax(logits, axis=0))
+
+
+# -- N frames in one launch (blockIdx.z = frame): each frame as if it ran alone -------------------
+
+@needs_data
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_host_batched_preprocess_equals_single_frames(host, model, dtype):
+    # Three different real frames back to back: frame i of the batch is bit for bit the
+    # single-frame kernel's output for frame i (so within the CPU budget like it), and no
+    # frame reads or writes another's memory.
+    frames = np.stack(camvid_frames(3))
+    got = host_preprocess(host, frames, (256, 320), model.mean, model.std, dtype)
+    assert got.shape == (3, 3, 256, 320)
+    for i, frame in enumerate(frames):
+        one = host_preprocess(host, frame, (256, 320), model.mean, model.std, dtype)
+        assert np.array_equal(got[i:i + 1].view(np.uint8), one.view(np.uint8)), i
+        assert max_diff(got[i:i + 1], preprocess(frame, (256, 320), model.mean, model.std, dtype=dtype)) <= 1e-3
+
+
+@pytest.mark.parametrize("mode", ["overlay", "mask", "side-by-side"])
+def test_host_batched_overlay_equals_single_frames(host, mode):
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (4, 31, 45, 3), dtype=np.uint8)
+    lut = palette_bgr(rng.integers(0, 256, (19, 3)))
+    for dtype in (np.int32, np.int64):
+        labels = rng.integers(0, 300, (4, 7, 13)).astype(dtype)
+        got = host_overlay(host, images, labels, lut, 0.45, mode)
+        for i in range(4):
+            assert np.array_equal(got[i], host_overlay(host, images[i], labels[i], lut, 0.45, mode)), (i, dtype)
+            assert max_diff(got[i], render_overlay(images[i], labels[i], lut, alpha=0.45, mode=mode)) <= 1
+
+
+def test_host_batched_argmax_equals_numpy_per_frame(host):
+    logits = np.random.default_rng(7).integers(-3, 3, (3, 19, 33, 47)).astype(np.float32)
+    labels = np.full((3, 33, 47), -1, np.int32)
+    plane = 33 * 47
+    host.host_argmax_channels(*ck.grid_1d(plane, 3), *ck.BLOCK_1D[:2], ptr(logits), 19, plane, ptr(labels))
+    assert np.array_equal(labels, np.argmax(logits, axis=1))
 
 
 def test_bad_arguments_are_one_line_errors():
@@ -222,6 +263,8 @@ def test_bad_arguments_are_one_line_errors():
         ck.overlay_mode_id("blend")
     with pytest.raises(ValueError, match="int32 or int64"):
         ck.label_step(np.uint8)
+    with pytest.raises(ValueError, match="1 to 65535 frames"):
+        ck.grid_2d(64, 64, 0)
 
 
 # -- PTX for the Jetson and desktop targets --------------------------------------------------------
@@ -264,6 +307,26 @@ def test_gpu_kernels_match_cpu(model):
     for mode in ck.OVERLAY_MODES:
         got = run_in_thread(k.overlay, frame, labels, lut, 0.5, mode)
         assert max_diff(got, render_overlay(frame, labels, lut, 0.5, mode)) <= 1
+
+
+@pytest.mark.gpu
+@needs_data
+def test_gpu_batched_kernels_equal_single_frames(model):
+    """Three frames in one launch (grid z = 3), run in another thread: each frame equals its
+    single-frame launch bit for bit, and the CPU reference within the same budget."""
+    from tests.app_helpers import run_in_thread
+    k = gpu_kernels()
+    frames = np.stack(camvid_frames(3))
+    got = run_in_thread(k.preprocess, frames, (256, 320), model.mean, model.std)
+    labels = np.stack([camvid_labels()[::4, ::4].astype(np.int32)] * 3)
+    labels[1] = labels[1][::-1]
+    lut = palette_bgr(np.asarray(model.palette))
+    over = run_in_thread(k.overlay, frames, labels, lut, 0.4, "side-by-side")
+    for i, frame in enumerate(frames):
+        assert np.array_equal(got[i:i + 1], k.preprocess(frame, (256, 320), model.mean, model.std))
+        assert max_diff(got[i:i + 1], preprocess(frame, (256, 320), model.mean, model.std)) <= 1e-3
+        assert np.array_equal(over[i], k.overlay(frame, labels[i], lut, 0.4, "side-by-side"))
+        assert max_diff(over[i], render_overlay(frame, labels[i], lut, 0.4, "side-by-side")) <= 1
 
 
 @pytest.mark.gpu

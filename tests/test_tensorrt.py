@@ -25,9 +25,10 @@ CLASSES = ["road", "car", "sky", "tree"]
 PALETTE = [[128, 64, 128], [0, 0, 142], [70, 130, 180], [107, 142, 35]]
 
 
-def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32") -> Path:
+def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32", dynamic_batch=False, max_batch=None) -> Path:
     """A real ONNX model: 1x1 conv, 3 -> 4 class logits (optionally behind a Q/DQ pair), + its sidecar.
-    fp16: float32 in and out as `bisenet export --precision fp16` writes it, the conv in float16."""
+    fp16: float32 in and out as `bisenet export --precision fp16` writes it, the conv in float16.
+    dynamic_batch: any batch (axis "batch"), recorded like `bisenet export --dynamic-batch [--batch N]`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -47,13 +48,16 @@ def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32") -> Path:
     nodes.append(helper.make_node("Conv", [conv_in, "weight"], [conv_out]))
     if fp16:
         nodes.append(helper.make_node("Cast", ["logits16"], ["logits"], to=TensorProto.FLOAT))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, h, w])], inits)
-    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.fp16.onnx" if fp16 else "tiny.onnx")
+    n = "batch" if dynamic_batch else 1
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, 3, h, w])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, 4, h, w])], inits)
+    path = tmp_path / ("tiny.int8.onnx" if qdq else "tiny.fp16.onnx" if fp16 else
+                       "tiny.batch.onnx" if dynamic_batch else "tiny.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     write_sidecar(path, {"model": "tiny", "classes": CLASSES, "palette": PALETTE,
                          "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-                         "input_shape": [1, 3, h, w], "head": "logits", "precision": precision})
+                         "input_shape": [1, 3, h, w], "head": "logits", "precision": precision,
+                         "dynamic_batch": dynamic_batch, "max_batch": max_batch})
     return path
 
 
@@ -83,6 +87,77 @@ def test_resolve_input_shape_static_and_dynamic():
         tb.resolve_input_shape((1, 3, 512, 1024), shapes)
     with pytest.raises(ValueError, match="contradicts"):
         tb.resolve_input_shape((1, 4, -1, -1), shapes)
+
+
+# -- an optimization profile over the batch (bisenet export --dynamic-batch) -------------------------
+
+def test_plan_max_batch_from_the_flag_or_the_sidecar():
+    dyn = {"dynamic_batch": True, "max_batch": 4, "input_shape": [1, 3, 8, 16]}
+    assert tb.plan_max_batch(dyn) == 4
+    assert tb.plan_max_batch(dyn, 6) == 6                        # the flag wins
+    assert tb.plan_max_batch({**dyn, "max_batch": None}, 3) == 3
+    assert tb.plan_max_batch({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}) is None
+    assert tb.plan_max_batch({"input_shape": [1, 3, 8, 16]}) is None   # sidecars from before --dynamic-batch
+
+
+@pytest.mark.parametrize("meta,flag,msg", [
+    ({"dynamic_batch": True, "max_batch": None}, None, "takes any batch and its sidecar gives no max_batch: pass --max-batch N"),
+    ({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}, 4, "takes a fixed batch of 2"),
+    ({"dynamic_batch": True, "max_batch": 4}, 0, "--max-batch must be from 1 to 1024"),
+    ({"dynamic_batch": True}, 2000, "--max-batch must be from 1 to 1024")])
+def test_plan_max_batch_refusals_are_one_line(meta, flag, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        tb.plan_max_batch(meta, flag, "m.onnx")
+    assert "\n" not in str(e.value)
+
+
+def test_batch_profile_is_1_n_n():
+    assert tb.resolve_input_shape((-1, 3, 8, 16), None, 4) == \
+        ((4, 3, 8, 16), ((1, 3, 8, 16), (4, 3, 8, 16), (4, 3, 8, 16)))
+    assert tb.resolve_input_shape(("batch", 3, 8, 16), None, 1) == \
+        ((1, 3, 8, 16), ((1, 3, 8, 16),) * 3)                    # a dim name from the ONNX is dynamic too
+
+
+def test_batch_profile_with_dynamic_hw_takes_hw_from_shapes():
+    shapes = tb.parse_shapes("256x512/512x1024/1024x2048")
+    assert tb.resolve_input_shape((-1, 3, -1, -1), shapes, 8) == \
+        ((8, 3, 512, 1024), ((1, 3, 256, 512), (8, 3, 512, 1024), (8, 3, 1024, 2048)))
+    fixed = tb.parse_shapes("8x16/8x16/8x16")                     # static H/W: --shapes may repeat them
+    assert tb.resolve_input_shape((-1, 3, 8, 16), fixed, 2)[1] == ((1, 3, 8, 16), (2, 3, 8, 16), (2, 3, 8, 16))
+
+
+@pytest.mark.parametrize("onnx_shape,shapes,max_batch,msg", [
+    ((-1, 3, 8, 16), None, None, "dynamic batch: pass --max-batch N"),
+    ((-1, 3, -1, -1), None, 4, "pass --shapes min/opt/max"),
+    ((-1, 3, -1, -1), "2x3x8x8/2x3x8x8/2x3x8x8", 4, "write them as HxW"),
+    ((-1, 3, 8, 16), "8x8/8x16/8x16", 4, "fixed at 1x3x8x16"),
+    ((2, 3, 8, 16), None, 4, "batch is fixed at 2: --max-batch applies only")])
+def test_batch_profile_refusals_are_one_line(onnx_shape, shapes, max_batch, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        tb.resolve_input_shape(onnx_shape, tb.parse_shapes(shapes) if shapes else None, max_batch)
+    assert "\n" not in str(e.value)
+
+
+def test_batch_engine_sidecar_records_the_range(tmp_path):
+    onnx_path = tiny_onnx(tmp_path, dynamic_batch=True, max_batch=4)
+    shape, profile = tb.resolve_input_shape((-1, 3, 8, 16), None, 4)
+    cmd = tb.build_command(onnx_path, tmp_path / "b.engine", "fp16", max_batch=4)
+    meta = tb.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
+                             plan=tb.plan_build("fp16", False), input_shape=shape, profile=profile,
+                             tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", command=cmd,
+                             max_batch=4)
+    engine = tmp_path / "b.engine"
+    engine.write_bytes(b"not an engine")
+    write_sidecar(engine, meta)
+    back = read_sidecar(engine)
+    assert back["batch_range"] == [1, 4] and back["max_batch"] == 4 and back["dynamic_batch"] is True
+    assert back["input_shape"] == [4, 3, 8, 16] and back["shapes"][0] == [1, 3, 8, 16]
+    assert back["dynamic"] is False                               # H/W stay fixed
+    assert "--max-batch 4" in back["build_command"]
+    from engines.base import Engine, ModelInfo
+    eng = Engine()
+    eng.info = ModelInfo.from_sidecar(back)
+    assert [eng.batch_limit(c) for c in (1, 3, 4, 9)] == [1, 3, 4, 4]   # what the pipeline gives it
 
 
 # -- the build plan ------------------------------------------------------------------------------
@@ -322,7 +397,9 @@ def test_build_input_errors_come_before_tensorrt(tmp_path):
              (["--onnx", str(onnx_path), "--shapes", "8x16", "-o", out], "min/opt/max"),
              (["--onnx", str(onnx_path), "--precision", "fp32", "--dla-core", "0", "-o", out], "DLA runs"),
              (["--onnx", str(onnx_path), "--precision", "int8", "--calib-cache", str(tmp_path / "no.calib"),
-               "-o", out], "no calibration cache")]
+               "-o", out], "no calibration cache"),
+             (["--onnx", str(onnx_path), "--max-batch", "4", "-o", out], "--max-batch applies only"),
+             (["--onnx", str(tiny_onnx(tmp_path, dynamic_batch=True)), "-o", out], "pass --max-batch N")]
     for args, msg in cases:
         r = bisenet("build", *args)
         lines = r.stderr.strip().splitlines()
@@ -403,6 +480,52 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
         cpu = render_overlay(frame, ref[0].argmax(0), lut, alpha=0.5, mode=mode)
         same = (out == cpu).all(axis=2).mean()
         assert out.shape == cpu.shape and same >= (0.999 if precision == "fp32" else 0.98)
+    run_in_thread(eng.close)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
+    """A --dynamic-batch ONNX built with a batch profile 1..4: built and created in this thread,
+    run in another with batches of 1, 3, 4 and 6 (4 + 2) and back to 3 (graphs recaptured per batch
+    size), each frame equal to ONNX Runtime's; run_fused_frames (five frames of two sizes:
+    batches of 4 + 1 and 1) equal to run_fused frame by frame."""
+    needs_tensorrt_gpu()
+    import onnxruntime as ort
+
+    from app.overlay import palette_bgr, render_overlay
+    from app.preprocess import preprocess
+    from engines.tensorrt_engine import TensorRTEngine
+    from tests.app_helpers import run_in_thread
+    onnx_path = tiny_onnx(tmp_path, h=64, w=128, dynamic_batch=True, max_batch=4)
+    meta = tb.build_engine(onnx_path, tmp_path / "tiny.b4.engine", precision="fp32", workspace_mb=256)
+    assert meta["batch_range"] == [1, 4] and meta["shapes"][0][0] == 1 and meta["input_shape"][0] == 4
+    eng = TensorRTEngine(tmp_path / "tiny.b4.engine", cuda_graph=cuda_graph)
+    assert [eng.batch_limit(c) for c in (1, 3, 8)] == [1, 3, 4]
+    x = np.random.default_rng(8).normal(size=(6, 3, 64, 128)).astype(np.float32)
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    rng = np.random.default_rng(9)
+    frames = [rng.integers(0, 256, (90, 200, 3), dtype=np.uint8) for _ in range(5)]
+    frames[2] = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    frame = frames[0]
+
+    def run():
+        got = {n: eng.infer_logits(x[:n]) for n in (1, 3, 4, 6)}
+        got["3 again"] = eng.infer_logits(x[:3])
+        batched = eng.run_fused_frames(frames, alpha=0.5, mode="side-by-side")
+        singles = [eng.run_fused(f, alpha=0.5, mode="side-by-side") for f in frames]
+        assert all(np.array_equal(a, b) for a, b in zip(batched, singles))
+        return got, eng.run_fused(frame, alpha=0.5, mode="overlay"), eng.infer(x[:3])
+
+    got, fused, labels = run_in_thread(run)
+    for n, out in got.items():
+        n = int(str(n).split()[0])
+        assert out.shape == (n, 4, 64, 128) and np.abs(out - ref[:n]).max() <= 1e-3, n
+    assert np.array_equal(labels, got["3 again"].argmax(1))
+    one = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": preprocess(frame, (64, 128), meta["mean"], meta["std"])})[0]
+    cpu = render_overlay(frame, one[0].argmax(0), palette_bgr(np.asarray(PALETTE)), alpha=0.5, mode="overlay")
+    assert (fused == cpu).all(axis=2).mean() >= 0.999
     run_in_thread(eng.close)
 
 
