@@ -202,7 +202,8 @@ RUN_FLAGS = {
 # The other `bisenet` commands: command -> {dest: rule}, checked before the command runs.
 COUNT = Number(int, min=1)
 COMMAND_FLAGS = {
-    "build": {"workspace": Number(int, 1, 1 << 20, hint="MiB"), "dla_core": Number(int, 0, 15)},
+    "build": {"workspace": Number(int, 1, 1 << 20, hint="MiB"), "dla_core": Number(int, 0, 15),
+              "max_batch": Number(int, 1, 1024, hint="frames per inference, the profile's max")},
     "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
                   "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
                   "threads": Number(int, 1, 1024)},
