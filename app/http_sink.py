@@ -7,8 +7,10 @@ binds loopback only.
 """
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from app.frames import Sink
-from app.server import AppServer, ServerOptions, parse_http_spec  # noqa: F401  (parse_http_spec: old import path)
+from app.server import AppServer, ServerOptions
 
 
 class HttpSink(Sink):
@@ -37,7 +39,20 @@ class HttpSink(Sink):
             self.server.close()
 
 
-def open_http_sink(spec: str, options=None, server: AppServer | None = None, camera: str = "cam0") -> HttpSink:
+def parse_http_spec(spec: str) -> tuple[str, int]:
+    """http://@:8080 -> ('0.0.0.0', 8080); http://127.0.0.1:8080 -> ('127.0.0.1', 8080)."""
+    u = urlsplit(spec)
+    host = u.netloc.rsplit(":", 1)[0] if ":" in u.netloc else u.netloc
+    try:
+        port = int(u.netloc.rsplit(":", 1)[1]) if ":" in u.netloc else 8080
+    except ValueError:
+        raise ValueError(f"--output {spec}: the port must be a number, e.g. http://@:8080") from None
+    if host in ("@", ""):
+        host = "0.0.0.0"
+    return host, port
+
+
+def open_http_sink(spec: str, server: AppServer | None = None, camera: str = "cam0") -> HttpSink:
     host, port = parse_http_spec(spec)
     title = server.title if server is not None else "bisenet live"   # never a file path
     return HttpSink(host, port, title=title, server=server, camera=camera)

@@ -24,7 +24,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-STAGES = ("capture", "queue", "preprocess", "inference", "overlay", "sink", "e2e")
+from app.latency import STAGES as LOG_STAGES
+
+STAGES = ("capture", *LOG_STAGES)   # capture: time in the source's read, in the metrics only
 # Seconds: 1 ms .. 10 s, dense where an edge model's stages live (5 .. 250 ms).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A decode error is recorded when the read failed: no frame was delivered, so it does not

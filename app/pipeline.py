@@ -282,24 +282,12 @@ class Pipeline:
                 try:
                     done, t2 = (self._infer_fused if self.fused is not None else self._infer_batch)(batch)
                 except ServerDown:
-                    for frame in batch:
-                        if frame.batch_size is None:   # not yet dropped by a failed preprocess
-                            frame.batch_size = len(batch)
-                            self._drop(frame, "server_down")   # the engine retries on its own
+                    self._drop_unfinished(batch, "server_down")   # the engine retries on its own
                     continue
                 except Exception as e:
-                    for frame in batch:
-                        if frame.batch_size is None:   # not yet dropped by a failed preprocess
-                            frame.batch_size = len(batch)
-                            self._drop(frame, "inference_error")
-                    done, t2, first = [], None, batch[0]
+                    self._drop_unfinished(batch, "inference_error")
                     bad += 1
-                    if bad == 1:
-                        self.log(f"warning: {self.by_name[first.camera].tag}frame {first.id}: inference failed: "
-                                 f"{type(e).__name__}: {e}")
-                    if bad >= MAX_BAD_INFERENCES:
-                        self._fail(f"inference failed {bad} times in a row ({type(e).__name__}: {e})")
-                        self.request_stop("inference failing")   # drop the rest, finish
+                    self._inference_failed(batch[0], e, bad)
                     continue
                 bad = 0
                 for frame, labels in done:
@@ -317,6 +305,21 @@ class Pipeline:
         finally:
             for cam in self.cameras:
                 cam.out_q.put(END)   # every output thread consumes until END
+
+    def _drop_unfinished(self, batch: list, reason: str) -> None:
+        for frame in batch:
+            if frame.batch_size is None:   # not yet dropped by a failed preprocess
+                frame.batch_size = len(batch)
+                self._drop(frame, reason)
+
+    def _inference_failed(self, frame: Frame, e: Exception, in_a_row: int) -> None:
+        """Warn on the first failure of a run of them; stop the run at MAX_BAD_INFERENCES."""
+        if in_a_row == 1:
+            self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: inference failed: "
+                     f"{type(e).__name__}: {e}")
+        if in_a_row == MAX_BAD_INFERENCES:
+            self._fail(f"inference failed {in_a_row} times in a row ({type(e).__name__}: {e})")
+            self.request_stop("inference failing")   # drop the rest, finish
 
     def _infer_batch(self, batch: list) -> tuple[list, float]:
         """Preprocess what the capture threads did not, infer all frames in one call. A frame
@@ -456,12 +459,7 @@ class Pipeline:
     def _result_failed(self, frame: Frame, e: Exception):
         self._drop(frame, "inference_error")
         self.bad_results += 1
-        if self.bad_results == 1:
-            self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: inference failed: "
-                     f"{type(e).__name__}: {e}")
-        if self.bad_results == MAX_BAD_INFERENCES:
-            self._fail(f"inference failed {self.bad_results} times in a row ({type(e).__name__}: {e})")
-            self.request_stop("inference failing")
+        self._inference_failed(frame, e, self.bad_results)
         return None, 0.0
 
     def _check_classes(self, labels: np.ndarray) -> None:

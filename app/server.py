@@ -51,11 +51,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import cv2
 
 from app import validate
+from app.camera import check_name
 from app.hud import RateMeter
 from app.metrics import Metrics
 
@@ -459,8 +460,7 @@ class AppServer:
     def add_camera(self, name: str, title: str = "bisenet live") -> Camera:
         if name in self.cameras:
             raise ValueError(f"camera {name!r} is already served")
-        if not name or "/" in name or name != name.strip():
-            raise ValueError(f"camera name {name!r}: use letters, digits, - or _")
+        name = check_name(name)   # the one rule for camera names (app/camera.py)
         cam = Camera(name, title)
         cam.loop = self.loop
         self.cameras[name] = cam
@@ -743,18 +743,3 @@ def _quiet_exceptions(loop, context) -> None:
         log.debug("http: %s (%s)", context.get("message"), type(exc).__name__)
     else:
         log.warning("http: %s%s", context.get("message"), f" ({type(exc).__name__}: {exc})" if exc else "")
-
-
-def parse_http_spec(spec: str) -> tuple[str, int]:
-    """http://@:8080 -> ('0.0.0.0', 8080); http://127.0.0.1:8080 -> ('127.0.0.1', 8080)."""
-    u = urlsplit(spec)
-    host = u.netloc.rsplit(":", 1)[0] if ":" in u.netloc else u.netloc
-    try:
-        port = int(u.netloc.rsplit(":", 1)[1]) if ":" in u.netloc else 8080
-    except ValueError:
-        raise ValueError(f"--output {spec}: the port must be a number, e.g. http://@:8080") from None
-    if host in ("@", ""):
-        host = "0.0.0.0"
-    return host, port
-
-

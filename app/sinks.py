@@ -258,7 +258,7 @@ def open_sink(spec: str, options=None, live: bool = False, server=None, camera: 
         return NullSink()
     if spec.startswith("http://"):
         from app.http_sink import open_http_sink
-        return open_http_sink(spec, options, server=server, camera=camera)
+        return open_http_sink(spec, server=server, camera=camera)
     if spec.startswith("rtsp://"):
         try:
             from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)

@@ -13,6 +13,12 @@ import numpy as np
 from engines.sidecar import SidecarError
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line for a one-line error: its first non-empty text, else its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 @dataclass
 class ModelInfo:
     model: str                    # model config name

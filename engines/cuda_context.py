@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import threading
 
+from engines.base import first_line
+
 BACKENDS = ("pycuda", "cupy")
 
 _lock = threading.Lock()
@@ -35,7 +37,7 @@ def _retained_pycuda_context(cuda):
                 cuda.init()
                 _pycuda_primary = cuda.Device(0).retain_primary_context()
             except Exception as e:   # pycuda's own error types: no driver, no device
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                first = first_line(e)
                 raise RuntimeError(f"CUDA is not usable here ({first}): this needs an NVIDIA GPU and its "
                                    "driver") from None
         return _pycuda_primary

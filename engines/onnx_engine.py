@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from app.validate import readable_file
-from engines.base import GraphEngine, ModelInfo, check_graph_io
+from engines.base import GraphEngine, ModelInfo, check_graph_io, first_line
 from engines.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
@@ -68,7 +68,7 @@ class OnnxEngine(GraphEngine):
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=parse_providers(providers, self.path, precision or self.info.precision))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise RuntimeError(f"ONNX Runtime cannot load {self.path}: {first}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.validate import readable_file
-from engines.base import GraphEngine, ModelInfo, check_graph_io
+from engines.base import GraphEngine, ModelInfo, check_graph_io, first_line
 from engines.sidecar import read_sidecar
 
 PRECISIONS = ("fp32", "bf16")
@@ -51,7 +51,7 @@ class OpenVinoEngine(GraphEngine):
         try:
             model = core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses with long text
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise RuntimeError(f"OpenVINO cannot read {self.path}: {first}") from None
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise RuntimeError(f"{self.path}: expected one input and one output, got "

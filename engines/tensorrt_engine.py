@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, run_static_batch
+from engines.base import Engine, ModelInfo, first_line, run_static_batch
 from engines.sidecar import SidecarError, read_sidecar
 from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
 
@@ -134,10 +134,11 @@ class TensorRTEngine(Engine):
         """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most).
         A CUDA graph fixes the shapes its context had at capture, so a new batch size drops the
         graphs of the old one: steady full batches replay, a change recaptures once."""
-        if n != self._batch_now:
-            self._host_graphs.clear()
-            for r in self._fused.values():
-                r["graphs"].clear()
+        if n == self._batch_now:
+            return   # the context already has this shape
+        self._host_graphs.clear()
+        for r in self._fused.values():
+            r["graphs"].clear()
         if not self.context.set_input_shape(self.input_name, (n, *self.input_shape[1:])):
             raise RuntimeError(f"{self.path}: TensorRT refused batch {n} (outside the engine's profile, batch 1.."
                                f"{self.input_shape[0]}); rebuild it with a larger --max-batch")
@@ -158,7 +159,7 @@ class TensorRTEngine(Engine):
                 graph_holder["graph"] = CudaGraph(self.stream.handle, work, self.cuda_context)
             except Exception as e:             # noqa: BLE001  (TensorRT or the driver refused the capture)
                 self.use_cuda_graph = False
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                first = first_line(e)
                 print(f"[tensorrt] CUDA graph capture of {self.path.name} failed ({first}): running it "
                       "without a graph", file=sys.stderr, flush=True)
         if graph_holder.get("graph") is not None:

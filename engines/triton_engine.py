@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, ServerDown
+from engines.base import Engine, ModelInfo, ServerDown, first_line
 from engines.sidecar import SidecarError
 from engines.triton_repo import metadata_from_parameters
 
@@ -51,11 +51,6 @@ def parse_url(url: str) -> tuple:
         raise ValueError(f"--model {url}: write a Triton model as grpc://HOST:PORT/NAME or http://HOST:PORT/NAME "
                          "(e.g. grpc://127.0.0.1:8001/bisenet)")
     return parts.scheme, parts.netloc, name
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _import_client(protocol: str):
@@ -143,7 +138,7 @@ class TritonEngine(Engine):
         try:
             live = client.is_server_live()
         except Exception as e:
-            raise RuntimeError(f"cannot reach Triton at {self.protocol}://{self.host} ({_first_line(e)}); start it "
+            raise RuntimeError(f"cannot reach Triton at {self.protocol}://{self.host} ({first_line(e)}); start it "
                                "(bisenet serve-triton, docs/triton.md) or check HOST:PORT in --model") from None
         if not live:
             raise RuntimeError(f"Triton at {self.protocol}://{self.host} is not live yet; try again when it is")
@@ -240,7 +235,7 @@ class TritonEngine(Engine):
         except Exception as e:
             self._destroy_regions(client)
             raise RuntimeError(f"--triton-shm {self.shm}: cannot set up shared memory with Triton at {self.host} "
-                               f"({_first_line(e)}); shared memory needs the server on this host") from None
+                               f"({first_line(e)}); shared memory needs the server on this host") from None
 
     def _register(self, client) -> None:
         for pair in self.regions:
@@ -278,8 +273,7 @@ class TritonEngine(Engine):
             raise
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self.submit(batch).result()
-        return out if self.output_name == "labels" else np.argmax(out, axis=1).astype(np.int32)
+        return self.labels_of(self.submit(batch).result())
 
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.output_name != "logits":
@@ -336,8 +330,8 @@ class TritonEngine(Engine):
                 forgot = bool(self.regions) and "shared memory" in str(e).lower()
                 if forgot or self._server_is_down():
                     self._mark_down(e)
-                    raise ServerDown(f"Triton at {self.host} is down: {_first_line(e)}") from None
-                raise RuntimeError(f"Triton inference failed: {_first_line(e)}") from None
+                    raise ServerDown(f"Triton at {self.host} is down: {first_line(e)}") from None
+                raise RuntimeError(f"Triton inference failed: {first_line(e)}") from None
             if self.regions:
                 # (grpc's get_output(as_json=True) returns None in tritonclient 2.73: read the message)
                 shape = result.get_output(self.output_name)
@@ -378,7 +372,7 @@ class TritonEngine(Engine):
             self.outages += 1
             self._backoff = BACKOFF_FIRST_S
             self._next_probe = self._down_since + self._backoff
-        self.log(f"warning: Triton at {self.host} is down ({_first_line(error)}): dropping frames (server_down), "
+        self.log(f"warning: Triton at {self.host} is down ({first_line(error)}): dropping frames (server_down), "
                  "retrying with backoff")
 
     def _wait_for_server(self) -> None:

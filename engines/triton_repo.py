@@ -18,14 +18,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.validate import InputError, check_sidecar
-from engines.sidecar import SidecarError, read_sidecar
+from app.validate import SIDECAR_REQUIRED, InputError, check_sidecar
+from engines.base import first_line
+from engines.sidecar import SidecarError, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
 EXAMPLE = "bisenet triton-repo --onnx r18.onnx --name bisenet --max-batch 8 -o triton_repo/"
 
 # The sidecar keys that travel in the config's `parameters`, each as a JSON string.
-PARAMETER_KEYS = ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision")
+PARAMETER_KEYS = SIDECAR_REQUIRED
 DEFAULT_QUEUE_DELAY_US = 2000
 ONNX_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(int32)": "TYPE_INT32",
                   "tensor(int64)": "TYPE_INT64", "tensor(uint8)": "TYPE_UINT8"}
@@ -56,7 +57,7 @@ def onnx_io(path: Path) -> ModelIO:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise RuntimeError(f"ONNX Runtime cannot load {path}: {first}") from None
 
     def tensors(values):
@@ -199,7 +200,7 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, version / filename)
-    shutil.copyfile(str(model_path) + ".json", version / (filename + ".json"))
+    shutil.copyfile(sidecar_path(model_path), version / (filename + ".json"))
     for dest, src in (extra_files or {}).items():
         shutil.copyfile(src, version / dest)
     config = model_dir / "config.pbtxt"
