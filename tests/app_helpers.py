@@ -60,3 +60,10 @@ def run_in_thread(fn, *args):
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+def read_labels(folder: Path) -> list:
+    """The label maps an output folder saved with --save-labels, in frame order."""
+    import cv2
+
+    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((Path(folder) / "labels").glob("*.png"))]

@@ -16,6 +16,27 @@ from tests.app_helpers import REPO
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def run_camera(*args, timeout_s=120):
+    """run_camera.py to its end -> the CompletedProcess (stdout and stderr captured)."""
+    return subprocess.run([sys.executable, str(REPO / "run_camera.py"), *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def frames_in(path) -> int:
+    """Frames a video file decodes to."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def written_rate(rows, t0, t1, camera=None) -> float:
+    """Written frames per second with capture time in [t0, t1) (seconds since the run started),
+    of one camera or of all."""
+    n = sum(1 for r in rows if not r["dropped"] and t0 <= r["capture_s"] < t1 and camera in (None, r["camera"]))
+    return n / (t1 - t0)
+
+
 class App:
     def __init__(self, *args, log: Path):
         self.log = Path(log)

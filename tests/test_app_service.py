@@ -24,9 +24,10 @@ from app.http_sink import HttpSink
 from app.latency import LatencyRecorder, read_log
 from app.server import Auth, AppServer, ServerError, ServerOptions
 from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import App
+from tests.app_process import App, written_rate
 from tests.http_clients import Viewer, attack, open_stream, proc_counts, read_parts
 from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
+from tests.test_app_http import CHROMIUM, CHROMIUM_FLAGS
 
 TOKEN = "s3cret-token-for-tests"
 PATHS = ["/", "/index.html", "/stream.mjpg", "/snapshot.jpg", "/stats.json", "/metrics",
@@ -208,12 +209,6 @@ def test_viewer_cap_send_timeout_and_idle_timeout():
         server.close()
 
 
-def fps_between(log, t0, t1):
-    """Written frames per second with capture time in [t0, t1) (seconds since the run started)."""
-    rows = [r for r in read_log(log) if not r["dropped"] and t0 <= r["capture_s"] < t1]
-    return len(rows) / (t1 - t0)
-
-
 def metric_values(text, name):
     out = {}
     for family in text_string_to_metric_families(text):
@@ -268,8 +263,8 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
             viewer.close()
         app.signal()
         err = app.finish()
-    fps_before = fps_between(log, t0 - start, t1 - start)
-    fps_during = fps_between(log, t2 - start, t3 - start)
+    fps_before = written_rate(read_log(log), t0 - start, t1 - start)
+    fps_during = written_rate(read_log(log), t2 - start, t3 - start)
     print(f"fps {fps_before:.2f} -> {fps_during:.2f} under attack; threads {base_threads} -> {peak_threads}, "
           f"fds {base_fds} -> {peak_fds}; the normal viewer got {got} frames in {t3 - t2:.1f} s")
     assert fps_during >= 0.9 * fps_before, (fps_before, fps_during)
@@ -414,11 +409,10 @@ def test_bad_serving_flags_are_one_line_errors(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_a_browser_opens_the_page_once_with_the_token_and_the_cookie_carries_the_stream(tmp_path):
     """Headless Chromium opens /?token=: the redirect drops the token, the HttpOnly cookie
     then carries the page's own requests (the MJPEG <img> and the stats poll)."""
-    from tests.test_app_http import CHROMIUM_FLAGS
 
     server = AppServer(ServerOptions(auth_token=TOKEN), announce=lambda m: None)
     sink = HttpSink("127.0.0.1", 0, server=server)
@@ -437,7 +431,7 @@ def test_a_browser_opens_the_page_once_with_the_token_and_the_cookie_carries_the
     feeder.start()
     shot = tmp_path / "page.png"
     try:
-        subprocess.run([shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+        subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
                         "--window-size=800,600", "--timeout=5000", f"--screenshot={shot}",
                         f"http://127.0.0.1:{sink.port}/?token={TOKEN}"], capture_output=True, timeout=120)
     finally:

@@ -4,7 +4,6 @@ finished row. The same file still plays normally in a browser."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 
@@ -17,8 +16,8 @@ from app.sinks import KEYFRAME_EVERY_S, VideoFileSink
 from tests.app_helpers import SAMPLE_VIDEO
 from tests.app_process import App
 from tests.calib_fixtures import tiny_segmenter
+from tests.test_app_http import CHROMIUM
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def samples_in_complete_fragments(path) -> tuple[int, int]:

@@ -7,27 +7,15 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import av
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
-from tests.app_process import ENV, App, check_accounting, part_stats
+from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
+from tests.app_process import App, check_accounting, frames_in, part_stats, run_camera
 from tests.rtsp_server import decode_rtsp, publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
-
-
-def frames_in(path) -> int:
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(video=0))
-
-
-def run_camera(*args, timeout_s=120):
-    return subprocess.run([sys.executable, str(REPO / "run_camera.py"), *map(str, args)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout_s)
 
 
 def test_rtsp_source_server_killed_and_restarted_frames_resume(relay, publishers, tmp_path):

@@ -3,7 +3,6 @@ explicit precision; --backend on run_camera.py; the one-line errors."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,12 @@ from app.preprocess import preprocess
 from engines.load import load_engine, pick_backend
 from engines.sidecar import SidecarError
 from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
+from tests.app_process import ENV, run_camera
 
 pytest.importorskip("openvino", reason="pip install openvino")
 
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
 TRAINED = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def val_frames(n: int) -> list:
@@ -116,10 +115,8 @@ def test_run_camera_on_the_street_clip(tmp_path, backend):
     """--backend openvino and the default (no flag: ONNX Runtime for an fp32 model) both run
     the clip end to end and say which backend and precision ran."""
     flag = ["--backend", backend] if backend else []
-    r = subprocess.run([sys.executable, str(REPO / "run_camera.py"), "--source", str(SAMPLE_VIDEO),
-                        "--model", str(tiny_onnx((64, 96))), *flag, "--output", str(tmp_path / "out.mp4"),
-                        "--max-frames", "30", "--threads", "1"], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    r = run_camera("--source", SAMPLE_VIDEO, "--model", tiny_onnx((64, 96)), *flag, "--output", tmp_path / "out.mp4",
+                   "--max-frames", 30, "--threads", 1, timeout_s=300)
     assert r.returncode == 0, r.stderr
     assert f"model: {backend or 'onnxruntime'} " in r.stderr and " fp32 " in r.stderr
     assert "frames 30  written 30  dropped 0" in r.stderr

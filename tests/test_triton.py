@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from app.latency import read_log
+from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, read_labels, tiny_onnx
 
 SIZE = (128, 256)
 SERVER_ENV = REPO / ".venv-triton"
@@ -219,12 +220,6 @@ def run_app(model, out_dir: Path | None, *extra, max_frames=12, timeout=120):
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def read_labels(folder: Path) -> list:
-    import cv2
-
-    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((folder / "labels").glob("*.png"))]
-
-
 @pytest.fixture(scope="module")
 def local_labels(tmp_path_factory):
     if not SAMPLE_VIDEO.is_file():
@@ -336,7 +331,7 @@ def test_three_cameras_share_one_request_per_batch(server, local_labels, tmp_pat
     """One app, three cameras: each batch of the cameras' frames goes to Triton as one request
     (mean batch_size > 1.5 in the log, fewer server executions than frames), every camera's
     labels equal local ONNX Runtime's frame by frame, and its accounting is exact."""
-    from tests.app_process import check_camera_accounting, read_log
+    from tests.app_process import check_camera_accounting
 
     before = server.counts()
     log = tmp_path / "lat.jsonl"
@@ -397,7 +392,7 @@ def test_server_killed_and_restarted_mid_run(server, tmp_path, protocol, shm):
     reader.join(5)
     text = "".join(lines)
     assert app.returncode == 0, text
-    rows = [json.loads(ln) for ln in log.read_text().splitlines()]
+    rows = read_log(log)
     ids = [r["frame"] for r in rows]
     assert sorted(ids) == list(range(len(ids))), "every captured frame: exactly one row"
     reasons = [r["reason"] for r in rows if r["dropped"]]
