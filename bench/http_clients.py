@@ -28,12 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.latency import read_log  # noqa: E402
-from tests.app_helpers import free_port  # noqa: E402
+from tests.app_helpers import SAMPLE_VIDEO as SAMPLE, free_port, tiny_onnx  # noqa: E402
 from tests.http_clients import Viewer, attack, proc_counts  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
-R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 TOKEN = "bench-token-0123456789"
 
 
@@ -65,10 +63,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     model = args.model
     if model is None:
-        from engines.export import export_onnx
-        from engines.model_config import load_model_config
-        h, w = (int(v) for v in args.size.split("x"))
-        model = export_onnx(load_model_config(R18), None, work / "r18.onnx", (h, w), random_init=True)
+        model = tiny_onnx(tuple(int(v) for v in args.size.split("x")))
     port, log = free_port(), work / "lat.csv"
     cmd = [sys.executable, str(REPO / "run_camera.py"), "--source", str(SAMPLE), "--loop", "--model", str(model),
            "--output", f"http://127.0.0.1:{port}", "--auth-token", TOKEN, "--max-clients", str(args.max_clients),

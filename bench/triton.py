@@ -29,18 +29,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.app_helpers import MODEL_NAME, free_port  # noqa: E402
+from tests.app_helpers import free_port, tiny_onnx  # noqa: E402
 
 
 def load_average() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def export(size_hw, workdir: Path) -> Path:
-    from engines.export import export_onnx
-    from engines.model_config import load_model_config
-
-    return export_onnx(load_model_config(MODEL_NAME), None, workdir / "r18.onnx", size_hw, random_init=True)
 
 
 def start_server(onnx: Path, ports: dict, log: Path, queue_delay_us: int | None = None) -> subprocess.Popen:
@@ -118,7 +111,7 @@ def main() -> int:
                    help="the server's dynamic-batching delay (default: serve-triton's)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
-    onnx = Path(args.onnx) if args.onnx else export(tuple(int(v) for v in args.size.split("x")), work)
+    onnx = Path(args.onnx) if args.onnx else tiny_onnx(tuple(int(v) for v in args.size.split("x")))
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     print(f"load average at start: {load_average()}  ({os.cpu_count()} CPUs)", flush=True)
     server = start_server(onnx, ports, work / "server.log", args.max_queue_delay_us)
