@@ -12,7 +12,7 @@ import re
 import threading
 
 from app.frames import Reader
-from app.validate import InputError
+from core.errors import InputError
 from app.hud import RateMeter
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # safe inside file names and URL paths

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 def remove_temp_files_on_sigterm() -> None:
     """SIGTERM ends the process by raising SystemExit(143), so `finally` blocks run and the
     temp files of interrupted writes (export, calibration, engine builds, checkpoints) are
-    removed (engines/sidecar.py atomic_write / atomic_path). Left alone when someone else
+    removed (core/sidecar.py atomic_write / atomic_path). Left alone when someone else
     (e.g. torchrun) installed a handler."""
     def on_sigterm(signum, _frame):
         raise SystemExit(128 + signum)

@@ -1,6 +1,6 @@
 """HUD (fps and latency, `--hud`) and class legend (`--legend`), drawn on top of the overlay.
 
-Kept apart from app/overlay.py on purpose: the overlay is the pixel-exact reference a CUDA
+Kept apart from core/overlay.py on purpose: the overlay is the pixel-exact reference a CUDA
 kernel is held to; these are annotations drawn afterwards, in place, with OpenCV.
 """
 from __future__ import annotations

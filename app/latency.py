@@ -114,7 +114,8 @@ class LatencyRecorder:
         self._file = None
         self._csv = None
         if self.path:
-            from app.validate import check_value, prepare_output
+            from app.validate import check_value
+            from core.validate import prepare_output
 
             check_value("latency_log", str(self.path))   # .csv or .jsonl
             prepare_output(self.path, "--latency-log")   # missing folders made, like every output

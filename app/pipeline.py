@@ -37,8 +37,8 @@ from app.camera import Camera
 from app.frames import Frame, ReadError
 from app.hud import draw_hud, draw_legend
 from app.latency import LatencyRecorder
-from app.overlay import palette_bgr, render_overlay
-from app.preprocess import preprocess
+from core.overlay import palette_bgr, render_overlay
+from core.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
 from engines.base import ServerDown
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost

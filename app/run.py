@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from app import validate
-from app.validate import InputError, size_wh
+from core.errors import InputError
+from core.validate import load_yaml, size_wh
 
 HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
 EXAMPLE = ("python run_camera.py --source clip.mp4 --model artifacts/r18.onnx --output out.mp4 "
@@ -190,7 +191,7 @@ def load_preset(name: str, parser: argparse.ArgumentParser) -> dict:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
         raise InputError(f"--config {name}: no such file (presets: {known})")
-    data = validate.load_yaml(path, "preset") or {}
+    data = load_yaml(path, "preset") or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from app.frames import Sink
-from app.validate import prepare_output
+from core.validate import prepare_output
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}

@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.preprocess import preprocess  # noqa: E402
+from core.preprocess import preprocess   # noqa: E402
 from engines.export import export_onnx  # noqa: E402
-from engines.model_config import load_model_config  # noqa: E402
+from core.model_config import load_model_config   # noqa: E402
 from engines.onnx_engine import OnnxEngine  # noqa: E402
 
 MODEL = "bisenetv1_r18-d32_camvid-360x480"

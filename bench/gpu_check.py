@@ -3,7 +3,7 @@
     python bench/gpu_check.py [--data ../shared/data] [--model NAME] [--frames 4]
 
 - the CUDA kernels (engines/preprocess.cu, engines/overlay.cu) through pycuda, and through
-  CuPy on the same source, vs app/preprocess.py and app/overlay.py on real frames;
+  CuPy on the same source, vs core/preprocess.py and core/overlay.py on real frames;
 - the PyTorch reference network on CUDA (fp32 with TF32 off, and fp16 autocast) vs the CPU;
 - the fused chain: uint8 frame up -> preprocess kernel -> network on the GPU -> argmax kernel ->
   overlay kernel -> uint8 frame down, vs the same chain on the CPU;
@@ -30,10 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.overlay import palette_bgr, render_overlay  # noqa: E402
-from app.preprocess import preprocess  # noqa: E402
+from core.overlay import palette_bgr, render_overlay   # noqa: E402
+from core.preprocess import preprocess   # noqa: E402
 from engines import cuda_kernels as ck  # noqa: E402
-from engines.model_config import load_model_config  # noqa: E402
+from core.model_config import load_model_config   # noqa: E402
 
 ROWS = []     # (stage, backend, cpu_ms, gpu_ms, max_diff, note)
 MISSING = []  # (piece, reason)
@@ -246,7 +246,7 @@ def check_tensorrt(cfg, frames, size_hw, repeat):
         return
     try:
         import torch
-        from engines.sidecar import write_sidecar
+        from core.sidecar import write_sidecar
         from engines.tensorrt_build import build_engine
         from engines.tensorrt_engine import TensorRTEngine
     except Exception as e:   # noqa: BLE001

@@ -52,7 +52,7 @@ def session(path, threads: int):
 def build_pair(args, size_hw, workdir: Path) -> tuple[Path, Path, tuple]:
     """fp32 export + cpu-flavor int8 for one size; returns (fp32, int8, run size)."""
     from engines.export import export_onnx
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     h, w = size_hw
     eh, ew = h // 32 * 32, w // 32 * 32

@@ -124,7 +124,7 @@ def torch_contender(name, args, size_hw):
     except ImportError:
         return "torch is not installed (pip install 'bisenet-edge[train]')"
     from engines.export import build_model
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     torch.set_num_threads(args.threads)
     model = build_model(load_model_config(args.model), args.checkpoint, random_init=not args.checkpoint)[0]

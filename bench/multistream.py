@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.camera import Camera, camera_names  # noqa: E402
 from app.latency import LatencyRecorder  # noqa: E402
 from app.pipeline import Pipeline  # noqa: E402
-from app.preprocess import preprocess  # noqa: E402
+from core.preprocess import preprocess   # noqa: E402
 from app.sinks import NullSink  # noqa: E402
 from app.sources import open_source  # noqa: E402
 from engines.onnx_engine import OnnxEngine  # noqa: E402
@@ -55,7 +55,7 @@ CONFIG = "bisenetv1_r18-d32_camvid-360x480"
 
 def export_models(size_hw, folder: Path) -> dict:
     from engines.export import export_onnx
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     cfg = load_model_config(CONFIG)
     ckpt = CHECKPOINT if CHECKPOINT.is_file() else None

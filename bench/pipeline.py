@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.hud import draw_hud, draw_legend  # noqa: E402
 from app.latency import LatencyRecorder  # noqa: E402
-from app.overlay import palette_bgr, render_overlay  # noqa: E402
+from core.overlay import palette_bgr, render_overlay   # noqa: E402
 from app.pipeline import Pipeline  # noqa: E402
-from app.preprocess import preprocess  # noqa: E402
+from core.preprocess import preprocess   # noqa: E402
 from app.sinks import NullSink  # noqa: E402
 from app.sources import open_source  # noqa: E402
 from engines.load import load_engine  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> int:
         model = Path(args.model)
     else:
         from engines.export import export_onnx
-        from engines.model_config import load_model_config
+        from core.model_config import load_model_config
 
         h, w = parse_size(args.size)
         tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-")   # removed at exit

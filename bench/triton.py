@@ -117,8 +117,8 @@ def main() -> int:
     server = start_server(onnx, ports, work / "server.log", args.max_queue_delay_us)
     modes = ["local onnxruntime", "triton grpc", "triton grpc + shm", "triton http"]
     try:
-        from app.preprocess import preprocess
-        from engines.sidecar import read_sidecar
+        from core.preprocess import preprocess
+        from core.sidecar import read_sidecar
 
         meta = read_sidecar(onnx)
         h, w = meta["input_shape"][2:]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from calibration import ort_quantize
 from calibration.image_set import CalibrationSet
-from engines.sidecar import file_sha256, read_sidecar, sidecar_path, write_sidecar
+from core.files import file_sha256
+from core.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 HELP = "INT8-quantize an exported ONNX (QDQ, ONNX Runtime CPU and TensorRT flavors) with an accuracy gate"
 EXAMPLE = ("bisenet calibrate --onnx r18.onnx --data camvid --num-images 256 --target both "

@@ -2,7 +2,7 @@
 
 The images are spread across sequences (CamVid `0016E5_...`, Cityscapes cities, sub-folders)
 so a long sequence does not dominate the activation statistics, the draw is deterministic
-for a seed, and every image goes through the app's own preprocess (app/preprocess.py), so
+for a seed, and every image goes through the app's own preprocess (core/preprocess.py), so
 INT8 ranges are measured on exactly what the engine sees at run time. The list of images
 used is saved beside the result (`save_list`) so a calibration can be repeated or audited.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
@@ -190,6 +190,8 @@ def load_bgr_images(items: list):
 def preprocessing_record(size_hw, mean, std) -> dict:
     """What the preprocess does, as recorded in sidecars and TensorRT calibration cache keys
     (the build step rebuilds the same record from the ONNX sidecar to check a cache)."""
+    # The function's name as first recorded (it moved to core/preprocess.py since, unchanged):
+    # kept, so calibration caches keyed on it stay valid.
     return {"function": "app.preprocess.preprocess", "resize": "cv2.INTER_LINEAR",
             "color": "RGB", "layout": "NCHW", "dtype": "float32",
             "size_hw": [int(v) for v in size_hw], "mean": [float(v) for v in mean],
@@ -234,7 +236,7 @@ class CalibrationSet:
 
     def save_list(self, path: str | Path) -> Path:
         """One image (or video#frame) per line, in calibration order."""
-        from engines.sidecar import atomic_write_bytes
+        from core.files import atomic_write_bytes
 
         path = Path(path)
         lines = [f"# {len(self.items)} calibration images from {self.source}"]

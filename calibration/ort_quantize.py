@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.sidecar import atomic_path
+from core.files import atomic_path
 
 METHODS = ("entropy", "minmax", "percentile")
 FLAVORS = ("cpu", "tensorrt")

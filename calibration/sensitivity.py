@@ -76,7 +76,7 @@ def format_report(report: dict, top: int = 10) -> str:
 
 
 def save_report(report: dict, path: str | Path) -> Path:
-    from engines.sidecar import atomic_write_bytes
+    from core.files import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     return Path(path)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.sidecar import atomic_write_bytes, file_sha256, sidecar_path
+from core.files import atomic_write_bytes, file_sha256
+from core.sidecar import sidecar_path
 
 KEY_FIELDS = ("onnx_sha256", "preprocessing", "input_shape", "tensorrt_version")
 

@@ -10,13 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engines.sidecar import SidecarError
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one line for a one-line error: its first non-empty text, else its type."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+from core.sidecar import SidecarError
 
 
 @dataclass
@@ -148,7 +142,7 @@ def check_graph_io(path, info: ModelInfo, output_name: str, input_shape, output_
     """The graph an ONNX-reading backend loaded must match its sidecar: output `labels` or
     `logits` as the sidecar's head says, a static input of the sidecar's size, and logits
     with one channel per class of the sidecar."""
-    from app.validate import check_output_channels
+    from core.validate import check_output_channels
 
     if output_name not in ("labels", "logits"):
         raise SidecarError(f"{path}: output {output_name!r} is neither labels nor logits; "

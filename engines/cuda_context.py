@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 
-from engines.base import first_line
+from core.errors import first_line
 
 BACKENDS = ("pycuda", "cupy")
 

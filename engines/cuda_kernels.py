@@ -59,14 +59,14 @@ def check_frames(frames: int) -> int:
 
 def normalization_args(mean, std) -> tuple:
     """(mean_r, mean_g, mean_b, inv_std_r, inv_std_g, inv_std_b) as float32, rounded exactly like
-    app/preprocess.py computes them (float32 mean, 1 / float32 std)."""
+    core/preprocess.py computes them (float32 mean, 1 / float32 std)."""
     mean = np.asarray(mean, dtype=np.float32).reshape(3)
     inv_std = (1.0 / np.asarray(std, dtype=np.float32)).astype(np.float32).reshape(3)
     return tuple(np.float32(v) for v in (*mean, *inv_std))
 
 
 def alpha_256(alpha: float) -> int:
-    """The blend weight in 1/256ths, as app/overlay.py rounds it."""
+    """The blend weight in 1/256ths, as core/overlay.py rounds it."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     return int(round(alpha * 256))
@@ -270,7 +270,7 @@ class CudaKernels:
                     (np.uint64(logits_ptr), np.int32(num_classes), np.int32(plane), np.uint64(labels_ptr)),
                     stream)
 
-    # -- numpy in, numpy out: what the checks compare with app/preprocess.py, app/overlay.py ---
+    # -- numpy in, numpy out: what the checks compare with core/preprocess.py, core/overlay.py ---
     def preprocess(self, bgr: np.ndarray, size_hw, mean, std, dtype=np.float32) -> np.ndarray:
         """bgr: one HxWx3 image or N of them (NxHxWx3) -> [N, 3, H, W], all in one launch."""
         if bgr.ndim not in (3, 4) or bgr.shape[-1] != 3 or bgr.dtype != np.uint8:
@@ -349,7 +349,7 @@ class OverlayRenderer:
     def __init__(self, kernels: CudaKernels, lut_bgr: np.ndarray):
         lut = np.ascontiguousarray(lut_bgr, dtype=np.uint8)
         if lut.shape != (256, 3):
-            raise ValueError(f"the overlay LUT must be 256x3 BGR (app.overlay.palette_bgr), got {lut.shape}")
+            raise ValueError(f"the overlay LUT must be 256x3 BGR (core.overlay.palette_bgr), got {lut.shape}")
         self.k = kernels
         self.lut = kernels.to_device(lut)
 

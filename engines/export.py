@@ -19,9 +19,10 @@ import datetime
 import sys
 from pathlib import Path
 
-from app.validate import prepare_output
-from engines.model_config import ConfigError, ModelConfig, load_model_config
-from engines.sidecar import atomic_path, file_sha256, write_sidecar
+from core.validate import prepare_output
+from core.model_config import ConfigError, ModelConfig, load_model_config
+from core.files import atomic_path, file_sha256
+from core.sidecar import write_sidecar
 
 HELP = "export a BiSeNetV1 checkpoint (official mmseg or own) to ONNX with a sidecar JSON"
 EXAMPLE = ("bisenet export --model bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024 "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.base import Engine
-from engines.sidecar import read_sidecar
+from core.sidecar import read_sidecar
 
 BACKENDS = ("openvino", "onnxruntime")
 
@@ -67,7 +67,7 @@ def load_engine(model: str, checkpoint: str | None = None, providers: str | None
     if path.suffix in (".pth", ".pt"):
         raise ValueError(f"--model {model}: a checkpoint goes in --checkpoint; --model takes a zoo name, "
                          "a model YAML, an .onnx or an .engine")
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
     from engines.torch_engine import TorchEngine
 
     return TorchEngine(load_model_config(model), checkpoint, input_size=input_size, device=device)

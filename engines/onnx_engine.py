@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.validate import readable_file
-from engines.base import GraphEngine, ModelInfo, check_graph_io, first_line
-from engines.sidecar import read_sidecar
+from core.validate import readable_file
+from engines.base import GraphEngine, ModelInfo, check_graph_io
+from core.errors import first_line
+from core.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",

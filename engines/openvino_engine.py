@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.validate import readable_file
-from engines.base import GraphEngine, ModelInfo, check_graph_io, first_line
-from engines.sidecar import read_sidecar
+from core.validate import readable_file
+from engines.base import GraphEngine, ModelInfo, check_graph_io
+from core.errors import first_line
+from core.sidecar import read_sidecar
 
 PRECISIONS = ("fp32", "bf16")
 HINT = {"fp32": "f32", "bf16": "bf16"}

@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engines.sidecar import atomic_write_bytes, file_sha256, read_sidecar, write_sidecar
+from core.files import atomic_write_bytes, file_sha256
+from core.sidecar import read_sidecar, write_sidecar
 
 HELP = "build a TensorRT engine (fp32, fp16 or int8, GPU or Jetson DLA) from an exported ONNX model"
 EXAMPLE = "bisenet build --onnx artifacts/model.onnx --precision fp16 -o artifacts/model.fp16.engine"

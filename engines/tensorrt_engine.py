@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, first_line, run_static_batch
-from engines.sidecar import SidecarError, read_sidecar
+from engines.base import Engine, ModelInfo, run_static_batch
+from core.errors import first_line
+from core.sidecar import SidecarError, read_sidecar
 from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
 
 PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson, with JetPack's CUDA on PATH)"
@@ -256,7 +257,7 @@ class TensorRTEngine(Engine):
     def _fused_setup(self, h, w, alpha, mode) -> dict:
         """Staging buffers for up to the engine's batch of h x w frames, and `make_work(n)`: the
         async chain for n of them (what a CUDA graph per n captures)."""
-        from app.overlay import palette_bgr
+        from core.overlay import palette_bgr
         from engines.cuda_kernels import CudaKernels, label_step
         cuda = self.cuda
         if self._kernels is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from engines.base import Engine, ModelInfo
-from engines.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 
 class TorchEngine(Engine):

@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, ServerDown, first_line
-from engines.sidecar import SidecarError
+from engines.base import Engine, ModelInfo, ServerDown
+from core.errors import first_line
+from core.sidecar import SidecarError
 from engines.triton_repo import metadata_from_parameters
 
 SCHEMES = ("grpc", "http")

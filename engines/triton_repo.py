@@ -18,9 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.validate import SIDECAR_REQUIRED, InputError, check_sidecar
-from engines.base import first_line
-from engines.sidecar import SidecarError, read_sidecar, sidecar_path
+from core.validate import SIDECAR_REQUIRED, check_sidecar
+from core.errors import InputError
+from core.errors import first_line
+from core.sidecar import SidecarError, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
 EXAMPLE = "bisenet triton-repo --onnx r18.onnx --name bisenet --max-batch 8 -o triton_repo/"

@@ -1,7 +1,7 @@
 """`bisenet models`: the model zoo table (configs/models/*.yaml)."""
 from __future__ import annotations
 
-from engines.model_config import list_model_names, load_model_config
+from core.model_config import list_model_names, load_model_config
 
 HELP = "list the BiSeNetV1 model zoo configs with their official mIoU"
 EXAMPLE = "bisenet models"

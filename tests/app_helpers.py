@@ -23,7 +23,7 @@ def tiny_onnx(size_hw=(64, 96), head: str = "labels", dynamic_batch: bool = Fals
     key = (*size_hw, head, dynamic_batch)
     if key not in _models:
         from engines.export import export_onnx
-        from engines.model_config import load_model_config
+        from core.model_config import load_model_config
 
         if _dir is None:
             _dir = Path(tempfile.mkdtemp(prefix="bisenet-app-test-"))

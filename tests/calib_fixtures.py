@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.sidecar import file_sha256, write_sidecar
+from core.files import file_sha256
+from core.sidecar import write_sidecar
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]

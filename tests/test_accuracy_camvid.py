@@ -14,7 +14,7 @@ import re
 import pytest
 
 from app.cli import main as cli
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from helpers import REPO, SHARED_DATA
 
 CHECKPOINT = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
@@ -66,7 +66,7 @@ def evaluate(engine) -> dict:
 def exports(tmp_path_factory) -> dict:
     """The checkpoint exported once per session at 352x480, both heads (`bisenet export`'s code)."""
     from engines.export import export_onnx
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     tmp = tmp_path_factory.mktemp("camvid_exports")
     cfg = load_model_config(MODEL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.overlay import nearest_indices, palette_bgr, render_overlay
+from core.overlay import nearest_indices, palette_bgr, render_overlay
 
 
 def overlay_spec(image, labels, lut, alpha, mode):

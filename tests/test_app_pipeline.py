@@ -7,9 +7,9 @@ import pytest
 from app.frames import Reader, ReadError, Sink
 from app.hud import draw_hud, draw_legend
 from app.latency import LatencyRecorder, read_log
-from app.overlay import palette_bgr, render_overlay
+from core.overlay import palette_bgr, render_overlay
 from app.pipeline import Pipeline
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from app.sources import open_source
 from engines.onnx_engine import OnnxEngine
 from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx

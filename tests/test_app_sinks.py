@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.frames import Frame
-from app.validate import InputError
+from core.errors import InputError
 from app.sinks import FolderSink, NullSink, SinkError, VideoFileSink, gui_available, open_sink
 
 

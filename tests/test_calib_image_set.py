@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from calibration.image_set import (CalibrationDataError, CalibrationSet, collect_items, sequence_of,
                                    spread_across_sequences)
 from tests.calib_fixtures import MEAN, STD, image_folder, list_dataset, video_file

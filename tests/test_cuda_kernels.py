@@ -2,7 +2,7 @@
 
 On every machine: the same .cu text is compiled as host C++ (tests/cuda_host_shim.h) and
 every (block, thread) index of the launch grid is executed through ctypes, then compared with
-app/preprocess.py and app/overlay.py. With nvcc: PTX for Jetson Orin (sm_87), Ampere (sm_86)
+core/preprocess.py and core/overlay.py. With nvcc: PTX for Jetson Orin (sm_87), Ampere (sm_86)
 and Hopper (sm_90). With a GPU (marked gpu): the kernels themselves through pycuda or CuPy.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from app.overlay import palette_bgr, render_overlay
-from app.preprocess import preprocess
+from core.overlay import palette_bgr, render_overlay
+from core.preprocess import preprocess
 from engines import cuda_kernels as ck
-from engines.model_config import load_model_config
+from core.model_config import load_model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CITYSCAPES = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"

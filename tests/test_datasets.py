@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engines.model_config import REPO_ROOT
+from core.model_config import REPO_ROOT
 from training.datasets import SegDataset, coco_stuff_lut, load_dataset_config
 from training.prepare import prepare_cityscapes
 from training.transforms import TrainTransform, random_crop, rescale_size

@@ -10,7 +10,7 @@ import torch
 
 from app.cli import main as cli
 from engines.base import ModelInfo
-from engines.model_config import load_model_config
+from core.model_config import load_model_config
 from training.datasets import SegDataset, load_dataset_config
 from training.evaluate import ModuleEngine, Predictor, confusion_matrix, evaluate_dataset, metrics_from_confusion
 from training.model import BiSeNetV1

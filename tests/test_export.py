@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app.cli import main as cli
-from engines.model_config import ConfigError, load_model_config
+from core.model_config import ConfigError, load_model_config
 from engines.onnx_engine import OnnxEngine
 from tests.helpers import official_style_checkpoint, randomized_model
 

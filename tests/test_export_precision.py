@@ -13,11 +13,11 @@ import onnx
 import pytest
 
 from app.cli import main as cli
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from engines.export import export_onnx
-from engines.model_config import load_model_config
+from core.model_config import load_model_config
 from engines.onnx_engine import OnnxEngine
-from engines.sidecar import read_sidecar
+from core.sidecar import read_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -55,7 +55,7 @@ def test_fp16_export_matches_fp32_on_camvid(tmp_path):
 
 
 def test_export_refuses_an_unknown_precision(tmp_path):
-    from engines.model_config import ConfigError
+    from core.model_config import ConfigError
     with pytest.raises(ConfigError, match="--precision 'int8': use fp32 or fp16"):
         export_onnx(load_model_config(MODEL), None, tmp_path / "x.onnx", random_init=True, precision="int8")
     with pytest.raises(SystemExit) as e:                     # the CLI offers fp32 and fp16 only

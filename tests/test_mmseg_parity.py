@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.cli import main as cli
-from engines.model_config import list_model_names
+from core.model_config import list_model_names
 from engines.onnx_engine import OnnxEngine
 from tests.helpers import REPO, official_style_checkpoint
 from tests.test_export import normalized_input
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not (REPO / ".venv-mmseg" / ".ready").exists(),
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     """Export every row, then run mmseg once over all of them: {name: (ours, mmseg's)}."""
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     tmp = tmp_path_factory.mktemp("mmseg")
     x = normalized_input(256, 512, seed=1)
@@ -48,7 +48,7 @@ def outputs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", SEED_ROWS)
 def test_export_equals_mmseg(name, outputs):
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     ours, ref = outputs[name]
     assert ours.shape == ref.shape == (1, load_model_config(name).num_classes, 256, 512)

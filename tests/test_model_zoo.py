@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from engines.model_config import ConfigError, list_model_names, load_model_config
+from core.model_config import ConfigError, list_model_names, load_model_config
 from tests.helpers import REPO
 
 # mmsegmentation's own parameter counts (whole EncoderDecoder, auxiliary heads included).

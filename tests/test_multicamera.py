@@ -64,7 +64,7 @@ def camvid_models(tmp_path_factory):
     if not CAMVID_MODEL.is_file():
         pytest.skip(f"no trained CamVid model at {CAMVID_MODEL}")
     from engines.export import export_onnx
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
 
     cfg = load_model_config(CAMVID_CONFIG)
     folder = tmp_path_factory.mktemp("camvid")
@@ -105,7 +105,7 @@ def test_static_batch_export_and_padded_batches(tmp_path, capsys):
     ckpt = tmp_path / "c.pth"
     import torch
 
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
     from tests.helpers import randomized_model
     cfg = load_model_config(CAMVID_CONFIG)
     torch.save({"state_dict": randomized_model(cfg).state_dict()}, ckpt)

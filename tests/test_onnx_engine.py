@@ -6,9 +6,9 @@ import pytest
 
 from engines.export import export_onnx
 from engines.load import load_engine
-from engines.model_config import load_model_config
+from core.model_config import load_model_config
 from engines.onnx_engine import OnnxEngine, parse_providers
-from engines.sidecar import SidecarError
+from core.sidecar import SidecarError
 
 R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 

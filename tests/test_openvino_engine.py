@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from engines.load import load_engine, pick_backend
-from engines.sidecar import SidecarError
+from core.sidecar import SidecarError
 from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 from tests.app_process import ENV, run_camera
 

@@ -1,9 +1,9 @@
-"""app/preprocess.py against the plain formula it implements, on a real CamVid frame."""
+"""core/preprocess.py against the plain formula it implements, on a real CamVid frame."""
 import cv2
 import numpy as np
 import pytest
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 from tests.helpers import SHARED_DATA
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]

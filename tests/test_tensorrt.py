@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from engines import tensorrt_build as tb
-from engines.sidecar import SidecarError, file_sha256, read_sidecar, write_sidecar
+from core.sidecar import SidecarError, read_sidecar, write_sidecar
+from core.files import file_sha256
 from engines.tensorrt_engine import check_engine_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -453,8 +454,8 @@ def test_gpu_engine_matches_onnxruntime_and_cpu_overlay(tmp_path, precision, cud
     needs_tensorrt_gpu()
     import onnxruntime as ort
 
-    from app.overlay import palette_bgr, render_overlay
-    from app.preprocess import preprocess
+    from core.overlay import palette_bgr, render_overlay
+    from core.preprocess import preprocess
     from engines.tensorrt_engine import TensorRTEngine
     from tests.app_helpers import run_in_thread
     onnx_path = tiny_onnx(tmp_path, h=64, w=128, precision=precision)
@@ -493,8 +494,8 @@ def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
     needs_tensorrt_gpu()
     import onnxruntime as ort
 
-    from app.overlay import palette_bgr, render_overlay
-    from app.preprocess import preprocess
+    from core.overlay import palette_bgr, render_overlay
+    from core.preprocess import preprocess
     from engines.tensorrt_engine import TensorRTEngine
     from tests.app_helpers import run_in_thread
     onnx_path = tiny_onnx(tmp_path, h=64, w=128, dynamic_batch=True, max_batch=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.model_config import load_model_config
+from core.model_config import load_model_config
 from training.losses import ohem_weights, seg_loss
 from training.model import BiSeNetV1, ResNet
 from training.weights import init_from_scratch, load_imagenet_backbone

@@ -107,7 +107,7 @@ def test_kill_during_save_leaves_a_readable_latest(tmp_path):
 
 
 def test_train_config_defaults_come_from_the_model_recipe(tmp_path):
-    from engines.model_config import load_model_config
+    from core.model_config import load_model_config
     cfg = load_model_config("bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024")
     r = TrainConfig(model="x", dataset="y", lr=0.5).recipe(cfg)
     assert r["lr"] == 0.5 and r["iterations"] == 160000 and r["warmup_iters"] == 1000
@@ -116,7 +116,7 @@ def test_train_config_defaults_come_from_the_model_recipe(tmp_path):
 def test_finetune_on_own_classes_from_a_checkpoint_with_other_classes(tmp_path):
     import yaml
 
-    from engines.model_config import MODELS_DIR, load_model_config
+    from core.model_config import MODELS_DIR, load_model_config
     from training.model import BiSeNetV1
     from training.train import load_for_finetune
 

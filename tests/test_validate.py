@@ -19,7 +19,8 @@ import pytest
 from app import validate
 from app.cli import main as bisenet_main
 from app.run import main as run_main
-from engines.sidecar import atomic_path, atomic_write, write_sidecar
+from core.files import atomic_path, atomic_write
+from core.sidecar import write_sidecar
 from tests.app_helpers import MODEL_NAME, REPO, SAMPLE_VIDEO
 from tests.app_process import ENV
 from tests.calib_fixtures import tiny_segmenter
@@ -193,7 +194,7 @@ MODEL_YAML_CASES = [
 def zoo_yaml_with(**changes) -> str:
     import yaml
 
-    from engines.model_config import MODELS_DIR
+    from core.model_config import MODELS_DIR
 
     data = yaml.safe_load((MODELS_DIR / "bisenetv1_r18-d32_camvid-360x480.yaml").read_text())
     return yaml.safe_dump({**data, **changes})

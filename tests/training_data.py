@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import yaml
 
-from engines.model_config import MODELS_DIR
+from core.model_config import MODELS_DIR
 
 CLASSES = ["ground", "object", "sky"]
 PALETTE = [[128, 64, 128], [220, 20, 60], [70, 130, 180]]

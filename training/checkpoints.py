@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from engines.model_config import ModelConfig
-from engines.sidecar import atomic_write, file_mode
+from core.model_config import ModelConfig
+from core.files import atomic_write, file_mode
 
 
 class CheckpointError(RuntimeError):

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.validate import load_yaml
-from engines.model_config import REPO_ROOT, ConfigError, check_keys
+from core.validate import load_yaml
+from core.model_config import REPO_ROOT, ConfigError, check_keys
 
 IGNORE_INDEX = 255
 DATASETS_DIR = REPO_ROOT / "configs" / "datasets"

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 
 HELP = "evaluate a checkpoint or an exported model (ONNX/TensorRT) on a dataset's val split: mIoU, aAcc, per-class IoU"
 EXAMPLE = ("bisenet eval --model bisenetv1_r18-d32_camvid-360x480 --checkpoint /work/runs/camvid_r18/best.pth "

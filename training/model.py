@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engines.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 
 class ConvBNReLU(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.sidecar import atomic_path
+from core.files import atomic_path
 
 HELP = "prepare a dataset for training: Cityscapes gtFine labelIds -> labelTrainIds"
 EXAMPLE = "bisenet prepare cityscapes --root data/cityscapes"

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from app.validate import load_yaml
-from engines.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
+from core.validate import load_yaml
+from core.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "

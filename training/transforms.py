@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from app.preprocess import preprocess
+from core.preprocess import preprocess
 
 IGNORE_INDEX = 255
 

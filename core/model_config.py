@@ -5,7 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.validate import SIDECAR, InputError, check_fields, check_fields_by_rules, load_yaml
+from core.validate import SIDECAR, check_fields, check_fields_by_rules, load_yaml
+from core.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"

@@ -1,0 +1,20 @@
+"""Errors a user can act on. `BisenetError` is the one project error type: its message is one
+line that names the flag or file and says what to do, and `exit_code` is what the commands
+exit with. Any other exception reaching a command is a bug (app/cli.py prints it as one)."""
+from __future__ import annotations
+
+
+class BisenetError(Exception):
+    """A failure the user can fix; printed as one line, the command exits `exit_code`."""
+
+    exit_code = 2
+
+
+class InputError(BisenetError, ValueError):
+    """A bad input: one line that names the flag or file and says what to do (exit 2)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line for a one-line error: its first non-empty text, else its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
