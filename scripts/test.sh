@@ -9,6 +9,10 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v g++ >/dev/null || need+=(g++)   # builds engines/*.cu for the host kernel checks
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)   # .venv-triton (setup_triton.sh)
 command -v openssl >/dev/null || need+=(openssl)   # a test certificate for the HTTPS test
+# The app's own RTSP server (GStreamer's RTSP server through PyGObject, x264enc) and its auth tests.
+for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly gstreamer1.0-plugins-good; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -17,6 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 bash scripts/setup.sh
+bash scripts/setup_gi.sh                # PyGObject in .venv for the RTSP-serve tests
 bash scripts/setup_mmseg_reference.sh   # mmsegmentation 1.2 itself, for the parity tests
 bash scripts/setup_triton.sh            # the Triton server's own venv, for the serve-triton tests
 exec .venv/bin/python -m pytest -q "$@"
