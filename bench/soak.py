@@ -1,6 +1,7 @@
-"""Soak test: >= 10,000 frames through the whole pipeline with every headless output, sampling
-memory (RSS) and queue depths. Passes when RSS grows < 50 MB after warm-up, the queues stay
-within their bounds, and captured = written + dropped (by reason) exactly.
+"""Soak test: >= 10,000 frames through the whole app (run_camera.py as its own process, every
+headless output), sampling its memory (RSS) and queue depths (from its /metrics). Passes when
+RSS grows < 50 MB after warm-up, the queues stay within their bound, and the latency log
+accounts for every captured frame exactly once (written or dropped with a reason).
 
     python bench/soak.py                          # 10,000 frames, 160x120, tiny random R18
     python bench/soak.py --frames 2000 --size 320x240 --model artifacts/r18.onnx
@@ -10,12 +11,13 @@ with --rtsp-source an ffmpeg "camera" publishing it through rtsp-server-perl (li
 10,000 frames take 11 minutes). Outputs: null, an .mp4, a folder of PNGs, http://127.0.0.1
 (with an MJPEG client reading it), rtsp:// push to rtsp-server-perl (with an ffmpeg viewer
 pulling it) when rtsp-server-perl is installed; display is skipped (headless). Without
---model a random-weight R18 is exported at 64x96 in a subprocess (the soak process itself
-never imports torch, like the app).
+--model a random-weight R18 is exported at 64x96. The app runs exactly as a user starts it,
+so the soak follows whatever the app's insides become.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -32,14 +34,26 @@ SAMPLE = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
 MODEL_NAME = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 WARMUP_FRAMES = 1000
 RSS_LIMIT_MB = 50.0
+QUEUE_SIZE = 4
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return float("nan")
+
+
+def scrape(url: str) -> tuple[int, int]:
+    """(frames captured so far, deepest queue now) from the app's /metrics."""
+    text = urllib.request.urlopen(url, timeout=2).read().decode()
+    captured = sum(float(m) for m in re.findall(r'^bisenet_frames_total\{[^}]*\} (\S+)$', text, re.M))
+    depths = [float(m) for m in re.findall(r'^bisenet_queue_depth\{[^}]*\} (\S+)$', text, re.M)]
+    return int(captured), int(max(depths, default=0))
 
 
 def small_clip(src: Path, dst: Path, width: int, height: int) -> Path:
@@ -86,29 +100,29 @@ def rtsp_viewer(url: str, stop: threading.Event, runs: list) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description="Soak test: 10,000+ frames through the whole app with every "
+                                "headless output; RSS, queue depths and frame accounting checked.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Example: python bench/soak.py --frames 10000 --size 160x120")
-    p.add_argument("--frames", type=int, default=10_000)
+    p.add_argument("--frames", type=int, default=10_000, help="frames to capture (default 10000)")
     p.add_argument("--size", default="160x120", help="source frame size WxH (default 160x120)")
     p.add_argument("--model", help="an .onnx (default: export a random-weight R18 at 64x96)")
     p.add_argument("--rtsp-source", action="store_true", help="read from RTSP (live, 15 fps) instead of a file")
-    p.add_argument("--sample-every", type=float, default=0.5, help="seconds between samples")
+    p.add_argument("--sample-every", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    p.add_argument("--warmup", type=int, default=WARMUP_FRAMES,
+                   help=f"frames before RSS growth is measured (default {WARMUP_FRAMES})")
     p.add_argument("--keep", help="keep the outputs and samples in this folder")
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
 
-    from app.latency import LatencyRecorder
-    from app.pipeline import Pipeline
-    from app.run import _parser, resolve
-    from app.sinks import open_sink
-    from app.sources import open_source
-    from engines.load import load_engine
+    from app.latency import read_log
+    from tests.app_helpers import free_port
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bisenet-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    helpers = []                     # processes and threads to stop at the end
+    helpers = []                     # processes to stop at the end
     stop_clients = threading.Event()
+    app = None
     try:
         clip = small_clip(SAMPLE, work / f"clip_{width}x{height}.mkv", width, height)
         model = Path(args.model) if args.model else export_tiny_model(work / "tiny_r18_64x96.onnx")
@@ -121,10 +135,11 @@ def main(argv=None) -> int:
         elif args.rtsp_source:
             raise SystemExit("--rtsp-source needs rtsp-server-perl and ffmpeg (apt-get install rtsp-server-perl ffmpeg)")
 
-        from tests.app_helpers import free_port
-        http_port = free_port()
+        http_port, metrics_port = free_port(), free_port()
+        log = work / "latency.csv"
         flags = ["--model", str(model), "--max-frames", str(args.frames), "--threads", "1",
-                 "--latency-log", str(work / "latency.csv"),
+                 "--queue-size", str(QUEUE_SIZE), "--latency-log", str(log),
+                 "--metrics-port", f"127.0.0.1:{metrics_port}",
                  "--output", "null", "--output", str(work / "out.mp4"), "--output", f"{work / 'frames'}/",
                  "--output", f"http://127.0.0.1:{http_port}"]
         if relay is not None:
@@ -136,19 +151,13 @@ def main(argv=None) -> int:
             flags += ["--source", relay.pull_url("/camera")]
         else:
             flags += ["--source", str(clip), "--loop"]
-        opts = resolve(_parser().parse_args(flags))
 
-        engine = load_engine(opts.model, threads=opts.threads)
-        reader = open_source(opts.source, opts)
-        sinks = [open_sink(spec, opts, live=reader.live) for spec in opts.output]
-        recorder = LatencyRecorder(opts.latency_log)
-        pipeline = Pipeline(reader, engine, sinks, recorder=recorder, max_frames=opts.max_frames,
-                            queue_size=opts.queue_size)
-
+        t0 = time.monotonic()
+        app = subprocess.Popen([sys.executable, str(REPO / "run_camera.py"), *flags], cwd=work,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         mjpeg_seen = [0]
-        t = threading.Thread(target=mjpeg_client, daemon=True,
-                             args=(f"http://127.0.0.1:{http_port}/stream.mjpg", stop_clients, mjpeg_seen))
-        t.start()
+        threading.Thread(target=mjpeg_client, daemon=True,
+                         args=(f"http://127.0.0.1:{http_port}/stream.mjpg", stop_clients, mjpeg_seen)).start()
         viewer_runs = [0]
         viewer = None
         if relay is not None:
@@ -156,63 +165,59 @@ def main(argv=None) -> int:
                                       args=(relay.pull_url("/soak"), stop_clients, viewer_runs))
             viewer.start()
 
-        samples = []                 # (seconds, captured, rss MB, input queue, output queue)
-        done = threading.Event()
-        t0 = time.monotonic()
-
-        def sample() -> None:
-            while not done.wait(args.sample_every):
-                samples.append((time.monotonic() - t0, pipeline.captured, rss_mb(),
-                                pipeline.in_q.qsize(), pipeline.out_q.qsize()))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        rss_start = rss_mb()
-        code = pipeline.run()
-        done.set()
-        sampler.join()
-        engine.close()
+        samples = []                 # (seconds, captured, rss MB, deepest queue)
+        output = []
+        reader = threading.Thread(target=lambda: output.extend(app.stdout), daemon=True)
+        reader.start()
+        while app.poll() is None:
+            try:
+                captured, depth = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                samples.append((time.monotonic() - t0, captured, rss_mb(app.pid), depth))
+            except OSError:
+                pass                 # not listening yet, or just closed
+            time.sleep(args.sample_every)
+        code = app.wait()
+        reader.join(timeout=10)
         elapsed = time.monotonic() - t0
         stop_clients.set()
         if viewer is not None:
             viewer.join(timeout=10)
 
-        summary = recorder.summary(pipeline.captured)
-        after = [s for s in samples if s[1] >= WARMUP_FRAMES]
+        rows = read_log(log) if log.is_file() else []
+        written = sum(1 for r in rows if not r["dropped"])
+        by_reason = {}
+        for r in rows:
+            if r["dropped"]:
+                by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        ids = [r["frame"] for r in rows]
+        accounted = len(ids) == len(set(ids)) >= args.frames
+        after = [s for s in samples if s[1] >= args.warmup]
         base = after[0][2] if after else float("nan")
         peak = max((s[2] for s in after), default=float("nan"))
-        end = after[-1][2] if after else float("nan")
         growth = peak - base
-        max_in = max((s[3] for s in samples), default=0)
-        max_out = max((s[4] for s in samples), default=0)
-        accounted = summary["written"] + summary["dropped"] == summary["captured"] == pipeline.captured
-        bounded = max_in <= pipeline.in_q.maxsize and max_out <= pipeline.out_q.maxsize
+        max_depth = max((s[3] for s in samples), default=0)
+        bounded = max_depth <= QUEUE_SIZE
         with open(work / "samples.csv", "w") as f:
-            f.write("seconds,captured,rss_mb,input_queue,output_queue\n")
+            f.write("seconds,captured,rss_mb,deepest_queue\n")
             for s in samples:
-                f.write(f"{s[0]:.2f},{s[1]},{s[2]:.1f},{s[3]},{s[4]}\n")
+                f.write(f"{s[0]:.2f},{s[1]},{s[2]:.1f},{s[3]}\n")
 
-        print(f"frames        captured {summary['captured']}  written {summary['written']}  dropped "
-              f"{summary['dropped']} {summary['dropped_by_reason'] or ''}  in {elapsed:.0f} s "
-              f"({summary['captured'] / elapsed:.1f} fps)")
-        print(f"source        {reader.description} {width}x{height}; model {model.name}")
-        print(f"outputs       {', '.join(s.name for s in sinks)}")
-        for sink in sinks:
-            if callable(getattr(sink, "counters", None)):
-                print(f"              {sink.name}: {sink.counters()}")
-        print(f"              MJPEG client read {mjpeg_seen[0]} JPEGs; RTSP viewer (re)started {viewer_runs[0]} "
-              f"times; failed outputs: {pipeline.sink_failures or 'none'}")
-        print(f"RSS MB        start {rss_start:.1f}  after {WARMUP_FRAMES} frames {base:.1f}  peak {peak:.1f}  "
-              f"end {end:.1f}  growth after warm-up {growth:+.1f} (limit {RSS_LIMIT_MB:.0f})")
-        print(f"queue depth   input max {max_in} (bound {pipeline.in_q.maxsize})  output max {max_out} "
-              f"(bound {pipeline.out_q.maxsize}); {len(samples)} samples every {args.sample_every} s")
-        ok = (code == 0 and accounted and bounded and growth < RSS_LIMIT_MB
-              and summary["captured"] >= args.frames and not pipeline.sink_failures)
+        print(f"frames        rows {len(rows)}  written {written}  dropped {len(rows) - written} {by_reason or ''}"
+              f"  in {elapsed:.0f} s ({len(rows) / elapsed:.1f} fps)")
+        print(f"source        {clip.name if not args.rtsp_source else 'rtsp'} {width}x{height}; model {model.name}")
+        print("app summary   " + "              ".join(output[-12:]).rstrip())
+        print(f"              MJPEG client read {mjpeg_seen[0]} JPEGs; RTSP viewer (re)started {viewer_runs[0]} times")
+        print(f"RSS MB        after {args.warmup} frames {base:.1f}  peak {peak:.1f}  growth after warm-up "
+              f"{growth:+.1f} (limit {RSS_LIMIT_MB:.0f}); {len(samples)} samples every {args.sample_every} s")
+        print(f"queue depth   deepest {max_depth} (bound {QUEUE_SIZE})")
+        ok = code == 0 and accounted and bounded and after != [] and growth < RSS_LIMIT_MB
         print(f"result        {'PASS' if ok else 'FAIL'}  (accounting {'exact' if accounted else 'WRONG'}, "
               f"queues {'bounded' if bounded else 'OVER BOUND'}, exit {code})")
         return 0 if ok else 1
     finally:
         stop_clients.set()
+        if app is not None and app.poll() is None:
+            app.kill()
         for h in helpers:
             h.kill()
         if not args.keep:
