@@ -56,9 +56,45 @@ def test_latency_plot_with_opencv_and_through_the_cli(tmp_path, capsys):
     out = plot(tmp_path / "lat.csv", tmp_path / "a.png", use_opencv=True)
     img = cv2.imread(str(out))
     assert img.shape == (800, 1200, 3)
-    # The e2e line and histogram are drawn in red (BGR 40, 40, 230).
-    assert ((np.abs(img.astype(int) - (40, 40, 230)).sum(axis=2)) < 30).sum() > 500
+    # The e2e line and histogram are drawn in near-black (BGR 30, 30, 30); red is for dropped
+    # frames only (their ticks on the axis and the legend's swatch: few pixels).
+    assert ((np.abs(img.astype(int) - (30, 30, 30)).sum(axis=2)) < 30).sum() > 500
+    red = ((np.abs(img.astype(int) - (0, 0, 255)).sum(axis=2)) < 30).sum()
+    assert 0 < red < 500
     assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "b.png").stat().st_size > 1000
     assert cli_main(["latency-plot", str(tmp_path / "missing.csv")]) == 2
     assert "no latency log" in capsys.readouterr().err
+
+
+def test_latency_plot_ticks_are_distinct_on_a_short_log(tmp_path):
+    """A 3-frame log with sub-millisecond stages: the OpenCV axes label 0, 0.4, 0.8 ... not 0, 0, 1, 1."""
+    from app.latency_plot import _tick_text
+
+    assert [_tick_text(2 * i / 5, 2 / 5) for i in range(6)] == ["0.0", "0.4", "0.8", "1.2", "1.6", "2.0"]
+    assert [_tick_text(500 * i / 5, 100) for i in range(3)] == ["0", "100", "200"]
+
+
+def test_latency_plot_bad_outputs_are_one_line_and_keep_what_was_there(tmp_path, capsys):
+    rec = LatencyRecorder(tmp_path / "lat.csv", start=0.0)
+    fill(rec)
+    rec.close()
+    assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path / "p.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use a .png or .jpg file name" in err[0], err
+    assert not (tmp_path / "p.txt").exists()
+    # A symlink as -o: its target gets the image, the link stays a link.
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old")
+    (tmp_path / "link.png").symlink_to(target)
+    assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path / "link.png"), "--opencv"]) == 0
+    assert (tmp_path / "link.png").is_symlink() and cv2.imread(str(target)) is not None
+    capsys.readouterr()
+    # A link into a place nobody can write (/proc, even as root): one line, the link stays.
+    (tmp_path / "nowhere.png").symlink_to("/proc/no-such-dir/x.png")
+    assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path / "nowhere.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write it" in err[0], err
+    assert (tmp_path / "nowhere.png").is_symlink()
+    assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
