@@ -18,13 +18,16 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+from core.errors import InputError
 from engines.triton_repo import DEFAULT_QUEUE_DELAY_US, write_repository
 
 HELP = "serve an .onnx on a real Triton Inference Server (nvidia-pytriton's tritonserver, Python backend)"
@@ -104,6 +107,35 @@ def _die_with_parent():
         pass
 
 
+# Lines tritonserver prints at every start on a machine without a usable CUDA driver: expected
+# there, and no reason for the user to worry (the model runs on the CPU).
+CPU_ONLY_NOISE = ("CudaDriverHelper has not been initialized",
+                  "Unable to allocate pinned system memory, pinned memory pool will not be available")
+
+
+def check_ports_free(address: str, ports: dict) -> None:
+    """Every port must be free before the server starts: otherwise tritonserver fails half-way
+    (or another server answers our readiness probe)."""
+    host = "0.0.0.0" if address in ("", "::") else address
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As servers bind: connections of a recent server in TIME_WAIT do not make a port taken.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise InputError(f"{flag} {port}: {host}:{port} is taken ({e.strerror}; another server?); "
+                                 f"pick a free port with {flag}") from None
+
+
+def relay_log(stream, out=sys.stderr) -> None:
+    """The server's log lines to our stderr, less the CPU-only start-up noise."""
+    for line in stream:
+        if not any(noise in line for noise in CPU_ONLY_NOISE):
+            out.write(line)
+            out.flush()
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -150,6 +182,8 @@ def run(args) -> int:
     ports = {args.http_port, args.grpc_port, args.metrics_port}
     if len(ports) != 3 or not all(0 < p < 65536 for p in ports):
         raise ValueError("--http-port, --grpc-port and --metrics-port must be three different ports 1-65535")
+    check_ports_free(args.address, {"--http-port": args.http_port, "--grpc-port": args.grpc_port,
+                                    "--metrics-port": args.metrics_port})
     work = Path(tempfile.mkdtemp(prefix="bisenet-triton-"))
     proc = None
     try:
@@ -162,9 +196,11 @@ def run(args) -> int:
         env = find_server_env(args.server_env)   # after the model: its errors come first
         env.require(args.backend)
         cmd = server_command(env, repo, env.backend_dir(work), args)
-        proc = subprocess.Popen(cmd, env=env.environ(), preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, env=env.environ(), preexec_fn=_die_with_parent,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+        threading.Thread(target=relay_log, args=(proc.stderr,), daemon=True).start()
         host = args.address if args.address not in ("0.0.0.0", "::") else "127.0.0.1"
-        if not wait_ready(f"http://{host}:{args.http_port}/v2/health/ready", proc, args.startup_timeout):
+        if not wait_ready(f"http://{host}:{args.http_port}/v2/models/{args.name}/ready", proc, args.startup_timeout):
             code = proc.poll()
             why = f"exit code {code}" if code is not None else f"not ready in {args.startup_timeout:g} s"
             raise RuntimeError(f"tritonserver did not get ready ({why}); see its log above, --verbose for more")
