@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -52,16 +54,40 @@ def atomic_write(path: str | Path, write) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp"):
+def deferred_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Ctrl-C / SIGTERM arriving inside the block take effect when it ends: for the few steps
+    that must happen together (a model file and its sidecar). Only the main thread can do this;
+    elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {s: signal.signal(s, lambda signum, _frame: arrived.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp", then=None):
     """For libraries that write to a path themselves (torch.onnx.export, quantize_static,
     cv2.imwrite): yield a hidden temp path beside `path`, rename it over `path` when the block
-    ends, remove it when the block raises (SIGTERM included, see app/cli.py)."""
+    ends, remove it when the block raises (SIGTERM included, see app/cli.py). `then()` runs
+    right after the rename with signals deferred, so what it writes (a sidecar) lands with the
+    file or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        with deferred_signals():
+            os.replace(tmp, path)
+            if then is not None:
+                then()
     finally:
         tmp.unlink(missing_ok=True)
 

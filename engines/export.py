@@ -97,8 +97,9 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
     if dynamic_batch:
         dynamic_axes["input"][0] = dynamic_axes[head][0] = "batch"
     # Through a hidden temp file: an interrupted export (an exception, Ctrl-C, SIGTERM) leaves
-    # neither half a model nor the temp file behind.
-    with atomic_path(out_path) as tmp, torch.no_grad():
+    # neither half a model nor the temp file behind, and the model lands with its sidecar.
+    meta = {}
+    with atomic_path(out_path, then=lambda: write_sidecar(out_path, meta)) as tmp, torch.no_grad():
         # The TorchScript exporter: it maps this network to plain ONNX ops in one step and
         # supports dynamic H/W through dynamic_axes.
         torch.onnx.export(Exported(model), (dummy,), str(tmp), input_names=["input"], output_names=[head],
@@ -106,19 +107,18 @@ def export_onnx(cfg: ModelConfig, checkpoint, out_path, size_hw=None, head: str 
                           dynamic_axes=dynamic_axes if dynamic or dynamic_batch else None)
         if simplify:
             _simplify(tmp)
-    meta = {
-        "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
-        "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [graph_batch, 3, h, w], "input_name": "input",
-        "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
-        "labels_dtype": "int32", "dynamic": bool(dynamic), "dynamic_batch": bool(dynamic_batch),
-        "max_batch": int(batch) if dynamic_batch and int(batch) > 1 else None, "precision": precision, "opset": OPSET,
-        "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
-        "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
-        "onnx_sha256": file_sha256(out_path), "model_config": cfg.to_dict(),
-        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-    }
-    write_sidecar(out_path, meta)
+        meta.update({
+            "model": cfg.name, "classes": list(cfg.class_names), "palette": [list(p) for p in cfg.palette],
+            "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": [graph_batch, 3, h, w], "input_name": "input",
+            "input_layout": "NCHW float32 RGB normalized", "output_name": head, "head": head,
+            "labels_dtype": "int32", "dynamic": bool(dynamic), "dynamic_batch": bool(dynamic_batch),
+            "max_batch": int(batch) if dynamic_batch and int(batch) > 1 else None, "precision": precision, "opset": OPSET,
+            "source_checkpoint": str(ckpt_path) if ckpt_path else "random-init",
+            "source_checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path else None,
+            "onnx_sha256": file_sha256(tmp), "model_config": cfg.to_dict(),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__,
+        })
     return out_path
 
 

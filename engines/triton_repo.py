@@ -13,14 +13,15 @@ model has one name and one set of metadata wherever Triton runs it. The client s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.validate import SIDECAR_REQUIRED, check_sidecar
-from core.errors import InputError
-from core.errors import first_line
+from core.errors import InputError, first_line
+from core.files import deferred_signals
 from core.sidecar import SidecarError, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
@@ -197,16 +198,30 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
     text = config_text(name, backend, io, mb, meta, instances=instances, kind=kind, queue_delay_us=queue_delay_us,
                        default_filename=filename if backend == "tensorrt" else None,
                        extra_parameters=extra_parameters)
+    # Written beside its place and renamed there whole: a full disk or a file-size limit leaves
+    # the repository as it was (never a truncated model without its config.pbtxt).
     model_dir = Path(out_dir) / name
-    version = model_dir / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_path, version / filename)
-    shutil.copyfile(sidecar_path(model_path), version / (filename + ".json"))
-    for dest, src in (extra_files or {}).items():
-        shutil.copyfile(src, version / dest)
-    config = model_dir / "config.pbtxt"
-    config.write_text(text)
-    return config
+    staging = Path(out_dir) / f".{name}.{os.getpid()}.tmp"
+    old = Path(out_dir) / f".{name}.{os.getpid()}.old"
+    try:
+        version = staging / "1"
+        version.mkdir(parents=True)
+        for dest, src in {filename: model_path, filename + ".json": sidecar_path(model_path),
+                          **(extra_files or {})}.items():
+            shutil.copyfile(src, version / dest)
+        (staging / "config.pbtxt").write_text(text)
+        with deferred_signals():
+            if model_dir.exists():
+                model_dir.rename(old)
+            staging.rename(model_dir)
+    except OSError as e:
+        where = e.filename or staging
+        raise InputError(f"-o {out_dir}: cannot write {where} ({e.strerror or e}); free space or pick "
+                         "another folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return model_dir / "config.pbtxt"
 
 
 # ---------------------------------------------------------------- CLI
