@@ -44,7 +44,7 @@ def build(options: BuildOptions) -> dict:
     gpu_name, cc = gpu_identity()
     logger = tensorrt_logger(trt, options.verbose)
     builder = trt.Builder(logger)
-    network, parser = _parse_onnx(trt, api, builder, logger, options.onnx_path)   # parser: holds the weights
+    network = _parse_onnx(trt, api, builder, logger, options.onnx_path)
     plan = plan_build(options.precision, network_has_qdq(trt, network), options.calib_cache, options.dla_core,
                       options.onnx_path.name, request.onnx_precision, api)
     for note in plan.notes:
@@ -86,22 +86,22 @@ def build(options: BuildOptions) -> dict:
     write_sidecar(engine_path, meta)
     if cache is not None:
         _save_timing_cache(config, options.timing_cache)
-    del monitor, calibrator, parser
+    del monitor, calibrator
     print(f"[build] wrote {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB) in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
     return meta
 
 
 def _parse_onnx(trt, api, builder, logger, onnx_path: Path):
-    """(network, parser): the parser owns the weights the network points at, so it must live
-    until the build is done."""
+    """The parsed network. The parser owns the weights the network points at; the bindings keep
+    it alive as long as the network (OnnxParser's keep_alive on 8.6, 10.x and 11.x)."""
     network = builder.create_network(network_flags(trt, api))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         first = parser.get_error(0) if parser.num_errors else "unknown error"
         raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first} "
                            f"({parser.num_errors} errors; re-export with a lower --opset?)")
-    return network, parser
+    return network
 
 
 def _builder_config(trt, builder, plan, workspace_mb: int):
