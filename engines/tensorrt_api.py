@@ -1,4 +1,4 @@
-"""The TensorRT version shim: the one place TensorRT 8.6 (JetPack 5), 10.x and 11.x differ.
+"""The TensorRT version shim: the one place TensorRT 8.6, 10.x (JetPack 6) and 11.x differ.
 
 8.6 networks need the EXPLICIT_BATCH flag and have no IProgressMonitor; 11.x builds strongly
 typed networks only (no FP16/INT8 builder flags, no calibrators): each layer runs in the type
@@ -49,7 +49,7 @@ def tensorrt_api(version: str) -> TensorRTApi:
     if major == 11:
         return TensorRTApi(str(version), 11, None, False, False, True)
     raise RuntimeError(f"TensorRT {version} is not supported: this project runs on {SUPPORTED_TENSORRT} "
-                       "(pip install 'tensorrt>=10,<12', or JetPack 5/6 on Jetson)")
+                       "(pip install 'tensorrt>=10,<12', or JetPack 6 on Jetson)")
 
 
 def network_flags(trt, api: TensorRTApi) -> int:

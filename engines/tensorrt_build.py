@@ -3,7 +3,7 @@
     build(BuildOptions("model.onnx", "model.fp16.engine", precision="fp16"))
     build_engine("model.onnx", "model.fp16.engine", precision="fp16")     # the same, as keywords
 
-Runs on TensorRT 8.6 (JetPack 5), 10.x and 11.x (engines/tensorrt_api.py says how they differ):
+Runs on TensorRT 8.6, 10.x (JetPack 6) and 11.x (engines/tensorrt_api.py says how they differ):
 11.x builds strongly typed networks only, so fp16 comes from an fp16 export (`bisenet export
 --precision fp16`) and int8 from the QDQ model. On 8.6/10.x INT8 builds also enable FP16, so
 layers INT8 cannot run take FP16 rather than FP32. A QDQ ONNX (from `bisenet calibrate --target
