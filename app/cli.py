@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "eval": "training.evaluate",
     "prepare": "training.prepare",
     "calibrate": "calibration.calibrate",
-    "build": "engines.tensorrt_build",
+    "build": "app.build",
     "run": "app.run",
     "latency-plot": "app.latency_plot",
     "triton-repo": "engines.triton_repo",

@@ -25,13 +25,14 @@ import time
 from typing import Callable
 
 from app.frames import Reader
+from core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1     # how often a waiting read() checks whether the reader was closed
 
 
-class _Connection:
+class _SourceConnection:
     """One opened inner reader and the thread that reads it into a one-slot hand-off."""
 
     def __init__(self, open_reader, number: int, reader: Reader | None = None):
@@ -101,11 +102,12 @@ class ReconnectingReader(Reader):
         self.open_timeout_s = float(open_timeout_s or max(self.timeout_s, 10.0))
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
+        self._backoff = Backoff(self.backoff_initial, self.backoff_max)   # reset by each frame
         self.first = first
         self.description = first.description if first is not None else ""
         self.camera = ""               # set when several cameras run: their outage lines name it
         self.fps = first.fps if first is not None else None
-        self._conn: _Connection | None = None
+        self._conn: _SourceConnection | None = None
         self._connections = 0
         self._closed = threading.Event()
         self._last_frame_t: float | None = None
@@ -209,9 +211,9 @@ class ReconnectingReader(Reader):
     def _tag(self) -> str:
         return f"{self.camera}: " if self.camera else ""
 
-    def _connect(self, reader: Reader | None = None) -> _Connection:
+    def _connect(self, reader: Reader | None = None) -> _SourceConnection:
         self._connections += 1
-        return _Connection(self.open_reader, self._connections, reader)
+        return _SourceConnection(self.open_reader, self._connections, reader)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -243,6 +245,7 @@ class ReconnectingReader(Reader):
                         self._attempts)
             self._outage_start = None
         self._attempts = 0
+        self._backoff.reset()
         self._last_frame_t = now
         self.frames += 1
         return item
@@ -264,5 +267,4 @@ class ReconnectingReader(Reader):
 
     def _wait_backoff(self) -> bool:
         """Sleep before the next attempt; False when close() was called meanwhile."""
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** max(0, self._attempts - 1))
-        return not self._closed.wait(delay)
+        return not self._closed.wait(self._backoff.next())

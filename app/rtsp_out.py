@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from app.frames import Frame, Sink
+from core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
     return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")
 
 
-class _Connection:
+class _RtspPushSession:
     """One RTSP session to the server: the FFmpeg muxer plus a fresh H.264 encoder."""
 
     def __init__(self, url: str, width: int, height: int, fps: float, bitrate: int,
@@ -144,7 +145,7 @@ class RtspPushSink(Sink):
         self.outages = 0                 # times the session was lost or never came up
         self.outage_s_total = 0.0        # summed duration of outages that ended
         self.connects = 0
-        self._conn: _Connection | None = None
+        self._conn: _RtspPushSession | None = None
         self._lock = threading.Lock()    # guards _conn between writer and connector
         self._wake = threading.Event()   # writer -> connector: the session broke
         self._stop = threading.Event()
@@ -218,28 +219,27 @@ class RtspPushSink(Sink):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _connect(self) -> _Connection:
-        conn = _Connection(self.url, *self._size, self._fps, self.bitrate, self.transport)
+    def _connect(self) -> _RtspPushSession:
+        conn = _RtspPushSession(self.url, *self._size, self._fps, self.bitrate, self.transport)
         self.connects += 1
         return conn
 
     def _reconnect_loop(self) -> None:
         """Waits for a broken session, then retries with capped exponential backoff."""
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while not self._stop.is_set():
             if self._conn is not None:                    # connected: sleep until it breaks
                 self._wake.wait()
                 self._wake.clear()
-                delay = self.backoff_initial
+                backoff.reset()
                 continue
-            if self._stop.wait(delay):
+            if self._stop.wait(backoff.next()):
                 return
             try:
                 conn = self._connect()
             except Exception as e:
                 log.info("%s: reconnect failed (%s); next try in %g s", self.name,
-                         _one_line(e), min(self.backoff_max, delay * 2))
-                delay = min(self.backoff_max, delay * 2)
+                         _one_line(e), backoff.delay)
                 continue
             with self._lock:
                 if self._stop.is_set():
@@ -250,7 +250,7 @@ class RtspPushSink(Sink):
                 self.outage_s_total += down
                 self._down_since = None
             log.warning("%s: connected after %.1f s down", self.name, down)
-            delay = self.backoff_initial
+            backoff.reset()
 
 
 class RtspServeSink(Sink):

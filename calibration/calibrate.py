@@ -85,9 +85,9 @@ def run(args) -> int:
         raise ValueError(f"--onnx {src} is already {meta['precision']}; calibrate the fp32 export")
     outs = output_paths(args.output, args.target)
     if args.trt_cache:
-        from calibration.tensorrt_calibrator import import_tensorrt
+        from calibration.tensorrt_calibrator import implicit_int8_tensorrt
 
-        import_tensorrt(src.name)   # fail now (no tensorrt, or 11.x: no implicit INT8), not after minutes
+        implicit_int8_tensorrt(src.name)   # fail now (no tensorrt, or 11.x: no implicit INT8), not after minutes
     first = next(iter(outs.values()))
     _, _, h, w = meta["input_shape"]
     quiet = args.quiet

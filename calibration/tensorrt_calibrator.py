@@ -35,6 +35,7 @@ import numpy as np
 
 from core.files import atomic_write_bytes, file_sha256
 from core.sidecar import sidecar_path
+from engines.tensorrt_api import check_implicit_int8, import_tensorrt, network_flags, tensorrt_api, tensorrt_logger
 
 KEY_FIELDS = ("onnx_sha256", "preprocessing", "input_shape", "tensorrt_version")
 
@@ -144,14 +145,13 @@ class CalibratorCore:
         self.log(f"wrote calibration cache {self.cache.path} ({self.used_batches} batches of {self.batch_size})")
 
 
-def import_tensorrt(onnx_name="model.onnx"):
+TENSORRT_CALIBRATION_HINT = ("TensorRT INT8 calibration needs the tensorrt Python package "
+                             "(JetPack ships it; elsewhere: pip install 'bisenet-edge[gpu]')")
+
+
+def implicit_int8_tensorrt(onnx_name="model.onnx"):
     """tensorrt, on a version that still has implicit INT8 (8.6, 10.x): a one-line error otherwise."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise RuntimeError("TensorRT INT8 calibration needs the tensorrt Python package "
-                           "(JetPack ships it; elsewhere: pip install 'bisenet-edge[gpu]')") from None
-    from engines.tensorrt_build import check_implicit_int8, tensorrt_api
+    trt = import_tensorrt(TENSORRT_CALIBRATION_HINT)
     check_implicit_int8(tensorrt_api(trt.__version__), onnx_name)
     return trt
 
@@ -169,7 +169,7 @@ def _device_feed(nbytes: int):
 
 
 def _build_entropy_calibrator():
-    trt = import_tensorrt()
+    trt = implicit_int8_tensorrt()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         """IInt8EntropyCalibrator2 fed from `batches` ([B, 3, H, W] float32, e.g.
@@ -217,10 +217,8 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
     """Run TensorRT's entropy calibration over `calib_set` (the same images and preprocess
     as the QDQ flavors) and write the keyed cache for implicit INT8 builds. Needs tensorrt,
     pycuda and an NVIDIA GPU; the engine built on the way is thrown away."""
-    trt = import_tensorrt(Path(onnx_path).name)
-    from calibration.tensorrt_calibrator import EntropyCalibrator
+    trt = implicit_int8_tensorrt(Path(onnx_path).name)
     from engines.cuda_context import PrimaryContext
-    from engines.tensorrt_build import network_flags, tensorrt_api, tensorrt_logger
 
     try:
         context = PrimaryContext("pycuda")
@@ -240,8 +238,8 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
             raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = EntropyCalibrator(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path,
-                                       input_shape=shape, preprocessing=calib_set.preprocessing(), log=log)
+        calibrator = entropy_calibrator_class()(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path,
+                                                input_shape=shape, preprocessing=calib_set.preprocessing(), log=log)
         config.int8_calibrator = calibrator
         try:
             if builder.build_serialized_network(network, config) is None:
@@ -251,15 +249,30 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
     return Path(cache_path)
 
 
+def cache_calibrator(cache_path, onnx_path, input_shape, onnx_meta: dict):
+    """The calibrator of an implicit INT8 build (`bisenet build --calib-cache`, handed to
+    engines.tensorrt_build as BuildOptions.int8_calibrator): it only reads the cache (no images)
+    and refuses one made for another ONNX, input shape, preprocessing or TensorRT version."""
+    from calibration.image_set import preprocessing_record
+    return entropy_calibrator_class()(
+        str(cache_path), onnx_path=onnx_path, input_shape=input_shape,
+        preprocessing=preprocessing_record(input_shape[2:], onnx_meta["mean"], onnx_meta["std"]))
+
+
 _entropy_calibrator_class = None
 
 
-def __getattr__(name):
-    # `EntropyCalibrator` must subclass a tensorrt type, so it is built on first access
-    # (PEP 562): importing this module stays free of tensorrt for the pure-Python parts.
+def entropy_calibrator_class():
+    """`EntropyCalibrator` must subclass a tensorrt type, so it is built on first use: importing
+    this module stays free of tensorrt for the pure-Python parts."""
     global _entropy_calibrator_class
+    if _entropy_calibrator_class is None:
+        _entropy_calibrator_class = _build_entropy_calibrator()
+    return _entropy_calibrator_class
+
+
+def __getattr__(name):
+    # `from calibration.tensorrt_calibrator import EntropyCalibrator` (PEP 562).
     if name == "EntropyCalibrator":
-        if _entropy_calibrator_class is None:
-            _entropy_calibrator_class = _build_entropy_calibrator()
-        return _entropy_calibrator_class
+        return entropy_calibrator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

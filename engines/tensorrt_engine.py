@@ -36,7 +36,7 @@ import numpy as np
 from engines.base import Engine, ModelInfo, run_static_batch
 from core.errors import first_line
 from core.sidecar import SidecarError, read_sidecar
-from engines.tensorrt_build import import_tensorrt, tensorrt_api, tensorrt_logger
+from engines.tensorrt_api import import_tensorrt, tensorrt_api, tensorrt_logger
 
 PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson, with JetPack's CUDA on PATH)"
 

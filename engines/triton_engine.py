@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from engines.base import Engine, ModelInfo, ServerDown
+from core.backoff import Backoff
 from core.errors import first_line
 from core.sidecar import SidecarError
 from engines.triton_repo import metadata_from_parameters
@@ -132,7 +133,7 @@ class TritonEngine(Engine):
         self._lock = threading.Lock()
         self._down_since = None       # monotonic time the current outage began
         self._next_probe = 0.0
-        self._backoff = BACKOFF_FIRST_S
+        self._backoff = Backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S)   # between probes during an outage
         self.outages, self.outage_s = 0, 0.0
         self.regions = []
         client = self._new_client()
@@ -371,8 +372,8 @@ class TritonEngine(Engine):
                 return
             self._down_since = time.monotonic()
             self.outages += 1
-            self._backoff = BACKOFF_FIRST_S
-            self._next_probe = self._down_since + self._backoff
+            self._backoff.reset()
+            self._next_probe = self._down_since + self._backoff.next()
         self.log(f"warning: Triton at {self.host} is down ({first_line(error)}): dropping frames (server_down), "
                  "retrying with backoff")
 
@@ -396,8 +397,7 @@ class TritonEngine(Engine):
         with self._lock:
             now = time.monotonic()
             if not ok:
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-                self._next_probe = now + self._backoff
+                self._next_probe = now + self._backoff.next()
                 raise ServerDown(f"Triton at {self.host} is down")
             down_for = now - self._down_since
             self.outage_s += down_for

@@ -120,7 +120,7 @@ def _implicit_int8_tensorrt() -> bool:
         return False
     import tensorrt as trt
 
-    from engines.tensorrt_build import tensorrt_api
+    from engines.tensorrt_api import tensorrt_api
     return tensorrt_api(trt.__version__).implicit_int8
 
 
@@ -164,7 +164,7 @@ def test_tensorrt_int8_build_writes_then_reuses_the_cache(tmp_path):
     import tensorrt as trt
 
     from calibration.tensorrt_calibrator import EntropyCalibrator
-    from engines.tensorrt_build import network_flags, tensorrt_api, tensorrt_logger
+    from engines.tensorrt_api import network_flags, tensorrt_api, tensorrt_logger
 
     onnx_path = tiny_segmenter(tmp_path / "m.onnx")
     cache = tmp_path / "m.calib.cache"

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines import tensorrt_api as ta
 from engines import tensorrt_build as tb
+from engines import tensorrt_plan as tp
 from core.sidecar import SidecarError, read_sidecar, write_sidecar
 from core.files import file_sha256
 from engines.tensorrt_engine import check_engine_sidecar
@@ -65,7 +67,7 @@ def tiny_onnx(tmp_path: Path, h=8, w=16, qdq=False, precision="fp32", dynamic_ba
 # -- argument parsing ----------------------------------------------------------------------------
 
 def test_parse_shapes_accepts_hw_and_nchw():
-    assert tb.parse_shapes("256x512/512x1024/1x3x1024x2048") == ((1, 3, 256, 512), (1, 3, 512, 1024),
+    assert tp.parse_shapes("256x512/512x1024/1x3x1024x2048") == ((1, 3, 256, 512), (1, 3, 512, 1024),
                                                                   (1, 3, 1024, 2048))
 
 
@@ -74,31 +76,31 @@ def test_parse_shapes_accepts_hw_and_nchw():
                                       ("0x8/8x8/8x8", "bad shape")])
 def test_parse_shapes_rejects_with_one_line(text, msg):
     with pytest.raises(ValueError, match=msg) as e:
-        tb.parse_shapes(text)
+        tp.parse_shapes(text)
     assert "\n" not in str(e.value)
 
 
 def test_resolve_input_shape_static_and_dynamic():
-    assert tb.resolve_input_shape((1, 3, 512, 1024), None) == ((1, 3, 512, 1024), None)
-    shapes = tb.parse_shapes("256x512/512x1024/1024x2048")
-    assert tb.resolve_input_shape((1, 3, -1, -1), shapes) == ((1, 3, 512, 1024), shapes)
+    assert tp.resolve_input_shape((1, 3, 512, 1024), None) == ((1, 3, 512, 1024), None)
+    shapes = tp.parse_shapes("256x512/512x1024/1024x2048")
+    assert tp.resolve_input_shape((1, 3, -1, -1), shapes) == ((1, 3, 512, 1024), shapes)
     with pytest.raises(ValueError, match="pass --shapes"):
-        tb.resolve_input_shape((1, 3, -1, -1), None)
+        tp.resolve_input_shape((1, 3, -1, -1), None)
     with pytest.raises(ValueError, match="fixed at 1x3x512x1024"):
-        tb.resolve_input_shape((1, 3, 512, 1024), shapes)
+        tp.resolve_input_shape((1, 3, 512, 1024), shapes)
     with pytest.raises(ValueError, match="contradicts"):
-        tb.resolve_input_shape((1, 4, -1, -1), shapes)
+        tp.resolve_input_shape((1, 4, -1, -1), shapes)
 
 
 # -- an optimization profile over the batch (bisenet export --dynamic-batch) -------------------------
 
 def test_plan_max_batch_from_the_flag_or_the_sidecar():
     dyn = {"dynamic_batch": True, "max_batch": 4, "input_shape": [1, 3, 8, 16]}
-    assert tb.plan_max_batch(dyn) == 4
-    assert tb.plan_max_batch(dyn, 6) == 6                        # the flag wins
-    assert tb.plan_max_batch({**dyn, "max_batch": None}, 3) == 3
-    assert tb.plan_max_batch({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}) is None
-    assert tb.plan_max_batch({"input_shape": [1, 3, 8, 16]}) is None   # sidecars from before --dynamic-batch
+    assert tp.plan_max_batch(dyn) == 4
+    assert tp.plan_max_batch(dyn, 6) == 6                        # the flag wins
+    assert tp.plan_max_batch({**dyn, "max_batch": None}, 3) == 3
+    assert tp.plan_max_batch({"dynamic_batch": False, "input_shape": [2, 3, 8, 16]}) is None
+    assert tp.plan_max_batch({"input_shape": [1, 3, 8, 16]}) is None   # sidecars from before --dynamic-batch
 
 
 @pytest.mark.parametrize("meta,flag,msg", [
@@ -108,23 +110,23 @@ def test_plan_max_batch_from_the_flag_or_the_sidecar():
     ({"dynamic_batch": True}, 2000, "--max-batch must be from 1 to 1024")])
 def test_plan_max_batch_refusals_are_one_line(meta, flag, msg):
     with pytest.raises(ValueError, match=msg) as e:
-        tb.plan_max_batch(meta, flag, "m.onnx")
+        tp.plan_max_batch(meta, flag, "m.onnx")
     assert "\n" not in str(e.value)
 
 
 def test_batch_profile_is_1_n_n():
-    assert tb.resolve_input_shape((-1, 3, 8, 16), None, 4) == \
+    assert tp.resolve_input_shape((-1, 3, 8, 16), None, 4) == \
         ((4, 3, 8, 16), ((1, 3, 8, 16), (4, 3, 8, 16), (4, 3, 8, 16)))
-    assert tb.resolve_input_shape(("batch", 3, 8, 16), None, 1) == \
+    assert tp.resolve_input_shape(("batch", 3, 8, 16), None, 1) == \
         ((1, 3, 8, 16), ((1, 3, 8, 16),) * 3)                    # a dim name from the ONNX is dynamic too
 
 
 def test_batch_profile_with_dynamic_hw_takes_hw_from_shapes():
-    shapes = tb.parse_shapes("256x512/512x1024/1024x2048")
-    assert tb.resolve_input_shape((-1, 3, -1, -1), shapes, 8) == \
+    shapes = tp.parse_shapes("256x512/512x1024/1024x2048")
+    assert tp.resolve_input_shape((-1, 3, -1, -1), shapes, 8) == \
         ((8, 3, 512, 1024), ((1, 3, 256, 512), (8, 3, 512, 1024), (8, 3, 1024, 2048)))
-    fixed = tb.parse_shapes("8x16/8x16/8x16")                     # static H/W: --shapes may repeat them
-    assert tb.resolve_input_shape((-1, 3, 8, 16), fixed, 2)[1] == ((1, 3, 8, 16), (2, 3, 8, 16), (2, 3, 8, 16))
+    fixed = tp.parse_shapes("8x16/8x16/8x16")                     # static H/W: --shapes may repeat them
+    assert tp.resolve_input_shape((-1, 3, 8, 16), fixed, 2)[1] == ((1, 3, 8, 16), (2, 3, 8, 16), (2, 3, 8, 16))
 
 
 @pytest.mark.parametrize("onnx_shape,shapes,max_batch,msg", [
@@ -135,16 +137,16 @@ def test_batch_profile_with_dynamic_hw_takes_hw_from_shapes():
     ((2, 3, 8, 16), None, 4, "batch is fixed at 2: --max-batch applies only")])
 def test_batch_profile_refusals_are_one_line(onnx_shape, shapes, max_batch, msg):
     with pytest.raises(ValueError, match=msg) as e:
-        tb.resolve_input_shape(onnx_shape, tb.parse_shapes(shapes) if shapes else None, max_batch)
+        tp.resolve_input_shape(onnx_shape, tp.parse_shapes(shapes) if shapes else None, max_batch)
     assert "\n" not in str(e.value)
 
 
 def test_batch_engine_sidecar_records_the_range(tmp_path):
     onnx_path = tiny_onnx(tmp_path, dynamic_batch=True, max_batch=4)
-    shape, profile = tb.resolve_input_shape((-1, 3, 8, 16), None, 4)
-    cmd = tb.build_command(onnx_path, tmp_path / "b.engine", "fp16", max_batch=4)
-    meta = tb.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
-                             plan=tb.plan_build("fp16", False), input_shape=shape, profile=profile,
+    shape, profile = tp.resolve_input_shape((-1, 3, 8, 16), None, 4)
+    cmd = tp.build_command(onnx_path, tmp_path / "b.engine", "fp16", max_batch=4)
+    meta = tp.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
+                             plan=tp.plan_build("fp16", False), input_shape=shape, profile=profile,
                              tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", command=cmd,
                              max_batch=4)
     engine = tmp_path / "b.engine"
@@ -164,47 +166,47 @@ def test_batch_engine_sidecar_records_the_range(tmp_path):
 # -- the build plan ------------------------------------------------------------------------------
 
 def test_plan_float_precisions():
-    assert tb.plan_build("fp32", False).flags == []
-    assert tb.plan_build("fp16", False).flags == ["FP16"]
+    assert tp.plan_build("fp32", False).flags == []
+    assert tp.plan_build("fp16", False).flags == ["FP16"]
 
 
 def test_plan_int8_qdq_is_explicit_and_enables_fp16(tmp_path):
-    plan = tb.plan_build("int8", has_qdq=True)
+    plan = tp.plan_build("int8", has_qdq=True)
     assert (plan.int8_mode, plan.flags) == ("explicit", ["INT8", "FP16"])
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
-    plan = tb.plan_build("int8", has_qdq=True, calib_cache=cache)
+    plan = tp.plan_build("int8", has_qdq=True, calib_cache=cache)
     assert plan.int8_mode == "explicit" and "ignored" in plan.notes[0]
 
 
 def test_plan_int8_plain_onnx_needs_a_cache(tmp_path):
     with pytest.raises(ValueError, match="bisenet calibrate"):
-        tb.plan_build("int8", has_qdq=False)
+        tp.plan_build("int8", has_qdq=False)
     with pytest.raises(ValueError, match="no calibration cache"):
-        tb.plan_build("int8", has_qdq=False, calib_cache=tmp_path / "missing.calib")
+        tp.plan_build("int8", has_qdq=False, calib_cache=tmp_path / "missing.calib")
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
-    plan = tb.plan_build("int8", has_qdq=False, calib_cache=cache)
+    plan = tp.plan_build("int8", has_qdq=False, calib_cache=cache)
     assert (plan.int8_mode, plan.flags) == ("implicit", ["INT8", "FP16"])
 
 
 def test_plan_refuses_mismatched_requests(tmp_path):
     with pytest.raises(ValueError, match="--precision int8"):
-        tb.plan_build("fp16", has_qdq=True, onnx_name="model.int8.onnx")
+        tp.plan_build("fp16", has_qdq=True, onnx_name="model.int8.onnx")
     with pytest.raises(ValueError, match="--calib-cache is for --precision int8"):
-        tb.plan_build("fp16", False, calib_cache=tmp_path / "x.calib")
+        tp.plan_build("fp16", False, calib_cache=tmp_path / "x.calib")
     with pytest.raises(ValueError, match="DLA runs fp16 or int8"):
-        tb.plan_build("fp32", False, dla_core=0)
+        tp.plan_build("fp32", False, dla_core=0)
 
 
 def test_plan_dla_falls_back_to_gpu():
-    plan = tb.plan_build("fp16", False, dla_core=1)
+    plan = tp.plan_build("fp16", False, dla_core=1)
     assert plan.dla_core == 1 and plan.flags == ["FP16", "GPU_FALLBACK"]
 
 
 # -- TensorRT 8.6 / 10.x / 11.x: the version dispatch and its one-line refusals ---------------------
 
-TRT86, TRT10, TRT11 = tb.tensorrt_api("8.6.1"), tb.tensorrt_api("10.13.3.9"), tb.tensorrt_api("11.4.0")
+TRT86, TRT10, TRT11 = ta.tensorrt_api("8.6.1"), ta.tensorrt_api("10.13.3.9"), ta.tensorrt_api("11.4.0")
 
 
 def test_version_dispatch():
@@ -214,13 +216,13 @@ def test_version_dispatch():
         (10, None, True, True, True)
     assert (TRT11.major, TRT11.network_flag, TRT11.precision_flags, TRT11.implicit_int8, TRT11.progress_monitor) == \
         (11, None, False, False, True)
-    assert tb.tensorrt_api("10.0.1").major == 10 and tb.tensorrt_api("11.0.0.7").major == 11
+    assert ta.tensorrt_api("10.0.1").major == 10 and ta.tensorrt_api("11.0.0.7").major == 11
 
 
 @pytest.mark.parametrize("version", ["8.5.3.1", "8.4.1", "9.2.0.post12", "12.0.0", "7.2.3", "", "abc"])
 def test_unsupported_versions_are_one_line(version):
     with pytest.raises(RuntimeError) as e:
-        tb.tensorrt_api(version)
+        ta.tensorrt_api(version)
     msg = str(e.value)
     assert "\n" not in msg and "TensorRT 8.6, 10.x or 11.x" in msg and "pip install 'tensorrt>=10,<12'" in msg
 
@@ -229,24 +231,24 @@ def test_plan_on_8_6_and_10_keeps_the_precision_flags(tmp_path):
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
     for api in (TRT86, TRT10):
-        assert tb.plan_build("fp16", False, api=api).flags == ["FP16"]
-        assert tb.plan_build("fp16", False, onnx_precision="fp16", api=api).flags == ["FP16"]
-        assert tb.plan_build("int8", True, api=api).flags == ["INT8", "FP16"]
-        plan = tb.plan_build("int8", False, calib_cache=cache, api=api)
+        assert tp.plan_build("fp16", False, api=api).flags == ["FP16"]
+        assert tp.plan_build("fp16", False, onnx_precision="fp16", api=api).flags == ["FP16"]
+        assert tp.plan_build("int8", True, api=api).flags == ["INT8", "FP16"]
+        plan = tp.plan_build("int8", False, calib_cache=cache, api=api)
         assert (plan.int8_mode, plan.flags) == ("implicit", ["INT8", "FP16"])
 
 
 def test_plan_on_11_is_strongly_typed():
-    assert tb.plan_build("fp32", False, api=TRT11).flags == []
-    assert tb.plan_build("fp16", False, onnx_precision="fp16", api=TRT11).flags == []
-    plan = tb.plan_build("int8", True, onnx_name="m.int8.onnx", api=TRT11)
+    assert tp.plan_build("fp32", False, api=TRT11).flags == []
+    assert tp.plan_build("fp16", False, onnx_precision="fp16", api=TRT11).flags == []
+    plan = tp.plan_build("int8", True, onnx_name="m.int8.onnx", api=TRT11)
     assert (plan.int8_mode, plan.flags) == ("explicit", []) and "run in the ONNX's fp32" in plan.notes[0]
-    assert tb.plan_build("fp16", False, dla_core=0, onnx_precision="fp16", api=TRT11).flags == ["GPU_FALLBACK"]
+    assert tp.plan_build("fp16", False, dla_core=0, onnx_precision="fp16", api=TRT11).flags == ["GPU_FALLBACK"]
 
 
 def one_line_refusal(match, **kw):
     with pytest.raises(ValueError, match=match) as e:
-        tb.plan_build(**kw)
+        tp.plan_build(**kw)
     assert "\n" not in str(e.value)
     return str(e.value)
 
@@ -266,10 +268,10 @@ def test_plan_on_11_refuses_implicit_int8_naming_the_qdq_route(tmp_path):
     msg = one_line_refusal("Q/DQ nodes only", precision="int8", has_qdq=False, onnx_name="m.onnx", api=TRT11)
     assert "--target tensorrt" in msg and "--calib-cache" not in msg
     with pytest.raises(ValueError, match="no implicit INT8") as e:      # `bisenet calibrate --trt-cache` too
-        tb.check_implicit_int8(TRT11, "m.onnx")
+        ta.check_implicit_int8(TRT11, "m.onnx")
     assert "\n" not in str(e.value)
-    tb.check_implicit_int8(TRT10)
-    tb.check_implicit_int8(TRT86)
+    ta.check_implicit_int8(TRT10)
+    ta.check_implicit_int8(TRT86)
 
 
 def test_an_fp16_export_builds_only_as_fp16():
@@ -307,16 +309,16 @@ def stand_in_tensorrt(version):
 @pytest.mark.parametrize("version", sorted(STAND_IN_ENUMS))
 def test_dispatch_names_only_members_the_version_has(tmp_path, version):
     trt = stand_in_tensorrt(version)
-    api = tb.tensorrt_api(version)
+    api = ta.tensorrt_api(version)
     cache = tmp_path / "model.calib"
     cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
-    assert tb.network_flags(trt, api) == (1 if version.startswith("8.") else 0)
+    assert ta.network_flags(trt, api) == (1 if version.startswith("8.") else 0)
     requests = [("fp32", False, None, None, "fp32"), ("fp16", False, None, 0, "fp16"),
                 ("int8", True, None, None, "fp32")]
     if api.implicit_int8:
         requests += [("fp16", False, None, None, "fp32"), ("int8", False, cache, 1, "fp32")]
     for precision, qdq, calib, dla, onnx_precision in requests:
-        plan = tb.plan_build(precision, qdq, calib, dla, onnx_precision=onnx_precision, api=api)
+        plan = tp.plan_build(precision, qdq, calib, dla, onnx_precision=onnx_precision, api=api)
         for flag in plan.flags:
             getattr(trt.BuilderFlag, flag)     # AttributeError: a flag this version removed
 
@@ -325,9 +327,9 @@ def test_dispatch_names_only_members_the_version_has(tmp_path, version):
 
 def engine_meta(tmp_path, trt_version="10.3.0", gpu="Orin", cc="8.7"):
     onnx_path = tiny_onnx(tmp_path)
-    plan = tb.plan_build("fp16", False)
-    cmd = tb.build_command(onnx_path, tmp_path / "tiny.engine", "fp16", workspace_mb=512)
-    return tb.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
+    plan = tp.plan_build("fp16", False)
+    cmd = tp.build_command(onnx_path, tmp_path / "tiny.engine", "fp16", workspace_mb=512)
+    return tp.engine_sidecar(read_sidecar(onnx_path), onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path),
                              plan=plan, input_shape=(1, 3, 8, 16), profile=None, tensorrt_version=trt_version,
                              gpu_name=gpu, compute_capability=cc, command=cmd)
 
@@ -432,11 +434,24 @@ def test_backend_refuses_an_engine_without_sidecar(tmp_path):
 
 
 def test_tensorrt_modules_import_no_torch():
-    code = ("import sys, engines.tensorrt_engine, engines.tensorrt_build, engines.cuda_kernels; "
+    code = ("import sys, engines.tensorrt_engine, engines.tensorrt_build, engines.cuda_kernels, app.build; "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
 
+
+
+def test_engines_never_import_calibration_or_app():
+    """engines/ sits below calibration/ and app/: no import of them, lazy ones included (the
+    implicit-INT8 calibrator is handed to the build by `bisenet build`, app/build.py)."""
+    import ast
+    found = []
+    for path in sorted((ROOT / "engines").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("calibration", "app")]
+    assert found == []
 
 # -- with TensorRT and a GPU ---------------------------------------------------------------------
 
