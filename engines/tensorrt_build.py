@@ -480,6 +480,11 @@ def _build(trt, api, onnx_path, engine_path, onnx_meta, precision, calib_cache, 
     meta = engine_sidecar(onnx_meta, onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), plan=plan,
                           input_shape=input_shape, profile=profile_dims, tensorrt_version=trt.__version__,
                           gpu_name=gpu_name, compute_capability=cc, command=command, max_batch=max_batch)
+    # [w7 issue 22] + CUDA and driver versions, and the options a `--rebuild` reruns (engines/fingerprint.py)
+    from engines.fingerprint import MachineProbe, build_options, fingerprint_record
+    meta.update(fingerprint_record(MachineProbe(trt)(), build_options(
+        onnx_path, precision, calib_cache if plan.int8_mode == "implicit" else None, workspace_mb, timing_cache,
+        plan.dla_core, shapes, max_batch)))
     # Engine and sidecar first, together: the backend refuses an engine without its sidecar.
     atomic_write_bytes(engine_path, bytes(serialized))
     write_sidecar(engine_path, meta)
