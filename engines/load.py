@@ -45,6 +45,9 @@ def load_engine(model: str, checkpoint: str | None = None, providers: str | None
                              "(bisenet serve-triton --backend)")
         return TritonEngine(model, shm=triton_shm, in_flight=triton_in_flight)
     path = Path(model)
+    if device.startswith("cuda") and path.suffix not in (".onnx", ".engine", ".pth", ".pt"):   # [w7 issue 22]
+        from engines.torch_cuda_engine import load_torch_cuda_engine   # the fused PyTorch-CUDA engine
+        return load_torch_cuda_engine(model, checkpoint, input_size, device, precision, backend)
     if path.suffix != ".onnx" and (backend or precision not in (None, "fp32")):
         what = f"--backend {backend}" if backend else f"--precision {precision}"
         raise ValueError(f"{what} applies to .onnx models; {model} is not one")

@@ -26,6 +26,7 @@ from pathlib import Path
 from core.files import atomic_write_bytes, file_sha256
 from core.sidecar import write_sidecar
 from engines.tensorrt_api import import_tensorrt, network_flags, tensorrt_api, tensorrt_logger
+from engines.fingerprint import MachineProbe, build_options, fingerprint_record
 from engines.tensorrt_plan import (BuildOptions, BuildRequest, build_command, check_request, engine_sidecar,
                                    plan_build, resolve_input_shape)
 
@@ -81,6 +82,10 @@ def build(options: BuildOptions) -> dict:
     meta = engine_sidecar(request.onnx_meta, onnx_path=options.onnx_path, onnx_sha256=file_sha256(options.onnx_path),
                           plan=plan, input_shape=input_shape, profile=profile_dims, tensorrt_version=trt.__version__,
                           gpu_name=gpu_name, compute_capability=cc, command=command, max_batch=request.max_batch)
+    # + CUDA and driver versions, and the options a `--rebuild` reruns (engines/fingerprint.py).
+    meta.update(fingerprint_record(MachineProbe(trt)(), build_options(
+        options.onnx_path, options.precision, options.calib_cache if plan.int8_mode == "implicit" else None,
+        options.workspace_mb, options.timing_cache, plan.dla_core, options.shapes, request.max_batch)))
     # Engine and sidecar first, together: the backend refuses an engine without its sidecar.
     atomic_write_bytes(engine_path, bytes(serialized))
     write_sidecar(engine_path, meta)

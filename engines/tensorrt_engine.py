@@ -35,7 +35,8 @@ import numpy as np
 
 from engines.base import Engine, ModelInfo, run_static_batch
 from core.errors import first_line
-from core.sidecar import SidecarError, read_sidecar
+from core.sidecar import read_sidecar
+from engines.fingerprint import Fingerprint, MachineProbe, check_fingerprint, check_or_rebuild
 from engines.tensorrt_api import import_tensorrt, tensorrt_api, tensorrt_logger
 
 PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson, with JetPack's CUDA on PATH)"
@@ -43,24 +44,17 @@ PYCUDA_HINT = "the TensorRT backend needs pycuda: pip install pycuda (on Jetson,
 
 def check_engine_sidecar(meta: dict, engine_path, tensorrt_version: str, gpu_name: str,
                          compute_capability: str) -> None:
-    """Refuse an engine built for another TensorRT version or GPU: one line with the rebuild command."""
-    missing = [k for k in ("tensorrt_version", "gpu_name", "compute_capability") if k not in meta]
-    rebuild = meta.get("build_command") or f"bisenet build --onnx model.onnx -o {engine_path}"
-    if missing:
-        raise SidecarError(f"{engine_path}: its sidecar lacks {', '.join(missing)} (not written by `bisenet build`); "
-                           f"rebuild it here: {rebuild}")
-    built = (str(meta["tensorrt_version"]), str(meta["gpu_name"]), str(meta["compute_capability"]))
-    here = (str(tensorrt_version), str(gpu_name), str(compute_capability))
-    if built != here:
-        raise SidecarError(f"{engine_path} was built with TensorRT {built[0]} for {built[1]} (sm {built[2]}) but this "
-                           f"machine has TensorRT {here[0]} on {here[1]} (sm {here[2]}); engines do not move between "
-                           f"TensorRT versions or GPU models: rebuild it here: {rebuild}")
+    """Refuse an engine built for another TensorRT version or GPU: one line with the rebuild command
+    (the rule, with CUDA and the driver too: engines/fingerprint.py)."""
+    check_fingerprint(meta, engine_path, Fingerprint(tensorrt_version=str(tensorrt_version), gpu_name=str(gpu_name),
+                                                     compute_capability=str(compute_capability)))
 
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
 
-    def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True):
+    def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True, rebuild: bool = False):
+        """rebuild: an engine built for another TensorRT/CUDA/GPU is rebuilt here from its ONNX."""
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no TensorRT engine {self.path}: build one with `bisenet build`")
@@ -73,9 +67,9 @@ class TensorRTEngine(Engine):
             self.cuda_context = PrimaryContext("pycuda")   # CUDA's primary context, shared with TensorRT
         except ImportError:
             raise RuntimeError(PYCUDA_HINT) from None
-        from engines.cuda_kernels import NON_BLOCKING, gpu_identity
-        if check:
-            check_engine_sidecar(meta, self.path, trt.__version__, *gpu_identity())
+        from engines.cuda_kernels import NON_BLOCKING
+        if check:   # [w7 issue 22] the whole fingerprint; with rebuild, a mismatch is rebuilt here
+            meta = check_or_rebuild(meta, self.path, MachineProbe(trt), rebuild)
         self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
         self.use_cuda_graph = cuda_graph

@@ -1,0 +1,194 @@
+"""The PyTorch-CUDA engine (engines/torch_cuda_engine.py).
+
+Here (no GPU, CPU-only torch): the planning (precision -> input dtype, buffer shapes, frame
+grouping, the device name), its one-line refusals, and the one-line exit-2 error of `--device
+cuda` where torch has no CUDA, through the real load_engine. On a GPU with CUDA torch and CuPy
+(marked gpu): the fused chain against the CPU pipeline on CamVid frames with the trained
+CamVid checkpoint, made in one thread and run in another, batches, CUDA graphs, fp16.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import run_with_one_line_errors
+from core.errors import BisenetError, InputError
+from core.model_config import load_model_config
+from engines import torch_cuda_engine as tce
+from engines.load import load_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+CAMVID = "bisenetv1_r18-d32_camvid-360x480"
+CHECKPOINT = next((p / "shared" / "models" / "camvid_r18-d32_cpu.pth" for p in ROOT.parents
+                   if (p / "shared" / "models" / "camvid_r18-d32_cpu.pth").is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_model_config(CAMVID)
+
+
+def torch_has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+# -- the plan ------------------------------------------------------------------------------------------
+
+def test_fp32_plan_writes_float32_input_and_holds_the_batch(cfg):
+    plan = tce.plan_engine(cfg)
+    assert plan.input_size == (352, 480) and plan.input_dtype == np.float32
+    assert plan.max_batch == tce.DEFAULT_MAX_BATCH
+    buffers = plan.buffers()
+    assert buffers["input"] == ((8, 3, 352, 480), np.float32)
+    assert buffers["logits"] == ((8, 11, 352, 480), np.float32)       # what the argmax kernel reads
+    assert buffers["labels"] == ((8, 352, 480), np.int32)
+
+
+def test_fp16_plan_has_the_kernel_write_float16(cfg):
+    plan = tce.plan_engine(cfg, (512, 1024), "fp16", 3)
+    assert plan.input_dtype == np.float16 and plan.buffers()["input"] == ((3, 3, 512, 1024), np.float16)
+    assert plan.buffers()["logits"][1] == np.float32     # half logits are widened for the argmax kernel
+
+
+@pytest.mark.parametrize("mode,out", [("overlay", ((2, 360, 480, 3), np.uint8)),
+                                      ("side-by-side", ((2, 360, 960, 3), np.uint8)),
+                                      (tce.LABELS, ((2, 352, 480), np.int32))])
+def test_frame_buffers_per_mode(cfg, mode, out):
+    bufs = tce.plan_engine(cfg, max_batch=2).frame_buffers((360, 480), mode)
+    assert bufs["frames"] == ((2, 360, 480, 3), np.uint8) and bufs["out"] == out
+
+
+@pytest.mark.parametrize("kwargs,msg", [({"precision": "bf16"}, "fp32 or fp16"),
+                                        ({"input_size": (360, 480)}, "multiples of 32"),
+                                        ({"max_batch": 0}, "1 to 64"), ({"max_batch": 65}, "1 to 64")])
+def test_plan_refusals_are_one_line(cfg, kwargs, msg):
+    with pytest.raises(InputError, match=msg) as e:
+        tce.plan_engine(cfg, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_device_names():
+    assert tce.cuda_device_index("cuda") == tce.cuda_device_index("cuda:0") == 0
+    with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES"):
+        tce.cuda_device_index("cuda:1")
+
+
+def test_frames_are_grouped_by_size_in_order_and_capped():
+    a, b = np.zeros((4, 6, 3), np.uint8), np.zeros((8, 6, 3), np.uint8)
+    groups = tce.group_frames([a, b, a, a, b, a], cap=2)
+    assert groups == [((4, 6), [0, 2]), ((4, 6), [3, 5]), ((8, 6), [1, 4])]
+
+
+@pytest.mark.parametrize("frame", [np.zeros((4, 6, 3), np.float32), np.zeros((4, 6), np.uint8), "frame.jpg"])
+def test_a_frame_that_is_not_uint8_bgr_is_one_line(frame):
+    with pytest.raises(ValueError, match="uint8 BGR") as e:
+        tce.group_frames([np.zeros((4, 6, 3), np.uint8), frame], cap=4)
+    assert "\n" not in str(e.value)
+
+
+def test_cupy_wheel_follows_torchs_cuda():
+    assert tce.cupy_package("12.6") == "cupy-cuda12x" and tce.cupy_package("13.0") == "cupy-cuda13x"
+
+
+def test_the_module_imports_neither_torch_nor_cupy():
+    code = "import sys, engines.torch_cuda_engine; print('torch' in sys.modules, 'cupy' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "False False", r.stderr
+
+
+# -- --device cuda where torch has no CUDA --------------------------------------------------------------
+
+@pytest.mark.skipif(torch_has_cuda(), reason="torch has CUDA here: the no-CUDA message cannot show")
+def test_device_cuda_without_cuda_torch_is_one_line_naming_what_to_install(capsys):
+    pytest.importorskip("torch")
+    with pytest.raises(tce.CudaUnavailable) as e:
+        tce.require_torch_cuda()
+    assert isinstance(e.value, BisenetError) and e.value.exit_code == 2
+    assert "CUDA build of PyTorch" in str(e.value) and "pip install torch --index-url" in str(e.value)
+    # the real load path, the CLI's own handler: exit 2, one line, before any weights are read
+    code = run_with_one_line_errors("bisenet run", lambda _: load_engine(CAMVID, checkpoint="no-such.pth",
+                                                                         device="cuda"), None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "CUDA build of PyTorch" in err[0], err
+
+
+@pytest.mark.parametrize("kwargs,msg", [({"backend": "openvino"}, "--backend openvino chooses an ONNX backend"),
+                                        ({"precision": "bf16"}, "runs fp32 or fp16"),
+                                        ({"input_size": (100, 100)}, "multiples of 32")])
+def test_device_cuda_refusals_come_before_torch(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_engine(CAMVID, device="cuda", **kwargs)
+
+
+def test_a_checkpoint_as_model_keeps_its_own_message():
+    with pytest.raises(ValueError, match="a checkpoint goes in --checkpoint"):
+        load_engine("camvid.pth", device="cuda")
+
+
+# -- on a GPU ------------------------------------------------------------------------------------------
+
+def gpu_engine(cfg, **kwargs):
+    if CHECKPOINT is None:
+        pytest.skip("../shared/models/camvid_r18-d32_cpu.pth not found")
+    try:
+        return tce.TorchCudaEngine(cfg, CHECKPOINT, **kwargs)
+    except tce.CudaUnavailable as e:
+        pytest.skip(str(e))
+
+
+def camvid_frames(n):
+    import cv2
+    from tests.test_cuda_kernels import DATA
+    if DATA is None:
+        pytest.skip("../shared/data not found")
+    return [cv2.imread(str(p)) for p in sorted((DATA / "camvid" / "val").glob("*.jpg"))[:n]]
+
+
+def cpu_labels(cfg, frames):
+    from core.preprocess import preprocess
+    from engines.torch_engine import TorchEngine
+    cpu = TorchEngine(cfg, CHECKPOINT)
+    return [cpu.infer(preprocess(f, cpu.info.input_size, cfg.mean, cfg.std))[0] for f in frames]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_gpu_fused_labels_equal_the_cpu_pipeline(cfg, cuda_graph):
+    """Made here, run in another thread (the app's inference thread); 3 frames in one batch; fp32."""
+    from core.overlay import palette_bgr, render_overlay
+    from core.preprocess import preprocess
+    from tests.app_helpers import run_in_thread
+    eng = gpu_engine(cfg, cuda_graph=cuda_graph, max_batch=4)
+    frames = camvid_frames(3)
+    got = run_in_thread(eng.run_fused_labels, frames)
+    again = run_in_thread(eng.run_fused_labels, frames)        # a replay when graphs are on
+    for g, a, ref in zip(got, again, cpu_labels(cfg, frames)):
+        assert np.array_equal(g, a)
+        assert (g == ref).mean() >= 0.999
+    overlays = run_in_thread(eng.run_fused_frames, frames, 0.5, "overlay")
+    lut = palette_bgr(eng.info.palette)
+    for frame, labels, overlay in zip(frames, got, overlays):
+        assert np.array_equal(overlay, render_overlay(frame, labels, lut, 0.5, "overlay"))
+    single = [run_in_thread(eng.run_fused_labels, [f])[0] for f in frames]
+    assert all(np.array_equal(s, g) for s, g in zip(single, got))   # a batch of 3 = 3 single frames
+    host = run_in_thread(eng.infer, np.concatenate([preprocess(f, eng.info.input_size, cfg.mean, cfg.std)
+                                                    for f in frames]))
+    assert all((h == g).mean() >= 0.999 for h, g in zip(host, got))
+    eng.close()
+
+
+@pytest.mark.gpu
+def test_gpu_fp16_labels_mostly_agree(cfg):
+    eng = gpu_engine(cfg, precision="fp16")
+    frames = camvid_frames(2)
+    for g, ref in zip(eng.run_fused_labels(frames), cpu_labels(cfg, frames)):
+        assert (g == ref).mean() >= 0.97
+    eng.close()
