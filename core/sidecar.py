@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from annotated_types import Len
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from core.errors import InputError
@@ -55,15 +54,20 @@ def _one_of(*choices):
     return Annotated[Literal[choices], rule(check)]
 
 
-# The rules keep the value as given (a mean of ints stays ints): readers get the JSON back.
-Text = Annotated[StrictStr, Len(1), worded("expected a non-empty string")]
-ClassNames = Annotated[list[StrictStr], Len(1, 256),
+def _three(number: Number):
+    """Three numbers (one per RGB channel), each held to `number`."""
+    return Annotated[list[Annotated[float, rule(number)]], Field(min_length=3, max_length=3),
+                     worded("expected a list of 3 numbers")]
+
+
+# Field types: each says what is allowed and, through `worded` or its rule, the one line when not.
+Text = Annotated[StrictStr, Field(min_length=1), worded("expected a non-empty string")]
+ClassNames = Annotated[list[StrictStr], Field(min_length=1, max_length=256),
                        worded("expected a list of 1 to 256 class names (the overlay draws up to 256)")]
 Color = Annotated[list, rule(_color)]
 Palette = Annotated[list[Color], worded("expected a list of [R, G, B] colors")]
-Mean = Annotated[list[Annotated[float, rule(Number(float))]], Len(3, 3), worded("expected a list of 3 numbers")]
-Std = Annotated[list[Annotated[float, rule(Number(float, above=0))]], Len(3, 3),
-                worded("expected a list of 3 numbers")]
+Mean = _three(Number(float))             # RGB, 0..255 scale
+Std = _three(Number(float, above=0))
 InputShape = Annotated[list, rule(_input_shape)]
 Head = _one_of("labels", "logits")
 Precision = _one_of("fp32", "fp16", "int8")
