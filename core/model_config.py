@@ -1,12 +1,20 @@
-"""Model config YAML (configs/models/*.yaml) -> ModelConfig. No torch here: the app reads it too."""
+"""Model config YAML (configs/models/*.yaml) -> ModelConfig. No torch here: the app reads it too.
+
+ModelConfig and TrainRecipe are dataclasses with typed fields; the fields a sidecar also
+carries (class names, palette, mean, std) have the Sidecar model's types (core/sidecar.py), and
+one pydantic TypeAdapter validates a config against those types once, when it is read.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.validate import SIDECAR, check_fields, check_fields_by_rules, load_yaml
+from pydantic import TypeAdapter, ValidationError
+
 from core.errors import InputError
+from core.sidecar import ClassNames, Mean, Palette, Std
+from core.validate import check_fields, error_line, load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "configs" / "models"
@@ -40,10 +48,10 @@ class ModelConfig:
     out_channels: int
     aux_channels: int
     num_classes: int
-    class_names: list
-    palette: list                  # [[R, G, B], ...], one per class
-    mean: list                     # RGB, 0..255 scale
-    std: list
+    class_names: ClassNames
+    palette: Palette               # [[R, G, B], ...], one per class
+    mean: Mean                     # RGB, 0..255 scale
+    std: Std
     crop_size: list                # [H, W]
     dataset: str = ""
     pretrained: str = ""           # ImageNet init used by the recipe ('' = from scratch)
@@ -68,23 +76,24 @@ def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
         raise ConfigError(str(e)) from None
 
 
-def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
+def model_config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
+    """A model config's YAML mapping -> ModelConfig: the keys and their plain types first
+    (check_keys, as every YAML config), then the field types (ranges, colors, ...), then
+    num_classes against the class names and colors."""
     data = dict(check_keys(ModelConfig, data, source))
     data.pop("source", None)
-    train = TrainRecipe(**check_keys(TrainRecipe, data.pop("train", {}) or {}, f"{source} (train)"))
+    data["train"] = check_keys(TrainRecipe, data.pop("train", {}) or {}, f"{source} (train)")
     try:
-        cfg = ModelConfig(**data, train=train, source=source)
-    except TypeError as e:  # a required key is missing
-        raise ConfigError(f"{source}: {e}") from None
-    try:   # the same rules as the sidecar these values end up in
-        check_fields_by_rules({"classes": cfg.class_names, "palette": cfg.palette, "mean": cfg.mean,
-                               "std": cfg.std}, SIDECAR, source)
-    except InputError as e:
-        raise ConfigError(str(e)) from None
+        cfg = _MODEL_CONFIG.validate_python({**data, "source": source})
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {error_line(e)}") from None
     if len(cfg.class_names) != cfg.num_classes or len(cfg.palette) != cfg.num_classes:
         raise ConfigError(f"{source}: num_classes is {cfg.num_classes} but there are "
                           f"{len(cfg.class_names)} class names and {len(cfg.palette)} palette colors")
     return cfg
+
+
+_MODEL_CONFIG = TypeAdapter(ModelConfig)
 
 
 def list_model_names() -> list[str]:
@@ -99,4 +108,4 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")
-    return model_configcheck_keys(load_yaml(path, "model config"), str(path))
+    return model_config_from_dict(load_yaml(path, "model config"), str(path))

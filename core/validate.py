@@ -1,5 +1,6 @@
 """Checks shared by every stage: the value rule `Number`, sizes, YAML files, dataclass
-fields, readable input files, writable outputs, and the sidecar schema. Every problem is an
+fields, readable input files, writable outputs, and the pieces that give typed (pydantic)
+models our wording: `worded`, `rule`, `error_line`. Every problem is an
 `InputError` (core/errors.py): one line naming the flag or file and what to do.
 
 Output paths: a missing folder is created (like `mkdir -p`) for every kind of output; an
@@ -13,9 +14,9 @@ import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
+from pydantic import PlainValidator, ValidationError, WrapValidator
 
 from core.errors import InputError
 
@@ -188,132 +189,38 @@ def prepare_output(path: str | Path, flag: str, folder: bool = False) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------- sidecars
-def _text(v):
-    if not isinstance(v, str) or not v:
-        raise ValueError("expected a non-empty string")
-    return v
-
-
-def _numbers(n: int, positive: bool = False):
-    def rule(v):
-        if not isinstance(v, list) or len(v) != n:
-            raise ValueError(f"expected a list of {n} numbers")
-        for x in v:
-            Number(float, above=0 if positive else None)(x)
-        return v
-    return rule
-
-
-def _classes(v):
-    if not isinstance(v, list) or not 1 <= len(v) <= 256 or not all(isinstance(c, str) for c in v):
-        raise ValueError("expected a list of 1 to 256 class names (the overlay draws up to 256)")
-    return v
-
-
-def _palette(v):
-    channel = Number(int, 0, 255)
-    if not isinstance(v, list) or not all(isinstance(c, list) and len(c) == 3 for c in v):
-        raise ValueError("expected a list of [R, G, B] colors")
-    for c in v:
-        for x in c:
-            try:
-                channel(x)
-            except ValueError:
-                raise ValueError(f"color {c}: each channel must be a whole number from 0 to 255") from None
-    return v
-
-
-def _input_shape(v):
-    if not isinstance(v, list) or len(v) != 4 or v[1] != 3:
-        raise ValueError("expected [N, 3, H, W]")
-    Number(int, 1, 1024)(v[0])   # the batch: 1, or N for `bisenet export --batch N`
-    Number(int, 1, MAX_SIDE)(v[2])
-    Number(int, 1, MAX_SIDE)(v[3])
-    return v
-
-
-def _one_of(*choices):
-    def rule(v):
-        if v not in choices:
-            raise ValueError(f"{v!r} is not one of {', '.join(choices)}")
-        return v
-    return rule
-
-
-def _bool(v):
-    if not isinstance(v, bool):
-        raise ValueError("expected true or false")
-    return v
-
-
-def _optional(rule):
-    return lambda v: v if v is None else rule(v)
-
-
-def _sha256(v):
-    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
-        raise ValueError("expected 64 lowercase hex digits")
-    return v
-
-
-def _mapping(v):
-    if not isinstance(v, dict):
-        raise ValueError("expected a JSON object")
-    return v
-
-
-# Sidecar field -> rule; the SIDECAR_REQUIRED ones must be present.
-SIDECAR = {
-    "model": _text,
-    "classes": _classes,
-    "palette": _palette,
-    "mean": _numbers(3),
-    "std": _numbers(3, positive=True),
-    "input_shape": _input_shape,
-    "head": _one_of("labels", "logits"),
-    "precision": _one_of("fp32", "fp16", "int8"),
-    "dynamic": _bool,
-    "dynamic_batch": _bool,
-    "max_batch": _optional(Number(int, 1, 1024)),
-    "input_name": _text,
-    "output_name": _one_of("labels", "logits"),
-    "onnx_sha256": _optional(_sha256),
-    "model_config": _mapping,
-    "dla_core": _optional(Number(int, 0, 15)),
-}
-SIDECAR_REQUIRED = ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision")
-
-
-def check_sidecar(meta, where: str, hint: str) -> dict:
-    """Types and ranges of every known field, then the fields against each other."""
-    if not isinstance(meta, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(meta).__name__}; {hint}")
-    missing = [k for k in SIDECAR_REQUIRED if k not in meta]
-    if missing:
-        raise InputError(f"{where}: missing {', '.join(missing)}; {hint}")
-    for key, rule in SIDECAR.items():
-        if key in meta:
-            try:
-                rule(meta[key])
-            except ValueError as e:
-                raise InputError(f"{where}: {key}: {e}; {hint}") from None
-    n = len(meta["classes"])
-    if len(meta["palette"]) != n:
-        raise InputError(f"{where}: {n} classes but {len(meta['palette'])} palette colors; {hint}")
-    trained = meta.get("model_config", {}).get("num_classes")
-    if isinstance(trained, int) and trained != n:
-        raise InputError(f"{where}: {n} classes but the network was exported with {trained}; {hint}")
-    return meta
-
-
-def check_fields_by_rules(values: dict, rules: dict, where: str) -> None:
-    """Fields of a YAML config that a sidecar also carries, through the sidecar's rules."""
-    for key, value in values.items():
+# ---------------------------------------------------------------------------- typed models
+def worded(message: str) -> WrapValidator:
+    """Annotated metadata: pydantic's own check of the annotated type, failing with our wording
+    (`message`) instead of pydantic's; a ValueError raised by an inner rule (e.g. `Number`)
+    keeps its own words."""
+    def wrap(value, check):
         try:
-            rules[key](value)
-        except ValueError as e:
-            raise InputError(f"{where}: {key}: {e}") from None
+            return check(value)
+        except ValidationError as e:
+            first = e.errors()[0]
+            if first["type"] == "value_error":
+                raise ValueError(str(first["ctx"]["error"])) from None
+            raise ValueError(message) from None
+    return WrapValidator(wrap)
+
+
+def rule(check) -> PlainValidator:
+    """Annotated metadata: a rule like `Number(int, 1, 1024)` as the field's whole check."""
+    return PlainValidator(check)
+
+
+def error_line(error: ValidationError) -> str:
+    """A pydantic ValidationError as our one line: every missing key at once, otherwise the
+    first problem as `key: what is wrong` (the model's cross-field checks name no key)."""
+    problems = error.errors()
+    missing = [str(p["loc"][-1]) for p in problems if p["type"] == "missing"]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    first = problems[0]
+    said = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    key = ".".join(str(part) for part in first["loc"])
+    return f"{key}: {said}" if key else said
 
 
 def check_output_channels(channels, n_classes: int, where: str, hint: str) -> None:

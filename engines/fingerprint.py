@@ -129,8 +129,9 @@ def rebuild_inputs(meta: dict, engine_path) -> dict:
 
 def check_or_rebuild(meta: dict, engine_path, probe, rebuild: bool = False, build=None) -> dict:
     """The engine's sidecar when this machine can run it; with rebuild, a mismatched engine is
-    rebuilt first (`build(engine_path=..., **options)`: engines.tensorrt_build.build_engine)
-    and the new sidecar returned. Without rebuild a mismatch is one SidecarError line."""
+    rebuilt first by `build(engine_path=..., **options)` (the TensorRT engine hands in
+    engines.tensorrt_build.build_engine: this module stays below the build) and the new sidecar
+    returned. Without rebuild a mismatch is one SidecarError line."""
     here = probe()
     try:
         check_fingerprint(meta, engine_path, here)
@@ -140,8 +141,6 @@ def check_or_rebuild(meta: dict, engine_path, probe, rebuild: bool = False, buil
             raise
         print(f"[tensorrt] {e}: rebuilding", file=sys.stderr, flush=True)
     options = rebuild_inputs(meta, engine_path)
-    if build is None:
-        from engines.tensorrt_build import build_engine as build
     new_meta = build(engine_path=engine_path, **options)
     check_fingerprint(new_meta, engine_path, here)
     return new_meta

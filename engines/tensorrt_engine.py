@@ -68,8 +68,9 @@ class TensorRTEngine(Engine):
         except ImportError:
             raise RuntimeError(PYCUDA_HINT) from None
         from engines.cuda_kernels import NON_BLOCKING
-        if check:   # [w7 issue 22] the whole fingerprint; with rebuild, a mismatch is rebuilt here
-            meta = check_or_rebuild(meta, self.path, MachineProbe(trt), rebuild)
+        if check:   # the whole fingerprint; with rebuild, a mismatch is rebuilt here
+            from engines.tensorrt_build import build_engine
+            meta = check_or_rebuild(meta, self.path, MachineProbe(trt), rebuild, build=build_engine)
         self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
         self.use_cuda_graph = cuda_graph

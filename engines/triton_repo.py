@@ -19,10 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.validate import SIDECAR_REQUIRED, check_sidecar
 from core.errors import InputError, first_line
 from core.files import deferred_signals
-from core.sidecar import SidecarError, read_sidecar, sidecar_path
+from core.sidecar import SIDECAR_REQUIRED, SidecarError, check_sidecar, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
 EXAMPLE = "bisenet triton-repo --onnx r18.onnx --name bisenet --max-batch 8 -o triton_repo/"
