@@ -15,8 +15,8 @@ from app.camera import check_name
 from app.metrics import Metrics
 from app.server.auth import Auth
 from app.server.hub import FrameHub
-from app.server.limits import (ClientErrorLog, ConnectionBudget, Gate, Refuse, RequestErrorLogger, open_file_limit,
-                               out_of_descriptors, plan)
+from app.server.limits import (ClientErrorLog, ConnectionBudget, Listener, RequestErrorLogger, bind, open_file_limit,
+                               plan)
 from app.server.options import ServerError, ServerOptions
 from app.server.routes import Routes
 
@@ -163,22 +163,17 @@ class AppServer:
                                keepalive_timeout=self.options.idle_timeout_s,
                                logger=RequestErrorLogger(self.client_errors))
         await runner.setup()
-        server, budget = runner.server, self.budget
-
-        def protocol():
-            return Gate(budget, server) if budget.accepting() else Refuse()
-
         try:
-            listener = await asyncio.get_running_loop().create_server(
-                protocol, host or None, port, ssl=self.ssl, backlog=64, reuse_address=True,
-                ssl_handshake_timeout=budget.header_timeout_s if self.ssl else None)
+            sockets = bind(host, port)
         except OSError as e:
             await runner.cleanup()
             todo = ("pick another port" if e.errno in (errno.EADDRINUSE, errno.EACCES)
                     else "use an address of this machine, e.g. 127.0.0.1 or @ (every interface)")
             raise ServerError(f"{self.scheme}://{host or '@'}:{port}: cannot listen ({e.strerror or e}); "
                               f"{todo}") from None
-        port = listener.sockets[0].getsockname()[1]
+        listener = Listener(sockets, self.budget, runner.server, self.ssl)
+        listener.start()
+        port = sockets[0].getsockname()[1]
         self.listeners[(host, port)] = (runner, listener, what)
         return port
 
@@ -191,12 +186,9 @@ class AppServer:
         self.listeners.clear()
 
     def _loop_exception(self, loop, context) -> None:
-        """Client resets and timeouts are one debug line; a failed accept (out of descriptors)
-        goes to the client error log (asyncio retries it every second); anything else warns."""
+        """Client resets and timeouts are one debug line, not a traceback on the app's stderr."""
         exc = context.get("exception")
-        if out_of_descriptors(exc):
-            self.client_errors.note("accept_failed", "-", f"{context.get('message')} ({exc.strerror or exc})")
-        elif isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError, asyncio.CancelledError)):
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError, asyncio.CancelledError)):
             log.debug("http: %s (%s)", context.get("message"), type(exc).__name__)
         else:
             log.warning("http: %s%s", context.get("message"), f" ({type(exc).__name__}: {exc})" if exc else "")

@@ -23,6 +23,7 @@ import asyncio
 import errno
 import logging
 import resource
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ RESERVED_FDS = 64         # descriptors the app keeps for itself: videos, model,
 EVICT_AFTER_S = 1.0       # a pending socket silent this long may lose its slot to a newcomer
 LOG_INTERVAL_S = 60.0     # at most one line per kind of client error per interval
 DETAIL_CHARS = 120        # what a log line quotes of a client's error, at most
+BACKLOG = 64              # the listen queue, and the most connections taken per wake-up
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\nConnection: close\r\n"
@@ -118,39 +120,24 @@ class RequestErrorLogger:
         return getattr(self.logger, name)
 
 
-def refuse(transport) -> None:
-    transport.write(BUSY)
-    transport.close()
-
-
-class Refuse(asyncio.Protocol):
-    """Past the cap of connections whose address is not known yet (TLS handshakes): a 503."""
-
-    def connection_made(self, transport) -> None:
-        refuse(transport)
-
-
 class Gate(asyncio.Protocol):
-    """One accepted connection, counted by the budget from accept to close; aiohttp's protocol
-    (made by `make_inner`) runs behind it only once the budget admits the connection."""
+    """One admitted connection, counted by the budget from accept to close; aiohttp's protocol
+    (made by `make_inner`) runs behind it."""
 
-    def __init__(self, budget: "ConnectionBudget", make_inner):
-        self.budget, self.make_inner = budget, make_inner
+    def __init__(self, budget: "ConnectionBudget", address: str, make_inner):
+        self.budget, self.address, self.make_inner = budget, address, make_inner
         self.inner = None
-        self.transport = None
-        self.address = "?"
-        self.state = "new"        # new -> pending -> authenticated; refused / closed
+        self.transport = None     # set once connected (after the TLS handshake, with TLS)
+        self.state = "pending"    # pending -> authenticated; closed
         self.since = time.monotonic()
         self.deadline = None      # the header deadline's timer while pending
-        budget.unplaced += 1
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if not self.budget.admit(self):
-            refuse(transport)
+        if self.state == "closed":          # evicted or past its deadline during the TLS handshake
+            transport.abort()
             return
+        self.budget.gates[transport] = self
         self.inner = self.make_inner()
         self.inner.connection_made(transport)
 
@@ -182,9 +169,6 @@ class Gate(asyncio.Protocol):
                                     f"no complete request within {self.budget.header_timeout_s:g} s; closed")
             self.budget.drop(self)
 
-    def __del__(self):
-        self.budget.release(self)   # never connected (e.g. a TLS handshake that failed)
-
 
 class ConnectionBudget:
     """The counts behind every Gate of one server; event-loop thread only."""
@@ -193,34 +177,27 @@ class ConnectionBudget:
         self.limits = limits
         self.header_timeout_s = header_timeout_s
         self.errors = errors
-        self.unplaced = 0                      # accepted, not yet admitted (TLS handshakes)
         self.pending: OrderedDict[Gate, None] = OrderedDict()   # oldest first
         self.by_address: dict[str, list[Gate]] = {}              # address -> its pending gates, oldest first
         self.authenticated = 0
         self.gates: dict[object, Gate] = {}    # transport -> its gate, to find it from a request
 
-    def accepting(self) -> bool:
-        """Room for one more connection whose address is not known yet."""
-        return self.unplaced < self.limits.pending
-
-    def admit(self, gate: Gate) -> bool:
-        self.unplaced -= 1
-        gate.state = "refused"
-        mine = self.by_address.get(gate.address, [])
+    def admit(self, address: str, make_inner) -> Gate | None:
+        """A pending slot for a connection from `address` -> its Gate, or None (refused)."""
+        mine = self.by_address.get(address, [])
         if len(mine) >= PER_ADDRESS_PENDING:
-            self.errors.note("too_many_connections", gate.address,
+            self.errors.note("too_many_connections", address,
                              f"more than {PER_ADDRESS_PENDING} connections without an accepted request; 503")
-            return False
+            return None
         if len(self.pending) >= self.limits.pending and not self._evict_for(len(mine)):
-            self.errors.note("busy", gate.address, f"{len(self.pending)} connections without an accepted request "
+            self.errors.note("busy", address, f"{len(self.pending)} connections without an accepted request "
                              "from other addresses; 503")
-            return False
-        gate.state = "pending"
+            return None
+        gate = Gate(self, address, make_inner)
         self.pending[gate] = None
-        self.by_address.setdefault(gate.address, []).append(gate)
-        self.gates[gate.transport] = gate
+        self.by_address.setdefault(address, []).append(gate)
         gate.deadline = asyncio.get_running_loop().call_later(self.header_timeout_s, gate.expire)
-        return True
+        return gate
 
     def _evict_for(self, newcomer_holds: int) -> bool:
         biggest = max(self.by_address.values(), key=len)
@@ -240,9 +217,7 @@ class ConnectionBudget:
         gate = self.gates.get(transport)
         if gate is None or gate.state == "authenticated":
             return True
-        if gate.state != "pending":
-            return False
-        if self.authenticated >= self.limits.authenticated:
+        if gate.state != "pending" or self.authenticated >= self.limits.authenticated:
             return False
         self._unpend(gate)
         gate.state = "authenticated"
@@ -250,15 +225,15 @@ class ConnectionBudget:
         return True
 
     def drop(self, gate: Gate) -> None:
-        """Close a pending connection now (deadline passed, or evicted)."""
+        """Close a pending connection now (deadline passed, or evicted). One still in its TLS
+        handshake is closed when the handshake ends (its timeout is the header deadline)."""
         self._unpend(gate)
         gate.state = "closed"
-        gate.transport.abort()
+        if gate.transport is not None:
+            gate.transport.abort()
 
     def release(self, gate: Gate) -> None:
-        if gate.state == "new":
-            self.unplaced -= 1
-        elif gate.state == "pending":
+        if gate.state == "pending":
             self._unpend(gate)
         elif gate.state == "authenticated":
             self.authenticated -= 1
@@ -275,6 +250,85 @@ class ConnectionBudget:
             mine.remove(gate)
             if not mine:
                 del self.by_address[gate.address]
+
+
+class Listener:
+    """Accepts on its bound sockets itself, so that the budget decides before anything is
+    built: a refused connection costs one accept, one send and one close (no transport, no
+    task, no TLS handshake). Out of descriptors: one counted note, accepting pauses a second."""
+
+    def __init__(self, sockets: list, budget: ConnectionBudget, make_inner, ssl_context=None):
+        self.sockets, self.budget, self.make_inner, self.ssl = sockets, budget, make_inner, ssl_context
+        self.loop = asyncio.get_running_loop()
+        self.tasks = set()        # connections being set up (their TLS handshakes)
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _accept(self, sock) -> None:
+        for _ in range(BACKLOG):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if out_of_descriptors(e):
+                    self.budget.errors.note("accept_failed", "-", f"{e.strerror or e}; accepting again in 1 s")
+                    self.loop.remove_reader(sock.fileno())
+                    self.loop.call_later(1.0, self._resume, sock)
+                    return
+                continue   # e.g. ECONNABORTED: that client is gone
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            gate = self.budget.admit(address, self.make_inner)
+            if gate is None:
+                try:
+                    conn.send(BUSY, socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self.loop.create_task(self.loop.connect_accepted_socket(
+                lambda gate=gate: gate, conn, ssl=self.ssl, ssl_handshake_timeout=self.budget.header_timeout_s if self.ssl else None))
+            self.tasks.add(task)
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("http: a connection failed to start (%s)", type(task.exception()).__name__)
+
+    def _resume(self, sock) -> None:
+        if sock.fileno() != -1:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+
+def bind(host: str, port: int, backlog: int = BACKLOG) -> list:
+    """Listening sockets for `host` ('' or None: every interface, IPv4 and IPv6) and `port`,
+    as asyncio's create_server binds them; OSError when it cannot."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def out_of_descriptors(exc) -> bool:
