@@ -61,9 +61,11 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
         if server is not None:
             auth = server.auth
         else:
-            from app.server import Auth, ServerOptions
-            options = ServerOptions.from_options(args)
-            auth = Auth(options.auth_token, options.no_auth)
+            import os
+
+            from app.server import TOKEN_ENV, Auth   # bridge until the typed settings (W1) hand these down
+            auth = Auth(getattr(args, "auth_token", None) or os.environ.get(TOKEN_ENV) or None,
+                        disabled=getattr(args, "auth", True) is False)
         token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}")
         return RtspServeSink(port, path, bitrate, auth_token=token)
     return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")

@@ -12,6 +12,7 @@ Outputs take a `{camera}` placeholder: --output out_{camera}.mp4. See docs/multi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -254,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from app.camera import Camera, output_for
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
-    from app.server import AppServer, ServerOptions
+    from app.server import TOKEN_ENV, AppServer, ServerOptions
     from app.sinks import DisplaySink, open_sink
     from app.sources import open_source
     from engines.load import load_engine
@@ -269,7 +270,14 @@ def run(args: argparse.Namespace) -> int:
     outputs = {name: [output_for(spec, name, 1 if own else len(specs)) for spec in cam_opts.output]
                for name, cam_opts, own in specs}   # checked before anything is opened
 
-    server_options = ServerOptions.from_options(opts)
+    # Bridge until the typed settings (W1) build these keywords: ServerOptions.from_options is gone.
+    hosts = opts.allowed_hosts or ()
+    hosts = hosts.split(",") if isinstance(hosts, str) else hosts
+    server_options = ServerOptions(auth_token=opts.auth_token or os.environ.get(TOKEN_ENV) or None,
+                                   no_auth=opts.auth is False,
+                                   allowed_hosts=tuple(h.strip().lower() for h in hosts if h.strip()),
+                                   max_clients=opts.max_clients, tls_cert=opts.tls_cert, tls_key=opts.tls_key)
+    server_options.check()
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
                          backend=opts.backend, precision=opts.precision,
                          triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)

@@ -1,0 +1,95 @@
+"""The HTML the server sends: one camera's live page, and the grid of several cameras.
+Nothing is served from files."""
+from __future__ import annotations
+
+import html
+from urllib.parse import quote
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
+#stats {{ padding: 6px 10px; font-size: 18px; }}
+#video {{ display: block; max-width: 100%; }}
+</style></head>
+<body>
+<div id="stats">{title}: waiting for frames</div>
+<img id="video" src="{prefix}/stream.mjpg" alt="live segmentation overlay">
+<script>
+async function poll() {{
+  try {{
+    const s = await (await fetch('{prefix}/stats.json', {{cache: 'no-store'}})).json();
+    document.getElementById('stats').textContent =
+      `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
+      `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
+  }} catch (e) {{
+    document.getElementById('stats').textContent = 'stream ended';
+  }}
+}}
+setInterval(poll, 500); poll();
+</script>
+</body></html>
+"""
+
+
+# Several cameras: / shows them all. Tiles refresh from snapshot.jpg (each asks for the next
+# frame when the last one is on screen) rather than one MJPEG stream each: browsers open at
+# most 6 connections per host, so 8 streams would starve; /camera/NAME has the full-rate stream.
+GRID_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
+#grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 6px; padding: 6px; }}
+.tile a {{ color: #eee; }} .tile img {{ display: block; width: 100%; background: #222; min-height: 120px; }}
+.stats {{ padding: 3px 0; font-size: 14px; }}
+</style></head>
+<body>
+<div id="grid">{tiles}</div>
+<script>
+for (const tile of document.querySelectorAll('.tile')) {{
+  const base = '/camera/' + encodeURIComponent(tile.dataset.camera);
+  const img = tile.querySelector('img'), stats = tile.querySelector('span');
+  let shown = null;   // the blob: URL on screen; a new frame replaces it only once it is complete
+  const refresh = async () => {{
+    let wait = 1000;
+    try {{
+      const r = await fetch(base + '/snapshot.jpg', {{cache: 'no-store'}});
+      if (r.ok) {{
+        const url = URL.createObjectURL(await r.blob());
+        await new Promise((done) => {{ img.onload = img.onerror = done; img.src = url; }});
+        if (shown) URL.revokeObjectURL(shown);
+        shown = url;
+        wait = 100;
+      }}
+    }} catch (e) {{}}
+    setTimeout(refresh, wait);
+  }};
+  const poll = async () => {{
+    try {{
+      const s = await (await fetch(base + '/stats.json', {{cache: 'no-store'}})).json();
+      stats.textContent = `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
+        `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
+    }} catch (e) {{
+      stats.textContent = 'no stats';
+    }}
+  }};
+  window.addEventListener('load', () => {{ refresh(); setInterval(poll, 1000); poll(); }});
+}}
+</script>
+</body></html>
+"""
+# One tile; the first frame is in the page itself (the page has loaded once every camera's has).
+GRID_TILE = ('<div class="tile" data-camera="{name}"><div class="stats"><a href="/camera/{path}">{name}</a> '
+             '<span>waiting for frames</span></div><img src="/camera/{path}/snapshot.jpg" '
+             'alt="{name}: live segmentation overlay"></div>')
+
+
+def camera_page(title: str, prefix: str) -> str:
+    """The page of one camera; `prefix` is '' for the short paths or '/camera/NAME'."""
+    return PAGE.format(title=html.escape(title), prefix=html.escape(prefix))
+
+
+def grid_page(title: str, names) -> str:
+    tiles = "".join(GRID_TILE.format(name=html.escape(name), path=html.escape(quote(name, safe="")))
+                    for name in names)
+    return GRID_PAGE.format(title=html.escape(title), tiles=tiles)

@@ -1,0 +1,224 @@
+"""The HTTP routes of one AppServer, and the guard every request passes first (Host check,
+lock-out, token, then the connection budget's promotion to authenticated).
+
+    /                 page: the live overlay and fps / latency     /camera/NAME             the same
+    /stream.mjpg      MJPEG (browsers, VLC, ffplay)                /camera/NAME/stream.mjpg
+    /snapshot.jpg     the latest frame as one JPEG                 /camera/NAME/snapshot.jpg
+    /stats.json       {"fps", "e2e_ms", "inference_ms", "frame", "title"}  /camera/NAME/stats.json
+    /metrics          Prometheus text format (app/metrics.py)
+    /healthz          200 "ok", or 503 naming the cameras whose source is stale
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import time
+
+from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
+from app.server.hub import FrameHub
+from app.server.page import camera_page, grid_page
+
+log = logging.getLogger("app.server")
+
+BOUNDARY = "bisenetframe"
+VIEWER_SNDBUF = 64 * 1024     # bytes; the kernel doubles it. Caps what a non-reading viewer pins
+
+
+class Routes:
+    """The request handlers; `server` is the AppServer whose cameras, auth and budget they use."""
+
+    def __init__(self, server):
+        self.server = server
+        self.viewers = 0          # MJPEG viewers connected now
+
+    def add_to(self, app, what: str) -> None:
+        """what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        if what == "all":
+            app.router.add_get("/", self.page)
+            app.router.add_get("/index.html", self.page)
+            for name in ("stream.mjpg", "snapshot.jpg", "stats.json"):
+                app.router.add_get(f"/{name}", self.camera_route(name))
+                app.router.add_get(f"/camera/{{camera}}/{name}", self.camera_route(name))
+            app.router.add_get("/camera/{camera}", self.page)
+            app.router.add_get("/camera/{camera}/", self.page)
+
+    # -- the guard --------------------------------------------------------------------------
+    def guard(self, token: str | None):
+        from aiohttp import web
+
+        server = self.server
+
+        @web.middleware
+        async def guard(request, handler):
+            if not self.host_allowed(request.headers.get("Host")):
+                return refusal(403, "host not allowed: open the app by its address, or add this name "
+                               "with --allowed-hosts\n")
+            peer = request.remote or "?"
+            query_token = None
+            if token is not None and not (request.path == "/healthz" and is_loopback(peer)):
+                # (local health checks need no token)
+                now = time.monotonic()
+                wait = server.auth.locked_for(peer, now)
+                if wait > 0:
+                    return refusal(429, "too many wrong tokens; try again later\n", {"Retry-After": str(int(wait) + 1)})
+                # ?token= only on the page, where it is swapped for the cookie at once; tokens in
+                # the URLs of streams would end up in proxies' and players' logs.
+                if request.match_info.handler == self.page:
+                    query_token = request.query.get("token")
+                verdict = server.auth.check(request.headers, request.cookies, query_token)
+                if verdict != "ok":
+                    if verdict == "wrong" and server.auth.failed(peer, now):
+                        server.client_errors.note("lockout", peer, f"{MAX_FAILURES} wrong tokens; refused for "
+                                                  f"{LOCKOUT_S:g} s")
+                    return refusal(401, "authentication required: Authorization: Bearer TOKEN, HTTP Basic with "
+                                   "the token as password, or open /?token=TOKEN once\n",
+                                   {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
+            if not server.budget.promote(request.transport):
+                return refusal(503, "too many clients; try again later\n", {"Retry-After": "5"})
+            if query_token is not None:
+                # The page: trade the token for an HttpOnly cookie and drop it from the address bar.
+                response = web.Response(status=303, headers={"Location": request.path, "Cache-Control": "no-store"})
+                response.set_cookie(COOKIE, server.auth.cookie_value(), httponly=True, samesite="Strict",
+                                    secure=server.ssl is not None, path="/")
+                return response
+            return await handler(request)
+
+        return guard
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """DNS rebinding needs a name; IP literals, this machine's names, localhost and
+        --allowed-hosts pass. No Host header (HTTP/1.0 tools) is no browser."""
+        names = self.server.host_names
+        if host_header is None or "*" in names:
+            return True
+        host = host_header.strip().lower()
+        if host.startswith("["):
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return host.rstrip(".") in names
+
+    # -- handlers ---------------------------------------------------------------------------
+    def camera(self, request) -> FrameHub | None:
+        cameras = self.server.cameras
+        name = request.match_info.get("camera")
+        if name is None:
+            return next(iter(cameras.values()), None)
+        return cameras.get(name)
+
+    async def page(self, request):
+        from aiohttp import web
+
+        cameras = self.server.cameras
+        if "camera" not in request.match_info and len(cameras) > 1:
+            body = grid_page(self.server.title, cameras)
+        else:
+            hub = self.camera(request)
+            if hub is None:
+                return text(404, "no such camera\n")
+            body = camera_page(hub.title, "" if "camera" not in request.match_info else f"/camera/{hub.name}")
+        return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    def camera_route(self, name: str):
+        async def route(request):
+            hub = self.camera(request)
+            if hub is None:
+                return text(404, "no such camera\n")
+            if name == "stats.json":
+                return text(200, json.dumps(hub.stats()), content_type="application/json")
+            if name == "snapshot.jpg":
+                _, data = await hub.jpeg(self.server.pool)
+                if data is None:
+                    return text(503, "no frame yet\n")
+                from aiohttp import web
+                return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+            return await self.stream(request, hub)
+        return route
+
+    async def stream(self, request, hub: FrameHub):
+        from aiohttp import web
+
+        server, options = self.server, self.server.options
+        cap = server.budget.limits.viewers
+        if self.viewers >= cap:
+            return refusal(503, f"at most {cap} viewers (--max-clients); try again later\n", {"Retry-After": "5"})
+        self.viewers += 1
+        peer = request.remote
+        transport = request.transport
+        response = None
+        try:
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None:
+                # Without this the kernel grows a non-reading viewer's buffer to megabytes.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SNDBUF)
+            response = web.StreamResponse(headers={
+                "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", "Cache-Control": "no-store"})
+            await asyncio.wait_for(response.prepare(request), options.send_timeout_s)
+            seen, busy_since = -1, None     # seen: the newest frame this viewer was offered
+            loop = asyncio.get_running_loop()
+            while not server.closing and not hub.ended and not transport.is_closing():
+                await hub.wait_newer(seen, timeout=1.0)   # always waits when nothing is new
+                if transport.is_closing():
+                    break
+                if transport.get_write_buffer_size() > 0:
+                    # The previous frame is still queued here: skip this one, never queue two.
+                    busy_since = busy_since or loop.time()
+                    if loop.time() - busy_since > options.send_timeout_s:
+                        log.debug("http: viewer %s took no data for %g s; dropped", peer, options.send_timeout_s)
+                        transport.abort()
+                        break
+                    seen = hub.seq
+                    continue
+                busy_since = None
+                if hub.seq == seen:
+                    continue
+                seen, data = await hub.jpeg(server.pool)
+                if data is None:
+                    continue
+                part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                        + data + b"\r\n")
+                await asyncio.wait_for(response.write(part), options.send_timeout_s)
+        except (ConnectionError, asyncio.TimeoutError) as e:
+            log.debug("http: viewer %s left (%s)", peer, type(e).__name__)
+            if transport is not None:
+                transport.abort()
+        finally:
+            self.viewers -= 1
+        return response if response is not None and response.prepared else text(503, "viewer left\n")
+
+    async def metrics(self, request):
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        body = await asyncio.get_running_loop().run_in_executor(self.server.pool, self.server.metrics.exposition)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+    async def healthz(self, request):
+        stale = self.server.metrics.health()
+        if not stale:
+            return text(200, "ok\n")
+        lines = "".join(f"stale: {cam} (no frame for {age:.1f} s; timeout {limit:g} s)\n" for cam, age, limit in stale)
+        return text(503, lines)
+
+
+def text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):
+    from aiohttp import web
+
+    return web.Response(status=status, text=body, content_type=content_type,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def refusal(status: int, body: str, headers: dict | None = None):
+    """A refused request: its connection is closed after the answer, so it holds no slot."""
+    response = text(status, body, headers)
+    response.force_close()
+    return response
