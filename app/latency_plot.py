@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from app.latency import STAGES, read_log
+from core.errors import InputError
 
 HELP = "plot a --latency-log file: per-frame stage times and an end-to-end latency histogram (a panel per camera)"
 EXAMPLE = "bisenet latency-plot lat.csv -o latency.png"
@@ -96,7 +97,7 @@ def plot_opencv(panels: list, out: Path) -> None:
     """panels: [(title, series)], drawn one below the other."""
     img = np.vstack([panel_opencv(data, title) for title, data in panels])
     if not cv2.imwrite(str(out), img):
-        raise RuntimeError(f"cannot write {out}")
+        raise InputError(f"cannot write {out}: pick a writable -o path")
 
 
 def panel_opencv(data: dict, title: str) -> np.ndarray:
@@ -139,7 +140,7 @@ def plot(log: str | Path, out: str | Path | None = None, use_opencv: bool = Fals
     log = Path(log)
     rows = read_log(log)
     if not rows:
-        raise ValueError(f"{log} has no frames to plot")
+        raise InputError(f"{log} has no frames to plot")
     out = Path(out) if out else log.with_suffix(".png")
     cameras = sorted({r["camera"] for r in rows})
     panels = []

@@ -59,6 +59,7 @@ from app import validate
 from app.camera import check_name
 from app.hud import RateMeter
 from app.metrics import Metrics
+from core.errors import BisenetError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ GRID_TILE = ('<div class="tile" data-camera="{name}"><div class="stats"><a href=
              'alt="{name}: live segmentation overlay"></div>')
 
 
-class ServerError(RuntimeError):
+class ServerError(BisenetError, RuntimeError):
     """A listener that cannot start; one line that says what to do."""
 
 

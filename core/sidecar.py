@@ -11,7 +11,7 @@ from core.validate import check_sidecar
 SIDECAR_VERSION = 1
 
 
-class SidecarError(ValueError):
+class SidecarError(InputError):
     """A missing or mismatched sidecar; the message says how to rebuild."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import InputError, MissingFileError
 from core.validate import load_yaml
 from core.model_config import REPO_ROOT, ConfigError, check_keys
 
@@ -95,7 +96,7 @@ def label_lut(cfg: DatasetConfig) -> np.ndarray:
 # ---------------------------------------------------------------- file lists per layout
 def _read_list_file(list_path: Path, base: Path) -> list[tuple[Path, Path]]:
     if not list_path.is_file():
-        raise FileNotFoundError(f"list file {list_path} does not exist")
+        raise MissingFileError(f"list file {list_path} does not exist")
     pairs = []
     for n, line in enumerate(list_path.read_text().splitlines(), 1):
         line = line.strip()
@@ -103,28 +104,28 @@ def _read_list_file(list_path: Path, base: Path) -> list[tuple[Path, Path]]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{list_path}:{n}: expected 'image label' (two paths), got {line!r}")
+            raise InputError(f"{list_path}:{n}: expected 'image label' (two paths), got {line!r}")
         img, lab = (Path(p) if Path(p).is_absolute() else base / p for p in parts)
         pairs.append((img, lab))
     if not pairs:
-        raise ValueError(f"list file {list_path} names no image/label pairs")
+        raise InputError(f"list file {list_path} names no image/label pairs")
     return pairs
 
 
 def _cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     img_dir = root / "leftImg8bit" / split
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"{img_dir} does not exist: expected Cityscapes leftImg8bit/{split}/<city>/*.png")
+        raise MissingFileError(f"{img_dir} does not exist: expected Cityscapes leftImg8bit/{split}/<city>/*.png")
     pairs = []
     for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
         stem = img.name[: -len("_leftImg8bit.png")]
         lab = root / "gtFine" / split / img.parent.name / f"{stem}_gtFine_labelTrainIds.png"
         if not lab.is_file():
-            raise FileNotFoundError(f"{lab} does not exist: run `bisenet prepare cityscapes --root {root}` "
+            raise MissingFileError(f"{lab} does not exist: run `bisenet prepare cityscapes --root {root}` "
                                     "to make labelTrainIds from gtFine labelIds")
         pairs.append((img, lab))
     if not pairs:
-        raise FileNotFoundError(f"no *_leftImg8bit.png images under {img_dir}")
+        raise MissingFileError(f"no *_leftImg8bit.png images under {img_dir}")
     return pairs
 
 
@@ -132,11 +133,11 @@ def _coco_stuff_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     split = {"train": "train2017", "val": "val2017"}.get(split, split)
     img_dir = root / "images" / split
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"{img_dir} does not exist: expected COCO-Stuff images/{split}/*.jpg "
+        raise MissingFileError(f"{img_dir} does not exist: expected COCO-Stuff images/{split}/*.jpg "
                                 f"and annotations/{split}/*.png (stuffthingmaps)")
     pairs = [(img, root / "annotations" / split / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
     if not pairs:
-        raise FileNotFoundError(f"no .jpg images under {img_dir}")
+        raise MissingFileError(f"no .jpg images under {img_dir}")
     return pairs
 
 
@@ -144,7 +145,7 @@ def dataset_pairs(cfg: DatasetConfig, split: str) -> list[tuple[Path, Path]]:
     """(image, label) paths for 'train' or 'val'; every file is checked to exist."""
     root = cfg.root_path()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist (from {cfg.source}; pass --data-root to change it)")
+        raise MissingFileError(f"dataset root {root} does not exist (from {cfg.source}; pass --data-root to change it)")
     entry = getattr(cfg, split)
     if cfg.kind == "cityscapes":
         pairs = _cityscapes_pairs(root, entry)
@@ -156,7 +157,7 @@ def dataset_pairs(cfg: DatasetConfig, split: str) -> list[tuple[Path, Path]]:
     for img, lab in pairs:
         for f in (img, lab):
             if not f.is_file():
-                raise FileNotFoundError(f"{f} does not exist (listed in the {split} split of {cfg.name})")
+                raise MissingFileError(f"{f} does not exist (listed in the {split} split of {cfg.name})")
     return pairs
 
 
@@ -165,25 +166,25 @@ def read_pair(img_path: Path, lab_path: Path, lut: np.ndarray, num_classes: int)
     """BGR uint8 image and train-id uint8 label; errors name the file at fault."""
     img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"{img_path}: cannot decode the image (corrupt or not an image)")
+        raise InputError(f"{img_path}: cannot decode the image (corrupt or not an image)")
     raw = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"{lab_path}: cannot decode the label image")
+        raise InputError(f"{lab_path}: cannot decode the label image")
     if raw.ndim == 3:
-        raise ValueError(f"{lab_path}: label has {raw.shape[2]} channels; expected a single-channel "
+        raise InputError(f"{lab_path}: label has {raw.shape[2]} channels; expected a single-channel "
                          "image of class ids (not a color rendering)")
     if raw.dtype != np.uint8:
         if raw.max() > 255:
-            raise ValueError(f"{lab_path}: label value {int(raw.max())} does not fit 0..255")
+            raise InputError(f"{lab_path}: label value {int(raw.max())} does not fit 0..255")
         raw = raw.astype(np.uint8)
     if raw.shape[:2] != img.shape[:2]:
-        raise ValueError(f"{lab_path}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
+        raise InputError(f"{lab_path}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
                          f"{img_path} is {img.shape[1]}x{img.shape[0]}; they must match")
     label = lut[raw]
     bad = (label >= num_classes) & (label != IGNORE_INDEX)
     if bad.any():
         v = int(raw[bad][0])
-        raise ValueError(f"{lab_path}: label value {v} is outside 0..{num_classes - 1} and not 255 (ignore); "
+        raise InputError(f"{lab_path}: label value {v} is outside 0..{num_classes - 1} and not 255 (ignore); "
                          "fix the file or map it with label_map in the dataset YAML")
     return img, label
 

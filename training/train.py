@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from core.errors import InputError, MissingFileError
 from core.validate import load_yaml
 from core.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
 
@@ -131,7 +132,7 @@ def load_for_finetune(model, path) -> list:
     own = model.state_dict()
     unknown = sorted(set(sd) - set(own))
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} tensors do not belong to this architecture, e.g. {unknown[0]}; "
+        raise InputError(f"{path}: {len(unknown)} tensors do not belong to this architecture, e.g. {unknown[0]}; "
                          "pick the model config the checkpoint was trained with")
     fits = {k: v for k, v in sd.items() if v.shape == own[k].shape}
     model.load_state_dict(fits, strict=False)
@@ -267,7 +268,7 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     if resume:
         resume_path = work_dir / "latest.pth" if resume == "auto" else Path(resume)
         if not resume_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {resume_path} does not exist")
+            raise MissingFileError(f"cannot resume: {resume_path} does not exist")
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
