@@ -5,11 +5,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config_files import CONFIGS_DIR, config_names, config_path
 from core.validate import SIDECAR, check_fields, check_fields_by_rules, load_yaml
 from core.errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "configs" / "models"
+MODELS_DIR = CONFIGS_DIR / "models"
 
 
 class ConfigError(InputError):
@@ -88,14 +88,12 @@ def model_configcheck_keys(data: dict, source: str = "<dict>") -> ModelConfig:
 
 
 def list_model_names() -> list[str]:
-    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+    return config_names("models")
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
     """A zoo name (configs/models/<name>.yaml) or a path to a model YAML."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = MODELS_DIR / f"{name_or_path}.yaml"
+    path = config_path("models", name_or_path)
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")

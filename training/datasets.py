@@ -15,10 +15,10 @@ import numpy as np
 
 from core.errors import InputError, MissingFileError
 from core.validate import load_yaml
-from core.model_config import REPO_ROOT, ConfigError, check_keys
+from core.config_files import config_names, config_path
+from core.model_config import ConfigError, check_keys
 
 IGNORE_INDEX = 255
-DATASETS_DIR = REPO_ROOT / "configs" / "datasets"
 KINDS = ("camvid", "cityscapes", "coco_stuff164k", "list")
 
 
@@ -26,7 +26,7 @@ KINDS = ("camvid", "cityscapes", "coco_stuff164k", "list")
 class DatasetConfig:
     name: str
     kind: str                       # one of KINDS: which folder layout to read
-    root: str                       # relative paths resolve against the project root
+    root: str                       # a relative root is relative to the working directory
     num_classes: int
     train: str = "train"            # split name (cityscapes, coco) or list file (camvid, list)
     val: str = "val"
@@ -40,17 +40,16 @@ class DatasetConfig:
     source: str = ""
 
     def root_path(self) -> Path:
-        p = Path(self.root).expanduser()
-        return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+        # The user's working directory, like any path on a command line (--data-root too); not
+        # the checkout, which an installed package does not have.
+        return Path(self.root).expanduser().resolve()
 
 
 def load_dataset_config(name_or_path: str | Path, root: str | None = None) -> DatasetConfig:
     """A name (configs/datasets/<name>.yaml) or a YAML path; `root` overrides the YAML's root."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = DATASETS_DIR / f"{name_or_path}.yaml"
+    path = config_path("datasets", name_or_path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in DATASETS_DIR.glob("*.yaml")))
+        known = ", ".join(config_names("datasets"))
         raise ConfigError(f"no dataset config {str(name_or_path)!r}: pass a YAML path or one of: {known}")
     data = load_yaml(path, "dataset config") or {}
     check_keys(DatasetConfig, data, str(path), exclude={"source"})

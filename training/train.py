@@ -26,12 +26,12 @@ import yaml
 
 from core.errors import InputError, MissingFileError
 from core.validate import load_yaml
-from core.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
+from core.config_files import config_path
+from core.model_config import ConfigError, ModelConfig, check_keys, load_model_config
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
            "# multi-GPU: torchrun --nproc_per_node 4 -m training.train --config ... --work-dir ...")
-TRAIN_DIR = REPO_ROOT / "configs" / "train"
 
 
 @dataclass
@@ -77,9 +77,7 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if path.suffix not in (".yaml", ".yml") and not path.is_file():
-        path = TRAIN_DIR / f"{path}.yaml"
+    path = config_path("train", path)
     if not path.is_file():
         raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
     data = load_yaml(path, "train config") or {}
