@@ -343,8 +343,16 @@ def build_data(tc: TrainConfig, ds_cfg, model_cfg: ModelConfig, crop, batch: int
         train_set, batch_size=batch, sampler=stream, num_workers=tc.workers,
         pin_memory=proc.device.type == "cuda",
         generator=torch.Generator(),   # worker seeds from their own generator: the global torch RNG stays untouched
-        collate_fn=collate)
+        collate_fn=collate, worker_init_fn=_leave_stop_signals_to_the_main_process)
     return loader, val_set
+
+
+def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
+    """Ctrl-C and `kill -TERM -<group>` reach the loader workers too, and torch's workers die on
+    SIGTERM (the main process would then fail mid-iteration). The main process ends the run
+    after the current iteration and shuts its workers down itself."""
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Trainer:
@@ -505,7 +513,7 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     trainer.model.train()
     done, last_miou = start_it, None
     with StopSignals() as stop:
-        batches = iter(loader)    # after the handlers: forked loader workers keep running on Ctrl-C
+        batches = iter(loader)
         for it in range(start_it, end_it):
             if stop.requested(proc):
                 break
