@@ -10,6 +10,9 @@ import argparse
 import importlib
 import signal
 import sys
+import traceback
+
+from core.errors import BisenetError, first_line
 
 # subcommand -> module. Build time (torch) and run time (no torch) side by side.
 SUBCOMMANDS = {
@@ -25,10 +28,6 @@ SUBCOMMANDS = {
     "triton-repo": "engines.triton_repo",
     "serve-triton": "engines.triton_serve",
 }
-
-
-class CliError(Exception):
-    """An input problem: printed as one line `bisenet: error: ...`, exit code 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -101,17 +100,42 @@ def remove_temp_files_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
+# Exit status of a bug (sysexits.h EX_SOFTWARE): never 2, which means "fix your input".
+BUG_EXIT = 70
+PROJECT_PACKAGES = {"app", "core", "engines", "training", "calibration", "bench", "run_camera"}
+
+
 def run_with_one_line_errors(prog: str, run, args) -> int:
-    """Input problems (bad values, missing files, missing packages) become one line on
-    stderr and exit code 2, instead of a traceback."""
+    """User-facing failures (BisenetError: bad values, missing files, unusable models) and a
+    missing optional package become one line on stderr and the error's exit code. Anything
+    else is a bug: one line saying so, then the traceback, exit BUG_EXIT."""
     try:
         return int(run(args) or 0)
-    except (CliError, ValueError, OSError, RuntimeError, ImportError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+    except BisenetError as e:
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except ImportError as e:
+        if not is_missing_optional_package(e):
+            return report_bug(prog, e)
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        return report_bug(prog, e)
+
+
+def is_missing_optional_package(e: ImportError) -> bool:
+    """An ImportError of a package outside the project (its message names what to install);
+    a failed import of the project's own code is a bug."""
+    return (e.name or "").split(".")[0] not in PROJECT_PACKAGES
+
+
+def report_bug(prog: str, e: BaseException) -> int:
+    print(f"{prog}: internal error (a bug, please report it): {type(e).__name__}: {first_line(e)}; "
+          "traceback below", file=sys.stderr)
+    traceback.print_exception(e, file=sys.stderr)
+    return BUG_EXIT
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import BisenetError
+
 DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error", "sink_error")
 
 
@@ -48,7 +50,7 @@ class Reader:
         pass
 
 
-class ReadError(RuntimeError):
+class ReadError(BisenetError, RuntimeError):
     """One frame could not be decoded, or the stream was lost."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError
+
 STAGES = ("queue", "preprocess", "inference", "overlay", "sink", "e2e")
 COLUMNS = ("frame", "source_ts", "capture_s", *(f"{s}_ms" for s in STAGES), "dropped", "reason", "camera",
            "batch_size")
@@ -229,25 +231,25 @@ def read_log(path: str | Path) -> list[dict]:
     """A --latency-log file -> rows as dicts with floats (None for empty), for plots and tests."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no latency log {path}")
+        raise InputError(f"no latency log {path}")
     rows = []
     if path.suffix.lower() == ".jsonl":
         with open(path) as f:
             try:
                 rows = [json.loads(line) for line in f if line.strip()]
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not JSON lines ({e})") from None
+                raise InputError(f"{path}: not JSON lines ({e})") from None
     elif path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
                 rows.append({k: (None if v == "" else v) for k, v in r.items()})
     else:
-        raise ValueError(f"{path}: a latency log is a .csv or .jsonl file")
+        raise InputError(f"{path}: a latency log is a .csv or .jsonl file")
     optional = ("camera", "batch_size")   # logs from before multi-camera runs lack them
     for n, r in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
         missing = [k for k in COLUMNS if k not in r and k not in optional] if isinstance(r, dict) else list(COLUMNS)
         if missing:
-            raise ValueError(f"{path}: not a latency log (no {', '.join(missing)}); "
+            raise InputError(f"{path}: not a latency log (no {', '.join(missing)}); "
                              "write one with run_camera.py --latency-log FILE.csv")
         try:
             for k in COLUMNS:
@@ -263,5 +265,5 @@ def read_log(path: str | Path) -> list[dict]:
                 else:
                     r[k] = None if v is None else float(v)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path} line {n}: {k}: {e}") from None
+            raise InputError(f"{path} line {n}: {k}: {e}") from None
     return rows

@@ -22,12 +22,13 @@ import numpy as np
 
 from app.frames import Sink
 from core.validate import prepare_output
+from core.errors import BisenetError
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
-class SinkError(RuntimeError):
+class SinkError(BisenetError, RuntimeError):
     """An output that cannot be used; one line that says what to do."""
 
 

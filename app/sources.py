@@ -23,12 +23,13 @@ from pathlib import Path
 import cv2
 
 from app.frames import Reader, ReadError
+from core.errors import BisenetError
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-class SourceError(RuntimeError):
+class SourceError(BisenetError, RuntimeError):
     """A source that cannot be opened; the message is one line that says what to do."""
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from calibration import ort_quantize
+from core.errors import InputError, MissingFileError
 from calibration.image_set import CalibrationSet
 from core.files import file_sha256
 from core.sidecar import read_sidecar, sidecar_path, write_sidecar
@@ -71,7 +72,7 @@ def add_arguments(p):
 def output_paths(output: str, target: str) -> dict:
     out = Path(output)
     if out.suffix != ".onnx":
-        raise ValueError(f"-o {output}: the output file must end in .onnx")
+        raise InputError(f"-o {output}: the output file must end in .onnx")
     trt = out.with_name(out.name[: -len(".onnx")] + ".trt.onnx")
     return {"cpu": {"cpu": out}, "tensorrt": {"tensorrt": out}, "both": {"cpu": out, "tensorrt": trt}}[target]
 
@@ -79,10 +80,10 @@ def output_paths(output: str, target: str) -> dict:
 def run(args) -> int:
     src = Path(args.onnx)
     if not src.is_file():
-        raise FileNotFoundError(f"--onnx {src} does not exist; export one with `bisenet export`")
+        raise MissingFileError(f"--onnx {src} does not exist; export one with `bisenet export`")
     meta = read_sidecar(src)
     if meta.get("precision", "fp32") != "fp32":
-        raise ValueError(f"--onnx {src} is already {meta['precision']}; calibrate the fp32 export")
+        raise InputError(f"--onnx {src} is already {meta['precision']}; calibrate the fp32 export")
     outs = output_paths(args.output, args.target)
     if args.trt_cache:
         from calibration.tensorrt_calibrator import implicit_int8_tensorrt
@@ -106,7 +107,7 @@ def run(args) -> int:
         layers = [name for name, _ in ort_quantize.quantizable_nodes(prepared)]
         unknown = [n for n in keep_float if n not in layers]
         if unknown:
-            raise ValueError(f"--keep-float {', '.join(unknown)}: no such layer; use names from the sensitivity "
+            raise InputError(f"--keep-float {', '.join(unknown)}: no such layer; use names from the sensitivity "
                              f"report (--sensitivity), e.g. {layers[0]}")
         ranges = ort_quantize.calibrate_ranges(prepared, calib, args.method, Path(tmp) / "ranges.json",
                                                progress=not quiet)

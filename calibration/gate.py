@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from core.errors import InputError
+
 
 def evaluate_onnx(path, dataset: str, split: str = "val", limit: int | None = None,
                   threads: int | None = None, data_root: str | None = None, backend: str = "onnxruntime") -> dict:
@@ -18,7 +20,7 @@ def evaluate_onnx(path, dataset: str, split: str = "val", limit: int | None = No
         data.pairs = data.pairs[:limit]
     engine = load_engine(str(path), backend=backend, threads=threads)
     if engine.info.num_classes != ds_cfg.num_classes:
-        raise ValueError(f"{path} predicts {engine.info.num_classes} classes but dataset {ds_cfg.name} has "
+        raise InputError(f"{path} predicts {engine.info.num_classes} classes but dataset {ds_cfg.name} has "
                          f"{ds_cfg.num_classes}; pass the dataset the model was trained on")
     print(f"evaluating {engine.describe()} on {ds_cfg.name} {split} ({len(data)} images)", file=sys.stderr)
     result = evaluate_dataset(Predictor(engine, ds_cfg.test_scale), data, ds_cfg.num_classes,

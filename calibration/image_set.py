@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 
 from core.preprocess import preprocess
+from core.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
 _FRAME_NUMBER = re.compile(r"^[a-z]?\d+$", re.IGNORECASE)   # `07965`, `f02100`
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(InputError):
     """A --data source that gives no usable images; one line that says what to pass."""
 
 

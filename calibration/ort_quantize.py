@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError, SetupError
 from core.files import atomic_path
 
 METHODS = ("entropy", "minmax", "percentile")
@@ -36,7 +37,7 @@ def _ort_quant():
     try:
         from onnxruntime import quantization
     except ImportError:
-        raise RuntimeError("INT8 calibration needs onnxruntime with its quantization tools: "
+        raise SetupError("INT8 calibration needs onnxruntime with its quantization tools: "
                            "pip install onnxruntime onnx") from None
     return quantization
 
@@ -46,7 +47,7 @@ def calibration_method(name: str):
     table = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
              "percentile": q.CalibrationMethod.Percentile}
     if name not in table:
-        raise ValueError(f"--method {name!r}: use one of {', '.join(METHODS)}")
+        raise InputError(f"--method {name!r}: use one of {', '.join(METHODS)}")
     return table[name]
 
 
@@ -164,7 +165,7 @@ def flavor_options(flavor: str) -> dict:
     if flavor == "tensorrt":
         return {"activation_type": q.QuantType.QInt8, "weight_type": q.QuantType.QInt8,
                 "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True}}
-    raise ValueError(f"flavor {flavor!r}: use one of {', '.join(FLAVORS)}")
+    raise InputError(f"flavor {flavor!r}: use one of {', '.join(FLAVORS)}")
 
 
 def write_flavor(prepared: str | Path, ranges_path: str | Path, method: str, flavor: str,

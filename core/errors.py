@@ -14,7 +14,18 @@ class InputError(BisenetError, ValueError):
     """A bad input: one line that names the flag or file and says what to do (exit 2)."""
 
 
+class MissingFileError(BisenetError, FileNotFoundError):
+    """A file or folder the user named does not exist; one line that says what to pass (exit 2).
+    Still a FileNotFoundError for callers that catch that."""
+
+
+class SetupError(BisenetError, RuntimeError):
+    """This machine's set-up cannot do what was asked (a package, provider, driver or tool is
+    missing or failed); one line that says what to install or do (exit 2)."""
+
+
 def first_line(e: BaseException) -> str:
     """An exception as one line for a one-line error: its first non-empty text, else its type."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+

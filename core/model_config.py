@@ -12,15 +12,15 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from core.config_files import CONFIGS_DIR, config_names, config_path
 from core.errors import InputError
 from core.sidecar import ClassNames, Mean, Palette, Std
 from core.validate import check_fields, error_line, load_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "configs" / "models"
+MODELS_DIR = CONFIGS_DIR / "models"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file that cannot be used; the message is one line that says what to fix."""
 
 
@@ -97,14 +97,12 @@ _MODEL_CONFIG = TypeAdapter(ModelConfig)
 
 
 def list_model_names() -> list[str]:
-    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+    return config_names("models")
 
 
 def load_model_config(name_or_path: str | Path) -> ModelConfig:
     """A zoo name (configs/models/<name>.yaml) or a path to a model YAML."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = MODELS_DIR / f"{name_or_path}.yaml"
+    path = config_path("models", name_or_path)
     if not path.is_file():
         raise ConfigError(f"no model config {name_or_path!r}: pass a YAML path or one of the names "
                           f"`bisenet models` lists")

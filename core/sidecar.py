@@ -19,7 +19,7 @@ from core.validate import MAX_SIDE, Number, error_line, rule, worded
 SIDECAR_VERSION = 1
 
 
-class SidecarError(ValueError):
+class SidecarError(InputError):
     """A missing or mismatched sidecar; the message says how to rebuild."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.sidecar import SidecarError
+from core.errors import BisenetError
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ModelInfo:
                    input_size=tuple(input_size or cfg.crop_size), head="logits")
 
 
-class ServerDown(RuntimeError):
+class ServerDown(BisenetError, RuntimeError):
     """A remote engine's server is unreachable: the pipeline drops the frame with reason
     `server_down` (not an inference error) and the engine retries on its own."""
 

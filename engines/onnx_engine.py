@@ -7,7 +7,7 @@ import numpy as np
 
 from core.validate import readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
-from core.errors import first_line
+from core.errors import InputError, SetupError, first_line
 from core.sidecar import read_sidecar
 
 # --providers short names -> ONNX Runtime provider names.
@@ -24,10 +24,10 @@ def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
     out = []
     for name in names:
         if name not in PROVIDERS:
-            raise ValueError(f"--providers {name!r}: use a comma list of {', '.join(PROVIDERS)}")
+            raise InputError(f"--providers {name!r}: use a comma list of {', '.join(PROVIDERS)}")
         full = PROVIDERS[name]
         if full not in available:
-            raise RuntimeError(f"ONNX Runtime here has no {full} (available: {', '.join(sorted(available))}); "
+            raise SetupError(f"ONNX Runtime here has no {full} (available: {', '.join(sorted(available))}); "
                                "install onnxruntime-gpu (pip install 'bisenet-edge[gpu]') on an NVIDIA machine")
         if name == "tensorrt":
             cache = model_path.parent / ".ort_trt_cache"
@@ -70,7 +70,7 @@ class OnnxEngine(GraphEngine):
                 str(self.path), opts, providers=parse_providers(providers, self.path, precision or self.info.precision))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             first = first_line(e)
-            raise RuntimeError(f"ONNX Runtime cannot load {self.path}: {first}") from None
+            raise InputError(f"ONNX Runtime cannot load {self.path}: {first}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32

@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.base import Engine, ModelInfo, ServerDown
 from core.backoff import Backoff
-from core.errors import first_line
+from core.errors import InputError, SetupError, first_line
 from core.sidecar import SidecarError
 from engines.triton_repo import metadata_from_parameters
 
@@ -50,7 +50,7 @@ def parse_url(url: str) -> tuple:
     parts = urlsplit(url)
     name = parts.path.strip("/")
     if parts.scheme not in SCHEMES or not parts.hostname or not parts.port or not name or "/" in name:
-        raise ValueError(f"--model {url}: write a Triton model as grpc://HOST:PORT/NAME or http://HOST:PORT/NAME "
+        raise InputError(f"--model {url}: write a Triton model as grpc://HOST:PORT/NAME or http://HOST:PORT/NAME "
                          "(e.g. grpc://127.0.0.1:8001/bisenet)")
     return parts.scheme, parts.netloc, name
 
@@ -104,7 +104,7 @@ class CudaRegion(SystemRegion):
         try:
             import tritonclient.utils.cuda_shared_memory as cshm
         except (ImportError, RuntimeError):   # tritonclient raises RuntimeError without cuda-python
-            raise RuntimeError("--triton-shm cuda needs cuda-python: pip install 'tritonclient[cuda]' on a machine "
+            raise SetupError("--triton-shm cuda needs cuda-python: pip install 'tritonclient[cuda]' on a machine "
                                "with an NVIDIA GPU (or use --triton-shm system)") from None
         return cshm
 
@@ -122,9 +122,9 @@ class TritonEngine(Engine):
         self.protocol, self.host, self.model_name = parse_url(url)
         self.url, self.name = url, f"triton {url}"
         if shm not in ("none", "system", "cuda"):
-            raise ValueError(f"--triton-shm {shm!r}: use none, system or cuda")
+            raise InputError(f"--triton-shm {shm!r}: use none, system or cuda")
         if in_flight < 1:
-            raise ValueError(f"--triton-in-flight {in_flight}: use 1 or more")
+            raise InputError(f"--triton-in-flight {in_flight}: use 1 or more")
         self.shm, self.in_flight, self.timeout_s = shm, in_flight, timeout_s
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.client_mod = _import_client(self.protocol)
@@ -140,10 +140,10 @@ class TritonEngine(Engine):
         try:
             live = client.is_server_live()
         except Exception as e:
-            raise RuntimeError(f"cannot reach Triton at {self.protocol}://{self.host} ({first_line(e)}); start it "
+            raise SetupError(f"cannot reach Triton at {self.protocol}://{self.host} ({first_line(e)}); start it "
                                "(bisenet serve-triton, docs/triton.md) or check HOST:PORT in --model") from None
         if not live:
-            raise RuntimeError(f"Triton at {self.protocol}://{self.host} is not live yet; try again when it is")
+            raise SetupError(f"Triton at {self.protocol}://{self.host} is not live yet; try again when it is")
         self._read_model(client)
         if shm != "none":
             self._make_regions(client)
@@ -183,7 +183,7 @@ class TritonEngine(Engine):
                 ready = sorted(m["name"] for m in index if m.get("state") == "READY")
             except Exception:
                 ready = []
-            raise ValueError(f"Triton at {self.protocol}://{self.host} has no ready model {self.model_name!r} "
+            raise InputError(f"Triton at {self.protocol}://{self.host} has no ready model {self.model_name!r} "
                              f"(ready: {', '.join(ready) or 'none'}); fix the name in --model")
         config = self._json(client.get_model_config, self.model_name)
         config = config.get("config", config)
@@ -219,7 +219,7 @@ class TritonEngine(Engine):
 
     def _make_regions(self, client) -> None:
         if self.info.dynamic:
-            raise ValueError("--triton-shm needs a model with a fixed input size; this one takes any H x W")
+            raise InputError("--triton-shm needs a model with a fixed input size; this one takes any H x W")
         frames = self.max_batch or self.fixed_batch
         h, w = self.info.input_size
         out_per_frame = (self.info.num_classes if self.output_name == "logits" else 1) * h * w
@@ -236,7 +236,7 @@ class TritonEngine(Engine):
             self._register(client)
         except Exception as e:
             self._destroy_regions(client)
-            raise RuntimeError(f"--triton-shm {self.shm}: cannot set up shared memory with Triton at {self.host} "
+            raise SetupError(f"--triton-shm {self.shm}: cannot set up shared memory with Triton at {self.host} "
                                f"({first_line(e)}); shared memory needs the server on this host") from None
 
     def _register(self, client) -> None:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InputError, first_line
+from core.errors import InputError, MissingFileError, first_line
 from core.files import deferred_signals
 from core.sidecar import SIDECAR_REQUIRED, SidecarError, check_sidecar, read_sidecar, sidecar_path
 
@@ -59,7 +59,7 @@ def onnx_io(path: Path) -> ModelIO:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
         first = first_line(e)
-        raise RuntimeError(f"ONNX Runtime cannot load {path}: {first}") from None
+        raise InputError(f"ONNX Runtime cannot load {path}: {first}") from None
 
     def tensors(values):
         out = []
@@ -91,10 +91,10 @@ def batching(io: ModelIO, max_batch: int | None, model_path) -> int:
     if io.batch is None:
         mb = 8 if max_batch is None else max_batch
         if mb < 1:
-            raise ValueError(f"--max-batch {mb}: {model_path} has a dynamic batch dimension; use 1 or more")
+            raise InputError(f"--max-batch {mb}: {model_path} has a dynamic batch dimension; use 1 or more")
         return mb
     if max_batch not in (None, 0):
-        raise ValueError(f"--max-batch {max_batch}: {model_path} has a fixed batch of {io.batch}, which Triton "
+        raise InputError(f"--max-batch {max_batch}: {model_path} has a fixed batch of {io.batch}, which Triton "
                          "cannot batch; export with a dynamic batch dimension or pass --max-batch 0")
     return 0
 
@@ -173,13 +173,13 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
     model.py uses in extra_parameters."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} does not exist; export one with `bisenet export`")
+        raise MissingFileError(f"{model_path} does not exist; export one with `bisenet export`")
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"--name {name!r}: use a plain model name such as bisenet")
+        raise InputError(f"--name {name!r}: use a plain model name such as bisenet")
     if instances < 1:
-        raise ValueError(f"--instances {instances}: use 1 or more")
+        raise InputError(f"--instances {instances}: use 1 or more")
     if queue_delay_us < 0:
-        raise ValueError(f"--max-queue-delay-us {queue_delay_us}: use 0 or more")
+        raise InputError(f"--max-queue-delay-us {queue_delay_us}: use 0 or more")
     if model_path.suffix == ".onnx":
         meta = read_sidecar(model_path)
         io = onnx_io(model_path)
@@ -189,7 +189,7 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
         io = sidecar_io(meta)
         backend, filename, kind = backend or "tensorrt", "model.plan", kind or "KIND_GPU"
     else:
-        raise ValueError(f"{model_path}: expected an .onnx (--onnx) or a TensorRT .engine (--engine)")
+        raise InputError(f"{model_path}: expected an .onnx (--onnx) or a TensorRT .engine (--engine)")
     check_io_matches_sidecar(io, meta, model_path)
     if backend == "python" and io.batch == 1:
         io.batch = None   # serve-triton's model.py runs a fixed batch-1 graph frame by frame
@@ -243,9 +243,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     model = args.onnx or args.engine
     if args.onnx and not args.onnx.endswith(".onnx"):
-        raise ValueError(f"--onnx {args.onnx}: expected a .onnx file")
+        raise InputError(f"--onnx {args.onnx}: expected a .onnx file")
     if args.engine and not args.engine.endswith(".engine"):
-        raise ValueError(f"--engine {args.engine}: expected a TensorRT .engine file")
+        raise InputError(f"--engine {args.engine}: expected a TensorRT .engine file")
     config = write_repository(model, args.output, args.name, max_batch=args.max_batch, instances=args.instances,
                               kind=f"KIND_{args.kind.upper()}" if args.kind else None,
                               queue_delay_us=args.max_queue_delay_us)

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from core.errors import InputError
+from core.errors import InputError, SetupError
 from engines.triton_repo import DEFAULT_QUEUE_DELAY_US, write_repository
 
 HELP = "serve an .onnx on a real Triton Inference Server (nvidia-pytriton's tritonserver, Python backend)"
@@ -46,7 +46,7 @@ class ServerEnv:
         self.root = root
         found = sorted(root.glob("lib/python3.*/site-packages/pytriton/tritonserver/bin/tritonserver"))
         if not (root / "bin" / "python3").exists() or not found:
-            raise RuntimeError(f"no Triton server environment at {root}: {SETUP_HINT}")
+            raise SetupError(f"no Triton server environment at {root}: {SETUP_HINT}")
         self.server = found[-1]
         dist = self.server.parent.parent
         self.site = dist.parent.parent
@@ -55,13 +55,13 @@ class ServerEnv:
         self.stub = dist / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
         self.libs = self.site / "nvidia_pytriton.libs"
         if not self.stub.is_file():
-            raise RuntimeError(f"{root}: nvidia-pytriton has no Python-backend stub for Python {self.python_version}; "
+            raise SetupError(f"{root}: nvidia-pytriton has no Python-backend stub for Python {self.python_version}; "
                                f"{SETUP_HINT}")
 
     def require(self, runtime: str) -> None:
         """The package model.py imports for `runtime` must be in this environment."""
         if not (self.site / runtime / "__init__.py").is_file():
-            raise RuntimeError(f"{self.root}: {runtime} is not installed there; {SETUP_HINT}")
+            raise SetupError(f"{self.root}: {runtime} is not installed there; {SETUP_HINT}")
 
     def backend_dir(self, work: Path) -> Path:
         """Triton wants the stub inside backends/python/; the wheel keeps one per Python version."""
@@ -176,12 +176,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     if not args.onnx.endswith(".onnx"):
-        raise ValueError(f"--onnx {args.onnx}: expected a .onnx file")
+        raise InputError(f"--onnx {args.onnx}: expected a .onnx file")
     if args.max_batch < 1:
-        raise ValueError(f"--max-batch {args.max_batch}: use 1 or more")
+        raise InputError(f"--max-batch {args.max_batch}: use 1 or more")
     ports = {args.http_port, args.grpc_port, args.metrics_port}
     if len(ports) != 3 or not all(0 < p < 65536 for p in ports):
-        raise ValueError("--http-port, --grpc-port and --metrics-port must be three different ports 1-65535")
+        raise InputError("--http-port, --grpc-port and --metrics-port must be three different ports 1-65535")
     check_ports_free(args.address, {"--http-port": args.http_port, "--grpc-port": args.grpc_port,
                                     "--metrics-port": args.metrics_port})
     work = Path(tempfile.mkdtemp(prefix="bisenet-triton-"))
@@ -203,7 +203,7 @@ def run(args) -> int:
         if not wait_ready(f"http://{host}:{args.http_port}/v2/models/{args.name}/ready", proc, args.startup_timeout):
             code = proc.poll()
             why = f"exit code {code}" if code is not None else f"not ready in {args.startup_timeout:g} s"
-            raise RuntimeError(f"tritonserver did not get ready ({why}); see its log above, --verbose for more")
+            raise SetupError(f"tritonserver did not get ready ({why}); see its log above, --verbose for more")
         print(f"Triton serving {args.name} ({model}): grpc://{host}:{args.grpc_port}/{args.name} "
               f"http://{host}:{args.http_port}/{args.name} metrics http://{host}:{args.metrics_port}/metrics",
               file=sys.stderr, flush=True)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from core.model_config import REPO_ROOT
+from helpers import SHARED_DATA
 from training.datasets import SegDataset, coco_stuff_lut, load_dataset_config
 from training.prepare import prepare_cityscapes
 from training.transforms import TrainTransform, random_crop, rescale_size
 from training_data import make_dataset
 
-CAMVID = REPO_ROOT.parent / "shared" / "data" / "camvid"
+CAMVID = SHARED_DATA / "camvid"
 
 
 def test_custom_list_dataset_loads_and_transforms(tmp_path):

@@ -135,3 +135,42 @@ def test_finetune_on_own_classes_from_a_checkpoint_with_other_classes(tmp_path):
     skipped = load_for_finetune(BiSeNetV1(three), source)
     assert skipped == sorted(f"{h}.conv_seg.{p}" for h in ("auxiliary_head.0", "auxiliary_head.1", "decode_head")
                              for p in ("bias", "weight"))
+
+
+def start_training(args, env_extra=None):
+    """`bisenet train ...` in its own process group (Ctrl-C in a terminal reaches the loader
+    workers too); stderr goes to a file so the pipe never fills."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "train", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_iterations(work, proc, n):
+    while len(train_losses(work) if (work / "log.jsonl").is_file() else []) < n:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_iteration_reached_and_resume_ends_where_an_uninterrupted_run_does(tmp_path, signum):
+    cfg = make_train_config(tmp_path, iterations=12, checkpoint_interval=100, workers=2)
+    work = tmp_path / "stopped"
+    proc = start_training(["--config", cfg, "--work-dir", work, "--device", "cpu"])
+    wait_for_iterations(work, proc, 3)
+    os.killpg(proc.pid, signum)                   # like Ctrl-C: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    reached = torch.load(work / "latest.pth", weights_only=True)["iteration"]
+    assert 3 <= reached < 12
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} at iteration {reached} of 12: {work / 'latest.pth'} holds it; " \
+           "continue with --resume" in err.splitlines()
+    assert [i for i, _ in train_losses(work)] == list(range(1, reached + 1))
+
+    tc = load_train_config(cfg)
+    torch.set_num_threads(1)
+    resumed = train(tc, work, resume="auto", progress=False, device="cpu")
+    full = train(tc, tmp_path / "full", progress=False, device="cpu")
+    assert train_losses(work) == train_losses(tmp_path / "full")      # bit-identical losses
+    for k, v in full["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k]), k      # and weights

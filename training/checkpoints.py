@@ -20,9 +20,10 @@ import torch
 
 from core.model_config import ModelConfig
 from core.files import atomic_write, file_mode
+from core.errors import BisenetError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BisenetError, RuntimeError):
     """A checkpoint that cannot be used; one line that says what to do."""
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import InputError, MissingFileError
 from core.validate import load_yaml
-from core.model_config import REPO_ROOT, ConfigError, check_keys
+from core.config_files import config_names, config_path
+from core.model_config import ConfigError, check_keys
 
 IGNORE_INDEX = 255
-DATASETS_DIR = REPO_ROOT / "configs" / "datasets"
 KINDS = ("camvid", "cityscapes", "coco_stuff164k", "list")
 
 
@@ -25,7 +26,7 @@ KINDS = ("camvid", "cityscapes", "coco_stuff164k", "list")
 class DatasetConfig:
     name: str
     kind: str                       # one of KINDS: which folder layout to read
-    root: str                       # relative paths resolve against the project root
+    root: str                       # a relative root is relative to the working directory
     num_classes: int
     train: str = "train"            # split name (cityscapes, coco) or list file (camvid, list)
     val: str = "val"
@@ -39,17 +40,16 @@ class DatasetConfig:
     source: str = ""
 
     def root_path(self) -> Path:
-        p = Path(self.root).expanduser()
-        return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+        # The user's working directory, like any path on a command line (--data-root too); not
+        # the checkout, which an installed package does not have.
+        return Path(self.root).expanduser().resolve()
 
 
 def load_dataset_config(name_or_path: str | Path, root: str | None = None) -> DatasetConfig:
     """A name (configs/datasets/<name>.yaml) or a YAML path; `root` overrides the YAML's root."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = DATASETS_DIR / f"{name_or_path}.yaml"
+    path = config_path("datasets", name_or_path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in DATASETS_DIR.glob("*.yaml")))
+        known = ", ".join(config_names("datasets"))
         raise ConfigError(f"no dataset config {str(name_or_path)!r}: pass a YAML path or one of: {known}")
     data = load_yaml(path, "dataset config") or {}
     check_keys(DatasetConfig, data, str(path), exclude={"source"})
@@ -95,7 +95,7 @@ def label_lut(cfg: DatasetConfig) -> np.ndarray:
 # ---------------------------------------------------------------- file lists per layout
 def _read_list_file(list_path: Path, base: Path) -> list[tuple[Path, Path]]:
     if not list_path.is_file():
-        raise FileNotFoundError(f"list file {list_path} does not exist")
+        raise MissingFileError(f"list file {list_path} does not exist")
     pairs = []
     for n, line in enumerate(list_path.read_text().splitlines(), 1):
         line = line.strip()
@@ -103,28 +103,28 @@ def _read_list_file(list_path: Path, base: Path) -> list[tuple[Path, Path]]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{list_path}:{n}: expected 'image label' (two paths), got {line!r}")
+            raise InputError(f"{list_path}:{n}: expected 'image label' (two paths), got {line!r}")
         img, lab = (Path(p) if Path(p).is_absolute() else base / p for p in parts)
         pairs.append((img, lab))
     if not pairs:
-        raise ValueError(f"list file {list_path} names no image/label pairs")
+        raise InputError(f"list file {list_path} names no image/label pairs")
     return pairs
 
 
 def _cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     img_dir = root / "leftImg8bit" / split
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"{img_dir} does not exist: expected Cityscapes leftImg8bit/{split}/<city>/*.png")
+        raise MissingFileError(f"{img_dir} does not exist: expected Cityscapes leftImg8bit/{split}/<city>/*.png")
     pairs = []
     for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
         stem = img.name[: -len("_leftImg8bit.png")]
         lab = root / "gtFine" / split / img.parent.name / f"{stem}_gtFine_labelTrainIds.png"
         if not lab.is_file():
-            raise FileNotFoundError(f"{lab} does not exist: run `bisenet prepare cityscapes --root {root}` "
+            raise MissingFileError(f"{lab} does not exist: run `bisenet prepare cityscapes --root {root}` "
                                     "to make labelTrainIds from gtFine labelIds")
         pairs.append((img, lab))
     if not pairs:
-        raise FileNotFoundError(f"no *_leftImg8bit.png images under {img_dir}")
+        raise MissingFileError(f"no *_leftImg8bit.png images under {img_dir}")
     return pairs
 
 
@@ -132,11 +132,11 @@ def _coco_stuff_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     split = {"train": "train2017", "val": "val2017"}.get(split, split)
     img_dir = root / "images" / split
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"{img_dir} does not exist: expected COCO-Stuff images/{split}/*.jpg "
+        raise MissingFileError(f"{img_dir} does not exist: expected COCO-Stuff images/{split}/*.jpg "
                                 f"and annotations/{split}/*.png (stuffthingmaps)")
     pairs = [(img, root / "annotations" / split / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
     if not pairs:
-        raise FileNotFoundError(f"no .jpg images under {img_dir}")
+        raise MissingFileError(f"no .jpg images under {img_dir}")
     return pairs
 
 
@@ -144,7 +144,7 @@ def dataset_pairs(cfg: DatasetConfig, split: str) -> list[tuple[Path, Path]]:
     """(image, label) paths for 'train' or 'val'; every file is checked to exist."""
     root = cfg.root_path()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist (from {cfg.source}; pass --data-root to change it)")
+        raise MissingFileError(f"dataset root {root} does not exist (from {cfg.source}; pass --data-root to change it)")
     entry = getattr(cfg, split)
     if cfg.kind == "cityscapes":
         pairs = _cityscapes_pairs(root, entry)
@@ -156,7 +156,7 @@ def dataset_pairs(cfg: DatasetConfig, split: str) -> list[tuple[Path, Path]]:
     for img, lab in pairs:
         for f in (img, lab):
             if not f.is_file():
-                raise FileNotFoundError(f"{f} does not exist (listed in the {split} split of {cfg.name})")
+                raise MissingFileError(f"{f} does not exist (listed in the {split} split of {cfg.name})")
     return pairs
 
 
@@ -165,25 +165,25 @@ def read_pair(img_path: Path, lab_path: Path, lut: np.ndarray, num_classes: int)
     """BGR uint8 image and train-id uint8 label; errors name the file at fault."""
     img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"{img_path}: cannot decode the image (corrupt or not an image)")
+        raise InputError(f"{img_path}: cannot decode the image (corrupt or not an image)")
     raw = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"{lab_path}: cannot decode the label image")
+        raise InputError(f"{lab_path}: cannot decode the label image")
     if raw.ndim == 3:
-        raise ValueError(f"{lab_path}: label has {raw.shape[2]} channels; expected a single-channel "
+        raise InputError(f"{lab_path}: label has {raw.shape[2]} channels; expected a single-channel "
                          "image of class ids (not a color rendering)")
     if raw.dtype != np.uint8:
         if raw.max() > 255:
-            raise ValueError(f"{lab_path}: label value {int(raw.max())} does not fit 0..255")
+            raise InputError(f"{lab_path}: label value {int(raw.max())} does not fit 0..255")
         raw = raw.astype(np.uint8)
     if raw.shape[:2] != img.shape[:2]:
-        raise ValueError(f"{lab_path}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
+        raise InputError(f"{lab_path}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
                          f"{img_path} is {img.shape[1]}x{img.shape[0]}; they must match")
     label = lut[raw]
     bad = (label >= num_classes) & (label != IGNORE_INDEX)
     if bad.any():
         v = int(raw[bad][0])
-        raise ValueError(f"{lab_path}: label value {v} is outside 0..{num_classes - 1} and not 255 (ignore); "
+        raise InputError(f"{lab_path}: label value {v} is outside 0..{num_classes - 1} and not 255 (ignore); "
                          "fix the file or map it with label_map in the dataset YAML")
     return img, label
 

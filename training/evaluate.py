@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import InputError
 from core.preprocess import preprocess
 
 HELP = "evaluate a checkpoint or an exported model (ONNX/TensorRT) on a dataset's val split: mIoU, aAcc, per-class IoU"
@@ -96,15 +97,15 @@ class Predictor:
         self.size = tuple(input_size) if input_size else None
         if not getattr(self.info, "dynamic", False):
             if self.size and self.size != tuple(self.info.input_size):
-                raise ValueError(f"--input-size {self.size[0]}x{self.size[1]}: {engine.describe()} only takes "
+                raise InputError(f"--input-size {self.size[0]}x{self.size[1]}: {engine.describe()} only takes "
                                  f"{self.info.input_size[0]}x{self.info.input_size[1]}")
             self.size = tuple(self.info.input_size)
         self.fixed = self.size is not None
         if (len(self.ratios) > 1 or self.flip) and self.fixed:
-            raise ValueError(f"multi-scale/flip evaluation needs an engine that takes any input size; "
+            raise InputError(f"multi-scale/flip evaluation needs an engine that takes any input size; "
                              f"{engine.describe()} has a fixed input: use a PyTorch checkpoint or a dynamic ONNX export")
         if (len(self.ratios) > 1 or self.flip) and self.info.head != "logits":
-            raise ValueError("multi-scale/flip evaluation needs logits: export with --head logits")
+            raise InputError("multi-scale/flip evaluation needs logits: export with --head logits")
 
     def input_size(self, h: int, w: int, ratio: float = 1.0) -> tuple[int, int]:
         if self.fixed:
@@ -217,13 +218,13 @@ def run(args) -> int:
             input_size = tuple(int(v) for v in args.input_size.lower().split("x"))
             assert len(input_size) == 2 and min(input_size) > 0
         except (ValueError, AssertionError):
-            raise ValueError(f"--input-size {args.input_size!r}: write it as HxW, e.g. 352x480") from None
+            raise InputError(f"--input-size {args.input_size!r}: write it as HxW, e.g. 352x480") from None
     engine = load_engine(args.model, checkpoint=args.checkpoint, providers=args.providers,
                          backend=args.backend, precision=args.precision, threads=args.threads)
     if engine.backend == "pytorch":
         engine.info.dynamic = True      # a PyTorch model takes any input size
     if engine.info.num_classes != ds_cfg.num_classes:
-        raise ValueError(f"{engine.info.model} predicts {engine.info.num_classes} classes but dataset "
+        raise InputError(f"{engine.info.model} predicts {engine.info.num_classes} classes but dataset "
                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
     ratios, flip = (MS_RATIOS, True) if args.aug == "ms-flip" else ((1.0,), False)
     predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip, input_size)

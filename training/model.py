@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.errors import InputError
 from core.model_config import ModelConfig
 
 
@@ -79,7 +80,7 @@ class ResNet(nn.Module):
     def __init__(self, depth: int):
         super().__init__()
         if depth not in RESNET_BLOCKS:
-            raise ValueError(f"ResNet depth {depth} is not supported; use one of {sorted(RESNET_BLOCKS)}")
+            raise InputError(f"ResNet depth {depth} is not supported; use one of {sorted(RESNET_BLOCKS)}")
         block, counts = RESNET_BLOCKS[depth]
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import InputError, MissingFileError
 from core.files import atomic_path
 
 HELP = "prepare a dataset for training: Cityscapes gtFine labelIds -> labelTrainIds"
@@ -37,10 +38,10 @@ def convert_one(src: Path, lut: np.ndarray, force: bool = False) -> bool:
         return False
     raw = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.ndim != 2:
-        raise ValueError(f"{src}: not a single-channel label image; expected gtFine *_labelIds.png")
+        raise InputError(f"{src}: not a single-channel label image; expected gtFine *_labelIds.png")
     with atomic_path(dst, suffix=".tmp.png") as tmp:   # cv2 picks the format by the suffix
         if not cv2.imwrite(str(tmp), lut[raw]):
-            raise OSError(f"cannot write {tmp}")
+            raise InputError(f"cannot write {tmp}")
     return True
 
 
@@ -48,10 +49,10 @@ def prepare_cityscapes(root: str | Path, workers: int = 4, force: bool = False, 
     root = Path(root)
     gt = root / "gtFine"
     if not gt.is_dir():
-        raise FileNotFoundError(f"{gt} does not exist: pass --root, the folder holding leftImg8bit/ and gtFine/")
+        raise MissingFileError(f"{gt} does not exist: pass --root, the folder holding leftImg8bit/ and gtFine/")
     sources = sorted(gt.glob("*/*/*_gtFine_labelIds.png"))
     if not sources:
-        raise FileNotFoundError(f"no gtFine/<split>/<city>/*_gtFine_labelIds.png under {root}")
+        raise MissingFileError(f"no gtFine/<split>/<city>/*_gtFine_labelIds.png under {root}")
     lut = cityscapes_lut()
     written = 0
     with ThreadPoolExecutor(max(1, workers)) as pool:   # OpenCV releases the GIL

@@ -16,7 +16,9 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from core.errors import BisenetError, InputError, MissingFileError, first_line
 from core.validate import load_yaml
-from core.model_config import REPO_ROOT, ConfigError, ModelConfig, check_keys, load_model_config
+from core.config_files import config_path
+from core.model_config import ConfigError, ModelConfig, check_keys, load_model_config
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
            "# multi-GPU: torchrun --nproc_per_node 4 -m training.train --config ... --work-dir ...")
-TRAIN_DIR = REPO_ROOT / "configs" / "train"
 
 
 @dataclass
@@ -76,9 +79,7 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if path.suffix not in (".yaml", ".yml") and not path.is_file():
-        path = TRAIN_DIR / f"{path}.yaml"
+    path = config_path("train", path)
     if not path.is_file():
         raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
     data = load_yaml(path, "train config") or {}
@@ -131,7 +132,7 @@ def load_for_finetune(model, path) -> list:
     own = model.state_dict()
     unknown = sorted(set(sd) - set(own))
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} tensors do not belong to this architecture, e.g. {unknown[0]}; "
+        raise InputError(f"{path}: {len(unknown)} tensors do not belong to this architecture, e.g. {unknown[0]}; "
                          "pick the model config the checkpoint was trained with")
     fits = {k: v for k, v in sd.items() if v.shape == own[k].shape}
     model.load_state_dict(fits, strict=False)
@@ -182,23 +183,66 @@ def _tensorboard(work_dir: Path):
     return SummaryWriter(str(work_dir / "tb"))
 
 
-# ---------------------------------------------------------------- the loop
-def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop_at: int | None = None,
-          device: str | None = None, progress: bool = True) -> dict:
-    """Train; returns {'iteration', 'best_miou', 'last_miou', 'model'}. `stop_at` ends the run early at
-    that iteration with the schedule of the full run (used to test resume)."""
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM end the run at the end of the current iteration, so the
+    checkpoint written then is exact; a second signal stops at once (KeyboardInterrupt, nothing
+    saved). Signals reach only the main thread: elsewhere this changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, proc: "Process") -> bool:
+        """Stop now? Under DDP every rank stops at the same iteration (any rank's signal counts)."""
+        if proc.distributed:
+            import torch
+            import torch.distributed as dist
+            flag = torch.tensor([self.signum or 0], device=proc.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = self.signum or int(flag.item()) or None
+        return self.signum is not None
+
+
+# ---------------------------------------------------------------- the steps of a run
+@dataclass
+class Process:
+    """Where this process trains: its device and its place among torchrun's ranks."""
+    device: object           # torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def set_up_process(device: str | None, threads: int | None) -> Process:
+    """The device, torchrun's rank environment and the process group (NCCL on GPUs, gloo on CPU)."""
     import torch
     import torch.distributed as dist
-    import torch.nn as nn
-
-    from engines.base import ModelInfo
-    from training.checkpoints import save_checkpoint_atomic
-    from training.datasets import SegDataset, load_dataset_config
-    from training.evaluate import ModuleEngine, Predictor, evaluate_dataset
-    from training.losses import seg_loss
-    from training.model import BiSeNetV1
-    from training.transforms import TrainTransform
-    from training.weights import init_from_scratch, load_imagenet_backbone
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -209,12 +253,17 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
+    if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    main_rank = rank == 0
+    if threads:
+        torch.set_num_threads(threads)
+    return Process(dev, rank, local_rank, world)
+
+
+def model_and_data_configs(tc: TrainConfig):
+    """The model and dataset configs; own classes on a zoo architecture make the model config
+    take the dataset's classes (written to <work-dir>/model.yaml for export)."""
+    from training.datasets import load_dataset_config
 
     model_cfg = load_model_config(tc.model)
     ds_cfg = load_dataset_config(tc.dataset, tc.data_root)
@@ -222,167 +271,295 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
         if not (ds_cfg.class_names and ds_cfg.palette):
             raise ConfigError(f"model {model_cfg.name} has {model_cfg.num_classes} classes but dataset "
                               f"{ds_cfg.name} has {ds_cfg.num_classes}; give the dataset YAML class_names and palette")
-        # Your own classes on a zoo architecture: the model config takes the dataset's classes
-        # (written to <work-dir>/model.yaml for export).
         model_cfg = dataclasses.replace(
             model_cfg, name=f"{model_cfg.name}_{ds_cfg.name}", dataset=ds_cfg.name, num_classes=ds_cfg.num_classes,
             class_names=list(ds_cfg.class_names), palette=[list(p) for p in ds_cfg.palette], checkpoint_url="",
             miou=None, miou_ms=None)
-    r = tc.recipe(model_cfg)
-    iterations = int(r["iterations"])
-    crop = tc.crop_size or model_cfg.crop_size
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    return model_cfg, ds_cfg
 
-    # Model: mmseg init or ImageNet backbone, then SyncBN (CUDA DDP) and DDP.
+
+def build_model(tc: TrainConfig, model_cfg: ModelConfig, proc: Process):
+    """mmseg init or an ImageNet backbone, an optional fine-tune start, then SyncBN (CUDA DDP)
+    and DDP. Returns (model, net): `net` is what the iterations call (forward_train)."""
+    import torch
+    import torch.nn as nn
+
+    from training.model import BiSeNetV1
+    from training.weights import init_from_scratch, load_imagenet_backbone
+
     torch.manual_seed(tc.seed)
     model = BiSeNetV1(model_cfg, with_aux=True)
     init_from_scratch(model)
     if tc.pretrained:
         n = load_imagenet_backbone(model, tc.pretrained)
-        if main_rank:
+        if proc.main:
             print(f"loaded {n} ImageNet backbone tensors from {tc.pretrained}", file=sys.stderr)
-    elif model_cfg.pretrained and main_rank:
+    elif model_cfg.pretrained and proc.main:
         print(f"note: the {model_cfg.name} recipe starts from ImageNet weights ({model_cfg.pretrained}); without "
               "--pretrained FILE this run starts from scratch", file=sys.stderr)
     if tc.load_from:
         skipped = load_for_finetune(model, tc.load_from)
-        if main_rank:
+        if proc.main:
             print(f"initialized from {tc.load_from}" + (f"; {len(skipped)} tensors left at init because their "
                   f"shapes differ (the class layers): {', '.join(skipped[:4])}" if skipped else ""), file=sys.stderr)
-    if distributed and dev.type == "cuda" and tc.sync_bn:
+    if proc.distributed and proc.device.type == "cuda" and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(dev)
+    model.to(proc.device)
     net = _train_forward_module(model)
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if dev.type == "cuda" else None)
+    if proc.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None)
+    return model, net
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
-    sched_args = (r["lr"], iterations, r["warmup_iters"], r["warmup_ratio"], r["poly_power"], r["min_lr"])
+
+def build_optimizer(model, recipe: dict, use_amp: bool):
+    """SGD, warmup + poly schedule, AMP scaler (disabled off CUDA)."""
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                                weight_decay=recipe["weight_decay"])
+    sched_args = (recipe["lr"], int(recipe["iterations"]), recipe["warmup_iters"], recipe["warmup_ratio"],
+                  recipe["poly_power"], recipe["min_lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, *sched_args))
-    use_amp = bool(tc.amp and dev.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return optimizer, scheduler, scaler
 
-    start_it, best_miou = 0, None
-    if resume:
-        resume_path = work_dir / "latest.pth" if resume == "auto" else Path(resume)
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {resume_path} does not exist")
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and use_amp:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_it = int(ckpt["iteration"])
-        _set_rng_state(ckpt["rng"])
-        best_miou = ckpt["meta"].get("best_miou")
-        if main_rank:
-            print(f"resumed from {resume_path} at iteration {start_it}", file=sys.stderr)
 
-    # Data: each rank reads its share of the global sample stream.
+def build_data(tc: TrainConfig, ds_cfg, model_cfg: ModelConfig, crop, batch: int, start_it: int, proc: Process):
+    """The train loader (each rank reads its share of the global sample stream, from the
+    sample a resume starts at) and the val set (main rank, when evaluating)."""
+    import torch
+
+    from training.datasets import SegDataset
+    from training.transforms import TrainTransform
+
     transform = TrainTransform(crop, tc.scale or ds_cfg.scale, tc.ratio_range or ds_cfg.ratio_range,
                                model_cfg.mean, model_cfg.std, ds_cfg.cat_max_ratio, tc.photometric)
     train_set = SegDataset(ds_cfg, "train", transform)
-    val_set = SegDataset(ds_cfg, "val") if main_rank and tc.eval_interval > 0 else None
-    batch = int(r["batch_size"])
-    stream = SampleStream(len(train_set), tc.seed, start=start_it * batch * world, rank=rank, world=world)
+    val_set = SegDataset(ds_cfg, "val") if proc.main and tc.eval_interval > 0 else None
+    stream = SampleStream(len(train_set), tc.seed, start=start_it * batch * proc.world, rank=proc.rank,
+                          world=proc.world)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch, sampler=stream, num_workers=tc.workers, pin_memory=dev.type == "cuda",
+        train_set, batch_size=batch, sampler=stream, num_workers=tc.workers,
+        pin_memory=proc.device.type == "cuda",
         generator=torch.Generator(),   # worker seeds from their own generator: the global torch RNG stays untouched
-        collate_fn=collate)
+        collate_fn=collate, worker_init_fn=_leave_stop_signals_to_the_main_process)
+    return loader, val_set
 
-    log = JsonlLog(work_dir / "log.jsonl") if main_rank else None
-    tb = _tensorboard(work_dir) if main_rank else None
-    if main_rank:
-        (work_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
-        (work_dir / "config.json").write_text(json.dumps(
-            {"train": dataclasses.asdict(tc), "recipe": r, "crop_size": crop, "world_size": world,
-             "model_config": model_cfg.to_dict()}, indent=2) + "\n")
-    info = ModelInfo.from_model_config(model_cfg)
 
-    def checkpoint(it: int, miou):
-        return {"state_dict": model.state_dict(),
-                "meta": {"model_config": model_cfg.to_dict(), "iteration": it, "miou": miou,
-                         "best_miou": best_miou, "dataset": ds_cfg.name, "crop_size": list(crop)},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "iteration": it, "rng": _rng_state()}
+def _leave_stop_signals_to_the_main_process(_worker_id: int) -> None:
+    """Ctrl-C and `kill -TERM -<group>` reach the loader workers too, and torch's workers die on
+    SIGTERM (the main process would then fail mid-iteration). The main process ends the run
+    after the current iteration and shuts its workers down itself."""
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
-    def validate(it: int):
-        model.eval()
+
+class Trainer:
+    """The state of one run (model, optimizer, schedule, scaler, best mIoU) and what is done
+    with it: resume, one iteration, evaluate, save."""
+
+    def __init__(self, tc: TrainConfig, model_cfg: ModelConfig, ds_cfg, recipe: dict, proc: Process, work_dir: Path):
+        self.tc, self.model_cfg, self.ds_cfg, self.recipe, self.proc = tc, model_cfg, ds_cfg, recipe, proc
+        self.work_dir = work_dir
+        self.iterations = int(recipe["iterations"])
+        self.crop = tc.crop_size or model_cfg.crop_size
+        self.use_amp = bool(tc.amp and proc.device.type == "cuda")
+        self.model, self.net = build_model(tc, model_cfg, proc)
+        self.optimizer, self.scheduler, self.scaler = build_optimizer(self.model, recipe, self.use_amp)
+        self.best_miou = None
+        self.saved_at = None         # the iteration latest.pth holds
+
+    def resume(self, path: Path) -> int:
+        """Load every state a checkpoint holds; returns the iteration it continues from."""
+        import torch
+
+        if not path.is_file():
+            raise MissingFileError(f"cannot resume: {path} does not exist")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and self.use_amp:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.best_miou = ckpt["meta"].get("best_miou")
+        self.saved_at = int(ckpt["iteration"])
+        if self.proc.main:
+            print(f"resumed from {path} at iteration {self.saved_at}", file=sys.stderr)
+        return self.saved_at
+
+    def step(self, batch) -> tuple:
+        """One iteration: forward, the three losses, backward, optimizer and schedule step.
+        Returns (loss, its parts, the lr it ran with)."""
+        import torch
+
+        from training.losses import seg_loss
+
+        dev = self.proc.device
+        img, label = (t.to(dev, non_blocking=True) for t in batch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=self.use_amp):
+            logits, aux = self.net(img)
+        loss, parts = seg_loss(logits, aux, label, self.recipe["aux_weights"], self.tc.ohem)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, parts, lr
+
+    def evaluate(self, val_set) -> dict:
+        from engines.base import ModelInfo
+        from training.evaluate import ModuleEngine, Predictor, evaluate_dataset
+
+        engine = ModuleEngine(self.model, ModelInfo.from_model_config(self.model_cfg), self.proc.device)
+        self.model.eval()
         try:
-            result = evaluate_dataset(Predictor(ModuleEngine(model, info, dev), ds_cfg.test_scale), val_set,
-                                      ds_cfg.num_classes, model_cfg.class_names)
+            return evaluate_dataset(Predictor(engine, self.ds_cfg.test_scale), val_set,
+                                    self.ds_cfg.num_classes, self.model_cfg.class_names)
         finally:
-            model.train()
-        return result
+            self.model.train()
 
+    def save(self, it: int, miou, name: str = "latest.pth") -> Path:
+        """Everything a resume needs, written atomically (a kill mid-save keeps the old file)."""
+        from training.checkpoints import save_checkpoint_atomic
+
+        ckpt = {"state_dict": self.model.state_dict(),
+                "meta": {"model_config": self.model_cfg.to_dict(), "iteration": it, "miou": miou,
+                         "best_miou": self.best_miou, "dataset": self.ds_cfg.name, "crop_size": list(self.crop)},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "iteration": it, "rng": _rng_state()}
+        path = save_checkpoint_atomic(ckpt, self.work_dir / name)
+        if name == "latest.pth":
+            self.saved_at = it
+        return path
+
+
+class RunLog:
+    """The main rank's record of a run: log.jsonl, TensorBoard when installed, the progress bar."""
+
+    def __init__(self, work_dir: Path, iterations: int, start_it: int, log_interval: int, progress: bool):
+        self.jsonl = JsonlLog(work_dir / "log.jsonl")
+        self.tb = _tensorboard(work_dir)
+        self.log_interval = log_interval
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=iterations, initial=start_it, unit="it", dynamic_ncols=True, file=sys.stderr,
+                            mininterval=2.0)
+        self.t_last = time.time()
+
+    def train(self, done: int, end_it: int, loss, parts: dict, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{parts['decode']:.3f}", lr=f"{lr:.2e}", refresh=False)
+            self.bar.update(1)
+        if done % self.log_interval == 0 or done == end_it:
+            now = time.time()
+            self.jsonl.write(mode="train", iter=done, loss=float(loss.detach()), lr=lr,
+                             **{f"loss_{k}": v for k, v in parts.items()}, time=now,
+                             sec_per_it=(now - self.t_last) / self.log_interval)
+            self.t_last = now
+            if self.tb:
+                self.tb.add_scalar("train/loss", float(loss.detach()), done)
+                self.tb.add_scalar("train/lr", lr, done)
+
+    def val(self, done: int, result: dict, seconds: float) -> None:
+        self.jsonl.write(mode="val", iter=done, mIoU=result["mIoU"], aAcc=result["aAcc"], mAcc=result["mAcc"],
+                         per_class_iou=result["per_class_iou"], eval_seconds=seconds, time=time.time())
+        if self.tb:
+            self.tb.add_scalar("val/mIoU", result["mIoU"], done)
+
+    def say(self, msg: str) -> None:
+        (self.bar.write if self.bar is not None else print)(msg)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
+
+
+def write_run_files(work_dir: Path, tc: TrainConfig, model_cfg: ModelConfig, recipe: dict, crop, world: int) -> None:
+    """model.yaml (what export reads) and config.json (the effective settings of the run)."""
+    (work_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
+    (work_dir / "config.json").write_text(json.dumps(
+        {"train": dataclasses.asdict(tc), "recipe": recipe, "crop_size": crop, "world_size": world,
+         "model_config": model_cfg.to_dict()}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- the loop
+def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop_at: int | None = None,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Train; returns {'iteration', 'best_miou', 'last_miou', 'model', 'stopped_by'}. `stop_at`
+    ends the run early at that iteration with the schedule of the full run (used to test
+    resume). Ctrl-C or SIGTERM ends it after the current iteration with latest.pth saved there;
+    'stopped_by' is then that signal's number."""
+    proc = set_up_process(device, tc.threads)
+    model_cfg, ds_cfg = model_and_data_configs(tc)
+    recipe = tc.recipe(model_cfg)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(tc, model_cfg, ds_cfg, recipe, proc, work_dir)
+    start_it = trainer.resume(work_dir / "latest.pth" if resume == "auto" else Path(resume)) if resume else 0
+    iterations = trainer.iterations
     end_it = min(stop_at, iterations) if stop_at else iterations
-    bar = None
-    if main_rank and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=iterations, initial=start_it, unit="it", dynamic_ncols=True, file=sys.stderr,
-                   mininterval=2.0)
-    model.train()
-    last_miou = None
-    t_last = time.time()
-    data_iter = iter(loader)
-    for it in range(start_it, end_it):
-        img, label = next(data_iter)
-        img, label = img.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
-        lr = optimizer.param_groups[0]["lr"]
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-            logits, aux = net(img)
-        loss, parts = seg_loss(logits, aux, label, r["aux_weights"], tc.ohem)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        done = it + 1
-        if main_rank:
-            if bar is not None:
-                bar.set_postfix(loss=f"{parts['decode']:.3f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
-            if done % tc.log_interval == 0 or done == end_it:
-                now = time.time()
-                log.write(mode="train", iter=done, loss=float(loss.detach()), lr=lr,
-                          **{f"loss_{k}": v for k, v in parts.items()}, time=now, sec_per_it=(now - t_last) / tc.log_interval)
-                t_last = now
-                if tb:
-                    tb.add_scalar("train/loss", float(loss.detach()), done)
-                    tb.add_scalar("train/lr", lr, done)
-        is_eval = tc.eval_interval > 0 and (done % tc.eval_interval == 0 or done == iterations)
-        is_ckpt = done % tc.checkpoint_interval == 0 or done == end_it
-        if main_rank and is_eval:
-            t0 = time.time()
-            result = validate(done)
-            last_miou = result["mIoU"]
-            log.write(mode="val", iter=done, mIoU=last_miou, aAcc=result["aAcc"], mAcc=result["mAcc"],
-                      per_class_iou=result["per_class_iou"], eval_seconds=time.time() - t0, time=time.time())
-            if tb:
-                tb.add_scalar("val/mIoU", last_miou, done)
-            msg = f"iter {done}: val mIoU {last_miou:.2f} aAcc {result['aAcc']:.2f}"
-            if best_miou is None or last_miou > best_miou:
-                best_miou = last_miou
-                save_checkpoint_atomic(checkpoint(done, last_miou), work_dir / "best.pth")
-                msg += " (best so far, wrote best.pth)"
-            (bar.write if bar is not None else print)(msg)
-        if main_rank and (is_ckpt or is_eval):
-            save_checkpoint_atomic(checkpoint(done, last_miou if is_eval else None), work_dir / "latest.pth")
-        if distributed and (is_eval or is_ckpt):
-            dist.barrier()
-    if bar is not None:
-        bar.close()
-    if tb:
-        tb.close()
-    if distributed:
-        # BN running stats are per rank on CPU (no SyncBN there): hand every rank rank 0's, so
-        # all ranks end with one identical model, the one rank 0 saved.
-        for buf in model.buffers():
-            dist.broadcast(buf, 0)
-        dist.barrier()
-    return {"iteration": end_it, "best_miou": best_miou, "last_miou": last_miou, "model": model}
+    loader, val_set = build_data(tc, ds_cfg, model_cfg, trainer.crop, int(recipe["batch_size"]), start_it, proc)
+    log = None
+    if proc.main:
+        write_run_files(work_dir, tc, model_cfg, recipe, trainer.crop, proc.world)
+        log = RunLog(work_dir, iterations, start_it, tc.log_interval, progress)
+
+    trainer.model.train()
+    done, last_miou = start_it, None
+    with StopSignals() as stop:
+        batches = iter(loader)
+        for it in range(start_it, end_it):
+            if stop.requested(proc):
+                break
+            loss, parts, lr = trainer.step(next(batches))
+            done = it + 1
+            if log:
+                log.train(done, end_it, loss, parts, lr)
+            is_eval = tc.eval_interval > 0 and (done % tc.eval_interval == 0 or done == iterations)
+            is_ckpt = done % tc.checkpoint_interval == 0 or done == end_it
+            if proc.main and is_eval:
+                t0 = time.time()
+                result = trainer.evaluate(val_set)
+                last_miou = result["mIoU"]
+                log.val(done, result, time.time() - t0)
+                msg = f"iter {done}: val mIoU {last_miou:.2f} aAcc {result['aAcc']:.2f}"
+                if trainer.best_miou is None or last_miou > trainer.best_miou:
+                    trainer.best_miou = last_miou
+                    trainer.save(done, last_miou, "best.pth")
+                    msg += " (best so far, wrote best.pth)"
+                log.say(msg)
+            if proc.main and (is_ckpt or is_eval):
+                trainer.save(done, last_miou if is_eval else None)
+            if proc.distributed and (is_eval or is_ckpt):
+                import torch.distributed as dist
+                dist.barrier()
+    if log:
+        log.close()
+    if stop.signum and proc.main:
+        if trainer.saved_at != done:
+            trainer.save(done, None)
+        print(f"stopped by {signal.Signals(stop.signum).name} at iteration {done} of {iterations}: "
+              f"{work_dir / 'latest.pth'} holds it; continue with --resume", file=sys.stderr)
+    if proc.distributed:
+        _same_model_on_every_rank(trainer.model)
+    return {"iteration": done, "best_miou": trainer.best_miou, "last_miou": last_miou, "model": trainer.model,
+            "stopped_by": stop.signum}
+
+
+def _same_model_on_every_rank(model) -> None:
+    """BN running stats are per rank on CPU (no SyncBN there): hand every rank rank 0's, so all
+    ranks end with one identical model, the one rank 0 saved."""
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, 0)
+    dist.barrier()
 
 
 def _train_forward_module(model):
@@ -444,6 +621,8 @@ def config_from_args(args) -> TrainConfig:
 def run(args) -> int:
     tc = config_from_args(args)
     result = train(tc, args.work_dir, resume=args.resume, device=args.device)
+    if result["stopped_by"]:
+        return 128 + result["stopped_by"]      # the shell's code for "ended by this signal"
     if int(os.environ.get("RANK", "0")) == 0:
         best = result["best_miou"]
         print(f"done: {result['iteration']} iterations, best val mIoU "
@@ -452,14 +631,16 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    """`python -m training.train` (what torchrun starts): errors as `bisenet train` has them,
+    except that a bug keeps Python's own traceback and exit 1."""
     parser = argparse.ArgumentParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"training.train: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    except BisenetError as e:
+        print(f"training.train: error: {first_line(e)}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from core.errors import InputError, MissingFileError
 from training.model import BasicBlock, BiSeNetV1, Bottleneck, FCNHead
 
 BACKBONE_PREFIX = "backbone.context_path.backbone."
@@ -39,14 +40,14 @@ def load_imagenet_backbone(model: BiSeNetV1, path: str | Path) -> int:
     Returns the number of tensors loaded."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ImageNet weights {path} do not exist")
+        raise MissingFileError(f"ImageNet weights {path} do not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read it as a PyTorch weights file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot read it as a PyTorch weights file ({type(e).__name__}: {e})") from None
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state_dict (a dict of tensors)")
+        raise InputError(f"{path}: expected a state_dict (a dict of tensors)")
     target = model.backbone.context_path.backbone
     wanted = target.state_dict()
     picked = {}
@@ -62,11 +63,11 @@ def load_imagenet_backbone(model: BiSeNetV1, path: str | Path) -> int:
         # network's 7x7 stem; mmseg loads it the same way (non-strict), keeping the stem at init.
         missing = [k for k in missing if not k.startswith(("conv1.", "bn1."))]
     if missing:
-        raise ValueError(f"{path}: not a ResNet-{model.cfg.backbone_depth} ImageNet checkpoint: "
+        raise InputError(f"{path}: not a ResNet-{model.cfg.backbone_depth} ImageNet checkpoint: "
                          f"{len(missing)} backbone tensors missing, e.g. {missing[0]}")
     for k, v in picked.items():
         if v.shape != wanted[k].shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the ResNet-{model.cfg.backbone_depth} "
+            raise InputError(f"{path}: {k} has shape {tuple(v.shape)}, the ResNet-{model.cfg.backbone_depth} "
                              f"backbone needs {tuple(wanted[k].shape)}")
     target.load_state_dict(picked, strict=False)
     return len(picked)
