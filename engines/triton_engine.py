@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, ServerDown
+from engines.base import Engine, ModelInfo, ServerDown, run_static_batch
 from core.backoff import Backoff
 from core.errors import InputError, SetupError, first_line
 from core.sidecar import SidecarError
@@ -262,8 +262,10 @@ class TritonEngine(Engine):
     # ---- inference -----------------------------------------------------------------------
     def submit(self, batch: np.ndarray) -> Future:
         """Send one request; the Future's result is the output (labels or logits). Blocks while
-        `in_flight` requests are outstanding; raises ServerDown at once during an outage."""
-        self._check_batch(batch)
+        `in_flight` requests are outstanding; raises ServerDown at once during an outage. A
+        fixed-batch model (max_batch_size 0, dims [N, 3, H, W]) takes 1..N frames: the request
+        is padded with zeros to N and the Future gives only the frames sent."""
+        self._check_batch(batch, chunks=False)
         self._wait_for_server()
         self._free.acquire()
         with self._lock:
@@ -275,31 +277,43 @@ class TritonEngine(Engine):
             raise
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.labels_of(self.submit(batch).result())
+        return self.labels_of(self._output(batch))
 
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.output_name != "logits":
             return super().infer_logits(batch)
+        return self._output(batch)
+
+    def _output(self, batch: np.ndarray) -> np.ndarray:
+        """The output for any number of frames (eval): a fixed-batch model takes them in
+        requests of its N frames, the last one padded (as the local engines' run_static_batch)."""
+        if self.fixed_batch and len(batch) > self.fixed_batch:
+            self._check_batch(batch)
+            return run_static_batch(lambda part: self.submit(part).result(), batch, self.fixed_batch)
         return self.submit(batch).result()
 
     def batch_limit(self, cameras: int) -> int:
         """Frames per request when `cameras` cameras share this engine: one per camera, up to the
         server model's max_batch_size (Triton's dynamic batcher then merges requests of several
-        edge processes too); a model without a batch dimension takes one frame."""
-        return max(1, min(cameras, self.max_batch)) if self.max_batch else 1
+        edge processes too); a fixed-batch model (max_batch_size 0) up to its N frames, padded."""
+        return max(1, min(cameras, self.max_batch or self.fixed_batch))
 
     def labels_of(self, output: np.ndarray) -> np.ndarray:
         """What submit's Future gives -> labels (the pipeline calls this on the result)."""
         return output if self.output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)
 
-    def _check_batch(self, batch: np.ndarray) -> None:
+    def _check_batch(self, batch: np.ndarray, chunks: bool = True) -> None:
+        """chunks: more frames than a fixed-batch model's N are allowed (infer sends them in N-frame
+        requests); one request (submit) takes at most N."""
         n = batch.shape[0]
+        if n < 1:
+            raise ValueError(f"an empty batch for Triton model {self.model_name}: send 1 frame or more")
         if self.max_batch and n > self.max_batch:
             raise ValueError(f"a batch of {n} frames but Triton model {self.model_name} takes at most "
                              f"{self.max_batch} (max_batch_size); send fewer or raise --max-batch on the server")
-        if not self.max_batch and n != self.fixed_batch:
-            raise ValueError(f"a batch of {n} frames but Triton model {self.model_name} takes exactly "
-                             f"{self.fixed_batch}")
+        if not self.max_batch and n > self.fixed_batch and not chunks:
+            raise ValueError(f"a request of {n} frames but Triton model {self.model_name} has a fixed batch of "
+                             f"{self.fixed_batch}; send at most {self.fixed_batch} (fewer are padded)")
         want = self.input_dims[1:]
         if list(batch.shape[1:2]) != [3] or any(d not in (-1, s) for d, s in zip(want, batch.shape[2:])):
             raise ValueError(f"input {list(batch.shape)} does not fit Triton model {self.model_name} "
@@ -308,8 +322,12 @@ class TritonEngine(Engine):
     def _request(self, batch: np.ndarray, slot: int) -> np.ndarray:
         client = self._client()
         mod = self.client_mod
+        frames = len(batch)
         try:
             data = np.ascontiguousarray(batch, dtype=self.input_dtype)
+            if self.fixed_batch and frames < self.fixed_batch:   # the model's own dims: pad with zeros, trim below
+                pad = np.zeros((self.fixed_batch - frames, *data.shape[1:]), data.dtype)
+                data = np.concatenate([data, pad])
             dtype = "FP16" if self.input_dtype == np.float16 else "FP32"
             inp = mod.InferInput(self.input_name, list(data.shape), dtype)
             out = mod.InferRequestedOutput(self.output_name)
@@ -338,8 +356,8 @@ class TritonEngine(Engine):
                 # (grpc's get_output(as_json=True) returns None in tritonclient 2.73: read the message)
                 shape = result.get_output(self.output_name)
                 shape = [int(d) for d in (shape.shape if self.protocol == "grpc" else shape["shape"])]
-                return region_out.read(self.output_dtype, shape)
-            return result.as_numpy(self.output_name)
+                return region_out.read(self.output_dtype, shape)[:frames]
+            return result.as_numpy(self.output_name)[:frames]
         finally:
             self._release(slot)
 

@@ -4,8 +4,10 @@ ONNX Runtime or OpenVINO (the config's `runtime` parameter) on the CPU.
 It runs inside Triton's Python-backend stub (its own interpreter with the server
 environment's packages), so it imports nothing from this project. Triton's dynamic batcher
 hands it several requests at once; they are stacked into one batch. A graph with a dynamic
-batch dimension runs that batch in one call; a fixed batch-1 export runs it frame by frame
-(Triton still batches the requests, the network just does not).
+batch dimension runs that batch in one call; a fixed batch-N export runs it in chunks of N,
+the last one padded with zeros (Triton still batches the requests, the network takes N at a
+time). Served with max_batch_size 0 (`serve-triton --max-batch 0`) each request is one
+[N, 3, H, W] tensor, as Triton's onnxruntime backend would take it.
 """
 import json
 import os
@@ -29,7 +31,8 @@ class TritonPythonModel:
             compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                              "PERFORMANCE_HINT": "LATENCY"})
             self._run = lambda batch: compiled(batch)[0]
-            self.batch_dim_dynamic = compiled.input(0).get_partial_shape()[0].is_dynamic
+            first = compiled.input(0).get_partial_shape()[0]
+            self.fixed_batch = None if first.is_dynamic else first.get_length()
         else:
             import onnxruntime as ort
 
@@ -38,19 +41,28 @@ class TritonPythonModel:
             session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             self._run = lambda batch: session.run([self.output_name], {self.input_name: batch})[0]
             first = session.get_inputs()[0].shape[0]
-            self.batch_dim_dynamic = not (isinstance(first, int) and first > 0)
+            self.fixed_batch = first if isinstance(first, int) and first > 0 else None
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = [a.shape[0] for a in arrays]
         batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        if self.batch_dim_dynamic:
-            out = self._run(batch)
-        else:
-            out = np.concatenate([self._run(batch[i:i + 1]) for i in range(batch.shape[0])])
+        out = self._run(batch) if self.fixed_batch in (None, len(batch)) else self._run_chunks(batch)
         responses, start = [], 0
         for n in sizes:
             tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(out[start:start + n]))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             start += n
         return responses
+
+    def _run_chunks(self, batch):
+        """A fixed batch-N graph over any number of frames: chunks of N, the last padded with
+        zeros and its padding's outputs dropped (engines/base.py run_static_batch does the same
+        in the app; this file runs inside Triton and imports nothing from the project)."""
+        size, outs = self.fixed_batch, []
+        for i in range(0, len(batch), size):
+            part = batch[i:i + size]
+            if len(part) < size:
+                part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
+            outs.append(self._run(part)[:min(size, len(batch) - i)])
+        return np.concatenate(outs)

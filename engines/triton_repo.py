@@ -191,8 +191,8 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
     else:
         raise InputError(f"{model_path}: expected an .onnx (--onnx) or a TensorRT .engine (--engine)")
     check_io_matches_sidecar(io, meta, model_path)
-    if backend == "python" and io.batch == 1:
-        io.batch = None   # serve-triton's model.py runs a fixed batch-1 graph frame by frame
+    if backend == "python" and io.batch is not None and max_batch != 0:
+        io.batch = None   # serve-triton's model.py runs a fixed batch-N graph in chunks of N (padded)
     mb = batching(io, max_batch, model_path)
     text = config_text(name, backend, io, mb, meta, instances=instances, kind=kind, queue_delay_us=queue_delay_us,
                        default_filename=filename if backend == "tensorrt" else None,

@@ -164,7 +164,9 @@ def add_arguments(p) -> None:
     p.add_argument("--http-port", type=int, default=8000, help="default 8000")
     p.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (default 8002)")
-    p.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size (default 8)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="Triton max_batch_size (default 8); 0: no Triton batching, the model's own fixed dims "
+                        "[N, 3, H, W] (as triton-repo writes a fixed-batch export)")
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US,
                    help=f"dynamic batching delay (default {DEFAULT_QUEUE_DELAY_US})")
     p.add_argument("--instances", type=int, default=1, help="model instances (processes) (default 1)")
@@ -177,8 +179,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if not args.onnx.endswith(".onnx"):
         raise InputError(f"--onnx {args.onnx}: expected a .onnx file")
-    if args.max_batch < 1:
-        raise InputError(f"--max-batch {args.max_batch}: use 1 or more")
+    if args.max_batch < 0:
+        raise InputError(f"--max-batch {args.max_batch}: use 1 or more (or 0 for a fixed-batch export's own dims)")
     ports = {args.http_port, args.grpc_port, args.metrics_port}
     if len(ports) != 3 or not all(0 < p < 65536 for p in ports):
         raise InputError("--http-port, --grpc-port and --metrics-port must be three different ports 1-65535")

@@ -133,6 +133,14 @@ def test_serve_triton_refuses_bad_inputs(tmp_path):
     assert "128x256" in err and "64x64" in err
 
 
+def test_serve_triton_max_batch_zero_needs_a_fixed_batch():
+    """--max-batch 0 serves the graph's own fixed batch: a dynamic-batch export has none."""
+    err = one_line_error(bisenet("serve-triton", "--onnx", tiny_onnx(SIZE, dynamic_batch=True), "--max-batch", "0"))
+    assert "dynamic batch dimension" in err
+    err = one_line_error(bisenet("serve-triton", "--onnx", tiny_onnx(SIZE), "--max-batch", "-1"))
+    assert "--max-batch -1" in err
+
+
 # ---------------------------------------------------------------- a real server
 class Server:
     """`bisenet serve-triton` in its own process group (killed as a group, like a crash)."""
@@ -402,3 +410,81 @@ def test_server_killed_and_restarted_mid_run(server, tmp_path, protocol, shm):
     written_before = [r for r in rows[:down[0]] if not r["dropped"]]
     assert written_before and written_after, "frames written before the outage and after it"
     assert "outages 1" in text, text
+
+
+# ---------------------------------------------------------------- a fixed batch-N model (max_batch_size 0)
+@pytest.fixture(scope="module")
+def batch2_onnx(tmp_path_factory) -> Path:
+    """A tiny random-weight export with a fixed batch of 2 (`bisenet export --batch 2`)."""
+    from core.model_config import load_model_config
+    from engines.export import export_onnx
+    from tests.app_helpers import MODEL_NAME
+
+    out = tmp_path_factory.mktemp("batch2") / "r18_batch2.onnx"
+    return export_onnx(load_model_config(MODEL_NAME), None, out, SIZE, random_init=True, batch=2)
+
+
+@pytest.fixture(scope="module")
+def fixed_server(server, batch2_onnx, tmp_path_factory):
+    """serve-triton --max-batch 0: the batch-2 export with its own dims [2, 3, H, W], no Triton
+    batching, as Triton's onnxruntime backend serves a `triton-repo` of it. (Beside the module's
+    server, under its lock, like the OpenVINO test's.)"""
+    srv = Server(batch2_onnx, tmp_path_factory.mktemp("triton_fixed") / "server.log")
+    srv.log.write_text("--- start ---\n")
+    srv.start(180, "--max-batch", "0")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_serve_triton_fixed_batch_config(fixed_server):
+    import tritonclient.http as httpclient
+
+    config = httpclient.InferenceServerClient(f"127.0.0.1:{fixed_server.http}").get_model_config("bisenet")
+    assert config.get("max_batch_size", 0) == 0 and "dynamic_batching" not in config, config
+    assert [int(d) for d in config["input"][0]["dims"]] == [2, 3, *SIZE]
+
+
+@pytest.mark.parametrize("shm", ["none", "system"])
+def test_fixed_batch_model_pads_like_local_engines(fixed_server, batch2_onnx, shm):
+    """1 frame (padded to 2), 2 frames, and 5 frames (infer: requests of 2, the last padded):
+    the labels of the local ONNX Runtime engine on the same export and frames."""
+    from engines.onnx_engine import OnnxEngine
+    from engines.triton_engine import TritonEngine
+
+    local = OnnxEngine(batch2_onnx)
+    engine = TritonEngine(fixed_server.url("grpc"), shm=shm)
+    try:
+        assert engine.max_batch == 0 and engine.fixed_batch == 2
+        assert [engine.batch_limit(c) for c in (1, 2, 3)] == [1, 2, 2]
+        frames = np.random.default_rng(1).standard_normal((5, 3, *SIZE)).astype(np.float32)
+        for n in (1, 2, 5):
+            got = engine.infer(frames[:n])
+            assert got.shape == (n, *SIZE), (n, got.shape)
+            assert np.array_equal(got, local.infer(frames[:n])), f"{n} frame(s) differ from local ONNX Runtime"
+        one = engine.submit(frames[:1]).result()   # the pipeline's path: one request, the frames sent
+        assert np.array_equal(engine.labels_of(one), local.infer(frames[:1]))
+        with pytest.raises(ValueError, match="fixed batch of 2"):
+            engine.submit(frames[:3])
+    finally:
+        engine.close()
+        local.close()
+
+
+def test_fixed_batch_model_run_camera(fixed_server, batch2_onnx, tmp_path):
+    """One camera through the fixed batch-2 model: every frame written (none refused), the labels
+    of local ONNX Runtime on the same export, frame by frame."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    done = run_app(batch2_onnx, local)
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "lat.jsonl"
+    done = run_app(fixed_server.url("grpc"), remote, "--latency-log", log)
+    assert done.returncode == 0, done.stderr
+    assert "written 12" in done.stderr.replace(":", ""), done.stderr
+    rows = read_log(log)
+    assert len(rows) == 12 and not any(r["dropped"] for r in rows), rows
+    a, b = read_labels(local), read_labels(remote)
+    assert len(a) == len(b) == 12
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert np.array_equal(x, y), f"frame {i} differs from local ONNX Runtime"
