@@ -131,6 +131,7 @@ COMMAND_FLAGS = {
                   "max_class_drop": Number(float, -100, 100), "min_class_share": Number(float, 0, 100),
                   "fallback_keep_float": Number(int, min=0)},
     "eval": {"limit": COUNT, "threads": Number(int, 1, 1024)},
+    "doctor": {"runs": COUNT, "threads": Number(int, 1, 1024)},
     "export": {"batch": Number(int, 1, 1024, hint="frames per inference (cameras batched together)")},
     "triton-repo": {"max_batch": Number(int, 0, 1024), "instances": Number(int, 1, 64),
                     "max_queue_delay_us": Number(int, 0, 10_000_000)},
