@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "latency-plot": "app.latency_plot",
     "triton-repo": "engines.triton_repo",
     "serve-triton": "engines.triton_serve",
+    "doctor": "app.doctor",
 }
 
 

@@ -23,8 +23,10 @@ median and p90 over rounds. `--load N` starts N busy processes (pure Python spin
 the stand-in for the pipeline's capture/encode threads or a neighbour; `--load-duty 0.5`
 makes each spin half of every 10 ms) for that phase and stops them after; `--load 0,2`
 runs both phases and adds each row's loaded/quiet ratio.
-Effective GFLOP/s = the fp32 graph's conv FLOPs / time, against an fp32 matmul peak measured
-here. Writes JSON and a PNG bar chart (OpenCV) to --out.
+Effective GFLOP/s = the fp32 graph's conv FLOPs / time; %peak against the CPU's computed ceiling
+for the row's precision (cores x FLOP/cycle x clock: fp32, bf16, int8 separately; see
+flop_per_cycle), never a BLAS matmul, which may take a slow path (on AMD it did: 167% "peak").
+Writes JSON and a PNG bar chart (OpenCV) to --out.
 """
 from __future__ import annotations
 
@@ -165,22 +167,61 @@ def conv_gflop(onnx_path: Path) -> float:
     return total / 1e9
 
 
-def matmul_peak_gflops(threads: int, n: int = 2048) -> tuple[float, str]:
-    """Best of 10 fp32 n x n matmuls: the CPU's practical fp32 ceiling for dense math. More
-    threads than cores would measure oversubscription, not the CPU."""
-    threads = min(threads, os.cpu_count() or threads)
-    try:
-        import torch
+def flop_per_cycle(cpu) -> dict:
+    """Peak FLOP (int8: ops) per cycle per core, from the ISA: 2 (an FMA is a multiply and an
+    add) x lanes x 2 FMA pipes. Lanes: 16 fp32 with AVX-512, 8 with AVX2 -- but AMD's Zen 4
+    runs AVX-512 on 256-bit pipes, so 8 there. bf16: AVX512-BF16's dot product does 2 bf16
+    pairs per fp32 lane (2x fp32); AMX 1024/cycle. int8: a 32-bit lane holds 4 u8xs8 products
+    (VNNI vpdpbusd; AVX2's vpmaddubsw reaches the same multiply rate), 4x fp32; AMX 2048/cycle.
+    An upper bound on purpose: no kernel reaches it, so no row may exceed 100%."""
+    lanes = 16 if cpu.has("avx512") and not cpu.model.startswith("AMD") else 8 if cpu.has("avx2") else 4
+    fp32 = 2 * lanes * 2
+    return {"fp32": fp32,
+            "bf16": 1024 if cpu.has("amx") else 2 * fp32 if cpu.has("bf16") else fp32,
+            "int8": 2048 if cpu.has("amx") else 4 * fp32}
 
-        torch.set_num_threads(threads)
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        mm, how = (lambda: a @ b), f"torch {n}x{n} fp32 matmul, {threads} threads"
+
+def full_width_matmul_gflops(threads: int, n: int = 1024) -> float | None:
+    """Best of 10 fp32 n x n matmuls through OpenVINO (oneDNN's JIT kernels use the CPU's full
+    vector width, unlike a BLAS that may take a slow path on AMD): a check of the clock."""
+    try:
+        import openvino as ov
+        from openvino import opset13 as ops
     except ImportError:
-        a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
-        mm, how = (lambda: a @ b), f"numpy {n}x{n} fp32 matmul"
-    mm()
-    best = min(_timed(mm) for _ in range(10))
-    return 2 * n ** 3 / best / 1e9, how
+        return None
+    a = ops.parameter([n, n], np.float32)
+    model = ov.Model([ops.matmul(a, ops.constant(np.random.rand(n, n).astype(np.float32)), False, False)], [a])
+    request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                     "INFERENCE_NUM_THREADS": threads}).create_infer_request()
+    x = np.random.rand(n, n).astype(np.float32)
+    request.infer({0: x})
+    return 2 * n ** 3 / min(_timed(request.infer, {0: x}) for _ in range(10)) / 1e9
+
+
+def cpu_ceiling(threads: int, clock_ghz: float | None = None) -> dict:
+    """{'fp32'|'bf16'|'int8': GFLOP/s, 'how': words}: cores x FLOP/cycle x clock. The clock is
+    --clock-ghz, else /proc/cpuinfo's (a VM reports the base clock); when the full-width matmul
+    runs faster than that allows, the clock is raised to the one it implies (turbo)."""
+    from engines.cpu_features import detect
+
+    cpu = detect()
+    cores = min(threads, cpu.cores)
+    per_cycle = flop_per_cycle(cpu)
+    ghz = clock_ghz or (cpu.mhz or 3000.0) / 1000
+    how = f"{cores} cores x {per_cycle['fp32']} fp32 FLOP/cycle x {ghz:.2f} GHz"
+    measured = full_width_matmul_gflops(cores)
+    if not clock_ghz and measured and measured > cores * per_cycle["fp32"] * ghz:
+        ghz = measured / (cores * per_cycle["fp32"])
+        how += f", raised to {ghz:.2f} GHz by a {measured:.0f} GFLOP/s OpenVINO fp32 matmul"
+    elif measured:
+        how += f" (OpenVINO fp32 matmul reached {measured:.0f} GFLOP/s)"
+    return {k: round(cores * v * ghz, 1) for k, v in per_cycle.items()} | {"how": how, "per_cycle": per_cycle}
+
+
+def ceiling_kind(precision: str) -> str:
+    """Which ceiling a row is measured against: int8 models by the int8 one (their convolutions
+    are int8), bf16 by bf16, the rest fp32."""
+    return "int8" if precision.startswith("int8") else "bf16" if precision == "bf16" else "fp32"
 
 
 def _timed(fn, *a) -> float:
@@ -300,6 +341,9 @@ def main(argv=None) -> int:
     p.add_argument("--calib-data", default=str(DEFAULT_DATA), help="INT8 calibration images (default CamVid train)")
     p.add_argument("--num-images", type=int, default=16, help="calibration images (default 16)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="inference threads for every backend")
+    p.add_argument("--clock-ghz", type=float,
+                   help="the CPU's highest sustained clock for the ceiling (default: /proc/cpuinfo's, raised when "
+                   "a full-width matmul shows more)")
     p.add_argument("--runs", type=int, default=7, help="timed rounds per phase (default 7)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", help="comma list of row names to run, e.g. 'onnxruntime,openvino' (default all)")
@@ -313,8 +357,9 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    peak, peak_how = matmul_peak_gflops(args.threads)
-    print(f"fp32 matmul peak: {peak:.0f} GFLOP/s ({peak_how}); load average {loadavg()}", file=sys.stderr)
+    ceiling = cpu_ceiling(args.threads, args.clock_ghz)
+    print(f"ceiling GFLOP/s: fp32 {ceiling['fp32']:.0f}, bf16 {ceiling['bf16']:.0f}, int8 {ceiling['int8']:.0f} "
+          f"({ceiling['how']}); load average {loadavg()}", file=sys.stderr)
     rows, phases = [], []
     for size in sizes:
         fp32, int8 = build_models(args, size, workdir)
@@ -349,7 +394,7 @@ def main(argv=None) -> int:
                     med = statistics.median(ms)
                     row.update(median_ms=round(med, 2), p90_ms=round(float(np.percentile(ms, 90)), 2),
                                fps=round(1000 / med, 2), gflops=round(gflop / med * 1000, 1),
-                               pct_peak=round(100 * gflop / med * 1000 / peak, 1))
+                               pct_peak=round(100 * gflop / med * 1000 / ceiling[ceiling_kind(precision)], 1))
                 rows.append(row)
         del contenders
     add_ratios(rows)
@@ -365,11 +410,11 @@ def main(argv=None) -> int:
     command = "python bench/models.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = {"command": command.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "versions": versions,
-              "runs": args.runs, "warmup": args.warmup, "matmul_peak_gflops": round(peak, 1),
-              "matmul_peak": peak_how, "phases": phases, "rows": rows}
+              "runs": args.runs, "warmup": args.warmup, "ceiling_gflops": ceiling, "phases": phases, "rows": rows}
     print(f"{report['cpu']}, {os.cpu_count()} cores, {args.threads} threads per backend; "
           f"{', '.join(f'{k} {v}' for k, v in versions.items() if v)}; median/p90 of {args.runs} alternating "
-          f"rounds after {args.warmup} warm-up; fp32 matmul peak {peak:.0f} GFLOP/s")
+          f"rounds after {args.warmup} warm-up; %peak against the ceiling fp32/bf16/int8 {ceiling['fp32']:.0f}/"
+          f"{ceiling['bf16']:.0f}/{ceiling['int8']:.0f} GFLOP/s ({ceiling['how']})")
     print_table(rows, loads)
     for ph in phases:
         print(f"load average {ph['size']} load {ph['load']}: before {ph['loadavg_before']}, after {ph['loadavg_after']}")

@@ -6,18 +6,24 @@
     3. optional per-layer sensitivity report; keep the worst layers float
     4. write the flavors from the same ranges: cpu (U8S8, ONNX Runtime) and/or tensorrt
        (symmetric int8, TensorRT explicit quantization), each with its sidecar JSON
-    5. optional accuracy gate on a val split: fails (exit 3) when the mIoU drop exceeds
-       --max-drop, unless --force
+    5. optional accuracy gate on a val split, for every run-time precision this CPU can run
+       the int8 model in (ONNX Runtime int8; OpenVINO int8+fp32, int8+bf16 with bf16): a
+       precision passes when the mIoU drops at most --max-drop and no class with a meaningful
+       pixel share drops more than --max-class-drop. The passing ones go into the sidecar (the
+       app runs the fastest of them, engines/precision.py); the table goes beside the model
+       (<out>.gate.json). When none passes, the fallback keeps the --fallback-keep-float most
+       sensitive layers float and gates again; still failing: exit 3, unless --force
 """
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 from calibration import ort_quantize
-from core.errors import InputError, MissingFileError
+from core.errors import InputError, MissingFileError, SetupError
 from calibration.image_set import CalibrationSet
 from core.files import file_sha256
 from core.sidecar import read_sidecar, sidecar_path, write_sidecar
@@ -60,11 +66,19 @@ def add_arguments(p):
     p.add_argument("--val-split", default="val")
     p.add_argument("--val-limit", type=int, help="only the first N val images (quick checks)")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed mIoU drop in points (default 1.0)")
+    p.add_argument("--max-class-drop", type=float, default=5.0,
+                   help="largest allowed IoU drop of any one class in points (default 5.0)")
+    p.add_argument("--min-class-share", type=float, default=0.5,
+                   help="classes with less than this %% of the val pixels are shown, not gated (default 0.5)")
+    p.add_argument("--fallback-keep-float", type=int, default=3,
+                   help="when no precision passes: keep this many most sensitive layers float and gate again "
+                   "(default 3; 0: no fallback)")
     p.add_argument("--force", action="store_true", help="keep the int8 model even when the gate fails")
     p.add_argument("--threads", type=int, help="inference threads for the gate and report")
-    p.add_argument("--gate-backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="CPU backend the gate evaluates fp32 and int8 on (default onnxruntime; the app runs an "
-                   "int8 model on openvino by default)")
+    p.add_argument("--gate-backend", choices=("all", "onnxruntime", "openvino"), default="all",
+                   help="CPU backends whose int8 precisions the gate evaluates (default all: ONNX Runtime int8, "
+                   "OpenVINO int8+fp32 and, on a CPU with bf16, int8+bf16); fp32 is the reference, on ONNX "
+                   "Runtime (on OpenVINO with --gate-backend openvino)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="int8 .onnx (tensorrt flavor of -o x.int8.onnx: x.int8.trt.onnx)")
 
@@ -111,35 +125,55 @@ def run(args) -> int:
                              f"report (--sensitivity), e.g. {layers[0]}")
         ranges = ort_quantize.calibrate_ranges(prepared, calib, args.method, Path(tmp) / "ranges.json",
                                                progress=not quiet)
+        report = None
         if args.sensitivity or args.keep_float_top:
-            from calibration import sensitivity
-
-            flavor = "cpu" if "cpu" in outs else "tensorrt"
-            images = [x for x, _ in zip(calib, range(args.sensitivity_images))]
-            report = sensitivity.layer_sensitivity(prepared, ranges, args.method, flavor, images,
-                                                   args.threads, progress=not quiet)
-            report_path = sensitivity.save_report(report, first.with_suffix(".sensitivity.json"))
-            print(sensitivity.format_report(report), file=sys.stderr)
-            print(f"sensitivity report -> {report_path}", file=sys.stderr)
+            report = sensitivity_report(args, prepared, ranges, outs, calib)
             keep_float += [r["name"] for r in report["layers"][: args.keep_float_top] if r["name"] not in keep_float]
-        if keep_float:
-            print(f"kept float: {', '.join(keep_float)}", file=sys.stderr)
-        float_tail = ort_quantize.float_tail_nodes(prepared)
-        for flavor, path in outs.items():
-            ort_quantize.write_flavor(prepared, ranges, args.method, flavor, path, keep_float=keep_float)
-            write_sidecar(path, int8_sidecar(meta, src, path, flavor, calib, args, list_file, keep_float, float_tail))
-            q = ort_quantize.count_qdq(path)
-            print(f"wrote {path} ({flavor}: {FLAVOR_INFO[flavor]['activations']} activations, "
-                  f"{q['QuantizeLinear']} Q / {q['DequantizeLinear']} DQ nodes)")
 
-    if args.trt_cache:
-        from calibration.tensorrt_calibrator import write_tensorrt_cache
+        def write_flavors(keep):
+            if keep:
+                print(f"kept float: {', '.join(keep)}", file=sys.stderr)
+            float_tail = ort_quantize.float_tail_nodes(prepared)
+            for flavor, path in outs.items():
+                ort_quantize.write_flavor(prepared, ranges, args.method, flavor, path, keep_float=keep)
+                write_sidecar(path, int8_sidecar(meta, src, path, flavor, calib, args, list_file, keep, float_tail))
+                q = ort_quantize.count_qdq(path)
+                print(f"wrote {path} ({flavor}: {FLAVOR_INFO[flavor]['activations']} activations, "
+                      f"{q['QuantizeLinear']} Q / {q['DequantizeLinear']} DQ nodes)")
 
-        cache = write_tensorrt_cache(src, calib, args.trt_cache)
-        print(f"wrote TensorRT calibration cache {cache} (+ {cache.name}.json key)")
-    if not args.val:
-        return 0
-    return accuracy_gate(args, src, outs)
+        write_flavors(keep_float)
+        if args.trt_cache:
+            from calibration.tensorrt_calibrator import write_tensorrt_cache
+
+            cache = write_tensorrt_cache(src, calib, args.trt_cache)
+            print(f"wrote TensorRT calibration cache {cache} (+ {cache.name}.json key)")
+        if not args.val:
+            return 0
+        fp32_ref = evaluate_fp32(args, src)
+        if accuracy_gate(args, outs, fp32_ref) or args.force or args.fallback_keep_float <= 0:
+            return finish_gate(args, outs)
+        # The documented fallback: the layers whose int8 error flips the most labels stay float.
+        report = report or sensitivity_report(args, prepared, ranges, outs, calib)
+        extra = [r["name"] for r in report["layers"] if r["name"] not in keep_float][: args.fallback_keep_float]
+        print(f"no precision passed the gate; fallback: keeping the {len(extra)} most sensitive layers float "
+              "and gating again", file=sys.stderr)
+        write_flavors(keep_float + extra)
+        accuracy_gate(args, outs, fp32_ref)
+        return finish_gate(args, outs)
+
+
+def sensitivity_report(args, prepared, ranges, outs: dict, calib) -> dict:
+    from calibration import sensitivity
+
+    first = next(iter(outs.values()))
+    flavor = "cpu" if "cpu" in outs else "tensorrt"
+    images = [x for x, _ in zip(calib, range(args.sensitivity_images))]
+    report = sensitivity.layer_sensitivity(prepared, ranges, args.method, flavor, images,
+                                           args.threads, progress=not args.quiet)
+    report_path = sensitivity.save_report(report, first.with_suffix(".sensitivity.json"))
+    print(sensitivity.format_report(report), file=sys.stderr)
+    print(f"sensitivity report -> {report_path}", file=sys.stderr)
+    return report
 
 
 def int8_sidecar(meta: dict, src: Path, path: Path, flavor: str, calib, args, list_file: Path, keep_float,
@@ -163,26 +197,67 @@ def int8_sidecar(meta: dict, src: Path, path: Path, flavor: str, calib, args, li
     return out
 
 
-def accuracy_gate(args, src: Path, outs: dict) -> int:
+def evaluate_fp32(args, src: Path) -> dict:
     from calibration import gate
 
-    # The gate runs on the CPU (--gate-backend): the cpu flavor when written, else the tensorrt
-    # one (its symmetric Q/DQ runs on the CPU too, as a stand-in for the TensorRT engine).
+    backend = "openvino" if args.gate_backend == "openvino" else "onnxruntime"
+    return gate.evaluate_onnx(src, args.val, args.val_split, args.val_limit, args.threads, backend=backend)
+
+
+# Fastest first, for the record's headline: the precision the app will run (engines/precision.py).
+SPEED_ORDER = ("int8+bf16", "int8+fp32", "int8")
+
+
+def accuracy_gate(args, outs: dict, fp32_ref: dict) -> bool:
+    """Evaluates every int8 precision this CPU can run against fp32_ref; prints the table, writes
+    <out>.gate.json and the verdicts into every flavor's sidecar. True when any passed."""
+    from calibration import gate
+    from core.files import atomic_write_bytes
+    from engines.cpu_features import detect
+
+    # The gate runs on the CPU: the cpu flavor when written, else the tensorrt one (its
+    # symmetric Q/DQ runs on the CPU too, as a stand-in for the TensorRT engine).
     flavor, int8_path = next(iter(outs.items()))
-    backend = getattr(args, "gate_backend", "onnxruntime")
-    fp32 = gate.evaluate_onnx(src, args.val, args.val_split, args.val_limit, args.threads, backend=backend)
-    int8 = gate.evaluate_onnx(int8_path, args.val, args.val_split, args.val_limit, args.threads, backend=backend)
-    result = gate.compare(fp32, int8, args.max_drop)
-    print(gate.format_gate(result))
+    cpu = detect()
+    backends = ("onnxruntime", "openvino") if args.gate_backend == "all" else (args.gate_backend,)
+    variants, skipped = gate.runnable_variants(cpu, backends)
+    results = {}
+    for name, backend, compute in variants:
+        int8 = gate.evaluate_onnx(int8_path, args.val, args.val_split, args.val_limit, args.threads,
+                                  backend=backend, precision=compute)
+        results[name] = gate.compare(fp32_ref, int8, args.max_drop, args.max_class_drop, args.min_class_share)
+    for name, why in skipped.items():
+        print(f"gate: {name} not evaluated: {why}", file=sys.stderr)
+    if not results:
+        raise SetupError(f"the gate could not evaluate any int8 precision: {'; '.join(skipped.values())}")
+    print(gate.format_gate(list(results.values())))
+    passed = [n for n in SPEED_ORDER if n in results and results[n]["passed"]]
+    headline = results[(passed or [n for n in SPEED_ORDER if n in results])[0]]
+    report_path = int8_path.with_suffix(".gate.json")
+    atomic_write_bytes(report_path, (json.dumps({
+        "cpu": cpu.to_json(), "fp32": {k: fp32_ref.get(k) for k in ("mIoU", "backend", "per_class_iou", "pixel_share")},
+        "precisions": results, "skipped": skipped, "passed_precisions": passed}, indent=1) + "\n").encode())
+    print(f"gate report -> {report_path}", file=sys.stderr)
+    record = gate.summary(headline) | {
+        "passed": bool(passed), "flavor_evaluated": flavor, "passed_precisions": passed,
+        "precisions": {n: gate.summary(r) for n, r in results.items()}, "not_evaluated": skipped,
+        "cpu": cpu.summary(), "report": report_path.name}
     for path in outs.values():   # record the verdict in every flavor's sidecar
         meta = read_sidecar(path)
-        meta["accuracy_gate"] = {k: v for k, v in result.items() if k != "per_class_iou"} | {"flavor_evaluated": flavor}
+        meta["accuracy_gate"] = record
         meta.pop("sidecar_version", None)
         write_sidecar(path, meta)
-    if result["passed"] or args.force:
-        if not result["passed"]:
-            print(f"warning: mIoU drop {result['mIoU_drop']:.2f} exceeds --max-drop {args.max_drop}; kept because of --force",
-                  file=sys.stderr)
+    return bool(passed)
+
+
+def finish_gate(args, outs: dict) -> int:
+    """0 when a precision passed (or --force); else the models are moved aside and exit 3."""
+    record = read_sidecar(next(iter(outs.values())))["accuracy_gate"]
+    if record["passed"]:
+        return 0
+    if args.force:
+        print(f"warning: no int8 precision passed the gate (mIoU drop {record['mIoU_drop']:.2f}, worst class "
+              f"{record['worst_class']} -{record['worst_class_drop'] or 0:.2f}); kept because of --force", file=sys.stderr)
         return 0
     rejected = []
     for path in outs.values():   # moved aside, not deleted: nothing is lost, nothing loads it by mistake
@@ -190,7 +265,8 @@ def accuracy_gate(args, src: Path, outs: dict) -> int:
         path.replace(dest)
         sidecar_path(path).replace(sidecar_path(dest))
         rejected.append(str(dest))
-    print(f"bisenet calibrate: error: int8 loses {result['mIoU_drop']:.2f} mIoU (> --max-drop {args.max_drop}); "
-          f"moved to {', '.join(rejected)}. Try --method minmax/percentile, --keep-float-top 3, more images, "
-          "or --force to keep it", file=sys.stderr)
+    print(f"bisenet calibrate: error: int8 fails the gate (mIoU drop {record['mIoU_drop']:.2f}, max --max-drop "
+          f"{args.max_drop}; worst class {record['worst_class']} -{record['worst_class_drop'] or 0:.2f}, max "
+          f"--max-class-drop {args.max_class_drop}); moved to {', '.join(rejected)}. Try --method minmax/percentile, "
+          "--keep-float-top 3, more images, or --force to keep it", file=sys.stderr)
     return GATE_FAILED

@@ -56,7 +56,8 @@ def load_engine(model: str, checkpoint: str | None = None, providers: str | None
         if chosen == "openvino":
             from engines.openvino_engine import OpenVinoEngine
 
-            return OpenVinoEngine(path, precision=precision, threads=threads)
+            compute, reason = openvino_precision(path, precision)
+            return OpenVinoEngine(path, precision=compute, threads=threads, precision_reason=reason)
         if precision not in (None, "fp32"):
             raise ValueError(f"--precision {precision} needs --backend openvino (ONNX Runtime runs the model's "
                              "own precision)")
@@ -82,3 +83,16 @@ def sidecar_precision(path: Path) -> str:
         return str(read_sidecar(path).get("precision", "fp32"))
     except (OSError, ValueError):
         return "fp32"
+
+
+# ---------------------------------------------------------------- precision choice (engines/precision.py)
+def openvino_precision(path: Path, requested: str | None) -> tuple[str, str]:
+    """The compute precision for OpenVINO and why: the fastest one the model's gate passed on this CPU."""
+    from engines.cpu_features import detect
+    from engines.precision import choose_precision
+
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError):
+        sidecar = {}   # the engine reports a missing or bad sidecar itself
+    return choose_precision(sidecar, detect(), requested)

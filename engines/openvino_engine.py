@@ -38,7 +38,8 @@ def cpu_has_bf16(core) -> bool:
 class OpenVinoEngine(GraphEngine):
     backend = "openvino"
 
-    def __init__(self, path, precision: str | None = None, threads: int | None = None):
+    def __init__(self, path, precision: str | None = None, threads: int | None = None,
+                 precision_reason: str | None = None):
         ov = import_openvino()
         self.path = readable_file(path, "model", "export one with `bisenet export`")
         self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
@@ -71,6 +72,7 @@ class OpenVinoEngine(GraphEngine):
         model_precision = self.info.precision
         self.info.precision = compute if model_precision == "fp32" else f"{model_precision}+{compute}"
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.precision_reason = precision_reason   # why this precision (engines/precision.py)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -78,4 +80,5 @@ class OpenVinoEngine(GraphEngine):
         return self.request.get_output_tensor(0).data.copy()
 
     def describe(self) -> str:
-        return f"{super().describe()} threads={self.threads}"
+        why = f" ({self.precision_reason})" if self.precision_reason else ""
+        return f"{super().describe()} threads={self.threads}{why}"

@@ -24,3 +24,22 @@ def test_bench_models_smoke(tmp_path, capsys):
     assert rows[("openvino", "fp32")]["vs_own_fp32"] == 1.0 and rows[("pytorch eager", "fp32")]["vs_eager"] == 1.0
     assert out.with_suffix(".png").stat().st_size > 0
     assert "skipped: --no-compile" in capsys.readouterr().out
+    ceiling = report["ceiling_gflops"]
+    assert ceiling["int8"] >= ceiling["bf16"] >= ceiling["fp32"] > 0
+    assert all(r["pct_peak"] <= 100 for r in report["rows"] if r.get("median_ms")), report["rows"]
+
+
+def test_ceiling_per_precision_from_the_isa():
+    """cores x FLOP/cycle x clock: AVX-512 doubles the lanes on Intel, not on AMD's 256-bit
+    pipes (Zen 4); bf16 is 2x fp32 with AVX512-BF16; int8 4x fp32 (VNNI), AMX its own."""
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
+    bench_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_models)
+    from engines.cpu_features import detect
+
+    zen4 = detect(force="avx2,fma,avx512,vnni,bf16", cpuinfo="model name\t: AMD EPYC 9R14\n")
+    spr = detect(force="avx2,fma,avx512,vnni,bf16,amx", cpuinfo="model name\t: Intel(R) Xeon(R) Platinum 8488C\n")
+    zen3 = detect(force="avx2,fma", cpuinfo="model name\t: AMD EPYC 7R13\n")
+    assert bench_models.flop_per_cycle(zen4) == {"fp32": 32, "bf16": 64, "int8": 128}
+    assert bench_models.flop_per_cycle(spr) == {"fp32": 64, "bf16": 1024, "int8": 2048}
+    assert bench_models.flop_per_cycle(zen3) == {"fp32": 32, "bf16": 32, "int8": 128}

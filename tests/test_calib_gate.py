@@ -63,3 +63,24 @@ def test_gate_on_openvino(setup, capsys):
     assert "accuracy gate: tiny val (3 images), openvino CPU" in out and "PASS" in out
     gate = json.loads((tmp / "ov.int8.onnx.json").read_text())["accuracy_gate"]
     assert gate["backend"] == "openvino" and gate["passed"]
+
+
+def test_every_precision_is_recorded_and_the_fallback_runs_before_exit_3(setup, capsys):
+    """The gate evaluates each int8 precision this CPU runs (ONNX Runtime int8, OpenVINO
+    int8+fp32) and records them; a gate that always fails tries the documented fallback
+    (the most sensitive layers kept float) before giving up with exit 3."""
+    pytest.importorskip("openvino", reason="pip install openvino")
+    fp32, dataset, tmp = setup
+    assert calibrate(fp32, dataset, tmp / "all.int8.onnx", "--max-drop", "100", "--target", "cpu") == 0
+    gate = json.loads((tmp / "all.int8.onnx.json").read_text())["accuracy_gate"]
+    assert {"int8", "int8+fp32"} <= set(gate["precisions"]) and set(gate["passed_precisions"]) >= {"int8", "int8+fp32"}
+    report = json.loads((tmp / "all.int8.gate.json").read_text())
+    assert set(report["precisions"]["int8+fp32"]["per_class_iou"]) == {"sky", "road", "car"}
+    assert report["fp32"]["pixel_share"]["road"] > 0
+
+    assert calibrate(fp32, dataset, tmp / "bad.int8.onnx", "--max-drop", "-100", "--target", "cpu",
+                     "--fallback-keep-float", "2") == GATE_FAILED
+    err = capsys.readouterr().err
+    assert "fallback: keeping the 2 most sensitive layers float" in err
+    rejected = json.loads((tmp / "bad.int8.rejected.onnx.json").read_text())
+    assert len(rejected["keep_float"]) == 2 and not rejected["accuracy_gate"]["passed"]
