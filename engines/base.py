@@ -80,6 +80,7 @@ class Engine:
     info: ModelInfo
     input_dtype = np.float32
     backend = "base"
+    name = "engine"               # in the run summary's counters line
     fused = False
     asynchronous = False
 
@@ -130,7 +131,7 @@ class Engine:
 
 
 # What an engine object written without this base class may bring of its own (see as_engine).
-CAPABILITIES = ("input_dtype", "backend", "batch_limit", "run_fused", "run_fused_frames", "submit", "labels_of",
+CAPABILITIES = ("input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "submit", "labels_of",
                 "counters", "close", "describe")
 
 
