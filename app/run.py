@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from app import settings as run_settings
-from app.settings import RunSettings, add_arguments  # noqa: F401 (add_arguments: app/cli.py's contract)
+from app.settings import RunSettings, add_arguments
 from core.errors import InputError
 
 HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
