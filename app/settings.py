@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import core_schema
 
 from app import validate
+from app.camera import camera_names, check_name, output_for
 from app.validate import Expected, OneOf, explain, flag_name, host_names, listed, switch, text
 from core.config_files import config_names, config_path
 from core.errors import InputError
@@ -74,6 +75,14 @@ GROUPS = {"input": "input", "model": "model", "output": "output",
           "serving": "serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)"}
 
 
+def camera_name(value) -> str:
+    """A `cameras:` entry's name (app/camera.py's rule: it goes into file names and URLs)."""
+    try:
+        return check_name(value)
+    except InputError as e:
+        raise Expected(str(e)) from None
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,13 +95,13 @@ class Section(BaseModel):
         try:
             return cls.model_validate(options or {}, from_attributes=True)
         except ValidationError as e:
-            raise one_line(e, lambda key: flag_name(key)) from None
+            raise one_line(e, flag_name) from None
 
 
 class CameraSettings(Section):
     """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
     `cameras:` entry sets them for its camera alone."""
-    name: Annotated[str | None, Rule(lambda v: camera_name(v))] = None   # cam0, cam1, ... when not named
+    name: Annotated[str | None, Rule(camera_name)] = None   # cam0, cam1, ... when not named
     source: Annotated[str | None, Rule(validate.source_spec)] = option(
         None, "0 or /dev/video0 (camera), clip.mp4, photo.jpg, folder/, 'imgs/*.png', rtsp://..., http(s)://..., "
         "csi://0, gst:<pipeline>; repeat for several cameras (cam0, cam1, ...: one engine, frames batched across "
@@ -189,15 +198,6 @@ class RunSettings(Section):
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []
     server: ServerSettings = ServerSettings()
-
-
-def camera_name(value) -> str:
-    from app.camera import check_name
-
-    try:
-        return check_name(value)
-    except InputError as e:
-        raise Expected(str(e)) from None
 
 
 # Every option: name -> the section that declares it. Flags and preset keys are these names.
@@ -303,8 +303,6 @@ def _camera_entries(path: Path, entries) -> list:
 def build(flags: dict, config: str | None = None) -> RunSettings:
     """The command line's options ({name: value}, only those given) and a preset (--config)
     -> RunSettings, command line > preset > defaults, every value checked."""
-    from app.camera import camera_names, output_for
-
     values, where, entries = {}, {}, None
     if config:
         path, data = read_preset(config)
