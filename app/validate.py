@@ -192,7 +192,8 @@ def check_value(dest: str, value, where: str | None = None, rules: dict | None =
 def check_command_args(command: str, args):
     """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS."""
     rules = COMMAND_FLAGS.get(command, {})
+    given = vars(args)
     for dest in rules:
-        if hasattr(args, dest):
-            setattr(args, dest, check_value(dest, getattr(args, dest), rules=rules))
+        if dest in given:
+            setattr(args, dest, check_value(dest, given[dest], rules=rules))
     return args
