@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from app.frames import Frame, Sink
-from app.settings import CameraSettings, ServerSettings
+from app.settings import CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,8 @@ RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
 
 def parse_bitrate(text) -> int:
-    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000 (the --bitrate rule of app/validate.py)."""
-    from app.validate import check_value
-
-    return check_value("bitrate", text)
+    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000 (the --bitrate rule of app/settings.py)."""
+    return check_option("bitrate", text)
 
 
 def open_rtsp_sink(spec: str, args, server=None) -> Sink:

@@ -205,12 +205,17 @@ SECTIONS = (CameraSettings, RunSettings, ServerSettings)
 OPTIONS = {name: section for section in SECTIONS for name, field in section.model_fields.items()
            if field.json_schema_extra}
 RUN_FLAGS = {name: field.metadata[0].check for section in SECTIONS for name, field in section.model_fields.items()
-             if name in OPTIONS}   # name -> its check (app/validate.py's check_value)
+             if name in OPTIONS}   # name -> its check
+
+
+def check_option(name: str, value, where: str | None = None):
+    """One option's value, checked and typed (InputError naming `where`, default its flag)."""
+    return validate.check_value(name, value, where, rules=RUN_FLAGS)
 
 
 def check_flags(values: dict) -> dict:
     """{option: value} -> the values checked and typed (InputError naming the flag)."""
-    return {name: validate.check_value(name, value) for name, value in values.items()}
+    return {name: check_option(name, value) for name, value in values.items()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -175,18 +175,21 @@ def flag_name(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def check_value(dest: str, value, where: str | None = None, rules: dict | None = None):
-    """`value` through the rule for flag `dest` (default: `bisenet run`'s, app/settings.py);
-    InputError names `where` (default: the flag)."""
-    if rules is None:
-        from app.settings import RUN_FLAGS as rules   # imported here: app/settings.py imports this module
-    rule = rules.get(dest)
-    if rule is None or value is None:
-        return value
+def check(rule, value, where: str):
+    """`value` through `rule`; a bad one is an InputError naming `where` (a flag or a key)."""
     try:
         return rule(value)
     except (ValueError, argparse.ArgumentTypeError) as e:
-        raise InputError(explain(where or flag_name(dest), e)) from None
+        raise InputError(explain(where, e)) from None
+
+
+def check_value(dest: str, value, where: str | None = None, *, rules: dict):
+    """`value` through the rule for flag `dest` in `rules` ({dest: rule}), if it has one;
+    InputError names `where` (default: the flag)."""
+    rule = rules.get(dest)
+    if rule is None or value is None:
+        return value
+    return check(rule, value, where or flag_name(dest))
 
 
 def check_command_args(command: str, args):
