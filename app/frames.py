@@ -4,7 +4,7 @@
     --> labels --> overlay --> Sink.write(frame, overlay, labels)
 
 Every captured Frame ends as exactly one of: written to the sinks, or dropped with a
-reason (see DROP_REASONS). The pipeline counts both.
+reason (the latency log's `reason` column). The pipeline counts both.
 """
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import BisenetError
-
-DROP_REASONS = ("queue_full", "decode_error", "shutdown", "inference_error", "sink_error")
 
 
 @dataclass
@@ -58,12 +56,18 @@ class Sink:
     """An output. `open` is called once with the first frame's size; `write` once per frame."""
 
     name: str = "sink"
+    save_labels: bool = False     # it writes the label maps: the pipeline keeps labels on the host
+    stop_requested: bool = False  # the user closed it (a window): the run stops
 
     def open(self, width: int, height: int, fps: float) -> None:
         pass
 
     def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
         raise NotImplementedError
+
+    def counters(self) -> dict:
+        """Reconnect counters for the run summary ({} when nothing happened)."""
+        return {}
 
     def close(self) -> None:
         pass

@@ -116,10 +116,10 @@ class LatencyRecorder:
         self._file = None
         self._csv = None
         if self.path:
-            from app.validate import check_value
+            from app.validate import check, latency_log_path
             from core.validate import prepare_output
 
-            check_value("latency_log", str(self.path))   # .csv or .jsonl
+            check(latency_log_path, str(self.path), "--latency-log")   # .csv or .jsonl
             prepare_output(self.path, "--latency-log")   # missing folders made, like every output
             self._file = open(self.path, "w", newline="")
             if self.path.suffix.lower() == ".csv":

@@ -50,9 +50,10 @@ class Metrics:
         self.registry.register(_ScrapeTimeCollector(self))
 
     def set_model(self, engine) -> None:
+        """`engine`: an engines.base.Engine (its info and backend name)."""
         info = engine.info
         h, w = info.input_size
-        self.model.info({"model": str(info.model), "backend": str(getattr(engine, "backend", "")),
+        self.model.info({"model": str(info.model), "backend": str(engine.backend),
                          "precision": str(info.precision), "input_size": f"{h}x{w}"})
 
     def watch(self, camera: str, recorder, source_timeout_s: float, queues: dict | None = None,

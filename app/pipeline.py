@@ -40,7 +40,7 @@ from app.latency import LatencyRecorder
 from core.overlay import palette_bgr, render_overlay
 from core.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
-from engines.base import ServerDown
+from engines.base import ServerDown, as_engine
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost
 MAX_BAD_INFERENCES = 10   # failed inferences in a row before the run stops
 
@@ -79,7 +79,7 @@ class Pipeline:
                 if hasattr(cam.reader, "camera"):
                     cam.reader.camera = cam.name   # its outage lines name the camera
         self.by_name = {cam.name: cam for cam in self.cameras}
-        self.engine = engine
+        self.engine = engine = as_engine(engine)   # its capabilities: engines/base.py's Engine
         self.recorder = recorder or LatencyRecorder()
         self.alpha, self.mode, self.hud, self.legend = alpha, mode, hud, legend
         self.stopping = threading.Event()   # stop capturing, drain what is in flight
@@ -92,27 +92,19 @@ class Pipeline:
         self.mean, self.std = info.mean, info.std
         self.lut = palette_bgr(info.palette)
         self.class_names = list(info.class_names)
-        self.input_dtype = getattr(engine, "input_dtype", np.float32)
+        self.input_dtype = engine.input_dtype
         # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
-        # (uint8 frame in, uint8 overlay out, no host round trip). The legend and saved label
+        # (uint8 frames in, uint8 overlays out, no host round trip). The legend and saved label
         # maps need the labels on the host, so they keep the CPU overlay.
-        # run_fused_frames takes several frames (several cameras) in one call; run_fused one.
-        fused = getattr(engine, "run_fused", None)
-        fused_frames = getattr(engine, "run_fused_frames", None)
-        if fused_frames is None and fused is not None:
-            fused_frames = lambda images, alpha, mode: [fused(image, alpha, mode) for image in images]  # noqa: E731
-        needs_labels = legend or any(getattr(s, "save_labels", False) for c in self.cameras for s in c.sinks)
-        self.fused = fused_frames if fused is not None and not needs_labels else None
+        needs_labels = legend or any(s.save_labels for c in self.cameras for s in c.sinks)
+        self.fused = engine.fused and not needs_labels
         # Remote engines (Triton) keep several requests in flight: submit() returns a Future
         # that the output thread resolves in frame order, so the network overlaps the rest.
-        self.submit = getattr(engine, "submit", None) if self.fused is None else None
+        self.asynchronous = engine.asynchronous and not self.fused
         self.bad_results = 0                # failed remote results in a row
-        # Frames per infer() call: a fused GPU chain without run_fused_frames takes one frame;
-        # remote engines (one request for the cameras' batch), graph and TensorRT engines say
-        # what they take.
-        limit = getattr(engine, "batch_limit", None)
-        one = self.fused is not None and not hasattr(engine, "run_fused_frames") or limit is None
-        batch = 1 if one else limit(len(self.cameras))
+        # Frames per infer() / run_fused_frames() call: one request for the cameras' batch
+        # (remote engines), a graph's or TensorRT engine's batch, else one frame.
+        batch = engine.batch_limit(len(self.cameras))
         self.scheduler = BatchScheduler(self.cameras, batch,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
 
@@ -203,7 +195,7 @@ class Pipeline:
                 frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts
-                if not cam.live and self.fused is None:
+                if not cam.live and not self.fused:
                     self._preprocess_ahead(frame)
                 self._put_input(cam, frame)
         except Exception as e:   # a bug or an unexpected library error: finish cleanly anyway
@@ -280,7 +272,7 @@ class Pipeline:
                     # Queue wait: since capture, less a preprocess the capture thread already did.
                     frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
-                    done, t2 = (self._infer_fused if self.fused is not None else self._infer_batch)(batch)
+                    done, t2 = (self._infer_fused if self.fused else self._infer_batch)(batch)
                 except ServerDown:
                     self._drop_unfinished(batch, "server_down")   # the engine retries on its own
                     continue
@@ -346,8 +338,8 @@ class Pipeline:
             raise ValueError("no frame of the batch could be preprocessed")
         t1 = time.monotonic()
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
-        if self.submit is not None:   # a remote engine: one request, each camera's output thread waits for its row
-            future = self.submit(x)
+        if self.asynchronous:   # a remote engine: one request, each camera's output thread waits for its row
+            future = self.engine.submit(x)
             labels = [Pending(future, t1, i) for i in range(len(good))]
         else:
             labels = np.asarray(self.engine.infer(x))
@@ -362,7 +354,7 @@ class Pipeline:
         """GPU preprocess + network + overlay for the batch in one call (timed as inference);
         what travels on is the finished overlay, not labels."""
         t1 = time.monotonic()
-        overlays = self.fused([frame.image for frame in batch], self.alpha, self.mode)
+        overlays = self.engine.run_fused_frames([frame.image for frame in batch], self.alpha, self.mode)
         t2 = time.monotonic()
         for frame, overlay in zip(batch, overlays):
             frame.timings["preprocess"] = 0.0
@@ -413,7 +405,7 @@ class Pipeline:
                         sink.write(frame, image, labels)
                     except Exception as e:
                         self._sink_failed(cam, sink, e, active)
-                    if getattr(sink, "stop_requested", False):
+                    if sink.stop_requested:
                         self.request_stop(f"{sink.name} closed")
                 t2 = time.monotonic()
                 frame.timings["sink"] = _ms(t1, t2)

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from app.frames import Frame, Sink
+from app.settings import CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,8 @@ RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
 
 def parse_bitrate(text) -> int:
-    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000 (the --bitrate rule of app/validate.py)."""
-    from app.validate import check_value
-
-    return check_value("bitrate", text)
+    """'2M' -> 2000000, '800k' -> 800000, '1500000' -> 1500000 (the --bitrate rule of app/settings.py)."""
+    return check_option("bitrate", text)
 
 
 def open_rtsp_sink(spec: str, args, server=None) -> Sink:
@@ -49,7 +48,8 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
     Serving listens on every interface, so it takes the run's token (`server.auth`, an
     app.server.AppServer) as HTTP Basic credentials, unless --no-auth."""
     # --bitrate and --rtsp-transport are the app's flags (app/run.py).
-    bitrate = parse_bitrate(getattr(args, "bitrate", None) or DEFAULT_BITRATE)
+    camera = CameraSettings.of(args)
+    bitrate = parse_bitrate(camera.bitrate or DEFAULT_BITRATE)
     parts = urlsplit(spec)
     if parts.scheme != "rtsp" or not parts.netloc:
         raise ValueError(f"--output {spec}: expected rtsp://HOST:PORT/PATH (push to a server) "
@@ -61,14 +61,12 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
         if server is not None:
             auth = server.auth
         else:
-            import os
-
-            from app.server import TOKEN_ENV, Auth   # bridge until the typed settings (W1) hand these down
-            auth = Auth(getattr(args, "auth_token", None) or os.environ.get(TOKEN_ENV) or None,
-                        disabled=getattr(args, "auth", True) is False)
+            from app.server import Auth
+            options = ServerSettings.of(args).server_options()
+            auth = Auth(options.auth_token, disabled=options.no_auth)
         token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}")
         return RtspServeSink(port, path, bitrate, auth_token=token)
-    return RtspPushSink(spec, bitrate, transport=getattr(args, "rtsp_transport", "auto") or "auto")
+    return RtspPushSink(spec, bitrate, transport=camera.rtsp_transport or "auto")
 
 
 class _RtspPushSession:

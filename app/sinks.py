@@ -8,7 +8,8 @@
     rtsp://HOST:PORT/PATH     RTSP push (app/rtsp_out.py, the RTSP issue)
     null                      nothing (benchmarks)
 
-`open_sink(spec, options, live)` picks one. Sinks are opened on the first frame (its size).
+`open_sink(spec, camera settings, live)` picks one from one table, SINKS. Sinks are opened on
+the first frame (its size).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from app.frames import Sink
+from app.settings import CameraSettings
 from core.validate import prepare_output
 from core.errors import BisenetError
 
@@ -247,34 +249,60 @@ class FolderSink(Sink):
                 raise SinkError(f"cannot write {self.folder / 'labels' / name}")
 
 
-def open_sink(spec: str, options=None, live: bool = False, server=None, camera: str = "cam0") -> Sink:
-    """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size).
-    `server`: the run's app.server.AppServer (auth and listeners shared by http:// and
-    rtsp://@ outputs); None gives each its own loopback-default one. `camera`: the name an
-    http:// output serves this stream under (/camera/NAME; several may share one port)."""
-    spec = str(spec)
-    if spec == "display":
-        return DisplaySink()
-    if spec == "null":
-        return NullSink()
-    if spec.startswith("http://"):
-        from app.http_sink import open_http_sink
-        return open_http_sink(spec, server=server, camera=camera)
-    if spec.startswith("rtsp://"):
-        try:
-            from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)
-        except ModuleNotFoundError as e:
-            if e.name != "app.rtsp_out":
-                raise
-            raise SinkError("rtsp:// outputs need app/rtsp_out.py, which this install does not have") from None
-        return open_rtsp_sink(spec, options, server=server)
+def sink_kind(spec: str) -> str:
+    """Which row of SINKS writes `--output spec`."""
+    if spec in ("display", "null"):
+        return spec
+    scheme = spec.split("://", 1)[0] if "://" in spec else ""
+    if scheme in ("http", "rtsp"):
+        return scheme
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in VIDEO_OUTPUT_SUFFIXES:
-        return VideoFileSink(path, live=live, bitrate=getattr(options, "bitrate", None))
+        return "video"
     if suffix in IMAGE_SUFFIXES:
         raise SinkError(f"--output {spec}: for still images pass a folder (frames/), one PNG per frame")
     if spec.endswith("/") or path.is_dir() or suffix == "":
-        return FolderSink(path, save_labels=bool(getattr(options, "save_labels", False)))
+        return "folder"
     raise SinkError(f"--output {spec}: unknown kind; use display, a .mp4/.mkv/.avi file, a folder/, "
                     "http://@:PORT, rtsp://HOST:PORT/PATH or null")
+
+
+def open_http(spec: str, options, live: bool, server, camera: str) -> Sink:
+    from app.http_sink import open_http_sink
+
+    return open_http_sink(spec, server=server, camera=camera)
+
+
+def open_rtsp(spec: str, options, live: bool, server, camera: str) -> Sink:
+    try:
+        from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)
+    except ModuleNotFoundError as e:
+        if e.name != "app.rtsp_out":
+            raise
+        raise SinkError("rtsp:// outputs need app/rtsp_out.py, which this install does not have") from None
+    return open_rtsp_sink(spec, options, server=server)
+
+
+# Every kind of output: kind -> opener(spec, options, live, server, camera) -> a Sink (not
+# opened yet). A new kind of output: its Sink, a line here and one in sink_kind.
+SINKS = {
+    "display": lambda spec, options, live, server, camera: DisplaySink(),
+    "null": lambda spec, options, live, server, camera: NullSink(),
+    "http": open_http,
+    "rtsp": open_rtsp,
+    "video": lambda spec, options, live, server, camera: VideoFileSink(
+        Path(spec), live=live, bitrate=CameraSettings.of(options).bitrate),
+    "folder": lambda spec, options, live, server, camera: FolderSink(
+        Path(spec), save_labels=CameraSettings.of(options).save_labels),
+}
+
+
+def open_sink(spec: str, options=None, live: bool = False, server=None, camera: str = "cam0") -> Sink:
+    """`--output SPEC` -> a Sink (not opened yet: that needs the first frame's size).
+    `options`: the camera's CameraSettings (app/settings.py; None: the defaults). `server`: the
+    run's app.server.AppServer (auth and listeners shared by http:// and rtsp://@ outputs);
+    None gives each its own loopback-default one. `camera`: the name an http:// output serves
+    this stream under (/camera/NAME; several may share one port)."""
+    spec = str(spec)
+    return SINKS[sink_kind(spec)](spec, options, live, server, camera)

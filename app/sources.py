@@ -9,8 +9,9 @@
     csi://0                   Jetson CSI camera (nvarguscamerasrc) through OpenCV+GStreamer
     gst:<pipeline>            any GStreamer pipeline ending in appsink, through OpenCV+GStreamer
 
-`open_source(spec, options)` picks the reader; `--loop` restarts a file at its end and
-`--realtime` paces it at its own rate. Live readers are wrapped by
+`open_source(spec, camera settings)` picks the reader from one table, SOURCES (a new kind of
+source: its opener and a line there); `--loop` restarts a file at its end and `--realtime`
+paces it at its own rate. Live readers are wrapped by
 `app.reconnect.ReconnectingReader` when that module exists (written for the RTSP issue).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import cv2
 
 from app.frames import Reader, ReadError
 from core.errors import BisenetError
+from app.settings import CameraSettings
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -220,80 +222,124 @@ def _camera_device(spec: str):
     return None
 
 
-def open_plain_source(spec: str, options=None) -> Reader:
-    """`spec` -> an opened Reader, without a reconnect wrapper."""
-    opt = options
-    size_wh = getattr(opt, "camera_size", None)
-    fps = getattr(opt, "camera_fps", None)
-    spec = str(spec)
-    if spec.startswith("csi://") or spec.startswith("gst:"):
-        if not gstreamer_available():
-            raise SourceError(f"{spec.split(':')[0]} sources need OpenCV built with GStreamer; this OpenCV has "
-                              "none (on a Jetson use the system python3-opencv, or build OpenCV with "
-                              "-DWITH_GSTREAMER=ON)")
-        if spec.startswith("csi://"):
-            sensor = spec[len("csi://"):] or "0"
-            if not sensor.isdigit():
-                raise SourceError(f"bad CSI source {spec!r}: use csi://0, csi://1 ...")
-            w, h = size_wh or (1280, 720)
-            reader = OpenCVVideoReader(csi_pipeline(int(sensor), w, h, int(fps or 30)), cv2.CAP_GSTREAMER,
-                                       live=True, description=spec)
-        else:
-            reader = OpenCVVideoReader(spec[len("gst:"):].strip(), cv2.CAP_GSTREAMER, live=True, description=spec)
-    elif (device := _camera_device(spec)) is not None:
-        reader = CameraReader(device, size_wh, fps)
-    elif spec.startswith("rtsp://") or spec.startswith("rtsps://"):
-        # TCP: no lost UDP packets -> no smeared frames; nobuffer: fewer frames of lag.
-        # --rtsp-transport udp for servers without TCP; auto: FFmpeg's order (UDP, then TCP).
-        transport = getattr(opt, "rtsp_transport", None) or "tcp"
-        reader = PyAVReader(spec, live=True, options={"fflags": "nobuffer", "flags": "low_delay",
-                                                      **({} if transport == "auto" else {"rtsp_transport": transport})},
-                            timeout_s=float(getattr(opt, "source_timeout", None) or 10.0))
-    elif spec.startswith("http://") or spec.startswith("https://"):
-        suffix = Path(spec.split("?")[0]).suffix.lower()
-        reader = PyAVReader(spec, live=suffix not in VIDEO_SUFFIXES,
-                            timeout_s=float(getattr(opt, "source_timeout", None) or 10.0))
-    else:
-        path = Path(spec)
-        if path.is_dir():
-            paths = _image_paths(path)
-            if not paths:
-                raise SourceError(f"folder {spec} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            reader = ImageListReader(paths, f"folder {spec} ({len(paths)} images)", fps=getattr(opt, "fps", None))
-        elif any(c in spec for c in "*?["):
-            paths = sorted(p for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-            if not paths:
-                raise SourceError(f"glob {spec!r} matches no images")
-            reader = ImageListReader(paths, f"glob {spec} ({len(paths)} images)", fps=getattr(opt, "fps", None))
-        elif not path.exists():
-            raise SourceError(f"source {spec} does not exist: pass a camera index, a video or image file, a folder, "
-                              "a glob, rtsp://, http://, csi://N or gst:<pipeline>")
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            reader = ImageListReader([path], f"image {spec}", fps=getattr(opt, "fps", None))
-        else:
-            reader = PyAVReader(str(path), live=False)
-            try:
-                reader.open()
-                return reader
-            except SourceError as pyav_error:
-                # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
-                # log lines on a broken file; PyAV's message is the one that says why.
-                os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-                reader = OpenCVVideoReader(str(path))
-                try:
-                    reader.open()
-                except SourceError:
-                    raise SourceError(f"{pyav_error} (truncated, or not a video?)") from None
-                return reader
+def _opened(reader: Reader) -> Reader:
     reader.open()
     return reader
 
 
+def _gstreamer(spec: str) -> None:
+    if not gstreamer_available():
+        raise SourceError(f"{spec.split(':')[0]} sources need OpenCV built with GStreamer; this OpenCV has "
+                          "none (on a Jetson use the system python3-opencv, or build OpenCV with "
+                          "-DWITH_GSTREAMER=ON)")
+
+
+def open_csi(spec: str, cam: CameraSettings) -> Reader:
+    _gstreamer(spec)
+    sensor = spec[len("csi://"):] or "0"
+    if not sensor.isdigit():
+        raise SourceError(f"bad CSI source {spec!r}: use csi://0, csi://1 ...")
+    w, h = cam.camera_size or (1280, 720)
+    return _opened(OpenCVVideoReader(csi_pipeline(int(sensor), w, h, int(cam.camera_fps or 30)), cv2.CAP_GSTREAMER,
+                                     live=True, description=spec))
+
+
+def open_gstreamer(spec: str, cam: CameraSettings) -> Reader:
+    _gstreamer(spec)
+    return _opened(OpenCVVideoReader(spec[len("gst:"):].strip(), cv2.CAP_GSTREAMER, live=True, description=spec))
+
+
+def open_camera(spec: str, cam: CameraSettings) -> Reader:
+    return _opened(CameraReader(_camera_device(spec), cam.camera_size, cam.camera_fps))
+
+
+def open_rtsp(spec: str, cam: CameraSettings) -> Reader:
+    # TCP: no lost UDP packets -> no smeared frames; nobuffer: fewer frames of lag.
+    # --rtsp-transport udp for servers without TCP; auto: FFmpeg's order (UDP, then TCP).
+    transport = cam.rtsp_transport or "tcp"
+    options = {"fflags": "nobuffer", "flags": "low_delay",
+               **({} if transport == "auto" else {"rtsp_transport": transport})}
+    return _opened(PyAVReader(spec, live=True, options=options, timeout_s=cam.source_timeout))
+
+
+def open_http(spec: str, cam: CameraSettings) -> Reader:
+    suffix = Path(spec.split("?")[0]).suffix.lower()
+    return _opened(PyAVReader(spec, live=suffix not in VIDEO_SUFFIXES, timeout_s=cam.source_timeout))
+
+
+def open_folder(spec: str, cam: CameraSettings) -> Reader:
+    paths = _image_paths(Path(spec))
+    if not paths:
+        raise SourceError(f"folder {spec} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ImageListReader(paths, f"folder {spec} ({len(paths)} images)", fps=cam.fps)
+
+
+def open_glob(spec: str, cam: CameraSettings) -> Reader:
+    paths = sorted(p for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise SourceError(f"glob {spec!r} matches no images")
+    return ImageListReader(paths, f"glob {spec} ({len(paths)} images)", fps=cam.fps)
+
+
+def open_image(spec: str, cam: CameraSettings) -> Reader:
+    return ImageListReader([Path(spec)], f"image {spec}", fps=cam.fps)
+
+
+def open_video_file(spec: str, cam: CameraSettings) -> Reader:
+    try:
+        return _opened(PyAVReader(spec, live=False))
+    except SourceError as pyav_error:
+        # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
+        # log lines on a broken file; PyAV's message is the one that says why.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        try:
+            return _opened(OpenCVVideoReader(spec))
+        except SourceError:
+            raise SourceError(f"{pyav_error} (truncated, or not a video?)") from None
+
+
+# Every kind of source: kind -> opener(spec, camera settings) -> an opened Reader. The URL
+# schemes are kinds by name (rtsp://..., csi://0, gst:...); source_kind tells the others apart.
+SOURCES = {
+    "csi": open_csi, "gst": open_gstreamer, "rtsp": open_rtsp, "rtsps": open_rtsp, "http": open_http,
+    "https": open_http,
+    "camera": open_camera, "folder": open_folder, "glob": open_glob, "image": open_image, "video": open_video_file,
+}
+NOT_SCHEMES = ("camera", "folder", "glob", "image", "video")
+
+
+def source_kind(spec: str) -> str:
+    """Which row of SOURCES opens `spec`."""
+    scheme = spec.split(":", 1)[0].lower()
+    if ":" in spec and scheme in SOURCES and scheme not in NOT_SCHEMES:
+        return scheme
+    if _camera_device(spec) is not None:
+        return "camera"
+    path = Path(spec)
+    if path.is_dir():
+        return "folder"
+    if any(c in spec for c in "*?["):
+        return "glob"
+    if not path.exists():
+        raise SourceError(f"source {spec} does not exist: pass a camera index, a video or image file, a folder, "
+                          "a glob, rtsp://, http://, csi://N or gst:<pipeline>")
+    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+
+
+def open_plain_source(spec: str, options=None) -> Reader:
+    """`spec` -> an opened Reader, without a reconnect wrapper. `options`: its camera's
+    CameraSettings (app/settings.py); None: the defaults."""
+    spec = str(spec)
+    return SOURCES[source_kind(spec)](spec, CameraSettings.of(options))
+
+
 def open_source(spec: str, options=None) -> Reader:
-    """`--source` -> an opened Reader (`--realtime` paces a file). Live sources get the reconnect wrapper when the
-    app.reconnect module is present (issue 5): ReconnectingReader(reopen, timeout_s, first=opened_reader)
-    is a Reader; `reopen()` returns a freshly opened plain reader for the same spec."""
-    reader = open_plain_source(spec, options)
+    """`--source` -> an opened Reader (`--realtime` paces a file, `--loop` starts it over).
+    Live sources get the reconnect wrapper when the app.reconnect module is present (issue 5):
+    ReconnectingReader(reopen, timeout_s, first=opened_reader) is a Reader; `reopen()` returns
+    a freshly opened plain reader for the same spec."""
+    cam = CameraSettings.of(options)
+    reader = open_plain_source(spec, cam)
     if reader.live:
         try:
             from app.reconnect import ReconnectingReader   # RECONNECT HOOK (app/reconnect.py, RTSP issue)
@@ -301,14 +347,13 @@ def open_source(spec: str, options=None) -> Reader:
             if e.name != "app.reconnect":
                 raise
             return reader
-        wrapped = ReconnectingReader(lambda: open_plain_source(spec, options),
-                                     timeout_s=float(getattr(options, "source_timeout", None) or 10.0), first=reader)
+        wrapped = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout, first=reader)
         wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
         return wrapped
-    if getattr(options, "loop", False):
-        reader = LoopingReader(reader, lambda: open_plain_source(spec, options))
-    if getattr(options, "realtime", False):
-        reader = RealtimeReader(reader, getattr(options, "fps", None))
+    if cam.loop:
+        reader = LoopingReader(reader, lambda: open_plain_source(spec, cam))
+    if cam.realtime:
+        reader = RealtimeReader(reader, cam.fps)
     return reader
 
 

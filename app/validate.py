@@ -1,11 +1,12 @@
 """One validation layer for every input the app and `bisenet` read: flag values (command line
 or preset YAML), YAML files, sidecar JSON, model files and output paths.
 
-Schemas are declared once, as data: `RUN_FLAGS` holds one rule per `bisenet run` flag and
-`COMMAND_FLAGS` those of the other commands (add a line there with a new flag; a test checks
-every numeric flag has one), `SIDECAR` one rule per sidecar field, and `check_fields` types
-the YAML configs from their dataclasses. Every problem is an `InputError`: one line naming the
-flag or file and what to do; the commands print it and exit 2 (app/cli.py).
+Here are the value rules: each a callable that returns the checked, typed value or raises
+ValueError saying what is wrong. `bisenet run`'s settings (app/settings.py) declare which rule
+each option takes; `COMMAND_FLAGS` holds the rules of the other commands' flags (add a line
+there with a new flag; a test checks every numeric flag has one). Every problem becomes an
+`InputError`: one line naming the flag or file and what to do; the commands print it and exit 2
+(app/cli.py).
 
 Output paths: a missing folder is created (like `mkdir -p`), for every kind of output
 (videos, frame folders, --latency-log, the files of export/build/calibrate); an output of
@@ -14,15 +15,64 @@ Output paths: a missing folder is created (like `mkdir -p`), for every kind of o
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.errors import InputError
-from core.validate import MAX_QUEUE, MAX_SIDE, Number, size_wh
+from core.validate import MAX_QUEUE, MAX_SIDE, Number  # noqa: F401 (MAX_QUEUE: read here by the tests)
+
+
+class Expected(ValueError):
+    """A value of the wrong kind; its message follows the flag or key after a colon
+    ('hud: expected true or false, got 3'). Other rules' messages start with the value."""
+
+
+def explain(where: str, error: Exception) -> str:
+    """One line: the flag or key `where`, then what is wrong with its value."""
+    return f"{where}{': ' if isinstance(error, Expected) else ' '}{error}"
+
+
+def switch(value) -> bool:
+    if not isinstance(value, bool):
+        raise Expected(f"expected true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few words (argparse's choices on the command line)."""
+    choices: tuple
+
+    def __call__(self, value):
+        if value not in self.choices:
+            raise Expected(f"{value!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
+def text(value) -> str:
+    """A plain value taken as text (a path, a name, a list of providers)."""
+    if isinstance(value, (dict, list)):
+        raise Expected(f"expected a single value, got {value!r}")
+    return str(value)
+
+
+def host_names(value) -> tuple:
+    """'a.local, B' or [a.local, B] -> ('a.local', 'b'): lowercase, no empty names."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise Expected(f"expected a comma list of host names, got {value!r}")
+    return tuple(n.strip().lower() for n in names if n.strip())
+
 
 def each(rule):
     """A rule for a repeatable flag: applied to every value of a list, or to a single value."""
     return lambda value: [rule(v) for v in value] if isinstance(value, (list, tuple)) else rule(value)
+
+
+def listed(rule):
+    """A rule for a repeatable option: a list of values, or one value (a list of one)."""
+    return lambda value: [rule(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
 def source_spec(value) -> str:
@@ -96,30 +146,6 @@ def latency_log_path(value) -> str:
     return str(value)
 
 
-# One rule per flag of `bisenet run` (dest name -> callable that returns the checked value or
-# raises ValueError). Flags without a rule are checked by argparse alone (choices, switches).
-RUN_FLAGS = {
-    "source": each(source_spec),
-    "output": each(output_spec),
-    "latency_log": latency_log_path,
-    "alpha": Number(float, 0, 1, hint="0 shows only the picture, 1 only the class colors"),
-    "fps": Number(float, above=0, max=1000),
-    "camera_fps": Number(float, above=0, max=1000),
-    "camera_size": size_wh,
-    "max_frames": Number(int, min=1, hint="leave it out to run to the end of the source"),
-    "queue_size": Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"),
-    "source_timeout": Number(float, above=0, max=3600),
-    "threads": Number(int, 1, 1024),
-    "bitrate": Number(int, 10_000, 1_000_000_000, units=True, hint="bit/s like 800k, 2M or 4000000"),
-    "triton_in_flight": Number(int, 1, 64, hint="each request in flight holds one frame"),
-    # Serving (app/server.py, docs/service.md).
-    "max_clients": Number(int, 1, 4096, hint="MJPEG viewers at once"),
-    "metrics_port": lambda v: listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"),
-    "auth_token": auth_token,
-    "batch_timeout_ms": Number(float, 0, 10_000, hint="0 runs what is ready at once"),
-}
-
-
 # The other `bisenet` commands: command -> {dest: rule}, checked before the command runs.
 COUNT = Number(int, min=1)
 COMMAND_FLAGS = {
@@ -152,26 +178,28 @@ def flag_name(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def check_value(dest: str, value, where: str | None = None, rules: dict = RUN_FLAGS):
-    """`value` through the rule for flag `dest` (if any); InputError names `where` (default: the flag)."""
-    rule = rules.get(dest)
-    if rule is None or value is None:
-        return value
+def check(rule, value, where: str):
+    """`value` through `rule`; a bad one is an InputError naming `where` (a flag or a key)."""
     try:
         return rule(value)
     except (ValueError, argparse.ArgumentTypeError) as e:
-        raise InputError(f"{where or flag_name(dest)} {e}") from None
+        raise InputError(explain(where, e)) from None
 
 
-def check_flags(values: dict) -> dict:
-    """Every value of {dest: value} (`bisenet run`'s flags) through its rule."""
-    return {dest: check_value(dest, v) for dest, v in values.items()}
+def check_value(dest: str, value, where: str | None = None, *, rules: dict):
+    """`value` through the rule for flag `dest` in `rules` ({dest: rule}), if it has one;
+    InputError names `where` (default: the flag)."""
+    rule = rules.get(dest)
+    if rule is None or value is None:
+        return value
+    return check(rule, value, where or flag_name(dest))
 
 
 def check_command_args(command: str, args):
     """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS."""
     rules = COMMAND_FLAGS.get(command, {})
+    given = vars(args)
     for dest in rules:
-        if hasattr(args, dest):
-            setattr(args, dest, check_value(dest, getattr(args, dest), rules=rules))
+        if dest in given:
+            setattr(args, dest, check_value(dest, given[dest], rules=rules))
     return args

@@ -6,6 +6,7 @@ read from the model's sidecar JSON or its model config.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,11 +64,25 @@ class ServerDown(BisenetError, RuntimeError):
 
 
 class Engine:
-    """Base class. Subclasses set `info`, `input_dtype` and implement `infer_logits` or `infer`."""
+    """Base class: every capability the run-time pipeline may use, with its default.
+    Subclasses set `info` and implement `infer` or `infer_logits`; the rest is optional:
+
+        input_dtype       what preprocess should produce (float32; float16 for fp16 graphs)
+        backend           its name in `describe()` and /metrics
+        batch_limit(n)    frames per infer() call when n cameras share the engine
+        fused             True: run_fused / run_fused_frames work (a GPU chain: uint8 frame in,
+                          finished overlay out, no host round trip)
+        asynchronous      True: submit(batch) returns a Future of the output (a remote server
+                          keeps several requests in flight); labels_of(output) -> labels
+        counters()        reconnect counters for the run summary ({} when nothing happened)
+    """
 
     info: ModelInfo
-    input_dtype = np.float32      # what preprocess should produce for this engine
+    input_dtype = np.float32
     backend = "base"
+    name = "engine"               # in the run summary's counters line
+    fused = False
+    asynchronous = False
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """batch: [N, 3, H, W] normalized RGB (input_dtype) -> labels [N, H, W] (uint8 or int32)."""
@@ -85,6 +100,25 @@ class Engine:
             return max(1, min(cameras, self.info.max_batch or cameras))
         return max(1, min(cameras, self.info.batch))
 
+    def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
+        """fused engines: one uint8 BGR frame -> its uint8 BGR overlay."""
+        raise NotImplementedError(f"the {self.backend} engine has no fused GPU path")
+
+    def run_fused_frames(self, frames: list, alpha: float = 0.5, mode: str = "overlay") -> list:
+        """fused engines: several frames (up to batch_limit) -> their overlays, in order."""
+        return [self.run_fused(frame, alpha, mode) for frame in frames]
+
+    def submit(self, batch: np.ndarray) -> Future:
+        """asynchronous engines: send `batch`; the Future's result goes through labels_of()."""
+        raise NotImplementedError(f"the {self.backend} engine runs synchronously: call infer()")
+
+    def labels_of(self, output: np.ndarray) -> np.ndarray:
+        """What submit's Future gives -> labels [N, H, W]."""
+        return output
+
+    def counters(self) -> dict:
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -94,6 +128,31 @@ class Engine:
             (f" batch dynamic{f' (max {self.info.max_batch})' if self.info.max_batch else ''}"
              if self.info.dynamic_batch else f" batch {self.info.batch}")
         return f"{self.backend} {self.info.model} {self.info.precision} input {h}x{w} head={self.info.head}{batch}"
+
+
+# What an engine object written without this base class may bring of its own (see as_engine).
+CAPABILITIES = ("input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "submit", "labels_of",
+                "counters", "close", "describe")
+
+
+def as_engine(engine) -> Engine:
+    """`engine` itself when it derives from Engine; otherwise (an object with `info` and
+    `infer`, and maybe some of CAPABILITIES) an Engine that uses what it has and the defaults
+    for the rest. Such an object takes one frame per call unless it has batch_limit; it is
+    fused when it has run_fused or run_fused_frames, asynchronous when it has submit."""
+    if isinstance(engine, Engine):
+        return engine
+    return _Adopted(engine)
+
+
+class _Adopted(Engine):
+    def __init__(self, inner):
+        own = {name: getattr(inner, name) for name in CAPABILITIES if hasattr(inner, name)}
+        self.info, self.infer = inner.info, inner.infer
+        self.batch_limit = lambda cameras: 1
+        vars(self).update(own)   # instance attributes: they take the place of the defaults
+        self.fused = "run_fused" in own or "run_fused_frames" in own
+        self.asynchronous = "submit" in own
 
 
 def run_static_batch(run, batch: np.ndarray, size: int) -> np.ndarray:

@@ -1,14 +1,64 @@
 """One call from `--model` to an Engine: .onnx -> ONNX Runtime or OpenVINO (--backend),
 .engine -> TensorRT, grpc:// or http:// -> a Triton Inference Server, a zoo name or model
-YAML -> PyTorch (with --checkpoint, or the official checkpoint)."""
+YAML -> PyTorch (with --checkpoint, or the official checkpoint). The backends are one table,
+BACKENDS; no plugin discovery."""
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
-from engines.base import Engine
+from core.errors import InputError
 from core.sidecar import read_sidecar
+from engines.base import Engine
 
-BACKENDS = ("openvino", "onnxruntime")
+
+@dataclass
+class EngineOptions:
+    """How to load a model: load_engine's keywords (the `bisenet run` flags of the same names)."""
+    checkpoint: str | None = None
+    providers: str | None = None
+    input_size: tuple | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    backend: str | None = None
+    precision: str | None = None
+    triton_shm: str = "none"
+    triton_in_flight: int = 2
+
+
+def _engine_class(module: str, name: str):
+    """An engine class, imported only when it is used (the run-time path never imports torch)."""
+    return getattr(importlib.import_module(f"engines.{module}"), name)
+
+
+def _torch(model: str, o: EngineOptions) -> Engine:
+    from core.model_config import load_model_config
+
+    return _engine_class("torch_engine", "TorchEngine")(load_model_config(model), o.checkpoint,
+                                                        input_size=o.input_size, device=o.device)
+
+
+def _openvino(model: str, o: EngineOptions) -> Engine:
+    compute, reason = openvino_precision(Path(model), o.precision)   # the fastest that passed its gate here
+    return _engine_class("openvino_engine", "OpenVinoEngine")(model, precision=compute, threads=o.threads,
+                                                             precision_reason=reason)
+
+
+# Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file,
+# a line here and, for a new kind of model file, a line in backend_for.
+BACKENDS = {
+    "onnxruntime": lambda model, o: _engine_class("onnx_engine", "OnnxEngine")(model, providers=o.providers,
+                                                                               threads=o.threads),
+    "openvino": _openvino,
+    "tensorrt": lambda model, o: _engine_class("tensorrt_engine", "TensorRTEngine")(model),
+    "triton": lambda model, o: _engine_class("triton_engine", "TritonEngine")(model, shm=o.triton_shm,
+                                                                              in_flight=o.triton_in_flight),
+    "pytorch": _torch,
+    "pytorch-cuda": lambda model, o: importlib.import_module("engines.torch_cuda_engine").load_torch_cuda_engine(
+        model, o.checkpoint, o.input_size, o.device, o.precision, o.backend),   # the fused PyTorch-CUDA engine
+}
+ONNX_BACKENDS = ("openvino", "onnxruntime")   # --backend: the two that run an .onnx on the CPU
 
 
 def pick_backend(backend: str | None, providers: str | None, model_precision: str = "fp32",
@@ -18,12 +68,12 @@ def pick_backend(backend: str | None, providers: str | None, model_precision: st
     AMX/VNNI int8 ran 1.3-3x ONNX Runtime's, quiet and loaded) and for bf16 (only OpenVINO has
     it); ONNX Runtime for fp32 (the same speed quiet, less slow under load). GPU execution
     providers (--providers cuda/tensorrt) are ONNX Runtime's."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend is not None and backend not in ONNX_BACKENDS:
+        raise InputError(f"--backend {backend!r}: use one of {', '.join(ONNX_BACKENDS)}")
     gpu = any(p.strip().lower() not in ("", "cpu") for p in (providers or "").split(","))
     if gpu:
         if backend == "openvino":
-            raise ValueError(f"--providers {providers} are ONNX Runtime's; use --backend onnxruntime "
+            raise InputError(f"--providers {providers} are ONNX Runtime's; use --backend onnxruntime "
                              "(or drop --providers for OpenVINO on the CPU)")
         return "onnxruntime"
     if backend:
@@ -31,50 +81,43 @@ def pick_backend(backend: str | None, providers: str | None, model_precision: st
     return "openvino" if model_precision == "int8" or precision == "bf16" else "onnxruntime"
 
 
-def load_engine(model: str, checkpoint: str | None = None, providers: str | None = None,
-                input_size=None, threads: int | None = None, device: str = "cpu",
-                backend: str | None = None, precision: str | None = None,
-                triton_shm: str = "none", triton_in_flight: int = 2) -> Engine:
-    """backend: 'openvino' or 'onnxruntime' for an .onnx (None: pick_backend's choice);
-    precision: the float compute precision, 'fp32' (default) or 'bf16' (OpenVINO only)."""
-    from engines.triton_engine import TritonEngine, is_triton_url
+def backend_for(model: str, o: EngineOptions) -> str:
+    """Which of BACKENDS runs `model`: a Triton URL, an .onnx (pick_backend), an .engine, or
+    a zoo name / model YAML (PyTorch; on a CUDA device the fused PyTorch-CUDA engine)."""
+    from engines.triton_engine import is_triton_url
 
     if is_triton_url(model):   # grpc://HOST:PORT/NAME or http://HOST:PORT/NAME: a Triton server
-        if backend or precision not in (None, "fp32"):
-            raise ValueError("--backend and --precision choose a local engine; a Triton server runs its own "
+        if o.backend or o.precision not in (None, "fp32"):
+            raise InputError("--backend and --precision choose a local engine; a Triton server runs its own "
                              "(bisenet serve-triton --backend)")
-        return TritonEngine(model, shm=triton_shm, in_flight=triton_in_flight)
+        return "triton"
     path = Path(model)
-    if device.startswith("cuda") and path.suffix not in (".onnx", ".engine", ".pth", ".pt"):   # [w7 issue 22]
-        from engines.torch_cuda_engine import load_torch_cuda_engine   # the fused PyTorch-CUDA engine
-        return load_torch_cuda_engine(model, checkpoint, input_size, device, precision, backend)
-    if path.suffix != ".onnx" and (backend or precision not in (None, "fp32")):
-        what = f"--backend {backend}" if backend else f"--precision {precision}"
-        raise ValueError(f"{what} applies to .onnx models; {model} is not one")
+    if o.device.startswith("cuda") and path.suffix not in (".onnx", ".engine", ".pth", ".pt"):   # [w7 issue 22]
+        return "pytorch-cuda"
+    if path.suffix != ".onnx" and (o.backend or o.precision not in (None, "fp32")):
+        what = f"--backend {o.backend}" if o.backend else f"--precision {o.precision}"
+        raise InputError(f"{what} applies to .onnx models; {model} is not one")
     if path.suffix == ".onnx":
-        chosen = pick_backend(backend, providers, sidecar_precision(path), precision)
-        if chosen == "openvino":
-            from engines.openvino_engine import OpenVinoEngine
-
-            compute, reason = openvino_precision(path, precision)
-            return OpenVinoEngine(path, precision=compute, threads=threads, precision_reason=reason)
-        if precision not in (None, "fp32"):
-            raise ValueError(f"--precision {precision} needs --backend openvino (ONNX Runtime runs the model's "
+        chosen = pick_backend(o.backend, o.providers, sidecar_precision(path), o.precision)
+        if chosen == "onnxruntime" and o.precision not in (None, "fp32"):
+            raise InputError(f"--precision {o.precision} needs --backend openvino (ONNX Runtime runs the model's "
                              "own precision)")
-        from engines.onnx_engine import OnnxEngine
-
-        return OnnxEngine(path, providers=providers, threads=threads)
+        return chosen
     if path.suffix == ".engine":
-        from engines.tensorrt_engine import TensorRTEngine
-
-        return TensorRTEngine(path)
+        return "tensorrt"
     if path.suffix in (".pth", ".pt"):
-        raise ValueError(f"--model {model}: a checkpoint goes in --checkpoint; --model takes a zoo name, "
+        raise InputError(f"--model {model}: a checkpoint goes in --checkpoint; --model takes a zoo name, "
                          "a model YAML, an .onnx or an .engine")
-    from core.model_config import load_model_config
-    from engines.torch_engine import TorchEngine
+    return "pytorch"
 
-    return TorchEngine(load_model_config(model), checkpoint, input_size=input_size, device=device)
+
+def load_engine(model: str, **options) -> Engine:
+    """`--model` -> an Engine; `options`: EngineOptions' fields (backend: 'openvino' or
+    'onnxruntime' for an .onnx, None: pick_backend's choice; precision: the float compute
+    precision, 'fp32' (default) or 'bf16', OpenVINO only)."""
+    o = EngineOptions(**options)
+    model = str(model)
+    return BACKENDS[backend_for(model, o)](model, o)
 
 
 def sidecar_precision(path: Path) -> str:

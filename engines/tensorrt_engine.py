@@ -52,6 +52,7 @@ def check_engine_sidecar(meta: dict, engine_path, tensorrt_version: str, gpu_nam
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
+    fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
 
     def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True, rebuild: bool = False):
         """rebuild: an engine built for another TensorRT/CUDA/GPU is rebuilt here from its ONNX."""

@@ -146,6 +146,7 @@ def require_cupy(torch):
 
 class TorchCudaEngine(Engine):
     backend = "pytorch-cuda"
+    fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
 
     def __init__(self, cfg, checkpoint=None, input_size=None, device: str = "cuda", precision: str = "fp32",
                  max_batch: int = DEFAULT_MAX_BATCH, cuda_graph: bool = True, random_init: bool = False,

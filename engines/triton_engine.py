@@ -117,6 +117,7 @@ class CudaRegion(SystemRegion):
 
 class TritonEngine(Engine):
     backend = "triton"
+    asynchronous = True    # submit() -> Future; several requests in flight
 
     def __init__(self, url: str, shm: str = "none", in_flight: int = 2, timeout_s: float = 10.0, log=None):
         self.protocol, self.host, self.model_name = parse_url(url)

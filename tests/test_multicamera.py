@@ -240,8 +240,8 @@ def test_summary_and_latency_plot_per_camera(tmp_path):
     assert {(r["camera"], r["batch_size"]) for r in rows} == {("cam0", 2), ("cam1", 2), ("cam1", None)}
     img = cv2.imread(str(plot(tmp_path / "lat.jsonl", tmp_path / "p.png", use_opencv=True)))
     assert img.shape == (1600, 1200, 3)                   # one 800-pixel panel per camera
-    for panel in (img[:800], img[800:]):                  # each with its own e2e histogram (red)
-        assert ((np.abs(panel.astype(int) - (40, 40, 230)).sum(axis=2)) < 30).sum() > 500
+    for panel in (img[:800], img[800:]):                  # each with its own e2e histogram (black)
+        assert ((np.abs(panel.astype(int) - (30, 30, 30)).sum(axis=2)) < 30).sum() > 500
 
 
 class PacedCamera:

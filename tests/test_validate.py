@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from app import validate
+from app import settings, validate
 from app.cli import main as bisenet_main
 from app.run import main as run_main
 from core.files import atomic_path, atomic_write
@@ -86,7 +86,7 @@ def test_bad_flag_values_are_one_line_exit_2(flags, expect, capsys, tmp_path):
 
 
 def test_good_values_pass_and_are_typed():
-    assert validate.check_flags({"bitrate": "2M", "queue_size": 32, "fps": 29.97, "alpha": 0,
+    assert settings.check_flags({"bitrate": "2M", "queue_size": 32, "fps": 29.97, "alpha": 0,
                                  "camera_size": "1280x720", "output": ["http://@:8080", "out.mp4"],
                                  "source": "0"}) == \
         {"bitrate": 2_000_000, "queue_size": 32, "fps": 29.97, "alpha": 0.0, "camera_size": (1280, 720),
@@ -94,7 +94,7 @@ def test_good_values_pass_and_are_typed():
 
 
 def test_every_numeric_flag_of_every_command_has_a_rule():
-    """A new int/float flag needs its line in validate.RUN_FLAGS (bisenet run) or
+    """A new int/float flag needs its rule in settings.RUN_FLAGS (bisenet run) or
     validate.COMMAND_FLAGS (the other commands): ranges are part of the schema."""
     import argparse
     import importlib
@@ -105,7 +105,7 @@ def test_every_numeric_flag_of_every_command_has_a_rule():
         parser = argparse.ArgumentParser()
         importlib.import_module(module).add_arguments(parser)
         numeric = {a.dest for a in parser._actions if a.type in (int, float)}
-        rules = validate.RUN_FLAGS if command == "run" else validate.COMMAND_FLAGS.get(command, {})
+        rules = settings.RUN_FLAGS if command == "run" else validate.COMMAND_FLAGS.get(command, {})
         assert numeric <= set(rules), (command, sorted(numeric - set(rules)))
 
 

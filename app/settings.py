@@ -1,0 +1,343 @@
+"""`bisenet run`'s settings: every option declared once, with its flag, type, range, default
+and help, as typed models (pydantic):
+
+    RunSettings        the options all cameras share: model, overlay, batching, latency log
+      .cameras         one CameraSettings per camera
+      .server          ServerSettings: http:// and rtsp://@ outputs, /metrics
+    CameraSettings     the keys of a `cameras:` entry (name, source, output, realtime, ...);
+                       given at the top level (a flag, a preset key) they apply to every camera
+
+An option is a field with `option(default, help, group=...)` and a type `Annotated[..., Rule(check)]`
+whose check (app/validate.py) returns the typed value or raises ValueError. From these
+declarations come argparse's parser for `bisenet run` / run_camera.py (`add_arguments`: the
+flag is --NAME with dashes), the keys of a preset YAML (`--config`: the flag names, dashes or
+underscores), and those of a `cameras:` entry. `build` makes the settings once: command line >
+preset > defaults; a bad value is one InputError naming the flag or the file and key.
+
+A new section (e.g. a list per camera) is a model and a field of the model it belongs to;
+a field without `option()` is a YAML key only (no flag).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import core_schema
+
+from app import validate
+from app.camera import camera_names, check_name, output_for
+from app.validate import Expected, OneOf, explain, flag_name, host_names, listed, switch, text
+from core.config_files import config_names, config_path
+from core.errors import InputError
+from core.validate import MAX_QUEUE, Number, load_yaml, size_wh
+from engines.load import ONNX_BACKENDS
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A field's check: value -> typed value, or ValueError saying what is wrong. None (left
+    out) passes. Used as `Annotated[type, Rule(check)]`."""
+    check: Callable
+
+    def validate(self, value):
+        if value is None:
+            return None
+        try:
+            return self.check(value)
+        except argparse.ArgumentTypeError as e:   # size_wh is also argparse's type
+            raise ValueError(str(e)) from None
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return core_schema.no_info_plain_validator_function(self.validate)
+
+    @property
+    def argtype(self):
+        """What argparse converts the flag's text with before the check (its own one-line
+        errors, e.g. '--queue-size: invalid int value'); None: the check takes the text."""
+        if isinstance(self.check, Number) and not self.check.units:
+            return self.check.kind
+        return size_wh if self.check is size_wh else None
+
+
+def option(default, help: str, *, group: str, metavar: str | None = None, repeat: bool = False):
+    """A `bisenet run` option: flag --NAME in `group` of --help; `repeat`: the flag may be given
+    several times (a list)."""
+    return Field(default, description=help, json_schema_extra={"group": group, "metavar": metavar, "repeat": repeat})
+
+
+Switch = Annotated[bool, Rule(switch)]
+Text = Annotated[str | None, Rule(text)]
+GROUPS = {"input": "input", "model": "model", "output": "output",
+          "serving": "serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)"}
+
+
+def camera_name(value) -> str:
+    """A `cameras:` entry's name (app/camera.py's rule: it goes into file names and URLs)."""
+    try:
+        return check_name(value)
+    except InputError as e:
+        raise Expected(str(e)) from None
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def of(cls, options):
+        """`options` as these settings: themselves, the defaults (None), or any object with some
+        of these attributes (a namespace in scripts and tests), checked."""
+        if isinstance(options, cls):
+            return options
+        try:
+            return cls.model_validate(options or {}, from_attributes=True)
+        except ValidationError as e:
+            raise one_line(e, flag_name) from None
+
+
+class CameraSettings(Section):
+    """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
+    `cameras:` entry sets them for its camera alone."""
+    name: Annotated[str | None, Rule(camera_name)] = None   # cam0, cam1, ... when not named
+    source: Annotated[str | None, Rule(validate.source_spec)] = option(
+        None, "0 or /dev/video0 (camera), clip.mp4, photo.jpg, folder/, 'imgs/*.png', rtsp://..., http(s)://..., "
+        "csi://0, gst:<pipeline>; repeat for several cameras (cam0, cam1, ...: one engine, frames batched across "
+        "cameras)", group="input", metavar="SOURCE", repeat=True)
+    realtime: Switch = option(False, "pace a video file at its own fps and drop like a live source (default off)",
+                              group="input")
+    loop: Switch = option(False, "start a video file, image or folder over at its end (default off)", group="input")
+    max_frames: Annotated[int | None, Rule(Number(int, min=1, hint="leave it out to run to the end of the source"))] \
+        = option(None, "stop after N captured frames (per camera)", group="input", metavar="N")
+    camera_size: Annotated[tuple[int, int] | None, Rule(size_wh)] = option(
+        None, "ask the camera / CSI sensor for this size", group="input", metavar="WxH")
+    camera_fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
+        None, "ask the camera / CSI sensor for this rate", group="input")
+    source_timeout: Annotated[float, Rule(Number(float, above=0, max=3600))] = option(
+        10.0, "seconds without a frame before a stream counts as lost (default 10)", group="input", metavar="S")
+    output: Annotated[list[str], Rule(listed(validate.output_spec))] = option(
+        ["display"], "repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, null "
+        "(default display); {camera} in it is replaced by the camera's name", group="output", metavar="SPEC",
+        repeat=True)
+    save_labels: Switch = option(False, "folder outputs: also write the raw label maps (labels/NNNNNN.png)",
+                                 group="output")
+    fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
+        None, "frame rate for video outputs and --realtime when the source has none (default: the source's, else 25)",
+        group="output")
+    bitrate: Annotated[int | None, Rule(Number(int, 10_000, 1_000_000_000, units=True,
+                                                hint="bit/s like 800k, 2M or 4000000"))] = option(
+        None, "video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: the encoder's)", group="output")
+    rtsp_transport: Annotated[str | None, Rule(OneOf(("tcp", "udp", "auto")))] = option(
+        None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
+        "auto for rtsp:// outputs", group="output")
+
+
+class ServerSettings(Section):
+    """The server of http:// and rtsp://@ outputs and --metrics-port (app/server.py)."""
+    auth_token: Annotated[str | None, Rule(validate.auth_token)] = option(
+        None, "token viewers must send (Bearer, Basic password, or /?token= once); default: $BISENET_AUTH_TOKEN, "
+        "else one is generated and printed when a port listens beyond loopback", group="serving", metavar="TOKEN")
+    auth: Switch = option(True, "require the token on ports beyond loopback (default); --no-auth serves without one "
+                          "and warns at every start", group="serving")
+    allowed_hosts: Annotated[tuple[str, ...], Rule(host_names)] = option(
+        (), "comma list of host names browsers may use for this box besides its IP addresses, localhost and its own "
+        "name (DNS-rebinding check); '*' turns the check off", group="serving", metavar="NAMES")
+    max_clients: Annotated[int, Rule(Number(int, 1, 4096, hint="MJPEG viewers at once"))] = option(
+        16, "most MJPEG viewers at once; the rest get 503 (default 16)", group="serving", metavar="N")
+    metrics_port: Annotated[tuple[str, int] | None, Rule(
+        lambda v: validate.listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"))] = option(
+        None, "also serve /metrics and /healthz on this port (all interfaces unless HOST is given), e.g. for RTSP "
+        "or file outputs", group="serving", metavar="[HOST:]PORT")
+    tls_cert: Text = option(None, "serve HTTPS with this certificate (with --tls-key)", group="serving", metavar="PEM")
+    tls_key: Text = option(None, "the private key of --tls-cert", group="serving", metavar="PEM")
+
+    def server_options(self):
+        """-> app.server.ServerOptions, checked; the token: --auth-token, else $BISENET_AUTH_TOKEN."""
+        from app.server import TOKEN_ENV, ServerOptions
+
+        options = ServerOptions(auth_token=self.auth_token or os.environ.get(TOKEN_ENV) or None, no_auth=not self.auth,
+                                allowed_hosts=self.allowed_hosts, max_clients=self.max_clients,
+                                tls_cert=self.tls_cert, tls_key=self.tls_key)
+        options.check()   # --tls-cert with --tls-key; a token from the environment is long enough
+        return options
+
+
+class RunSettings(Section):
+    """Everything `bisenet run` was told, checked."""
+    model: Text = option(None, "model.onnx, model.engine, grpc://HOST:8001/NAME or http://HOST:8000/NAME (Triton), "
+                         "or a zoo name / model YAML (PyTorch)", group="model")
+    checkpoint: Text = option(None, "checkpoint .pth for a zoo name / model YAML", group="model")
+    providers: Text = option(None, "ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)", group="model")
+    threads: Annotated[int | None, Rule(Number(int, 1, 1024))] = option(
+        None, "inference threads of the CPU backend (default: its own choice)", group="model")
+    backend: Annotated[str | None, Rule(OneOf(ONNX_BACKENDS))] = option(
+        None, "CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, onnxruntime "
+        "for fp32; --providers cuda/tensorrt use onnxruntime)", group="model")
+    precision: Annotated[str | None, Rule(OneOf(("fp32", "bf16")))] = option(
+        None, "float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; an int8 model keeps "
+        "its int8 layers)", group="model")
+    triton_shm: Annotated[str, Rule(OneOf(("none", "system", "cuda")))] = option(
+        "none", "Triton: pass tensors through shared memory, server on this host (default none; cuda is unverified)",
+        group="model")
+    triton_in_flight: Annotated[int, Rule(Number(int, 1, 64, hint="each request in flight holds one frame"))] = option(
+        2, "Triton: requests in flight at once (default 2)", group="model", metavar="K")
+    batch_timeout_ms: Annotated[float | None, Rule(Number(float, 0, 10_000, hint="0 runs what is ready at once"))] \
+        = option(None, "several cameras: run a batch that is not full after this long (default: half a frame "
+                 "interval of the fastest camera)", group="model", metavar="MS")
+    alpha: Annotated[float, Rule(Number(float, 0, 1, hint="0 shows only the picture, 1 only the class colors"))] \
+        = option(0.5, "overlay opacity 0..1 (default 0.5)", group="output")
+    mode: Annotated[str, Rule(OneOf(("overlay", "mask", "side-by-side")))] = option(
+        "overlay", "default overlay", group="output")
+    hud: Switch = option(False, "draw fps and latency", group="output")
+    legend: Switch = option(False, "draw the classes on screen with their colors", group="output")
+    latency_log: Annotated[str | None, Rule(validate.latency_log_path)] = option(
+        None, "one row per frame: FILE.csv or FILE.jsonl", group="output", metavar="FILE")
+    queue_size: Annotated[int, Rule(Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"))] \
+        = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
+    cameras: list[CameraSettings] = []
+    server: ServerSettings = ServerSettings()
+
+
+# Every option: name -> the section that declares it. Flags and preset keys are these names.
+SECTIONS = (CameraSettings, RunSettings, ServerSettings)
+OPTIONS = {name: section for section in SECTIONS for name, field in section.model_fields.items()
+           if field.json_schema_extra}
+RUN_FLAGS = {name: field.metadata[0].check for section in SECTIONS for name, field in section.model_fields.items()
+             if name in OPTIONS}   # name -> its check
+
+
+def check_option(name: str, value, where: str | None = None):
+    """One option's value, checked and typed (InputError naming `where`, default its flag)."""
+    return validate.check_value(name, value, where, rules=RUN_FLAGS)
+
+
+def check_flags(values: dict) -> dict:
+    """{option: value} -> the values checked and typed (InputError naming the flag)."""
+    return {name: check_option(name, value) for name, value in values.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`bisenet run`'s flags, from the declarations. Their argparse default is 'not given', so a
+    preset's value can be told apart from a flag the user left out."""
+    p.add_argument("--config", metavar="YAML",
+                   help="preset: configs/app/<name>.yaml or a path (may list cameras:); flags override it")
+    for group, title in GROUPS.items():
+        g = p.add_argument_group(title)
+        for name, section in OPTIONS.items():
+            field = section.model_fields[name]
+            if field.json_schema_extra["group"] == group:
+                g.add_argument(flag_name(name), **_argparse_keywords(field))
+
+
+def _argparse_keywords(field) -> dict:
+    rule, extra = field.metadata[0], field.json_schema_extra
+    kw = {"help": field.description, "default": argparse.SUPPRESS}
+    if rule.check is switch:
+        return {**kw, "action": argparse.BooleanOptionalAction}
+    kw.update(action="append" if extra["repeat"] else "store", metavar=extra["metavar"], type=rule.argtype)
+    if isinstance(rule.check, OneOf):
+        kw["choices"] = rule.check.choices
+    return kw
+
+
+def one_line(error: ValidationError, where: Callable[[str], str]) -> InputError:
+    """pydantic's first error -> our one line, naming the flag or key (`where(option name)`)."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    cause = first.get("ctx", {}).get("error")
+    place = where(loc[0]) + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in loc[1:])
+    if isinstance(cause, Exception):
+        return InputError(explain(place, cause))
+    return InputError(explain(place, Expected(first["msg"])))
+
+
+def _checked(section, values: dict, where: dict):
+    """The options of `section` among `values` -> a `section`, checked."""
+    try:
+        return section.model_validate({k: v for k, v in values.items() if k in section.model_fields})
+    except ValidationError as e:
+        raise one_line(e, lambda key: where.get(key, flag_name(key))) from None
+
+
+def read_preset(name: str) -> tuple[Path, dict]:
+    """--config NAME -> (its path, its mapping of option name -> value, keys as written)."""
+    path = config_path("app", name)
+    if not path.exists():
+        raise InputError(f"--config {name}: no such file (presets: {', '.join(config_names('app'))})")
+    data = load_yaml(path, "preset") or {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of flag names to values")
+    return path, data
+
+
+def _option_name(path, key, allowed) -> str:
+    name = str(key).replace("-", "_")
+    if name not in allowed:
+        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted([*allowed, 'cameras']))}")
+    return name
+
+
+def _camera_entries(path: Path, entries) -> list:
+    """A preset's `cameras:` list -> [(CameraSettings of the keys it sets, its source)]."""
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{path}: cameras: expected a list of mappings, each with a source (and a name)")
+    per_camera = [name for name in CameraSettings.model_fields]
+    out = []
+    for i, entry in enumerate(entries):
+        here = f"{path}: cameras[{i}]"
+        if not isinstance(entry, dict):
+            raise InputError(f"{here}: expected a mapping like {{name: front, source: rtsp://...}}")
+        values, where = {}, {}
+        for key, value in entry.items():
+            name = str(key).replace("-", "_")
+            if name not in per_camera:
+                raise InputError(f"{here}: {key!r} is not a per-camera key; allowed: "
+                                 f"{', '.join(k.replace('_', '-') for k in per_camera)}")
+            values[name], where[name] = value, f"{here}: {key}"
+        source = values.get("source")
+        if isinstance(source, list):
+            values["source"] = source[0] if len(source) == 1 else None
+        if values.get("source") is None:
+            raise InputError(f"{here}: give it exactly one source")
+        out.append(_checked(CameraSettings, values, where))
+    return out
+
+
+def build(flags: dict, config: str | None = None) -> RunSettings:
+    """The command line's options ({name: value}, only those given) and a preset (--config)
+    -> RunSettings, command line > preset > defaults, every value checked."""
+    values, where, entries = {}, {}, None
+    if config:
+        path, data = read_preset(config)
+        for key, value in data.items():
+            if key == "cameras":
+                entries = _camera_entries(path, value)
+                continue
+            name = _option_name(path, key, OPTIONS)
+            if value is not None:
+                values[name], where[name] = value, f"{path}: {key}"
+        if entries and "source" in values:
+            raise InputError(f"{path}: has both source and cameras; put every source in the cameras list")
+    for name, value in flags.items():
+        values[name], where[name] = value, flag_name(name)
+    if "source" in flags:
+        entries = None   # --source on the command line replaces a preset's cameras
+    sources = values.pop("source", [])
+    if entries is None:
+        entries = [_checked(CameraSettings, {"source": s}, where)
+                   for s in (sources if isinstance(sources, list) else [sources])]
+    settings = _checked(RunSettings, values, where)
+    settings.server = _checked(ServerSettings, values, where)
+    defaults = _checked(CameraSettings, values, where)
+    names = [entry.name or default for entry, default in zip(entries, camera_names(len(entries)))]
+    if len(set(names)) != len(names):
+        raise InputError(f"camera names must differ: {', '.join(names)}")
+    for entry, name in zip(entries, names):
+        own = entry.model_dump(exclude_unset=True)
+        cam = defaults.model_copy(update={**own, "name": name})
+        # Outputs shared by several cameras name the camera ({camera}); a camera's own need not.
+        cam.output = [output_for(spec, name, 1 if "output" in own else len(entries)) for spec in cam.output]
+        settings.cameras.append(cam)
+    return settings
