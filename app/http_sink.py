@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from core.errors import InputError
 from app.frames import Sink
 from app.server import AppServer, ServerOptions
 
@@ -46,7 +47,7 @@ def parse_http_spec(spec: str) -> tuple[str, int]:
     try:
         port = int(u.netloc.rsplit(":", 1)[1]) if ":" in u.netloc else 8080
     except ValueError:
-        raise ValueError(f"--output {spec}: the port must be a number, e.g. http://@:8080") from None
+        raise InputError(f"--output {spec}: the port must be a number, e.g. http://@:8080") from None
     if host in ("@", ""):
         host = "0.0.0.0"
     return host, port

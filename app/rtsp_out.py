@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from core.errors import InputError, SetupError
 from app.frames import Frame, Sink
 from app.settings import CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
@@ -52,7 +53,7 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
     bitrate = parse_bitrate(camera.bitrate or DEFAULT_BITRATE)
     parts = urlsplit(spec)
     if parts.scheme != "rtsp" or not parts.netloc:
-        raise ValueError(f"--output {spec}: expected rtsp://HOST:PORT/PATH (push to a server) "
+        raise InputError(f"--output {spec}: expected rtsp://HOST:PORT/PATH (push to a server) "
                          "or rtsp://@:PORT/PATH (serve from this app)")
     if parts.netloc.startswith("@"):
         port = parts.port or 8554
@@ -136,7 +137,7 @@ class RtspPushSink(Sink):
     def __init__(self, url: str, bitrate: int = DEFAULT_BITRATE, transport: str = "auto",
                  backoff_initial: float = 0.5, backoff_max: float = 8.0):
         if transport not in ("auto", "udp", "tcp"):
-            raise ValueError(f"--rtsp-transport {transport!r}: expected auto, udp or tcp")
+            raise InputError(f"--rtsp-transport {transport!r}: expected auto, udp or tcp")
         self.url, self.bitrate, self.transport = url, bitrate, transport
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.name = f"rtsp push {url}"
@@ -158,7 +159,7 @@ class RtspPushSink(Sink):
         import av
 
         if "libx264" not in av.codecs_available:
-            raise RuntimeError("this FFmpeg build has no libx264 encoder; install PyAV from "
+            raise SetupError("this FFmpeg build has no libx264 encoder; install PyAV from "
                                "PyPI (pip install av), whose wheels include it")
         # yuv420p needs even sizes: the last odd row/column is cropped, never rescaled.
         self._size = (width - width % 2, height - height % 2)
@@ -290,7 +291,7 @@ class RtspServeSink(Sink):
             encoder = (f"videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency "
                        f"speed-preset=ultrafast bitrate={kbps} key-int-max={gop} threads=1")
         else:
-            raise RuntimeError("GStreamer has no H.264 encoder: install gstreamer1.0-plugins-ugly "
+            raise SetupError("GStreamer has no H.264 encoder: install gstreamer1.0-plugins-ugly "
                                "(x264enc), or use nvv4l2h264enc on a Jetson")
         caps = (f"video/x-raw,format=BGR,width={w},height={h},"
                 f"framerate={fps_frac.numerator}/{fps_frac.denominator}")
@@ -308,7 +309,7 @@ class RtspServeSink(Sink):
         server.get_mount_points().add_factory(self.path, factory)
         self._source_id = server.attach(None)
         if self._source_id == 0:
-            raise RuntimeError(f"--output rtsp://@:{self.port}{self.path}: cannot listen on "
+            raise SetupError(f"--output rtsp://@:{self.port}{self.path}: cannot listen on "
                                f"port {self.port}; pick a free port")
         self._Gst, self._server = Gst, server
         self._loop = GLib.MainLoop()
@@ -392,7 +393,7 @@ def _import_gstreamer():
         gi.require_version("GstRtspServer", "1.0")
         from gi.repository import GLib, Gst, GstRtspServer
     except (ImportError, ValueError) as e:
-        raise RuntimeError(
+        raise SetupError(
             "rtsp://@:PORT/PATH serves through GStreamer, which is missing here "
             f"({_one_line(e)}): install gst-rtsp-server and x264enc (apt install "
             "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject (pip install "

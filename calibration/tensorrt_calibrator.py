@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError, SetupError
 from core.files import atomic_write_bytes, file_sha256
 from core.sidecar import sidecar_path
 from engines.tensorrt_api import check_implicit_int8, import_tensorrt, network_flags, tensorrt_api, tensorrt_logger
@@ -114,7 +115,7 @@ class CalibratorCore:
         if self.reused:
             self.log(f"reusing {why}")
         elif self.batches is None:
-            raise RuntimeError(f"{why} and no calibration images were given; pass calibration data "
+            raise SetupError(f"{why} and no calibration images were given; pass calibration data "
                                "(e.g. --calib-data train.txt) to calibrate")
         else:
             self.log(f"{why}; recalibrating")
@@ -132,7 +133,7 @@ class CalibratorCore:
         if batch is None or batch.shape[0] != self.batch_size:
             return None
         if tuple(batch.shape) != self.batch_shape:
-            raise ValueError(f"calibration batch {tuple(batch.shape)} does not match the network input "
+            raise InputError(f"calibration batch {tuple(batch.shape)} does not match the network input "
                              f"{self.batch_shape}; preprocess to the engine's input size")
         self.used_batches += 1
         return np.ascontiguousarray(batch, dtype=np.float32)
@@ -163,7 +164,7 @@ def _device_feed(nbytes: int):
         from engines.cuda_context import PrimaryContext
         context = PrimaryContext("pycuda")
     except ImportError:
-        raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
+        raise SetupError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
     with context:
         return context, context.cuda.mem_alloc(nbytes)
 
@@ -223,7 +224,7 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
     try:
         context = PrimaryContext("pycuda")
     except ImportError:
-        raise RuntimeError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
+        raise SetupError("TensorRT INT8 calibration feeds the GPU through pycuda: pip install pycuda") from None
     # CUDA's primary context is current before the builder exists: TensorRT builds in it and
     # the calibrator's pycuda buffer lives in it.
     with context:
@@ -232,10 +233,10 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
         network = builder.create_network(network_flags(trt, tensorrt_api(trt.__version__)))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
-            raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
+            raise SetupError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parser.get_error(0)}")
         shape = tuple(network.get_input(0).shape)
         if any(d < 0 for d in shape):
-            raise ValueError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
+            raise InputError(f"{onnx_path} has a dynamic input {shape}; calibrate a static export for TensorRT")
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.INT8)
         calibrator = entropy_calibrator_class()(cache_path, calib_set.batches(shape[0]), onnx_path=onnx_path,
@@ -243,7 +244,7 @@ def write_tensorrt_cache(onnx_path, calib_set, cache_path, log=None) -> Path:
         config.int8_calibrator = calibrator
         try:
             if builder.build_serialized_network(network, config) is None:
-                raise RuntimeError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
+                raise SetupError(f"TensorRT could not calibrate {onnx_path}; rerun with a TensorRT verbose log")
         finally:
             calibrator.close()
     return Path(cache_path)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 
-from core.errors import first_line
+from core.errors import SetupError, first_line
 
 BACKENDS = ("pycuda", "cupy")
 
@@ -38,7 +38,7 @@ def _retained_pycuda_context(cuda):
                 _pycuda_primary = cuda.Device(0).retain_primary_context()
             except Exception as e:   # pycuda's own error types: no driver, no device
                 first = first_line(e)
-                raise RuntimeError(f"CUDA is not usable here ({first}): this needs an NVIDIA GPU and its "
+                raise SetupError(f"CUDA is not usable here ({first}): this needs an NVIDIA GPU and its "
                                    "driver") from None
         return _pycuda_primary
 

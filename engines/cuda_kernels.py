@@ -16,6 +16,7 @@ and dropped inside `with k.context:` when the caller is in another thread.
 The argument packing below (normalization constants, alpha in 1/256ths, grid sizes) is plain
 numpy, shared with the host build the CI tests run (tests/test_cuda_kernels.py).
 """
+from core.errors import InputError, SetupError
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,13 +69,13 @@ def normalization_args(mean, std) -> tuple:
 def alpha_256(alpha: float) -> int:
     """The blend weight in 1/256ths, as core/overlay.py rounds it."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
+        raise InputError(f"--alpha must be between 0 and 1, got {alpha}")
     return int(round(alpha * 256))
 
 
 def overlay_mode_id(mode: str) -> int:
     if mode not in OVERLAY_MODES:
-        raise ValueError(f"unknown overlay mode {mode!r}: use one of {', '.join(OVERLAY_MODES)}")
+        raise InputError(f"unknown overlay mode {mode!r}: use one of {', '.join(OVERLAY_MODES)}")
     return OVERLAY_MODES[mode]
 
 
@@ -101,7 +102,7 @@ def gpu_identity() -> tuple[str, str]:
     try:
         import cupy
     except ImportError:
-        raise RuntimeError(f"cannot query the GPU: {INSTALL_HINT}") from None
+        raise SetupError(f"cannot query the GPU: {INSTALL_HINT}") from None
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return name, f"{props['major']}.{props['minor']}"
@@ -126,7 +127,7 @@ class CudaGraph:
         try:
             self.lib = ctypes.CDLL("libcuda.so.1")
         except OSError:
-            raise RuntimeError("CUDA graphs need the NVIDIA driver's libcuda.so.1; run without --cuda-graph") from None
+            raise SetupError("CUDA graphs need the NVIDIA driver's libcuda.so.1; run without --cuda-graph") from None
         self.ctypes = ctypes
         self.context = context if context is not None else contextlib.nullcontext()
         self.stream = ctypes.c_void_p(int(stream_handle))
@@ -149,7 +150,7 @@ class CudaGraph:
             text = self.ctypes.c_char_p()
             self.lib.cuGetErrorString(err, self.ctypes.byref(text))
             msg = text.value.decode() if text.value else f"error {err}"
-            raise RuntimeError(f"CUDA graph capture failed in {name}: {msg}; run without --cuda-graph")
+            raise SetupError(f"CUDA graph capture failed in {name}: {msg}; run without --cuda-graph")
 
     def launch(self) -> None:
         with self.context:
@@ -190,12 +191,12 @@ class CudaKernels:
                 return "pycuda"
             except ImportError:
                 if backend == "pycuda":
-                    raise RuntimeError("the TensorRT path needs pycuda: pip install pycuda "
+                    raise SetupError("the TensorRT path needs pycuda: pip install pycuda "
                                        "(on Jetson, with JetPack's CUDA on PATH)") from None
         try:
             self.context = PrimaryContext("cupy")
         except ImportError:
-            raise RuntimeError(f"the CUDA kernels need a CUDA Python binding: {INSTALL_HINT}") from None
+            raise SetupError(f"the CUDA kernels need a CUDA Python binding: {INSTALL_HINT}") from None
         self.cupy = self.context.cupy
         return "cupy"
 

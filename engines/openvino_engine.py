@@ -16,7 +16,7 @@ import numpy as np
 
 from core.validate import readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
-from core.errors import first_line
+from core.errors import InputError, first_line
 from core.sidecar import read_sidecar
 
 PRECISIONS = ("fp32", "bf16")
@@ -45,18 +45,18 @@ class OpenVinoEngine(GraphEngine):
         self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
         compute = precision or "fp32"
         if compute not in PRECISIONS:
-            raise ValueError(f"--precision {compute!r}: OpenVINO takes {' or '.join(PRECISIONS)}")
+            raise InputError(f"--precision {compute!r}: OpenVINO takes {' or '.join(PRECISIONS)}")
         core = ov.Core()
         if compute == "bf16" and not cpu_has_bf16(core):
-            raise ValueError(f"--precision bf16: this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no "
+            raise InputError(f"--precision bf16: this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no "
                              "bf16 support in OpenVINO; use --precision fp32")
         try:
             model = core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses with long text
             first = first_line(e)
-            raise RuntimeError(f"OpenVINO cannot read {self.path}: {first}") from None
+            raise InputError(f"OpenVINO cannot read {self.path}: {first}") from None
         if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise RuntimeError(f"{self.path}: expected one input and one output, got "
+            raise InputError(f"{self.path}: expected one input and one output, got "
                                f"{len(model.inputs)} and {len(model.outputs)}; re-export it with `bisenet export`")
         shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
         self.output_name = model.outputs[0].get_any_name()

@@ -4,6 +4,7 @@
 typed networks only (no FP16/INT8 builder flags, no calibrators): each layer runs in the type
 the ONNX gives it. The builder (engines/tensorrt_build.py), the backend
 (engines/tensorrt_engine.py) and the INT8 calibrator (calibration/tensorrt_calibrator.py) all
+from core.errors import InputError, SetupError
 import tensorrt through here, and share one logger.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ def import_tensorrt(hint: str = TENSORRT_HINT):
     try:
         import tensorrt as trt
     except ImportError:
-        raise RuntimeError(hint) from None
+        raise SetupError(hint) from None
     return trt
 
 
@@ -48,7 +49,7 @@ def tensorrt_api(version: str) -> TensorRTApi:
         return TensorRTApi(str(version), 10, None, True, True, True)
     if major == 11:
         return TensorRTApi(str(version), 11, None, False, False, True)
-    raise RuntimeError(f"TensorRT {version} is not supported: this project runs on {SUPPORTED_TENSORRT} "
+    raise SetupError(f"TensorRT {version} is not supported: this project runs on {SUPPORTED_TENSORRT} "
                        "(pip install 'tensorrt>=10,<12', or JetPack 6 on Jetson)")
 
 
@@ -64,7 +65,7 @@ def qdq_route(onnx_name: str) -> str:
 def check_implicit_int8(api: TensorRTApi, onnx_name="model.onnx") -> None:
     """Calibration caches (implicit INT8) exist on 8.6/10.x only: one line naming the QDQ route on 11.x."""
     if not api.implicit_int8:
-        raise ValueError(f"TensorRT {api.version} has no implicit INT8 (calibration caches, --calib-cache / "
+        raise InputError(f"TensorRT {api.version} has no implicit INT8 (calibration caches, --calib-cache / "
                          f"--trt-cache): quantize with Q/DQ nodes instead: {qdq_route(onnx_name)}")
 
 

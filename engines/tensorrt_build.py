@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.errors import SetupError
 from core.files import atomic_write_bytes, file_sha256
 from core.sidecar import write_sidecar
 from engines.tensorrt_api import import_tensorrt, network_flags, tensorrt_api, tensorrt_logger
@@ -74,7 +75,7 @@ def build(options: BuildOptions) -> dict:
     t0 = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT could not build {engine_path.name} (its log above says why); "
+        raise SetupError(f"TensorRT could not build {engine_path.name} (its log above says why); "
                            "a larger --workspace or --precision fp16 may help")
     command = build_command(options.onnx_path, engine_path, options.precision,
                             options.calib_cache if plan.int8_mode == "implicit" else None, options.workspace_mb,
@@ -104,7 +105,7 @@ def _parse_onnx(trt, api, builder, logger, onnx_path: Path):
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         first = parser.get_error(0) if parser.num_errors else "unknown error"
-        raise RuntimeError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first} "
+        raise SetupError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {first} "
                            f"({parser.num_errors} errors; re-export with a lower --opset?)")
     return network
 

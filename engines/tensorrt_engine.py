@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.base import Engine, ModelInfo, run_static_batch
-from core.errors import first_line
+from core.errors import MissingFileError, SetupError, first_line
 from core.sidecar import read_sidecar
 from engines.fingerprint import Fingerprint, MachineProbe, check_fingerprint, check_or_rebuild
 from engines.tensorrt_api import import_tensorrt, tensorrt_api, tensorrt_logger
@@ -58,7 +58,7 @@ class TensorRTEngine(Engine):
         """rebuild: an engine built for another TensorRT/CUDA/GPU is rebuilt here from its ONNX."""
         self.path = Path(engine_path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no TensorRT engine {self.path}: build one with `bisenet build`")
+            raise MissingFileError(f"no TensorRT engine {self.path}: build one with `bisenet build`")
         meta = read_sidecar(self.path, rebuild_hint="rebuild it with `bisenet build --onnx model.onnx -o "
                                                     f"{self.path}`")
         trt = import_tensorrt()
@@ -67,7 +67,7 @@ class TensorRTEngine(Engine):
             from engines.cuda_context import PrimaryContext
             self.cuda_context = PrimaryContext("pycuda")   # CUDA's primary context, shared with TensorRT
         except ImportError:
-            raise RuntimeError(PYCUDA_HINT) from None
+            raise SetupError(PYCUDA_HINT) from None
         from engines.cuda_kernels import NON_BLOCKING
         if check:   # the whole fingerprint; with rebuild, a mismatch is rebuilt here
             from engines.tensorrt_build import build_engine
@@ -85,7 +85,7 @@ class TensorRTEngine(Engine):
                 self.runtime.DLA_core = int(meta["dla_core"])
             self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise RuntimeError(f"TensorRT could not load {self.path} (see its log above); rebuild it: "
+                raise SetupError(f"TensorRT could not load {self.path} (see its log above); rebuild it: "
                                    f"{meta.get('build_command', 'bisenet build ...')}")
             self.context = self.engine.create_execution_context()
             # Non-blocking: no implicit sync with the legacy default stream, which a CUDA graph
@@ -106,12 +106,12 @@ class TensorRTEngine(Engine):
         io = self._io()
         inputs = [t for t in io if t[1]]
         if len(inputs) != 1:
-            raise RuntimeError(f"{self.path}: expected one input tensor, found {len(inputs)}; rebuild from a "
+            raise SetupError(f"{self.path}: expected one input tensor, found {len(inputs)}; rebuild from a "
                                "`bisenet export` ONNX")
         name, _, shape, _ = inputs[0]
         if any(d < 0 for d in shape):          # dynamic engine: run it at the sidecar's (opt) shape
             if not ctx.set_input_shape(name, input_shape):
-                raise RuntimeError(f"{self.path}: TensorRT refused input shape {input_shape} (outside the "
+                raise SetupError(f"{self.path}: TensorRT refused input shape {input_shape} (outside the "
                                    "engine's profile); rebuild it with matching --shapes")
         self.buffers = {}                      # name -> (page-locked host array, device allocation)
         for name, is_input, shape, dtype in io:
@@ -125,7 +125,7 @@ class TensorRTEngine(Engine):
             else:
                 self.output_name, self.output_shape, self.output_dtype = name, shape, dtype
         if self.input_dtype not in (np.float32, np.float16):
-            raise RuntimeError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
+            raise SetupError(f"{self.path}: input is {self.input_dtype}; the preprocess writes float32 or float16")
 
     def _set_batch(self, n: int) -> None:
         """A dynamic-batch engine runs the next enqueue at n frames (its buffers hold the most).

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.errors import InputError, MissingFileError
 from core.sidecar import read_sidecar
 from engines.tensorrt_api import TensorRTApi, check_implicit_int8, qdq_route
 
@@ -62,10 +63,10 @@ class BuildRequest:
 def check_request(options: BuildOptions) -> BuildRequest:
     """What a user can get wrong, checked before TensorRT is needed (Q/DQ waits for the parse)."""
     if options.workspace_mb <= 0:
-        raise ValueError(f"--workspace must be a positive number of MiB, got {options.workspace_mb}")
+        raise InputError(f"--workspace must be a positive number of MiB, got {options.workspace_mb}")
     onnx_path = options.onnx_path
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"no ONNX model {onnx_path}: export one with `bisenet export`")
+        raise MissingFileError(f"no ONNX model {onnx_path}: export one with `bisenet export`")
     onnx_meta = read_sidecar(onnx_path)
     profile_shapes = parse_shapes(options.shapes) if options.shapes else None
     max_batch = plan_max_batch(onnx_meta, options.max_batch, onnx_path.name)
@@ -74,7 +75,7 @@ def check_request(options: BuildOptions) -> BuildRequest:
     if options.precision != "int8":
         plan_build(options.precision, False, calib_cache, options.dla_core, onnx_path.name, request.onnx_precision)
     elif calib_cache and not Path(calib_cache).is_file():
-        raise FileNotFoundError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
+        raise MissingFileError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
                                 f"{onnx_path.name} --data ... --trt-cache {calib_cache}` (on a machine with "
                                 "TensorRT and a GPU)")
     return request
@@ -89,7 +90,7 @@ def parse_shape(text: str) -> tuple:
     if len(dims) == 2:
         dims = (1, 3) + dims
     if len(dims) != 4 or min(dims) < 1:
-        raise ValueError(f"bad shape {text!r} in --shapes: use HxW or NxCxHxW with positive integers, e.g. 512x1024")
+        raise InputError(f"bad shape {text!r} in --shapes: use HxW or NxCxHxW with positive integers, e.g. 512x1024")
     return dims
 
 
@@ -97,12 +98,12 @@ def parse_shapes(text: str) -> tuple:
     """'min/opt/max' -> three NCHW tuples with min <= opt <= max in every dimension."""
     parts = text.split("/")
     if len(parts) != 3:
-        raise ValueError(f"--shapes takes min/opt/max, e.g. 256x512/512x1024/1024x2048; got {text!r}")
+        raise InputError(f"--shapes takes min/opt/max, e.g. 256x512/512x1024/1024x2048; got {text!r}")
     lo, opt, hi = (parse_shape(p) for p in parts)
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-        raise ValueError(f"--shapes must satisfy min <= opt <= max in every dimension; got {text!r}")
+        raise InputError(f"--shapes must satisfy min <= opt <= max in every dimension; got {text!r}")
     if lo[:2] != hi[:2]:
-        raise ValueError(f"--shapes may vary H and W only (batch and channels fixed); got {text!r}")
+        raise InputError(f"--shapes may vary H and W only (batch and channels fixed); got {text!r}")
     return lo, opt, hi
 
 
@@ -113,16 +114,16 @@ def plan_max_batch(onnx_meta: dict, max_batch=None, onnx_name="model.onnx") -> i
     """The batch range's top for this ONNX: --max-batch, else its sidecar's max_batch; None for
     a fixed-batch ONNX. A ValueError (one line) for a request that cannot work."""
     if max_batch is not None and not 1 <= int(max_batch) <= MAX_BATCH:
-        raise ValueError(f"--max-batch must be from 1 to {MAX_BATCH}, got {max_batch}")
+        raise InputError(f"--max-batch must be from 1 to {MAX_BATCH}, got {max_batch}")
     if not onnx_meta.get("dynamic_batch"):
         if max_batch is not None:
             batch = (onnx_meta.get("input_shape") or [1])[0]
-            raise ValueError(f"--max-batch applies only to a dynamic-batch export (`bisenet export --dynamic-batch`); "
+            raise InputError(f"--max-batch applies only to a dynamic-batch export (`bisenet export --dynamic-batch`); "
                              f"{onnx_name} takes a fixed batch of {batch}")
         return None
     top = max_batch if max_batch is not None else onnx_meta.get("max_batch")
     if not top:
-        raise ValueError(f"{onnx_name} takes any batch and its sidecar gives no max_batch: pass --max-batch N "
+        raise InputError(f"{onnx_name} takes any batch and its sidecar gives no max_batch: pass --max-batch N "
                          "(the most frames one inference gets, e.g. the number of cameras)")
     return int(top)
 
@@ -134,10 +135,10 @@ def resolve_input_shape(onnx_shape, shapes, max_batch=None):
     dims = [d if isinstance(d, int) and d > 0 else -1 for d in onnx_shape]
     if dims and dims[0] < 0:
         if max_batch is None:
-            raise ValueError("the ONNX input has a dynamic batch: pass --max-batch N (or export with "
+            raise InputError("the ONNX input has a dynamic batch: pass --max-batch N (or export with "
                              "`bisenet export --dynamic-batch --batch N`, which records it)")
         if shapes and any(s[0] != 1 for s in shapes):
-            raise ValueError("--shapes gives H and W only for a dynamic-batch ONNX (the batch runs 1..--max-batch): "
+            raise InputError("--shapes gives H and W only for a dynamic-batch ONNX (the batch runs 1..--max-batch): "
                              "write them as HxW")
         opt, profile = resolve_input_shape([1] + dims[1:], shapes)
         lo, opt, hi = profile or (opt, opt, opt)
@@ -145,20 +146,20 @@ def resolve_input_shape(onnx_shape, shapes, max_batch=None):
         profile = ((1,) + tuple(lo[1:]), (n,) + tuple(opt[1:]), (n,) + tuple(hi[1:]))
         return profile[1], profile
     if max_batch is not None:
-        raise ValueError(f"the ONNX input batch is fixed at {dims[0]}: --max-batch applies only to a dynamic-batch "
+        raise InputError(f"the ONNX input batch is fixed at {dims[0]}: --max-batch applies only to a dynamic-batch "
                          "export (bisenet export --dynamic-batch)")
     dynamic = any(d < 0 for d in dims)
     if not dynamic:
         if shapes and any(s != tuple(dims) for s in shapes):
-            raise ValueError(f"the ONNX input is fixed at {'x'.join(map(str, dims))}; --shapes applies only to a "
+            raise InputError(f"the ONNX input is fixed at {'x'.join(map(str, dims))}; --shapes applies only to a "
                              "dynamic export (bisenet export --dynamic)")
         return tuple(dims), None
     if not shapes:
-        raise ValueError(f"the ONNX input is dynamic ({'x'.join('?' if d < 0 else str(d) for d in dims)}): "
+        raise InputError(f"the ONNX input is dynamic ({'x'.join('?' if d < 0 else str(d) for d in dims)}): "
                          "pass --shapes min/opt/max, e.g. 256x512/512x1024/1024x2048")
     for shape in shapes:
         if any(d > 0 and d != s for d, s in zip(dims, shape)):
-            raise ValueError(f"--shapes {'x'.join(map(str, shape))} contradicts the ONNX input "
+            raise InputError(f"--shapes {'x'.join(map(str, shape))} contradicts the ONNX input "
                              f"{'x'.join('?' if d < 0 else str(d) for d in dims)}")
     return shapes[1], shapes
 
@@ -177,18 +178,18 @@ def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, o
     """Builder flags and INT8 mode for a request; a ValueError (one line) for one that cannot work.
     api None: the checks that hold on every TensorRT version (before tensorrt is imported)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     plan = BuildPlan(precision, dla_core=dla_core)
     strongly_typed = api is not None and not api.precision_flags
     if calib_cache and precision != "int8":
-        raise ValueError(f"--calib-cache is for --precision int8 (got {precision})")
+        raise InputError(f"--calib-cache is for --precision int8 (got {precision})")
     if has_qdq and precision != "int8":
-        raise ValueError(f"{onnx_name} has Q/DQ nodes (an INT8 model): build it with --precision int8")
+        raise InputError(f"{onnx_name} has Q/DQ nodes (an INT8 model): build it with --precision int8")
     if onnx_precision == "fp16" and precision != "fp16":
-        raise ValueError(f"{onnx_name} is an fp16 export: build it with --precision fp16 (or export fp32 for "
+        raise InputError(f"{onnx_name} is an fp16 export: build it with --precision fp16 (or export fp32 for "
                          f"--precision {precision})")
     if precision == "fp16" and strongly_typed and onnx_precision != "fp16":
-        raise ValueError(f"TensorRT {api.version} builds each layer in the ONNX's own types (no FP16 flag) and "
+        raise InputError(f"TensorRT {api.version} builds each layer in the ONNX's own types (no FP16 flag) and "
                          f"{onnx_name} is {onnx_precision}: export an fp16 model (`bisenet export ... --precision "
                          "fp16`) and build that")
     if precision == "fp16" and not strongly_typed:
@@ -207,21 +208,21 @@ def plan_build(precision: str, has_qdq: bool, calib_cache=None, dla_core=None, o
             if api is not None:
                 check_implicit_int8(api, onnx_name)
             if not Path(calib_cache).is_file():
-                raise ValueError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
+                raise InputError(f"no calibration cache {calib_cache}: write one with `bisenet calibrate --onnx "
                                  f"{onnx_name} --data ... --trt-cache {calib_cache}` (on a machine with TensorRT "
                                  "and a GPU), or build the QDQ model instead")
             plan.int8_mode = "implicit"
         elif strongly_typed:
-            raise ValueError(f"INT8 needs scales and TensorRT {api.version} takes them from Q/DQ nodes only: "
+            raise InputError(f"INT8 needs scales and TensorRT {api.version} takes them from Q/DQ nodes only: "
                              f"{qdq_route(onnx_name)}")
         else:
-            raise ValueError(f"INT8 needs scales: build the QDQ model (`bisenet calibrate --onnx {onnx_name} "
+            raise InputError(f"INT8 needs scales: build the QDQ model (`bisenet calibrate --onnx {onnx_name} "
                              "--target tensorrt`) or pass --calib-cache FILE for this plain ONNX")
     if dla_core is not None:
         if dla_core < 0:
-            raise ValueError(f"--dla-core must be 0 or more, got {dla_core}")
+            raise InputError(f"--dla-core must be 0 or more, got {dla_core}")
         if precision == "fp32":
-            raise ValueError("the DLA runs fp16 or int8 only: pass --precision fp16 or int8 with --dla-core")
+            raise InputError("the DLA runs fp16 or int8 only: pass --precision fp16 or int8 with --dla-core")
         plan.flags.append("GPU_FALLBACK")       # layers the DLA lacks run on the GPU
     return plan
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import SetupError
 from engines.base import Engine, ModelInfo
 from core.model_config import ModelConfig
 
@@ -15,7 +16,7 @@ class TorchEngine(Engine):
         try:
             import torch
         except ImportError:
-            raise RuntimeError("the PyTorch engine needs torch: pip install 'bisenet-edge[train]', "
+            raise SetupError("the PyTorch engine needs torch: pip install 'bisenet-edge[train]', "
                                "or export to ONNX with `bisenet export` and pass the .onnx") from None
         from engines.export import build_model
 
