@@ -16,12 +16,13 @@ and dropped inside `with k.context:` when the caller is in another thread.
 The argument packing below (normalization constants, alpha in 1/256ths, grid sizes) is plain
 numpy, shared with the host build the CI tests run (tests/test_cuda_kernels.py).
 """
-from core.errors import InputError, SetupError
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from core.errors import InputError, SetupError
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = {"preprocess": KERNEL_DIR / "preprocess.cu", "overlay": KERNEL_DIR / "overlay.cu"}

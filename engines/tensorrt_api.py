@@ -4,12 +4,13 @@
 typed networks only (no FP16/INT8 builder flags, no calibrators): each layer runs in the type
 the ONNX gives it. The builder (engines/tensorrt_build.py), the backend
 (engines/tensorrt_engine.py) and the INT8 calibrator (calibration/tensorrt_calibrator.py) all
-from core.errors import InputError, SetupError
 import tensorrt through here, and share one logger.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from core.errors import InputError, SetupError
 
 SUPPORTED_TENSORRT = "TensorRT 8.6, 10.x or 11.x"
 TENSORRT_HINT = ("TensorRT is not installed: pip install 'tensorrt>=10,<12' (desktop GPUs) or, "

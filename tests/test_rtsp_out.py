@@ -92,7 +92,7 @@ def test_serve_without_gstreamer_is_one_line_naming_packages():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     msg = r.stderr.strip().splitlines()[-1]
-    assert msg.startswith("RuntimeError: rtsp://@:PORT/PATH serves through GStreamer")
+    assert msg.startswith("core.errors.SetupError: rtsp://@:PORT/PATH serves through GStreamer")   # one line, exit 2 in the CLI
     assert "gir1.2-gst-rtsp-server-1.0" in msg and "PyGObject" in msg
 
 
