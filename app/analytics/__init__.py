@@ -65,7 +65,7 @@ class CameraState:
         self.clips = clips
         self.latest: dict = {}
         self.latest_frame = None
-        self.peak_images: dict = {}                           # event id -> overlay at its peak
+        self.peak_images: dict = {}                           # rule name -> overlay at its event's peak
         self.last_t, self.last_frame = 0.0, 0
 
 
@@ -115,23 +115,25 @@ class Analytics:
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
                     for zone, classes in cam.watched.items()}
         result = FrameAnalytics(coverage)
+        keep_images = cam.clips is not None and image is not None
         for rule in cam.rules:
             spec = rule.spec
             value = float(ratios[raster.names.index(spec.zone), cam.index[spec.class_name]])
-            open_before = rule.event
             for kind, event in rule.update(t, value, frame.id):
                 result.events.append(self._on_event(cam, kind, event, spec))
-            event = rule.event or open_before
-            if image is not None and cam.clips is not None and event is not None and event.peak_frame == frame.id:
-                cam.peak_images[event.id] = image   # the overlay at the peak, for the snapshot
+                if kind == "end" and cam.clips is not None:
+                    self._snapshot(cam, spec.name, event.id)
+            tracked = rule.tracked
+            if keep_images:   # the overlay at the peak of the event being confirmed or running
+                if tracked is None:
+                    cam.peak_images.pop(spec.name, None)
+                elif tracked.peak_frame == frame.id:
+                    cam.peak_images[spec.name] = image
         if hud and image is not None:
             from app.hud import draw_zones
             draw_zones(image, cam.zones.outlines((image.shape[1], image.shape[0]), (src_w, src_h)), coverage)
         if cam.clips is not None and image is not None:
             cam.clips.add_frame(t, image)
-            for message in result.events:
-                if message["type"] == "end":
-                    self._snapshot(cam, message["event"]["id"])
         with self.lock:
             cam.latest, cam.latest_frame = coverage, frame.id
             cam.last_t, cam.last_frame = t, frame.id
@@ -149,8 +151,8 @@ class Analytics:
                 cam.clips.end_clip(event.id, event.end_s + spec.post_roll_s)
         return self.bus.publish(kind, event)
 
-    def _snapshot(self, cam: CameraState, event_id: str) -> None:
-        image = cam.peak_images.pop(event_id, None)
+    def _snapshot(self, cam: CameraState, rule_name: str, event_id: str) -> None:
+        image = cam.peak_images.pop(rule_name, None)
         if image is not None:
             cam.clips.snapshot(event_id, image)
 
@@ -184,7 +186,7 @@ class Analytics:
                 for kind, event in rule.finish(cam.last_t, cam.last_frame):
                     self._on_event(cam, kind, event, rule.spec)
                     if cam.clips is not None:
-                        self._snapshot(cam, event.id)
+                        self._snapshot(cam, rule.spec.name, event.id)
             if cam.clips is not None:
                 cam.clips.close()
         if self.coverage_log is not None:

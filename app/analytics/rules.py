@@ -62,65 +62,76 @@ class Event:
 class RuleState:
     def __init__(self, spec: RuleSpec, camera: str):
         self.spec, self.camera = spec, camera
-        self.since: tuple[float, int] | None = None   # (time, frame) the start (or clear) condition began
-        self.event: Event | None = None
+        self.above = spec.above is not None
+        self.candidate: Event | None = None            # the condition holds, not yet for for_s
+        self.event: Event | None = None                # started, not ended
+        self.clearing: list | None = None              # [time, frame, sum, frames] since the clear condition held
         self.quiet_until = float("-inf")               # cooldown
         self.last_update = (float("-inf"), 0.0)        # (time, peak) of the last update message
 
     def _starts(self, cov: float) -> bool:
-        s = self.spec
-        return cov > s.above if s.above is not None else cov < s.below
+        return cov > self.spec.above if self.above else cov < self.spec.below
 
     def _clears(self, cov: float) -> bool:
-        s = self.spec
-        return cov <= s.clear if s.above is not None else cov >= s.clear
+        return cov <= self.spec.clear if self.above else cov >= self.spec.clear
+
+    @property
+    def tracked(self) -> Event | None:
+        """The event being confirmed or running (its peak frame is the snapshot's)."""
+        return self.event or self.candidate
 
     def update(self, t: float, cov: float, frame_id: int) -> list[tuple[str, Event]]:
-        out = []
+        """One frame's coverage -> the messages it raises. An event spans its frames from the
+        start condition's onset to the clear condition's onset: its peak and mean are over those."""
         event = self.event
         if event is None:
             if t < self.quiet_until or not self._starts(cov):
-                self.since = None
-                return out
-            if self.since is None:
-                self.since = (t, frame_id)
-            if t - self.since[0] >= self.spec.for_s:
-                start_s, start_frame = self.since
-                self.event = event = Event(f"{_run}-{next(_ids)}", self.camera, self.spec.zone, self.spec.class_name,
-                                           self.spec.name, start_s, start_frame)
-                self.since = None
-                self._add(event, t, cov, frame_id, self.spec.above is not None)
-                self.last_update = (t, event.peak)
-                out.append(("start", event))
-            return out
-        self._add(event, t, cov, frame_id, self.spec.above is not None)
+                self.candidate = None
+                return []
+            if self.candidate is None:
+                self.candidate = Event("", self.camera, self.spec.zone, self.spec.class_name, self.spec.name,
+                                       t, frame_id)
+            candidate = self.candidate
+            self._add(candidate, t, cov, frame_id)
+            if t - candidate.start_s < self.spec.for_s:
+                return []
+            candidate.id = f"{_run}-{next(_ids)}"
+            self.event, self.candidate = candidate, None
+            self.last_update = (t, candidate.peak)
+            return [("start", candidate)]
         if not self._clears(cov):
-            self.since = None
+            if self.clearing is not None:   # it did not clear for long enough: those frames were the event's
+                event.total += self.clearing[2]
+                event.frames += self.clearing[3]
+                self.clearing = None
+            self._add(event, t, cov, frame_id)
             if abs(event.peak - self.last_update[1]) >= UPDATE_STEP and t - self.last_update[0] >= UPDATE_EVERY_S:
                 self.last_update = (t, event.peak)
-                out.append(("update", event))
-            return out
-        if self.since is None:
-            self.since = (t, frame_id)
-        if t - self.since[0] >= self.spec.clear_s:
-            event.end_s, event.end_frame = self.since
-            self.quiet_until = t + self.spec.cooldown_s
-            self.event, self.since = None, None
-            out.append(("end", event))
-        return out
+                return [("update", event)]
+            return []
+        if self.clearing is None:
+            self.clearing = [t, frame_id, 0.0, 0]
+        self.clearing[2] += cov
+        self.clearing[3] += 1
+        if t - self.clearing[0] < self.spec.clear_s:
+            return []
+        event.end_s, event.end_frame = self.clearing[0], self.clearing[1]
+        self.quiet_until = t + self.spec.cooldown_s
+        self.event, self.clearing = None, None
+        return [("end", event)]
 
     def finish(self, t: float, frame_id: int) -> list[tuple[str, Event]]:
-        """End of the stream: an open event ends now."""
+        """End of the stream: an open event ends now (or where it was clearing)."""
         if self.event is None:
             return []
         event, self.event = self.event, None
-        event.end_s, event.end_frame = t, frame_id
+        event.end_s, event.end_frame = (self.clearing[0], self.clearing[1]) if self.clearing else (t, frame_id)
+        self.clearing = None
         return [("end", event)]
 
-    @staticmethod
-    def _add(event: Event, t: float, cov: float, frame_id: int, above: bool) -> None:
+    def _add(self, event: Event, t: float, cov: float, frame_id: int) -> None:
         """Count a frame; the peak is the extreme in the rule's direction (the lowest for below)."""
         event.total += cov
         event.frames += 1
-        if event.frames == 1 or (cov > event.peak if above else cov < event.peak):
+        if event.frames == 1 or (cov > event.peak if self.above else cov < event.peak):
             event.peak, event.peak_s, event.peak_frame = cov, t, frame_id

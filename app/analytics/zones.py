@@ -12,14 +12,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from app.analytics.settings import FRAME_ZONE, ZoneSpec
 from core.errors import InputError
 
 MAX_CELLS = 256          # cells are uint8 (the GPU kernel reads one byte per pixel)
-SUBPIXEL_BITS = 4        # cv2.fillPoly's `shift`: vertices to 1/16 pixel
+
+
+def inside_polygon(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
+    """bool [h, w]: pixels whose CENTER lies inside the polygon (even-odd rule, half-open
+    edges: a pixel is in exactly one of two zones that share an edge)."""
+    py = np.arange(h, dtype=np.float64)[:, None] + 0.5
+    px = np.arange(w, dtype=np.float64)[None, :] + 0.5
+    inside = np.zeros((h, w), bool)
+    for (x1, y1), (x2, y2) in zip(vertices, np.roll(vertices, -1, axis=0)):
+        if y1 == y2:
+            continue
+        crosses = (y1 > py) != (y2 > py)                       # [h, 1]
+        x_at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)          # [h, 1]
+        inside ^= crosses & (px < x_at)
+    return inside
 
 
 @dataclass
@@ -52,9 +65,7 @@ class Zones:
         h, w = label_hw
         bits = np.zeros((h, w), np.int64)
         for i, zone in enumerate(self.specs):
-            mask = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(mask, [self._vertices(zone, label_hw, source_wh)], 1, lineType=cv2.LINE_8,
-                         shift=SUBPIXEL_BITS)
+            mask = inside_polygon(self._vertices(zone, label_hw, source_wh), h, w)
             if not mask.any():
                 raise InputError(f"zone {zone.name} covers no pixel of the {w}x{h} label map; make its polygon larger")
             bits |= mask.astype(np.int64) << i
@@ -71,15 +82,12 @@ class Zones:
 
     @staticmethod
     def _vertices(zone: ZoneSpec, label_hw, source_wh) -> np.ndarray:
-        """The polygon in label-map pixels (pixel centers at integers), fixed point for fillPoly."""
+        """The polygon in label-map pixel units (pixel j spans x in [j, j + 1))."""
         h, w = label_hw
         pts = np.asarray(zone.polygon, np.float64)
         if zone.coords == "normalized":
-            scale = np.array([w, h], np.float64)
-        else:
-            scale = np.array([w / source_wh[0], h / source_wh[1]], np.float64)
-        xy = pts * scale - 0.5
-        return np.round(xy * (1 << SUBPIXEL_BITS)).astype(np.int32)
+            return pts * np.array([w, h], np.float64)
+        return pts * np.array([w / source_wh[0], h / source_wh[1]], np.float64)
 
     def outlines(self, image_wh: tuple[int, int], source_wh: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
         """[(zone name, int32 polygon in the pixels of an image of image_wh)], for the HUD."""
