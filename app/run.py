@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from app import validate
+from app.analytics import settings as analytics_settings
 from core.errors import InputError
 from core.validate import load_yaml, size_wh
 
@@ -38,6 +39,7 @@ DEFAULTS = {
     "batch_timeout_ms": None, "cameras": None,
     "auth_token": None, "auth": True, "allowed_hosts": None, "max_clients": 16, "metrics_port": None,
     "tls_cert": None, "tls_key": None,
+    **analytics_settings.DEFAULTS,   # scene analytics: its flags and the zones:/rules: sections
 }
 # Flags a `cameras:` entry may set for its camera alone (besides `name`).
 PER_CAMERA = ("source", "output", "realtime", "loop", "max_frames", "camera_size", "camera_fps", "source_timeout",
@@ -117,6 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "e.g. for RTSP or file outputs")
     g.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
     g.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    analytics_settings.add_arguments(p)
 
 
 def _preset_path(name: str) -> Path:
@@ -173,6 +176,9 @@ def _cameras(path: Path, entries, actions: dict) -> list:
                 except InputError as e:
                     raise InputError(f"{where}: {e}") from None
                 continue
+            if key in analytics_settings.SECTIONS:   # this camera's own zones:/rules: (checked later)
+                cam[key] = value
+                continue
             if str(key).replace("-", "_") not in PER_CAMERA:
                 raise InputError(f"{where}: {key!r} is not a per-camera key; allowed: name, "
                                  f"{', '.join(k.replace('_', '-') for k in PER_CAMERA)}")
@@ -199,6 +205,9 @@ def load_preset(name: str, parser: argparse.ArgumentParser) -> dict:
     for key, value in data.items():
         if key == "cameras":
             out["cameras"] = _cameras(path, value, actions)
+            continue
+        if key in analytics_settings.SECTIONS:   # zones:/rules: lists, checked against the model later
+            out[key] = value
             continue
         dest, value = _typed(path, key, value, actions)
         out[dest] = value
@@ -273,7 +282,10 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(opts.model, checkpoint=opts.checkpoint, providers=opts.providers, threads=opts.threads,
                          backend=opts.backend, precision=opts.precision,
                          triton_shm=opts.triton_shm, triton_in_flight=opts.triton_in_flight)
-    cameras, opened, server = [], [], None
+    analytics_configs = analytics_settings.camera_configs(opts, specs, list(engine.info.class_names),
+                                                          opts.config or "config")
+    analytics_options = analytics_settings.options_from(opts)
+    cameras, opened, server, analytics = [], [], None, None
     try:
         server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
         server.set_model(engine)
@@ -293,7 +305,14 @@ def run(args: argparse.Namespace) -> int:
         if opts.metrics_port is not None:   # (host, port): app/validate.py's listen_address
             server.listen(*opts.metrics_port, what="metrics")
         recorder = LatencyRecorder(opts.latency_log)
+        if analytics_configs or analytics_options.any:
+            from app.analytics import Analytics
+            analytics = Analytics(analytics_options, analytics_configs, list(engine.info.class_names),
+                                  fps={c.name: c.fps for c in cameras})
+            server.set_analytics(analytics, analytics_options.clips_dir)
     except BaseException:
+        if analytics is not None:
+            analytics.close()
         for part in opened:
             part.close()
         if server is not None:
@@ -306,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate})"
               + (f" -> {', '.join(s.name for s in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
     pipeline = Pipeline(cameras, engine, recorder=recorder, alpha=opts.alpha, mode=opts.mode,
-                        hud=opts.hud, legend=opts.legend, batch_timeout_ms=opts.batch_timeout_ms)
+                        hud=opts.hud, legend=opts.legend, batch_timeout_ms=opts.batch_timeout_ms,
+                        analytics=analytics)
     batching = (f"\nbatching: {len(cameras)} cameras, up to {pipeline.scheduler.batch_size} frames per inference, "
                 f"deadline {pipeline.scheduler.timeout_s * 1000:.0f} ms") if several else ""
     print(f"model: {engine.describe()}" + ("" if several else f"\noutputs: {', '.join(s.name for s in cameras[0].sinks)}")
@@ -317,6 +337,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = pipeline.run()
     finally:
+        if analytics is not None:
+            analytics.close()   # open events end, clips written, event sinks flushed
         server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
@@ -330,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
             flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
                     for k, v in part.counters().items()]
             print(f"{prefix}{getattr(part, 'name', None) or fallback}: {', '.join(flat)}", file=sys.stderr)
+    if analytics is not None:
+        print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
     why = run_problems(pipeline, recorder)

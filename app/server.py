@@ -7,6 +7,8 @@
     /stats.json       {"fps", "e2e_ms", "inference_ms", "frame", "title"}  /camera/NAME/stats.json
     /metrics          Prometheus text format (app/metrics.py)
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
+    /api/coverage     scene analytics: newest coverage per camera and zone, recent events (app/analytics)
+    /clips/CAM/FILE   an event's clip (.mp4) or snapshot (.jpg) from --clips-dir
 The short paths are the first camera registered (`cam0` for a single camera); with several
 cameras `/` is a grid of all of them (snapshots, stats, links to /camera/NAME). A metrics-only
 listener (`--metrics-port`) serves /metrics and /healthz alone. Nothing is served from files.
@@ -82,7 +84,19 @@ body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 <body>
 <div id="stats">{title}: waiting for frames</div>
 <img id="video" src="{prefix}/stream.mjpg" alt="live segmentation overlay">
+<div id="events"></div>
 <script>
+async function events() {{   // scene analytics: the recent events, with snapshot and clip links
+  const r = await fetch('/api/coverage', {{cache: 'no-store'}});
+  if (!r.ok) return;
+  const rows = (await r.json()).events.filter(m => m.type !== 'update').slice(0, 20).map(m => {{
+    const e = m.event, link = (p, t) => p ? ` <a href="/clips/${{e.camera}}/${{p.split('/').pop()}}">${{t}}</a>` : '';
+    return `<div>${{m.type}} ${{e.camera}} ${{e.zone}} ${{e.class}} peak ${{(e.peak * 100).toFixed(0)}}%` +
+           link(e.snapshot, 'snapshot') + link(e.clip, 'clip') + '</div>';
+  }});
+  document.getElementById('events').innerHTML = rows.join('');
+}}
+setInterval(events, 2000); events();
 async function poll() {{
   try {{
     const s = await (await fetch('{prefix}/stats.json', {{cache: 'no-store'}})).json();
@@ -440,6 +454,12 @@ class AppServer:
         except OSError:
             pass
         self.host_names = names | set(self.options.allowed_hosts)
+        self.analytics, self.clips_dir = None, None
+
+    def set_analytics(self, analytics, clips_dir=None) -> None:
+        """Scene analytics (app/analytics): /api/coverage, /clips/, and its Prometheus metrics."""
+        self.analytics, self.clips_dir = analytics, clips_dir
+        self.metrics.analytics = analytics
 
     def _ssl_context(self):
         if not self.options.tls_cert:
@@ -539,6 +559,8 @@ class AppServer:
                 app.router.add_get(f"/camera/{{camera}}/{name}", self._camera_route(name))
             app.router.add_get("/camera/{camera}", self._page)
             app.router.add_get("/camera/{camera}/", self._page)
+            app.router.add_get("/api/coverage", self._coverage)
+            app.router.add_get("/clips/{camera}/{name}", self._clip)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
                                keepalive_timeout=self.options.idle_timeout_s)
         await runner.setup()
@@ -714,6 +736,22 @@ class AppServer:
             self.viewers -= 1
         return response if response is not None and response.prepared else _text(503, "viewer left\n")
 
+    async def _coverage(self, request):
+        if self.analytics is None:
+            return _text(404, "no scene analytics in this run (zones:/rules: in --config)\n")
+        return _text(200, json.dumps(self.analytics.snapshot()), content_type="application/json")
+
+    async def _clip(self, request):
+        from aiohttp import web
+
+        camera, name = request.match_info["camera"], request.match_info["name"]
+        if (self.clips_dir is None or not validate_clip_name(camera, name)):
+            return _text(404, "no such clip\n")
+        path = os.path.join(self.clips_dir, camera, name)
+        if not os.path.isfile(path):
+            return _text(404, "no such clip (not written yet, or deleted by --clips-max-mb)\n")
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
+
     async def _metrics(self, request):
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -727,6 +765,13 @@ class AppServer:
             return _text(200, "ok\n")
         lines = "".join(f"stale: {cam} (no frame for {age:.1f} s; timeout {limit:g} s)\n" for cam, age, limit in stale)
         return _text(503, lines)
+
+
+def validate_clip_name(camera: str, name: str) -> bool:
+    """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
+    import re
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", camera)
+                and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,80}\.(mp4|jpg)", name))
 
 
 def _text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):

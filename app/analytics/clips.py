@@ -98,7 +98,8 @@ class ClipRecorder:
             try:
                 if kind == "frame":
                     self._encode(a, b)
-                    self._write_due(a)
+                    if self.ring:   # clips whose end the encoded stream has passed
+                        self._write_due(self.ring[-1][0])
                 elif kind == "snapshot":
                     self._write_snapshot(a, b)
                 else:

@@ -171,3 +171,49 @@ class AnalyticsOptions(BaseModel):
     @property
     def any(self) -> bool:
         return any(v not in (None, False) for k, v in self if k not in ("clips_max_mb", "event_queue"))
+
+
+# ---- the command line: flags from AnalyticsOptions, the config's sections (app/run.py) ----------
+
+SECTIONS = ("zones", "rules")          # config keys (top level, or in a `cameras:` entry)
+DEFAULTS = {**{name: None for name in AnalyticsOptions.model_fields}, **{key: None for key in SECTIONS}}
+
+
+def add_arguments(parser) -> None:
+    """One flag per AnalyticsOptions field; values are typed and range-checked by the model
+    (options_from), so a preset and the command line go through the same rules."""
+    import argparse
+
+    group = parser.add_argument_group("scene analytics (zones: and rules: in --config; see docs/analytics.md)")
+    for name, field in AnalyticsOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.default in (None, False) else f" (default {field.default:g})"
+        if field.annotation is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            group.add_argument(flag, metavar=name.split("_")[-1].upper(), help=field.description + default)
+
+
+def options_from(opts) -> AnalyticsOptions:
+    values = {name: getattr(opts, name) for name in AnalyticsOptions.model_fields if getattr(opts, name, None) is not None}
+    try:
+        return AnalyticsOptions(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise InputError(f"{flag} {values.get(err['loc'][0])!r}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def camera_configs(opts, cameras: list, class_names: list[str], where: str = "config") -> dict[str, CameraAnalytics]:
+    """{camera name: its zones and rules} from the resolved options: a `cameras:` entry's own
+    zones:/rules:, else the top-level sections (they apply to every camera). Checked against
+    the model's classes; cameras without any are left out."""
+    out = {}
+    for name, cam_opts, _ in cameras:
+        zones, rules = getattr(cam_opts, "zones", None), getattr(cam_opts, "rules", None)
+        here = f"{where}: camera {name}" if len(cameras) > 1 else where
+        config = parse_camera_analytics(zones, rules, here)
+        config.check_classes(class_names, here)
+        if config.enabled:
+            out[name] = config
+    return out
