@@ -9,6 +9,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v g++ >/dev/null || need+=(g++)   # builds engines/*.cu for the host kernel checks
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)   # .venv-triton (setup_triton.sh)
 command -v openssl >/dev/null || need+=(openssl)   # a test certificate for the HTTPS test
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)   # the MQTT broker of the analytics tests
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
