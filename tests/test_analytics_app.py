@@ -124,3 +124,49 @@ def test_bad_analytics_flags_are_one_line_exit_2(tmp_path):
                             *args)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
             result.stderr
+
+
+def test_api_coverage_metrics_and_clip_route_on_the_app_server(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+
+    from app.analytics import Analytics
+    from app.analytics.settings import AnalyticsOptions, parse_camera_analytics
+    from app.frames import Frame
+    from app.server import AppServer
+
+    config = parse_camera_analytics([{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]],
+                                      "classes": ["road"]}], [{"zone": "left", "class": "car", "above": 0.5,
+                                                               "for_s": 0}], "test")
+    analytics = Analytics(AnalyticsOptions(clips_dir=str(tmp_path / "clips")), {"cam0": config}, ["road", "car"])
+    server = AppServer()
+    try:
+        server.set_analytics(analytics, str(tmp_path / "clips"))
+        port = server.listen("127.0.0.1", 0)
+        labels = np.zeros((4, 8), np.int64)
+        labels[:, :2] = 1                                   # half of the left zone is car
+        labels[:, 2:4] = 0
+        labels[0, :4] = 1                                   # ... and a bit more: 10/16 > 0.5
+        image = np.zeros((40, 80, 3), np.uint8)
+        result = analytics.process("cam0", Frame(0, 0.0, image, 0.0), labels, image.copy())
+        assert result.coverage == {"left": {"road": 6 / 16, "car": 10 / 16}}
+        assert [m["type"] for m in result.events] == ["start"]
+        base = f"http://127.0.0.1:{port}"
+        body = json.loads(urllib.request.urlopen(base + "/api/coverage").read())
+        assert body["cameras"]["cam0"]["coverage"]["left"]["car"] == 10 / 16
+        assert body["events"][0]["event"]["zone"] == "left"
+        metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+        assert 'bisenet_zone_coverage_ratio{camera="cam0",class="car",zone="left"} 0.625' in metrics
+        assert "bisenet_events_dropped_total" in metrics
+        for bad in ("/clips/cam0/..%2Fx.mp4", "/clips/cam0/x.txt", "/clips/cam0/nothing.mp4"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + bad)
+            assert e.value.code == 404
+    finally:
+        analytics.close()
+        server.close()
+    # The open event ended with the stream; its snapshot was written and is served by name.
+    event_id = result.events[0]["event"]["id"]
+    assert (tmp_path / "clips" / "cam0" / f"{event_id}.jpg").is_file()
