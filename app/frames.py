@@ -26,6 +26,8 @@ class Frame:
     overlay: np.ndarray | None = None  # the finished overlay, when a GPU engine made it (run_fused)
     camera: str = "cam0"          # which camera took it (ids count per camera)
     batch_size: int | None = None   # how many frames were inferred together with it
+    coverage: dict | None = None  # scene analytics: {zone: {class: ratio}} of its watched classes
+    events: list = field(default_factory=list)   # scene analytics: the event messages it raised
 
 
 class Reader:

@@ -84,3 +84,19 @@ def draw_legend(img: np.ndarray, class_names, lut_bgr: np.ndarray, present=None,
         cv2.rectangle(img, (x0 + int(4 * s), y), (x0 + int(4 * s) + sw, y + sw), color, -1)
         cv2.putText(img, str(class_names[i]), (x0 + sw + int(10 * s), y + sw - int(2 * s)), FONT, 0.5 * s,
                     (255, 255, 255), thick, cv2.LINE_AA)
+
+
+def draw_zones(img: np.ndarray, outlines, coverage: dict) -> None:
+    """Scene analytics (app/analytics): each zone's outline and, at its top-left corner, the
+    live coverage of its watched classes ("lane: car 12% road 40%")."""
+    s = _scale(img) * 0.7
+    thick = max(1, int(round(1.5 * s)))
+    for name, polygon in outlines:
+        cv2.polylines(img, [polygon.reshape(-1, 1, 2)], True, (0, 255, 255), thick, cv2.LINE_AA)
+        parts = " ".join(f"{c} {v * 100:.0f}%" for c, v in coverage.get(name, {}).items())
+        text = f"{name}: {parts}" if parts else name
+        x, y = int(polygon[:, 0].min()), int(polygon[:, 1].min())
+        (tw, th), base = cv2.getTextSize(text, FONT, 0.5 * s, thick)
+        x, y = max(0, min(x, img.shape[1] - tw)), max(th + base, y)
+        cv2.rectangle(img, (x, y - th - base), (x + tw, y), (0, 0, 0), -1)
+        cv2.putText(img, text, (x, y - base), FONT, 0.5 * s, (0, 255, 255), thick, cv2.LINE_AA)

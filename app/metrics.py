@@ -15,6 +15,8 @@ reason), so the histograms and counters agree with the latency log row for row.
     bisenet_queue_depth{camera, queue}               frames waiting (input, output), read at scrape time
     bisenet_http_viewers                             MJPEG viewers connected now
     bisenet_model_info{model, backend, precision, input_size}
+    bisenet_zone_coverage_ratio{camera, zone, class}  scene analytics, watched classes only (app/analytics)
+    bisenet_events_dropped_total{sink}               event messages dropped (full queue, or left at exit)
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Metrics:
         self.last_frame = {}      # camera -> monotonic time its source last delivered a frame
         self.timeouts = {}        # camera -> seconds without a frame before it counts as stale
         self.viewers = lambda: 0  # set by the HTTP server
+        self.analytics = None     # app/analytics: zone coverage gauges, dropped events
         self.registry.register(_ScrapeTimeCollector(self))
 
     def set_model(self, engine) -> None:
@@ -122,3 +125,5 @@ class _ScrapeTimeCollector:
         yield reconnects
         yield outages
         yield GaugeMetricFamily("bisenet_http_viewers", "MJPEG viewers connected now", value=self.metrics.viewers())
+        if self.metrics.analytics is not None:   # bisenet_zone_coverage_ratio, bisenet_events_dropped_total
+            yield from self.metrics.analytics.metric_families()

@@ -67,7 +67,7 @@ class Pipeline:
     def __init__(self, source, engine, sinks: list | None = None, *, recorder: LatencyRecorder | None = None,
                  alpha: float = 0.5, mode: str = "overlay", hud: bool = False, legend: bool = False,
                  max_frames: int | None = None, out_fps: float | None = None, queue_size: int = 4,
-                 log=None, batch_timeout_ms: float | None = None):
+                 log=None, batch_timeout_ms: float | None = None, analytics=None):
         if isinstance(source, (list, tuple)):
             self.cameras = list(source)
         else:
@@ -82,6 +82,7 @@ class Pipeline:
         self.engine = engine = as_engine(engine)   # its capabilities: engines/base.py's Engine
         self.recorder = recorder or LatencyRecorder()
         self.alpha, self.mode, self.hud, self.legend = alpha, mode, hud, legend
+        self.analytics = analytics          # app/analytics: coverage, rules, events per written frame
         self.stopping = threading.Event()   # stop capturing, drain what is in flight
         self.forced = threading.Event()     # drop what is in flight too
         self.stop_reason = ""
@@ -96,7 +97,8 @@ class Pipeline:
         # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
         # (uint8 frames in, uint8 overlays out, no host round trip). The legend and saved label
         # maps need the labels on the host, so they keep the CPU overlay.
-        needs_labels = legend or any(s.save_labels for c in self.cameras for s in c.sinks)
+        # Analytics read the labels too (the fused path's device histogram is not wired yet).
+        needs_labels = legend or analytics is not None or any(s.save_labels for c in self.cameras for s in c.sinks)
         self.fused = engine.fused and not needs_labels
         # Remote engines (Triton) keep several requests in flight: submit() returns a Future
         # that the output thread resolves in frame order, so the network overlaps the rest.
@@ -396,6 +398,8 @@ class Pipeline:
                 else:
                     image, frame.overlay = frame.overlay, None
                 self._annotate(cam, image, labels)
+                if self.analytics is not None:   # after the labels, before the sinks (sets frame.coverage, .events)
+                    self.analytics.process(cam.name, frame, labels, image, hud=self.hud)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
                 if active is None:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from app.pipeline import Pipeline
     from app.server import AppServer
     from app.sinks import DisplaySink, open_sink
+    from app.analytics.settings import camera_configs
     from app.sources import open_source
     from engines.load import load_engine
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(settings.model, checkpoint=settings.checkpoint, providers=settings.providers,
                          threads=settings.threads, backend=settings.backend, precision=settings.precision,
                          triton_shm=settings.triton_shm, triton_in_flight=settings.triton_in_flight)
-    cameras, opened, server = [], [], None
+    analytics_configs = camera_configs(settings.cameras, list(engine.info.class_names), args.config or "config")
+    cameras, opened, server, analytics = [], [], None, None
     try:
         server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
         server.set_model(engine)
@@ -90,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
         if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
             server.listen(*settings.server.metrics_port, what="metrics")
         recorder = LatencyRecorder(settings.latency_log)
+        if analytics_configs or settings.analytics.any:
+            from app.analytics import Analytics
+            analytics = Analytics(settings.analytics, analytics_configs, list(engine.info.class_names),
+                                  fps={c.name: c.fps for c in cameras})
+            server.set_analytics(analytics, settings.analytics.clips_dir)
     except BaseException:
+        if analytics is not None:
+            analytics.close()
         for part in opened:
             part.close()
         if server is not None:
@@ -103,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate})"
               + (f" -> {', '.join(sink.name for sink in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
     pipeline = Pipeline(cameras, engine, recorder=recorder, alpha=settings.alpha, mode=settings.mode,
-                        hud=settings.hud, legend=settings.legend, batch_timeout_ms=settings.batch_timeout_ms)
+                        hud=settings.hud, legend=settings.legend, batch_timeout_ms=settings.batch_timeout_ms,
+                        analytics=analytics)
     batching = (f"\nbatching: {len(cameras)} cameras, up to {pipeline.scheduler.batch_size} frames per inference, "
                 f"deadline {pipeline.scheduler.timeout_s * 1000:.0f} ms") if several else ""
     outputs = "" if several else f"\noutputs: {', '.join(sink.name for sink in cameras[0].sinks)}"
@@ -114,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = pipeline.run()
     finally:
+        if analytics is not None:
+            analytics.close()   # open events end, clips written, event sinks flushed
         server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
@@ -129,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
                     for k, v in counters.items()]
             print(f"{prefix}{name}: {', '.join(flat)}", file=sys.stderr)
+    if analytics is not None:
+        print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
     why = run_problems(pipeline, recorder)

@@ -72,7 +72,8 @@ def option(default, help: str, *, group: str, metavar: str | None = None, repeat
 Switch = Annotated[bool, Rule(switch)]
 Text = Annotated[str | None, Rule(text)]
 GROUPS = {"input": "input", "model": "model", "output": "output",
-          "serving": "serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)"}
+          "serving": "serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)",
+          "analytics": "scene analytics (zones: and rules: in --config; see docs/analytics.md)"}
 
 
 def camera_name(value) -> str:
@@ -132,6 +133,10 @@ class CameraSettings(Section):
     rtsp_transport: Annotated[str | None, Rule(OneOf(("tcp", "udp", "auto")))] = option(
         None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
         "auto for rtsp:// outputs", group="output")
+    # Scene analytics (YAML keys only, at the top level for every camera or in a `cameras:` entry):
+    # checked against the model's classes once it is loaded (app/analytics/settings.py).
+    zones: list | None = None
+    rules: list | None = None
 
 
 class ServerSettings(Section):
@@ -162,6 +167,36 @@ class ServerSettings(Section):
                                 tls_cert=self.tls_cert, tls_key=self.tls_key)
         options.check()   # --tls-cert with --tls-key; a token from the environment is long enough
         return options
+
+
+class AnalyticsSettings(Section):
+    """Where scene analytics send their numbers and events (app/analytics); the zones and rules
+    themselves are `zones:` / `rules:` in the config."""
+    coverage_log: Annotated[str | None, Rule(validate.latency_log_path)] = option(
+        None, "per frame and camera: the zones' coverage, FILE.csv or FILE.jsonl (frame ids match the latency log)",
+        group="analytics", metavar="FILE")
+    events_log: Text = option(None, "events (start, update, end) as JSON lines", group="analytics", metavar="FILE")
+    mqtt: Text = option(None, "MQTT broker for events: mqtt://HOST[:PORT][/PREFIX] (prefix default bisenet; mqtts:// "
+                        "for TLS)", group="analytics", metavar="URL")
+    mqtt_user: Text = option(None, "MQTT user name", group="analytics", metavar="USER")
+    mqtt_password: Text = option(None, "MQTT password (default: $BISENET_MQTT_PASSWORD)", group="analytics",
+                                 metavar="PASSWORD")
+    mqtt_tls: Switch = option(False, "MQTT over TLS (the system's CA certificates)", group="analytics")
+    webhook: Text = option(None, "POST every event message as JSON to this http(s) URL (retried with backoff)",
+                           group="analytics", metavar="URL")
+    clips_dir: Text = option(None, "write an MP4 clip and a JPEG snapshot of every event here "
+                             "(<camera>/<event id>.mp4)", group="analytics", metavar="DIR")
+    clips_max_mb: Annotated[float, Rule(Number(float, above=0, max=10_000_000))] = option(
+        1000.0, "keep the clips folder under this many MB, oldest deleted first (default 1000)", group="analytics",
+        metavar="MB")
+    event_queue: Annotated[int, Rule(Number(int, 1, 100_000))] = option(
+        1000, "messages each event sink holds while its broker or endpoint is down; beyond it the oldest are "
+        "dropped and counted (default 1000)", group="analytics", metavar="N")
+
+    @property
+    def any(self) -> bool:
+        """An event or coverage output was asked for."""
+        return any(v not in (None, False) for k, v in self if k not in ("clips_max_mb", "event_queue"))
 
 
 class RunSettings(Section):
@@ -198,10 +233,14 @@ class RunSettings(Section):
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []
     server: ServerSettings = ServerSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
 
 # Every option: name -> the section that declares it. Flags and preset keys are these names.
-SECTIONS = (CameraSettings, RunSettings, ServerSettings)
+SECTIONS = (CameraSettings, RunSettings, ServerSettings, AnalyticsSettings)
+# Camera keys a config may set without a flag (zones:, rules:).
+YAML_KEYS = tuple(name for name, field in CameraSettings.model_fields.items()
+                  if not field.json_schema_extra and name != "name")
 OPTIONS = {name: section for section in SECTIONS for name, field in section.model_fields.items()
            if field.json_schema_extra}
 RUN_FLAGS = {name: field.metadata[0].check for section in SECTIONS for name, field in section.model_fields.items()
@@ -315,7 +354,7 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
             if key == "cameras":
                 entries = _camera_entries(path, value)
                 continue
-            name = _option_name(path, key, OPTIONS)
+            name = _option_name(path, key, {**OPTIONS, **dict.fromkeys(YAML_KEYS)})
             if value is not None:
                 values[name], where[name] = value, f"{path}: {key}"
         if entries and "source" in values:
@@ -330,6 +369,7 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
                    for s in (sources if isinstance(sources, list) else [sources])]
     settings = _checked(RunSettings, values, where)
     settings.server = _checked(ServerSettings, values, where)
+    settings.analytics = _checked(AnalyticsSettings, values, where)
     defaults = _checked(CameraSettings, values, where)
     names = [entry.name or default for entry, default in zip(entries, camera_names(len(entries)))]
     if len(set(names)) != len(names):

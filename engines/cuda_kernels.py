@@ -1,4 +1,4 @@
-"""The CUDA preprocess and overlay kernels (engines/preprocess.cu, engines/overlay.cu) from Python.
+"""The CUDA preprocess, overlay and zone-histogram kernels (engines/preprocess.cu, engines/overlay.cu) from Python.
 
 The .cu text is compiled at run time for the GPU in the machine: with pycuda's SourceModule
 (what the TensorRT backend uses) or, where pycuda is not installed, with CuPy's RawModule
@@ -27,7 +27,7 @@ from core.errors import InputError, SetupError
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = {"preprocess": KERNEL_DIR / "preprocess.cu", "overlay": KERNEL_DIR / "overlay.cu"}
 KERNELS = {"preprocess": ("linear_resize_coeffs", "preprocess_bgr_f32", "preprocess_bgr_f16"),
-           "overlay": ("overlay_bgr", "argmax_channels")}     # the extern "C" entry points of each file
+           "overlay": ("overlay_bgr", "argmax_channels", "zone_histogram")}     # the extern "C" entry points of each file
 OVERLAY_MODES = {"overlay": 0, "mask": 1, "side-by-side": 2}   # overlay.cu OVERLAY_MODE_*
 BLOCK_2D = (32, 8, 1)      # 256 threads; a warp spans 32 consecutive pixels of a row
 BLOCK_1D = (256, 1, 1)
@@ -272,6 +272,15 @@ class CudaKernels:
                     (np.uint64(logits_ptr), np.int32(num_classes), np.int32(plane), np.uint64(labels_ptr)),
                     stream)
 
+    def zone_histogram_on_device(self, labels_ptr: int, plane: int, cells_ptr: int, num_classes: int,
+                                 num_cells: int, counts_ptr: int, label_dtype=np.int32, shared_cells: bool = True,
+                                 stream=None, frames: int = 1) -> None:
+        """Scene analytics: [frames, plane] labels (device) + uint8 cell map(s) -> uint32
+        [frames, num_cells, num_classes] counts (device, zeroed by the caller), one launch."""
+        self.launch("zone_histogram", grid_1d(plane, frames), BLOCK_1D,
+                    zone_histogram_args(labels_ptr, plane, label_dtype, cells_ptr, shared_cells, num_classes,
+                                        num_cells, counts_ptr), stream)
+
     # -- numpy in, numpy out: what the checks compare with core/preprocess.py, core/overlay.py ---
     def preprocess(self, bgr: np.ndarray, size_hw, mean, std, dtype=np.float32) -> np.ndarray:
         """bgr: one HxWx3 image or N of them (NxHxWx3) -> [N, 3, H, W], all in one launch."""
@@ -311,6 +320,34 @@ class CudaKernels:
             result = out.get()
             del image, lab, out, render   # freed while the context is current, in any thread
         return result
+
+
+    def zone_histogram(self, labels: np.ndarray, cells: np.ndarray, num_cells: int, num_classes: int) -> np.ndarray:
+        """labels [h, w] or [N, h, w] (int32/int64) and one uint8 cell map [h, w] (or one per
+        frame) -> uint32 [N, num_cells, num_classes]; only the counts come back."""
+        labels = np.ascontiguousarray(labels)
+        if labels.dtype not in (np.int32, np.int64):
+            labels = labels.astype(np.int32)
+        plane = labels.shape[-2] * labels.shape[-1]
+        frames = labels.size // plane
+        cells = np.ascontiguousarray(cells, dtype=np.uint8)
+        with self.context:
+            lab, cel = self.to_device(labels), self.to_device(cells)
+            counts = self.to_device(np.zeros((frames, num_cells, num_classes), np.uint32))
+            self.zone_histogram_on_device(self.ptr(lab), plane, self.ptr(cel), num_classes, num_cells,
+                                          self.ptr(counts), labels.dtype, cells.size == plane, frames=frames)
+            self.synchronize()
+            result = counts.get()
+            del lab, cel, counts
+        return result
+
+
+def zone_histogram_args(labels_ptr, plane, label_dtype, cells_ptr, shared_cells, num_classes, num_cells,
+                        counts_ptr) -> tuple:
+    """The zone_histogram kernel's arguments (also what the host build is called with)."""
+    return (np.uint64(labels_ptr), np.int32(plane), np.int32(label_step(label_dtype)), np.uint64(cells_ptr),
+            np.int32(0 if shared_cells else plane), np.int32(num_classes), np.int32(num_cells * num_classes),
+            np.uint64(counts_ptr))
 
 
 class Preprocessor:

@@ -66,3 +66,25 @@ extern "C" __global__ void argmax_channels(const float* logits, int num_classes,
     }
     labels[i] = best_c;
 }
+
+// Scene analytics: the zone histogram. counts[cell][class] += 1 for every label pixel, where
+// `cells` is the zones rasterized at the label map's size (app/analytics/zones.py: one byte
+// per pixel, the set of zones the pixel lies in). Only the [cells x classes] counts go back to
+// the host, never the label map. blockIdx.z is the frame: labels, counts (and cells, unless
+// cells_step is 0 for one map shared by the batch) back to back. Labels outside 0..num_classes
+// are not counted. Counts must be zeroed before the launch. Matches app/analytics/coverage.py's
+// cell_histogram exactly (integer counts: the order of the atomic adds cannot change them).
+extern "C" __global__ void zone_histogram(const int* labels, int plane, int label_step,
+                                          const unsigned char* cells, int cells_step,
+                                          int num_classes, int bins, unsigned int* counts)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= plane) return;
+    long long frame = blockIdx.z;
+    labels += frame * plane * label_step;
+    cells += frame * cells_step;
+    counts += frame * bins;
+    int label = labels[(long long)i * label_step];
+    if (label < 0 || label >= num_classes) return;
+    atomicAdd(counts + cells[i] * num_classes + label, 1u);
+}

@@ -13,6 +13,7 @@ command -v openssl >/dev/null || need+=(openssl)   # a test certificate for the 
 for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly gstreamer1.0-plugins-good; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)   # the MQTT broker of the analytics tests
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

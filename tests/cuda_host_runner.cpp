@@ -53,3 +53,11 @@ extern "C" void host_argmax_channels(u32 gx, u32 gy, u32 gz, u32 bx, u32 by, con
 {
     FOR_EACH_THREAD(gx, gy, gz, bx, by, argmax_channels(logits, num_classes, plane, labels));
 }
+
+extern "C" void host_zone_histogram(u32 gx, u32 gy, u32 gz, u32 bx, u32 by, const int* labels, int plane,
+                                    int label_step, const u8* cells, int cells_step, int num_classes, int bins,
+                                    unsigned int* counts)
+{
+    FOR_EACH_THREAD(gx, gy, gz, bx, by, zone_histogram(labels, plane, label_step, cells, cells_step,
+                                                   num_classes, bins, counts));
+}

@@ -19,3 +19,11 @@ static host_dim3 threadIdx, blockIdx, blockDim, gridDim;
 // CUDA intrinsics the kernels use, as their exact host equivalents.
 static inline double __dmul_rn(double a, double b) { return a * b; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+
+// One thread at a time on the host: an atomic add is a plain add.
+static inline unsigned int atomicAdd(unsigned int* address, unsigned int value)
+{
+    unsigned int old = *address;
+    *address = old + value;
+    return old;
+}

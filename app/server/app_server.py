@@ -48,6 +48,7 @@ class AppServer:
         self.thread = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-jpeg")
         self.closing = False
+        self.analytics, self.clips_dir = None, None   # set_analytics
         self.ssl = self._ssl_context()
         self.scheme = "https" if self.ssl else "http"
         if self.options.no_auth:
@@ -76,6 +77,11 @@ class AppServer:
         return ctx
 
     # -- registration (any thread) ----------------------------------------------------------
+    def set_analytics(self, analytics, clips_dir=None) -> None:
+        """Scene analytics (app/analytics): /api/coverage, /clips/, and its Prometheus metrics."""
+        self.analytics, self.clips_dir = analytics, clips_dir
+        self.metrics.analytics = analytics
+
     def set_model(self, engine) -> None:
         self.metrics.set_model(engine)
         self.title = f"bisenet live: {engine.info.model}"

@@ -15,7 +15,19 @@ body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 <body>
 <div id="stats">{title}: waiting for frames</div>
 <img id="video" src="{prefix}/stream.mjpg" alt="live segmentation overlay">
+<div id="events"></div>
 <script>
+async function events() {{   // scene analytics: the recent events, with snapshot and clip links
+  const r = await fetch('/api/coverage', {{cache: 'no-store'}});
+  if (!r.ok) return;
+  const rows = (await r.json()).events.filter(m => m.type !== 'update').slice(0, 20).map(m => {{
+    const e = m.event, link = (p, t) => p ? ` <a href="/clips/${{e.camera}}/${{p.split('/').pop()}}">${{t}}</a>` : '';
+    return `<div>${{m.type}} ${{e.camera}} ${{e.zone}} ${{e.class}} peak ${{(e.peak * 100).toFixed(0)}}%` +
+           link(e.snapshot, 'snapshot') + link(e.clip, 'clip') + '</div>';
+  }});
+  document.getElementById('events').innerHTML = rows.join('');
+}}
+setInterval(events, 2000); events();
 async function poll() {{
   try {{
     const s = await (await fetch('{prefix}/stats.json', {{cache: 'no-store'}})).json();

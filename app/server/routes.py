@@ -7,6 +7,8 @@ lock-out, token, then the connection budget's promotion to authenticated).
     /stats.json       {"fps", "e2e_ms", "inference_ms", "frame", "title"}  /camera/NAME/stats.json
     /metrics          Prometheus text format (app/metrics.py)
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
+    /api/coverage     scene analytics: newest coverage per camera and zone, recent events (app/analytics)
+    /clips/CAM/FILE   an event's clip (.mp4) or snapshot (.jpg) from --clips-dir
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
+import re
 import socket
 import time
 
@@ -46,6 +50,8 @@ class Routes:
                 app.router.add_get(f"/camera/{{camera}}/{name}", self.camera_route(name))
             app.router.add_get("/camera/{camera}", self.page)
             app.router.add_get("/camera/{camera}/", self.page)
+            app.router.add_get("/api/coverage", self.coverage)
+            app.router.add_get("/clips/{camera}/{name}", self.clip)
 
     # -- the guard --------------------------------------------------------------------------
     def guard(self, token: str | None):
@@ -195,6 +201,24 @@ class Routes:
             self.viewers -= 1
         return response if response is not None and response.prepared else text(503, "viewer left\n")
 
+    async def coverage(self, request):
+        analytics = self.server.analytics
+        if analytics is None:
+            return text(404, "no scene analytics in this run (zones:/rules: in --config)\n")
+        return text(200, json.dumps(analytics.snapshot()), content_type="application/json")
+
+    async def clip(self, request):
+        from aiohttp import web
+
+        camera, name = request.match_info["camera"], request.match_info["name"]
+        clips_dir = self.server.clips_dir
+        if clips_dir is None or not clip_name_ok(camera, name):
+            return text(404, "no such clip\n")
+        path = os.path.join(clips_dir, camera, name)
+        if not os.path.isfile(path):
+            return text(404, "no such clip (not written yet, or deleted by --clips-max-mb)\n")
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
+
     async def metrics(self, request):
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -208,6 +232,12 @@ class Routes:
             return text(200, "ok\n")
         lines = "".join(f"stale: {cam} (no frame for {age:.1f} s; timeout {limit:g} s)\n" for cam, age, limit in stale)
         return text(503, lines)
+
+
+def clip_name_ok(camera: str, name: str) -> bool:
+    """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", camera)
+                and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,80}\.(mp4|jpg)", name))
 
 
 def text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):
