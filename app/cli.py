@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "models": "engines.zoo",
     "export": "engines.export",
     "train": "training.train",
-    "eval": "training.evaluate",
+    "eval": "app.evaluate",
     "prepare": "training.prepare",
     "calibrate": "calibration.calibrate",
     "build": "app.build",

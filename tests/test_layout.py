@@ -19,15 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "training", "engines", "calibration", "app")   # bottom to top
 ENTRY_POINTS = ("run_camera", "app.cli", "bisenet_edge", "bench", "tests", "conftest")
 
-# Known offenders on the way out (#19), each with who removes it: the lead empties these
-# after merging. An entry that no longer exists fails too, so the lists only shrink.
+# Known offenders (#19 emptied them): an entry that no longer exists fails too, so these
+# lists can only shrink.
 KNOWN_APP_IMPORTS: set[tuple[str, str]] = set()     # (importer, imported app module)
 KNOWN_CIRCLES: set[frozenset[str]] = set()
-KNOWN_UPWARD: set[tuple[str, str]] = {               # (importer, imported module above it)
-    # Lazy imports inside functions: `bisenet eval` loads an engine, train() builds ModelInfo.
-    ("training.evaluate", "engines.load"),
-    ("training.train", "engines.base"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()          # (importer, imported module above it)
 
 def project_files() -> dict[str, Path]:
     """Module name -> file, for every .py of the project's packages, bench/, tests/ and the

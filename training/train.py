@@ -410,7 +410,7 @@ class Trainer:
         return loss, parts, lr
 
     def evaluate(self, val_set) -> dict:
-        from engines.base import ModelInfo
+        from core.model_info import ModelInfo
         from training.evaluate import ModuleEngine, Predictor, evaluate_dataset
 
         engine = ModuleEngine(self.model, ModelInfo.from_model_config(self.model_cfg), self.proc.device)
