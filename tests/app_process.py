@@ -22,6 +22,17 @@ def run_camera(*args, timeout_s=120):
                           capture_output=True, text=True, timeout=timeout_s)
 
 
+def terminate(proc, timeout_s: float = 60) -> str:
+    """SIGTERM a run_camera.py process, wait for its clean exit, return its stderr (killed if
+    it does not stop in time)."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=timeout_s)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def frames_in(path) -> int:
     """Frames a video file decodes to."""
     import av

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from app.frames import Frame
 from app.http_sink import HttpSink, parse_http_spec
+from tests.app_process import terminate
 from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -126,11 +126,10 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
         # dumped DOM: in some fresh-clone CI runs headless Chromium's --dump-dom came back
         # before the page's first fetch had answered, three times in a row.)
         live = json.loads(get(base + "/stats.json", timeout=10)[2])
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    except BaseException:
+        proc.kill()
+        raise
+    err = terminate(proc)
     assert proc.returncode == 0, err
     assert '<div id="stats">' in dom and "fetch('/stats.json'" in dom     # the page Chromium loaded
     assert live["frame"] >= 3 and live["fps"] > 0 and live["e2e_ms"] > 0 and live["inference_ms"] > 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from app.latency import read_log
 from app.run import main as run_main
+from tests.app_process import terminate
 from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
@@ -73,11 +73,10 @@ def test_sigterm_mid_run_leaves_a_playable_mp4_and_a_complete_log(tmp_path):
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_rows(tmp_path / "lat.csv", 15, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    except BaseException:
+        proc.kill()
+        raise
+    err = terminate(proc)
     assert proc.returncode == 0, err
     assert "SIGTERM: stopping capture" in err
     rows = read_log(tmp_path / "lat.csv")
