@@ -69,12 +69,12 @@ class _Handover(Sink):
         result = FrameResult(frame.camera, frame.id, frame.image, np.asarray(labels).astype(np.int32, copy=False),
                              overlay_bgr, frame.capture_ts, frame.source_ts, frame.batch_size, frame.coverage,
                              list(frame.events))
-        while not self.stopped.is_set():
+        while True:
             try:
-                self.results.put(result, timeout=_POLL_S)
-                return
+                return self.results.put(result, timeout=_POLL_S)
             except queue.Full:
-                continue
+                if self.stopped.is_set():   # the caller has gone: drop it
+                    return
 
 
 def _settings(sources, config, options: dict):

@@ -38,9 +38,22 @@ def camvid(tmp_path_factory):
             "dynbatch": export_onnx(cfg, CAMVID_MODEL, folder / "camvid_dyn.onnx", SIZE_HW, dynamic_batch=True)}
 
 
-def example_code() -> str:
-    text = (REPO / "docs" / "api.md").read_text()
-    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+def example_code(doc: str = "docs/api.md") -> str | None:
+    """The first python block of `doc` (README.md: of its "## Python API" section), None without one."""
+    text = (REPO / doc).read_text()
+    if doc == "README.md":
+        section = re.search(r"^## Python API\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+        text = section.group(1) if section else ""
+    found = re.search(r"```python\n(.*?)```", text, re.S)
+    return found.group(1) if found else None
+
+
+def test_the_readme_shows_the_tested_example():
+    """README's "Python API" section, once it has one, shows the example tested below."""
+    readme = example_code("README.md")
+    if readme is None:
+        pytest.skip("README.md has no Python API section with a python block yet")
+    assert readme == example_code()
 
 
 def test_docs_example_gives_the_labels_run_camera_saves(camvid, tmp_path, monkeypatch, capsys):
