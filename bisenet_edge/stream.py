@@ -120,7 +120,11 @@ def stream(sources, model, *, config: str | None = None, **options):
         max_frames, camera_size, source_timeout, batch_timeout_ms, queue_size, alpha, mode,
         latency_log, zones, rules, coverage_log, events_log, mqtt, webhook, ...
     """
-    settings = _settings(sources, config, options)
+    settings = _settings(sources, config, options)   # bad options fail here, at the call
+    return _frames(settings, model, config)
+
+
+def _frames(settings, model, config):
     loaded = not isinstance(model, Model)
     model = load_model(model) if loaded else model
     try:

@@ -145,16 +145,22 @@ def test_coverage_and_events_with_zones(camvid):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"output": ["x.mp4"]}, "stream\\(\\) takes no output"),
+    ({"mode": "blend"}, "--mode"),
     ({"max_frame": 3}, "unknown option 'max_frame'"),
     ({"max_frames": 0}, "--max-frames"),
     ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "classes": ["cars"]}]}, "cars"),
 ])
 def test_bad_options_are_one_line_input_errors(camvid, kwargs, message):
     with pytest.raises(InputError, match=message) as e:
-        list(bisenet_edge.stream(SAMPLE_VIDEO, camvid["single"], **kwargs))
+        list(bisenet_edge.stream(SAMPLE_VIDEO, camvid["single"], **kwargs))   # zones: checked once the model is loaded
     assert "\n" not in str(e.value)
 
 
 def test_a_bad_model_is_the_clis_one_line_error(tmp_path):
     with pytest.raises(InputError, match="checkpoint goes in --checkpoint"):
         bisenet_edge.load_model(tmp_path / "x.pth")
+
+
+def test_bad_options_fail_at_the_call_not_at_the_first_frame():
+    with pytest.raises(InputError, match="unknown option 'max_frame'"):
+        bisenet_edge.stream(SAMPLE_VIDEO, "not-loaded-yet.onnx", max_frame=3)
