@@ -142,6 +142,7 @@ class RtspPushSink(Sink):
         self.url, self.bitrate, self.transport = url, bitrate, transport
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.name = f"rtsp push {url}"
+        self.must_deliver = True
         self.written = 0
         self.dropped = {"server_down": 0, "send_error": 0}
         self.outages = 0                 # times the session was lost or never came up

@@ -42,3 +42,20 @@ def test_version_flag_prints_the_package_version():
                                   re.MULTILINE).group(1)
     assert out.stdout.strip() == f"bisenet {project_version()}"
     assert project_version() == pyproject_version
+
+
+def test_rtsp_push_that_wrote_nothing_exits_1(tmp_path):
+    """`--output rtsp://127.0.0.1:PORT/seg` with no server took none of its frames: the run
+    says which output wrote nothing and exits 1, even beside a file output that worked."""
+    from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+    from tests.app_process import frames_in, run_camera
+
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip(f"no sample video at {SAMPLE_VIDEO}")
+    url = f"rtsp://127.0.0.1:{free_port()}/seg"
+    out = run_camera("--source", SAMPLE_VIDEO, "--max-frames", 10, "--model", tiny_onnx((64, 96)),
+                     "--output", url, "--output", tmp_path / "out.mkv")
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"exit 1: output rtsp push {url} wrote nothing (written 0, dropped.server_down 10"), last
+    assert frames_in(tmp_path / "out.mkv") == 10   # the output that worked is complete
