@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
     several = len(settings.cameras) > 1
+    if settings.output_note:
+        print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
+    if any("display" in cam.output for cam in settings.cameras):
+        from app.sinks import check_display
+
+        check_display(probe=True)   # before the model loads and any output opens
 
     server_options = settings.server.server_options()
     engine = load_engine(settings.model, checkpoint=settings.checkpoint, providers=settings.providers,

@@ -99,6 +99,20 @@ class Section(BaseModel):
             raise one_line(e, flag_name) from None
 
 
+# The default output where no window can open (no display, headless OpenCV): a file.
+FALLBACK_OUTPUT = "artifacts/run/overlay_{camera}.mp4"
+
+
+def default_output() -> tuple[list[str], str]:
+    """The outputs of a run that names none, and the start-up line's note ('' for a window)."""
+    from app.sinks import display_problem
+
+    problem = display_problem()
+    if not problem:
+        return ["display"], ""
+    return [FALLBACK_OUTPUT], f"no --output given and no window here ({problem.split(';')[0]}): writing a file"
+
+
 class CameraSettings(Section):
     """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
     `cameras:` entry sets them for its camera alone."""
@@ -120,8 +134,8 @@ class CameraSettings(Section):
         10.0, "seconds without a frame before a stream counts as lost (default 10)", group="input", metavar="S")
     output: Annotated[list[str], Rule(listed(validate.output_spec))] = option(
         ["display"], "repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, null "
-        "(default display); {camera} in it is replaced by the camera's name", group="output", metavar="SPEC",
-        repeat=True)
+        f"(default: display where a window can open, else {FALLBACK_OUTPUT}); {{camera}} in it is replaced by the "
+        "camera's name", group="output", metavar="SPEC", repeat=True)
     save_labels: Switch = option(False, "folder outputs: also write the raw label maps (labels/NNNNNN.png)",
                                  group="output")
     fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
@@ -232,6 +246,7 @@ class RunSettings(Section):
     queue_size: Annotated[int, Rule(Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"))] \
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []
+    output_note: str = ""   # why the default output is a file (printed at start-up)
     server: ServerSettings = ServerSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
 
@@ -377,6 +392,8 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
     for entry, name in zip(entries, names):
         own = entry.model_dump(exclude_unset=True)
         cam = defaults.model_copy(update={**own, "name": name})
+        if "output" not in own and "output" not in values:
+            cam.output, settings.output_note = default_output()
         # Outputs shared by several cameras name the camera ({camera}); a camera's own need not.
         cam.output = [output_for(spec, name, 1 if "output" in own else len(entries)) for spec in cam.output]
         settings.cameras.append(cam)

@@ -59,3 +59,47 @@ def test_rtsp_push_that_wrote_nothing_exits_1(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"exit 1: output rtsp push {url} wrote nothing (written 0, dropped.server_down 10"), last
     assert frames_in(tmp_path / "out.mkv") == 10   # the output that worked is complete
+
+
+def run_app_in(folder: Path, *args):
+    """run_camera.py from `folder` (relative outputs land there) -> the CompletedProcess."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    return subprocess.run([sys.executable, str(ROOT / "run_camera.py"), *map(str, args)], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_no_display_default_output_is_a_file_and_display_is_refused_at_start(tmp_path):
+    """Where no window can open (no $DISPLAY here, and the default OpenCV is headless) the
+    default output is artifacts/run/overlay_{camera}.mp4 and the start-up line says so;
+    `--output display` is one line and exit 2 before anything starts (no other output made)."""
+    from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
+    from tests.app_process import frames_in
+
+    if not SAMPLE_VIDEO.is_file():
+        pytest.skip(f"no sample video at {SAMPLE_VIDEO}")
+    model = tiny_onnx((64, 96))
+    out = run_app_in(tmp_path, "--source", SAMPLE_VIDEO, "--max-frames", 5, "--model", model)
+    assert out.returncode == 0, out.stderr
+    assert "output: no --output given and no window here" in out.stderr
+    assert "artifacts/run/overlay_cam0.mp4" in out.stderr
+    assert frames_in(tmp_path / "artifacts" / "run" / "overlay_cam0.mp4") == 5
+
+    refused = run_app_in(tmp_path, "--source", SAMPLE_VIDEO, "--max-frames", 5, "--model", model,
+                         "--output", "display", "--output", "d.mp4")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "--output display:" in refused.stderr, refused.stderr
+    assert not (tmp_path / "d.mp4").exists() and "model:" not in refused.stderr
+
+
+def test_display_problem_names_what_is_missing(monkeypatch):
+    from app.sinks import display_problem, gui_available
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    problem = display_problem(probe=True)
+    assert problem and "\n" not in problem
+    assert ("no GUI" in problem) if not gui_available() else ("no display here" in problem)
