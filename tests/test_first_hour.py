@@ -140,3 +140,16 @@ def test_a_15_fps_mjpeg_relay_is_announced_at_15_fps_not_25():
     finally:
         stop.set()
         sink.close()
+
+
+def test_a_failed_calibration_leaves_no_calib_list(tmp_path):
+    """The calibration list (<out>.calib.txt) is written before quantizing; a calibration that
+    fails after it (here: a --keep-float layer that does not exist) removes it again."""
+    from app.cli import main as cli
+    from tests.calib_fixtures import image_folder, tiny_segmenter
+
+    fp32 = tiny_segmenter(tmp_path / "tiny.onnx")
+    images = image_folder(tmp_path / "imgs", sequences=("s",), per_sequence=2)
+    assert cli(["calibrate", "--onnx", str(fp32), "--data", str(images), "--num-images", "2",
+                "--keep-float", "nope", "--quiet", "-o", str(tmp_path / "x.int8.onnx")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "tiny.onnx", "tiny.onnx.json"]
