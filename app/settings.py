@@ -329,8 +329,15 @@ def read_preset(name: str) -> tuple[Path, dict]:
 def _option_name(path, key, allowed) -> str:
     name = str(key).replace("-", "_")
     if name not in allowed:
-        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted([*allowed, 'cameras']))}")
+        spelled = sorted(k.replace("_", "-") for k in [*allowed, "cameras"])   # as the presets spell them
+        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(spelled)}")
     return name
+
+
+def _yaml_value(name: str, value):
+    """`output: null` in YAML is YAML's null, which would read as 'no value' (the default
+    output): it means the null output, as `--output null` does."""
+    return ["null"] if name == "output" and value is None else value
 
 
 def _camera_entries(path: Path, entries) -> list:
@@ -349,7 +356,7 @@ def _camera_entries(path: Path, entries) -> list:
             if name not in per_camera:
                 raise InputError(f"{here}: {key!r} is not a per-camera key; allowed: "
                                  f"{', '.join(k.replace('_', '-') for k in per_camera)}")
-            values[name], where[name] = value, f"{here}: {key}"
+            values[name], where[name] = _yaml_value(name, value), f"{here}: {key}"
         source = values.get("source")
         if isinstance(source, list):
             values["source"] = source[0] if len(source) == 1 else None
@@ -370,6 +377,7 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
                 entries = _camera_entries(path, value)
                 continue
             name = _option_name(path, key, {**OPTIONS, **dict.fromkeys(YAML_KEYS)})
+            value = _yaml_value(name, value)
             if value is not None:
                 values[name], where[name] = value, f"{path}: {key}"
         if entries and "source" in values:

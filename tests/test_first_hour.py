@@ -153,3 +153,20 @@ def test_a_failed_calibration_leaves_no_calib_list(tmp_path):
     assert cli(["calibrate", "--onnx", str(fp32), "--data", str(images), "--num-images", "2",
                 "--keep-float", "nope", "--quiet", "-o", str(tmp_path / "x.int8.onnx")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "tiny.onnx", "tiny.onnx.json"]
+
+
+def test_yaml_output_null_is_the_null_output_and_key_errors_use_hyphens(tmp_path):
+    """`output: null` (YAML's null) is the null output, as `--output null`, not 'no value';
+    errors list the keys as the presets spell them (queue-size, not queue_size)."""
+    from app.settings import build
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("source: clip.mp4\noutput: null\nqueue-size: 2\n")
+    assert build({}, str(preset)).cameras[0].output == ["null"]
+    preset.write_text("cameras:\n  - {name: a, source: clip.mp4, output: null}\n")
+    assert build({}, str(preset)).cameras[0].output == ["null"]
+    preset.write_text("source: clip.mp4\nqueue_sise: 2\n")
+    with pytest.raises(Exception) as e:
+        build({}, str(preset))
+    message = str(e.value)
+    assert "unknown key 'queue_sise'" in message and "queue-size" in message and "queue_size" not in message
