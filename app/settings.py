@@ -326,6 +326,16 @@ def read_preset(name: str) -> tuple[Path, dict]:
     return path, data
 
 
+def check_save_labels(cam: CameraSettings, where: dict) -> None:
+    """--save-labels writes into folder outputs only: with none it would be silently ignored."""
+    from app.sinks import sink_kind
+
+    if cam.save_labels and not any(sink_kind(spec) == "folder" for spec in cam.output):
+        raise InputError(f"{where.get('save_labels', '--save-labels')}: the raw label maps go into a folder output "
+                         f"(FOLDER/labels/), and {cam.name} has none ({', '.join(cam.output)}); add --output "
+                         "frames/ or leave --save-labels out")
+
+
 def _option_name(path, key, allowed) -> str:
     name = str(key).replace("-", "_")
     if name not in allowed:
@@ -404,5 +414,6 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
             cam.output, settings.output_note = default_output()
         # Outputs shared by several cameras name the camera ({camera}); a camera's own need not.
         cam.output = [output_for(spec, name, 1 if "output" in own else len(entries)) for spec in cam.output]
+        check_save_labels(cam, where)
         settings.cameras.append(cam)
     return settings

@@ -170,3 +170,13 @@ def test_yaml_output_null_is_the_null_output_and_key_errors_use_hyphens(tmp_path
         build({}, str(preset))
     message = str(e.value)
     assert "unknown key 'queue_sise'" in message and "queue-size" in message and "queue_size" not in message
+
+
+def test_save_labels_without_a_folder_output_is_one_line():
+    """--save-labels beside only an mp4 output would be silently ignored: one line instead."""
+    from app.settings import build
+    from core.errors import InputError
+
+    with pytest.raises(InputError, match=r"^--save-labels: the raw label maps go into a folder output"):
+        build({"source": ["clip.mp4"], "output": ["out.mp4"], "save_labels": True})
+    assert build({"source": ["clip.mp4"], "output": ["out.mp4", "frames/"], "save_labels": True}).cameras[0].save_labels
