@@ -29,13 +29,13 @@ import numpy as np
 
 from core.errors import InputError, SetupError
 from app.frames import Frame, Sink
-from app.settings import CameraSettings, ServerSettings, check_option
+from app.settings import RTSP_BITRATE, CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
 from core.install_hint import extra_hint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BITRATE = 2_000_000
+DEFAULT_BITRATE = RTSP_BITRATE   # the --bitrate help says it (app/settings.py)
 RTSP_USER = "bisenet"                 # served RTSP: this user name, the app's token as password
 RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 

@@ -99,6 +99,9 @@ class Section(BaseModel):
             raise one_line(e, flag_name) from None
 
 
+# RTSP outputs' bitrate when --bitrate is not given (app/rtsp_out.py).
+RTSP_BITRATE = 2_000_000
+
 # The default output where no window can open (no display, headless OpenCV): a file.
 FALLBACK_OUTPUT = "artifacts/run/overlay_{camera}.mp4"
 
@@ -143,7 +146,8 @@ class CameraSettings(Section):
         group="output")
     bitrate: Annotated[int | None, Rule(Number(int, 10_000, 1_000_000_000, units=True,
                                                 hint="bit/s like 800k, 2M or 4000000"))] = option(
-        None, "video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: the encoder's)", group="output")
+        None, f"video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: {RTSP_BITRATE // 1_000_000}M for RTSP; "
+        "files: x264 quality CRF 23 for mp4/mkv, 0.15 bit per pixel for avi)", group="output")
     rtsp_transport: Annotated[str | None, Rule(OneOf(("tcp", "udp", "auto")))] = option(
         None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
         "auto for rtsp:// outputs", group="output")

@@ -180,3 +180,11 @@ def test_save_labels_without_a_folder_output_is_one_line():
     with pytest.raises(InputError, match=r"^--save-labels: the raw label maps go into a folder output"):
         build({"source": ["clip.mp4"], "output": ["out.mp4"], "save_labels": True})
     assert build({"source": ["clip.mp4"], "output": ["out.mp4", "frames/"], "save_labels": True}).cameras[0].save_labels
+
+
+def test_bitrate_help_says_the_rtsp_default():
+    from app.rtsp_out import DEFAULT_BITRATE
+    from app.settings import CameraSettings
+
+    assert DEFAULT_BITRATE == 2_000_000
+    assert "default: 2M for RTSP" in CameraSettings.model_fields["bitrate"].description
