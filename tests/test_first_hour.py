@@ -188,3 +188,16 @@ def test_bitrate_help_says_the_rtsp_default():
 
     assert DEFAULT_BITRATE == 2_000_000
     assert "default: 2M for RTSP" in CameraSettings.model_fields["bitrate"].description
+
+
+def test_bench_help_descriptions_are_whole_sentences():
+    """bench/*.py --help shows the docstring's first paragraph, not its first line (which cut
+    descriptions mid-sentence)."""
+    import ast
+
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text = path.read_text()
+        assert "__doc__.splitlines()[0]" not in text, path.name
+        if 'description=__doc__.split("\\n\\n")[0]' in text:
+            first = ast.get_docstring(ast.parse(text)).split("\n\n")[0].rstrip()
+            assert first.endswith((".", ")")), f"{path.name}: {first[-60:]!r}"
