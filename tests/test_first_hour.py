@@ -201,3 +201,14 @@ def test_bench_help_descriptions_are_whole_sentences():
         if 'description=__doc__.split("\\n\\n")[0]' in text:
             first = ast.get_docstring(ast.parse(text)).split("\n\n")[0].rstrip()
             assert first.endswith((".", ")")), f"{path.name}: {first[-60:]!r}"
+
+
+def test_every_train_flag_has_help():
+    import argparse
+
+    from training.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    missing = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert not missing
