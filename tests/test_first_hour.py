@@ -212,3 +212,12 @@ def test_every_train_flag_has_help():
     add_arguments(parser)
     missing = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
     assert not missing
+
+
+def test_readme_says_how_many_rows_bisenet_models_lists():
+    out = subprocess.run([sys.executable, "-m", "app.cli", "models"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = len(out.stdout.strip().splitlines()) - 1   # less the header
+    said = re.search(r"bisenet models\s+# (\d+) rows", (ROOT / "README.md").read_text())
+    assert said and int(said.group(1)) == rows
