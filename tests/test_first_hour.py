@@ -221,3 +221,27 @@ def test_readme_says_how_many_rows_bisenet_models_lists():
     rows = len(out.stdout.strip().splitlines()) - 1   # less the header
     said = re.search(r"bisenet models\s+# (\d+) rows", (ROOT / "README.md").read_text())
     assert said and int(said.group(1)) == rows
+
+
+def test_service_doc_lists_the_stats_json_keys():
+    import json
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    from app.frames import Frame
+    from app.http_sink import HttpSink
+
+    line = next(line for line in (ROOT / "docs" / "service.md").read_text().splitlines()
+                if line.startswith("| `/stats.json` |"))
+    documented = set(re.findall(r'"(\w+)"', line.split("|")[2]))
+    sink = HttpSink("127.0.0.1", 0)
+    try:
+        img = np.zeros((48, 64, 3), np.uint8)
+        sink.write(Frame(0, time.monotonic(), img), img, None)
+        with urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/stats.json", timeout=10) as r:
+            served = set(json.loads(r.read()))
+    finally:
+        sink.close()
+    assert documented == served
