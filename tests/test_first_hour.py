@@ -245,3 +245,28 @@ def test_service_doc_lists_the_stats_json_keys():
     finally:
         sink.close()
     assert documented == served
+
+
+def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path, capsys):
+    """A dynamic ONNX export (exported at 64x96) is evaluated at the dataset's test scale: the
+    start line says that, not the export's 64x96."""
+    pytest.importorskip("torch")
+    import yaml
+
+    from app.cli import main as cli
+    from tests.training_data import make_train_config
+
+    tc = yaml.safe_load(make_train_config(tmp_path, image_hw=(40, 56)).read_text())
+    dataset = yaml.safe_load(Path(tc["dataset"]).read_text())
+    onnx_path = tmp_path / "dyn.onnx"
+    assert cli(["export", "--model", tc["model"], "--random-init", "--size", "64x96", "--dynamic",
+                "-o", str(onnx_path)]) == 0
+    capsys.readouterr()
+    assert cli(["eval", "--model", str(onnx_path), "--dataset", tc["dataset"]]) == 0
+    start = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluating "))
+    assert "input 64x96" not in start
+    if dataset.get("test_scale"):
+        sw, sh = dataset["test_scale"]
+        assert f"input rescaled to fit {sw}x{sh}" in start, start
+    else:
+        assert "input each image's own size" in start, start

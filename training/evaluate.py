@@ -107,6 +107,15 @@ class Predictor:
         if (len(self.ratios) > 1 or self.flip) and self.info.head != "logits":
             raise InputError("multi-scale/flip evaluation needs logits: export with --head logits")
 
+    def describe_input(self) -> str:
+        """The size images are evaluated at, for the start line: a dynamic export's own input
+        size (its sidecar's) is not what it is fed here."""
+        if self.fixed:
+            return f"{self.size[0]}x{self.size[1]}"
+        if self.test_scale:
+            return f"rescaled to fit {self.test_scale[0]}x{self.test_scale[1]} (the dataset's test scale, WxH)"
+        return "each image's own size"
+
     def input_size(self, h: int, w: int, ratio: float = 1.0) -> tuple[int, int]:
         if self.fixed:
             return self.size
@@ -228,7 +237,9 @@ def run(args) -> int:
                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
     ratios, flip = (MS_RATIOS, True) if args.aug == "ms-flip" else ((1.0,), False)
     predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip, input_size)
-    print(f"evaluating {engine.describe()} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
+    h, w = engine.info.input_size
+    described = engine.describe().replace(f"input {h}x{w}", f"input {predictor.describe_input()}", 1)
+    print(f"evaluating {described} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
           file=sys.stderr)
     result = evaluate_dataset(predictor, dataset, ds_cfg.num_classes, engine.info.class_names, progress=True)
     result.update(model=args.model, checkpoint=args.checkpoint, dataset=ds_cfg.name, split=args.split,
