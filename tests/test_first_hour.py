@@ -218,9 +218,10 @@ def test_readme_says_how_many_rows_bisenet_models_lists():
     out = subprocess.run([sys.executable, "-m", "app.cli", "models"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    rows = len(out.stdout.strip().splitlines()) - 1   # less the header
-    said = re.search(r"bisenet models\s+# (\d+) rows", (ROOT / "README.md").read_text())
-    assert said and int(said.group(1)) == rows
+    rows = out.stdout.strip().splitlines()[1:]   # less the header
+    said = re.search(r"bisenet models\s+# the (\d+) mmseg", (ROOT / "README.md").read_text())
+    camvid = [row for row in rows if row.split()[1] == "camvid"]
+    assert said and int(said.group(1)) == len(rows) - len(camvid) and len(camvid) == 1
 
 
 def test_service_doc_lists_the_stats_json_keys():
@@ -247,26 +248,23 @@ def test_service_doc_lists_the_stats_json_keys():
     assert documented == served
 
 
-def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path, capsys):
+def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path):
     """A dynamic ONNX export (exported at 64x96) is evaluated at the dataset's test scale: the
-    start line says that, not the export's 64x96."""
+    eval's start line (Predictor.describe_engine) says that, not the export's 64x96."""
     pytest.importorskip("torch")
-    import yaml
-
     from app.cli import main as cli
-    from tests.training_data import make_train_config
+    from engines.load import load_engine
+    from tests.training_data import make_model_config
+    from training.evaluate import Predictor
 
-    tc = yaml.safe_load(make_train_config(tmp_path, image_hw=(40, 56)).read_text())
-    dataset = yaml.safe_load(Path(tc["dataset"]).read_text())
     onnx_path = tmp_path / "dyn.onnx"
-    assert cli(["export", "--model", tc["model"], "--random-init", "--size", "64x96", "--dynamic",
-                "-o", str(onnx_path)]) == 0
-    capsys.readouterr()
-    assert cli(["eval", "--model", str(onnx_path), "--dataset", tc["dataset"]]) == 0
-    start = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluating "))
-    assert "input 64x96" not in start
-    if dataset.get("test_scale"):
-        sw, sh = dataset["test_scale"]
-        assert f"input rescaled to fit {sw}x{sh}" in start, start
-    else:
-        assert "input each image's own size" in start, start
+    assert cli(["export", "--model", str(make_model_config(tmp_path / "model.yaml")), "--random-init",
+                "--size", "64x96", "--dynamic", "-o", str(onnx_path)]) == 0
+    engine = load_engine(str(onnx_path))
+    try:
+        assert "input 64x96" in engine.describe()
+        line = Predictor(engine, test_scale=(480, 360)).describe_engine()
+        assert "input rescaled to fit 480x360 (the dataset's test scale, WxH)" in line and "64x96" not in line
+        assert "input 40x56" in Predictor(engine, input_size=(40, 56)).describe_engine()
+    finally:
+        engine.close()

@@ -107,9 +107,14 @@ class Predictor:
         if (len(self.ratios) > 1 or self.flip) and self.info.head != "logits":
             raise InputError("multi-scale/flip evaluation needs logits: export with --head logits")
 
+    def describe_engine(self) -> str:
+        """engine.describe() with the size images are evaluated at: a dynamic export's own
+        input size (its sidecar's) is not what it is fed here."""
+        h, w = self.info.input_size
+        return self.engine.describe().replace(f"input {h}x{w}", f"input {self.describe_input()}", 1)
+
     def describe_input(self) -> str:
-        """The size images are evaluated at, for the start line: a dynamic export's own input
-        size (its sidecar's) is not what it is fed here."""
+        """The size images are evaluated at (HxW), or how it is chosen."""
         if self.fixed:
             return f"{self.size[0]}x{self.size[1]}"
         if self.test_scale:
@@ -237,9 +242,7 @@ def run(args) -> int:
                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
     ratios, flip = (MS_RATIOS, True) if args.aug == "ms-flip" else ((1.0,), False)
     predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip, input_size)
-    h, w = engine.info.input_size
-    described = engine.describe().replace(f"input {h}x{w}", f"input {predictor.describe_input()}", 1)
-    print(f"evaluating {described} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
+    print(f"evaluating {engine.describe()} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
           file=sys.stderr)
     result = evaluate_dataset(predictor, dataset, ds_cfg.num_classes, engine.info.class_names, progress=True)
     result.update(model=args.model, checkpoint=args.checkpoint, dataset=ds_cfg.name, split=args.split,
