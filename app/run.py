@@ -67,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     several = len(settings.cameras) > 1
     if settings.output_note:
         print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
-    if any("display" in cam.output for cam in settings.cameras):
-        from app.sinks import check_display
+    from app.sinks import check_display, check_save_labels
 
+    for cam in settings.cameras:
+        check_save_labels(cam)
+    if any("display" in cam.output for cam in settings.cameras):
         check_display(probe=True)   # before the model loads and any output opens
 
     server_options = settings.server.server_options()

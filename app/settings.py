@@ -108,7 +108,7 @@ FALLBACK_OUTPUT = "artifacts/run/overlay_{camera}.mp4"
 
 def default_output() -> tuple[list[str], str]:
     """The outputs of a run that names none, and the start-up line's note ('' for a window)."""
-    from app.sinks import display_problem
+    from app.display import display_problem
 
     problem = display_problem()
     if not problem:
@@ -330,16 +330,6 @@ def read_preset(name: str) -> tuple[Path, dict]:
     return path, data
 
 
-def check_save_labels(cam: CameraSettings, where: dict) -> None:
-    """--save-labels writes into folder outputs only: with none it would be silently ignored."""
-    from app.sinks import sink_kind
-
-    if cam.save_labels and not any(sink_kind(spec) == "folder" for spec in cam.output):
-        raise InputError(f"{where.get('save_labels', '--save-labels')}: the raw label maps go into a folder output "
-                         f"(FOLDER/labels/), and {cam.name} has none ({', '.join(cam.output)}); add --output "
-                         "frames/ or leave --save-labels out")
-
-
 def _option_name(path, key, allowed) -> str:
     name = str(key).replace("-", "_")
     if name not in allowed:
@@ -418,6 +408,5 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
             cam.output, settings.output_note = default_output()
         # Outputs shared by several cameras name the camera ({camera}); a camera's own need not.
         cam.output = [output_for(spec, name, 1 if "output" in own else len(entries)) for spec in cam.output]
-        check_save_labels(cam, where)
         settings.cameras.append(cam)
     return settings

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.display import display_problem, gui_available  # noqa: F401 (gui_available: tests)
 from app.frames import Sink
 from app.settings import CameraSettings
 from core.validate import prepare_output
@@ -74,37 +75,11 @@ def check_display(probe: bool = False) -> None:
         raise SinkError(f"--output display: {problem}; use --output http://@:8080 (a browser) or out.mp4")
 
 
-def display_problem(probe: bool = False) -> str:
-    """Why no window can open here ('' when one can): OpenCV without a GUI (the default
-    opencv-python-headless), or no display to show it on. `probe`: also open a window in a
-    child process, at start-up, since a display that refuses (a dead $DISPLAY) makes Qt abort
-    the whole process, and every other output with it."""
-    if not gui_available():
-        return ("this OpenCV has no GUI (opencv-python-headless); for a window: pip uninstall "
-                "opencv-python-headless && pip install opencv-python")
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display here ($DISPLAY and $WAYLAND_DISPLAY are unset)"
-    if not probe:
-        return ""
-    import subprocess
-
-    code = "import cv2; cv2.namedWindow('bisenet-probe'); cv2.waitKey(1); cv2.destroyAllWindows()"
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "opening a window did not finish in 20 s"
-    if done.returncode != 0:
-        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-        return f"cannot open a window on display {where} ({said[0] if said else f'exit {done.returncode}'})"
-    return ""
-
-
-def gui_available() -> bool:
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GUI:"):
-            return "NONE" not in line
-    return False
+def check_save_labels(cam: CameraSettings) -> None:
+    """--save-labels writes into folder outputs only: with none it would be silently ignored."""
+    if cam.save_labels and not any(sink_kind(spec) == "folder" for spec in cam.output):
+        raise SinkError(f"--save-labels: the raw label maps go into a folder output (FOLDER/labels/), and "
+                        f"{cam.name} has none ({', '.join(cam.output)}); add --output frames/ or leave --save-labels out")
 
 
 def _even(img: np.ndarray) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_no_display_default_output_is_a_file_and_display_is_refused_at_start(tmp
 
 
 def test_display_problem_names_what_is_missing(monkeypatch):
-    from app.sinks import display_problem, gui_available
+    from app.display import display_problem, gui_available
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -175,11 +175,11 @@ def test_yaml_output_null_is_the_null_output_and_key_errors_use_hyphens(tmp_path
 def test_save_labels_without_a_folder_output_is_one_line():
     """--save-labels beside only an mp4 output would be silently ignored: one line instead."""
     from app.settings import build
-    from core.errors import InputError
+    from app.sinks import SinkError, check_save_labels
 
-    with pytest.raises(InputError, match=r"^--save-labels: the raw label maps go into a folder output"):
-        build({"source": ["clip.mp4"], "output": ["out.mp4"], "save_labels": True})
-    assert build({"source": ["clip.mp4"], "output": ["out.mp4", "frames/"], "save_labels": True}).cameras[0].save_labels
+    with pytest.raises(SinkError, match=r"^--save-labels: the raw label maps go into a folder output"):
+        check_save_labels(build({"source": ["clip.mp4"], "output": ["out.mp4"], "save_labels": True}).cameras[0])
+    check_save_labels(build({"source": ["clip.mp4"], "output": ["out.mp4", "frames/"], "save_labels": True}).cameras[0])
 
 
 def test_bitrate_help_says_the_rtsp_default():
