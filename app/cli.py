@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from core.errors import BisenetError, first_line
+from core.install_hint import project_version
 
 # subcommand -> module. Build time (torch) and run time (no torch) side by side.
 SUBCOMMANDS = {
@@ -44,6 +45,7 @@ def build_parser(modules: dict) -> argparse.ArgumentParser:
         prog="bisenet", description="BiSeNetV1 edge segmentation: model zoo, export, training, "
         "INT8 calibration, TensorRT builds and the live app.",
         epilog="Example: bisenet models; bisenet export --help")
+    parser.add_argument("--version", action="version", version=f"bisenet {project_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in modules.items():
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,

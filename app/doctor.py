@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from core.install_hint import extra_hint
+
 HELP = "what this machine can run (CPU features, backends, GPU, media) and what the app picks for --model"
 EXAMPLE = "bisenet doctor --model r18.int8.onnx --json"
 
@@ -21,7 +23,7 @@ EXAMPLE = "bisenet doctor --model r18.int8.onnx --json"
 PACKAGES = {
     "onnxruntime": ("onnxruntime", "pip install onnxruntime (CPU) or onnxruntime-gpu"),
     "openvino": ("openvino", "pip install openvino"),
-    "pytorch": ("torch", "pip install 'bisenet-edge[train]'"),
+    "pytorch": ("torch", extra_hint("train", "torch tqdm")),
     "tensorrt": ("tensorrt", "pip install tensorrt (NVIDIA GPU; JetPack on a Jetson)"),
     "pycuda": ("pycuda", "pip install pycuda (needs the CUDA toolkit)"),
     "cupy": ("cupy", "pip install cupy-cuda12x"),

@@ -60,6 +60,11 @@ class Sink:
     name: str = "sink"
     save_labels: bool = False     # it writes the label maps: the pipeline keeps labels on the host
     stop_requested: bool = False  # the user closed it (a window): the run stops
+    # It pushes every frame to a receiver that must take it (an RTSP push): when it wrote none
+    # of the frames it was given, the run did not do its job (exit 1, app/run.py run_problems).
+    # Served outputs (http://, rtsp://@) with no viewer are not that: nobody asked.
+    must_deliver: bool = False
+    written: int = 0
 
     def open(self, width: int, height: int, fps: float) -> None:
         pass

@@ -29,12 +29,13 @@ import numpy as np
 
 from core.errors import InputError, SetupError
 from app.frames import Frame, Sink
-from app.settings import CameraSettings, ServerSettings, check_option
+from app.settings import RTSP_BITRATE, CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
+from core.install_hint import extra_hint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BITRATE = 2_000_000
+DEFAULT_BITRATE = RTSP_BITRATE   # the --bitrate help says it (app/settings.py)
 RTSP_USER = "bisenet"                 # served RTSP: this user name, the app's token as password
 RTP_CLOCK = Fraction(1, 90_000)       # RTP video clock: pts in 1/90000 s
 
@@ -141,6 +142,7 @@ class RtspPushSink(Sink):
         self.url, self.bitrate, self.transport = url, bitrate, transport
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.name = f"rtsp push {url}"
+        self.must_deliver = True
         self.written = 0
         self.dropped = {"server_down": 0, "send_error": 0}
         self.outages = 0                 # times the session was lost or never came up
@@ -396,8 +398,8 @@ def _import_gstreamer():
         raise SetupError(
             "rtsp://@:PORT/PATH serves through GStreamer, which is missing here "
             f"({_one_line(e)}): install gst-rtsp-server and x264enc (apt install "
-            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject (pip install "
-            "'bisenet-edge[serve]', or the system python3-gi), or push to an RTSP server with "
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject ("
+            f"{extra_hint('serve', 'PyGObject')}, or the system python3-gi), or push to an RTSP server with "
             "rtsp://HOST:PORT/PATH instead") from None
     return Gst, GstRtspServer, GLib
 

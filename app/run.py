@@ -65,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
     several = len(settings.cameras) > 1
+    if settings.output_note:
+        print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
+    from app.sinks import check_display, check_save_labels
+
+    for cam in settings.cameras:
+        check_save_labels(cam)
+    if any("display" in cam.output for cam in settings.cameras):
+        check_display(probe=True)   # before the model loads and any output opens
 
     server_options = settings.server.server_options()
     engine = load_engine(settings.model, checkpoint=settings.checkpoint, providers=settings.providers,
@@ -138,9 +146,7 @@ def run(args: argparse.Namespace) -> int:
     parts.append(("", engine.name, engine.counters()))
     for prefix, name, counters in parts:
         if counters:
-            flat = [f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
-                    for k, v in counters.items()]
-            print(f"{prefix}{name}: {', '.join(flat)}", file=sys.stderr)
+            print(f"{prefix}{name}: {summary_counters(counters)}", file=sys.stderr)
     if analytics is not None:
         print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
@@ -163,7 +169,20 @@ def run_problems(pipeline, recorder) -> str:
     elif recorder.written == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(recorder.dropped.items()))
         problems.append(f"no frame was written ({reasons or 'none finished'})")
+    else:
+        # An output that must deliver (an RTSP push) and took none of the frames: it wrote
+        # nothing even if other outputs worked (docs/app.md, "Exit status").
+        problems += [f"output {cam.tag}{sink.name} wrote nothing ({summary_counters(sink.counters())})"
+                     for cam in pipeline.cameras for sink in cam.sinks
+                     if sink.must_deliver and sink.written == 0 and sink.name not in cam.sink_failures]
     return "; ".join(problems)
+
+
+def summary_counters(counters: dict) -> str:
+    """{'written': 0, 'dropped': {'server_down': 30, 'send_error': 0}}
+    -> 'written 0, dropped.server_down 30 dropped.send_error 0'."""
+    return ", ".join(f"{k} {v}" if not isinstance(v, dict) else " ".join(f"{k}.{r} {n}" for r, n in v.items())
+                     for k, v in counters.items())
 
 
 def main(argv=None) -> int:

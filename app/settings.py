@@ -99,6 +99,23 @@ class Section(BaseModel):
             raise one_line(e, flag_name) from None
 
 
+# RTSP outputs' bitrate when --bitrate is not given (app/rtsp_out.py).
+RTSP_BITRATE = 2_000_000
+
+# The default output where no window can open (no display, headless OpenCV): a file.
+FALLBACK_OUTPUT = "artifacts/run/overlay_{camera}.mp4"
+
+
+def default_output() -> tuple[list[str], str]:
+    """The outputs of a run that names none, and the start-up line's note ('' for a window)."""
+    from app.display import display_problem
+
+    problem = display_problem()
+    if not problem:
+        return ["display"], ""
+    return [FALLBACK_OUTPUT], f"no --output given and no window here ({problem.split(';')[0]}): writing a file"
+
+
 class CameraSettings(Section):
     """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
     `cameras:` entry sets them for its camera alone."""
@@ -120,8 +137,8 @@ class CameraSettings(Section):
         10.0, "seconds without a frame before a stream counts as lost (default 10)", group="input", metavar="S")
     output: Annotated[list[str], Rule(listed(validate.output_spec))] = option(
         ["display"], "repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, null "
-        "(default display); {camera} in it is replaced by the camera's name", group="output", metavar="SPEC",
-        repeat=True)
+        f"(default: display where a window can open, else {FALLBACK_OUTPUT}); {{camera}} in it is replaced by the "
+        "camera's name", group="output", metavar="SPEC", repeat=True)
     save_labels: Switch = option(False, "folder outputs: also write the raw label maps (labels/NNNNNN.png)",
                                  group="output")
     fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
@@ -129,7 +146,8 @@ class CameraSettings(Section):
         group="output")
     bitrate: Annotated[int | None, Rule(Number(int, 10_000, 1_000_000_000, units=True,
                                                 hint="bit/s like 800k, 2M or 4000000"))] = option(
-        None, "video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: the encoder's)", group="output")
+        None, f"video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: {RTSP_BITRATE // 1_000_000}M for RTSP; "
+        "files: x264 quality CRF 23 for mp4/mkv, 0.15 bit per pixel for avi)", group="output")
     rtsp_transport: Annotated[str | None, Rule(OneOf(("tcp", "udp", "auto")))] = option(
         None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
         "auto for rtsp:// outputs", group="output")
@@ -232,6 +250,7 @@ class RunSettings(Section):
     queue_size: Annotated[int, Rule(Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"))] \
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []
+    output_note: str = ""   # why the default output is a file (printed at start-up)
     server: ServerSettings = ServerSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
 
@@ -314,8 +333,15 @@ def read_preset(name: str) -> tuple[Path, dict]:
 def _option_name(path, key, allowed) -> str:
     name = str(key).replace("-", "_")
     if name not in allowed:
-        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted([*allowed, 'cameras']))}")
+        spelled = sorted(k.replace("_", "-") for k in [*allowed, "cameras"])   # as the presets spell them
+        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(spelled)}")
     return name
+
+
+def _yaml_value(name: str, value):
+    """`output: null` in YAML is YAML's null, which would read as 'no value' (the default
+    output): it means the null output, as `--output null` does."""
+    return ["null"] if name == "output" and value is None else value
 
 
 def _camera_entries(path: Path, entries) -> list:
@@ -334,7 +360,7 @@ def _camera_entries(path: Path, entries) -> list:
             if name not in per_camera:
                 raise InputError(f"{here}: {key!r} is not a per-camera key; allowed: "
                                  f"{', '.join(k.replace('_', '-') for k in per_camera)}")
-            values[name], where[name] = value, f"{here}: {key}"
+            values[name], where[name] = _yaml_value(name, value), f"{here}: {key}"
         source = values.get("source")
         if isinstance(source, list):
             values["source"] = source[0] if len(source) == 1 else None
@@ -355,6 +381,7 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
                 entries = _camera_entries(path, value)
                 continue
             name = _option_name(path, key, {**OPTIONS, **dict.fromkeys(YAML_KEYS)})
+            value = _yaml_value(name, value)
             if value is not None:
                 values[name], where[name] = value, f"{path}: {key}"
         if entries and "source" in values:
@@ -377,6 +404,8 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
     for entry, name in zip(entries, names):
         own = entry.model_dump(exclude_unset=True)
         cam = defaults.model_copy(update={**own, "name": name})
+        if "output" not in own and "output" not in values:
+            cam.output, settings.output_note = default_output()
         # Outputs shared by several cameras name the camera ({camera}); a camera's own need not.
         cam.output = [output_for(spec, name, 1 if "output" in own else len(entries)) for spec in cam.output]
         settings.cameras.append(cam)

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.display import display_problem, gui_available  # noqa: F401 (gui_available: tests)
 from app.frames import Sink
 from app.settings import CameraSettings
 from core.validate import prepare_output
@@ -47,10 +48,7 @@ class DisplaySink(Sink):
     name = "display"
 
     def __init__(self, title: str = "bisenet"):
-        if not gui_available():
-            raise SinkError("--output display needs OpenCV with a GUI, and this one has none "
-                            "(opencv-python-headless): pip install opencv-python, or use "
-                            "--output http://@:8080 / out.mp4")
+        check_display()   # `bisenet run` also probes a window, before anything starts
         self.title = title
         self.stop_requested = False
 
@@ -70,11 +68,18 @@ class DisplaySink(Sink):
             pass
 
 
-def gui_available() -> bool:
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GUI:"):
-            return "NONE" not in line
-    return False
+def check_display(probe: bool = False) -> None:
+    """SinkError (one line, exit 2) when no window can open here (display_problem)."""
+    problem = display_problem(probe)
+    if problem:
+        raise SinkError(f"--output display: {problem}; use --output http://@:8080 (a browser) or out.mp4")
+
+
+def check_save_labels(cam: CameraSettings) -> None:
+    """--save-labels writes into folder outputs only: with none it would be silently ignored."""
+    if cam.save_labels and not any(sink_kind(spec) == "folder" for spec in cam.output):
+        raise SinkError(f"--save-labels: the raw label maps go into a folder output (FOLDER/labels/), and "
+                        f"{cam.name} has none ({', '.join(cam.output)}); add --output frames/ or leave --save-labels out")
 
 
 def _even(img: np.ndarray) -> np.ndarray:

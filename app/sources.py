@@ -111,8 +111,40 @@ class PyAVReader(Reader):
         self.fps = float(rate) if rate else None
         self.declared = 0 if self.live else int(stream.frames or 0)
         self._frames = self.container.decode(stream)
+        self._pending = []
+        if self.live:
+            # A live stream's header rate is often FFmpeg's default or guess (MJPEG over HTTP:
+            # 25, with timestamps made up at 25): the rate the frames arrive at is the stream's.
+            self.fps = self._measure_fps() or self.fps
+
+    def _measure_fps(self, frames: int = 8, within_s: float = 2.0) -> float | None:
+        """Frames per second from the arrival times of the first frames (kept for read());
+        None when too few came. Frames in a burst (buffered before the first read) are left out."""
+        arrivals, deadline = [], time.monotonic() + within_s
+        while len(self._pending) < frames and time.monotonic() < deadline:
+            try:
+                got = self._read_one()
+            except ReadError as e:
+                self._pending.append(e)   # raised by read() in its turn
+                break
+            self._pending.append(got)
+            arrivals.append(time.monotonic())
+            if got is None:
+                break
+        gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]) if b - a > 0.002)
+        if len(gaps) < 3:
+            return None
+        return 1.0 / gaps[len(gaps) // 2]
 
     def read(self):
+        if self._pending:
+            got = self._pending.pop(0)
+            if isinstance(got, ReadError):
+                raise got
+            return got
+        return self._read_one()
+
+    def _read_one(self):
         import av
         try:
             frame = next(self._frames)

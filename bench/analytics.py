@@ -52,7 +52,7 @@ def cpu_name() -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a 352x480 .onnx (e.g. the CamVid model)")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--threads", type=int, default=None)

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.int8_speed import cpu_name  # noqa: E402
+from core.install_hint import extra_hint  # noqa: E402
 
 DEFAULT_MODEL = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid" / "train.txt"
@@ -124,7 +125,7 @@ def torch_contender(name, args, size_hw):
     try:
         import torch
     except ImportError:
-        return "torch is not installed (pip install 'bisenet-edge[train]')"
+        return f"torch is not installed ({extra_hint('train', 'torch')})"
     from engines.export import build_model
     from core.model_config import load_model_config
 

@@ -105,7 +105,6 @@ def run(args) -> int:
         implicit_int8_tensorrt(src.name)   # fail now (no tensorrt, or 11.x: no implicit INT8), not after minutes
     first = next(iter(outs.values()))
     _, _, h, w = meta["input_shape"]
-    quiet = args.quiet
 
     calib = CalibrationSet.from_data(args.data, args.num_images, args.seed, (h, w), meta["mean"], meta["std"],
                                      split=args.data_split)
@@ -115,6 +114,17 @@ def run(args) -> int:
     list_file = calib.save_list(first.with_suffix(".calib.txt"))
     print(f"calibration set: {len(calib)} images from {args.data} (seed {args.seed}) -> {list_file}", file=sys.stderr)
 
+    try:
+        return quantize(args, src, meta, outs, calib, list_file)
+    except BaseException:
+        # A failed or interrupted calibration leaves no list behind: it would describe nothing.
+        list_file.unlink(missing_ok=True)
+        raise
+
+
+def quantize(args, src: Path, meta: dict, outs: dict, calib, list_file: Path) -> int:
+    """Ranges from the calibration set, the int8 file(s) and their sidecars, then the gate."""
+    quiet = args.quiet
     keep_float = [n for n in args.keep_float.split(",") if n]
     with tempfile.TemporaryDirectory(prefix="bisenet-int8-") as tmp:
         prepared = ort_quantize.prepare_fp32(src, Path(tmp) / "prepared.onnx")

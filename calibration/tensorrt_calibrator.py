@@ -35,6 +35,7 @@ import numpy as np
 
 from core.errors import InputError, SetupError
 from core.files import atomic_write_bytes, file_sha256
+from core.install_hint import extra_hint
 from core.sidecar import sidecar_path
 from engines.tensorrt_api import check_implicit_int8, import_tensorrt, network_flags, tensorrt_api, tensorrt_logger
 
@@ -147,7 +148,7 @@ class CalibratorCore:
 
 
 TENSORRT_CALIBRATION_HINT = ("TensorRT INT8 calibration needs the tensorrt Python package "
-                             "(JetPack ships it; elsewhere: pip install 'bisenet-edge[gpu]')")
+                             f"(JetPack ships it; elsewhere: {extra_hint('gpu', 'tensorrt pycuda')})")
 
 
 def implicit_int8_tensorrt(onnx_name="model.onnx"):

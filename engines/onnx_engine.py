@@ -9,6 +9,7 @@ from core.validate import readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
 from core.errors import InputError, SetupError, first_line
 from core.sidecar import read_sidecar
+from core.install_hint import extra_hint
 
 # --providers short names -> ONNX Runtime provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -28,7 +29,7 @@ def parse_providers(spec, model_path: Path, precision: str = "fp32") -> list:
         full = PROVIDERS[name]
         if full not in available:
             raise SetupError(f"ONNX Runtime here has no {full} (available: {', '.join(sorted(available))}); "
-                               "install onnxruntime-gpu (pip install 'bisenet-edge[gpu]') on an NVIDIA machine")
+                               f"install onnxruntime-gpu ({extra_hint('gpu', 'onnxruntime-gpu')}) on an NVIDIA machine")
         if name == "tensorrt":
             cache = model_path.parent / ".ort_trt_cache"
             out.append((full, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),

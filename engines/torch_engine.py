@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.errors import SetupError
+from core.install_hint import extra_hint
 from engines.base import Engine, ModelInfo
 from core.model_config import ModelConfig
 
@@ -16,7 +17,7 @@ class TorchEngine(Engine):
         try:
             import torch
         except ImportError:
-            raise SetupError("the PyTorch engine needs torch: pip install 'bisenet-edge[train]', "
+            raise SetupError(f"the PyTorch engine needs torch: {extra_hint('train', 'torch')}, "
                                "or export to ONNX with `bisenet export` and pass the .onnx") from None
         from engines.export import build_model
 

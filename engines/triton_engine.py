@@ -31,6 +31,7 @@ import numpy as np
 from engines.base import Engine, ModelInfo, ServerDown, run_static_batch
 from core.backoff import Backoff
 from core.errors import InputError, SetupError, first_line
+from core.install_hint import extra_hint
 from core.sidecar import SidecarError
 from engines.triton_repo import metadata_from_parameters
 
@@ -63,7 +64,7 @@ def _import_client(protocol: str):
             import tritonclient.http as client
     except ImportError:
         raise ImportError(f"--model {protocol}://...: tritonclient is not installed; "
-                          "pip install 'tritonclient[grpc,http]' (or 'bisenet-edge[triton]')") from None
+                          + extra_hint("triton", "'tritonclient[grpc,http]'")) from None
     return client
 
 

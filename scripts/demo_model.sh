@@ -17,18 +17,25 @@ CAMVID_MODEL=bisenetv1_r18-d32_camvid-360x480
 CAMVID_CHECKPOINT=${CAMVID_CHECKPOINT:-../shared/models/camvid_r18-d32_cpu.pth}
 
 export_demo_model() {
-    local out=$1
+    local out=$1 official why
     if [ -n "${CHECKPOINT:-}" ]; then
         $BISENET export --model "$MODEL" --checkpoint "$CHECKPOINT" --size "$SIZE" -o "$out"
-    elif $BISENET export --model "$MODEL" --size "$SIZE" -o "$out"; then
-        :
-    elif [ -f "$CAMVID_CHECKPOINT" ]; then
-        echo "demo: no official checkpoint for $MODEL could be had (offline?); using the CamVid model trained by" \
+        return
+    fi
+    # The official checkpoint's failure (offline) goes into the fallback's one line, not before it.
+    { official=$($BISENET export --model "$MODEL" --size "$SIZE" -o "$out" 2>&1 1>&3); } 3>&1 && {
+        [ -z "$official" ] || echo "$official" >&2
+        return 0
+    }
+    why=$(printf '%s\n' "$official" | grep -m1 'error:' | sed 's/.*error: //')
+    why=${why:-$(printf '%s\n' "$official" | tail -n1)}
+    if [ -f "$CAMVID_CHECKPOINT" ]; then
+        echo "demo: no official checkpoint for $MODEL could be had ($why); using the CamVid model trained by" \
              "this project's recipe instead: $CAMVID_MODEL with $CAMVID_CHECKPOINT (sky, building, road, tree, car, ...)." >&2
         $BISENET export --model "$CAMVID_MODEL" --checkpoint "$CAMVID_CHECKPOINT" --size "$SIZE" -o "$out"
         DEMO_VAL=camvid
     else
-        echo "demo: no checkpoint could be had (offline?) and no $CAMVID_CHECKPOINT. Running the pipeline with RANDOM" \
+        echo "demo: no checkpoint could be had ($why) and no $CAMVID_CHECKPOINT. Running the pipeline with RANDOM" \
              "weights: the colors mean nothing. For real output pass CHECKPOINT=path/to.pth (official mmseg or your own)." >&2
         $BISENET export --model "$MODEL" --random-init --size "$SIZE" -o "$out"
     fi

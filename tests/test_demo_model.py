@@ -45,9 +45,10 @@ def test_offline_demo_uses_the_trained_camvid_model_and_sees_a_street(tmp_path):
     out = tmp_path / "model.onnx"
     r = export_demo_model(out, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "cannot download" in r.stderr                     # the official checkpoint really was tried
     said = demo_lines(r.stderr)
     assert len(said) == 1 and CAMVID_MODEL in said[0] and "camvid_r18-d32_cpu.pth" in said[0], r.stderr
+    assert "cannot download" in said[0]                      # the official checkpoint really was tried
+    assert "bisenet export: error" not in r.stderr           # ... and its failure is in that one line
     meta = json.loads(out.with_name(out.name + ".json").read_text())
     assert meta["model"] == CAMVID_MODEL and meta["input_shape"] == [1, 3, 352, 480]
     assert meta["source_checkpoint"].endswith("camvid_r18-d32_cpu.pth")
@@ -74,6 +75,7 @@ def test_without_any_checkpoint_the_demo_says_random_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     said = demo_lines(r.stderr)
     assert len(said) == 1 and "RANDOM" in said[0], r.stderr
+    assert "bisenet export: error" not in r.stderr and "cannot download" in said[0]
     meta = json.loads(out.with_name(out.name + ".json").read_text())
     assert meta["source_checkpoint"] == "random-init"
     assert meta["model"] == "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"

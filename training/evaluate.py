@@ -102,6 +102,20 @@ class Predictor:
         if (len(self.ratios) > 1 or self.flip) and self.info.head != "logits":
             raise InputError("multi-scale/flip evaluation needs logits: export with --head logits")
 
+    def describe_engine(self) -> str:
+        """engine.describe() with the size images are evaluated at: a dynamic export's own
+        input size (its sidecar's) is not what it is fed here."""
+        h, w = self.info.input_size
+        return self.engine.describe().replace(f"input {h}x{w}", f"input {self.describe_input()}", 1)
+
+    def describe_input(self) -> str:
+        """The size images are evaluated at (HxW), or how it is chosen."""
+        if self.fixed:
+            return f"{self.size[0]}x{self.size[1]}"
+        if self.test_scale:
+            return f"rescaled to fit {self.test_scale[0]}x{self.test_scale[1]} (the dataset's test scale, WxH)"
+        return "each image's own size"
+
     def input_size(self, h: int, w: int, ratio: float = 1.0) -> tuple[int, int]:
         if self.fixed:
             return self.size

@@ -587,16 +587,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", required=True, help="where checkpoints (latest.pth, best.pth) and log.jsonl go")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue exactly from a checkpoint (default: <work-dir>/latest.pth)")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--iterations", type=int, help="training iterations (default: the config's, else the model's recipe)")
+    p.add_argument("--batch-size", type=int, help="images per iteration per process (default: the model's recipe)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the poly schedule (default: the model's recipe)")
+    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="random training crop, height and width (default: the model's crop_size)")
     p.add_argument("--pretrained", help="ImageNet ResNet weights (.pth; torchvision or mmseg key names)")
     p.add_argument("--load-from", help="fine-tune from a segmentor checkpoint (official or own; class layers may differ)")
-    p.add_argument("--eval-interval", type=int)
-    p.add_argument("--checkpoint-interval", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-interval", type=int, help="iterations between val mIoU evaluations (default 1000)")
+    p.add_argument("--checkpoint-interval", type=int,
+                   help="iterations between checkpoints (latest.pth; default 1000; Ctrl-C also saves)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 4)")
+    p.add_argument("--seed", type=int, help="random seed of weights init, data order and augmentation (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA")
 
