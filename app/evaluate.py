@@ -62,7 +62,7 @@ def run(args) -> int:
                          f"{ds_cfg.name} has {ds_cfg.num_classes}")
     ratios, flip = (MS_RATIOS, True) if args.aug == "ms-flip" else ((1.0,), False)
     predictor = Predictor(engine, ds_cfg.test_scale, ratios, flip, input_size)
-    print(f"evaluating {engine.describe()} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
+    print(f"evaluating {predictor.describe_engine()} on {ds_cfg.name} {args.split} ({len(dataset)} images, {args.aug})",
           file=sys.stderr)
     result = evaluate_dataset(predictor, dataset, ds_cfg.num_classes, engine.info.class_names, progress=True)
     result.update(model=args.model, checkpoint=args.checkpoint, dataset=ds_cfg.name, split=args.split,
