@@ -1,7 +1,8 @@
 """The per-class gate on real data: a deliberately bad calibration of the CamVid model (2
 frames of one scene, entropy thresholds) keeps the mIoU within --max-drop but costs one class
-(pedestrian, measured -4.3 IoU on the first 30 val images) more than --max-class-drop: the
-mean gate alone would ship it; `bisenet calibrate` refuses it (exit 3)."""
+more than --max-class-drop (at 352x480: pedestrian -4.3 IoU on the first 30 val images; the
+test runs at 192x256, where it also holds, to keep CI short): the mean gate alone would ship
+it; `bisenet calibrate` refuses it (exit 3)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ pytestmark = [
 def test_bad_calibration_passes_the_mean_gate_but_fails_the_per_class_one(tmp_path, capsys):
     fp32 = tmp_path / "camvid.onnx"
     assert cli(["export", "--model", "bisenetv1_r18-d32_camvid-360x480", "--checkpoint", str(CHECKPOINT),
-                "--size", "352x480", "-o", str(fp32)]) == 0
+                "--size", "192x256", "-o", str(fp32)]) == 0
     one_scene = tmp_path / "one_scene.txt"   # the first 2 frames of sequence 0001TP
     one_scene.write_text("".join(f"{CAMVID / line}\n" for line in (CAMVID / "train.txt").read_text().splitlines()[:2]))
     val = tmp_path / "camvid.yaml"           # the dataset config, rooted where the data is
