@@ -99,3 +99,30 @@ def test_triton_bench_short():
         fcntl.flock(lock, fcntl.LOCK_EX)   # one Triton server per machine at a time (as tests/test_triton.py)
         out = bench("triton.py", "--onnx", tiny_onnx(), "--clients", 2, "--frames", 2, "--rounds", 1, timeout_s=400)
     assert "local" in out.lower(), out
+
+
+def needs_trained_model():
+    if not CHECKPOINT.is_file():
+        pytest.skip("needs ../shared/models/camvid_r18-d32_cpu.pth")
+
+
+@needs_clip
+def test_analytics_benches_short(tmp_path):
+    """bench/analytics.py (cost on vs off) and bench/analytics_accuracy.py (coverage vs CamVid's labels)."""
+    needs_trained_model()
+    model = tmp_path / "camvid.onnx"
+    subprocess.run([sys.executable, "-m", "app.cli", "export", "--model", "bisenetv1_r18-d32_camvid-360x480",
+                    "--checkpoint", str(CHECKPOINT), "--size", "352x480", "-o", str(model)],
+                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
+    out = bench("analytics.py", "--model", model, "--frames", 6, "--threads", 1)   # 3 of them warm-up
+    assert "%" in out, out
+    out = bench("analytics_accuracy.py", "--model", model)
+    assert "MAE" in out or "mae" in out.lower(), out
+
+
+@needs_clip
+def test_cameras_per_box_short(tmp_path):
+    needs_trained_model()
+    out = bench("cameras_per_box.py", "--cameras", 1, "--seconds", 2, "--models", "b1", "--workdir", tmp_path,
+                timeout_s=600)
+    assert "dropped" in out.lower(), out
