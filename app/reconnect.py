@@ -26,6 +26,7 @@ from typing import Callable
 
 from app.frames import Reader
 from core.backoff import Backoff
+from core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ class ReconnectingReader(Reader):
     def _failed(self, reason: str, stall: bool = False) -> None:
         self._drop_connection()
         self._attempts += 1
+        reason = redact_url(reason)   # an FFmpeg error quotes the URL, password and all
         if self._outage_start is None:
             self.outages += 1
             self.stalls += int(stall)

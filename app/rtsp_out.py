@@ -31,6 +31,7 @@ from core.errors import InputError, SetupError
 from app.frames import Frame, Sink
 from app.settings import CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
+from core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class RtspPushSink(Sink):
             raise InputError(f"--rtsp-transport {transport!r}: expected auto, udp or tcp")
         self.url, self.bitrate, self.transport = url, bitrate, transport
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
-        self.name = f"rtsp push {url}"
+        self.name = f"rtsp push {redact_url(url)}"
         self.written = 0
         self.dropped = {"server_down": 0, "send_error": 0}
         self.outages = 0                 # times the session was lost or never came up

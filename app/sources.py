@@ -25,6 +25,7 @@ import cv2
 
 from app.frames import Reader, ReadError
 from core.errors import BisenetError
+from core.redact import redact_url
 from app.settings import CameraSettings
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
@@ -32,7 +33,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 class SourceError(BisenetError, RuntimeError):
-    """A source that cannot be opened; the message is one line that says what to do."""
+    """A source that cannot be opened; the message is one line that says what to do (passwords
+    in URLs redacted: FFmpeg's errors quote the URL)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_url(message))
 
 
 class CameraReader(Reader):
@@ -88,7 +93,7 @@ class PyAVReader(Reader):
         self.live = live
         self.options = options or {}
         self.timeout_s = timeout_s
-        self.description = url
+        self.description = redact_url(url)
         self.container = None
         self._frames = None
         self.decoded = 0
@@ -150,7 +155,7 @@ class OpenCVVideoReader(Reader):
         self.target = target
         self.api = api
         self.live = live
-        self.description = description or target
+        self.description = redact_url(description or target)
         self.cap = None
 
     def open(self) -> None:

@@ -3,6 +3,8 @@ line that names the flag or file and says what to do, and `exit_code` is what th
 exit with. Any other exception reaching a command is a bug (app/cli.py prints it as one)."""
 from __future__ import annotations
 
+from core.redact import redact_url
+
 
 class BisenetError(Exception):
     """A failure the user can fix; printed as one line, the command exits `exit_code`."""
@@ -24,8 +26,13 @@ class SetupError(BisenetError, RuntimeError):
     missing or failed); one line that says what to install or do (exit 2)."""
 
 
+MAX_LINE = 1000   # characters: a one-line error is read, not scrolled
+
+
 def first_line(e: BaseException) -> str:
-    """An exception as one line for a one-line error: its first non-empty text, else its type."""
+    """An exception as one line for a one-line error: its first non-empty text, else its type;
+    passwords in URLs redacted (core/redact.py), cut at MAX_LINE characters."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    line = redact_url(text.splitlines()[0]) if text else type(e).__name__
+    return line if len(line) <= MAX_LINE else line[:MAX_LINE - 3] + "..."
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import PlainValidator, ValidationError, WrapValidator
 
 from core.errors import InputError
+from core.redact import shown
 
 MAX_QUEUE = 32            # frames per queue: each holds a full image (+ its preprocessed copy)
 MAX_SIDE = 16384          # pixels: larger than any camera or model input
@@ -41,7 +42,7 @@ class Number:
         number = self._number(value)
         low_ok = (self.min is None or number >= self.min) and (self.above is None or number > self.above)
         if not low_ok or (self.max is not None and number > self.max):
-            raise ValueError(f"{value} is out of range: expected {self.describe()}")
+            raise ValueError(f"{shown(value)} is out of range: expected {self.describe()}")
         return number
 
     def _number(self, value):
@@ -53,14 +54,14 @@ class Number:
             try:
                 value = float(text) * scale
             except ValueError:
-                raise ValueError(f"{value!r} is not a number: expected {self.describe()}") from None
+                raise ValueError(f"{shown(value)} is not a number: expected {self.describe()}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{value!r} is not a number: expected {self.describe()}")
+            raise ValueError(f"{shown(value)} is not a number: expected {self.describe()}")
         if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number: expected {self.describe()}")
+            raise ValueError(f"{shown(value)} is not a finite number: expected {self.describe()}")
         if self.kind is int:
             if value != int(value):
-                raise ValueError(f"{value!r} is not a whole number: expected {self.describe()}")
+                raise ValueError(f"{shown(value)} is not a whole number: expected {self.describe()}")
             return int(value)
         return float(value)
 
@@ -88,12 +89,24 @@ def size_wh(value) -> tuple:
         side = Number(int, 1, MAX_SIDE)
         return side(w), side(h)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value}: expected WIDTHxHEIGHT like 1280x720, "
+        raise argparse.ArgumentTypeError(f"{shown(value)}: expected WIDTHxHEIGHT like 1280x720, "
                                          f"each side 1..{MAX_SIDE}") from None
 
 
 
 # ---------------------------------------------------------------------------- files
+class _PlainLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases (&a, *a): a few lines of nested aliases (a "YAML
+    bomb") expand to billions of items; no config of ours needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not read; "
+                                              "write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path, what: str = "config"):
     """A YAML file -> plain data (safe_load); unreadable, malformed or tagged (!!python/...)
     YAML is one InputError with the line number."""
@@ -103,7 +116,7 @@ def load_yaml(path: str | Path, what: str = "config"):
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read this {what} ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_PlainLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
@@ -144,7 +157,7 @@ def check_fields(cls, data, where: str, exclude=()) -> dict:
         hint = hints.get(key)
         if hint is not None and not _type_ok(value, hint):
             want = getattr(hint, "__name__", None) or str(hint)
-            raise InputError(f"{where}: {key}: expected {want}, got {type(value).__name__} {value!r}"[:300])
+            raise InputError(f"{where}: {key}: expected {want}, got {type(value).__name__} {shown(value)}"[:300])
     return data
 
 
