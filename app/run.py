@@ -15,6 +15,7 @@ the only place that reads argparse's namespace (`resolve`), once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from app import settings as run_settings
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
     from app.server import AppServer
-    from app.sinks import DisplaySink, open_sink
+    from app.sinks import DisplaySink, check_distinct_outputs, open_sink
     from app.analytics.settings import camera_configs
     from app.sources import open_source
     from engines.load import load_engine
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
     several = len(settings.cameras) > 1
+    check_distinct_outputs(settings.cameras, settings.latency_log)
 
     server_options = settings.server.server_options()
     engine = load_engine(settings.model, checkpoint=settings.checkpoint, providers=settings.providers,
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
-    if settings.latency_log:
+    log_lost = settings.latency_log and not os.path.isfile(settings.latency_log)
+    if settings.latency_log and not log_lost:
         print(f"latency log: {settings.latency_log}", file=sys.stderr)
     # Reconnect counters: live sources and RTSP outputs (per camera), a remote engine (Triton).
     parts = [(f"{cam.name} " if several else "", name, counters) for cam in cameras
@@ -145,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
-    why = run_problems(pipeline, recorder)
+    why = "; ".join(filter(None, [run_problems(pipeline, recorder), log_lost and
+                                  f"the latency log {settings.latency_log} was removed during the run"]))
     if why:
         print(f"exit 1: {why}", file=sys.stderr)
     return 1 if why else code

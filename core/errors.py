@@ -36,3 +36,20 @@ def first_line(e: BaseException) -> str:
     line = redact_url(text.splitlines()[0]) if text else type(e).__name__
     return line if len(line) <= MAX_LINE else line[:MAX_LINE - 3] + "..."
 
+
+
+_WHAT_TO_DO = {28: "the disk is full: free some space or write somewhere else",
+               36: "the name is too long: use a shorter file name",
+               2: "its folder does not exist (removed?): recreate it or pick another place",
+               13: "no permission: pick a place you can write to",
+               30: "the file system is read-only: pick a place you can write to",
+               122: "the disk quota is used up: free some space or write somewhere else",
+               27: "the file is too large for this system's limit: write a shorter run or raise the limit"}
+
+
+def file_error(path, e: OSError, doing: str = "write") -> str:
+    """An OSError on a file as one line naming the file and what to do, not just
+    '[Errno 28] No space left on device'."""
+    what = e.strerror or first_line(e)
+    todo = _WHAT_TO_DO.get(e.errno, "check the path and the disk")
+    return f"cannot {doing} {path} ({what}); {todo}"
