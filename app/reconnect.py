@@ -149,6 +149,12 @@ class ReconnectingReader(Reader):
         self.description = self.description or reader.description
         self.fps = self.fps or reader.fps
 
+    def start_down(self, reason: str) -> None:
+        """The source could not be opened at start: begin in an outage (logged, counted,
+        reconnected with backoff by read()) instead of failing the run."""
+        self._started = True
+        self._failed(f"down at start: {reason}")
+
     def read(self):
         if not self._started:
             self.open()
@@ -191,6 +197,10 @@ class ReconnectingReader(Reader):
                         time.monotonic() - self._outage_start, self._outage_reason)
         if conn is not None:
             conn.thread.join(timeout=2.0)   # let it close its reader if its read returns
+
+    @property
+    def outage_reason(self) -> str:
+        return self._outage_reason
 
     @property
     def down(self) -> bool:

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         server.set_model(engine)
         for cam_settings in settings.cameras:
             name = cam_settings.name
-            reader = open_source(cam_settings.source, cam_settings)
+            # Several cameras: a live one that is down at start is an outage, the others run.
+            reader = open_source(cam_settings.source, cam_settings, down_ok=several)
             opened.append(reader)
             sinks = []
             for spec in cam_settings.output:
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
                 sinks.append(sink)
             cameras.append(Camera(name, reader, sinks, max_frames=cam_settings.max_frames,
                                   out_fps=cam_settings.fps, queue_size=settings.queue_size))
+        if all(getattr(cam.reader, "down", False) for cam in cameras):
+            raise InputError(f"no camera could be opened: {cameras[0].reader.description}: "
+                             f"{cameras[0].reader.outage_reason}")
         if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
             server.listen(*settings.server.metrics_port, what="metrics")
         recorder = LatencyRecorder(settings.latency_log)

@@ -338,13 +338,30 @@ def open_plain_source(spec: str, options=None) -> Reader:
     return SOURCES[source_kind(spec)](spec, CameraSettings.of(options))
 
 
-def open_source(spec: str, options=None) -> Reader:
+def live_by_kind(spec: str) -> bool:
+    """A source that is live by what it is (a camera, an RTSP/CSI/GStreamer stream, an http://
+    stream that is not a video file), known without opening it."""
+    spec = str(spec)
+    scheme = spec.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return Path(spec.split("?")[0]).suffix.lower() not in VIDEO_SUFFIXES
+    return scheme in ("rtsp", "rtsps", "csi", "gst") or _camera_device(spec) is not None
+
+
+def open_source(spec: str, options=None, down_ok: bool = False) -> Reader:
     """`--source` -> an opened Reader (`--realtime` paces a file, `--loop` starts it over).
     Live sources get the reconnect wrapper when the app.reconnect module is present (issue 5):
     ReconnectingReader(reopen, timeout_s, first=opened_reader) is a Reader; `reopen()` returns
     a freshly opened plain reader for the same spec."""
     cam = CameraSettings.of(options)
-    reader = open_plain_source(spec, cam)
+    try:
+        reader = open_plain_source(spec, cam)
+    except (SourceError, OSError) as e:
+        # `down_ok` (several cameras): a live camera that is down at start is an outage like any
+        # other (reconnected with backoff) while the other cameras run; a file is a start error.
+        if not (down_ok and live_by_kind(spec)):
+            raise
+        return _down_at_start(spec, cam, e)
     if reader.live:
         try:
             from app.reconnect import ReconnectingReader   # RECONNECT HOOK (app/reconnect.py, RTSP issue)
@@ -353,12 +370,26 @@ def open_source(spec: str, options=None) -> Reader:
                 raise
             return reader
         wrapped = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout, first=reader)
-        wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        try:
+            wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        except (BisenetError, RuntimeError) as e:
+            if not down_ok:
+                raise
+            return _down_at_start(spec, cam, e)
         return wrapped
     if cam.loop:
         reader = LoopingReader(reader, lambda: open_plain_source(spec, cam))
     if cam.realtime:
         reader = RealtimeReader(reader, cam.fps)
+    return reader
+
+
+def _down_at_start(spec: str, cam: CameraSettings, error: Exception) -> Reader:
+    from app.reconnect import ReconnectingReader
+
+    reader = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout)
+    reader.description, reader.camera = redact_url(spec), cam.name or ""
+    reader.start_down(str(error).splitlines()[0] if str(error) else type(error).__name__)
     return reader
 
 
