@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
-    why = "; ".join(filter(None, [run_problems(pipeline, recorder), log_lost and
+    why = "; ".join(filter(None, [run_problems(pipeline, recorder), recorder.write_error, log_lost and
                                   f"the latency log {settings.latency_log} was removed during the run"]))
     if why:
         print(f"exit 1: {why}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import PlainValidator, ValidationError, WrapValidator
 
-from core.errors import InputError
+from core.errors import InputError, file_error
 from core.redact import shown
 
 MAX_QUEUE = 32            # frames per queue: each holds a full image (+ its preprocessed copy)
@@ -186,17 +186,16 @@ def prepare_output(path: str | Path, flag: str, folder: bool = False) -> Path:
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"{flag} {path}: cannot create folder {target_dir} ({e.strerror}); "
-                         "pick a place you can write to") from None
-    if not folder and path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name")
+        raise InputError(f"{flag} {path}: {file_error(target_dir, e, 'create folder')}") from None
     probe = path if not folder else path / ".bisenet-write-test"
-    existed = probe.exists()
     try:
+        if not folder and path.is_dir():   # (is_dir raises for a name that is too long)
+            raise InputError(f"{flag} {path} is a folder; give a file name")
+        existed = probe.exists()
         with open(probe, "ab"):
             pass
     except OSError as e:
-        raise InputError(f"{flag} {path}: cannot write there ({e.strerror}); pick a place you can write to") from None
+        raise InputError(f"{flag} {path}: {file_error(path, e)}") from None
     if not existed:
         probe.unlink(missing_ok=True)
     return path

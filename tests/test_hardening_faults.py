@@ -1,0 +1,59 @@
+"""Issue 24, item 8: faults are one line and the right exit code, nothing left behind: a name
+that is too long, a latency log that cannot be written to its end (a file-size limit, like a
+full disk), a port that cannot be bound (no token printed), a corrupt ONNX to calibrate, a
+corrupt checkpoint to resume, an RTSP server that accepts and stays silent."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from tests.app_process import ENV, run_camera
+
+pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip20.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SAMPLE_VIDEO), "-frames:v", "20",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True, timeout=60)
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--latency-log", "--output"])
+def test_a_name_too_long_is_one_line_naming_the_file(flag, clip, tmp_path):
+    long_name = tmp_path / ("a" * 300 + (".csv" if flag == "--latency-log" else ".mp4"))
+    args = ["--output", tmp_path / "o.mp4"] if flag == "--latency-log" else []
+    r = run_camera("--source", clip, "--model", tiny_onnx(), *args, flag, long_name)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert f"{flag} {long_name}" in r.stderr and "use a shorter file name" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_latency_log_that_cannot_be_written_to_its_end_is_exit_1_naming_it(clip, tmp_path):
+    """A file-size limit (EFBIG) stands in for a full disk (ENOSPC): the same write path."""
+    log = tmp_path / "lat.csv"
+    r = subprocess.run(["prlimit", "--fsize=600", sys.executable, str(REPO / "run_camera.py"), "--source", clip,
+                        "--model", tiny_onnx(), "--output", "null", "--latency-log", log],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"error: --latency-log cannot write {log} (File too large); " in r.stderr
+    assert r.stderr.count(f"cannot write {log}") == 2   # when it happened, and in the exit line
+    assert "frames 20  written 20" in r.stderr   # the run went on
+    assert "Traceback" not in r.stderr
+
+
+def test_a_port_that_cannot_be_bound_prints_no_token(clip, tmp_path):
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", port))
+        busy.listen()
+        r = run_camera("--source", clip, "--model", tiny_onnx(), "--output", f"http://@:{port}")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot listen" in r.stderr and "token" not in r.stderr.lower()
