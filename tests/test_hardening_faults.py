@@ -57,3 +57,33 @@ def test_a_port_that_cannot_be_bound_prints_no_token(clip, tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot listen" in r.stderr and "token" not in r.stderr.lower()
+
+
+def _bisenet(*args, timeout_s=300):
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_calibrate_a_corrupt_onnx_is_one_line_and_leaves_nothing(tmp_path):
+    good = tiny_onnx()
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(good.read_bytes()[:3000])   # truncated: protobuf cannot parse it
+    (tmp_path / "m.onnx.json").write_bytes(good.with_name(good.name + ".json").read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    r = _bisenet("calibrate", "--onnx", bad, "--data", SAMPLE_VIDEO, "--num-images", 2, "-o", tmp_path / "m.int8.onnx")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [f"bisenet calibrate: error: --onnx {bad} is not a readable ONNX model "
+                                             "(Error parsing message with type 'onnx.ModelProto'); re-export it "
+                                             "with `bisenet export`"]
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before   # no .calib.txt, inputs unchanged
+
+
+def test_train_resume_from_a_corrupt_checkpoint_is_one_line_and_leaves_no_work_dir(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\x00" * 4000)   # a zip header and nothing else
+    r = _bisenet("train", "--config", "camvid_r18_cpu", "--data-root", REPO.parent / "shared" / "data" / "camvid",
+                 "--work-dir", tmp_path / "work", "--resume", corrupt, "--device", "cpu")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert f"cannot read checkpoint {corrupt}" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pth"]   # no empty work dir
