@@ -103,9 +103,15 @@ class PyAVReader(Reader):
 
     def open(self) -> None:
         import av
+        started = time.monotonic()
         try:
             self.container = av.open(self.url, options=self.options, timeout=self.timeout_s)
         except (av.error.FFmpegError, OSError) as e:
+            if self.live and time.monotonic() - started >= 0.9 * self.timeout_s:
+                # PyAV's timeout ends FFmpeg's wait, which then reports "Invalid data found".
+                raise SourceError(f"cannot open {self.url}: timed out, no answer within {self.timeout_s:g} s "
+                                  "(the server accepted the connection but sent nothing); check that the "
+                                  "stream is running, or raise --source-timeout") from None
             raise SourceError(f"cannot open {self.url}: {e}") from None
         if not self.container.streams.video:
             self.container.close()

@@ -87,3 +87,18 @@ def test_train_resume_from_a_corrupt_checkpoint_is_one_line_and_leaves_no_work_d
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
     assert f"cannot read checkpoint {corrupt}" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pth"]   # no empty work dir
+
+
+def test_an_rtsp_server_that_accepts_and_stays_silent_is_reported_as_a_timeout(tmp_path):
+    with socket.socket() as silent:   # accepts (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"rtsp://admin:PW@127.0.0.1:{silent.getsockname()[1]}/x"
+        r = run_camera("--source", url, "--source-timeout", "2", "--model", tiny_onnx(),
+                       "--output", tmp_path / "o.mp4")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"run_camera.py: error: cannot open {url.replace(':PW@', ':***@')}: timed out, no answer within 2 s (the "
+        "server accepted the connection but sent nothing); check that the stream is running, or raise "
+        "--source-timeout"]
+    assert list(tmp_path.iterdir()) == []
