@@ -12,16 +12,9 @@ import pytest
 
 from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
 from tests.app_process import ENV, run_camera
+from tests.test_hardening_cameras import clip  # noqa: F401 (fixture: a 20-frame H.264 clip)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "clip20.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SAMPLE_VIDEO), "-frames:v", "20",
-                    "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True, timeout=60)
-    return path
 
 
 @pytest.mark.parametrize("flag", ["--latency-log", "--output"])
