@@ -23,6 +23,7 @@ from core.redact import shown
 
 MAX_QUEUE = 32            # frames per queue: each holds a full image (+ its preprocessed copy)
 MAX_SIDE = 16384          # pixels: larger than any camera or model input
+MAX_YAML_VALUES = 100_000  # values in one config file, aliases expanded: far above any real config
 
 
 # ---------------------------------------------------------------------------- value rules
@@ -95,16 +96,41 @@ def size_wh(value) -> tuple:
 
 
 # ---------------------------------------------------------------------------- files
+class _TooManyValues(yaml.composer.ComposerError):
+    pass
+
+
 class _PlainLoader(yaml.SafeLoader):
-    """safe_load without anchors and aliases (&a, *a): a few lines of nested aliases (a "YAML
-    bomb") expand to billions of items; no config of ours needs them."""
+    """safe_load with a bound on the expanded size: an alias (*name) counts as every value of
+    the node it repeats, so a few lines of nested aliases (a "YAML bomb", billions of values
+    once expanded) are refused at once, while the anchors yaml.safe_dump writes for a value
+    repeated by reference still load."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._values = 0
+        self._sizes = {}   # id(node) -> values it holds, aliases expanded
 
     def compose_node(self, parent, index):
         event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not read; "
-                                              "write the values out", event.start_mark)
+        target = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+        self._values += self._size(target) if target is not None else 1
+        if self._values > MAX_YAML_VALUES:
+            raise _TooManyValues(None, None, f"more than {MAX_YAML_VALUES} values (aliases, "
+                                              "*name, counted expanded)", event.start_mark)
         return super().compose_node(parent, index)
+
+    def _size(self, node) -> int:
+        if id(node) not in self._sizes:
+            self._sizes[id(node)] = 1   # a node that contains itself counts once
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            else:
+                children = []
+            self._sizes[id(node)] = min(1 + sum(self._size(c) for c in children), MAX_YAML_VALUES + 1)
+        return self._sizes[id(node)]
 
 
 def load_yaml(path: str | Path, what: str = "config"):
@@ -124,6 +150,8 @@ def load_yaml(path: str | Path, what: str = "config"):
         if isinstance(e, yaml.constructor.ConstructorError):   # e.g. !!python/object tags
             raise InputError(f"{path}{at}: {problem}; only plain YAML is read (mappings, lists, "
                              "strings, numbers, no tags)") from None
+        if isinstance(e, _TooManyValues):
+            raise InputError(f"{path}{at}: {problem}; write the values out, or a smaller config") from None
         raise InputError(f"{path}{at}: not valid YAML: {problem}; fix the syntax") from None
 
 
