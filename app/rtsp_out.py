@@ -404,5 +404,5 @@ def _import_gstreamer():
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
+    text = redact_url(str(e).splitlines()[0]) if str(e) else ""   # FFmpeg's errors quote the URL
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -72,3 +72,12 @@ def test_a_huge_value_is_quoted_cut_short(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 1100, r.stderr[:2000]
     assert "allowed-hosts" in r.stderr
     assert path.read_bytes() == before
+
+
+def test_an_rtsp_push_password_is_never_printed(tmp_path):
+    from tests.app_helpers import SAMPLE_VIDEO
+
+    r = run_camera("--source", SAMPLE_VIDEO, "--max-frames", "5", "--model", tiny_onnx(),
+                   "--output", f"rtsp://pub:{PW}@127.0.0.1:1/live", timeout_s=120)   # nothing listens there
+    assert PW not in r.stdout + r.stderr
+    assert "rtsp push rtsp://pub:***@127.0.0.1:1/live" in r.stderr
