@@ -272,7 +272,7 @@ def check_distinct_outputs(cameras, latency_log=None) -> None:
     def resolved(spec):
         return Path(spec).expanduser().resolve() if sink_kind(spec) in ("video", "folder") else None
 
-    inputs = {Path(c.source).resolve(): c.source for c in cameras if Path(c.source).exists()}
+    inputs = {Path(c.source).resolve(): c.source for c in cameras if os.path.exists(c.source)}   # (no OSError)
     seen = {Path(latency_log).expanduser().resolve(): f"--latency-log {latency_log}"} if latency_log else {}
     for cam in cameras:
         for spec in cam.output:

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 
 from app.frames import Reader, ReadError
-from core.errors import BisenetError
+from core.errors import BisenetError, file_error
 from core.redact import redact_url
 from app.settings import CameraSettings
 
@@ -327,11 +327,15 @@ def source_kind(spec: str) -> str:
     if _camera_device(spec) is not None:
         return "camera"
     path = Path(spec)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), os.path.exists(path)
+    except OSError as e:   # e.g. a name too long (is_dir raises for it)
+        raise SourceError(f"--source {file_error(spec, e, 'read')}") from None
+    if is_dir:
         return "folder"
     if any(c in spec for c in "*?["):
         return "glob"
-    if not path.exists():
+    if not exists:
         raise SourceError(f"source {spec} does not exist: pass a camera index, a video or image file, a folder, "
                           "a glob, rtsp://, http://, csi://N or gst:<pipeline>")
     return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
