@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import BisenetError
+from core.redact import redact_url
 
 
 @dataclass
@@ -51,7 +52,11 @@ class Reader:
 
 
 class ReadError(BisenetError, RuntimeError):
-    """One frame could not be decoded, or the stream was lost."""
+    """One frame could not be decoded, or the stream was lost. (Its message names the source:
+    passwords in URLs are redacted.)"""
+
+    def __init__(self, message: str):
+        super().__init__(redact_url(message))
 
 
 class Sink:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InputError
+from core.errors import InputError, file_error
 
 STAGES = ("queue", "preprocess", "inference", "overlay", "sink", "e2e")
 COLUMNS = ("frame", "source_ts", "capture_s", *(f"{s}_ms" for s in STAGES), "dropped", "reason", "camera",
@@ -115,17 +116,21 @@ class LatencyRecorder:
         self.listeners = []
         self._file = None
         self._csv = None
+        self.write_error = ""   # why the log could not be written to its end ('' when it could)
         if self.path:
             from app.validate import check, latency_log_path
             from core.validate import prepare_output
 
             check(latency_log_path, str(self.path), "--latency-log")   # .csv or .jsonl
             prepare_output(self.path, "--latency-log")   # missing folders made, like every output
-            self._file = open(self.path, "w", newline="")
-            if self.path.suffix.lower() == ".csv":
-                self._csv = csv.writer(self._file)
-                self._csv.writerow(COLUMNS)
-            self._file.flush()
+            try:
+                self._file = open(self.path, "w", newline="")
+                if self.path.suffix.lower() == ".csv":
+                    self._csv = csv.writer(self._file)
+                    self._csv.writerow(COLUMNS)
+                self._file.flush()
+            except OSError as e:
+                raise InputError(f"--latency-log {file_error(self.path, e)}") from None
 
     # The all-camera totals under their old names (one camera: simply its numbers).
     written = property(lambda self: self.total.written)
@@ -177,13 +182,23 @@ class LatencyRecorder:
     def _write(self, row: dict) -> None:
         if self._file is None:
             return
-        if self._csv is not None:
-            self._csv.writerow(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
-                                for c in COLUMNS])
-        else:
-            self._file.write(json.dumps({c: (round(row[c], 3) if isinstance(row[c], float) else row[c])
-                                         for c in COLUMNS}) + "\n")
-        self._file.flush()   # a killed run keeps every finished row
+        try:
+            if self._csv is not None:
+                self._csv.writerow(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
+                                    for c in COLUMNS])
+            else:
+                self._file.write(json.dumps({c: (round(row[c], 3) if isinstance(row[c], float) else row[c])
+                                             for c in COLUMNS}) + "\n")
+            self._file.flush()   # a killed run keeps every finished row
+        except OSError as e:
+            # A full disk must not stop the video: the log stops here, the run says so at its end.
+            self.write_error = f"--latency-log {file_error(self.path, e)}"
+            print(f"error: {self.write_error}; the log stops here, the run goes on", file=sys.stderr, flush=True)
+            file, self._file, self._csv = self._file, None, None
+            try:
+                file.close()
+            except OSError:
+                pass   # its buffered rest cannot be written either
 
     def fps(self) -> float:
         return self.total.fps()

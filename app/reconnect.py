@@ -26,6 +26,7 @@ from typing import Callable
 
 from app.frames import Reader
 from core.backoff import Backoff
+from core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,12 @@ class ReconnectingReader(Reader):
         self.description = self.description or reader.description
         self.fps = self.fps or reader.fps
 
+    def start_down(self, reason: str) -> None:
+        """The source could not be opened at start: begin in an outage (logged, counted,
+        reconnected with backoff by read()) instead of failing the run."""
+        self._started = True
+        self._failed(f"down at start: {reason}")
+
     def read(self):
         if not self._started:
             self.open()
@@ -190,6 +197,10 @@ class ReconnectingReader(Reader):
                         time.monotonic() - self._outage_start, self._outage_reason)
         if conn is not None:
             conn.thread.join(timeout=2.0)   # let it close its reader if its read returns
+
+    @property
+    def outage_reason(self) -> str:
+        return self._outage_reason
 
     @property
     def down(self) -> bool:
@@ -253,6 +264,7 @@ class ReconnectingReader(Reader):
     def _failed(self, reason: str, stall: bool = False) -> None:
         self._drop_connection()
         self._attempts += 1
+        reason = redact_url(reason)   # an FFmpeg error quotes the URL, password and all
         if self._outage_start is None:
             self.outages += 1
             self.stalls += int(stall)

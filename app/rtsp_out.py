@@ -32,6 +32,7 @@ from app.frames import Frame, Sink
 from app.settings import RTSP_BITRATE, CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
 from core.install_hint import extra_hint
+from core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def open_rtsp_sink(spec: str, args, server=None) -> Sink:
             from app.server import Auth
             options = ServerSettings.of(args).server_options()
             auth = Auth(options.auth_token, disabled=options.no_auth)
-        token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}")
-        return RtspServeSink(port, path, bitrate, auth_token=token)
+        token = auth.token_for("0.0.0.0", f"rtsp://{RTSP_USER}:{{token}}@<this host>:{port}{path}", later=True)
+        return RtspServeSink(port, path, bitrate, auth_token=token, announce_token=auth.announce_token)
     return RtspPushSink(spec, bitrate, transport=camera.rtsp_transport or "auto")
 
 
@@ -141,7 +142,7 @@ class RtspPushSink(Sink):
             raise InputError(f"--rtsp-transport {transport!r}: expected auto, udp or tcp")
         self.url, self.bitrate, self.transport = url, bitrate, transport
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
-        self.name = f"rtsp push {url}"
+        self.name = f"rtsp push {redact_url(url)}"
         self.must_deliver = True
         self.written = 0
         self.dropped = {"server_down": 0, "send_error": 0}
@@ -263,10 +264,12 @@ class RtspServeSink(Sink):
     shared, so normally one). Accounting: `written` when at least one viewer got it, else
     `dropped["no_viewer"]`."""
 
-    def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE, auth_token: str | None = None):
+    def __init__(self, port: int, path: str, bitrate: int = DEFAULT_BITRATE, auth_token: str | None = None,
+                 announce_token=lambda: None):
         _import_gstreamer()      # missing packages: one line at start, before the model loads
         self.port, self.path, self.bitrate = port, path, bitrate
         self.auth_token = auth_token     # None: anyone may watch (--no-auth)
+        self.announce_token = announce_token   # prints a generated token once the port is bound
         self.name = f"rtsp serve rtsp://@:{port}{path}"
         self.written = 0
         self.dropped = {"no_viewer": 0, "send_error": 0}
@@ -313,6 +316,7 @@ class RtspServeSink(Sink):
         if self._source_id == 0:
             raise SetupError(f"--output rtsp://@:{self.port}{self.path}: cannot listen on "
                                f"port {self.port}; pick a free port")
+        self.announce_token()
         self._Gst, self._server = Gst, server
         self._loop = GLib.MainLoop()
         self._thread = threading.Thread(target=self._loop.run, daemon=True, name="rtsp-serve")
@@ -405,5 +409,5 @@ def _import_gstreamer():
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
+    text = redact_url(str(e).splitlines()[0]) if str(e) else ""   # FFmpeg's errors quote the URL
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -15,6 +15,7 @@ the only place that reads argparse's namespace (`resolve`), once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from app import settings as run_settings
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
     from app.server import AppServer
-    from app.sinks import DisplaySink, open_sink
+    from app.sinks import DisplaySink, check_distinct_outputs, open_sink
     from app.analytics.settings import camera_configs
     from app.sources import open_source
     from engines.load import load_engine
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     for cam in settings.cameras:
         check_save_labels(cam)
+    check_distinct_outputs(settings.cameras, settings.latency_log)
     if any("display" in cam.output for cam in settings.cameras):
         check_display(probe=True)   # before the model loads and any output opens
 
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         server.set_model(engine)
         for cam_settings in settings.cameras:
             name = cam_settings.name
-            reader = open_source(cam_settings.source, cam_settings)
+            # Several cameras: a live one that is down at start is an outage, the others run.
+            reader = open_source(cam_settings.source, cam_settings, down_ok=several)
             opened.append(reader)
             sinks = []
             for spec in cam_settings.output:
@@ -97,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
                 sinks.append(sink)
             cameras.append(Camera(name, reader, sinks, max_frames=cam_settings.max_frames,
                                   out_fps=cam_settings.fps, queue_size=settings.queue_size))
+        if all(getattr(cam.reader, "down", False) for cam in cameras):
+            raise InputError(f"no camera could be opened: {cameras[0].reader.description}: "
+                             f"{cameras[0].reader.outage_reason}")
         if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
             server.listen(*settings.server.metrics_port, what="metrics")
         recorder = LatencyRecorder(settings.latency_log)
@@ -137,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         server.close()
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
-    if settings.latency_log:
+    log_lost = settings.latency_log and not os.path.isfile(settings.latency_log)
+    if settings.latency_log and not log_lost:
         print(f"latency log: {settings.latency_log}", file=sys.stderr)
     # Reconnect counters: live sources and RTSP outputs (per camera), a remote engine (Triton).
     parts = [(f"{cam.name} " if several else "", name, counters) for cam in cameras
@@ -151,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         print(analytics.summary(), file=sys.stderr)
     for name, err in pipeline.sink_failures.items():
         print(f"output {name} failed: {err}", file=sys.stderr)
-    why = run_problems(pipeline, recorder)
+    why = "; ".join(filter(None, [run_problems(pipeline, recorder), recorder.write_error, log_lost and
+                                  f"the latency log {settings.latency_log} was removed during the run"]))
     if why:
         print(f"exit 1: {why}", file=sys.stderr)
     return 1 if why else code

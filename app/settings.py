@@ -33,6 +33,7 @@ from app.camera import camera_names, check_name, output_for
 from app.validate import Expected, OneOf, explain, flag_name, host_names, listed, switch, text
 from core.config_files import config_names, config_path
 from core.errors import InputError
+from core.redact import shown
 from core.validate import MAX_QUEUE, Number, load_yaml, size_wh
 from engines.load import ONNX_BACKENDS
 
@@ -334,7 +335,7 @@ def _option_name(path, key, allowed) -> str:
     name = str(key).replace("-", "_")
     if name not in allowed:
         spelled = sorted(k.replace("_", "-") for k in [*allowed, "cameras"])   # as the presets spell them
-        raise InputError(f"{path}: unknown key {key!r}; allowed: {', '.join(spelled)}")
+        raise InputError(f"{path}: unknown key {shown(key)}; allowed: {', '.join(spelled)}")
     return name
 
 
@@ -358,7 +359,7 @@ def _camera_entries(path: Path, entries) -> list:
         for key, value in entry.items():
             name = str(key).replace("-", "_")
             if name not in per_camera:
-                raise InputError(f"{here}: {key!r} is not a per-camera key; allowed: "
+                raise InputError(f"{here}: {shown(key)} is not a per-camera key; allowed: "
                                  f"{', '.join(k.replace('_', '-') for k in per_camera)}")
             values[name], where[name] = _yaml_value(name, value), f"{here}: {key}"
         source = values.get("source")

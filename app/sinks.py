@@ -25,7 +25,7 @@ from app.display import display_problem, gui_available  # noqa: F401 (gui_availa
 from app.frames import Sink
 from app.settings import CameraSettings
 from core.validate import prepare_output
-from core.errors import BisenetError
+from core.errors import BisenetError, file_error
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -194,6 +194,7 @@ class VideoFileSink(Sink):
         self.count += 1
 
     def close(self) -> None:
+        opened = self.writer is not None or self.container is not None
         if self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -205,10 +206,22 @@ class VideoFileSink(Sink):
             os.fsync(self._sync_fd)
             os.close(self._sync_fd)
             self._sync_fd = None
+        if opened and not self.path.exists():
+            # Writes to a file whose folder was removed still succeed (the open descriptor):
+            # only its absence now tells that every frame of it is lost.
+            raise SinkError(self._removed())
+
+    def _removed(self) -> str:
+        return f"{self.path} was removed during the run (its folder deleted?); its frames are lost"
 
     def _mux(self, packets) -> None:
         for packet in packets:
-            self.container.mux(packet)
+            try:
+                self.container.mux(packet)   # the file is created with the first packet
+            except FileNotFoundError:
+                raise SinkError(self._removed()) from None
+            except OSError as e:
+                raise SinkError(file_error(self.path, e)) from None
             if packet.is_keyframe and self.fragmented:
                 self._sync()
 
@@ -218,8 +231,11 @@ class VideoFileSink(Sink):
         if self._sync_fd is None:
             if not self.path.exists():
                 return   # nothing written yet (the header goes out with the first packet)
-            self._sync_fd = os.open(self.path, os.O_RDONLY)
-            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                self._sync_fd = os.open(self.path, os.O_RDONLY)
+                folder = os.open(self.path.parent, os.O_RDONLY)
+            except FileNotFoundError:
+                raise SinkError(self._removed()) from None
             try:
                 os.fsync(folder)
             finally:
@@ -252,6 +268,29 @@ class FolderSink(Sink):
             ids = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False)
             if not cv2.imwrite(str(self.folder / "labels" / name), ids):
                 raise SinkError(f"cannot write {self.folder / 'labels' / name}")
+
+
+def check_distinct_outputs(cameras, latency_log=None) -> None:
+    """Refuse, before anything runs, outputs that would silently destroy data: an output file or
+    folder that is one of the inputs, or two outputs (of one camera or several, {camera}
+    expanded) or an output and the latency log that are the same file after resolving."""
+    def resolved(spec):
+        return Path(spec).expanduser().resolve() if sink_kind(spec) in ("video", "folder") else None
+
+    inputs = {Path(c.source).resolve(): c.source for c in cameras if os.path.exists(c.source)}   # (no OSError)
+    seen = {Path(latency_log).expanduser().resolve(): f"--latency-log {latency_log}"} if latency_log else {}
+    for cam in cameras:
+        for spec in cam.output:
+            path = resolved(spec)
+            if path is None:
+                continue
+            if path in inputs:
+                raise SinkError(f"--output {spec} is the input {inputs[path]} of camera {cam.name}: writing it "
+                                "would destroy it; pick another output name")
+            if path in seen:
+                raise SinkError(f"--output {spec} ({cam.name}) and {seen[path]} are the same file {path}: one "
+                                "would overwrite the other; give each its own name (e.g. out_{camera}.mp4)")
+            seen[path] = f"--output {spec} ({cam.name})"
 
 
 def sink_kind(spec: str) -> str:

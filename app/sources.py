@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 
 from app.frames import Reader, ReadError
-from core.errors import BisenetError
+from core.errors import BisenetError, file_error
+from core.redact import redact_url
 from app.settings import CameraSettings
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
@@ -32,7 +33,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 class SourceError(BisenetError, RuntimeError):
-    """A source that cannot be opened; the message is one line that says what to do."""
+    """A source that cannot be opened; the message is one line that says what to do (passwords
+    in URLs redacted: FFmpeg's errors quote the URL)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_url(message))
 
 
 class CameraReader(Reader):
@@ -88,7 +93,7 @@ class PyAVReader(Reader):
         self.live = live
         self.options = options or {}
         self.timeout_s = timeout_s
-        self.description = url
+        self.description = redact_url(url)
         self.container = None
         self._frames = None
         self.decoded = 0
@@ -98,9 +103,15 @@ class PyAVReader(Reader):
 
     def open(self) -> None:
         import av
+        started = time.monotonic()
         try:
             self.container = av.open(self.url, options=self.options, timeout=self.timeout_s)
         except (av.error.FFmpegError, OSError) as e:
+            if self.live and time.monotonic() - started >= 0.9 * self.timeout_s:
+                # PyAV's timeout ends FFmpeg's wait, which then reports "Invalid data found".
+                raise SourceError(f"cannot open {self.url}: timed out, no answer within {self.timeout_s:g} s "
+                                  "(the server accepted the connection but sent nothing); check that the "
+                                  "stream is running, or raise --source-timeout") from None
             raise SourceError(f"cannot open {self.url}: {e}") from None
         if not self.container.streams.video:
             self.container.close()
@@ -182,7 +193,7 @@ class OpenCVVideoReader(Reader):
         self.target = target
         self.api = api
         self.live = live
-        self.description = description or target
+        self.description = redact_url(description or target)
         self.cap = None
 
     def open(self) -> None:
@@ -348,11 +359,15 @@ def source_kind(spec: str) -> str:
     if _camera_device(spec) is not None:
         return "camera"
     path = Path(spec)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), os.path.exists(path)
+    except OSError as e:   # e.g. a name too long (is_dir raises for it)
+        raise SourceError(f"--source {file_error(spec, e, 'read')}") from None
+    if is_dir:
         return "folder"
     if any(c in spec for c in "*?["):
         return "glob"
-    if not path.exists():
+    if not exists:
         raise SourceError(f"source {spec} does not exist: pass a camera index, a video or image file, a folder, "
                           "a glob, rtsp://, http://, csi://N or gst:<pipeline>")
     return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
@@ -365,13 +380,30 @@ def open_plain_source(spec: str, options=None) -> Reader:
     return SOURCES[source_kind(spec)](spec, CameraSettings.of(options))
 
 
-def open_source(spec: str, options=None) -> Reader:
+def live_by_kind(spec: str) -> bool:
+    """A source that is live by what it is (a camera, an RTSP/CSI/GStreamer stream, an http://
+    stream that is not a video file), known without opening it."""
+    spec = str(spec)
+    scheme = spec.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return Path(spec.split("?")[0]).suffix.lower() not in VIDEO_SUFFIXES
+    return scheme in ("rtsp", "rtsps", "csi", "gst") or _camera_device(spec) is not None
+
+
+def open_source(spec: str, options=None, down_ok: bool = False) -> Reader:
     """`--source` -> an opened Reader (`--realtime` paces a file, `--loop` starts it over).
     Live sources get the reconnect wrapper when the app.reconnect module is present (issue 5):
     ReconnectingReader(reopen, timeout_s, first=opened_reader) is a Reader; `reopen()` returns
     a freshly opened plain reader for the same spec."""
     cam = CameraSettings.of(options)
-    reader = open_plain_source(spec, cam)
+    try:
+        reader = open_plain_source(spec, cam)
+    except (SourceError, OSError) as e:
+        # `down_ok` (several cameras): a live camera that is down at start is an outage like any
+        # other (reconnected with backoff) while the other cameras run; a file is a start error.
+        if not (down_ok and live_by_kind(spec)):
+            raise
+        return _down_at_start(spec, cam, e)
     if reader.live:
         try:
             from app.reconnect import ReconnectingReader   # RECONNECT HOOK (app/reconnect.py, RTSP issue)
@@ -380,12 +412,26 @@ def open_source(spec: str, options=None) -> Reader:
                 raise
             return reader
         wrapped = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout, first=reader)
-        wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        try:
+            wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
+        except (BisenetError, RuntimeError) as e:
+            if not down_ok:
+                raise
+            return _down_at_start(spec, cam, e)
         return wrapped
     if cam.loop:
         reader = LoopingReader(reader, lambda: open_plain_source(spec, cam))
     if cam.realtime:
         reader = RealtimeReader(reader, cam.fps)
+    return reader
+
+
+def _down_at_start(spec: str, cam: CameraSettings, error: Exception) -> Reader:
+    from app.reconnect import ReconnectingReader
+
+    reader = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout)
+    reader.description, reader.camera = redact_url(spec), cam.name or ""
+    reader.start_down(str(error).splitlines()[0] if str(error) else type(error).__name__)
     return reader
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.errors import InputError
+from core.redact import shown, shown_text
 from core.validate import MAX_QUEUE, MAX_SIDE, Number  # noqa: F401 (MAX_QUEUE: read here by the tests)
 
 
@@ -35,7 +36,7 @@ def explain(where: str, error: Exception) -> str:
 
 def switch(value) -> bool:
     if not isinstance(value, bool):
-        raise Expected(f"expected true or false, got {value!r}")
+        raise Expected(f"expected true or false, got {shown(value)}")
     return value
 
 
@@ -46,14 +47,14 @@ class OneOf:
 
     def __call__(self, value):
         if value not in self.choices:
-            raise Expected(f"{value!r} is not one of {', '.join(self.choices)}")
+            raise Expected(f"{shown(value)} is not one of {', '.join(self.choices)}")
         return value
 
 
 def text(value) -> str:
     """A plain value taken as text (a path, a name, a list of providers)."""
     if isinstance(value, (dict, list)):
-        raise Expected(f"expected a single value, got {value!r}")
+        raise Expected(f"expected a single value, got {shown(value)}")
     return str(value)
 
 
@@ -61,7 +62,7 @@ def host_names(value) -> tuple:
     """'a.local, B' or [a.local, B] -> ('a.local', 'b'): lowercase, no empty names."""
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise Expected(f"expected a comma list of host names, got {value!r}")
+        raise Expected(f"expected a comma list of host names, got {shown(value)}")
     return tuple(n.strip().lower() for n in names if n.strip())
 
 
@@ -78,10 +79,10 @@ def listed(rule):
 def source_spec(value) -> str:
     """A camera index must fit OpenCV's int; everything else is checked when it is opened."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"{value!r}: expected a camera index, a file, a folder or a URL")
+        raise ValueError(f"{shown(value)}: expected a camera index, a file, a folder or a URL")
     spec = str(value).strip()
     if not spec:
-        raise ValueError(f"{value!r} is empty: pass a camera index, a video/image file, a folder, or a stream URL")
+        raise ValueError(f"{shown(value)} is empty: pass a camera index, a video/image file, a folder, or a stream URL")
     if spec.isdigit() and int(spec) > 9999:
         raise ValueError(f"{spec} is not a camera index (0, 1, ... or /dev/videoN) nor an existing file")
     default_ports = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
@@ -107,7 +108,7 @@ def port_of(spec: str, default: int) -> int:
 def output_spec(value) -> str:
     """Form checks of one --output; paths are probed when the output is made (prepare_output)."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{value!r}: expected display, a file or folder name, a URL or null")
+        raise ValueError(f"{shown(value)}: expected display, a file or folder name, a URL or null")
     spec = value.strip()
     if spec.startswith(("http://", "rtsp://")):
         scheme = spec.split(":", 1)[0]
@@ -125,9 +126,9 @@ def listen_address(value, expected: str) -> tuple[str, int]:
     try:
         number = Number(int, 1, 65535)(port)
     except ValueError:
-        raise ValueError(f"{value!r}: expected {expected}") from None
+        raise ValueError(f"{shown(value)}: expected {expected}") from None
     if ":" in host or host.startswith("["):
-        raise ValueError(f"{value!r}: IPv6 addresses are not supported; expected {expected}")
+        raise ValueError(f"{shown(value)}: IPv6 addresses are not supported; expected {expected}")
     return (host if host not in ("", "@") else "0.0.0.0"), number
 
 
@@ -142,7 +143,7 @@ def auth_token(value) -> str:
 
 def latency_log_path(value) -> str:
     if Path(str(value)).suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"{value}: use a .csv or .jsonl file name")
+        raise ValueError(f"{shown_text(value)}: use a .csv or .jsonl file name")
     return str(value)
 
 

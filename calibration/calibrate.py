@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from calibration import ort_quantize
-from core.errors import InputError, MissingFileError, SetupError
+from core.errors import InputError, MissingFileError, SetupError, first_line
 from calibration.image_set import CalibrationSet
 from core.files import file_sha256
 from core.sidecar import read_sidecar, sidecar_path, write_sidecar
@@ -83,6 +83,18 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, help="int8 .onnx (tensorrt flavor of -o x.int8.onnx: x.int8.trt.onnx)")
 
 
+def check_onnx_readable(src: Path) -> None:
+    """--onnx must parse as an ONNX model (a truncated or corrupt file is a DecodeError)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        onnx.checker.check_model(onnx.load(str(src), load_external_data=False))
+    except (DecodeError, OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise InputError(f"--onnx {src} is not a readable ONNX model ({first_line(e)[:200]}); re-export it with "
+                         "`bisenet export`") from None
+
+
 def output_paths(output: str, target: str) -> dict:
     out = Path(output)
     if out.suffix != ".onnx":
@@ -99,6 +111,7 @@ def run(args) -> int:
     if meta.get("precision", "fp32") != "fp32":
         raise InputError(f"--onnx {src} is already {meta['precision']}; calibrate the fp32 export")
     outs = output_paths(args.output, args.target)
+    check_onnx_readable(src)   # a corrupt file: one line now, before anything is written
     if args.trt_cache:
         from calibration.tensorrt_calibrator import implicit_int8_tensorrt
 

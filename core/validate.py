@@ -18,10 +18,12 @@ from pathlib import Path
 import yaml
 from pydantic import PlainValidator, ValidationError, WrapValidator
 
-from core.errors import InputError
+from core.errors import InputError, file_error
+from core.redact import shown, shown_text
 
 MAX_QUEUE = 32            # frames per queue: each holds a full image (+ its preprocessed copy)
 MAX_SIDE = 16384          # pixels: larger than any camera or model input
+MAX_YAML_VALUES = 100_000  # values in one config file, aliases expanded: far above any real config
 
 
 # ---------------------------------------------------------------------------- value rules
@@ -41,7 +43,7 @@ class Number:
         number = self._number(value)
         low_ok = (self.min is None or number >= self.min) and (self.above is None or number > self.above)
         if not low_ok or (self.max is not None and number > self.max):
-            raise ValueError(f"{value} is out of range: expected {self.describe()}")
+            raise ValueError(f"{shown_text(value)} is out of range: expected {self.describe()}")
         return number
 
     def _number(self, value):
@@ -53,14 +55,14 @@ class Number:
             try:
                 value = float(text) * scale
             except ValueError:
-                raise ValueError(f"{value!r} is not a number: expected {self.describe()}") from None
+                raise ValueError(f"{shown(value)} is not a number: expected {self.describe()}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{value!r} is not a number: expected {self.describe()}")
+            raise ValueError(f"{shown(value)} is not a number: expected {self.describe()}")
         if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number: expected {self.describe()}")
+            raise ValueError(f"{shown(value)} is not a finite number: expected {self.describe()}")
         if self.kind is int:
             if value != int(value):
-                raise ValueError(f"{value!r} is not a whole number: expected {self.describe()}")
+                raise ValueError(f"{shown(value)} is not a whole number: expected {self.describe()}")
             return int(value)
         return float(value)
 
@@ -88,12 +90,49 @@ def size_wh(value) -> tuple:
         side = Number(int, 1, MAX_SIDE)
         return side(w), side(h)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value}: expected WIDTHxHEIGHT like 1280x720, "
+        raise argparse.ArgumentTypeError(f"{shown_text(value)}: expected WIDTHxHEIGHT like 1280x720, "
                                          f"each side 1..{MAX_SIDE}") from None
 
 
 
 # ---------------------------------------------------------------------------- files
+class _TooManyValues(yaml.composer.ComposerError):
+    pass
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """safe_load with a bound on the expanded size: an alias (*name) counts as every value of
+    the node it repeats, so a few lines of nested aliases (a "YAML bomb", billions of values
+    once expanded) are refused at once, while the anchors yaml.safe_dump writes for a value
+    repeated by reference still load."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._values = 0
+        self._sizes = {}   # id(node) -> values it holds, aliases expanded
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        target = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+        self._values += self._size(target) if target is not None else 1
+        if self._values > MAX_YAML_VALUES:
+            raise _TooManyValues(None, None, f"more than {MAX_YAML_VALUES} values (aliases, "
+                                              "*name, counted expanded)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def _size(self, node) -> int:
+        if id(node) not in self._sizes:
+            self._sizes[id(node)] = 1   # a node that contains itself counts once
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            else:
+                children = []
+            self._sizes[id(node)] = min(1 + sum(self._size(c) for c in children), MAX_YAML_VALUES + 1)
+        return self._sizes[id(node)]
+
+
 def load_yaml(path: str | Path, what: str = "config"):
     """A YAML file -> plain data (safe_load); unreadable, malformed or tagged (!!python/...)
     YAML is one InputError with the line number."""
@@ -103,7 +142,7 @@ def load_yaml(path: str | Path, what: str = "config"):
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read this {what} ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_PlainLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
@@ -111,6 +150,8 @@ def load_yaml(path: str | Path, what: str = "config"):
         if isinstance(e, yaml.constructor.ConstructorError):   # e.g. !!python/object tags
             raise InputError(f"{path}{at}: {problem}; only plain YAML is read (mappings, lists, "
                              "strings, numbers, no tags)") from None
+        if isinstance(e, _TooManyValues):
+            raise InputError(f"{path}{at}: {problem}; write the values out, or a smaller config") from None
         raise InputError(f"{path}{at}: not valid YAML: {problem}; fix the syntax") from None
 
 
@@ -144,7 +185,7 @@ def check_fields(cls, data, where: str, exclude=()) -> dict:
         hint = hints.get(key)
         if hint is not None and not _type_ok(value, hint):
             want = getattr(hint, "__name__", None) or str(hint)
-            raise InputError(f"{where}: {key}: expected {want}, got {type(value).__name__} {value!r}"[:300])
+            raise InputError(f"{where}: {key}: expected {want}, got {type(value).__name__} {shown(value)}"[:300])
     return data
 
 
@@ -173,17 +214,16 @@ def prepare_output(path: str | Path, flag: str, folder: bool = False) -> Path:
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"{flag} {path}: cannot create folder {target_dir} ({e.strerror}); "
-                         "pick a place you can write to") from None
-    if not folder and path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name")
+        raise InputError(f"{flag} {path}: {file_error(target_dir, e, 'create folder')}") from None
     probe = path if not folder else path / ".bisenet-write-test"
-    existed = probe.exists()
     try:
+        if not folder and path.is_dir():   # (is_dir raises for a name that is too long)
+            raise InputError(f"{flag} {path} is a folder; give a file name")
+        existed = probe.exists()
         with open(probe, "ab"):
             pass
     except OSError as e:
-        raise InputError(f"{flag} {path}: cannot write there ({e.strerror}); pick a place you can write to") from None
+        raise InputError(f"{flag} {path}: {file_error(path, e)}") from None
     if not existed:
         probe.unlink(missing_ok=True)
     return path

@@ -372,19 +372,24 @@ class Trainer:
 
     def resume(self, path: Path) -> int:
         """Load every state a checkpoint holds; returns the iteration it continues from."""
-        import torch
+        from training.checkpoints import CheckpointError, read_checkpoint
 
         if not path.is_file():
             raise MissingFileError(f"cannot resume: {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and self.use_amp:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        self.best_miou = ckpt["meta"].get("best_miou")
-        self.saved_at = int(ckpt["iteration"])
+        ckpt = read_checkpoint(path)   # a corrupt file: one line (CheckpointError), not a pickle traceback
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if "scaler" in ckpt and self.use_amp:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            self.best_miou = ckpt["meta"].get("best_miou")
+            self.saved_at = int(ckpt["iteration"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume from {path}: not a training checkpoint of this model and "
+                                  f"config ({type(e).__name__}: {first_line(e)[:200]}); pass a latest.pth "
+                                  "that `bisenet train` wrote for this config") from None
         if self.proc.main:
             print(f"resumed from {path} at iteration {self.saved_at}", file=sys.stderr)
         return self.saved_at
@@ -499,9 +504,15 @@ def train(tc: TrainConfig, work_dir: str | Path, resume: str | None = None, stop
     model_cfg, ds_cfg = model_and_data_configs(tc)
     recipe = tc.recipe(model_cfg)
     work_dir = Path(work_dir)
+    made = not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(tc, model_cfg, ds_cfg, recipe, proc, work_dir)
-    start_it = trainer.resume(work_dir / "latest.pth" if resume == "auto" else Path(resume)) if resume else 0
+    try:
+        trainer = Trainer(tc, model_cfg, ds_cfg, recipe, proc, work_dir)
+        start_it = trainer.resume(work_dir / "latest.pth" if resume == "auto" else Path(resume)) if resume else 0
+    except BaseException:
+        if made and not any(work_dir.iterdir()):
+            work_dir.rmdir()   # a failed start leaves no empty work dir behind
+        raise
     iterations = trainer.iterations
     end_it = min(stop_at, iterations) if stop_at else iterations
     loader, val_set = build_data(tc, ds_cfg, model_cfg, trainer.crop, int(recipe["batch_size"]), start_it, proc)

@@ -112,11 +112,13 @@ class AppServer:
             self.budget = ConnectionBudget(limits, min(self.options.header_timeout_s, self.options.idle_timeout_s),
                                            self.client_errors)
         where = f"{self.scheme}://{host if host not in ('', '0.0.0.0', '::') else '<this host>'}:{port}"
-        # Generated (and printed) before the line that says auth is on.
+        # Generated now, printed once the port is bound (a failed bind shows no token), before
+        # the line that says auth is on.
         token = self.auth.token_for(host, where + "/?token={token}  (VLC, ffplay: any user name, the token "
-                                    "as password)")
+                                    "as password)", later=True)
         future = asyncio.run_coroutine_threadsafe(self._listen(host, port, what, token), self.loop)
         port = future.result(timeout=30)
+        self.auth.announce_token()
         served = "the overlay" if what == "all" else "metrics"
         if host in ("", "0.0.0.0", "::"):
             url, bound = f"{self.scheme}://<this host>:{port}/", f"all interfaces, {host or '0.0.0.0'}:{port}"

@@ -93,21 +93,32 @@ class Auth:
         self.announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.lock = threading.Lock()
         self.failures = FailureTable()
+        self._unannounced = None   # the `watch` line of a generated token not printed yet
 
     def required_for(self, host: str) -> bool:
         return not self.disabled and (self.explicit or not is_loopback(host))
 
-    def token_for(self, host: str, watch: str) -> str | None:
+    def token_for(self, host: str, watch: str, later: bool = False) -> str | None:
         """The token a listener on `host` requires, or None. Generated when none was given and
-        printed once, with `watch` (a URL with {token} in it) as the way in."""
+        printed once, with `watch` (a URL with {token} in it) as the way in; `later`: printed by
+        announce_token() once the listener is bound (a failed start prints no token)."""
         if not self.required_for(host):
             return None
         with self.lock:
             if self.token is None:
                 self.token = secrets.token_urlsafe(18)
-                self.announce(f"auth token (generated for this run; set --auth-token or {TOKEN_ENV} to keep "
-                              f"one): {self.token}\n  watch: {watch.format(token=self.token)}")
+                self._unannounced = watch
+        if not later:
+            self.announce_token()
         return self.token
+
+    def announce_token(self) -> None:
+        """Print a generated token (once), if one is waiting to be printed."""
+        with self.lock:
+            watch, self._unannounced = self._unannounced, None
+        if watch is not None:
+            self.announce(f"auth token (generated for this run; set --auth-token or {TOKEN_ENV} to keep "
+                          f"one): {self.token}\n  watch: {watch.format(token=self.token)}")
 
     def cookie_value(self) -> str:
         """What the session cookie holds: derived from the token, so the cookie is not it."""
