@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
     several = len(settings.cameras) > 1
-    if settings.output_note:
-        print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
     from app.sinks import check_display, check_save_labels
 
     for cam in settings.cameras:
@@ -119,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
         raise
+    if settings.output_note:   # once everything opened: a refusal above stays the only line
+        print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
     for cam in cameras:
         reader = cam.reader
         kind = "live" if reader.live else "file"

