@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from app.latency import LatencyRecorder
     from app.pipeline import Pipeline
     from app.server import AppServer
-    from app.sinks import DisplaySink, check_distinct_outputs, open_sink
+    from app.sinks import DisplaySink, check_display, check_distinct_outputs, check_save_labels, open_sink
     from app.analytics.settings import camera_configs
     from app.sources import open_source
     from engines.load import load_engine
@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
     several = len(settings.cameras) > 1
-    from app.sinks import check_display, check_save_labels
-
     for cam in settings.cameras:
         check_save_labels(cam)
     check_distinct_outputs(settings.cameras, settings.latency_log)
