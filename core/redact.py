@@ -1,4 +1,5 @@
-"""What a message may show of a value: URLs without their passwords, long values cut short.
+"""What a message may show of a value: URLs without their passwords or query-string secrets,
+long values cut short.
 
 Every printed, logged or exported source/output URL goes through `redact_url`, so a camera's
 password (rtsp://admin:PW@host/x) never reaches stderr, a log file, /stats.json or /metrics;
@@ -12,13 +13,20 @@ import reprlib
 # scheme://user:password@  (the password runs to the netloc's last '@', as urlsplit reads it)
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#]*@")
 
+# ?token=...&password=...: secrets some cameras and webhooks carry in the query string
+# (Hikvision/Dahua-style `?user=...&password=...`, signed URLs, webhook tokens).
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&;](?:password|passwd|pwd|pass|token|access_token|auth|api_key|apikey|key|secret"
+    r"|sig|signature)=)[^&;#\s]*", re.IGNORECASE)
+
 SHOWN_CHARS = 200   # the most of one value a message quotes
 
 
 def redact_url(text) -> str:
-    """`text` (a URL or a message that contains URLs) with every password as ***:
-    rtsp://admin:PW@host/x -> rtsp://admin:***@host/x."""
-    return _USERINFO.sub(r"\g<head>:***@", str(text))
+    """`text` (a URL or a message that contains URLs) with every password and query-string
+    secret as ***: rtsp://admin:PW@host/x -> rtsp://admin:***@host/x,
+    http://h/x?token=T&fps=5 -> http://h/x?token=***&fps=5."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _USERINFO.sub(r"\g<head>:***@", str(text)))
 
 
 def shown(value, limit: int = SHOWN_CHARS) -> str:

@@ -18,6 +18,7 @@ def main() -> int:
     bad, t0 = [], time.monotonic()
     for path in sorted((REPO / "tests").glob("test_*.py")):
         name = str(path.relative_to(REPO))
+        started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = proc.stdout.rstrip().splitlines()
@@ -26,7 +27,7 @@ def main() -> int:
             kind = "errors" if kind in ("error", "errors") else kind
             if kind in totals:
                 totals[kind] += int(n)
-        print(f"{name}: {last.strip('= ') or 'no output'}", flush=True)
+        print(f"{name}: {last.strip('= ') or 'no output'} ({time.monotonic() - started:.0f} s wall)", flush=True)
         if proc.returncode not in (0, 5):   # 5: nothing collected (all skipped at import)
             bad.append(name)
             print(proc.stdout[-6000:], flush=True)

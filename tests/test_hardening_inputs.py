@@ -18,6 +18,11 @@ def test_redact_url_hides_every_password_and_keeps_the_rest():
     assert redact_url(f"http://u:p@ss{PW}@h:8/a and rtsp://h/x") == "http://u:***@h:8/a and rtsp://h/x"
     assert redact_url("rtsp://user@h/x?a=b:c@d") == "rtsp://user@h/x?a=b:c@d"   # no password: unchanged
     assert PW not in first_line(ValueError(f"x rtsp://a:{PW}@h/x\nmore"))
+    # Secrets in the query string (camera ?user=&password=, webhook and signed-URL tokens).
+    assert redact_url(f"rtsp://h/ch1?user=admin&password={PW}&subtype=0") == \
+        "rtsp://h/ch1?user=admin&password=***&subtype=0"
+    assert redact_url(f"POST http://h:9/hook?Token={PW} failed") == "POST http://h:9/hook?Token=*** failed"
+    assert redact_url("http://h/x?keyframe=1&monkey=2") == "http://h/x?keyframe=1&monkey=2"   # not a secret name
 
 
 def test_shown_is_bounded_for_huge_nested_values():
@@ -26,7 +31,8 @@ def test_shown_is_bounded_for_huge_nested_values():
     assert len(shown("x" * 10_000_000)) <= 200
 
 
-@pytest.mark.parametrize("url", [f"rtsp://admin:{PW}@127.0.0.1:1/x", f"http://user:{PW}@127.0.0.1:1/cam.mjpg"])
+@pytest.mark.parametrize("url", [f"rtsp://admin:{PW}@127.0.0.1:1/x", f"http://user:{PW}@127.0.0.1:1/cam.mjpg",
+                                 f"rtsp://127.0.0.1:1/x?user=admin&password={PW}"])
 def test_a_camera_password_is_never_printed(url, tmp_path):
     log = tmp_path / "lat.csv"
     r = run_camera("--source", url, "--model", tiny_onnx(), "--output", tmp_path / "o.mp4",
@@ -34,7 +40,7 @@ def test_a_camera_password_is_never_printed(url, tmp_path):
     assert PW not in r.stdout + r.stderr
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert ":***@127.0.0.1" in r.stderr
+    assert ":***@127.0.0.1" in r.stderr or "password=***" in r.stderr
     assert not log.exists() and not (tmp_path / "o.mp4").exists()
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,20 +21,16 @@ torch.save(result["model"].state_dict(), os.path.join({work!r}, "rank%s.pt" % os
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     cfg = make_train_config(tmp_path, iterations=3, checkpoint_interval=3, batch_size=2)
     work = tmp_path / "run"
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(repo=str(REPO), cfg=str(cfg), work=str(work)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+    # --standalone: the rendezvous store binds port 0 itself. Picking a free port first and handing
+    # it over raced with other sockets (CI once got EADDRINUSE on the picked port).
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = torch.load(work / "rank0.pt", weights_only=True)
