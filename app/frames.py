@@ -29,6 +29,7 @@ class Frame:
     batch_size: int | None = None   # how many frames were inferred together with it
     coverage: dict | None = None  # scene analytics: {zone: {class: ratio}} of its watched classes
     events: list = field(default_factory=list)   # scene analytics: the event messages it raised
+    cell_counts: np.ndarray | None = None   # scene analytics: [zone cells, classes] label counts a GPU engine made
 
 
 class Reader:

@@ -96,10 +96,12 @@ class Pipeline:
         self.input_dtype = engine.input_dtype
         # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
         # (uint8 frames in, uint8 overlays out, no host round trip). The legend and saved label
-        # maps need the labels on the host, so they keep the CPU overlay.
-        # Analytics read the labels too (the fused path's device histogram is not wired yet).
-        needs_labels = legend or analytics is not None or any(s.save_labels for c in self.cameras for s in c.sinks)
+        # maps need the labels on the host, so they keep the CPU overlay. Analytics need only
+        # the zone counts, which an engine with fused_counts makes on the device.
+        needs_labels = legend or any(s.save_labels for c in self.cameras for s in c.sinks) or \
+            (analytics is not None and not engine.fused_counts)
         self.fused = engine.fused and not needs_labels
+        self.fused_counts = self.fused and analytics is not None
         # Remote engines (Triton) keep several requests in flight: submit() returns a Future
         # that the output thread resolves in frame order, so the network overlaps the rest.
         self.asynchronous = engine.asynchronous and not self.fused
@@ -356,7 +358,15 @@ class Pipeline:
         """GPU preprocess + network + overlay for the batch in one call (timed as inference);
         what travels on is the finished overlay, not labels."""
         t1 = time.monotonic()
-        overlays = self.engine.run_fused_frames([frame.image for frame in batch], self.alpha, self.mode)
+        images = [frame.image for frame in batch]
+        if self.fused_counts:   # scene analytics: the zone counts come back instead of the labels
+            maps = [self.analytics.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
+            overlays, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
+                                                            max(n for _, n in maps), self.alpha, self.mode)
+            for frame, c, (_, n) in zip(batch, counts, maps):
+                frame.cell_counts = c[:n]
+        else:
+            overlays = self.engine.run_fused_frames(images, self.alpha, self.mode)
         t2 = time.monotonic()
         for frame, overlay in zip(batch, overlays):
             frame.timings["preprocess"] = 0.0
@@ -399,7 +409,7 @@ class Pipeline:
                     image, frame.overlay = frame.overlay, None
                 self._annotate(cam, image, labels)
                 if self.analytics is not None:   # after the labels, before the sinks (sets frame.coverage, .events)
-                    self.analytics.process(cam.name, frame, labels, image, hud=self.hud)
+                    self.analytics.process(cam.name, frame, labels, image, hud=self.hud, label_hw=self.size_hw)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
                 if active is None:

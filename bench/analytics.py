@@ -4,12 +4,22 @@ rules, coverage log on), on the street clip at the model's 352x480. Prints the a
 time per frame and its share of the frame time. The two are timed on the same frames,
 interleaved, so a loaded machine slows both alike.
 
+--broker-outage: the whole app instead (run_camera.py processes, `--loop --max-frames N` on the
+street clip, as fast as the CPU goes): analytics off; analytics on with a real mosquitto
+broker up; and the same with the broker killed a third of the way into the run (events wait in
+the bounded queue, then are dropped and counted). Rounds interleave the three, so load slows
+them alike; prints each one's fps (the app's own summary) and its ratio to "off".
+
     python bench/analytics.py --model artifacts/camvid.onnx [--frames 60] [--threads 2]
+    python bench/analytics.py --model artifacts/camvid.onnx --broker-outage [--frames 150] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,12 +61,101 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(tmp: Path, port: int) -> subprocess.Popen:
+    """A real mosquitto on 127.0.0.1:port (Debian's package)."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise SystemExit("--broker-outage needs mosquitto: apt-get install mosquitto")
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"mosquitto did not listen on 127.0.0.1:{port}")
+
+
+def run_app(args, tmp: Path, mode: str, kill_after_s: float | None) -> tuple[float, str]:
+    """One run_camera.py run; mode 'off', 'broker up' or 'broker killed'. Returns (fps, summary line)."""
+    import yaml
+
+    cmd = [sys.executable, str(ROOT / "run_camera.py"), "--source", str(DATA / "samples" / "camvid_0016E5_15fps.mp4"),
+           "--loop", "--max-frames", str(args.frames), "--model", args.model, "--output", "null"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    broker = None
+    if mode != "off":
+        config = tmp / "zones.yaml"
+        config.write_text(yaml.safe_dump({"zones": ZONES, "rules": RULES}))
+        port = free_port()
+        broker = start_broker(tmp, port)
+        cmd += ["--config", str(config), "--mqtt", f"mqtt://127.0.0.1:{port}", "--coverage-log", str(tmp / "cov.csv")]
+    app = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        if broker is not None and mode == "broker killed":
+            try:
+                app.wait(timeout=kill_after_s)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+        _, err = app.communicate(timeout=1800)
+    finally:
+        if broker is not None:
+            broker.kill()
+            broker.wait()
+    if app.returncode != 0:
+        raise SystemExit(f"run_camera.py ({mode}) exited {app.returncode}: {err.strip()[-500:]}")
+    line = next((x for x in err.splitlines() if re.search(r"frames \d+\s+written", x)), "")
+    fps = re.search(r"fps ([0-9.]+)", line)
+    if not fps:
+        raise SystemExit(f"run_camera.py ({mode}) printed no summary: {err.strip()[-500:]}")
+    events = next((x.strip() for x in err.splitlines() if x.strip().startswith("events:")), "")
+    return float(fps.group(1)), (line.strip() + ("  |  " + events if events else ""))
+
+
+def broker_outage(args) -> int:
+    modes = ["off", "broker up", "broker killed"]
+    fps = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            off_s = None
+            for mode in modes:
+                t0 = time.monotonic()
+                value, line = run_app(args, Path(tmp), mode, None if off_s is None else off_s / 3)
+                if mode == "off":
+                    off_s = time.monotonic() - t0
+                fps[mode].append(value)
+                print(f"round {r + 1} {mode:13s} fps {value:6.2f}   {line}", flush=True)
+    base = statistics.median(fps["off"])
+    print(f"CPU: {cpu_name()}; model {Path(args.model).name}; {args.frames} frames per run, {args.rounds} rounds; "
+          f"{len(ZONES)} zones, {len(RULES)} rules, MQTT + coverage log when on")
+    print("| run | fps (median) | vs off |\n|---|---:|---:|")
+    for mode in modes:
+        m = statistics.median(fps[mode])
+        print(f"| analytics {mode} | {m:.2f} | {m / base:.3f} |")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a 352x480 .onnx (e.g. the CamVid model)")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--broker-outage", action="store_true",
+                   help="the whole app: fps with analytics off, on (MQTT broker up) and on with the broker killed mid-run")
+    p.add_argument("--rounds", type=int, default=3, help="--broker-outage: interleaved rounds (default 3)")
     args = p.parse_args()
+    if args.broker_outage:
+        return broker_outage(args)
     import av
 
     from engines.load import load_engine

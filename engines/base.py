@@ -28,6 +28,9 @@ class Engine:
         batch_limit(n)    frames per infer() call when n cameras share the engine
         fused             True: run_fused / run_fused_frames work (a GPU chain: uint8 frame in,
                           finished overlay out, no host round trip)
+        fused_counts      True: run_fused_counts works too: the chain also counts each frame's
+                          labels per zone cell on the device (scene analytics); only the
+                          [cells x classes] counts come back, never the label map
         asynchronous      True: submit(batch) returns a Future of the output (a remote server
                           keeps several requests in flight); labels_of(output) -> labels
         counters()        reconnect counters for the run summary ({} when nothing happened)
@@ -38,6 +41,7 @@ class Engine:
     backend = "base"
     name = "engine"               # in the run summary's counters line
     fused = False
+    fused_counts = False
     asynchronous = False
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -64,6 +68,14 @@ class Engine:
         """fused engines: several frames (up to batch_limit) -> their overlays, in order."""
         return [self.run_fused(frame, alpha, mode) for frame in frames]
 
+    def run_fused_counts(self, frames: list, cells: list, num_cells: int, alpha: float = 0.5,
+                         mode: str = "overlay") -> tuple[list, list]:
+        """fused_counts engines: frames and one uint8 cell map per frame at the label size
+        (info.input_size; app/analytics/zones.py's Raster.cells, values < num_cells) ->
+        (overlays, uint32 [num_cells, num_classes] label counts per frame), both in order;
+        the counts equal app/analytics/coverage.py's cell_histogram of the frame's labels."""
+        raise NotImplementedError(f"the {self.backend} engine counts no labels on the device")
+
     def submit(self, batch: np.ndarray) -> Future:
         """asynchronous engines: send `batch`; the Future's result goes through labels_of()."""
         raise NotImplementedError(f"the {self.backend} engine runs synchronously: call infer()")
@@ -87,8 +99,8 @@ class Engine:
 
 
 # What an engine object written without this base class may bring of its own (see as_engine).
-CAPABILITIES = ("input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "submit", "labels_of",
-                "counters", "close", "describe")
+CAPABILITIES = ("input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "run_fused_counts",
+                "submit", "labels_of", "counters", "close", "describe")
 
 
 def as_engine(engine) -> Engine:
@@ -108,6 +120,7 @@ class _Adopted(Engine):
         self.batch_limit = lambda cameras: 1
         vars(self).update(own)   # instance attributes: they take the place of the defaults
         self.fused = "run_fused" in own or "run_fused_frames" in own
+        self.fused_counts = self.fused and "run_fused_counts" in own
         self.asynchronous = "submit" in own
 
 

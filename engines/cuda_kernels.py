@@ -342,6 +342,24 @@ class CudaKernels:
         return result
 
 
+def stack_cell_maps(cells: list, label_hw, num_cells: int) -> np.ndarray:
+    """run_fused_counts' per-frame cell maps as one uint8 [frames, h, w] array (what the fused
+    chain uploads next to the frames); one-line errors for maps the kernel would misread."""
+    h, w = (int(v) for v in label_hw)
+    if not 1 <= int(num_cells) <= 256:
+        raise ValueError(f"zone cells: {num_cells} cells; the cell map is one byte per pixel (1..256)")
+    out = np.empty((len(cells), h, w), np.uint8)
+    for i, c in enumerate(cells):
+        c = np.asarray(c)
+        if c.dtype != np.uint8 or c.shape != (h, w):
+            raise ValueError(f"zone cells: frame {i} has a {c.dtype} {c.shape} cell map; the labels are {h}x{w} "
+                             "(uint8, one cell per label pixel)")
+        out[i] = c
+    if out.size and int(out.max()) >= num_cells:
+        raise ValueError(f"zone cells: a cell map names cell {int(out.max())}, beyond its {num_cells} cells")
+    return out
+
+
 def zone_histogram_args(labels_ptr, plane, label_dtype, cells_ptr, shared_cells, num_classes, num_cells,
                         counts_ptr) -> tuple:
     """The zone_histogram kernel's arguments (also what the host build is called with)."""

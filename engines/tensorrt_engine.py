@@ -53,6 +53,7 @@ def check_engine_sidecar(meta: dict, engine_path, tensorrt_version: str, gpu_nam
 class TensorRTEngine(Engine):
     backend = "tensorrt"
     fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
+    fused_counts = True    # run_fused_counts: + the zone histogram on the device (scene analytics)
 
     def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True, rebuild: bool = False):
         """rebuild: an engine built for another TensorRT/CUDA/GPU is rebuilt here from its ONNX."""
@@ -77,7 +78,7 @@ class TensorRTEngine(Engine):
         self.use_cuda_graph = cuda_graph
         self._host_graphs = {}      # batch size -> {"graph": CudaGraph} once infer() has captured one
         self._batch_now = None      # the batch size the context is set to (dynamic-batch engines)
-        self._fused = {}            # (h, w, alpha, mode) -> resources (and graph)
+        self._fused = {}            # (h, w, alpha, mode, zone cells) -> resources (and graph)
         self._kernels = None
         with self.cuda_context:
             self.runtime = trt.Runtime(tensorrt_logger(trt))
@@ -219,6 +220,22 @@ class TensorRTEngine(Engine):
         """Several frames (several cameras' frames): those of one size go through together, up
         to the engine's batch at a time: one upload, one preprocess launch, one enqueue, one
         argmax and one overlay launch, one download. Returns the overlays in the frames' order."""
+        return [overlay for overlay, _ in self._fused_frames(frames, alpha, mode, None, 0)]
+
+    def run_fused_counts(self, frames: list, cells: list, num_cells: int, alpha: float = 0.5,
+                         mode: str = "overlay") -> tuple[list, list]:
+        """run_fused_frames plus engines/overlay.cu's zone_histogram on the labels still on the
+        GPU: the cell maps go up with the frames, [num_cells x classes] counts per frame come
+        down with the overlays (in the same captured chain)."""
+        from engines.cuda_kernels import stack_cell_maps
+        if len(cells) != len(frames):
+            raise ValueError(f"run_fused_counts: {len(frames)} frames but {len(cells)} cell maps")
+        maps = stack_cell_maps(cells, self.output_shape[-2:], num_cells)
+        done = self._fused_frames(frames, alpha, mode, maps, int(num_cells))
+        return [overlay for overlay, _ in done], [counts for _, counts in done]
+
+    def _fused_frames(self, frames: list, alpha, mode, maps, num_cells: int) -> list:
+        """[(overlay, counts or None)] in the frames' order."""
         for f in frames:
             if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
                 raise ValueError(f"run_fused takes uint8 BGR HxWx3 frames, got {f.dtype} {f.shape}")
@@ -229,30 +246,36 @@ class TensorRTEngine(Engine):
         cap = self.input_shape[0]
         with self.cuda_context:
             for (h, w), idx in by_size.items():
-                key = (h, w, float(alpha), mode)
-                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+                key = (h, w, float(alpha), mode, num_cells)
+                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode, num_cells)
                 self._fused[key] = r
                 for i in range(0, len(idx), cap):
                     part = idx[i:i + cap]
-                    for j, overlay in zip(part, self._fused_run(r, [frames[j] for j in part])):
-                        out[j] = overlay
+                    done = self._fused_run(r, [frames[j] for j in part], None if maps is None else maps[part])
+                    for j, result in zip(part, done):
+                        out[j] = result
         return out
 
-    def _fused_run(self, r: dict, frames: list) -> list:
+    def _fused_run(self, r: dict, frames: list, maps) -> list:
         n = len(frames)
         if self.info.dynamic_batch:
             self._set_batch(n)                 # (a fixed batch runs all its frames; the first n are read)
         for i, f in enumerate(frames):
             np.copyto(r["frame_host"][i], f)
+        if maps is not None:
+            np.copyto(r["cells_host"][:n], maps)
         work = r["work"].get(n) or r["make_work"](n)
         r["work"][n] = work                    # fixed addresses per n: replayable
         self._run(work, r["graphs"].setdefault(n, {}))
         self.stream.synchronize()
-        return [o.copy() for o in r["out_host"][:n]]
+        counts = r["counts_host"]
+        return [(o.copy(), None if counts is None else counts[i].reshape(-1, self.info.num_classes).copy())
+                for i, o in enumerate(r["out_host"][:n])]
 
-    def _fused_setup(self, h, w, alpha, mode) -> dict:
+    def _fused_setup(self, h, w, alpha, mode, num_cells: int = 0) -> dict:
         """Staging buffers for up to the engine's batch of h x w frames, and `make_work(n)`: the
-        async chain for n of them (what a CUDA graph per n captures)."""
+        async chain for n of them (what a CUDA graph per n captures). num_cells > 0: also the
+        cell maps up and the zone counts down (run_fused_counts)."""
         from core.overlay import palette_bgr
         from engines.cuda_kernels import CudaKernels, label_step
         cuda = self.cuda
@@ -278,9 +301,18 @@ class TensorRTEngine(Engine):
         else:
             label_step(labels_dtype)           # int32 or int64, else a one-line error now
         num_classes = self.info.num_classes
+        bins = num_cells * num_classes
+        cells_host = cells_dev = counts_host = counts_dev = None
+        if num_cells:
+            cells_host = cuda.pagelocked_empty((cap, out_h, out_w), np.uint8)
+            cells_dev = cuda.mem_alloc(cells_host.nbytes)
+            counts_host = cuda.pagelocked_empty((cap, bins), np.uint32)
+            counts_dev = cuda.mem_alloc(counts_host.nbytes)
 
         def make_work(n):
             frames_in, frames_out = frame_host[:n], out_host[:n]
+            cells_in = None if cells_host is None else cells_host[:n]
+            counts_out = None if counts_host is None else counts_host[:n]
 
             def work():
                 cuda.memcpy_htod_async(frame_dev, frames_in, self.stream)
@@ -291,12 +323,20 @@ class TensorRTEngine(Engine):
                 render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
                        label_dtype=labels_dtype, stream=self.stream, frames=n)
                 cuda.memcpy_dtoh_async(frames_out, out_dev, self.stream)
+                if cells_in is not None:       # zone counts from the labels on the GPU
+                    cuda.memcpy_htod_async(cells_dev, cells_in, self.stream)
+                    cuda.memset_d32_async(int(counts_dev), 0, n * bins, self.stream)   # (dest, value, count, stream)
+                    k.zone_histogram_on_device(int(labels_dev), out_h * out_w, int(cells_dev), num_classes,
+                                               num_cells, int(counts_dev), labels_dtype, shared_cells=False,
+                                               stream=self.stream, frames=n)
+                    cuda.memcpy_dtoh_async(counts_out, counts_dev, self.stream)
             return work
 
         # Keep every allocation alive as long as the (possibly captured) work refers to it.
         return {"frame_host": frame_host, "frame_dev": frame_dev, "out_host": out_host, "out_dev": out_dev,
-                "labels_dev": labels_dev, "pre": pre, "render": render, "make_work": make_work, "work": {},
-                "graphs": {}}
+                "labels_dev": labels_dev, "cells_host": cells_host, "cells_dev": cells_dev,
+                "counts_host": counts_host, "counts_dev": counts_dev, "pre": pre, "render": render,
+                "make_work": make_work, "work": {}, "graphs": {}}
 
     def close(self) -> None:
         """Free the GPU resources now, in the primary context (from whichever thread calls)."""

@@ -69,13 +69,18 @@ class CudaPlan:
                 "logits": ((n, self.num_classes, h, w), np.dtype(np.float32)),   # what the argmax kernel reads
                 "labels": ((n, h, w), np.dtype(np.int32))}
 
-    def frame_buffers(self, frame_hw, mode: str) -> dict:
-        """The staging buffers of one frame size and mode: name -> (shape, dtype)."""
+    def frame_buffers(self, frame_hw, mode: str, num_cells: int = 0) -> dict:
+        """The staging buffers of one frame size and mode: name -> (shape, dtype); num_cells > 0
+        adds the zone cell maps (up) and their [cells x classes] counts (down): run_fused_counts."""
         fh, fw = frame_hw
         n = self.max_batch
         out = (n, *self.input_size) if mode == LABELS else (n, fh, 2 * fw if mode == "side-by-side" else fw, 3)
-        return {"frames": ((n, fh, fw, 3), np.dtype(np.uint8)),
-                "out": (out, np.dtype(np.int32 if mode == LABELS else np.uint8))}
+        buffers = {"frames": ((n, fh, fw, 3), np.dtype(np.uint8)),
+                   "out": (out, np.dtype(np.int32 if mode == LABELS else np.uint8))}
+        if num_cells:
+            buffers["cells"] = ((n, *self.input_size), np.dtype(np.uint8))
+            buffers["counts"] = ((n, num_cells * self.num_classes), np.dtype(np.uint32))
+        return buffers
 
 
 def plan_engine(cfg, input_size=None, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH) -> CudaPlan:
@@ -147,6 +152,7 @@ def require_cupy(torch):
 class TorchCudaEngine(Engine):
     backend = "pytorch-cuda"
     fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
+    fused_counts = True    # run_fused_counts: + the zone histogram on the device (scene analytics)
 
     def __init__(self, cfg, checkpoint=None, input_size=None, device: str = "cuda", precision: str = "fp32",
                  max_batch: int = DEFAULT_MAX_BATCH, cuda_graph: bool = True, random_init: bool = False,
@@ -170,7 +176,7 @@ class TorchCudaEngine(Engine):
         self.info = info
         self.use_cuda_graph = cuda_graph
         self._lock = threading.Lock()          # the shared buffers: one chain at a time
-        self._fused = {}                       # (h, w, alpha, mode) -> staging buffers, kernels, graphs
+        self._fused = {}                       # (h, w, alpha, mode, zone cells) -> staging buffers, kernels, graphs
         self.dev = torch.device("cuda", 0)
         torch.backends.cudnn.allow_tf32 = False          # fp32 means fp32 (TF32 would flip labels)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -185,8 +191,9 @@ class TorchCudaEngine(Engine):
 
     def _torch_dtype(self, dtype):
         t = self.torch
+        # uint32 (the zone counts): int32 on the device, the same bytes; only zeroed and copied there
         return {np.dtype(np.float32): t.float32, np.dtype(np.float16): t.float16, np.dtype(np.int32): t.int32,
-                np.dtype(np.uint8): t.uint8}[np.dtype(dtype)]
+                np.dtype(np.uint32): t.int32, np.dtype(np.uint8): t.uint8}[np.dtype(dtype)]
 
     # -- the network between the kernels --------------------------------------------------------
     def _network(self, n: int) -> None:
@@ -235,31 +242,48 @@ class TorchCudaEngine(Engine):
         from engines.cuda_kernels import alpha_256, overlay_mode_id
         overlay_mode_id(mode)                  # one-line errors before any GPU work
         alpha_256(alpha)
-        return self._fused_batches(frames, float(alpha), mode)
+        return [out for out, _ in self._fused_batches(frames, float(alpha), mode)]
+
+    def run_fused_counts(self, frames: list, cells: list, num_cells: int, alpha: float = 0.5,
+                         mode: str = "overlay") -> tuple[list, list]:
+        """run_fused_frames plus engines/overlay.cu's zone_histogram on the labels still on the
+        GPU: the cell maps go up with the frames, [num_cells x classes] counts per frame come
+        down with the overlays (in the same captured chain)."""
+        from engines.cuda_kernels import alpha_256, overlay_mode_id, stack_cell_maps
+        overlay_mode_id(mode)
+        alpha_256(alpha)
+        if len(cells) != len(frames):
+            raise ValueError(f"run_fused_counts: {len(frames)} frames but {len(cells)} cell maps")
+        maps = stack_cell_maps(cells, self.plan.input_size, num_cells)
+        done = self._fused_batches(frames, float(alpha), mode, maps, int(num_cells))
+        return [out for out, _ in done], [counts for _, counts in done]
 
     def run_fused_labels(self, frames: list) -> list:
         """The fused chain up to the argmax kernel: labels [H, W] int32 at the network size per frame
         (what the device check compares with the CPU pipeline)."""
-        return self._fused_batches(frames, 0.0, LABELS)
+        return [out for out, _ in self._fused_batches(frames, 0.0, LABELS)]
 
-    def _fused_batches(self, frames, alpha, mode) -> list:
+    def _fused_batches(self, frames, alpha, mode, maps=None, num_cells: int = 0) -> list:
+        """[(overlay or labels, counts or None)] in the frames' order."""
         out = [None] * len(frames)
         torch = self.torch
         with self._lock, torch.cuda.device(0), torch.cuda.stream(self.stream), torch.no_grad():
             for (h, w), idx in group_frames(frames, self.plan.max_batch):
-                key = (h, w, alpha, mode)
-                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode)
+                key = (h, w, alpha, mode, num_cells)
+                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode, num_cells)
                 self._fused[key] = r
-                for j, result in zip(idx, self._fused_run(r, [frames[j] for j in idx])):
+                part = None if maps is None else maps[idx]
+                for j, result in zip(idx, self._fused_run(r, [frames[j] for j in idx], part)):
                     out[j] = result
         return out
 
-    def _fused_setup(self, h, w, alpha, mode) -> dict:
+    def _fused_setup(self, h, w, alpha, mode, num_cells: int = 0) -> dict:
         """Page-locked staging (fixed addresses: a captured graph reads and writes them), device
-        frames and output, the preprocessor of this size, and work(n): the chain for n frames."""
+        frames and output, the preprocessor of this size, and work(n): the chain for n frames
+        (num_cells > 0: then the zone histogram of the labels, run_fused_counts)."""
         from core.overlay import palette_bgr
         cupy, k, torch = self.cupy, self.kernels, self.torch
-        shapes = self.plan.frame_buffers((h, w), mode)
+        shapes = self.plan.frame_buffers((h, w), mode, num_cells)
         host, dev = {}, {}
         with k.context:
             for name, (shape, dtype) in shapes.items():
@@ -288,15 +312,26 @@ class TorchCudaEngine(Engine):
                     result = dev["out"]
                 runtime.memcpyAsync(host["out"].ctypes.data, result.data_ptr(), out_bytes,
                                     runtime.memcpyDeviceToHost, stream.ptr)
+                if num_cells:                  # zone counts from the labels on the GPU
+                    runtime.memcpyAsync(dev["cells"].data_ptr(), host["cells"].ctypes.data, host["cells"][:n].nbytes,
+                                        runtime.memcpyHostToDevice, stream.ptr)
+                    runtime.memsetAsync(dev["counts"].data_ptr(), 0, host["counts"][:n].nbytes, stream.ptr)
+                    k.zone_histogram_on_device(self.buf["labels"].data_ptr(), in_h * in_w, dev["cells"].data_ptr(),
+                                               self.plan.num_classes, num_cells, dev["counts"].data_ptr(),
+                                               np.int32, shared_cells=False, stream=stream, frames=n)
+                    runtime.memcpyAsync(host["counts"].ctypes.data, dev["counts"].data_ptr(),
+                                        host["counts"][:n].nbytes, runtime.memcpyDeviceToHost, stream.ptr)
             return work
 
         return {"host": host, "dev": dev, "pre": pre, "render": render, "make_work": make_work, "work": {},
                 "graphs": {}}
 
-    def _fused_run(self, r: dict, frames: list) -> list:
+    def _fused_run(self, r: dict, frames: list, maps=None) -> list:
         n = len(frames)
         for i, f in enumerate(frames):
             np.copyto(r["host"]["frames"][i], f)
+        if maps is not None:
+            np.copyto(r["host"]["cells"][:n], maps)
         work = r["work"].get(n) or r["make_work"](n)
         r["work"][n] = work
         graph = r["graphs"].get(n)
@@ -307,7 +342,9 @@ class TorchCudaEngine(Engine):
         else:
             work()
         self.stream.synchronize()
-        return [o.copy() for o in r["host"]["out"][:n]]
+        counts = r["host"].get("counts")
+        return [(o.copy(), None if counts is None else counts[i].reshape(-1, self.plan.num_classes).copy())
+                for i, o in enumerate(r["host"]["out"][:n])]
 
     def _capture(self, work):
         """A CUDA graph of `work` on the engine's stream, or None (and no graphs from now on)."""

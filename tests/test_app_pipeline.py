@@ -1,6 +1,8 @@
 """The threaded pipeline with a real ONNX Runtime session (random-weight R18 at 64x96)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -247,3 +249,80 @@ def test_an_engine_with_a_fused_gpu_path_gets_frames_not_batches(engine):
     legend = CpuFusedEngine(engine)
     assert Pipeline(ListReader(imgs), legend, [CollectSink()], legend=True).run() == 0
     assert legend.fused_calls == 0
+
+
+class ColorLabels:
+    """An engine whose labels follow the image (class = which of the B, G, R channels are above
+    their mean), so zones see mixed classes; the random-weight network paints one class."""
+
+    def __init__(self, info):
+        self.info = info
+
+    def infer(self, batch):
+        return ((batch[:, 0] > 0).astype(np.int32) + 2 * (batch[:, 1] > 0) + 4 * (batch[:, 2] > 0))
+
+
+class CpuFusedCounts:
+    """The fused_counts contract (what the TensorRT and PyTorch-CUDA engines do on the GPU) on the
+    CPU: the inner engine's labels, the reference overlay, and the zone counts by the cell maps
+    the pipeline hands over. Only the overlays and counts leave it, as on the GPU."""
+
+    def __init__(self, inner):
+        self.inner, self.info = inner, inner.info
+
+    def infer(self, batch):
+        raise AssertionError("the fused path never calls infer()")
+
+    def run_fused_frames(self, frames, alpha=0.5, mode="overlay"):
+        raise AssertionError("with analytics on, a fused_counts engine is asked for the counts")
+
+    def run_fused_counts(self, frames, cells, num_cells, alpha=0.5, mode="overlay"):
+        from engines.cuda_kernels import stack_cell_maps
+
+        maps = stack_cell_maps(cells, self.info.input_size, num_cells)   # the GPU engines' own check
+        c = self.info.num_classes
+        overlays, counts = [], []
+        for frame, cell_map in zip(frames, maps):
+            x = preprocess(frame, tuple(self.info.input_size), self.info.mean, self.info.std)
+            labels = np.asarray(self.inner.infer(x))[0]
+            overlays.append(render_overlay(frame, labels, palette_bgr(self.info.palette), alpha, mode))
+            index = cell_map.astype(np.int64) * c + labels
+            counts.append(np.bincount(index.ravel(), minlength=num_cells * c).astype(np.uint32).reshape(num_cells, c))
+        return overlays, counts
+
+
+def test_analytics_keep_a_fused_counts_engine_on_its_fused_path_with_the_same_coverage(engine, tmp_path):
+    """Scene analytics with a fused engine: the pipeline hands each frame's zone cell map to
+    run_fused_counts and reads the coverage from the counts (labels stay on the device); the
+    coverage, events and overlays equal those of the label path."""
+    from app.analytics import Analytics
+    from app.analytics.settings import parse_camera_analytics
+    from app.settings import AnalyticsSettings
+
+    frames = images(8, size=(40, 60), seed=3)
+    labels_engine = ColorLabels(engine.info)
+    seen_classes = list(engine.info.class_names[:3])
+    zones = [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], "classes": seen_classes + ["sky"]},
+             {"name": "low", "polygon": [[0, 0.6], [1, 0.6], [1, 1], [0, 1]], "classes": seen_classes}]
+    rules = [{"name": "any", "zone": "low", "class": seen_classes[0], "above": 0.0, "for_s": 0}]
+    results = {}
+    for name, eng in (("labels", labels_engine), ("fused", CpuFusedCounts(labels_engine))):
+        config = parse_camera_analytics(zones, rules, "test")
+        config.check_classes(list(engine.info.class_names), "test")
+        log = tmp_path / f"{name}.jsonl"
+        analytics = Analytics(AnalyticsSettings(coverage_log=str(log)), {"cam0": config}, engine.info.class_names)
+        seen = []
+        sink = CollectSink(on_write=lambda frame, seen=seen: seen.append((frame.coverage, [m["type"] for m in frame.events])))
+        p = Pipeline(ListReader(list(frames)), eng, [sink], analytics=analytics)
+        assert p.fused == (name == "fused")
+        p.run()
+        analytics.close()
+        assert sink.ids == list(range(8))
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        results[name] = (seen, sink.images, [{k: v for k, v in row.items() if k != "time_s"} for row in rows])
+    assert results["fused"][0] == results["labels"][0]
+    assert any(events == ["start"] for _, events in results["fused"][0]), results["fused"][0]
+    assert any(0 < ratio < 1 for coverage, _ in results["fused"][0] for zone in coverage.values()
+               for ratio in zone.values())   # coverage worth comparing
+    assert all(np.array_equal(a, b) for a, b in zip(results["fused"][1], results["labels"][1]))
+    assert results["fused"][2] == results["labels"][2] and len(results["fused"][2]) == 8

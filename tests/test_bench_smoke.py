@@ -118,6 +118,9 @@ def test_analytics_benches_short(tmp_path):
     assert "%" in out, out
     out = bench("analytics_accuracy.py", "--model", model)
     assert "MAE" in out or "mae" in out.lower(), out
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():   # the end-to-end outage run
+        out = bench("analytics.py", "--model", model, "--broker-outage", "--frames", 4, "--rounds", 1, "--threads", 1)
+        assert "| analytics broker killed |" in out and "events: mqtt" in out, out
 
 
 @needs_clip

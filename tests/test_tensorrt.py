@@ -531,9 +531,21 @@ def test_gpu_dynamic_batch_engine_runs_1_to_n_frames(tmp_path, cuda_graph):
         batched = eng.run_fused_frames(frames, alpha=0.5, mode="side-by-side")
         singles = [eng.run_fused(f, alpha=0.5, mode="side-by-side") for f in frames]
         assert all(np.array_equal(a, b) for a, b in zip(batched, singles))
-        return got, eng.run_fused(frame, alpha=0.5, mode="overlay"), eng.infer(x[:3])
+        # Scene analytics on the fused path: a cell map per frame, counts of the labels on the device.
+        overlays, counts = eng.run_fused_counts(frames, cell_maps, 3, alpha=0.5, mode="side-by-side")
+        assert all(np.array_equal(a, b) for a, b in zip(overlays, batched))
+        host = [eng.infer(preprocess(f, (64, 128), meta["mean"], meta["std"]))[0] for f in frames]
+        return got, eng.run_fused(frame, alpha=0.5, mode="overlay"), eng.infer(x[:3]), counts, host
 
-    got, fused, labels = run_in_thread(run)
+    cell_maps = [np.zeros((64, 128), np.uint8) for _ in frames]
+    for i, m in enumerate(cell_maps):
+        m[:, 64:] = 1 + i % 2                 # two zone layouts, as two cameras would have
+        m[:32, :] = np.maximum(m[:32, :], 1)
+    got, fused, labels, counts, host = run_in_thread(run)
+    for c, m, lab in zip(counts, cell_maps, host):
+        assert c.shape == (3, 4) and c.dtype == np.uint32 and int(c.sum()) == 64 * 128
+        want = np.bincount((m.astype(np.int64) * 4 + lab).ravel(), minlength=12).reshape(3, 4)
+        assert np.abs(c.astype(np.int64) - want).sum() <= 0.004 * 64 * 128   # GPU vs CPU preprocess
     for n, out in got.items():
         n = int(str(n).split()[0])
         assert out.shape == (n, 4, 64, 128) and np.abs(out - ref[:n]).max() <= 1e-3, n

@@ -66,6 +66,25 @@ def test_frame_buffers_per_mode(cfg, mode, out):
     assert bufs["frames"] == ((2, 360, 480, 3), np.uint8) and bufs["out"] == out
 
 
+def test_frame_buffers_with_zone_cells_add_the_maps_up_and_the_counts_down(cfg):
+    bufs = tce.plan_engine(cfg, max_batch=2).frame_buffers((360, 480), "overlay", num_cells=5)
+    assert bufs["cells"] == ((2, 352, 480), np.uint8)          # at the label size, one byte a pixel
+    assert bufs["counts"] == ((2, 5 * 11), np.uint32)         # [cells x classes] per frame
+
+
+@pytest.mark.parametrize("cells,num_cells,msg", [
+    ([np.zeros((352, 480), np.int32)], 2, "int32 (352, 480) cell map"),
+    ([np.zeros((360, 480), np.uint8)], 2, "the labels are 352x480"),
+    ([np.full((352, 480), 3, np.uint8)], 2, "names cell 3, beyond its 2 cells"),
+    ([np.zeros((352, 480), np.uint8)], 300, "one byte per pixel"),
+])
+def test_cell_maps_the_gpu_engines_refuse_are_one_line(cells, num_cells, msg):
+    from engines.cuda_kernels import stack_cell_maps
+    with pytest.raises(ValueError) as e:
+        stack_cell_maps(cells, (352, 480), num_cells)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("kwargs,msg", [({"precision": "bf16"}, "fp32 or fp16"),
                                         ({"input_size": (360, 480)}, "multiples of 32"),
                                         ({"max_batch": 0}, "1 to 64"), ({"max_batch": 65}, "1 to 64")])
@@ -182,6 +201,40 @@ def test_gpu_fused_labels_equal_the_cpu_pipeline(cfg, cuda_graph):
     host = run_in_thread(eng.infer, np.concatenate([preprocess(f, eng.info.input_size, cfg.mean, cfg.std)
                                                     for f in frames]))
     assert all((h == g).mean() >= 0.999 for h, g in zip(host, got))
+    eng.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_gpu_zone_counts_equal_the_histogram_of_the_fused_labels(cfg, cuda_graph):
+    """run_fused_counts (what the pipeline calls with analytics on): per frame its own cell map
+    (two cameras' zones), counts on the device equal app/analytics/coverage.py's cell_histogram
+    of the same chain's labels, and the overlays equal run_fused_frames'. Made here, run in
+    another thread; twice (a replay when graphs are on)."""
+    from app.analytics.coverage import cell_histogram
+    from app.analytics.settings import ZoneSpec
+    from app.analytics.zones import Zones
+
+    def zone(name, polygon):
+        return ZoneSpec(name=name, polygon=polygon)
+    from tests.app_helpers import run_in_thread
+    eng = gpu_engine(cfg, cuda_graph=cuda_graph, max_batch=4)
+    frames = camvid_frames(3)
+    a = Zones([zone("lane", [(0.3, 0.5), (0.7, 0.5), (0.9, 1), (0.1, 1)]), zone("sky", [(0, 0), (1, 0), (1, 0.3)])],
+              cfg.num_classes).raster(eng.info.input_size, frames[0].shape[1::-1])
+    b = Zones([zone("right", [(0.6, 0), (1, 0), (1, 1), (0.6, 1)])],
+              cfg.num_classes).raster(eng.info.input_size, frames[0].shape[1::-1])
+    rasters = [a, b, a]
+    cells = max(r.num_cells for r in rasters)
+    labels = run_in_thread(eng.run_fused_labels, frames)
+    for _ in range(2):
+        overlays, counts = run_in_thread(eng.run_fused_counts, frames, [r.cells for r in rasters], cells, 0.5, "overlay")
+        for lab, r, c in zip(labels, rasters, counts):
+            assert c.shape == (cells, cfg.num_classes) and c.dtype == np.uint32
+            assert np.array_equal(c[:r.num_cells], cell_histogram(lab, r, cfg.num_classes))
+            assert not c[r.num_cells:].any()
+        plain = run_in_thread(eng.run_fused_frames, frames, 0.5, "overlay")
+        assert all(np.array_equal(o, p) for o, p in zip(overlays, plain))
     eng.close()
 
 

@@ -102,16 +102,35 @@ class Analytics:
         self.coverage_log = CoverageLog(options.coverage_log, self.cameras) if options.coverage_log else None
 
     # -- the pipeline's per-frame call (the camera's output thread) ---------------------------
-    def process(self, camera: str, frame, labels, image: np.ndarray | None, hud: bool = False) -> FrameAnalytics | None:
+    def cell_map(self, camera: str, label_hw, source_wh) -> tuple[np.ndarray, int]:
+        """The camera's zones rasterized at the label size: (uint8 cell map [h, w], number of
+        cells), what a GPU engine counts labels by (Engine.run_fused_counts). A camera without
+        zones gets one cell (its counts are not read)."""
         cam = self.cameras.get(camera)
-        if cam is None or labels is None:
+        if cam is None:
+            return np.zeros(tuple(label_hw), np.uint8), 1
+        raster = cam.zones.raster(tuple(label_hw), tuple(source_wh))
+        return raster.cells, raster.num_cells
+
+    def process(self, camera: str, frame, labels, image: np.ndarray | None, hud: bool = False,
+                label_hw=None) -> FrameAnalytics | None:
+        """labels [h, w] of the frame, or None when a GPU engine counted them already
+        (frame.cell_counts, at label_hw: the fused path never brings the label map to the host)."""
+        cam = self.cameras.get(camera)
+        counted = labels is None and frame.cell_counts is not None and label_hw is not None
+        if cam is None or (labels is None and not counted):
             return None
         t = cam.clock(frame)
-        labels = np.asarray(labels)
-        h, w = labels.shape[-2:]
         src_h, src_w = frame.image.shape[:2]
-        raster = cam.zones.raster((h, w), (src_w, src_h))
-        counts = zone_counts(cell_histogram(labels.reshape(h, w), raster, len(self.class_names)), raster)
+        if counted:
+            raster = cam.zones.raster(tuple(label_hw), (src_w, src_h))
+            cells = frame.cell_counts
+        else:
+            labels = np.asarray(labels)
+            h, w = labels.shape[-2:]
+            raster = cam.zones.raster((h, w), (src_w, src_h))
+            cells = cell_histogram(labels.reshape(h, w), raster, len(self.class_names))
+        counts = zone_counts(cells, raster)
         ratios = counts / np.maximum(raster.area, 1)[:, None]
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
                     for zone, classes in cam.watched.items()}
