@@ -63,6 +63,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the CamVid model .onnx (352x480)")
     p.add_argument("--config", default="street-analytics", help="app preset with zones: and rules:")
+    p.add_argument("--frames", type=int, default=None, help="the first N frames only (default: all 101)")
     args = p.parse_args()
     from engines.load import load_engine
 
@@ -75,7 +76,7 @@ def main() -> int:
     config.check_classes(classes, args.config)
     zones = Zones(config.zones, len(classes) + 1)      # + CamVid's unlabelled id 11 in the labels
     watched = config.watched()
-    label_paths = sorted((DATA / "camvid" / "valannot").glob("0016E5_*.png"))
+    label_paths = sorted((DATA / "camvid" / "valannot").glob("0016E5_*.png"))[:args.frames]
     model_cov, label_cov = [], []
     for image, label_path in zip(clip_frames(), label_paths):
         x = preprocess(image, tuple(info.input_size), info.mean, info.std)

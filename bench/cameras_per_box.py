@@ -29,9 +29,10 @@ def bisenet(*args) -> None:
     subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, check=True)
 
 
-def build(workdir: Path, dynamic: bool, max_batch: int) -> Path:
-    """The CamVid model exported (batch 1, or dynamic up to max_batch) and calibrated to INT8,
-    gated on 20 val images per CPU precision (reused when present)."""
+def build(workdir: Path, dynamic: bool, max_batch: int, calib_images: int = 64, val_limit: int = 20) -> Path:
+    """The CamVid model exported (batch 1, or dynamic up to max_batch) and calibrated to INT8
+    on calib_images training images, gated on val_limit val images per CPU precision (reused
+    when present)."""
     tag = f"dyn{max_batch}" if dynamic else "b1"
     fp32, int8 = workdir / f"camvid_{tag}.onnx", workdir / f"camvid_{tag}.int8.onnx"
     if not fp32.is_file():
@@ -39,8 +40,8 @@ def build(workdir: Path, dynamic: bool, max_batch: int) -> Path:
         bisenet("export", "--model", "bisenetv1_r18-d32_camvid-360x480", "--checkpoint", CHECKPOINT,
                 "--size", "352x480", *batch, "-o", fp32)
     if not int8.is_file():
-        bisenet("calibrate", "--onnx", fp32, "--data", "camvid", "--num-images", 64, "--val", "camvid",
-                "--val-limit", 20, "--gate-backend", "openvino", "--quiet", "-o", int8)
+        bisenet("calibrate", "--onnx", fp32, "--data", "camvid", "--num-images", calib_images, "--val", "camvid",
+                "--val-limit", val_limit, "--gate-backend", "openvino", "--quiet", "-o", int8)
     return int8
 
 
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="b1,dynamic", help="b1 (batch 1), dynamic (batch across cameras) or both")
     p.add_argument("--max-batch", type=int, default=4, help="the dynamic model's largest batch (default 4)")
     p.add_argument("--workdir", default="artifacts/cameras_per_box")
+    p.add_argument("--calib-images", type=int, default=64, help="training images the INT8 calibration reads (default 64)")
+    p.add_argument("--val-limit", type=int, default=20, help="val images of the accuracy gate (default 20)")
     args = p.parse_args(argv)
     for path in (CLIP, CHECKPOINT):
         if not path.exists():
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in args.models.split(","):
-        model = build(workdir, kind == "dynamic", args.max_batch)
+        model = build(workdir, kind == "dynamic", args.max_batch, args.calib_images, args.val_limit)
         for n in (int(v) for v in args.cameras.split(",")):
             row = run_cameras(model, n, args.seconds) | {"kind": kind}
             rows.append(row)

@@ -116,7 +116,7 @@ def test_analytics_benches_short(tmp_path):
                    cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
     out = bench("analytics.py", "--model", model, "--frames", 6, "--threads", 1)   # 3 of them warm-up
     assert "%" in out, out
-    out = bench("analytics_accuracy.py", "--model", model)
+    out = bench("analytics_accuracy.py", "--model", model, "--frames", 30)
     assert "MAE" in out or "mae" in out.lower(), out
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():   # the end-to-end outage run
         out = bench("analytics.py", "--model", model, "--broker-outage", "--frames", 4, "--rounds", 1, "--threads", 1)
@@ -127,5 +127,6 @@ def test_analytics_benches_short(tmp_path):
 def test_cameras_per_box_short(tmp_path):
     needs_trained_model()
     out = bench("cameras_per_box.py", "--cameras", 1, "--seconds", 2, "--models", "b1", "--workdir", tmp_path,
+                "--calib-images", 8, "--val-limit", 4,
                 timeout_s=600)
     assert "dropped" in out.lower(), out
