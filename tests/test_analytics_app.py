@@ -171,3 +171,29 @@ def test_api_coverage_metrics_and_clip_route_on_the_app_server(tmp_path):
     # The open event ended with the stream; its snapshot was written and is served by name.
     event_id = result.events[0]["event"]["id"]
     assert (tmp_path / "clips" / "cam0" / f"{event_id}.jpg").is_file()
+
+
+def test_hud_zones_in_side_by_side_mode_sit_on_the_overlay_half():
+    """The outlines follow the zone on the overlay (right half); the source half stays untouched."""
+    import numpy as np
+
+    from app.analytics import Analytics
+    from app.analytics.settings import parse_camera_analytics
+    from app.settings import AnalyticsSettings
+    from app.frames import Frame
+
+    config = parse_camera_analytics([{"name": "box", "polygon": [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75],
+                                                                 [0.25, 0.75]], "classes": ["road"]}], [], "test")
+    analytics = Analytics(AnalyticsSettings(), {"cam0": config}, ["road", "car"])
+    try:
+        source = np.full((80, 120, 3), 40, np.uint8)
+        for mode_width in (120, 240):    # overlay, side-by-side
+            image = np.full((80, mode_width, 3), 40, np.uint8)
+            analytics.process("cam0", Frame(0, 0.0, source, 0.0), np.zeros((8, 12), np.int64), image, hud=True)
+            drawn = np.argwhere((image != 40).any(axis=2))
+            panel_x = mode_width - 120                      # where the overlay starts
+            assert drawn.size and drawn[:, 1].min() >= panel_x, mode_width
+            # the outline's right edge: x = 0.75 * 120 on the overlay panel (±2 px of line width)
+            assert abs(drawn[:, 1].max() - (panel_x + 90)) <= 2, (mode_width, drawn[:, 1].max())
+    finally:
+        analytics.close()

@@ -151,7 +151,9 @@ class Analytics:
                     cam.peak_images[spec.name] = image
         if hud and image is not None:
             from app.hud import draw_zones
-            draw_zones(image, cam.zones.outlines((image.shape[1], image.shape[0]), (src_w, src_h)), coverage)
+            # side-by-side (2W wide: the source, then the overlay): the zones go on the overlay
+            panel = image[:, src_w:] if image.shape[1] == 2 * src_w else image
+            draw_zones(panel, cam.zones.outlines((panel.shape[1], panel.shape[0]), (src_w, src_h)), coverage)
         if cam.clips is not None and image is not None:
             cam.clips.add_frame(t, image)
         with self.lock:
