@@ -31,5 +31,6 @@ fi
 # The whole suite: one pytest process per test file. The libraries these tests load together
 # (torch, OpenVINO, ONNX Runtime, GStreamer, PyAV) crashed one long-lived process with a
 # segfault late in the run, never the same file alone; a process per file keeps each file's
-# state to itself, and a crash, if any, fails that file only and says which.
+# state to itself, and a crash, if any, fails that file only and says which. The compute-only
+# files run two at a time first, the timed ones alone after them (scripts/run_test_files.py).
 .venv/bin/python scripts/run_test_files.py
