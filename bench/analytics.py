@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,30 +60,6 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_broker(tmp: Path, port: int) -> subprocess.Popen:
-    """A real mosquitto on 127.0.0.1:port (Debian's package)."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise SystemExit("--broker-outage needs mosquitto: apt-get install mosquitto")
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"mosquitto did not listen on 127.0.0.1:{port}")
-
-
 def run_app(args, tmp: Path, mode: str) -> tuple[float, str]:
     """One run_camera.py run; mode 'off', 'broker up' or 'broker killed' (when the coverage log
     has a third of the frames). Returns (fps, the app's summary lines)."""
@@ -99,24 +73,26 @@ def run_app(args, tmp: Path, mode: str) -> tuple[float, str]:
     coverage = tmp / f"coverage_{mode.replace(' ', '_')}.csv"
     coverage.unlink(missing_ok=True)
     if mode != "off":
+        from tests.analytics_helpers import MOSQUITTO, Broker   # the analytics tests' real mosquitto
+
+        if MOSQUITTO is None:
+            raise SystemExit("--broker-outage needs mosquitto: apt-get install mosquitto")
         config = tmp / "zones.yaml"
         config.write_text(yaml.safe_dump({"zones": ZONES, "rules": RULES}))
-        port = free_port()
-        broker = start_broker(tmp, port)
-        cmd += ["--config", str(config), "--mqtt", f"mqtt://127.0.0.1:{port}", "--coverage-log", str(coverage)]
+        broker = Broker(tmp).start()
+        cmd += ["--config", str(config), "--mqtt", broker.url, "--coverage-log", str(coverage)]
     app = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         if mode == "broker killed":
             while app.poll() is None:   # the coverage log: a header, then a row per frame
                 if coverage.is_file() and coverage.read_text().count("\n") > args.frames // 3:
-                    broker.kill()
+                    broker.proc.kill()   # a crash, not a clean shutdown
                     break
                 time.sleep(0.05)
         _, err = app.communicate(timeout=1800)
     finally:
         if broker is not None:
-            broker.kill()
-            broker.wait()
+            broker.stop()
     if app.returncode != 0:
         raise SystemExit(f"run_camera.py ({mode}) exited {app.returncode}: {err.strip()[-500:]}")
     line = next((x for x in err.splitlines() if re.search(r"frames \d+\s+written", x)), "")
