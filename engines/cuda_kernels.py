@@ -342,9 +342,11 @@ class CudaKernels:
         return result
 
 
-def stack_cell_maps(cells: list, label_hw, num_cells: int) -> np.ndarray:
-    """run_fused_counts' per-frame cell maps as one uint8 [frames, h, w] array (what the fused
-    chain uploads next to the frames); one-line errors for maps the kernel would misread."""
+def stack_cell_maps(cells: list, frames: int, label_hw, num_cells: int) -> np.ndarray:
+    """run_fused_counts' cell maps, one per frame, as one uint8 [frames, h, w] array (what the
+    fused chain uploads next to the frames); one-line errors for maps the kernel would misread."""
+    if len(cells) != frames:
+        raise ValueError(f"run_fused_counts: {frames} frames but {len(cells)} cell maps")
     h, w = (int(v) for v in label_hw)
     if not 1 <= int(num_cells) <= 256:
         raise ValueError(f"zone cells: {num_cells} cells; the cell map is one byte per pixel (1..256)")

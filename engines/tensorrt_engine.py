@@ -228,9 +228,7 @@ class TensorRTEngine(Engine):
         GPU: the cell maps go up with the frames, [num_cells x classes] counts per frame come
         down with the overlays (in the same captured chain)."""
         from engines.cuda_kernels import stack_cell_maps
-        if len(cells) != len(frames):
-            raise ValueError(f"run_fused_counts: {len(frames)} frames but {len(cells)} cell maps")
-        maps = stack_cell_maps(cells, self.output_shape[-2:], num_cells)
+        maps = stack_cell_maps(cells, len(frames), self.output_shape[-2:], num_cells)
         done = self._fused_frames(frames, alpha, mode, maps, int(num_cells))
         return [overlay for overlay, _ in done], [counts for _, counts in done]
 

@@ -252,9 +252,7 @@ class TorchCudaEngine(Engine):
         from engines.cuda_kernels import alpha_256, overlay_mode_id, stack_cell_maps
         overlay_mode_id(mode)
         alpha_256(alpha)
-        if len(cells) != len(frames):
-            raise ValueError(f"run_fused_counts: {len(frames)} frames but {len(cells)} cell maps")
-        maps = stack_cell_maps(cells, self.plan.input_size, num_cells)
+        maps = stack_cell_maps(cells, len(frames), self.plan.input_size, num_cells)
         done = self._fused_batches(frames, float(alpha), mode, maps, int(num_cells))
         return [out for out, _ in done], [counts for _, counts in done]
 

@@ -279,7 +279,7 @@ class CpuFusedCounts:
     def run_fused_counts(self, frames, cells, num_cells, alpha=0.5, mode="overlay"):
         from engines.cuda_kernels import stack_cell_maps
 
-        maps = stack_cell_maps(cells, self.info.input_size, num_cells)   # the GPU engines' own check
+        maps = stack_cell_maps(cells, len(frames), self.info.input_size, num_cells)   # the GPU engines' own check
         c = self.info.num_classes
         overlays, counts = [], []
         for frame, cell_map in zip(frames, maps):

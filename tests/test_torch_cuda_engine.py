@@ -73,6 +73,7 @@ def test_frame_buffers_with_zone_cells_add_the_maps_up_and_the_counts_down(cfg):
 
 
 @pytest.mark.parametrize("cells,num_cells,msg", [
+    ([np.zeros((352, 480), np.uint8)] * 2, 2, "1 frames but 2 cell maps"),
     ([np.zeros((352, 480), np.int32)], 2, "int32 (352, 480) cell map"),
     ([np.zeros((360, 480), np.uint8)], 2, "the labels are 352x480"),
     ([np.full((352, 480), 3, np.uint8)], 2, "names cell 3, beyond its 2 cells"),
@@ -81,7 +82,7 @@ def test_frame_buffers_with_zone_cells_add_the_maps_up_and_the_counts_down(cfg):
 def test_cell_maps_the_gpu_engines_refuse_are_one_line(cells, num_cells, msg):
     from engines.cuda_kernels import stack_cell_maps
     with pytest.raises(ValueError) as e:
-        stack_cell_maps(cells, (352, 480), num_cells)
+        stack_cell_maps(cells, 1, (352, 480), num_cells)
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
