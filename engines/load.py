@@ -120,12 +120,17 @@ def load_engine(model: str, **options) -> Engine:
     return BACKENDS[backend_for(model, o)](model, o)
 
 
-def sidecar_precision(path: Path) -> str:
-    """'int8', 'fp32', ... from the model's sidecar; the engine reports a missing one."""
+def sidecar_or_empty(path: Path) -> dict:
+    """The model's sidecar, or {} when it is missing or bad: the engine reports that itself."""
     try:
-        return str(read_sidecar(path).get("precision", "fp32"))
+        return read_sidecar(path)
     except (OSError, ValueError):
-        return "fp32"
+        return {}
+
+
+def sidecar_precision(path: Path) -> str:
+    """'int8', 'fp32', ... from the model's sidecar (fp32 when it has none)."""
+    return str(sidecar_or_empty(path).get("precision", "fp32"))
 
 
 # ---------------------------------------------------------------- precision choice (engines/precision.py)
@@ -134,8 +139,4 @@ def openvino_precision(path: Path, requested: str | None) -> tuple[str, str]:
     from engines.cpu_features import detect
     from engines.precision import choose_precision
 
-    try:
-        sidecar = read_sidecar(path)
-    except (OSError, ValueError):
-        sidecar = {}   # the engine reports a missing or bad sidecar itself
-    return choose_precision(sidecar, detect(), requested)
+    return choose_precision(sidecar_or_empty(path), detect(), requested)
