@@ -101,19 +101,6 @@ def test_device_names():
         tce.cuda_device_index("cuda:1")
 
 
-def test_frames_are_grouped_by_size_in_order_and_capped():
-    a, b = np.zeros((4, 6, 3), np.uint8), np.zeros((8, 6, 3), np.uint8)
-    groups = tce.group_frames([a, b, a, a, b, a], cap=2)
-    assert groups == [((4, 6), [0, 2]), ((4, 6), [3, 5]), ((8, 6), [1, 4])]
-
-
-@pytest.mark.parametrize("frame", [np.zeros((4, 6, 3), np.float32), np.zeros((4, 6), np.uint8), "frame.jpg"])
-def test_a_frame_that_is_not_uint8_bgr_is_one_line(frame):
-    with pytest.raises(ValueError, match="uint8 BGR") as e:
-        tce.group_frames([np.zeros((4, 6, 3), np.uint8), frame], cap=4)
-    assert "\n" not in str(e.value)
-
-
 def test_cupy_wheel_follows_torchs_cuda():
     assert tce.cupy_package("12.6") == "cupy-cuda12x" and tce.cupy_package("13.0") == "cupy-cuda13x"
 
