@@ -1,7 +1,7 @@
 """The PyTorch-CUDA engine (engines/torch_cuda_engine.py).
 
-Here (no GPU, CPU-only torch): the planning (precision -> input dtype, buffer shapes, frame
-grouping, the device name), its one-line refusals, and the one-line exit-2 error of `--device
+Here (no GPU, CPU-only torch): the planning (precision -> input dtype, buffer shapes, the
+device name; the shared chain's grouping: tests/test_fused_chain.py), its one-line refusals, and the one-line exit-2 error of `--device
 cuda` where torch has no CUDA, through the real load_engine. On a GPU with CUDA torch and CuPy
 (marked gpu): the fused chain against the CPU pipeline on CamVid frames with the trained
 CamVid checkpoint, made in one thread and run in another, batches, CUDA graphs, fp16.
