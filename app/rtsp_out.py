@@ -1,8 +1,9 @@
 """RTSP output: `--output rtsp://HOST:PORT/PATH` (push) and `--output rtsp://@:PORT/PATH` (serve).
 
-Push (`RtspPushSink`): the overlay is encoded to H.264 for low latency (libx264 through
-PyAV/FFmpeg, tune=zerolatency so no B-frames and no look-ahead, preset ultrafast, a keyframe
-every second so a viewer joining late waits at most a second) and sent to an RTSP server that
+Push (`RtspPushSink`): the overlay is encoded to H.264 for low latency (app/encoding.py's
+policy: libx264 through PyAV/FFmpeg with tune=zerolatency so no B-frames and no look-ahead,
+preset ultrafast, else the next H.264 encoder FFmpeg has; odd sizes padded; a keyframe every
+second of capture time so a viewer joining late waits at most a second) and sent to an RTSP server that
 accepts ANNOUNCE/RECORD (MediaMTX, rtsp-simple-server, Debian's rtsp-server-perl). Viewers
 pull from that server. UDP is tried first and TCP when the server refuses UDP (FFmpeg's own
 fallback), unless `--rtsp-transport` forces one.
@@ -28,6 +29,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from core.errors import InputError, SetupError
+from app.encoding import (KeyframeClock, even_size, force_keyframe, h264_encoder, keyframe_interval, pad_to_even,
+                          set_up_encoder)
 from app.frames import Frame, Sink
 from app.settings import RTSP_BITRATE, CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
@@ -84,16 +87,14 @@ class _RtspPushSession:
             options["rtsp_transport"] = transport
         self.container = av.open(url, mode="w", format="rtsp", options=options)
         try:
-            gop = max(1, round(fps))
+            codec = h264_encoder()
             kbps = bitrate // 1000
-            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={
+            self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            set_up_encoder(self.stream.codec_context, codec, width, height, fps, bit_rate=bitrate, x264={
                 "tune": "zerolatency", "preset": "ultrafast",
                 # A VBV buffer of half a second: bitrate holds without a deep encoder queue.
                 "x264-params": f"vbv-maxrate={kbps}:vbv-bufsize={max(1, kbps // 2)}"})
-            self.stream.width, self.stream.height = width, height
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.bit_rate = bitrate
-            self.stream.codec_context.gop_size = gop      # keyframe every second
+            self.stream.codec_context.max_b_frames = 0    # no reordering delay, whichever encoder
             self.stream.codec_context.time_base = RTP_CLOCK
             self.container.start_encoding()               # ANNOUNCE, SETUP, RECORD
         except BaseException:
@@ -101,6 +102,7 @@ class _RtspPushSession:
             raise
         self.t0: float | None = None
         self.last_pts = -1
+        self.keys = KeyframeClock()                       # a viewer joining late waits at most a second
 
     def send(self, image: np.ndarray, capture_ts: float) -> None:
         import av
@@ -111,8 +113,10 @@ class _RtspPushSession:
         # and a dropped frame leaves a gap instead of shifting everything after it.
         pts = max(self.last_pts + 1, int((capture_ts - self.t0) * RTP_CLOCK.denominator))
         self.last_pts = pts
-        vf = av.VideoFrame.from_ndarray(image, format="bgr24")
+        vf = av.VideoFrame.from_ndarray(pad_to_even(image), format="bgr24")
         vf.pts, vf.time_base = pts, RTP_CLOCK
+        if self.keys.due(capture_ts - self.t0):
+            force_keyframe(vf)
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
 
@@ -159,13 +163,8 @@ class RtspPushSink(Sink):
         self._connector: threading.Thread | None = None
 
     def open(self, width: int, height: int, fps: float) -> None:
-        import av
-
-        if "libx264" not in av.codecs_available:
-            raise SetupError("this FFmpeg build has no libx264 encoder; install PyAV from "
-                               "PyPI (pip install av), whose wheels include it")
-        # yuv420p needs even sizes: the last odd row/column is cropped, never rescaled.
-        self._size = (width - width % 2, height - height % 2)
+        h264_encoder()                   # no H.264 encoder at all: that one line now, not at each connect
+        self._size = even_size(width, height)     # odd sides padded (app/encoding.py)
         self._fps = float(fps) if fps and fps > 0 else 30.0
         self._down_since = time.monotonic()
         try:
@@ -181,14 +180,13 @@ class RtspPushSink(Sink):
         self._connector.start()
 
     def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
-        w, h = self._size
         with self._lock:
             conn = self._conn
             if conn is None:
                 self.dropped["server_down"] += 1
                 return
             try:
-                conn.send(overlay_bgr[:h, :w], frame.capture_ts)
+                conn.send(overlay_bgr, frame.capture_ts)
                 self.written += 1
                 return
             except Exception as e:      # BrokenPipe, ConnectionReset, EPIPE from FFmpeg ...
@@ -281,10 +279,9 @@ class RtspServeSink(Sink):
     def open(self, width: int, height: int, fps: float) -> None:
         Gst, GstRtspServer, GLib = _import_gstreamer()
         Gst.init(None)
-        w, h = width - width % 2, height - height % 2
-        self._size = (w, h)
+        w, h = even_size(width, height)          # odd sides padded (app/encoding.py)
         fps_frac = Fraction(fps if fps and fps > 0 else 30).limit_denominator(1001)
-        gop = max(1, round(float(fps_frac)))
+        gop = keyframe_interval(float(fps_frac))
         kbps = max(1, self.bitrate // 1000)
         if Gst.ElementFactory.find("nvv4l2h264enc"):     # Jetson hardware encoder
             encoder = (f"nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc "
@@ -357,8 +354,7 @@ class RtspServeSink(Sink):
             self.dropped["no_viewer"] += 1
             return
         Gst = self._Gst
-        w, h = self._size
-        data = np.ascontiguousarray(overlay_bgr[:h, :w]).tobytes()
+        data = np.ascontiguousarray(pad_to_even(overlay_bgr)).tobytes()
         ok = False
         for appsrc, t0 in targets:
             buf = Gst.Buffer.new_wrapped(data)

@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 
 from app.display import display_problem, gui_available  # noqa: F401 (gui_available: tests)
+from app.encoding import KeyframeClock, even_size, force_keyframe, h264_encoder, pad_to_even, set_up_encoder
 from app.frames import Sink
 from app.settings import CameraSettings
 from core.validate import prepare_output
-from core.errors import BisenetError, file_error
+from core.errors import BisenetError, SetupError, file_error
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -82,21 +83,12 @@ def check_save_labels(cam: CameraSettings) -> None:
                         f"{cam.name} has none ({', '.join(cam.output)}); add --output frames/ or leave --save-labels out")
 
 
-def _even(img: np.ndarray) -> np.ndarray:
-    """yuv420p needs even sizes: pad odd edges by one replicated pixel (nothing is cropped)."""
-    h, w = img.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return img
-    return cv2.copyMakeBorder(img, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
-
-
 # mp4/mov are written fragmented: an empty index up front, then one self-contained fragment
 # (moof + mdat) per keyframe, flushed to the file as it is written. A SIGKILL or power loss
 # leaves a file that plays up to its last complete fragment; a keyframe every second bounds
 # the loss to about a second plus the encoder's delay (docs/app.md). default_base_moof is the
 # layout browsers' Media Source Extensions expect; players read it like any mp4.
 FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
-KEYFRAME_EVERY_S = 1.0
 
 
 class VideoFileSink(Sink):
@@ -116,26 +108,26 @@ class VideoFileSink(Sink):
         self.count = 0
         self._t0 = None
         self._last_pts = -1
-        self._next_key_ms = 0
+        self._keys = KeyframeClock()
         self.fragmented = self.path.suffix.lower() in (".mp4", ".mov")
         self._sync_fd = None   # fsync after each fragment: it survives a power loss too
         prepare_output(self.path, "--output")   # missing folders are made; unwritable: one line now
 
     def open(self, width, height, fps) -> None:
         fps = float(fps or 25.0)
-        width, height = width + width % 2, height + height % 2
+        width, height = even_size(width, height)
         try:
             import av
         except ImportError:
             av = None
         if av is not None:
             codec = VIDEO_OUTPUT_SUFFIXES.get(self.path.suffix.lower(), "h264")
-            if codec == "h264":
-                codec = "libx264" if "libx264" in av.codecs_available else "h264"
             try:
+                if codec == "h264":
+                    codec = h264_encoder()
                 self._open_pyav(av, codec, width, height, fps)
                 return
-            except (av.error.FFmpegError, ValueError) as e:
+            except (av.error.FFmpegError, ValueError, SetupError) as e:
                 if self.container is not None:
                     self.container.close()
                 self.container = None
@@ -149,20 +141,13 @@ class VideoFileSink(Sink):
     def _open_pyav(self, av, codec, width, height, fps) -> None:
         self.container = av.open(str(self.path), mode="w", options=FRAGMENTED_MP4 if self.fragmented else {})
         rate = Fraction(fps).limit_denominator(1001)
-        options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {}
-        self.stream = self.container.add_stream(codec, rate=rate, options=options)
-        self.stream.codec_context.gop_size = max(1, round(fps * KEYFRAME_EVERY_S))
+        self.stream = self.container.add_stream(codec, rate=rate)
+        set_up_encoder(self.stream.codec_context, codec, width, height, fps,
+                       x264={"preset": "veryfast", "crf": "23"}, bit_rate=self.bitrate)
         if self.fragmented:
             # No B-frames: the empty index up front cannot carry the edit list that would shift
             # B-frame timestamps back to 0 (the first frame would show at 2/fps). Also less delay.
             self.stream.codec_context.max_b_frames = 0
-        self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = "yuv420p"
-        if self.bitrate:
-            self.stream.bit_rate = int(self.bitrate)
-        elif codec != "libx264":
-            # No CRF outside x264: about 0.15 bit per pixel keeps MPEG-4 free of blocking.
-            self.stream.bit_rate = max(1_000_000, int(0.15 * width * height * fps))
         # Files: one tick per frame. Live: millisecond ticks from the capture clock.
         self.time_base = Fraction(1, 1000) if self.live else 1 / rate
         self.stream.codec_context.time_base = self.time_base
@@ -170,7 +155,7 @@ class VideoFileSink(Sink):
         self.stream.codec_context.open()
 
     def write(self, frame, overlay_bgr, labels) -> None:
-        img = _even(overlay_bgr)
+        img = pad_to_even(overlay_bgr)
         if self.writer is not None:
             self.writer.write(img)
             self.count += 1
@@ -183,9 +168,8 @@ class VideoFileSink(Sink):
             pts = max(int(round((frame.capture_ts - self._t0) * 1000)), self._last_pts + 1)
             # A live run may write far fewer frames than its nominal fps (drops), so the GOP in
             # frames is not a bound in time: force a keyframe (a new fragment) every second.
-            if pts >= self._next_key_ms:
-                vf.pict_type = av.video.frame.PictureType.I
-                self._next_key_ms = pts + int(KEYFRAME_EVERY_S * 1000)
+            if self._keys.due(pts / 1000):
+                force_keyframe(vf)
         else:
             pts = self.count
         self._last_pts = pts

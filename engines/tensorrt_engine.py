@@ -4,7 +4,8 @@
     labels = eng.infer(batch)                       # host in, host out (the Engine interface), N frames
     out_bgr = eng.run_fused(frame_bgr, mode="overlay")   # uint8 in, uint8 out, nothing else crosses PCIe
 
-The fused path: the uint8 BGR frame goes up once into a page-locked staging buffer's device
+The fused path (engines/fused_chain.py, the chain both GPU engines share; TensorRT is its
+network here): the uint8 BGR frame goes up once into a page-locked staging buffer's device
 twin; engines/preprocess.cu writes the normalized tensor straight into TensorRT's input
 binding; TensorRT runs; for a logits head engines/overlay.cu's argmax reduces to labels on
 the GPU; the overlay kernel blends with the frame still on the GPU; the uint8 result comes
@@ -28,14 +29,14 @@ app's pipeline does. No torch on this path.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, run_static_batch
-from core.errors import MissingFileError, SetupError, first_line
+from engines.base import ModelInfo, run_static_batch
+from core.errors import MissingFileError, SetupError
 from core.sidecar import read_sidecar
+from engines.fused_chain import CudaGraphs, FusedChain, FusedEngine, Network
 from engines.fingerprint import Fingerprint, MachineProbe, check_fingerprint, check_or_rebuild
 from engines.tensorrt_api import import_tensorrt, tensorrt_api, tensorrt_logger
 
@@ -50,10 +51,8 @@ def check_engine_sidecar(meta: dict, engine_path, tensorrt_version: str, gpu_nam
                                                      compute_capability=str(compute_capability)))
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(FusedEngine):
     backend = "tensorrt"
-    fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
-    fused_counts = True    # run_fused_counts: + the zone histogram on the device (scene analytics)
 
     def __init__(self, engine_path, cuda_graph: bool = False, check: bool = True, rebuild: bool = False):
         """rebuild: an engine built for another TensorRT/CUDA/GPU is rebuilt here from its ONNX."""
@@ -75,10 +74,7 @@ class TensorRTEngine(Engine):
             meta = check_or_rebuild(meta, self.path, MachineProbe(trt), rebuild, build=build_engine)
         self.trt, self.cuda, self.meta = trt, self.cuda_context.cuda, meta
         self.info = ModelInfo.from_sidecar(meta)
-        self.use_cuda_graph = cuda_graph
-        self._host_graphs = {}      # batch size -> {"graph": CudaGraph} once infer() has captured one
         self._batch_now = None      # the batch size the context is set to (dynamic-batch engines)
-        self._fused = {}            # (h, w, alpha, mode, zone cells) -> resources (and graph)
         self._kernels = None
         with self.cuda_context:
             self.runtime = trt.Runtime(tensorrt_logger(trt))
@@ -93,6 +89,18 @@ class TensorRTEngine(Engine):
             # capture on this stream would not survive.
             self.stream = self.cuda.Stream(flags=NON_BLOCKING)
             self._allocate(tuple(meta["input_shape"]))
+        # Graphs of infer() (key ("host", n)) and of the fused chain, one CUDA-graph switch for both.
+        self.graphs = CudaGraphs(cuda_graph, self._capture, lambda: self.stream.synchronize(), "tensorrt",
+                                 self.path.name)
+        self.chain = FusedChain(
+            PycudaDevice(self.cuda, self.stream),
+            Network(int(self.buffers[self.input_name][1]), self.input_dtype, tuple(self.input_shape[-2:]),
+                    int(self.buffers[self.output_name][1]), self.output_dtype, tuple(self.output_shape[-2:]),
+                    run=lambda n: self._execute(),
+                    prepare=self._set_batch if self.info.dynamic_batch else None),
+            self.info, self.input_shape[0], self.graphs, self._chain_kernels, self.path.name)
+
+    use_cuda_graph = property(lambda self: self.graphs.on)
 
     # -- buffers -------------------------------------------------------------------------------
     def _io(self):
@@ -134,9 +142,7 @@ class TensorRTEngine(Engine):
         graphs of the old one: steady full batches replay, a change recaptures once."""
         if n == self._batch_now:
             return   # the context already has this shape
-        self._host_graphs.clear()
-        for r in self._fused.values():
-            r["graphs"].clear()
+        self.graphs.clear()
         if not self.context.set_input_shape(self.input_name, (n, *self.input_shape[1:])):
             raise RuntimeError(f"{self.path}: TensorRT refused batch {n} (outside the engine's profile, batch 1.."
                                f"{self.input_shape[0]}); rebuild it with a larger --max-batch")
@@ -146,24 +152,10 @@ class TensorRTEngine(Engine):
         if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} (see its log above)")
 
-    def _run(self, work, graph_holder: dict) -> None:
-        """Run `work()` (async calls on self.stream): replayed from a CUDA graph when graphs are
-        on, captured on first use. An engine that cannot be captured runs plainly from then on."""
-        if self.use_cuda_graph and graph_holder.get("graph") is None:
-            from engines.cuda_kernels import CudaGraph
-            work()                             # a first run does TensorRT's lazy setup outside the capture
-            self.stream.synchronize()
-            try:
-                graph_holder["graph"] = CudaGraph(self.stream.handle, work, self.cuda_context)
-            except Exception as e:             # noqa: BLE001  (TensorRT or the driver refused the capture)
-                self.use_cuda_graph = False
-                first = first_line(e)
-                print(f"[tensorrt] CUDA graph capture of {self.path.name} failed ({first}): running it "
-                      "without a graph", file=sys.stderr, flush=True)
-        if graph_holder.get("graph") is not None:
-            graph_holder["graph"].launch()
-        else:
-            work()
+    def _capture(self, work):
+        """A CUDA graph of `work` on the engine's stream: its launch."""
+        from engines.cuda_kernels import CudaGraph
+        return CudaGraph(self.stream.handle, work, self.cuda_context).launch
 
     # -- the Engine interface (host arrays in and out) -----------------------------------------------
     def _run_host(self, batch: np.ndarray) -> np.ndarray:
@@ -182,7 +174,7 @@ class TensorRTEngine(Engine):
             self._execute()
             self.cuda.memcpy_dtoh_async(part_out, dev_out, self.stream)
 
-        self._run(work, self._host_graphs.setdefault(n, {}))
+        self.graphs.run(("host", n), work)
         self.stream.synchronize()
         return part_out.copy()
 
@@ -212,137 +204,22 @@ class TensorRTEngine(Engine):
         labels = self._run_frames(batch)
         return labels.reshape(len(batch), *labels.shape[-2:]).astype(np.int32, copy=False)
 
-    # -- the fused path: uint8 BGR frames in, uint8 BGR frames out --------------------------------
-    def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
-        return self.run_fused_frames([frame_bgr], alpha, mode)[0]
+    # -- the fused path (engines/fused_chain.py): TensorRT runs the network ------------------------------
+    def _on_gpu(self):
+        return self.cuda_context
 
-    def run_fused_frames(self, frames: list, alpha: float = 0.5, mode: str = "overlay") -> list:
-        """Several frames (several cameras' frames): those of one size go through together, up
-        to the engine's batch at a time: one upload, one preprocess launch, one enqueue, one
-        argmax and one overlay launch, one download. Returns the overlays in the frames' order."""
-        return [overlay for overlay, _ in self._fused_frames(frames, alpha, mode, None, 0)]
-
-    def run_fused_counts(self, frames: list, cells: list, num_cells: int, alpha: float = 0.5,
-                         mode: str = "overlay") -> tuple[list, list]:
-        """run_fused_frames plus engines/overlay.cu's zone_histogram on the labels still on the
-        GPU: the cell maps go up with the frames, [num_cells x classes] counts per frame come
-        down with the overlays (in the same captured chain)."""
-        from engines.cuda_kernels import stack_cell_maps
-        maps = stack_cell_maps(cells, len(frames), self.output_shape[-2:], num_cells)
-        done = self._fused_frames(frames, alpha, mode, maps, int(num_cells))
-        return [overlay for overlay, _ in done], [counts for _, counts in done]
-
-    def _fused_frames(self, frames: list, alpha, mode, maps, num_cells: int) -> list:
-        """[(overlay, counts or None)] in the frames' order."""
-        for f in frames:
-            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
-                raise ValueError(f"run_fused takes uint8 BGR HxWx3 frames, got {f.dtype} {f.shape}")
-        by_size = {}
-        for i, f in enumerate(frames):
-            by_size.setdefault(f.shape[:2], []).append(i)
-        out = [None] * len(frames)
-        cap = self.input_shape[0]
-        with self.cuda_context:
-            for (h, w), idx in by_size.items():
-                key = (h, w, float(alpha), mode, num_cells)
-                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode, num_cells)
-                self._fused[key] = r
-                for i in range(0, len(idx), cap):
-                    part = idx[i:i + cap]
-                    done = self._fused_run(r, [frames[j] for j in part], None if maps is None else maps[part])
-                    for j, result in zip(part, done):
-                        out[j] = result
-        return out
-
-    def _fused_run(self, r: dict, frames: list, maps) -> list:
-        n = len(frames)
-        if self.info.dynamic_batch:
-            self._set_batch(n)                 # (a fixed batch runs all its frames; the first n are read)
-        for i, f in enumerate(frames):
-            np.copyto(r["frame_host"][i], f)
-        if maps is not None:
-            np.copyto(r["cells_host"][:n], maps)
-        work = r["work"].get(n) or r["make_work"](n)
-        r["work"][n] = work                    # fixed addresses per n: replayable
-        self._run(work, r["graphs"].setdefault(n, {}))
-        self.stream.synchronize()
-        counts = r["counts_host"]
-        return [(o.copy(), None if counts is None else counts[i].reshape(-1, self.info.num_classes).copy())
-                for i, o in enumerate(r["out_host"][:n])]
-
-    def _fused_setup(self, h, w, alpha, mode, num_cells: int = 0) -> dict:
-        """Staging buffers for up to the engine's batch of h x w frames, and `make_work(n)`: the
-        async chain for n of them (what a CUDA graph per n captures). num_cells > 0: also the
-        cell maps up and the zone counts down (run_fused_counts)."""
-        from core.overlay import palette_bgr
-        from engines.cuda_kernels import CudaKernels, label_step
-        cuda = self.cuda
+    def _chain_kernels(self):
         if self._kernels is None:
+            from engines.cuda_kernels import CudaKernels
             self._kernels = CudaKernels("pycuda")
-        k = self._kernels
-        cap, _, in_h, in_w = self.input_shape
-        out_h, out_w = self.output_shape[-2:]
-        frame_host = cuda.pagelocked_empty((cap, h, w, 3), np.uint8)
-        frame_dev = cuda.mem_alloc(frame_host.nbytes)
-        out_host = cuda.pagelocked_empty((cap, h, 2 * w if mode == "side-by-side" else w, 3), np.uint8)
-        out_dev = cuda.mem_alloc(out_host.nbytes)
-        pre = k.preprocessor(h, w, in_h, in_w, self.info.mean, self.info.std, self.input_dtype)
-        render = k.overlay_renderer(palette_bgr(self.info.palette))
-        dev_in = self.buffers[self.input_name][1]
-        dev_out = self.buffers[self.output_name][1]
-        labels_dev, labels_dtype = dev_out, self.output_dtype
-        if self.info.head == "logits":
-            if self.output_dtype != np.float32:
-                raise RuntimeError(f"{self.path.name}: the argmax kernel reads float32 logits, the engine outputs "
-                                   f"{self.output_dtype}; rebuild from an ONNX with float32 outputs")
-            labels_dev, labels_dtype = cuda.mem_alloc(cap * out_h * out_w * 4), np.int32
-        else:
-            label_step(labels_dtype)           # int32 or int64, else a one-line error now
-        num_classes = self.info.num_classes
-        bins = num_cells * num_classes
-        cells_host = cells_dev = counts_host = counts_dev = None
-        if num_cells:
-            cells_host = cuda.pagelocked_empty((cap, out_h, out_w), np.uint8)
-            cells_dev = cuda.mem_alloc(cells_host.nbytes)
-            counts_host = cuda.pagelocked_empty((cap, bins), np.uint32)
-            counts_dev = cuda.mem_alloc(counts_host.nbytes)
-
-        def make_work(n):
-            frames_in, frames_out = frame_host[:n], out_host[:n]
-            cells_in = None if cells_host is None else cells_host[:n]
-            counts_out = None if counts_host is None else counts_host[:n]
-
-            def work():
-                cuda.memcpy_htod_async(frame_dev, frames_in, self.stream)
-                pre(int(frame_dev), int(dev_in), self.stream, frames=n)
-                self._execute()
-                if self.info.head == "logits":
-                    k.argmax(int(dev_out), num_classes, out_h * out_w, int(labels_dev), self.stream, frames=n)
-                render(int(frame_dev), h, w, int(labels_dev), out_h, out_w, int(out_dev), alpha, mode,
-                       label_dtype=labels_dtype, stream=self.stream, frames=n)
-                cuda.memcpy_dtoh_async(frames_out, out_dev, self.stream)
-                if cells_in is not None:       # zone counts from the labels on the GPU
-                    cuda.memcpy_htod_async(cells_dev, cells_in, self.stream)
-                    cuda.memset_d32_async(int(counts_dev), 0, n * bins, self.stream)   # (dest, value, count, stream)
-                    k.zone_histogram_on_device(int(labels_dev), out_h * out_w, int(cells_dev), num_classes,
-                                               num_cells, int(counts_dev), labels_dtype, shared_cells=False,
-                                               stream=self.stream, frames=n)
-                    cuda.memcpy_dtoh_async(counts_out, counts_dev, self.stream)
-            return work
-
-        # Keep every allocation alive as long as the (possibly captured) work refers to it.
-        return {"frame_host": frame_host, "frame_dev": frame_dev, "out_host": out_host, "out_dev": out_dev,
-                "labels_dev": labels_dev, "cells_host": cells_host, "cells_dev": cells_dev,
-                "counts_host": counts_host, "counts_dev": counts_dev, "pre": pre, "render": render,
-                "make_work": make_work, "work": {}, "graphs": {}}
+        return self._kernels
 
     def close(self) -> None:
         """Free the GPU resources now, in the primary context (from whichever thread calls)."""
         if getattr(self, "engine", None) is None:
             return
         with self.cuda_context:
-            self._fused.clear()
-            self._host_graphs.clear()
+            self.chain.close()
             self._kernels = None
             self.buffers = {}
             self.context = self.engine = self.runtime = None
@@ -351,3 +228,29 @@ class TensorRTEngine(Engine):
     def describe(self) -> str:
         return (super().describe() + f" TensorRT {self.meta.get('tensorrt_version')} "
                 f"{'graph ' if self.use_cuda_graph else ''}on {self.meta.get('gpu_name')}")
+
+
+class PycudaDevice:
+    """The fused chain's memory calls through pycuda, async on the engine's stream."""
+
+    def __init__(self, cuda, stream):
+        self.cuda, self.stream = cuda, stream
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        return self.cuda.pagelocked_empty(shape, dtype)
+
+    def alloc(self, shape, dtype):
+        return self.cuda.mem_alloc(max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1))
+
+    @staticmethod
+    def ptr(allocation) -> int:
+        return int(allocation)
+
+    def up(self, dst: int, host: np.ndarray) -> None:
+        self.cuda.memcpy_htod_async(dst, host, self.stream)
+
+    def down(self, host: np.ndarray, src: int) -> None:
+        self.cuda.memcpy_dtoh_async(host, src, self.stream)
+
+    def zero(self, dst: int, nbytes: int) -> None:
+        self.cuda.memset_d32_async(dst, 0, nbytes // 4, self.stream)   # (dest, value, 32-bit words, stream)

@@ -4,7 +4,7 @@
     overlays = eng.run_fused_frames([frame_cam0, frame_cam1, frame_cam2])   # uint8 in, uint8 out
     labels = eng.infer(batch)                                              # the Engine interface
 
-The same chain as TensorRTEngine.run_fused_frames, with PyTorch as the network: the cameras'
+The same chain as TensorRTEngine's (engines/fused_chain.py), with PyTorch as the network: the cameras'
 uint8 BGR frames go up once (one copy from page-locked memory), engines/preprocess.cu writes
 the normalized tensor straight into the network's input tensor (a torch tensor: the kernels
 take its device pointer, no host copy and no CuPy copy), the network runs, engines/overlay.cu's
@@ -23,24 +23,24 @@ on the GPU, and the overlays come down once. Same-size frames go through togethe
 - Contexts: torch and CuPy both use the CUDA runtime, hence device 0's primary context in
   every thread (docs/gpu.md); the engine is made in one thread and run in the pipeline's.
 
-The planning (precision -> dtypes, buffer shapes, frame grouping) is plain Python, tested
-without a GPU; importing this module imports neither torch nor CuPy.
+The planning (precision -> dtypes, buffer shapes; the chain's frame grouping) is plain Python,
+tested without a GPU; importing this module imports neither torch nor CuPy.
 """
 from __future__ import annotations
 
-import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import BisenetError, InputError, first_line
-from engines.base import Engine, ModelInfo
+from core.errors import BisenetError, InputError
+from engines.base import ModelInfo
+from engines.fused_chain import LABELS, CudaGraphs, FusedChain, FusedEngine, Network, staging_buffers
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_MAX_BATCH = 8
 MAX_BATCH = 64
-LABELS = "labels"           # the fused chain's mode that downloads the labels instead of an overlay
 
 
 class CudaUnavailable(BisenetError, RuntimeError):
@@ -70,17 +70,8 @@ class CudaPlan:
                 "labels": ((n, h, w), np.dtype(np.int32))}
 
     def frame_buffers(self, frame_hw, mode: str, num_cells: int = 0) -> dict:
-        """The staging buffers of one frame size and mode: name -> (shape, dtype); num_cells > 0
-        adds the zone cell maps (up) and their [cells x classes] counts (down): run_fused_counts."""
-        fh, fw = frame_hw
-        n = self.max_batch
-        out = (n, *self.input_size) if mode == LABELS else (n, fh, 2 * fw if mode == "side-by-side" else fw, 3)
-        buffers = {"frames": ((n, fh, fw, 3), np.dtype(np.uint8)),
-                   "out": (out, np.dtype(np.int32 if mode == LABELS else np.uint8))}
-        if num_cells:
-            buffers["cells"] = ((n, *self.input_size), np.dtype(np.uint8))
-            buffers["counts"] = ((n, num_cells * self.num_classes), np.dtype(np.uint32))
-        return buffers
+        """The fused chain's staging buffers of one frame size and mode: name -> (shape, dtype)."""
+        return staging_buffers(self.max_batch, frame_hw, self.input_size, mode, num_cells, self.num_classes)
 
 
 def plan_engine(cfg, input_size=None, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH) -> CudaPlan:
@@ -103,17 +94,6 @@ def cuda_device_index(device: str) -> int:
         return 0
     raise InputError(f"--device {device}: the CUDA engine runs on device 0 (use --device cuda; pick the GPU "
                      "with CUDA_VISIBLE_DEVICES)")
-
-
-def group_frames(frames, cap: int) -> list:
-    """[(frame (h, w), [frame indices])] in order: frames of one size together, at most `cap` a group."""
-    groups = {}
-    for i, f in enumerate(frames):
-        if not isinstance(f, np.ndarray) or f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
-            raise ValueError(f"run_fused takes uint8 BGR HxWx3 frames, got "
-                             f"{getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}")
-        groups.setdefault(f.shape[:2], []).append(i)
-    return [(hw, idx[i:i + cap]) for hw, idx in groups.items() for i in range(0, len(idx), cap)]
 
 
 def require_torch_cuda():
@@ -149,10 +129,8 @@ def require_cupy(torch):
     return cupy
 
 
-class TorchCudaEngine(Engine):
+class TorchCudaEngine(FusedEngine):
     backend = "pytorch-cuda"
-    fused = True           # run_fused / run_fused_frames: the CUDA preprocess + overlay chain
-    fused_counts = True    # run_fused_counts: + the zone histogram on the device (scene analytics)
 
     def __init__(self, cfg, checkpoint=None, input_size=None, device: str = "cuda", precision: str = "fp32",
                  max_batch: int = DEFAULT_MAX_BATCH, cuda_graph: bool = True, random_init: bool = False,
@@ -174,9 +152,7 @@ class TorchCudaEngine(Engine):
         info = ModelInfo.from_model_config(cfg, self.plan.input_size)
         info.precision, info.dynamic_batch, info.max_batch = precision, True, self.plan.max_batch
         self.info = info
-        self.use_cuda_graph = cuda_graph
         self._lock = threading.Lock()          # the shared buffers: one chain at a time
-        self._fused = {}                       # (h, w, alpha, mode, zone cells) -> staging buffers, kernels, graphs
         self.dev = torch.device("cuda", 0)
         torch.backends.cudnn.allow_tf32 = False          # fp32 means fp32 (TF32 would flip labels)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -188,6 +164,15 @@ class TorchCudaEngine(Engine):
             self.buf = {name: torch.empty(shape, dtype=self._torch_dtype(dtype), device=self.dev)
                         for name, (shape, dtype) in self.plan.buffers().items()}
         self.gpu_name = torch.cuda.get_device_name(0)
+        self.graphs = CudaGraphs(cuda_graph, self._capture, self.stream.synchronize, "pytorch-cuda",
+                                 "the fused chain")
+        self.chain = FusedChain(
+            TorchDevice(torch, self.cupy, self.dev, self.kernel_stream, self._torch_dtype),
+            Network(self.buf["input"].data_ptr(), self.input_dtype, self.plan.input_size,
+                    self.buf["logits"].data_ptr(), np.dtype(np.float32), self.plan.input_size, run=self._network),
+            info, self.plan.max_batch, self.graphs, lambda: self.kernels, "the CUDA engine")
+
+    use_cuda_graph = property(lambda self: self.graphs.on)
 
     def _torch_dtype(self, dtype):
         t = self.torch
@@ -213,7 +198,7 @@ class TorchCudaEngine(Engine):
             raise ValueError(f"the CUDA engine takes [N, {', '.join(map(str, want))}] input, got {batch.shape}")
         torch, cap = self.torch, self.plan.max_batch
         outs = []
-        with self._lock, torch.cuda.device(0), torch.cuda.stream(self.stream), torch.no_grad():
+        with self._on_gpu():
             for i in range(0, len(batch), cap):
                 part = np.ascontiguousarray(batch[i:i + cap], dtype=self.input_dtype)
                 n = len(part)
@@ -232,145 +217,66 @@ class TorchCudaEngine(Engine):
             return self.buf["labels"][:n].clone()
         return self._host_chunks(batch, labels)
 
-    # -- the fused path: uint8 BGR frames in, uint8 BGR frames out ----------------------------------
-    def run_fused(self, frame_bgr: np.ndarray, alpha: float = 0.5, mode: str = "overlay") -> np.ndarray:
-        return self.run_fused_frames([frame_bgr], alpha, mode)[0]
-
-    def run_fused_frames(self, frames: list, alpha: float = 0.5, mode: str = "overlay") -> list:
-        """Overlays of several frames (several cameras'), in the frames' order: those of one size
-        in one upload, one launch of each kernel, one network call and one download."""
-        from engines.cuda_kernels import alpha_256, overlay_mode_id
-        overlay_mode_id(mode)                  # one-line errors before any GPU work
-        alpha_256(alpha)
-        return [out for out, _ in self._fused_batches(frames, float(alpha), mode)]
-
-    def run_fused_counts(self, frames: list, cells: list, num_cells: int, alpha: float = 0.5,
-                         mode: str = "overlay") -> tuple[list, list]:
-        """run_fused_frames plus engines/overlay.cu's zone_histogram on the labels still on the
-        GPU: the cell maps go up with the frames, [num_cells x classes] counts per frame come
-        down with the overlays (in the same captured chain)."""
-        from engines.cuda_kernels import alpha_256, overlay_mode_id, stack_cell_maps
-        overlay_mode_id(mode)
-        alpha_256(alpha)
-        maps = stack_cell_maps(cells, len(frames), self.plan.input_size, num_cells)
-        done = self._fused_batches(frames, float(alpha), mode, maps, int(num_cells))
-        return [out for out, _ in done], [counts for _, counts in done]
+    # -- the fused path (engines/fused_chain.py): PyTorch runs the network -------------------------------
+    @contextmanager
+    def _on_gpu(self):
+        torch = self.torch
+        with self._lock, torch.cuda.device(0), torch.cuda.stream(self.stream), torch.no_grad():
+            yield
 
     def run_fused_labels(self, frames: list) -> list:
         """The fused chain up to the argmax kernel: labels [H, W] int32 at the network size per frame
         (what the device check compares with the CPU pipeline)."""
-        return [out for out, _ in self._fused_batches(frames, 0.0, LABELS)]
-
-    def _fused_batches(self, frames, alpha, mode, maps=None, num_cells: int = 0) -> list:
-        """[(overlay or labels, counts or None)] in the frames' order."""
-        out = [None] * len(frames)
-        torch = self.torch
-        with self._lock, torch.cuda.device(0), torch.cuda.stream(self.stream), torch.no_grad():
-            for (h, w), idx in group_frames(frames, self.plan.max_batch):
-                key = (h, w, alpha, mode, num_cells)
-                r = self._fused.get(key) or self._fused_setup(h, w, alpha, mode, num_cells)
-                self._fused[key] = r
-                part = None if maps is None else maps[idx]
-                for j, result in zip(idx, self._fused_run(r, [frames[j] for j in idx], part)):
-                    out[j] = result
-        return out
-
-    def _fused_setup(self, h, w, alpha, mode, num_cells: int = 0) -> dict:
-        """Page-locked staging (fixed addresses: a captured graph reads and writes them), device
-        frames and output, the preprocessor of this size, and work(n): the chain for n frames
-        (num_cells > 0: then the zone histogram of the labels, run_fused_counts)."""
-        from core.overlay import palette_bgr
-        cupy, k, torch = self.cupy, self.kernels, self.torch
-        shapes = self.plan.frame_buffers((h, w), mode, num_cells)
-        host, dev = {}, {}
-        with k.context:
-            for name, (shape, dtype) in shapes.items():
-                mem = cupy.cuda.alloc_pinned_memory(int(np.prod(shape)) * dtype.itemsize)
-                host[name] = np.frombuffer(mem, dtype, int(np.prod(shape))).reshape(shape)
-                host[name + "_mem"] = mem
-                dev[name] = torch.empty(shape, dtype=self._torch_dtype(dtype), device=self.dev)
-            pre = k.preprocessor(h, w, *self.plan.input_size, self.info.mean, self.info.std, self.input_dtype)
-            render = None if mode == LABELS else k.overlay_renderer(palette_bgr(self.info.palette))
-        in_h, in_w = self.plan.input_size
-        runtime, stream = cupy.cuda.runtime, self.kernel_stream
-
-        def make_work(n):
-            frame_bytes, out_bytes = (host[name][:n].nbytes for name in ("frames", "out"))
-
-            def work():
-                runtime.memcpyAsync(dev["frames"].data_ptr(), host["frames"].ctypes.data, frame_bytes,
-                                    runtime.memcpyHostToDevice, stream.ptr)
-                pre(dev["frames"].data_ptr(), self.buf["input"].data_ptr(), stream, frames=n)
-                self._network(n)
-                self._argmax(n)
-                result = self.buf["labels"]
-                if render is not None:
-                    render(dev["frames"].data_ptr(), h, w, self.buf["labels"].data_ptr(), in_h, in_w,
-                           dev["out"].data_ptr(), alpha, mode, stream=stream, frames=n)
-                    result = dev["out"]
-                runtime.memcpyAsync(host["out"].ctypes.data, result.data_ptr(), out_bytes,
-                                    runtime.memcpyDeviceToHost, stream.ptr)
-                if num_cells:                  # zone counts from the labels on the GPU
-                    runtime.memcpyAsync(dev["cells"].data_ptr(), host["cells"].ctypes.data, host["cells"][:n].nbytes,
-                                        runtime.memcpyHostToDevice, stream.ptr)
-                    runtime.memsetAsync(dev["counts"].data_ptr(), 0, host["counts"][:n].nbytes, stream.ptr)
-                    k.zone_histogram_on_device(self.buf["labels"].data_ptr(), in_h * in_w, dev["cells"].data_ptr(),
-                                               self.plan.num_classes, num_cells, dev["counts"].data_ptr(),
-                                               np.int32, shared_cells=False, stream=stream, frames=n)
-                    runtime.memcpyAsync(host["counts"].ctypes.data, dev["counts"].data_ptr(),
-                                        host["counts"][:n].nbytes, runtime.memcpyDeviceToHost, stream.ptr)
-            return work
-
-        return {"host": host, "dev": dev, "pre": pre, "render": render, "make_work": make_work, "work": {},
-                "graphs": {}}
-
-    def _fused_run(self, r: dict, frames: list, maps=None) -> list:
-        n = len(frames)
-        for i, f in enumerate(frames):
-            np.copyto(r["host"]["frames"][i], f)
-        if maps is not None:
-            np.copyto(r["host"]["cells"][:n], maps)
-        work = r["work"].get(n) or r["make_work"](n)
-        r["work"][n] = work
-        graph = r["graphs"].get(n)
-        if graph is None and self.use_cuda_graph:
-            graph = r["graphs"][n] = self._capture(work)
-        if graph is not None:
-            graph.replay()
-        else:
-            work()
-        self.stream.synchronize()
-        counts = r["host"].get("counts")
-        return [(o.copy(), None if counts is None else counts[i].reshape(-1, self.plan.num_classes).copy())
-                for i, o in enumerate(r["host"]["out"][:n])]
+        return [out for out, _ in self._fused(frames, 0.0, LABELS)]
 
     def _capture(self, work):
-        """A CUDA graph of `work` on the engine's stream, or None (and no graphs from now on)."""
+        """A CUDA graph of `work` on the engine's stream: its replay."""
         torch = self.torch
-        work()                                 # warm-up outside the capture: cuDNN picks its kernels
-        self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                work()
-        except Exception as e:   # noqa: BLE001  (the driver or torch refused the capture)
-            self.use_cuda_graph = False
-            print(f"[pytorch-cuda] CUDA graph capture failed ({first_line(e)}): running without graphs",
-                  file=sys.stderr, flush=True)
-            self.stream.synchronize()
-            return None
-        return graph
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            work()
+        return graph.replay
 
     def close(self) -> None:
         """Drop the graphs and buffers (from whichever thread calls)."""
         with self._lock:
-            self._fused.clear()
+            self.chain.close()
             self.buf = {}
             self.model = None
 
     def describe(self) -> str:
         graphs = " CUDA graphs" if self.use_cuda_graph else ""
         return f"{super().describe()} channels-last{graphs} on {self.gpu_name}"
+
+
+class TorchDevice:
+    """The fused chain's memory calls: page-locked host memory from CuPy, device buffers from torch
+    (its allocator, as the network's), copies through the CUDA runtime on the kernels' stream."""
+
+    def __init__(self, torch, cupy, dev, stream, torch_dtype):
+        self.torch, self.cupy, self.runtime = torch, cupy, cupy.cuda.runtime
+        self.dev, self.stream, self.torch_dtype = dev, stream, torch_dtype
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        count = int(np.prod(shape))
+        mem = self.cupy.cuda.alloc_pinned_memory(count * np.dtype(dtype).itemsize)
+        return np.frombuffer(mem, dtype, count).reshape(shape)   # the array keeps `mem` alive
+
+    def alloc(self, shape, dtype):
+        return self.torch.empty(shape, dtype=self.torch_dtype(dtype), device=self.dev)
+
+    @staticmethod
+    def ptr(tensor) -> int:
+        return tensor.data_ptr()
+
+    def up(self, dst: int, host: np.ndarray) -> None:
+        self.runtime.memcpyAsync(dst, host.ctypes.data, host.nbytes, self.runtime.memcpyHostToDevice, self.stream.ptr)
+
+    def down(self, host: np.ndarray, src: int) -> None:
+        self.runtime.memcpyAsync(host.ctypes.data, src, host.nbytes, self.runtime.memcpyDeviceToHost, self.stream.ptr)
+
+    def zero(self, dst: int, nbytes: int) -> None:
+        self.runtime.memsetAsync(dst, 0, nbytes, self.stream.ptr)
 
 
 def load_torch_cuda_engine(model: str, checkpoint=None, input_size=None, device: str = "cuda",

@@ -12,7 +12,8 @@ import pytest
 
 from app.frames import Frame
 from app.latency import read_log
-from app.sinks import KEYFRAME_EVERY_S, VideoFileSink
+from app.encoding import KEYFRAME_EVERY_S
+from app.sinks import VideoFileSink
 from tests.app_helpers import SAMPLE_VIDEO
 from tests.app_process import App
 from tests.calib_fixtures import tiny_segmenter

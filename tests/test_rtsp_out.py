@@ -11,7 +11,7 @@ import pytest
 
 from app.frames import Frame
 from app.rtsp_out import RtspPushSink, open_rtsp_sink, parse_bitrate
-from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, relay  # noqa: F401 (fixture)
+from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, relay, wait_published  # noqa: F401 (fixture)
 
 
 def sample_image(width: int, height: int) -> np.ndarray:
@@ -118,17 +118,38 @@ def test_push_is_decoded_by_a_real_rtsp_viewer(relay):
     assert stats["dropped"] == {"server_down": 0, "send_error": 0}
 
 
-def test_odd_frame_size_is_cropped_to_even(relay):
-    width, height = 161, 121
-    image = sample_image(width, height)
+def test_odd_frames_are_padded_with_a_keyframe_every_second_of_capture_time(relay):
+    """161x121 frames with a red last column, pushed at 10 fps to an encoder opened for 25 fps
+    (as when the pipeline drops): a viewer (PyAV) gets 162x122 frames with the red column, and
+    keyframes at most a second of capture time apart although the GOP is 25 frames (2.5 s here)."""
+    import av
+
+    image = sample_image(161, 121)
+    image[:, -1] = (0, 0, 255)
     sink = RtspPushSink(relay.push_url("/odd"), bitrate=500_000, transport="udp")
-    sink.open(width, height, 25.0)
+    sink.open(161, 121, 25.0)
+    frames, keys, times = [], [], []
     try:
-        with Feeder(sink, image, fps=25.0):
-            frames = decode_rtsp(relay.pull_url("/odd"), 5, timeout_s=20)
+        with Feeder(sink, image, fps=10.0):
+            wait_published(relay.pull_url("/odd"), 20)
+            with av.open(relay.pull_url("/odd"), options={"rtsp_transport": "udp", "timeout": "5000000"}) as c:
+                stream = c.streams.video[0]
+                deadline = time.monotonic() + 20
+                for packet in c.demux(stream):
+                    if packet.pts is not None:
+                        times.append(float(packet.pts * packet.time_base))
+                        if packet.is_keyframe:
+                            keys.append(times[-1])
+                    if keys:
+                        frames += [f.to_ndarray(format="bgr24") for f in packet.decode()]
+                    if len(keys) >= 4 or time.monotonic() > deadline:
+                        break
     finally:
         sink.close()
-    assert frames[0].shape == (120, 160, 3)
+    assert frames and frames[0].shape == (122, 162, 3)
+    assert frames[-1][:121, 160:, 2].mean() > 150           # the source's last column, and its copy
+    gap = max(np.diff(times))                               # the feeder's own slowest step
+    assert len(keys) >= 3 and max(np.diff(keys)) <= 1.0 + gap + 1e-3, (keys, gap)
 
 
 def test_server_killed_and_restarted_the_push_resumes(relay):

@@ -1,7 +1,7 @@
 """The PyTorch-CUDA engine (engines/torch_cuda_engine.py).
 
-Here (no GPU, CPU-only torch): the planning (precision -> input dtype, buffer shapes, frame
-grouping, the device name), its one-line refusals, and the one-line exit-2 error of `--device
+Here (no GPU, CPU-only torch): the planning (precision -> input dtype, buffer shapes, the
+device name; the shared chain's grouping: tests/test_fused_chain.py), its one-line refusals, and the one-line exit-2 error of `--device
 cuda` where torch has no CUDA, through the real load_engine. On a GPU with CUDA torch and CuPy
 (marked gpu): the fused chain against the CPU pipeline on CamVid frames with the trained
 CamVid checkpoint, made in one thread and run in another, batches, CUDA graphs, fp16.
@@ -99,19 +99,6 @@ def test_device_names():
     assert tce.cuda_device_index("cuda") == tce.cuda_device_index("cuda:0") == 0
     with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES"):
         tce.cuda_device_index("cuda:1")
-
-
-def test_frames_are_grouped_by_size_in_order_and_capped():
-    a, b = np.zeros((4, 6, 3), np.uint8), np.zeros((8, 6, 3), np.uint8)
-    groups = tce.group_frames([a, b, a, a, b, a], cap=2)
-    assert groups == [((4, 6), [0, 2]), ((4, 6), [3, 5]), ((8, 6), [1, 4])]
-
-
-@pytest.mark.parametrize("frame", [np.zeros((4, 6, 3), np.float32), np.zeros((4, 6), np.uint8), "frame.jpg"])
-def test_a_frame_that_is_not_uint8_bgr_is_one_line(frame):
-    with pytest.raises(ValueError, match="uint8 BGR") as e:
-        tce.group_frames([np.zeros((4, 6, 3), np.uint8), frame], cap=4)
-    assert "\n" not in str(e.value)
 
 
 def test_cupy_wheel_follows_torchs_cuda():

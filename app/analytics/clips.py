@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.encoding import KEYFRAME_EVERY_S, KeyframeClock, force_keyframe, h264_encoder, pad_to_even, set_up_encoder
 from core.validate import prepare_output
 
-KEYFRAME_EVERY_S = 1.0
 QUEUE_FRAMES = 8
 FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 MS = Fraction(1, 1000)
@@ -52,6 +52,7 @@ class ClipRecorder:
         self.requests: dict[str, ClipRequest] = {}
         self.lock = threading.Lock()
         self.encoder = None
+        self.keys = KeyframeClock()
         self.t_first = None
         self.last_pts = -1
         self.frame_times: dict[int, float] = {}   # pts -> stream time, until its packet comes out
@@ -112,32 +113,28 @@ class ClipRecorder:
     def _open_encoder(self, width: int, height: int) -> None:
         import av
 
-        ctx = av.CodecContext.create("libx264" if "libx264" in av.codecs_available else "h264", "w")
-        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        codec = h264_encoder(log=self.log)
+        ctx = av.CodecContext.create(codec, "w")
+        set_up_encoder(ctx, codec, width, height, self.fps, x264={"preset": "veryfast", "crf": "26"})
         ctx.time_base = MS
         ctx.framerate = Fraction(self.fps).limit_denominator(1001)
-        ctx.gop_size = max(1, round(self.fps * KEYFRAME_EVERY_S))
         ctx.max_b_frames = 0          # one packet per frame, in order: pts = dts
-        ctx.options = {"preset": "veryfast", "crf": "26"}
         ctx.open()
         self.encoder = ctx
 
     def _encode(self, t: float, image: np.ndarray) -> None:
         import av
 
-        h, w = image.shape[:2]
-        image = np.ascontiguousarray(image[: h - h % 2, : w - w % 2])
+        image = np.ascontiguousarray(pad_to_even(image))
         if self.encoder is None:
             self._open_encoder(image.shape[1], image.shape[0])
             self.t_first = t
-            self.next_key = t
         frame = av.VideoFrame.from_ndarray(image, format="bgr24")
         pts = max(int(round((t - self.t_first) * 1000)), self.last_pts + 1)
         self.last_pts = pts
         frame.pts, frame.time_base = pts, MS
-        if t >= self.next_key:   # a keyframe every second of stream time, whatever the frame rate
-            frame.pict_type = av.video.frame.PictureType.I
-            self.next_key = t + KEYFRAME_EVERY_S
+        if self.keys.due(t):     # a keyframe every second of stream time, whatever the frame rate
+            force_keyframe(frame)
         self.frame_times[pts] = t
         for packet in self.encoder.encode(frame):
             self._keep(packet)
