@@ -9,8 +9,20 @@ INFERENCE_PRECISION_HINT default); this engine always sets the hint, so `fp32` m
 and bf16 is a choice (`--precision bf16`) whose accuracy cost is measured in BENCHMARKS.md.
 A QDQ int8 model runs its quantized layers in int8 (VNNI / AMX) through OpenVINO's
 low-precision transformations; the same file ONNX Runtime runs.
+
+Every engine in a process compiles on one `ov.Core` (`shared_core`), kept until the process
+ends. Each Core's CPU plugin points the creating thread's signal stack (sigaltstack) at a
+buffer of its own and, when the plugin goes, unmaps that buffer and puts back the stack it
+found. Two plugins released in the order they were made (an engine rebuilt while the old one
+still exists, two engines dropped by the garbage collector) leave the thread's signal stack on
+unmapped memory, and the next Python signal handler (Ctrl-C, SIGTERM, SIGHUP, torch's SIGCHLD
+handler for DataLoader workers) kills the process with SIGSEGV, with no traceback.
+One Core makes one plugin, so there is no second stack to release out of order.
+tests/test_openvino_signal_stack.py holds both: OpenVINO's behaviour and this engine's.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -31,6 +43,21 @@ def import_openvino():
     return openvino
 
 
+_core = None
+_core_lock = threading.Lock()
+
+
+def shared_core():
+    """The process's one `ov.Core` (see the module docstring: a second Core's CPU plugin,
+    released out of order, leaves a freed signal stack behind). Compile options go to
+    compile_model, never to this Core, so engines sharing it stay independent."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = import_openvino().Core()
+        return _core
+
+
 def cpu_has_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -40,13 +67,12 @@ class OpenVinoEngine(GraphEngine):
 
     def __init__(self, path, precision: str | None = None, threads: int | None = None,
                  precision_reason: str | None = None):
-        ov = import_openvino()
+        core = shared_core()
         self.path = readable_file(path, "model", "export one with `bisenet export`")
         self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
         compute = precision or "fp32"
         if compute not in PRECISIONS:
             raise InputError(f"--precision {compute!r}: OpenVINO takes {' or '.join(PRECISIONS)}")
-        core = ov.Core()
         if compute == "bf16" and not cpu_has_bf16(core):
             raise InputError(f"--precision bf16: this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no "
                              "bf16 support in OpenVINO; use --precision fp32")
