@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import free_port
+from testkit.app_helpers import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from app.latency import read_log
-from tests.app_helpers import REPO
+from testkit.app_helpers import REPO
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

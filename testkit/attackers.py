@@ -1,11 +1,11 @@
-"""Attackers of the server tests (tests/test_server_hardening.py), run as their own process so
+"""Attackers of the server tests (tests/app/test_server_hardening.py), run as their own process so
 they do not share the test's interpreter: sockets from one address (127.0.0.2) that connect
 and send nothing (idle) or a request line and then one header byte a second (slow), each
 reconnecting as soon as the server closes it, for a number of seconds; and malformed requests
 (a header past aiohttp's 8190-byte limit).
 
-    python -m tests.attackers PORT --idle 300 --slow 300 --seconds 30 [--address 127.0.0.2]
-    python -m tests.attackers PORT --malformed 2000 [--address 127.0.0.3]
+    python -m testkit.attackers PORT --idle 300 --slow 300 --seconds 30 [--address 127.0.0.2]
+    python -m testkit.attackers PORT --malformed 2000 [--address 127.0.0.3]
 
 Prints one JSON line: connections made, closed by the server, 503s and 400s seen.
 """

@@ -1,6 +1,6 @@
 // Host launchers for the kernels in engines/*.cu: each runs its kernel once for every
 // (block, thread) index of the grid, in order, like a GPU with one very slow core.
-// Built by tests/test_cuda_kernels.py with g++ and loaded through ctypes.
+// Built by tests/engines/test_cuda_kernels.py with g++ and loaded through ctypes.
 #include "cuda_host_shim.h"
 #include "../engines/preprocess.cu"
 #include "../engines/overlay.cu"

@@ -1,7 +1,7 @@
 // Compiles engines/*.cu as plain C++ on a machine without a GPU (the CI kernel checks).
 //
 // The kernels are ordinary functions here; blockIdx/threadIdx/blockDim/gridDim are globals
-// that tests/cuda_host_runner.cpp sets before each call, looping over every block and
+// that testkit/cuda_host_runner.cpp sets before each call, looping over every block and
 // thread of the launch grid. That is a faithful execution because the kernels use no shared
 // memory, no __syncthreads and no warp functions: each thread's work depends only on its
 // indices and the inputs. Build with -ffp-contract=off so no FMA changes a rounding.

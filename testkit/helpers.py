@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -36,3 +38,12 @@ def official_style_checkpoint(cfg, path, seed: int = 0):
             "iter": 160000, "config": "model = dict(type='EncoderDecoder', ...)"}
     torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
     return model
+
+
+def normalized_input(h, w, seed=0):
+    """A normalized RGB image: uint8 noise with smooth structure, through the config's mean/std."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h // 8, w // 8, 3)).astype(np.float32)
+    img = np.kron(img, np.ones((8, 8, 1), np.float32)) + rng.normal(0, 8, (h, w, 3))
+    x = (np.clip(img, 0, 255) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -2,10 +2,14 @@
 read, idle sockets, and what a process holds (/proc), all on 127.0.0.1."""
 from __future__ import annotations
 
+import http.client
 import os
+import shutil
 import socket
 import threading
 import time
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def open_stream(port, token, path="/stream.mjpg", rcvbuf=None):
@@ -105,3 +109,51 @@ def proc_counts(pid):
     time.sleep(0.3)
     second, fds2 = look()
     return len(first & second), min(fds1, fds2)
+
+
+# -- requests and browsers of the server tests ---------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "s3cret-token-for-tests"
+
+
+def request(port, path, headers=None, method="GET", timeout=10, tls=None, read=True):
+    """-> (status, headers dict, body) from a real HTTP(S) client on 127.0.0.1."""
+    if tls is not None:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read() if read and not r.getheader("Content-Type", "").startswith("multipart/") else b""
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def count_refused(sockets, timeout_s) -> int:
+    """How many of these connected sockets got the server's 503 (each waited for timeout_s)."""
+    refused = 0
+    for s in sockets:
+        s.settimeout(timeout_s)
+        try:
+            refused += s.recv(100).startswith(b"HTTP/1.1 503")
+        except socket.timeout:
+            pass
+    return refused
+
+
+def metric_values(text, name):
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out

@@ -1,7 +1,7 @@
 """Run mmsegmentation 1.2's own BiSeNetV1 (built from mmseg's own config file) on an input.
 
 Runs inside .venv-mmseg (scripts/setup_mmseg_reference.sh), never in the project's venv:
-    python tests/mmseg_reference.py CONFIG_NAME CHECKPOINT INPUT.npy OUTPUT.npy [CONFIG_NAME ...]
+    python testkit/mmseg_reference.py CONFIG_NAME CHECKPOINT INPUT.npy OUTPUT.npy [CONFIG_NAME ...]
 (groups of four, one process for all). Writes the 'whole'-mode logits at input resolution.
 """
 import sys

@@ -15,9 +15,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
-from tests.app_helpers import SAMPLE_VIDEO  # noqa: E402  (re-exported for the RTSP tests)
+from testkit.app_helpers import SAMPLE_VIDEO  # noqa: E402  (re-exported for the RTSP tests)
 
 RTSP_SERVER = shutil.which("rtsp-server-perl") or shutil.which("rtsp-server.pl")
 FFMPEG = shutil.which("ffmpeg")
@@ -222,3 +224,12 @@ def publishers(tmp_path):
     finally:
         for pub in made:
             pub.kill()
+
+
+def sample_image(width: int, height: int) -> np.ndarray:
+    """A real street frame, so the H.264 round trip is judged on natural image content."""
+    cap = cv2.VideoCapture(str(SAMPLE_VIDEO))
+    ok, img = cap.read()
+    cap.release()
+    assert ok, SAMPLE_VIDEO
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)

@@ -14,8 +14,8 @@ import pytest
 
 import bisenet_edge
 from core.errors import InputError
-from tests.app_helpers import REPO, SAMPLE_VIDEO, read_labels, tiny_onnx
-from tests.app_process import run_camera
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, read_labels, tiny_onnx
+from testkit.app_process import run_camera
 
 CAMVID_MODEL = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
 CAMVID_CONFIG = "bisenetv1_r18-d32_camvid-360x480"

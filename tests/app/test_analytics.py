@@ -12,7 +12,7 @@ from app.analytics.rules import RuleState
 from app.analytics.settings import CameraAnalytics, RuleSpec, ZoneSpec, parse_camera_analytics
 from app.analytics.zones import Zones
 from core.errors import InputError
-from tests.test_cuda_kernels import DATA, needs_data
+from testkit.cuda_host import DATA, needs_data
 
 CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
            "bicyclist"]

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 
 from app.latency import read_log
-from tests.analytics_helpers import Broker, Subscriber, needs_mosquitto, wait_until
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import run_camera
+from testkit.analytics_helpers import Broker, Subscriber, needs_mosquitto, wait_until
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_process import run_camera
 
 CHECKPOINT = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
 for parent in REPO.parents:   # a worktree: ../shared beside an ancestor

@@ -12,7 +12,7 @@ from app.analytics.events import EventBus, JsonlSink, MqttSink, Outbox, WebhookS
 from app.analytics.rules import Event
 from core.backoff import Backoff
 from core.errors import InputError
-from tests.analytics_helpers import Broker, Receiver, Subscriber, needs_mosquitto, wait_until
+from testkit.analytics_helpers import Broker, Receiver, Subscriber, needs_mosquitto, wait_until
 
 
 def event(n: int) -> Event:

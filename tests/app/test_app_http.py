@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,13 +15,9 @@ import pytest
 
 from app.frames import Frame
 from app.http_sink import HttpSink, parse_http_spec
-from tests.app_process import terminate
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
+from testkit.app_process import terminate
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.http_clients import CHROMIUM, CHROMIUM_FLAGS
 
 def get(url, timeout=10):
     with urllib.request.urlopen(url, timeout=timeout) as r:

@@ -14,7 +14,7 @@ from app.pipeline import Pipeline
 from core.preprocess import preprocess
 from app.sources import open_source
 from engines.onnx_engine import OnnxEngine
-from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
+from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 
 from app.latency import read_log
 from app.run import main as run_main
-from tests.app_process import terminate
-from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
+from testkit.app_process import terminate
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,45 +17,24 @@ import time
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.frames import Frame
 from app.http_sink import HttpSink
 from app.latency import LatencyRecorder, read_log
 from app.server import Auth, AppServer, ServerError, ServerOptions
 from app.server.limits import PER_ADDRESS_PENDING
-from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import App, written_rate
-from tests.http_clients import Viewer, attack, open_stream, proc_counts, read_parts
-from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
-from tests.test_app_http import CHROMIUM, CHROMIUM_FLAGS
+from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_process import App, written_rate
+from testkit.http_clients import (CHROMIUM, CHROMIUM_FLAGS, TOKEN, Viewer, attack, bearer, count_refused,
+                                  metric_values, open_stream, proc_counts, read_parts, request)
+from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
-TOKEN = "s3cret-token-for-tests"
 PATHS = ["/", "/index.html", "/stream.mjpg", "/snapshot.jpg", "/stats.json", "/metrics",
          "/camera/cam0", "/camera/cam0/stream.mjpg", "/camera/cam0/snapshot.jpg", "/camera/cam0/stats.json"]
 
 
-def request(port, path, headers=None, method="GET", timeout=10, tls=None, read=True):
-    """-> (status, headers dict, body) from a real HTTP(S) client on 127.0.0.1."""
-    if tls is not None:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, headers=headers or {})
-        r = conn.getresponse()
-        body = r.read() if read and not r.getheader("Content-Type", "").startswith("multipart/") else b""
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-    finally:
-        conn.close()
-
-
 def basic(user, password):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def bearer(token=TOKEN):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def image(h=48, w=64):
@@ -201,27 +180,6 @@ def test_viewer_cap_send_timeout_and_idle_timeout():
             s.close()
         sink.close()
         server.close()
-
-
-def count_refused(sockets, timeout_s) -> int:
-    """How many of these connected sockets got the server's 503 (each waited for timeout_s)."""
-    refused = 0
-    for s in sockets:
-        s.settimeout(timeout_s)
-        try:
-            refused += s.recv(100).startswith(b"HTTP/1.1 503")
-        except socket.timeout:
-            pass
-    return refused
-
-
-def metric_values(text, name):
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
@@ -404,7 +362,7 @@ def test_healthz_503_naming_the_dead_source_and_200_when_it_returns(relay, publi
 def test_bad_serving_flags_are_one_line_errors(tmp_path):
     import sys
 
-    from tests.app_helpers import REPO
+    from testkit.app_helpers import REPO
     for flags, expected in ((["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
                             (["--metrics-port", "nine"], "--metrics-port 'nine': expected PORT or HOST:PORT"),
                             (["--metrics-port", "70000"], "--metrics-port '70000': expected PORT"),

@@ -14,7 +14,7 @@ import pytest
 from app.frames import Frame, ReadError
 from app.http_sink import HttpSink
 from app.sources import SourceError, gstreamer_available, open_source
-from tests.app_helpers import SAMPLE_VIDEO
+from testkit.app_helpers import SAMPLE_VIDEO
 
 needs_sample = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 

@@ -13,37 +13,11 @@ import pytest
 from app.frames import Frame
 from app.latency import read_log
 from app.sinks import KEYFRAME_EVERY_S, VideoFileSink
-from tests.app_helpers import SAMPLE_VIDEO
-from tests.app_process import App
-from tests.calib_fixtures import tiny_segmenter
-from tests.test_app_http import CHROMIUM
-
-
-
-def samples_in_complete_fragments(path) -> tuple[int, int]:
-    """Walk the top-level mp4 boxes -> (frames in complete moof+mdat pairs, fragments)."""
-    data = path.read_bytes()
-    at, frames, fragments, pending = 0, 0, 0, None
-    while at + 8 <= len(data):
-        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
-        if size < 8 or at + size > len(data):
-            break                                   # the box the kill cut off
-        if kind == b"moof":
-            box = data[at:at + size]
-            trun = box.find(b"trun")                # full box: version/flags, then sample_count
-            pending = int.from_bytes(box[trun + 8:trun + 12], "big")
-        elif kind == b"mdat" and pending is not None:
-            frames, fragments, pending = frames + pending, fragments + 1, None
-        at += size
-    return frames, fragments
-
-
-def ffprobe_frames(path) -> int:
-    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-                        "stream=nb_read_frames", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
-    return int(r.stdout.strip())
+from testkit.app_helpers import SAMPLE_VIDEO
+from testkit.app_process import App
+from testkit.app_helpers import ffprobe_frames, samples_in_complete_fragments
+from testkit.calib_fixtures import tiny_segmenter
+from testkit.http_clients import CHROMIUM
 
 
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")

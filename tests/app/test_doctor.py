@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from helpers import REPO
-from tests.app_helpers import tiny_onnx
+from testkit.helpers import REPO
+from testkit.app_helpers import tiny_onnx
 
 BACKENDS = {"onnxruntime", "openvino", "pytorch", "tensorrt", "triton"}
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
-from tests.app_process import App, check_accounting, frames_in, part_stats, run_camera
-from tests.rtsp_server import decode_rtsp, publishers, relay, wait_published  # noqa: F401 (fixtures)
+from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
+from testkit.app_process import App, check_accounting, frames_in, part_stats, run_camera
+from testkit.rtsp_server import decode_rtsp, publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 

@@ -11,7 +11,7 @@ import pytest
 
 from core.install_hint import extra_hint, project_version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ["app", "core", "engines", "calibration", "training", "bench", "scripts"]
 
 
@@ -47,8 +47,8 @@ def test_version_flag_prints_the_package_version():
 def test_rtsp_push_that_wrote_nothing_exits_1(tmp_path):
     """`--output rtsp://127.0.0.1:PORT/seg` with no server took none of its frames: the run
     says which output wrote nothing and exits 1, even beside a file output that worked."""
-    from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
-    from tests.app_process import frames_in, run_camera
+    from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+    from testkit.app_process import frames_in, run_camera
 
     if not SAMPLE_VIDEO.is_file():
         pytest.skip(f"no sample video at {SAMPLE_VIDEO}")
@@ -76,8 +76,8 @@ def test_no_display_default_output_is_a_file_and_display_is_refused_at_start(tmp
     """Where no window can open (no $DISPLAY here, and the default OpenCV is headless) the
     default output is artifacts/run/overlay_{camera}.mp4 and the start-up line says so;
     `--output display` is one line and exit 2 before anything starts (no other output made)."""
-    from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
-    from tests.app_process import frames_in
+    from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
+    from testkit.app_process import frames_in
 
     if not SAMPLE_VIDEO.is_file():
         pytest.skip(f"no sample video at {SAMPLE_VIDEO}")
@@ -146,7 +146,7 @@ def test_a_failed_calibration_leaves_no_calib_list(tmp_path):
     """The calibration list (<out>.calib.txt) is written before quantizing; a calibration that
     fails after it (here: a --keep-float layer that does not exist) removes it again."""
     from app.cli import main as cli
-    from tests.calib_fixtures import image_folder, tiny_segmenter
+    from testkit.calib_fixtures import image_folder, tiny_segmenter
 
     fp32 = tiny_segmenter(tmp_path / "tiny.onnx")
     images = image_folder(tmp_path / "imgs", sequences=("s",), per_sequence=2)
@@ -254,7 +254,7 @@ def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path):
     pytest.importorskip("torch")
     from app.cli import main as cli
     from engines.load import load_engine
-    from tests.training_data import make_model_config
+    from testkit.training_data import make_model_config
     from training.evaluate import Predictor
 
     onnx_path = tmp_path / "dyn.onnx"

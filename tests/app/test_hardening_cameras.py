@@ -4,28 +4,18 @@ a file camera that cannot open is still a start error. Its password appears nowh
 stderr, in the latency log, /stats.json or /metrics. run_camera.py as a real process."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import App, camera_counts, frames_in, run_camera
+from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_process import App, camera_counts, frames_in, run_camera
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 PW = "S3cretPW"
 DEAD = f"rtsp://admin:{PW}@127.0.0.1:1/x"   # port 1: nothing listens, connection refused
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "clip20.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SAMPLE_VIDEO), "-frames:v", "20",
-                    "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True, timeout=60)
-    return path
-
-
 def test_a_dead_live_camera_at_start_is_an_outage_and_the_clip_runs_to_its_end(clip, tmp_path):
-    from tests.test_app_service import request
+    from testkit.http_clients import request
 
     port = free_port()
     log = tmp_path / "lat.csv"

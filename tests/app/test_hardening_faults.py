@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import ENV, run_camera
-from tests.test_hardening_cameras import clip  # noqa: F401 (fixture: a 20-frame H.264 clip)
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_process import ENV, run_camera
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 

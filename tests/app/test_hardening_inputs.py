@@ -7,8 +7,8 @@ import pytest
 
 from core.errors import first_line
 from core.redact import redact_url, shown
-from tests.app_helpers import tiny_onnx
-from tests.app_process import run_camera
+from testkit.app_helpers import tiny_onnx
+from testkit.app_process import run_camera
 
 PW = "S3cretPW"
 
@@ -81,7 +81,7 @@ def test_a_huge_value_is_quoted_cut_short(tmp_path):
 
 
 def test_an_rtsp_push_password_is_never_printed(tmp_path):
-    from tests.app_helpers import SAMPLE_VIDEO
+    from testkit.app_helpers import SAMPLE_VIDEO
 
     r = run_camera("--source", SAMPLE_VIDEO, "--max-frames", "5", "--model", tiny_onnx(),
                    "--output", f"rtsp://pub:{PW}@127.0.0.1:1/live", timeout_s=120)   # nothing listens there

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from tests.app_helpers import SAMPLE_VIDEO, tiny_onnx
-from tests.app_process import App, run_camera
+from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
+from testkit.app_process import App, run_camera
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 

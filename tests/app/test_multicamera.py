@@ -16,10 +16,10 @@ import pytest
 
 from app.latency import read_log
 from app.run import main as run_main
-from tests.app_helpers import REPO, SAMPLE_VIDEO, read_labels, tiny_onnx
-from tests.app_process import (App, camera_counts, check_camera_accounting, frames_in, part_stats, run_camera,
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, read_labels, tiny_onnx
+from testkit.app_process import (App, camera_counts, check_camera_accounting, frames_in, part_stats, run_camera,
                                 written_rate)
-from tests.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
+from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 CAMVID_VAL = REPO.parent / "shared" / "data" / "camvid" / "val"
@@ -106,7 +106,7 @@ def test_static_batch_export_and_padded_batches(tmp_path, capsys):
     import torch
 
     from core.model_config import load_model_config
-    from tests.helpers import randomized_model
+    from testkit.helpers import randomized_model
     cfg = load_model_config(CAMVID_CONFIG)
     torch.save({"state_dict": randomized_model(cfg).state_dict()}, ckpt)
     for name, extra in (("b1", []), ("b2", ["--batch", "2"]), ("dyn", ["--dynamic-batch", "--batch", "4"])):
@@ -305,8 +305,8 @@ def test_one_http_port_serves_every_camera_and_a_grid_page(clips, tmp_path):
     camera has its own snapshot / stats / stream under /camera/NAME, /metrics counts per camera."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.app_helpers import free_port
-    from tests.test_app_service import request
+    from testkit.app_helpers import free_port
+    from testkit.http_clients import request
 
     port = free_port()
     sources = [a for path, _ in clips for a in ("--source", path)]
@@ -345,8 +345,8 @@ def test_one_http_port_serves_every_camera_and_a_grid_page(clips, tmp_path):
 def test_the_grid_page_shows_every_camera_in_headless_chromium(clips, tmp_path):
     """A real browser loads / and draws the three cameras side by side (mask mode: every video
     pixel is a palette color, easy to find in the screenshot)."""
-    from tests.app_helpers import free_port
-    from tests.test_app_http import CHROMIUM, CHROMIUM_FLAGS
+    from testkit.app_helpers import free_port
+    from testkit.http_clients import CHROMIUM, CHROMIUM_FLAGS
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")

@@ -5,22 +5,12 @@ import argparse
 import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
 
 from app.frames import Frame
 from app.rtsp_out import RtspPushSink, open_rtsp_sink, parse_bitrate
-from tests.rtsp_server import SAMPLE_VIDEO, decode_rtsp, relay  # noqa: F401 (fixture)
-
-
-def sample_image(width: int, height: int) -> np.ndarray:
-    """A real street frame, so the H.264 round trip is judged on natural image content."""
-    cap = cv2.VideoCapture(str(SAMPLE_VIDEO))
-    ok, img = cap.read()
-    cap.release()
-    assert ok, SAMPLE_VIDEO
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+from testkit.rtsp_server import decode_rtsp, relay, sample_image  # noqa: F401 (fixture)
 
 
 class Feeder:
@@ -85,7 +75,7 @@ def test_serve_without_gstreamer_is_one_line_naming_packages():
     import subprocess
     import sys
 
-    from tests.app_helpers import REPO
+    from testkit.app_helpers import REPO
     code = ("import sys, argparse; sys.modules['gi'] = None\n"
             "from app.rtsp_out import open_rtsp_sink\n"
             "open_rtsp_sink('rtsp://@:8600/live', argparse.Namespace())")
@@ -162,7 +152,7 @@ import argparse, json, signal, sys, time
 import numpy as np
 from app.frames import Frame
 from app.rtsp_out import open_rtsp_sink
-from tests.test_rtsp_out import sample_image
+from testkit.rtsp_server import sample_image
 image = sample_image(160, 120)
 sink = open_rtsp_sink(f"rtsp://@:{sys.argv[1]}/live", argparse.Namespace(bitrate="500k", auth_token=sys.argv[2]))
 sink.open(160, 120, 25.0)
@@ -190,8 +180,8 @@ def test_serve_from_the_app_viewers_can_come_and_go():
     import subprocess
     import sys
 
-    from tests.app_helpers import REPO
-    from tests.rtsp_server import free_tcp_port
+    from testkit.app_helpers import REPO
+    from testkit.rtsp_server import free_tcp_port
     if importlib.util.find_spec("gi") is None:
         pytest.skip("needs PyGObject + gst-rtsp-server (pip install 'bisenet-edge[serve]'; "
                     "apt install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly)")

@@ -22,17 +22,16 @@ from app.latency import read_log
 from app.server import AppServer, ServerOptions
 from app.server.auth import LOCKOUT_S, MAX_FAILURES, FailureTable
 from app.server.limits import MIN_PENDING, PER_ADDRESS_PENDING, RESERVED_FDS, ConnectionBudget, Plan, plan
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
-from tests.app_process import ENV, App, written_rate
-from tests.http_clients import open_stream, read_parts
-from tests.test_app_service import TOKEN, bearer, count_refused, metric_values, request
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_process import ENV, App, written_rate
+from testkit.http_clients import TOKEN, bearer, count_refused, metric_values, open_stream, read_parts, request
 
 # Seconds the attackers hold their sockets in the app test (the probe: 30).
 ATTACK_S = float(os.environ.get("BISENET_ATTACK_S", "15"))
 
 
 def attackers(port: int, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.attackers", str(port), *map(str, args)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "testkit.attackers", str(port), *map(str, args)], cwd=REPO,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -102,7 +101,7 @@ def test_attackers_on_another_address_cannot_refuse_the_user_or_flood_the_log(tm
             failed += [(what, status) for what, status in statuses.items() if status != 200]
         t3, c3 = time.monotonic(), cpu_s(app.proc.pid)
         held = json.loads(attack.communicate(timeout=60)[0])
-        flood = subprocess.run([sys.executable, "-m", "tests.attackers", str(port), "--malformed", "2000",
+        flood = subprocess.run([sys.executable, "-m", "testkit.attackers", str(port), "--malformed", "2000",
                                 "--address", "127.0.0.3"], cwd=REPO, env=ENV, capture_output=True, text=True,
                                timeout=300)
         malformed = json.loads(flood.stdout)

@@ -21,9 +21,9 @@ from app.cli import main as bisenet_main
 from app.run import main as run_main
 from core.files import atomic_path, atomic_write
 from core.sidecar import write_sidecar
-from tests.app_helpers import MODEL_NAME, REPO, SAMPLE_VIDEO
-from tests.app_process import ENV
-from tests.calib_fixtures import tiny_segmenter
+from testkit.app_helpers import MODEL_NAME, REPO, SAMPLE_VIDEO
+from testkit.app_process import ENV
+from testkit.calib_fixtures import tiny_segmenter
 
 PROG = "run_camera.py: error: "
 

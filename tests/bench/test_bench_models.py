@@ -3,7 +3,7 @@ no speed is asserted; rows that cannot run are skipped with their reason)."""
 import importlib.util
 import json
 
-from tests.app_helpers import REPO
+from testkit.app_helpers import REPO
 
 
 def test_bench_models_smoke(tmp_path, capsys):

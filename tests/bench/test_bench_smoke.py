@@ -1,7 +1,7 @@
 """Every bench script runs end to end on a tiny configuration, so none can rot unseen (a
 smoke test: no speed is asserted; each script's own pass/fail verdict and exit code are).
-bench/models.py has its own smoke test (tests/test_bench_models.py); bench/gpu_check.py's
-plan/skip logic is tested in tests/test_gpu_check.py."""
+bench/models.py has its own smoke test (tests/bench/test_bench_models.py); bench/gpu_check.py's
+plan/skip logic is tested in tests/bench/test_gpu_check.py."""
 import fcntl
 import os
 import shutil
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 
 CHECKPOINT = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
@@ -96,7 +96,7 @@ def test_triton_bench_short():
     if not (REPO / ".venv-triton" / "bin" / "python").exists():
         pytest.skip("needs .venv-triton (bash scripts/setup_triton.sh)")
     with open(Path(tempfile.gettempdir()) / "bisenet-triton-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # one Triton server per machine at a time (as tests/test_triton.py)
+        fcntl.flock(lock, fcntl.LOCK_EX)   # one Triton server per machine at a time (as tests/engines/test_triton.py)
         out = bench("triton.py", "--onnx", tiny_onnx(), "--clients", 2, "--frames", 2, "--rounds", 1, timeout_s=400)
     assert "local" in out.lower(), out
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.tensorrt_calibrator import CalibratorCore, KeyedCache, calibration_key
-from tests.calib_fixtures import tiny_segmenter
+from testkit.calib_fixtures import tiny_segmenter
 
 PRE = {"function": "app.preprocess.preprocess", "size_hw": [64, 128], "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
 SHAPE = (2, 3, 64, 128)

@@ -11,7 +11,7 @@ import pytest
 
 from app.cli import main as cli
 from calibration.calibrate import GATE_FAILED
-from helpers import REPO, SHARED_DATA
+from testkit.helpers import REPO, SHARED_DATA
 
 CHECKPOINT = SHARED_DATA.parent / "models" / "camvid_r18-d32_cpu.pth"
 CAMVID = SHARED_DATA / "camvid"

@@ -6,7 +6,7 @@ import pytest
 
 from app.cli import main as cli
 from calibration.calibrate import GATE_FAILED
-from tests.calib_fixtures import list_dataset, tiny_segmenter
+from testkit.calib_fixtures import list_dataset, tiny_segmenter
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import pytest
 from core.preprocess import preprocess
 from calibration.image_set import (CalibrationDataError, CalibrationSet, collect_items, sequence_of,
                                    spread_across_sequences)
-from tests.calib_fixtures import MEAN, STD, image_folder, list_dataset, video_file
+from testkit.calib_fixtures import MEAN, STD, image_folder, list_dataset, video_file
 
 
 @pytest.mark.parametrize("stem, seq", [("0016E5_07959", "0016E5"), ("0006R0_f02100", "0006R0"),

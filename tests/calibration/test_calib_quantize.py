@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from app.cli import main as cli
 from calibration import ort_quantize
-from tests.calib_fixtures import image_folder, tiny_segmenter
+from testkit.calib_fixtures import image_folder, tiny_segmenter
 
 
 def zero_points(path):

@@ -1,6 +1,6 @@
 """The model contract declared once: the Sidecar model (core/sidecar.py) and the model config
 fields that share its types (core/model_config.py). The one-line wording of each refusal is
-held by tests/test_validate.py through `bisenet run`; here the model itself."""
+held by tests/app/test_validate.py through `bisenet run`; here the model itself."""
 from __future__ import annotations
 
 import json

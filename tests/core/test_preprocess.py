@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.preprocess import preprocess
-from tests.helpers import SHARED_DATA
+from testkit.helpers import SHARED_DATA
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 

@@ -1,6 +1,6 @@
 """The zone-histogram kernel (engines/overlay.cu `zone_histogram`) held to the numpy reference
 (app/analytics/coverage.py cell_histogram) bit for bit: on every machine as host C++ (the same
-build tests/test_cuda_kernels.py uses), with a GPU (marked gpu) through pycuda or CuPy."""
+build tests/engines/test_cuda_kernels.py uses), with a GPU (marked gpu) through pycuda or CuPy."""
 from __future__ import annotations
 
 import ctypes
@@ -13,7 +13,7 @@ from app.analytics.coverage import cell_histogram
 from app.analytics.settings import ZoneSpec
 from app.analytics.zones import Zones
 from engines import cuda_kernels as ck
-from tests.test_cuda_kernels import DATA, gpu_kernels, host, needs_data, ptr  # noqa: F401  (host: a fixture)
+from testkit.cuda_host import DATA, gpu_kernels, host, needs_data, ptr  # noqa: F401  (host: a fixture)
 
 P, I, U = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
 CAMVID_CLASSES = 11

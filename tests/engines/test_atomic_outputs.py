@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.app_helpers import REPO, tiny_onnx
+from testkit.app_helpers import REPO, tiny_onnx
 
 
 def test_sigterm_between_a_model_and_its_sidecar_waits_for_both(tmp_path):

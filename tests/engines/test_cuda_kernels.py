@@ -1,16 +1,14 @@
 """The CUDA kernels (engines/*.cu) held to the CPU references on real frames.
 
-On every machine: the same .cu text is compiled as host C++ (tests/cuda_host_shim.h) and
+On every machine: the same .cu text is compiled as host C++ (testkit/cuda_host_shim.h) and
 every (block, thread) index of the launch grid is executed through ctypes, then compared with
 core/preprocess.py and core/overlay.py. With nvcc: PTX for Jetson Orin (sm_87), Ampere (sm_86)
 and Hopper (sm_90). With a GPU (marked gpu): the kernels themselves through pycuda or CuPy.
 """
 from __future__ import annotations
 
-import ctypes
 import shutil
 import subprocess
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,21 +18,9 @@ from core.overlay import palette_bgr, render_overlay
 from core.preprocess import preprocess
 from engines import cuda_kernels as ck
 from core.model_config import load_model_config
+from testkit.cuda_host import DATA, gpu_kernels, host, needs_data, ptr  # noqa: F401 (host: a fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
 CITYSCAPES = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
-
-
-def find_shared_data() -> Path | None:
-    """../shared/data beside the checkout (or beside an ancestor, for git worktrees)."""
-    for parent in ROOT.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    return None
-
-
-DATA = find_shared_data()
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data (CamVid, Cityscapes sample) not found")
 
 
 def camvid_frames(n=2):
@@ -55,35 +41,6 @@ def model():
 
 
 # -- the host build ------------------------------------------------------------------------------
-
-P = ctypes.c_void_p
-I = ctypes.c_int
-U = ctypes.c_uint
-F = ctypes.c_float
-PRE = [U, U, U, U, U, P, I, I, I, P, P, P, P, F, F, F, F, F, F, P, I, I]
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++) to build the kernels for the host; apt-get install g++")
-    lib = tmp_path_factory.mktemp("cuda_host") / "kernels_host.so"
-    # -ffp-contract=off: no FMA may change a rounding the GPU build does not make either.
-    subprocess.run([cxx, "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-Wall", "-Werror",
-                    "-o", str(lib), str(ROOT / "tests" / "cuda_host_runner.cpp")], check=True)
-    so = ctypes.CDLL(str(lib))
-    so.host_linear_resize_coeffs.argtypes = [U, U, U, U, U, I, I, I, P, P]
-    so.host_preprocess_bgr_f32.argtypes = PRE
-    so.host_preprocess_bgr_f16.argtypes = PRE
-    so.host_overlay_bgr.argtypes = [U, U, U, U, U, P, I, I, P, I, I, I, P, I, I, P]
-    so.host_argmax_channels.argtypes = [U, U, U, U, U, P, I, I, P]
-    return so
-
-
-def ptr(a: np.ndarray):
-    return a.ctypes.data_as(P)
-
 
 def host_preprocess(so, bgr, size_hw, mean, std, dtype=np.float32):
     """What CudaKernels.preprocess does on a GPU, with the same launch shapes and arguments.
@@ -284,18 +241,11 @@ def test_kernels_compile_to_ptx(tmp_path, arch):
 
 # -- on a GPU ------------------------------------------------------------------------------------
 
-def gpu_kernels():
-    try:
-        return ck.CudaKernels()
-    except Exception as e:   # no pycuda/CuPy, or no usable GPU
-        pytest.skip(f"no CUDA GPU with pycuda or CuPy here ({str(e).splitlines()[0][:120]})")
-
-
 @pytest.mark.gpu
 @needs_data
 def test_gpu_kernels_match_cpu(model):
     """Compiled in this thread, run in another (the app's inference thread does the same)."""
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     k = gpu_kernels()
     frame = cityscapes_frame()
     for dtype in (np.float32, np.float16):
@@ -314,7 +264,7 @@ def test_gpu_kernels_match_cpu(model):
 def test_gpu_batched_kernels_equal_single_frames(model):
     """Three frames in one launch (grid z = 3), run in another thread: each frame equals its
     single-frame launch bit for bit, and the CPU reference within the same budget."""
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     k = gpu_kernels()
     frames = np.stack(camvid_frames(3))
     got = run_in_thread(k.preprocess, frames, (256, 320), model.mean, model.std)
@@ -334,7 +284,7 @@ def test_gpu_batched_kernels_equal_single_frames(model):
 def test_gpu_graph_replay_matches_direct_launches(model):
     """CudaGraph (driver API through ctypes) on the backend's stream replays preprocess + overlay:
     resources made in this thread, the graph captured in a second thread, replayed in a third."""
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     k = gpu_kernels()
     frame = camvid_frames(1)[0]
     h, w = frame.shape[:2]
@@ -390,7 +340,7 @@ def test_gpu_primary_context_is_pushed_and_popped_in_any_thread():
     entries pop back to the outer one, an exception still pops, any thread."""
     pycuda = pytest.importorskip("pycuda.driver", reason="pycuda not installed (pip install pycuda)")
     from engines.cuda_context import PrimaryContext
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     try:
         ctx = PrimaryContext("pycuda")
         with ctx:

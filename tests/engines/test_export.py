@@ -9,19 +9,10 @@ import torch
 from app.cli import main as cli
 from core.model_config import ConfigError, load_model_config
 from engines.onnx_engine import OnnxEngine
-from tests.helpers import official_style_checkpoint, randomized_model
+from testkit.helpers import normalized_input, official_style_checkpoint, randomized_model
 
 R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 R50 = "bisenetv1_r50-d32_4xb4-160k_cityscapes-1024x1024"
-
-
-def normalized_input(h, w, seed=0):
-    """A normalized RGB image: uint8 noise with smooth structure, through the config's mean/std."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, (h // 8, w // 8, 3)).astype(np.float32)
-    img = np.kron(img, np.ones((8, 8, 1), np.float32)) + rng.normal(0, 8, (h, w, 3))
-    x = (np.clip(img, 0, 255) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 @pytest.mark.parametrize("name", [R18, R50])

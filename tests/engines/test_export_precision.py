@@ -19,7 +19,7 @@ from core.model_config import load_model_config
 from engines.onnx_engine import OnnxEngine
 from core.sidecar import read_sidecar
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 CHECKPOINT = SHARED / "models" / "camvid_r18-d32_cpu.pth"
 CAMVID_VAL = SHARED / "data" / "camvid" / "val"

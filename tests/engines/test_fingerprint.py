@@ -20,7 +20,7 @@ from core.sidecar import SidecarError, read_sidecar, sidecar_path
 from engines import fingerprint as fp
 from engines.tensorrt_build import build_engine
 from engines.tensorrt_plan import BuildOptions
-from tests.test_tensorrt import CLASSES, PALETTE, tiny_onnx
+from testkit.tiny_conv import CLASSES, PALETTE, tiny_onnx
 
 ORIN = fp.Fingerprint(tensorrt_version="10.3.0", cuda_version="12.6", driver_version="540.4.0",
                       gpu_name="Orin", compute_capability="8.7")

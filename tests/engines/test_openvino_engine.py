@@ -14,8 +14,8 @@ import pytest
 from core.preprocess import preprocess
 from engines.load import load_engine, pick_backend
 from core.sidecar import SidecarError
-from tests.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
-from tests.app_process import ENV, run_camera
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
+from testkit.app_process import ENV, run_camera
 
 pytest.importorskip("openvino", reason="pip install openvino")
 

@@ -8,7 +8,7 @@ from app.cli import main as cli
 from core.sidecar import read_sidecar, sidecar_path
 from engines.cpu_features import FORCE_ENV, detect
 from engines.precision import choose_precision
-from tests.calib_fixtures import list_dataset, tiny_segmenter
+from testkit.calib_fixtures import list_dataset, tiny_segmenter
 
 BF16_CPU = detect(force="avx2,fma,avx512,vnni,bf16")
 NO_BF16_CPU = detect(force="avx2,fma,avx512,vnni")

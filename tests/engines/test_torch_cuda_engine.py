@@ -21,7 +21,7 @@ from core.model_config import load_model_config
 from engines import torch_cuda_engine as tce
 from engines.load import load_engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CAMVID = "bisenetv1_r18-d32_camvid-360x480"
 CHECKPOINT = next((p / "shared" / "models" / "camvid_r18-d32_cpu.pth" for p in ROOT.parents
                    if (p / "shared" / "models" / "camvid_r18-d32_cpu.pth").is_file()), None)
@@ -166,7 +166,7 @@ def gpu_engine(cfg, **kwargs):
 
 def camvid_frames(n):
     import cv2
-    from tests.test_cuda_kernels import DATA
+    from testkit.cuda_host import DATA
     if DATA is None:
         pytest.skip("../shared/data not found")
     return [cv2.imread(str(p)) for p in sorted((DATA / "camvid" / "val").glob("*.jpg"))[:n]]
@@ -185,7 +185,7 @@ def test_gpu_fused_labels_equal_the_cpu_pipeline(cfg, cuda_graph):
     """Made here, run in another thread (the app's inference thread); 3 frames in one batch; fp32."""
     from core.overlay import palette_bgr, render_overlay
     from core.preprocess import preprocess
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     eng = gpu_engine(cfg, cuda_graph=cuda_graph, max_batch=4)
     frames = camvid_frames(3)
     got = run_in_thread(eng.run_fused_labels, frames)
@@ -218,7 +218,7 @@ def test_gpu_zone_counts_equal_the_histogram_of_the_fused_labels(cfg, cuda_graph
 
     def zone(name, polygon):
         return ZoneSpec(name=name, polygon=polygon)
-    from tests.app_helpers import run_in_thread
+    from testkit.app_helpers import run_in_thread
     eng = gpu_engine(cfg, cuda_graph=cuda_graph, max_batch=4)
     frames = camvid_frames(3)
     a = Zones([zone("lane", [(0.3, 0.5), (0.7, 0.5), (0.9, 1), (0.1, 1)]), zone("sky", [(0, 0), (1, 0), (1, 0.3)])],

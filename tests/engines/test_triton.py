@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from app.latency import read_log
-from tests.app_helpers import REPO, SAMPLE_VIDEO, free_port, read_labels, tiny_onnx
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, read_labels, tiny_onnx
 
 SIZE = (128, 256)
 SERVER_ENV = REPO / ".venv-triton"
@@ -339,7 +339,7 @@ def test_three_cameras_share_one_request_per_batch(server, local_labels, tmp_pat
     """One app, three cameras: each batch of the cameras' frames goes to Triton as one request
     (mean batch_size > 1.5 in the log, fewer server executions than frames), every camera's
     labels equal local ONNX Runtime's frame by frame, and its accounting is exact."""
-    from tests.app_process import check_camera_accounting
+    from testkit.app_process import check_camera_accounting
 
     before = server.counts()
     log = tmp_path / "lat.jsonl"
@@ -418,7 +418,7 @@ def batch2_onnx(tmp_path_factory) -> Path:
     """A tiny random-weight export with a fixed batch of 2 (`bisenet export --batch 2`)."""
     from core.model_config import load_model_config
     from engines.export import export_onnx
-    from tests.app_helpers import MODEL_NAME
+    from testkit.app_helpers import MODEL_NAME
 
     out = tmp_path_factory.mktemp("batch2") / "r18_batch2.onnx"
     return export_onnx(load_model_config(MODEL_NAME), None, out, SIZE, random_init=True, batch=2)

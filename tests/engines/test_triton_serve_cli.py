@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 
-from tests.app_helpers import REPO, free_port, tiny_onnx
+from testkit.app_helpers import REPO, free_port, tiny_onnx
 
 
 def test_a_taken_port_is_one_line_before_the_server_starts():

@@ -15,7 +15,7 @@ import pytest
 
 from app.cli import main as cli
 from core.preprocess import preprocess
-from helpers import REPO, SHARED_DATA
+from testkit.helpers import REPO, SHARED_DATA
 
 CHECKPOINT = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
 MODEL = "bisenetv1_r18-d32_camvid-360x480"

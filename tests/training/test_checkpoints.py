@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.model_config import load_model_config
-from tests.helpers import official_style_checkpoint
+from testkit.helpers import official_style_checkpoint
 from training.checkpoints import CheckpointError, download_checkpoint, load_checkpoint, load_weights
 from training.model import BiSeNetV1
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import SHARED_DATA
+from testkit.helpers import SHARED_DATA
 from training.datasets import SegDataset, coco_stuff_lut, load_dataset_config
 from training.prepare import prepare_cityscapes
 from training.transforms import TrainTransform, random_crop, rescale_size
-from training_data import make_dataset
+from testkit.training_data import make_dataset
 
 CAMVID = SHARED_DATA / "camvid"
 

@@ -15,7 +15,7 @@ from training.datasets import SegDataset, load_dataset_config
 from training.evaluate import ModuleEngine, Predictor, confusion_matrix, evaluate_dataset, metrics_from_confusion
 from training.model import BiSeNetV1
 from training.train import load_train_config, train
-from training_data import make_train_config
+from testkit.training_data import make_train_config
 
 
 def test_hand_made_confusion_matches_iou_definition():

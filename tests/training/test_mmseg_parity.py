@@ -18,8 +18,7 @@ import pytest
 from app.cli import main as cli
 from core.model_config import list_model_names
 from engines.onnx_engine import OnnxEngine
-from tests.helpers import REPO, official_style_checkpoint
-from tests.test_export import normalized_input
+from testkit.helpers import REPO, normalized_input, official_style_checkpoint
 
 MMSEG_PY = REPO / ".venv-mmseg" / "bin" / "python"
 SEED_ROWS = [n for n in list_model_names() if "camvid" not in n]

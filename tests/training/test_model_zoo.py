@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from core.model_config import ConfigError, list_model_names, load_model_config
-from tests.helpers import REPO
+from testkit.helpers import REPO
 
 # mmsegmentation's own parameter counts (whole EncoderDecoder, auxiliary heads included).
 MMSEG_PARAMS = {

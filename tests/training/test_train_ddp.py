@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from training_data import make_train_config
+from testkit.training_data import make_train_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORKER = """
 import os, sys
 sys.path.insert(0, {repo!r})

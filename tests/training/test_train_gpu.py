@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.train import load_train_config, train
-from training_data import make_train_config
+from testkit.training_data import make_train_config
 
 pytestmark = pytest.mark.gpu
 

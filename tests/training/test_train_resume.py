@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.train import SampleStream, TrainConfig, load_train_config, lr_factor, train
-from training_data import make_train_config
+from testkit.training_data import make_train_config
 
 
 def train_losses(work_dir):
