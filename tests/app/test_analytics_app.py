@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from app.latency import read_log
-from testkit.analytics_helpers import Broker, Subscriber, needs_mosquitto, wait_until
+from testkit.analytics_helpers import Subscriber, needs_mosquitto, wait_until
 from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
 from testkit.app_process import run_camera
 
@@ -28,15 +28,6 @@ needs_model = pytest.mark.skipif(not (CHECKPOINT.is_file() and SAMPLE.is_file())
                                  reason="the shared CamVid checkpoint or the street clip is missing")
 
 
-@pytest.fixture(scope="module")
-def camvid_onnx(tmp_path_factory):
-    from core.model_config import load_model_config
-    from engines.export import export_onnx
-
-    out = tmp_path_factory.mktemp("camvid") / "camvid.onnx"
-    return export_onnx(load_model_config("bisenetv1_r18-d32_camvid-360x480"), CHECKPOINT, out, (352, 480))
-
-
 def ffprobe(path) -> tuple[int, float]:
     out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
                           "stream=nb_read_frames:format=duration", "-of", "json", str(path)],
@@ -47,9 +38,8 @@ def ffprobe(path) -> tuple[int, float]:
 
 @pytest.mark.slow
 @needs_model
-@needs_mosquitto
-def test_street_clip_event_reaches_mqtt_and_its_clip_spans_the_rolls(tmp_path, camvid_onnx):
-    broker = Broker(tmp_path).start()
+def test_street_clip_event_reaches_mqtt_and_its_clip_spans_the_rolls(tmp_path, camvid_onnx, mosquitto):
+    broker = mosquitto
     sub = Subscriber(broker.port)
     try:
         wait_until(lambda: sub.client.is_connected(), what="subscriber")

@@ -12,7 +12,7 @@ from app.analytics.events import EventBus, JsonlSink, MqttSink, Outbox, WebhookS
 from app.analytics.rules import Event
 from core.backoff import Backoff
 from core.errors import InputError
-from testkit.analytics_helpers import Broker, Receiver, Subscriber, needs_mosquitto, wait_until
+from testkit.analytics_helpers import Receiver, Subscriber, wait_until
 
 
 def event(n: int) -> Event:
@@ -96,9 +96,8 @@ def test_mqtt_url_parts():
     assert parse_mqtt_url("mqtts://broker:8884/site/a") == ("broker", 8884, "site/a", True)
 
 
-@needs_mosquitto
-def test_mqtt_start_end_and_retained_state_reach_a_real_subscriber(tmp_path):
-    broker = Broker(tmp_path).start()
+def test_mqtt_start_end_and_retained_state_reach_a_real_subscriber(mosquitto):
+    broker = mosquitto
     sub = Subscriber(broker.port)
     try:
         bus = EventBus([MqttSink(broker.url)])
@@ -121,9 +120,8 @@ def test_mqtt_start_end_and_retained_state_reach_a_real_subscriber(tmp_path):
         broker.stop()
 
 
-@needs_mosquitto
-def test_mqtt_broker_down_events_wait_then_arrive_when_it_returns(tmp_path):
-    broker = Broker(tmp_path).start()
+def test_mqtt_broker_down_events_wait_then_arrive_when_it_returns(mosquitto):
+    broker = mosquitto
     sub = None
     bus = EventBus([MqttSink(broker.url)], capacity=100, log=lambda _: None)
     try:

@@ -16,7 +16,7 @@ import pytest
 from app.frames import Frame
 from app.http_sink import HttpSink, parse_http_spec
 from testkit.app_process import terminate
-from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_helpers import REPO, tiny_onnx
 from testkit.http_clients import CHROMIUM, CHROMIUM_FLAGS
 
 def get(url, timeout=10):
@@ -92,14 +92,13 @@ def wait_for_frames(base, proc, n=3, deadline_s=120):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-@pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
-def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path):
+def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path, street_clip, free_port):
     model = tiny_onnx((64, 96))
     palette = np.array(json.loads(open(str(model) + ".json").read())["palette"])[:, ::-1]   # BGR
-    port = free_port()
+    port = free_port
     base = f"http://127.0.0.1:{port}"
     # mask mode: every pixel of the video is a palette color, easy to find in a screenshot.
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_camera.py"), "--source", str(SAMPLE_VIDEO),
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_camera.py"), "--source", str(street_clip),
                              "--realtime", "--loop", "--model", str(model), "--output", base, "--mode", "mask",
                              "--hud", "--threads", "1"],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},

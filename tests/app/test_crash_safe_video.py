@@ -13,17 +13,15 @@ import pytest
 from app.frames import Frame
 from app.latency import read_log
 from app.sinks import KEYFRAME_EVERY_S, VideoFileSink
-from testkit.app_helpers import SAMPLE_VIDEO
 from testkit.app_process import App
 from testkit.app_helpers import ffprobe_frames, samples_in_complete_fragments
 from testkit.calib_fixtures import tiny_segmenter
 from testkit.http_clients import CHROMIUM
 
 
-@pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
-def test_sigkill_3_s_into_an_mp4_recording_leaves_a_playable_file(tmp_path):
+def test_sigkill_3_s_into_an_mp4_recording_leaves_a_playable_file(tmp_path, street_clip):
     model = tiny_segmenter(tmp_path / "tiny.onnx")
-    app = App("--source", SAMPLE_VIDEO, "--realtime", "--loop", "--model", model,
+    app = App("--source", street_clip, "--realtime", "--loop", "--model", model,
               "--output", tmp_path / "out.mp4", log=tmp_path / "lat.csv")
     app.wait_rows(1, timeout_s=60)
     time.sleep(3.0)

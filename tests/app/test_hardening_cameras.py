@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
 from testkit.app_process import App, camera_counts, frames_in, run_camera
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
@@ -14,10 +14,10 @@ PW = "S3cretPW"
 DEAD = f"rtsp://admin:{PW}@127.0.0.1:1/x"   # port 1: nothing listens, connection refused
 
 
-def test_a_dead_live_camera_at_start_is_an_outage_and_the_clip_runs_to_its_end(clip, tmp_path):
+def test_a_dead_live_camera_at_start_is_an_outage_and_the_clip_runs_to_its_end(clip, tmp_path, free_port):
     from testkit.http_clients import request
 
-    port = free_port()
+    port = free_port
     log = tmp_path / "lat.csv"
     app = App("--source", DEAD, "--source", clip, "--model", tiny_onnx(), "--output", tmp_path / "o_{camera}.mp4",
               "--output", f"http://127.0.0.1:{port}", log=log)

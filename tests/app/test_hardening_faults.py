@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 from testkit.app_process import ENV, run_camera
 
 pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
@@ -41,8 +41,8 @@ def test_a_latency_log_that_cannot_be_written_to_its_end_is_exit_1_naming_it(cli
     assert "Traceback" not in r.stderr
 
 
-def test_a_port_that_cannot_be_bound_prints_no_token(clip, tmp_path):
-    port = free_port()
+def test_a_port_that_cannot_be_bound_prints_no_token(clip, tmp_path, free_port):
+    port = free_port
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", port))
         busy.listen()

@@ -22,7 +22,7 @@ from app.latency import read_log
 from app.server import AppServer, ServerOptions
 from app.server.auth import LOCKOUT_S, MAX_FAILURES, FailureTable
 from app.server.limits import MIN_PENDING, PER_ADDRESS_PENDING, RESERVED_FDS, ConnectionBudget, Plan, plan
-from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 from testkit.app_process import ENV, App, written_rate
 from testkit.http_clients import TOKEN, bearer, count_refused, metric_values, open_stream, read_parts, request
 
@@ -74,13 +74,13 @@ def user_requests(port: int) -> dict:
 
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
 @pytest.mark.parametrize("nofile", [None, 256], ids=["default-limit", "nofile-256"])
-def test_attackers_on_another_address_cannot_refuse_the_user_or_flood_the_log(tmp_path, nofile):
+def test_attackers_on_another_address_cannot_refuse_the_user_or_flood_the_log(tmp_path, nofile, free_port):
     """300 idle + 300 slow-header sockets from 127.0.0.2, reconnecting as closed: every
     authenticated snapshot, stats and stream request from 127.0.0.1 succeeds and the pipeline
     keeps its fps; then 2000 malformed requests from 127.0.0.3 add a few log lines, counted in
     /metrics. The same with the app's open-file limit at 256."""
     model = tiny_onnx((64, 96))
-    port = free_port()
+    port = free_port
     log = tmp_path / "lat.csv"
     with open_file_limit(nofile):
         app = App("--source", SAMPLE_VIDEO, "--realtime", "--loop", "--model", model, "--output",

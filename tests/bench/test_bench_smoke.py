@@ -107,13 +107,10 @@ def needs_trained_model():
 
 
 @needs_clip
-def test_analytics_benches_short(tmp_path):
+def test_analytics_benches_short(tmp_path, camvid_onnx):
     """bench/analytics.py (cost on vs off) and bench/analytics_accuracy.py (coverage vs CamVid's labels)."""
     needs_trained_model()
-    model = tmp_path / "camvid.onnx"
-    subprocess.run([sys.executable, "-m", "app.cli", "export", "--model", "bisenetv1_r18-d32_camvid-360x480",
-                    "--checkpoint", str(CHECKPOINT), "--size", "352x480", "-o", str(model)],
-                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
+    model = camvid_onnx   # the trained model exported at 352x480
     out = bench("analytics.py", "--model", model, "--frames", 6, "--threads", 1)   # 3 of them warm-up
     assert "%" in out, out
     out = bench("analytics_accuracy.py", "--model", model, "--frames", 30)

@@ -31,8 +31,8 @@ MIN_SAME_LABELS = 0.99
 
 @pytest.mark.skipif(not CHECKPOINT.is_file() or not CAMVID_VAL.is_dir(),
                     reason="../shared/models/camvid_r18-d32_cpu.pth and ../shared/data/camvid not found")
-def test_fp16_export_matches_fp32_on_camvid(tmp_path):
-    fp32 = export_onnx(load_model_config(MODEL), str(CHECKPOINT), tmp_path / "m.onnx", SIZE)
+def test_fp16_export_matches_fp32_on_camvid(tmp_path, camvid_onnx):
+    fp32 = camvid_onnx   # the same checkpoint, config and size, exported once for the suite
     fp16 = tmp_path / "m.fp16.onnx"
     assert cli(["export", "--model", MODEL, "--checkpoint", str(CHECKPOINT), "--size", f"{SIZE[0]}x{SIZE[1]}",
                 "--precision", "fp16", "-o", str(fp16)]) == 0

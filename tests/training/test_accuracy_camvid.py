@@ -63,15 +63,15 @@ def evaluate(engine) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict:
-    """The checkpoint exported once per session at 352x480, both heads (`bisenet export`'s code)."""
+def exports(tmp_path_factory, camvid_onnx) -> dict:
+    """The checkpoint at 352x480, both heads (`bisenet export`'s code): labels is the shared
+    export (tests/conftest.py), logits exported here."""
     from engines.export import export_onnx
     from core.model_config import load_model_config
 
     tmp = tmp_path_factory.mktemp("camvid_exports")
-    cfg = load_model_config(MODEL)
-    return {head: export_onnx(cfg, CHECKPOINT, tmp / f"camvid_{head}.onnx", SIZE, head=head)
-            for head in ("labels", "logits")}
+    logits = export_onnx(load_model_config(MODEL), CHECKPOINT, tmp / "camvid_logits.onnx", SIZE, head="logits")
+    return {"labels": camvid_onnx, "logits": logits}
 
 
 def test_pytorch_reaches_the_documented_miou(tmp_path):
