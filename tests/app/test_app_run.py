@@ -29,7 +29,7 @@ def video_frames(path):
 
 
 def test_video_in_mp4_and_latency_log_out(tmp_path):
-    """Issue 3's first done-when, with a small model input (64x96) to keep it quick."""
+    """A clip in, an mp4 and a latency log out, every frame written; a small model input (64x96) keeps it quick."""
     model = tiny_onnx((64, 96))
     r = run_camera("--source", SAMPLE_VIDEO, "--model", model, "--output", tmp_path / "out.mp4",
                    "--latency-log", tmp_path / "lat.csv", "--threads", 1)
@@ -43,7 +43,7 @@ def test_video_in_mp4_and_latency_log_out(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_r18_352x480(tmp_path):
-    """The done-when at the real model size (slow on 2 shared cores)."""
+    """The same at the real model size (slow on 2 shared cores)."""
     model = tiny_onnx((352, 480))
     r = run_camera("--source", SAMPLE_VIDEO, "--model", model, "--output", tmp_path / "out.mp4",
                    "--latency-log", tmp_path / "lat.csv")

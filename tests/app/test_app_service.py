@@ -196,7 +196,7 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
     sockets, viewer = [], None
     try:
         app.wait_rows(30)
-        # The crash: with 64 descriptors, ~53 idle sockets used to make the clip's next
+        # The crash this holds off: with 64 descriptors, ~53 idle sockets used to make the clip's next
         # reopen (it loops every 101 frames) fail, and the app exit 1.
         resource.prlimit(app.proc.pid, resource.RLIMIT_NOFILE, (64, 64))
         start = time.monotonic() - read_log(log)[-1]["capture_s"]   # the run's clock, roughly

@@ -97,7 +97,7 @@ def test_open_sink_dispatch_and_one_line_errors(tmp_path, monkeypatch):
         assert "\n" not in str(e.value) and spec.rstrip("/") in str(e.value)
     monkeypatch.delitem(sys.modules, "app.rtsp_out", raising=False)
     try:
-        import app.rtsp_out  # noqa: F401  (present once the RTSP issue lands)
+        import app.rtsp_out  # noqa: F401  (without it, rtsp:// is refused in one line)
     except ModuleNotFoundError:
         with pytest.raises(SinkError, match="rtsp"):
             open_sink("rtsp://127.0.0.1:8554/live")

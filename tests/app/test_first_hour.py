@@ -1,4 +1,4 @@
-"""Issue #21, the first hour of a new user: install hints that work from the checkout,
+"""The first hour of a new user: install hints that work from the checkout,
 `bisenet --version`, and the smaller rough edges (see each test)."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Issue 24, item 7 (and item 2 on a live run): with several cameras, a live camera that is
-down at start is an outage (logged, counted, reconnected with backoff) while the others run;
-a file camera that cannot open is still a start error. Its password appears nowhere: not on
-stderr, in the latency log, /stats.json or /metrics. run_camera.py as a real process."""
+"""With several cameras, a live camera that is down at start is an outage (logged, counted,
+reconnected with backoff) while the others run; a file camera that cannot open is still a start
+error. Its password appears nowhere: not on stderr, in the latency log, /stats.json or
+/metrics. run_camera.py as a real process."""
 from __future__ import annotations
 
 import pytest

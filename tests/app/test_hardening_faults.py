@@ -1,7 +1,7 @@
-"""Issue 24, item 8: faults are one line and the right exit code, nothing left behind: a name
-that is too long, a latency log that cannot be written to its end (a file-size limit, like a
-full disk), a port that cannot be bound (no token printed), a corrupt ONNX to calibrate, a
-corrupt checkpoint to resume, an RTSP server that accepts and stays silent."""
+"""Faults are one line and the right exit code, nothing left behind: a name that is too long, a
+latency log that cannot be written to its end (a file-size limit, like a full disk), a port
+that cannot be bound (no token printed), a corrupt ONNX to calibrate, a corrupt checkpoint to
+resume, an RTSP server that accepts and stays silent."""
 from __future__ import annotations
 
 import socket

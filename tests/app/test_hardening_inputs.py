@@ -1,6 +1,6 @@
-"""Issue 24, items 2 and 6: no password of a camera URL in any output, and configs that cannot
-blow up (YAML aliases bounded in their expanded size, values in messages cut short). run_camera.py as a real
-process; each refusal is exit 2 and one stderr line."""
+"""No password of a camera URL in any output, and configs that cannot blow up (YAML aliases
+bounded in their expanded size, values in messages cut short). run_camera.py as a real process;
+each refusal is exit 2 and one stderr line."""
 from __future__ import annotations
 
 import pytest

@@ -1,7 +1,7 @@
-"""Issue 24, item 4: no silent data loss. An output that is an input, or two outputs that are
-the same file, are refused at start (exit 2, one line, the input's bytes unchanged); an output
-whose folder is removed mid-run ends the run with exit 1 naming it. run_camera.py as a real
-process on a real clip."""
+"""No silent data loss. An output that is an input, or two outputs that are the same file, are
+refused at start (exit 2, one line, the input's bytes unchanged); an output whose folder is
+removed mid-run ends the run with exit 1 naming it. run_camera.py as a real process on a real
+clip."""
 from __future__ import annotations
 
 import shutil

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample v
 
 
 def test_rtsp_in_rtsp_out_decoded_by_a_viewer(relay, publishers, tmp_path):
-    """Done-when: an RTSP input through rtsp-server-perl feeds the app, and a real RTSP client
+    """An RTSP input through rtsp-server-perl feeds the app, and a real RTSP client
     decodes >= 50 frames of the app's RTSP output at the source's size (480x360)."""
     model = tiny_onnx((64, 96))
     publishers(relay.push_url("/camera"))

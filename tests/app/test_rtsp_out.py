@@ -87,7 +87,7 @@ def test_serve_without_gstreamer_is_one_line_naming_packages():
 
 
 def test_push_is_decoded_by_a_real_rtsp_viewer(relay):
-    """Done-when: a real RTSP client decodes >= 50 frames of the app's output at the
+    """A real RTSP client decodes >= 50 frames of the app's output at the
     source's size, through rtsp-server-perl (UDP)."""
     width, height = 320, 240
     image = sample_image(width, height)

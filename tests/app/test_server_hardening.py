@@ -1,4 +1,4 @@
-"""Issue #24 items 1, 3 and 5 against the real app and real sockets on 127.0.0.0/8: attackers
+"""The server under attack, against the real app and real sockets on 127.0.0.0/8: attackers
 on other addresses (127.0.0.2 and up) cannot spend the user's (127.0.0.1) connections, flood
 the log, or lift a lock-out; the connection budget fits the open-file limit."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ from testkit.app_helpers import REPO, SAMPLE_VIDEO, tiny_onnx
 from testkit.app_process import ENV, App, written_rate
 from testkit.http_clients import TOKEN, bearer, count_refused, metric_values, open_stream, read_parts, request
 
-# Seconds the attackers hold their sockets in the app test (the issue's probe: 30).
+# Seconds the attackers hold their sockets in the app test (docs/service.md's measurement: 30).
 ATTACK_S = float(os.environ.get("BISENET_ATTACK_S", "15"))
 
 

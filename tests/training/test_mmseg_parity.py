@@ -1,6 +1,6 @@
 """Our ONNX export against mmsegmentation 1.2's own BiSeNetV1, for every network of the seed rows.
 
-Done-when of the model-zoo issue: `bisenet export --model <row> --checkpoint <official-format
+What it holds: `bisenet export --model <row> --checkpoint <official-format
 checkpoint> --size 256x512 --head logits` gives ONNX Runtime logits equal to mmseg's with the
 same weights (max abs diff <= 1e-4). mmseg runs in its own venv (.venv-mmseg, made by
 scripts/setup_mmseg_reference.sh, which scripts/test.sh runs).
