@@ -67,7 +67,7 @@ def outputs(tmp_path_factory):
         ours[name] = OnnxEngine(onnx_path).infer_logits(x)
         ckpt_ref = tmp / f"{name}.ref.npy"
         jobs += [name, str(ckpt), str(tmp / "x.npy"), str(ckpt_ref)]
-    subprocess.run([str(MMSEG_PY), str(REPO / "tests" / "mmseg_reference.py"), *jobs], check=True, timeout=900)
+    subprocess.run([str(MMSEG_PY), str(REPO / "testkit" / "mmseg_reference.py"), *jobs], check=True, timeout=900)
     return {name: (ours[name], np.load(tmp / f"{name}.ref.npy")) for name in COMPARED}
 
 
