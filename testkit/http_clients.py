@@ -1,5 +1,6 @@
 """Client side of the server tests and bench/http_clients.py: MJPEG viewers that read or never
-read, idle sockets, and what a process holds (/proc), all on 127.0.0.1."""
+read, idle sockets, and what a process holds (/proc), all on 127.0.0.1; plain HTTP(S) requests,
+the test token, /metrics values and the headless Chromium the page tests use."""
 from __future__ import annotations
 
 import http.client
