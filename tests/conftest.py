@@ -55,10 +55,11 @@ def camvid_onnx(tmp_path_factory) -> Path:
             from core.model_config import load_model_config
             from engines.export import export_onnx
 
-            for old in EXPORT_CACHE.glob("camvid_r18_*"):   # stale keys: the code or checkpoint changed
+            # Under the lock anything else here is stale: another key (the code or checkpoint
+            # changed) or a partial export whose process died.
+            for old in [*EXPORT_CACHE.glob("camvid_r18_*"), *EXPORT_CACHE.glob(".partial-*")]:
                 shutil.rmtree(old, ignore_errors=True)
             partial = EXPORT_CACHE / f".partial-{os.getpid()}"
-            shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
             export_onnx(load_model_config(CAMVID_CONFIG), CAMVID_CHECKPOINT, partial / "camvid.onnx", CAMVID_SIZE)
             partial.rename(cached)
