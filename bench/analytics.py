@@ -73,7 +73,7 @@ def run_app(args, tmp: Path, mode: str) -> tuple[float, str]:
     coverage = tmp / f"coverage_{mode.replace(' ', '_')}.csv"
     coverage.unlink(missing_ok=True)
     if mode != "off":
-        from tests.analytics_helpers import MOSQUITTO, Broker   # the analytics tests' real mosquitto
+        from testkit.analytics_helpers import MOSQUITTO, Broker   # the analytics tests' real mosquitto
 
         if MOSQUITTO is None:
             raise SystemExit("--broker-outage needs mosquitto: apt-get install mosquitto")

@@ -18,10 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.latency import read_log  # noqa: E402
-from tests.app_helpers import SAMPLE_VIDEO  # noqa: E402
-from tests.app_process import App  # noqa: E402
-from tests.calib_fixtures import tiny_segmenter  # noqa: E402
-from tests.test_crash_safe_video import ffprobe_frames, samples_in_complete_fragments  # noqa: E402
+from testkit.app_helpers import SAMPLE_VIDEO, ffprobe_frames, samples_in_complete_fragments  # noqa: E402
+from testkit.app_process import App  # noqa: E402
+from testkit.calib_fixtures import tiny_segmenter  # noqa: E402
 
 
 def main() -> None:

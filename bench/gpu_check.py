@@ -600,8 +600,8 @@ def step_run_camera(ctx):
 
 
 def step_gpu_tests(ctx):
-    files = ["tests/test_cuda_kernels.py", "tests/test_analytics_kernel.py", "tests/test_torch_cuda_engine.py",
-             "tests/test_tensorrt.py"]
+    files = [f"tests/engines/{name}.py" for name in ("test_cuda_kernels", "test_analytics_kernel",
+                                                      "test_torch_cuda_engine", "test_tensorrt")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
                        cwd=ROOT, env=ctx.env(), capture_output=True, text=True, timeout=300)
     last = (r.stdout.strip().splitlines() or ["no output"])[-1]

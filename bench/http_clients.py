@@ -11,7 +11,7 @@ Phases alternate quiet / attack / quiet / attack ...; fps comes from the latency
 each phase's seconds; the ratio is attack / the quiet phase before it, and the median over
 rounds. CPU ms/frame is the app process's CPU time over the phase divided by its frames: it
 shows the server's cost even when other jobs on the machine make fps noisy. Threads are those
-alive longer than 0.3 s, FFmpeg's own left out (tests/http_clients.py).
+alive longer than 0.3 s, FFmpeg's own left out (testkit/http_clients.py).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.latency import read_log  # noqa: E402
-from tests.app_helpers import SAMPLE_VIDEO as SAMPLE, free_port, tiny_onnx  # noqa: E402
-from tests.http_clients import Viewer, attack, proc_counts  # noqa: E402
+from testkit.app_helpers import SAMPLE_VIDEO as SAMPLE, free_port, tiny_onnx  # noqa: E402
+from testkit.http_clients import Viewer, attack, proc_counts  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"

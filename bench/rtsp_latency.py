@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
 
     import cv2
-    from tests.rtsp_server import SAMPLE_VIDEO, RtspRelay
+    from testkit.rtsp_server import SAMPLE_VIDEO, RtspRelay
     cap = cv2.VideoCapture(str(SAMPLE_VIDEO))
     ok, img = cap.read()
     cap.release()

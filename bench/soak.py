@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     from app.latency import read_log
-    from tests.app_helpers import free_port
+    from testkit.app_helpers import free_port
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bisenet-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
         relay = None
         if shutil.which("rtsp-server-perl") and shutil.which("ffmpeg"):
-            from tests.rtsp_server import FfmpegPublisher, RtspRelay
+            from testkit.rtsp_server import FfmpegPublisher, RtspRelay
             relay = RtspRelay(work).start()
             helpers.append(relay)
         elif args.rtsp_source:

@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.app_helpers import free_port, tiny_onnx  # noqa: E402
+from testkit.app_helpers import free_port, tiny_onnx  # noqa: E402
 
 
 def load_average() -> str:

@@ -14,7 +14,7 @@ and dropped inside `with k.context:` when the caller is in another thread.
     pre(src_ptr, dst_ptr, stream, frames=4)          # 4 frames back to back, one launch
 
 The argument packing below (normalization constants, alpha in 1/256ths, grid sizes) is plain
-numpy, shared with the host build the CI tests run (tests/test_cuda_kernels.py).
+numpy, shared with the host build the CI tests run (tests/engines/test_cuda_kernels.py).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 // a = round(alpha * 256).
 //
 // Same rules as preprocess.cu: CUDA C that sm_72 has, no shared memory, no #include, so it
-// builds with nvcc, NVRTC and (tests/cuda_host_shim.h) as host C++.
+// builds with nvcc, NVRTC and (testkit/cuda_host_shim.h) as host C++.
 
 #define OVERLAY_MODE_BLEND 0     // "overlay"
 #define OVERLAY_MODE_MASK 1      // "mask": the palette colors alone

@@ -12,7 +12,7 @@
 //
 // Plain CUDA C of what sm_72 (Jetson Xavier) has: no shared memory, no warp intrinsics, no
 // #include, so the same text builds with nvcc (pycuda), NVRTC (CuPy) and, through
-// tests/cuda_host_shim.h, as C++ on a machine without a GPU for the CI checks.
+// testkit/cuda_host_shim.h, as C++ on a machine without a GPU for the CI checks.
 
 #define RESIZE_COEF_SCALE 2048   // 1 << INTER_RESIZE_COEF_BITS (11)
 

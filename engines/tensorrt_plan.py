@@ -1,6 +1,6 @@
 """`bisenet build`, planned: what the build will do and every refusal that needs no TensorRT.
 
-Pure Python (tested without TensorRT in tests/test_tensorrt.py): the typed request
+Pure Python (tested without TensorRT in tests/engines/test_tensorrt.py): the typed request
 (`BuildOptions`), the checks made before tensorrt is imported (`check_request`), the optimization
 profile (--shapes, a dynamic batch's 1..N range), the builder flags and INT8 mode per TensorRT
 version (`plan_build`), and the engine's sidecar with the command that rebuilds it.

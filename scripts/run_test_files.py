@@ -1,4 +1,4 @@
-"""Run every tests/test_*.py in its own pytest process and end with one line
+"""Run every test_*.py under tests/ in its own pytest process and end with one line
 `N passed, N failed, N skipped` (the counts of all files); exit 1 when any file failed or
 crashed. Used by scripts/test.sh for the whole suite.
 
@@ -53,8 +53,9 @@ def run_file(name: str) -> dict:
 
 
 def main() -> int:
-    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py"))
-    first = [f"tests/{n}" for n in COMPUTE_ONLY if f"tests/{n}" in files]
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py"))
+    by_name = {Path(f).name: f for f in files}   # COMPUTE_ONLY names files by basename (unique in tests/)
+    first = [by_name[n] for n in COMPUTE_ONLY if n in by_name]
     rest = [f for f in files if f not in first]
     totals = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     bad, t0, lock = [], time.monotonic(), threading.Lock()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A separate venv with mmsegmentation 1.2.2 itself, the reference our BiSeNetV1 is tested
-# against (tests/test_mmseg_parity.py). Separate because mmengine pulls opencv-python,
+# against (tests/training/test_mmseg_parity.py). Separate because mmengine pulls opencv-python,
 # which must not sit beside the app's opencv-python-headless. mmcv 2.1.0 is built from its
 # sdist without compiled ops (MMCV_WITH_OPS=0): BiSeNetV1 uses none of them.
 set -euo pipefail

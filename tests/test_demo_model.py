@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app_helpers import REPO, SAMPLE_VIDEO, free_port
+from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port
 
 CAMVID_CHECKPOINT = REPO.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"
 CAMVID_MODEL = "bisenetv1_r18-d32_camvid-360x480"

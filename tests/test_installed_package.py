@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO
+from testkit.app_helpers import REPO, SAMPLE_VIDEO
 
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
 ZOO = "bisenetv1_r18-d32_camvid-360x480"

@@ -1,7 +1,7 @@
 """The package order, read from the code itself: every project .py file's imports (module
 level and inside functions) with `ast`, nothing imported or run.
 
-    entry points (run_camera.py, app/cli.py, bisenet_edge, bench/, tests/)
+    entry points (run_camera.py, app/cli.py, bisenet_edge, bench/, tests/, testkit/)
       -> app -> calibration -> engines -> training -> core
 
 - core/ imports no other project package (it is the ground everything stands on);
@@ -17,16 +17,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "training", "engines", "calibration", "app")   # bottom to top
-ENTRY_POINTS = ("run_camera", "app.cli", "bisenet_edge", "bench", "tests", "conftest")
+ENTRY_POINTS = ("run_camera", "app.cli", "bisenet_edge", "bench", "tests", "testkit", "conftest")
 
-# Known offenders (#19 emptied them): an entry that no longer exists fails too, so these
+# Known offenders (none left): an entry that no longer exists fails too, so these
 # lists can only shrink.
 KNOWN_APP_IMPORTS: set[tuple[str, str]] = set()     # (importer, imported app module)
 KNOWN_CIRCLES: set[frozenset[str]] = set()
 KNOWN_UPWARD: set[tuple[str, str]] = set()          # (importer, imported module above it)
 
 def project_files() -> dict[str, Path]:
-    """Module name -> file, for every .py of the project's packages, bench/, tests/ and the
+    """Module name -> file, for every .py of the project's packages, bench/, tests/, testkit/ and the
     entry scripts at the top (virtual environments and hidden folders skipped)."""
     found = {}
     for path in sorted(REPO.rglob("*.py")):
@@ -137,7 +137,7 @@ def test_only_entry_points_import_app():
     found = {(m, i) for m, imported in graph.items() if package_of(m) != "app" and not is_entry_point(m)
              for i in imported if package_of(i) == "app"}
     new = found - KNOWN_APP_IMPORTS
-    assert not new, "only run_camera.py, app/cli.py, the bisenet_edge API, bench/ and tests/ may import app/:\n" + \
+    assert not new, "only run_camera.py, app/cli.py, the bisenet_edge API, bench/, tests/ and testkit/ may import app/:\n" + \
         "\n".join(f"{m} -> {i}" for m, i in sorted(new))
     gone = KNOWN_APP_IMPORTS - found
     assert not gone, f"fixed, remove them from KNOWN_APP_IMPORTS: {sorted(gone)}"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.app_helpers import REPO, SAMPLE_VIDEO
+from testkit.app_helpers import REPO, SAMPLE_VIDEO
 
 MARK = "<!-- runnable -->"
 
