@@ -18,7 +18,7 @@ still exists, two engines dropped by the garbage collector) leave the thread's s
 unmapped memory, and the next Python signal handler (Ctrl-C, SIGTERM, SIGHUP, torch's SIGCHLD
 handler for DataLoader workers) kills the process with SIGSEGV, with no traceback.
 One Core makes one plugin, so there is no second stack to release out of order.
-tests/test_openvino_signal_stack.py holds both: OpenVINO's behaviour and this engine's.
+tests/engines/test_openvino_signal_stack.py holds both: OpenVINO's behaviour and this engine's.
 """
 from __future__ import annotations
 
