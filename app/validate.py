@@ -21,41 +21,9 @@ from urllib.parse import urlsplit
 
 from core.errors import InputError
 from core.redact import shown, shown_text
+from core.options import (Expected, OneOf, check, check_value, each, explain, flag_name, listed,  # noqa: F401
+                          switch, text)   # the generic rules, declared in core/options.py
 from core.validate import MAX_QUEUE, MAX_SIDE, Number  # noqa: F401 (MAX_QUEUE: read here by the tests)
-
-
-class Expected(ValueError):
-    """A value of the wrong kind; its message follows the flag or key after a colon
-    ('hud: expected true or false, got 3'). Other rules' messages start with the value."""
-
-
-def explain(where: str, error: Exception) -> str:
-    """One line: the flag or key `where`, then what is wrong with its value."""
-    return f"{where}{': ' if isinstance(error, Expected) else ' '}{error}"
-
-
-def switch(value) -> bool:
-    if not isinstance(value, bool):
-        raise Expected(f"expected true or false, got {shown(value)}")
-    return value
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of a few words (argparse's choices on the command line)."""
-    choices: tuple
-
-    def __call__(self, value):
-        if value not in self.choices:
-            raise Expected(f"{shown(value)} is not one of {', '.join(self.choices)}")
-        return value
-
-
-def text(value) -> str:
-    """A plain value taken as text (a path, a name, a list of providers)."""
-    if isinstance(value, (dict, list)):
-        raise Expected(f"expected a single value, got {shown(value)}")
-    return str(value)
 
 
 def host_names(value) -> tuple:
@@ -64,16 +32,6 @@ def host_names(value) -> tuple:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise Expected(f"expected a comma list of host names, got {shown(value)}")
     return tuple(n.strip().lower() for n in names if n.strip())
-
-
-def each(rule):
-    """A rule for a repeatable flag: applied to every value of a list, or to a single value."""
-    return lambda value: [rule(v) for v in value] if isinstance(value, (list, tuple)) else rule(value)
-
-
-def listed(rule):
-    """A rule for a repeatable option: a list of values, or one value (a list of one)."""
-    return lambda value: [rule(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
 def source_spec(value) -> str:
@@ -173,27 +131,6 @@ COMMAND_FLAGS = {
               "eval_interval": Number(int, min=0, hint="0: no evaluation"),
               "checkpoint_interval": COUNT, "workers": Number(int, 0, 256), "seed": Number(int, min=0)},
 }
-
-
-def flag_name(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def check(rule, value, where: str):
-    """`value` through `rule`; a bad one is an InputError naming `where` (a flag or a key)."""
-    try:
-        return rule(value)
-    except (ValueError, argparse.ArgumentTypeError) as e:
-        raise InputError(explain(where, e)) from None
-
-
-def check_value(dest: str, value, where: str | None = None, *, rules: dict):
-    """`value` through the rule for flag `dest` in `rules` ({dest: rule}), if it has one;
-    InputError names `where` (default: the flag)."""
-    rule = rules.get(dest)
-    if rule is None or value is None:
-        return value
-    return check(rule, value, where or flag_name(dest))
 
 
 def check_command_args(command: str, args):
