@@ -33,7 +33,7 @@ from app.validate import host_names
 from core import options
 from core.config_files import config_names, config_path
 from core.errors import InputError
-from core.options import Expected, OneOf, Rule, Section, Switch, Text, checked, flag_name, listed, one_line, option  # noqa: F401
+from core.options import Expected, OneOf, Rule, Section, Switch, Text, checked, flag_name, listed, option
 from core.redact import shown
 from core.validate import MAX_QUEUE, Number, load_yaml, size_wh
 from engines.load import EngineOptions

@@ -22,7 +22,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Annotated, Callable, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import core_schema
 
 from core.errors import InputError
@@ -96,6 +96,14 @@ def check_value(dest: str, value, where: str | None = None, *, rules: dict):
     return check(rule, value, where or flag_name(dest))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (`prog: error: ...`, exit 2), without the usage
+    block: every input error of the project looks the same (`--help` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see --help)\n")
+
+
 # ---------------------------------------------------------------------------- declarations
 @dataclass(frozen=True)
 class Rule:
@@ -123,10 +131,20 @@ class Rule:
         return size_wh if self.check is size_wh else None
 
 
-def option(default, help: str, *, group: str, metavar: str | None = None, repeat: bool = False):
-    """An option: flag --NAME in `group` of --help; `repeat`: the flag may be given several
-    times (a list)."""
-    return Field(default, description=help, json_schema_extra={"group": group, "metavar": metavar, "repeat": repeat})
+def option(default, help: str, *, group: str = "", metavar=None, repeat: bool = False, short: str | None = None,
+           flag: str | None = None, **argparse_keywords):
+    """An option: flag --NAME in `group` of --help (and `short`, e.g. -o; `flag`: another long
+    name, where NAME would hide a pydantic attribute such as json); `repeat`: the flag may be
+    given several times (a list); other keywords go to argparse as they are (required, nargs,
+    const)."""
+    return Field(default, description=help, json_schema_extra={
+        "group": group, "metavar": metavar, "repeat": repeat, "short": short, "flag": flag,
+        "argparse": argparse_keywords})
+
+
+def flag_of(name: str, field) -> str:
+    """The long flag of option `name`."""
+    return (field.json_schema_extra or {}).get("flag") or flag_name(name)
 
 
 Switch = Annotated[bool, Rule(switch)]
@@ -185,26 +203,57 @@ def rules_of(sections: Iterable) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser, sections: Iterable, groups: dict | None = None,
-                  suppress: bool = True) -> None:
-    """The flags of `sections`' options. `groups`: group name -> title of --help (None: every
-    flag in the parser's own list). `suppress`: a flag left out is not in argparse's namespace
-    (so a preset's value can be told apart from it); otherwise it holds None."""
-    fields = {name: field for section in sections for name, field in section.options().items()}
+                  suppress: bool = True, only: Iterable | None = None) -> None:
+    """The flags of `sections`' options (`only`: of these names). `groups`: group name -> title
+    of --help (None: every flag in the parser's own list). `suppress`: a flag left out is not in
+    argparse's namespace (so a preset's value can be told apart from it); otherwise it holds
+    the declared default."""
+    fields = {name: field for section in sections for name, field in section.options().items()
+              if only is None or name in only}
     targets = {None: p} if groups is None else {g: p.add_argument_group(title) for g, title in groups.items()}
     for name, field in fields.items():
         target = targets[None if groups is None else field.json_schema_extra["group"]]
-        target.add_argument(flag_name(name), **argparse_keywords(field, suppress))
+        short = field.json_schema_extra.get("short")
+        target.add_argument(*([short] if short else []), flag_of(name, field), dest=name,
+                            **argparse_keywords(field, suppress))
 
 
 def argparse_keywords(field, suppress: bool = True) -> dict:
     rule, extra = field.metadata[0], field.json_schema_extra
-    kw = {"help": field.description, "default": argparse.SUPPRESS if suppress else None}
-    if rule.check is switch:
-        return {**kw, "action": argparse.BooleanOptionalAction}
+    kw = {"help": field.description, "default": argparse.SUPPRESS if suppress else field.default}
+    if rule.check is switch:   # --x / --no-x, or as declared (action="store_true")
+        return {**kw, "action": argparse.BooleanOptionalAction, **extra.get("argparse", {})}
     kw.update(action="append" if extra["repeat"] else "store", metavar=extra["metavar"], type=rule.argtype)
     if isinstance(rule.check, OneOf):
         kw["choices"] = rule.check.choices
-    return kw
+    return {**kw, **extra.get("argparse", {})}
+
+
+def optional(name: str, source, exclude=()) -> type:
+    """A Section whose fields are those of `source` (a Section or pydantic dataclass) as
+    overrides: the same type, rule, help and flag, default None (not given). E.g. a train
+    config's overrides of the model's recipe, declared once in the recipe."""
+    fields = {}
+    for key, field in source.__pydantic_fields__.items():
+        if key in exclude:
+            continue
+        annotation = Annotated[(field.annotation | None, *field.metadata)] if field.metadata else field.annotation | None
+        fields[key] = (annotation, Field(None, description=field.description,
+                                         json_schema_extra=field.json_schema_extra))
+    return create_model(name, __base__=Section, **fields)
+
+
+def apply(args, sections: Iterable):
+    """Every value argparse's namespace `args` holds for an option of `sections`, checked and
+    typed in place (one InputError naming the flag); returns `args`."""
+    values = vars(args)
+    for section in sections:
+        present = {name: values[name] for name in section.options() if values.get(name) is not None}
+        for name, field in section.options().items():
+            if name in present:
+                rule = field.metadata[0]
+                values[name] = check(rule.validate, present[name], flag_of(name, field))
+    return args
 
 
 def given(args, section) -> dict:
