@@ -177,6 +177,7 @@ class Section(BaseModel):
             unknown = sorted(set(options) - set(cls.model_fields))
             if unknown:
                 raise InputError(f"{where(unknown[0])}: unknown option; allowed: {', '.join(cls.model_fields)}")
+            options = {k: v for k, v in options.items() if v is not None}   # None: not given, the default
         try:
             return cls.model_validate(options or {}, from_attributes=True)
         except ValidationError as e:
