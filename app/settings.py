@@ -199,7 +199,7 @@ SECTIONS = (CameraSettings, RunSettings, EngineOptions, ServerSettings, Analytic
 # Camera keys a config may set without a flag (zones:, rules:).
 YAML_KEYS = tuple(name for name, field in CameraSettings.model_fields.items()
                   if not field.json_schema_extra and name != "name")
-OPTIONS = {name: section for section in SECTIONS for name in section.options()}
+OPTIONS = {name: section for section in SECTIONS for name in section.flags()}
 RUN_FLAGS = options.rules_of(SECTIONS)   # name -> its check
 
 

@@ -184,7 +184,7 @@ class Section(BaseModel):
             raise one_line(e, where) from None
 
     @classmethod
-    def options(cls) -> dict:
+    def flags(cls) -> dict:
         """name -> field, of the fields that are flags (declared with `option()`)."""
         return {name: field for name, field in cls.model_fields.items() if field.json_schema_extra}
 
@@ -200,7 +200,7 @@ def checked(section, values: dict, where: dict):
 
 def rules_of(sections: Iterable) -> dict:
     """name -> check of every declared option of `sections`."""
-    return {name: field.metadata[0].check for section in sections for name, field in section.options().items()}
+    return {name: field.metadata[0].check for section in sections for name, field in section.flags().items()}
 
 
 def add_arguments(p: argparse.ArgumentParser, sections: Iterable, groups: dict | None = None,
@@ -209,7 +209,7 @@ def add_arguments(p: argparse.ArgumentParser, sections: Iterable, groups: dict |
     of --help (None: every flag in the parser's own list). `suppress`: a flag left out is not in
     argparse's namespace (so a preset's value can be told apart from it); otherwise it holds
     the declared default."""
-    fields = {name: field for section in sections for name, field in section.options().items()
+    fields = {name: field for section in sections for name, field in section.flags().items()
               if only is None or name in only}
     targets = {None: p} if groups is None else {g: p.add_argument_group(title) for g, title in groups.items()}
     for name, field in fields.items():
@@ -249,8 +249,8 @@ def apply(args, sections: Iterable):
     typed in place (one InputError naming the flag); returns `args`."""
     values = vars(args)
     for section in sections:
-        present = {name: values[name] for name in section.options() if values.get(name) is not None}
-        for name, field in section.options().items():
+        present = {name: values[name] for name in section.flags() if values.get(name) is not None}
+        for name, field in section.flags().items():
             if name in present:
                 rule = field.metadata[0]
                 values[name] = check(rule.validate, present[name], flag_of(name, field))

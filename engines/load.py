@@ -1,7 +1,11 @@
 """One call from `--model` to an Engine: .onnx -> ONNX Runtime or OpenVINO (--backend),
 .engine -> TensorRT, grpc:// or http:// -> a Triton Inference Server, a zoo name or model
-YAML -> PyTorch (with --checkpoint, or the official checkpoint). The backends are one table,
-BACKENDS; no plugin discovery."""
+YAML -> PyTorch (with --checkpoint, or the official checkpoint; --device cuda: the fused
+PyTorch-CUDA engine). The backends are one table, BACKENDS; no plugin discovery.
+
+Each backend declares its options beside its engine (a core/options.py Section in
+engines/*_engine.py); EngineOptions gathers them, and `bisenet run`'s flags and preset keys
+(app/settings.py), load_engine's `options` and load_model's keywords all come from it."""
 from __future__ import annotations
 
 import importlib
@@ -58,8 +62,9 @@ def _openvino(model: str, o: EngineOptions) -> Engine:
                                                              precision_reason=reason)
 
 
-# Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file,
-# a line here and, for a new kind of model file, a line in backend_for.
+# Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file
+# (with its options section, added to EngineOptions' bases), a line here and, for a new kind
+# of model file, a line in backend_for.
 BACKENDS = {
     "onnxruntime": lambda model, o: _engine_class("onnx_engine", "OnnxEngine")(model, providers=o.providers,
                                                                                threads=o.threads),

@@ -34,12 +34,20 @@ from core import options
 from core.config_files import config_path
 from core.errors import BisenetError, InputError, MissingFileError, first_line
 from core.model_config import COUNT, ConfigError, ModelConfig, TrainRecipe, load_model_config
-from core.options import OneOf, Rule, Section, Switch, Text, each, option
+from core.options import Expected, OneOf, Rule, Section, Switch, Text, option
+from core.redact import shown
 from core.validate import MAX_SIDE, Number, load_yaml
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
            "# multi-GPU: torchrun --nproc_per_node 4 -m training.train --config ... --work-dir ...")
+
+
+def crop_hw(value) -> list:
+    """[H, W] of the training crop, each 32..MAX_SIDE."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise Expected(f"expected [H, W], two whole numbers, got {shown(value)}")
+    return [Number(int, 32, MAX_SIDE)(v) for v in value]
 
 
 # The model recipe's fields (core/model_config.py's TrainRecipe: type, range, help, flag) as a
@@ -54,7 +62,7 @@ class TrainConfig(RecipeOverrides):
     model: Text = option(None, "model config name/YAML (instead of or overriding --config's)")
     dataset: Text = option(None, "dataset config name/YAML (instead of or overriding --config's)")
     data_root: Text = option(None, "the dataset's root folder (overrides its YAML)")
-    crop_size: Annotated[list | None, Rule(each(Number(int, 32, MAX_SIDE)))] = option(
+    crop_size: Annotated[list | None, Rule(crop_hw)] = option(
         None, "random training crop, height and width (default: the model's crop_size)", nargs=2, metavar=("H", "W"))
     scale: list | None = Field(None, description="RandomResize base (W, H); None = the dataset's")
     ratio_range: list | None = None
