@@ -83,7 +83,7 @@ class ModelConfig:
 
 def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
     """`data` (from a YAML file) may hold only the fields of dataclass `cls`, each of its
-    annotated type: otherwise an error naming the key and the file (app/validate.py)."""
+    annotated type: otherwise an error naming the key and the file (core/validate.py)."""
     try:
         return check_fields(cls, data, where, exclude)
     except InputError as e:
