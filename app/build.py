@@ -12,7 +12,12 @@ cache through calibration's entropy calibrator, and engines/ does not import cal
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from calibration.tensorrt_calibrator import cache_calibrator
+from core import options
+from core.options import OneOf, Rule, Section, Text, option
+from core.validate import Number
 from engines.tensorrt_build import build
 from engines.tensorrt_plan import PRECISIONS, BuildOptions
 
@@ -20,24 +25,32 @@ HELP = "build a TensorRT engine (fp32, fp16 or int8, GPU or Jetson DLA) from an 
 EXAMPLE = "bisenet build --onnx artifacts/model.onnx --precision fp16 -o artifacts/model.fp16.engine"
 
 
+class BuildFlags(Section):
+    """`bisenet build`'s options, each declared once."""
+    onnx: Text = option(None, "exported model (with its model.onnx.json sidecar)", required=True)
+    precision: Annotated[str, Rule(OneOf(PRECISIONS))] = option(
+        "fp16", "fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache). TensorRT 11 takes "
+        "the precision from the ONNX: fp16 needs `bisenet export --precision fp16`, int8 the QDQ model")
+    calib_cache: Text = option(None, "TensorRT INT8 calibration cache for a plain ONNX (implicit INT8; TensorRT 8.6 "
+                               "and 10.x only)")
+    workspace: Annotated[int, Rule(Number(int, 1, 1 << 20, hint="MiB"))] = option(
+        1024, "builder workspace memory limit in MiB (default 1024; Jetson Nano/NX: 256-512)", metavar="MB")
+    timing_cache: Text = option(None, "read and update this timing cache: rebuilds take seconds, not minutes")
+    dla_core: Annotated[int | None, Rule(Number(int, 0, 15))] = option(
+        None, "build for this Jetson DLA core (layers DLA lacks fall back to the GPU)")
+    shapes: Text = option(None, "for an ONNX with dynamic H/W: min/opt/max input shapes, each HxW or NxCxHxW, "
+                          "e.g. 256x512/512x1024/1024x2048")
+    max_batch: Annotated[int | None, Rule(Number(int, 1, 1024, hint="frames per inference, the profile's max"))] = \
+        option(None, "for a dynamic-batch ONNX (bisenet export --dynamic-batch): the engine takes 1 to N frames per "
+               "inference, tuned for N (default: the ONNX sidecar's max_batch)", metavar="N")
+    output: Text = option(None, "the engine file to write (its sidecar goes beside it)", short="-o", required=True)
+
+
+OPTIONS = (BuildFlags,)   # checked by app/cli.py before run()
+
+
 def add_arguments(p):
-    p.add_argument("--onnx", required=True, help="exported model (with its model.onnx.json sidecar)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="fp16 (default), fp32, or int8 (a QDQ ONNX, or a plain ONNX with --calib-cache). "
-                   "TensorRT 11 takes the precision from the ONNX: fp16 needs `bisenet export --precision fp16`, "
-                   "int8 the QDQ model")
-    p.add_argument("--calib-cache", help="TensorRT INT8 calibration cache for a plain ONNX (implicit INT8; "
-                   "TensorRT 8.6 and 10.x only)")
-    p.add_argument("--workspace", type=int, default=1024, metavar="MB",
-                   help="builder workspace memory limit in MiB (default 1024; Jetson Nano/NX: 256-512)")
-    p.add_argument("--timing-cache", help="read and update this timing cache: rebuilds take seconds, not minutes")
-    p.add_argument("--dla-core", type=int, help="build for this Jetson DLA core (layers DLA lacks fall back to the GPU)")
-    p.add_argument("--shapes", help="for an ONNX with dynamic H/W: min/opt/max input shapes, each HxW or NxCxHxW, "
-                   "e.g. 256x512/512x1024/1024x2048")
-    p.add_argument("--max-batch", type=int, metavar="N",
-                   help="for a dynamic-batch ONNX (bisenet export --dynamic-batch): the engine takes 1 to N frames "
-                   "per inference, tuned for N (default: the ONNX sidecar's max_batch)")
-    p.add_argument("-o", "--output", required=True, help="the engine file to write (its sidecar goes beside it)")
+    options.add_arguments(p, OPTIONS, suppress=False)
 
 
 def run(args) -> int:

@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from core.errors import BisenetError, first_line
+from core.options import OneLineParser
 from core.install_hint import project_version
 
 # subcommand -> module. Build time (torch) and run time (no torch) side by side.
@@ -30,14 +31,6 @@ SUBCOMMANDS = {
     "serve-triton": "engines.triton_serve",
     "doctor": "app.doctor",
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors as one line (`prog: error: ...`, exit 2), without the usage
-    block: every input error of the project looks the same (`--help` shows the usage)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see --help)\n")
 
 
 def build_parser(modules: dict) -> argparse.ArgumentParser:
@@ -83,7 +76,7 @@ def main(argv=None) -> int:
     from app.validate import check_command_args
 
     def run(a):
-        return modules[args.command].run(check_command_args(args.command, a))
+        return modules[args.command].run(check_command_args(modules[args.command], a))
 
     try:
         return run_with_one_line_errors(f"bisenet {args.command}", run, args)

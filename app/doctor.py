@@ -15,6 +15,7 @@ import sys
 import time
 
 from core.install_hint import extra_hint
+from core.validate import Number
 
 HELP = "what this machine can run (CPU features, backends, GPU, media) and what the app picks for --model"
 EXAMPLE = "bisenet doctor --model r18.int8.onnx --json"
@@ -31,6 +32,10 @@ PACKAGES = {
     "pyav": ("av", "pip install av"),
 }
 BACKENDS = ("onnxruntime", "openvino", "pytorch", "tensorrt", "triton")
+
+
+# The ranges of the numeric flags below (app/cli.py checks them before run()).
+FLAG_RULES = {"runs": Number(int, min=1), "threads": Number(int, 1, 1024)}
 
 
 def add_arguments(p):

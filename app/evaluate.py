@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from typing import Annotated
+
+from core import options
 from core.errors import InputError
+from core.options import OneOf, Rule, Section, Text, option
+from core.validate import Number
+from engines.load import EngineOptions
 from training.evaluate import MS_RATIOS, Predictor, evaluate_dataset
 
 HELP = "evaluate a checkpoint or an exported model (ONNX/TensorRT) on a dataset's val split: mIoU, aAcc, per-class IoU"
@@ -15,27 +21,29 @@ EXAMPLE = ("bisenet eval --model bisenetv1_r18-d32_camvid-360x480 --checkpoint /
            "--dataset camvid --json eval.json")
 
 
+class EvalFlags(Section):
+    """`bisenet eval`'s own options; the engine's (--checkpoint, --providers, --backend,
+    --precision, --threads) are the engines' declarations (engines/load.py)."""
+    model: Text = option(None, "what to evaluate: a model config name/YAML (with --checkpoint), an .onnx/.engine "
+                         "file, or a Triton model grpc://HOST:8001/NAME", required=True)
+    dataset: Text = option(None, "dataset config name (configs/datasets) or YAML path", required=True)
+    data_root: Text = option(None, "override the dataset YAML's root folder")
+    split: Annotated[str, Rule(OneOf(("train", "val")))] = option("val", "the dataset's split (default val)")
+    aug: Annotated[str, Rule(OneOf(("whole", "ms-flip")))] = option(
+        "whole", "single-scale whole image, or multi-scale (ratios 0.5-1.75) + flip")
+    input_size: Text = option(None, "feed every image at this size (default: a static engine's own size; for "
+                              "PyTorch and dynamic ONNX, the dataset's test scale as mmseg)", metavar="HxW")
+    limit: Annotated[int | None, Rule(Number(int, min=1))] = option(None, "only the first N images (quick checks)")
+    json_file: Text = option(None, "write the metrics to this JSON file", flag="--json", metavar="FILE")
+
+
+ENGINE_FLAGS = ("checkpoint", "providers", "backend", "precision", "threads")
+OPTIONS = (EvalFlags, EngineOptions)   # checked by app/cli.py before run()
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True,
-                   help="what to evaluate: a model config name/YAML (with --checkpoint), an .onnx/.engine file, "
-                        "or a Triton model grpc://HOST:8001/NAME")
-    p.add_argument("--checkpoint", help="PyTorch checkpoint (.pth) for a model config")
-    p.add_argument("--dataset", required=True, help="dataset config name (configs/datasets) or YAML path")
-    p.add_argument("--data-root", help="override the dataset YAML's root folder")
-    p.add_argument("--split", default="val", choices=("train", "val"))
-    p.add_argument("--aug", choices=("whole", "ms-flip"), default="whole",
-                   help="single-scale whole image, or multi-scale (ratios 0.5-1.75) + flip")
-    p.add_argument("--input-size", metavar="HxW",
-                   help="feed every image at this size (default: a static engine's own size; for PyTorch "
-                        "and dynamic ONNX, the dataset's test scale as mmseg)")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt)")
-    p.add_argument("--backend", choices=("openvino", "onnxruntime"),
-                   help="CPU backend for an .onnx model (default: openvino for int8 and bf16, onnxruntime for fp32)")
-    p.add_argument("--precision", choices=("fp32", "bf16"),
-                   help="float compute precision, OpenVINO only (default fp32)")
-    p.add_argument("--threads", type=int, help="inference threads of the CPU backend (default: its own choice)")
-    p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
-    p.add_argument("--json", help="write the metrics to this JSON file")
+    options.add_arguments(p, (EvalFlags,), suppress=False)
+    options.add_arguments(p, (EngineOptions,), suppress=False, only=ENGINE_FLAGS)
 
 
 def run(args) -> int:
@@ -53,8 +61,7 @@ def run(args) -> int:
             assert len(input_size) == 2 and min(input_size) > 0
         except (ValueError, AssertionError):
             raise InputError(f"--input-size {args.input_size!r}: write it as HxW, e.g. 352x480") from None
-    engine = load_engine(args.model, checkpoint=args.checkpoint, providers=args.providers,
-                         backend=args.backend, precision=args.precision, threads=args.threads)
+    engine = load_engine(args.model, {name: getattr(args, name) for name in ENGINE_FLAGS})
     if engine.backend == "pytorch":
         engine.info.dynamic = True      # a PyTorch model takes any input size
     if engine.info.num_classes != ds_cfg.num_classes:
@@ -71,8 +78,8 @@ def run(args) -> int:
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:>20s}  IoU {'  n/a' if iou is None else f'{iou:6.2f}'}")
     print(f"mIoU {result['mIoU']:.2f}  aAcc {result['aAcc']:.2f}  mAcc {result['mAcc']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json_file}", file=sys.stderr)
     engine.close()
     return 0

@@ -73,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
         check_display(probe=True)   # before the model loads and any output opens
 
     server_options = settings.server.server_options()
-    engine = load_engine(settings.model, checkpoint=settings.checkpoint, providers=settings.providers,
-                         threads=settings.threads, backend=settings.backend, precision=settings.precision,
-                         triton_shm=settings.triton_shm, triton_in_flight=settings.triton_in_flight)
+    engine = load_engine(settings.model, settings.engine)
     analytics_configs = camera_configs(settings.cameras, list(engine.info.class_names), args.config or "config")
     cameras, opened, server, analytics = [], [], None, None
     try:

@@ -3,12 +3,15 @@ and help, as typed models (pydantic):
 
     RunSettings        the options all cameras share: model, overlay, batching, latency log
       .cameras         one CameraSettings per camera
+      .engine          EngineOptions: how --model is loaded (each backend declares its own,
+                       beside its engine; engines/load.py gathers them)
       .server          ServerSettings: http:// and rtsp://@ outputs, /metrics
     CameraSettings     the keys of a `cameras:` entry (name, source, output, realtime, ...);
                        given at the top level (a flag, a preset key) they apply to every camera
 
 An option is a field with `option(default, help, group=...)` and a type `Annotated[..., Rule(check)]`
-whose check (app/validate.py) returns the typed value or raises ValueError. From these
+whose check (core/options.py, app/validate.py) returns the typed value or raises ValueError
+(the machinery is core/options.py, shared by every command). From these
 declarations come argparse's parser for `bisenet run` / run_camera.py (`add_arguments`: the
 flag is --NAME with dashes), the keys of a preset YAML (`--config`: the flag names, dashes or
 underscores), and those of a `cameras:` entry. `build` makes the settings once: command line >
@@ -21,57 +24,21 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import core_schema
+from typing import Annotated
 
 from app import validate
 from app.camera import camera_names, check_name, output_for
-from app.validate import Expected, OneOf, explain, flag_name, host_names, listed, switch, text
+from app.validate import host_names
+from core import options
 from core.config_files import config_names, config_path
 from core.errors import InputError
+from core.options import Expected, OneOf, Rule, Section, Switch, Text, checked, flag_name, listed, option
 from core.redact import shown
 from core.validate import MAX_QUEUE, Number, load_yaml, size_wh
-from engines.load import ONNX_BACKENDS
+from engines.load import EngineOptions
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A field's check: value -> typed value, or ValueError saying what is wrong. None (left
-    out) passes. Used as `Annotated[type, Rule(check)]`."""
-    check: Callable
-
-    def validate(self, value):
-        if value is None:
-            return None
-        try:
-            return self.check(value)
-        except argparse.ArgumentTypeError as e:   # size_wh is also argparse's type
-            raise ValueError(str(e)) from None
-
-    def __get_pydantic_core_schema__(self, source, handler):
-        return core_schema.no_info_plain_validator_function(self.validate)
-
-    @property
-    def argtype(self):
-        """What argparse converts the flag's text with before the check (its own one-line
-        errors, e.g. '--queue-size: invalid int value'); None: the check takes the text."""
-        if isinstance(self.check, Number) and not self.check.units:
-            return self.check.kind
-        return size_wh if self.check is size_wh else None
-
-
-def option(default, help: str, *, group: str, metavar: str | None = None, repeat: bool = False):
-    """A `bisenet run` option: flag --NAME in `group` of --help; `repeat`: the flag may be given
-    several times (a list)."""
-    return Field(default, description=help, json_schema_extra={"group": group, "metavar": metavar, "repeat": repeat})
-
-
-Switch = Annotated[bool, Rule(switch)]
-Text = Annotated[str | None, Rule(text)]
 GROUPS = {"input": "input", "model": "model", "output": "output",
           "serving": "serving (http:// and rtsp://@ outputs, /metrics; see docs/service.md)",
           "analytics": "scene analytics (zones: and rules: in --config; see docs/analytics.md)"}
@@ -83,21 +50,6 @@ def camera_name(value) -> str:
         return check_name(value)
     except InputError as e:
         raise Expected(str(e)) from None
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    def of(cls, options):
-        """`options` as these settings: themselves, the defaults (None), or any object with some
-        of these attributes (a namespace in scripts and tests), checked."""
-        if isinstance(options, cls):
-            return options
-        try:
-            return cls.model_validate(options or {}, from_attributes=True)
-        except ValidationError as e:
-            raise one_line(e, flag_name) from None
 
 
 # RTSP outputs' bitrate when --bitrate is not given (app/rtsp_out.py).
@@ -222,21 +174,6 @@ class RunSettings(Section):
     """Everything `bisenet run` was told, checked."""
     model: Text = option(None, "model.onnx, model.engine, grpc://HOST:8001/NAME or http://HOST:8000/NAME (Triton), "
                          "or a zoo name / model YAML (PyTorch)", group="model")
-    checkpoint: Text = option(None, "checkpoint .pth for a zoo name / model YAML", group="model")
-    providers: Text = option(None, "ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)", group="model")
-    threads: Annotated[int | None, Rule(Number(int, 1, 1024))] = option(
-        None, "inference threads of the CPU backend (default: its own choice)", group="model")
-    backend: Annotated[str | None, Rule(OneOf(ONNX_BACKENDS))] = option(
-        None, "CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, onnxruntime "
-        "for fp32; --providers cuda/tensorrt use onnxruntime)", group="model")
-    precision: Annotated[str | None, Rule(OneOf(("fp32", "bf16")))] = option(
-        None, "float compute precision, OpenVINO only: fp32 (default) or bf16 (CPUs with bf16; an int8 model keeps "
-        "its int8 layers)", group="model")
-    triton_shm: Annotated[str, Rule(OneOf(("none", "system", "cuda")))] = option(
-        "none", "Triton: pass tensors through shared memory, server on this host (default none; cuda is unverified)",
-        group="model")
-    triton_in_flight: Annotated[int, Rule(Number(int, 1, 64, hint="each request in flight holds one frame"))] = option(
-        2, "Triton: requests in flight at once (default 2)", group="model", metavar="K")
     batch_timeout_ms: Annotated[float | None, Rule(Number(float, 0, 10_000, hint="0 runs what is ready at once"))] \
         = option(None, "several cameras: run a batch that is not full after this long (default: half a frame "
                  "interval of the fastest camera)", group="model", metavar="MS")
@@ -252,24 +189,23 @@ class RunSettings(Section):
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []
     output_note: str = ""   # why the default output is a file (printed at start-up)
+    engine: EngineOptions = EngineOptions()   # how --model is loaded: engines/load.py declares them
     server: ServerSettings = ServerSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
 
 
 # Every option: name -> the section that declares it. Flags and preset keys are these names.
-SECTIONS = (CameraSettings, RunSettings, ServerSettings, AnalyticsSettings)
+SECTIONS = (CameraSettings, RunSettings, EngineOptions, ServerSettings, AnalyticsSettings)
 # Camera keys a config may set without a flag (zones:, rules:).
 YAML_KEYS = tuple(name for name, field in CameraSettings.model_fields.items()
                   if not field.json_schema_extra and name != "name")
-OPTIONS = {name: section for section in SECTIONS for name, field in section.model_fields.items()
-           if field.json_schema_extra}
-RUN_FLAGS = {name: field.metadata[0].check for section in SECTIONS for name, field in section.model_fields.items()
-             if name in OPTIONS}   # name -> its check
+OPTIONS = {name: section for section in SECTIONS for name in section.flags()}
+RUN_FLAGS = options.rules_of(SECTIONS)   # name -> its check
 
 
 def check_option(name: str, value, where: str | None = None):
     """One option's value, checked and typed (InputError naming `where`, default its flag)."""
-    return validate.check_value(name, value, where, rules=RUN_FLAGS)
+    return options.check_value(name, value, where, rules=RUN_FLAGS)
 
 
 def check_flags(values: dict) -> dict:
@@ -282,42 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preset's value can be told apart from a flag the user left out."""
     p.add_argument("--config", metavar="YAML",
                    help="preset: configs/app/<name>.yaml or a path (may list cameras:); flags override it")
-    for group, title in GROUPS.items():
-        g = p.add_argument_group(title)
-        for name, section in OPTIONS.items():
-            field = section.model_fields[name]
-            if field.json_schema_extra["group"] == group:
-                g.add_argument(flag_name(name), **_argparse_keywords(field))
-
-
-def _argparse_keywords(field) -> dict:
-    rule, extra = field.metadata[0], field.json_schema_extra
-    kw = {"help": field.description, "default": argparse.SUPPRESS}
-    if rule.check is switch:
-        return {**kw, "action": argparse.BooleanOptionalAction}
-    kw.update(action="append" if extra["repeat"] else "store", metavar=extra["metavar"], type=rule.argtype)
-    if isinstance(rule.check, OneOf):
-        kw["choices"] = rule.check.choices
-    return kw
-
-
-def one_line(error: ValidationError, where: Callable[[str], str]) -> InputError:
-    """pydantic's first error -> our one line, naming the flag or key (`where(option name)`)."""
-    first = error.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    cause = first.get("ctx", {}).get("error")
-    place = where(loc[0]) + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in loc[1:])
-    if isinstance(cause, Exception):
-        return InputError(explain(place, cause))
-    return InputError(explain(place, Expected(first["msg"])))
-
-
-def _checked(section, values: dict, where: dict):
-    """The options of `section` among `values` -> a `section`, checked."""
-    try:
-        return section.model_validate({k: v for k, v in values.items() if k in section.model_fields})
-    except ValidationError as e:
-        raise one_line(e, lambda key: where.get(key, flag_name(key))) from None
+    options.add_arguments(p, SECTIONS, GROUPS)
 
 
 def read_preset(name: str) -> tuple[Path, dict]:
@@ -367,7 +268,7 @@ def _camera_entries(path: Path, entries) -> list:
             values["source"] = source[0] if len(source) == 1 else None
         if values.get("source") is None:
             raise InputError(f"{here}: give it exactly one source")
-        out.append(_checked(CameraSettings, values, where))
+        out.append(checked(CameraSettings, values, where))
     return out
 
 
@@ -393,12 +294,13 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
         entries = None   # --source on the command line replaces a preset's cameras
     sources = values.pop("source", [])
     if entries is None:
-        entries = [_checked(CameraSettings, {"source": s}, where)
+        entries = [checked(CameraSettings, {"source": s}, where)
                    for s in (sources if isinstance(sources, list) else [sources])]
-    settings = _checked(RunSettings, values, where)
-    settings.server = _checked(ServerSettings, values, where)
-    settings.analytics = _checked(AnalyticsSettings, values, where)
-    defaults = _checked(CameraSettings, values, where)
+    settings = checked(RunSettings, values, where)
+    settings.engine = checked(EngineOptions, values, where)
+    settings.server = checked(ServerSettings, values, where)
+    settings.analytics = checked(AnalyticsSettings, values, where)
+    defaults = checked(CameraSettings, values, where)
     names = [entry.name or default for entry, default in zip(entries, camera_names(len(entries)))]
     if len(set(names)) != len(names):
         raise InputError(f"camera names must differ: {', '.join(names)}")

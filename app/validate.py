@@ -1,10 +1,12 @@
 """One validation layer for every input the app and `bisenet` read: flag values (command line
 or preset YAML), YAML files, sidecar JSON, model files and output paths.
 
-Here are the value rules: each a callable that returns the checked, typed value or raises
+Here are the app's value rules (the generic ones, and the machinery that declares options,
+are core/options.py): each a callable that returns the checked, typed value or raises
 ValueError saying what is wrong. `bisenet run`'s settings (app/settings.py) declare which rule
-each option takes; `COMMAND_FLAGS` holds the rules of the other commands' flags (add a line
-there with a new flag; a test checks every numeric flag has one). Every problem becomes an
+each option takes; every other command declares its options beside it (`OPTIONS` sections,
+or `FLAG_RULES` for a few numeric flags; a test checks every numeric flag has a rule), and
+`check_command_args` checks them before the command runs. Every problem becomes an
 `InputError`: one line naming the flag or file and what to do; the commands print it and exit 2
 (app/cli.py).
 
@@ -14,48 +16,13 @@ Output paths: a missing folder is created (like `mkdir -p`), for every kind of o
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.errors import InputError
 from core.redact import shown, shown_text
+from core.options import (Expected, OneOf, apply, check, check_value, each, explain, flag_name,  # noqa: F401
+                          listed, switch, text)   # the generic rules, declared in core/options.py
 from core.validate import MAX_QUEUE, MAX_SIDE, Number  # noqa: F401 (MAX_QUEUE: read here by the tests)
-
-
-class Expected(ValueError):
-    """A value of the wrong kind; its message follows the flag or key after a colon
-    ('hud: expected true or false, got 3'). Other rules' messages start with the value."""
-
-
-def explain(where: str, error: Exception) -> str:
-    """One line: the flag or key `where`, then what is wrong with its value."""
-    return f"{where}{': ' if isinstance(error, Expected) else ' '}{error}"
-
-
-def switch(value) -> bool:
-    if not isinstance(value, bool):
-        raise Expected(f"expected true or false, got {shown(value)}")
-    return value
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of a few words (argparse's choices on the command line)."""
-    choices: tuple
-
-    def __call__(self, value):
-        if value not in self.choices:
-            raise Expected(f"{shown(value)} is not one of {', '.join(self.choices)}")
-        return value
-
-
-def text(value) -> str:
-    """A plain value taken as text (a path, a name, a list of providers)."""
-    if isinstance(value, (dict, list)):
-        raise Expected(f"expected a single value, got {shown(value)}")
-    return str(value)
 
 
 def host_names(value) -> tuple:
@@ -64,16 +31,6 @@ def host_names(value) -> tuple:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise Expected(f"expected a comma list of host names, got {shown(value)}")
     return tuple(n.strip().lower() for n in names if n.strip())
-
-
-def each(rule):
-    """A rule for a repeatable flag: applied to every value of a list, or to a single value."""
-    return lambda value: [rule(v) for v in value] if isinstance(value, (list, tuple)) else rule(value)
-
-
-def listed(rule):
-    """A rule for a repeatable option: a list of values, or one value (a list of one)."""
-    return lambda value: [rule(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
 def source_spec(value) -> str:
@@ -147,58 +104,12 @@ def latency_log_path(value) -> str:
     return str(value)
 
 
-# The other `bisenet` commands: command -> {dest: rule}, checked before the command runs.
-COUNT = Number(int, min=1)
-COMMAND_FLAGS = {
-    "build": {"workspace": Number(int, 1, 1 << 20, hint="MiB"), "dla_core": Number(int, 0, 15),
-              "max_batch": Number(int, 1, 1024, hint="frames per inference, the profile's max")},
-    "calibrate": {"num_images": COUNT, "seed": Number(int, min=0), "keep_float_top": Number(int, min=0),
-                  "sensitivity_images": COUNT, "val_limit": COUNT, "max_drop": Number(float, -100, 100),
-                  "threads": Number(int, 1, 1024),
-                  "max_class_drop": Number(float, -100, 100), "min_class_share": Number(float, 0, 100),
-                  "fallback_keep_float": Number(int, min=0)},
-    "eval": {"limit": COUNT, "threads": Number(int, 1, 1024)},
-    "doctor": {"runs": COUNT, "threads": Number(int, 1, 1024)},
-    "export": {"batch": Number(int, 1, 1024, hint="frames per inference (cameras batched together)")},
-    "triton-repo": {"max_batch": Number(int, 0, 1024), "instances": Number(int, 1, 64),
-                    "max_queue_delay_us": Number(int, 0, 10_000_000)},
-    "serve-triton": {"max_batch": Number(int, 0, 1024, hint="0: a fixed-batch export's own dims"),
-                     "instances": Number(int, 1, 64),
-                     "max_queue_delay_us": Number(int, 0, 10_000_000), "http_port": Number(int, 1, 65535),
-                     "grpc_port": Number(int, 1, 65535), "metrics_port": Number(int, 1, 65535),
-                     "startup_timeout": Number(float, above=0, max=3600)},
-    "prepare": {"workers": Number(int, 1, 256)},
-    "train": {"iterations": COUNT, "batch_size": COUNT, "lr": Number(float, above=0, max=10),
-              "crop_size": each(Number(int, 32, MAX_SIDE)),
-              "eval_interval": Number(int, min=0, hint="0: no evaluation"),
-              "checkpoint_interval": COUNT, "workers": Number(int, 0, 256), "seed": Number(int, min=0)},
-}
-
-
-def flag_name(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def check(rule, value, where: str):
-    """`value` through `rule`; a bad one is an InputError naming `where` (a flag or a key)."""
-    try:
-        return rule(value)
-    except (ValueError, argparse.ArgumentTypeError) as e:
-        raise InputError(explain(where, e)) from None
-
-
-def check_value(dest: str, value, where: str | None = None, *, rules: dict):
-    """`value` through the rule for flag `dest` in `rules` ({dest: rule}), if it has one;
-    InputError names `where` (default: the flag)."""
-    rule = rules.get(dest)
-    if rule is None or value is None:
-        return value
-    return check(rule, value, where or flag_name(dest))
-
-
-def check_command_args(command: str, args):
-    """argparse's namespace of `bisenet COMMAND` through COMMAND_FLAGS."""
-    rules = COMMAND_FLAGS.get(command, {})
+def check_command_args(module, args):
+    """argparse's namespace of a `bisenet` command, checked by its module's declarations: its
+    option sections (`OPTIONS`, core/options.py) and the ranges of its other flags
+    (`FLAG_RULES`, {dest: rule})."""
+    apply(args, getattr(module, "OPTIONS", ()))
+    rules = getattr(module, "FLAG_RULES", {})
     given = vars(args)
     for dest in rules:
         if dest in given:

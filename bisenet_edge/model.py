@@ -2,13 +2,15 @@
 engine and preprocess as `bisenet run`."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from core.errors import InputError
 from core.overlay import upsample_labels
 from core.preprocess import preprocess
 from engines.base import Engine, as_engine
-from engines.load import load_engine
+from engines.load import EngineOptions, load_engine
 
 
 class Model:
@@ -67,10 +69,18 @@ class Model:
         return f"<bisenet_edge.Model {self.describe()}>"
 
 
-def load_model(model, checkpoint: str | None = None, backend: str | None = None, precision: str | None = None,
-               threads: int | None = None, device: str = "cpu") -> Model:
+def load_model(model, **options) -> Model:
     """`model`: an .onnx (ONNX Runtime or OpenVINO, `backend`), an .engine (TensorRT), a Triton
     URL (grpc://HOST:8001/NAME, http://HOST:8000/NAME), or a zoo name / model YAML (PyTorch,
-    with `checkpoint`). The same choices and one-line errors as `bisenet run --model`."""
-    return Model(load_engine(str(model), checkpoint=checkpoint, backend=backend, precision=precision,
-                             threads=threads, device=device))
+    with `checkpoint`; `device="cuda"` on the GPU). `options`: the engine options by name,
+    those of `bisenet run` (engines/load.py's EngineOptions: checkpoint, device, providers,
+    threads, backend, precision, triton_shm, triton_in_flight, input_size). The same choices
+    and one-line errors as `bisenet run --model`."""
+    return Model(load_engine(str(model), EngineOptions.of(options, where=lambda name: f"load_model({name}=...)")))
+
+
+# help(load_model) and editors show the declared options as its keywords.
+load_model.__signature__ = inspect.Signature(
+    [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default)
+       for name, field in EngineOptions.model_fields.items()])

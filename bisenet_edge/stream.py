@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import settings as run_settings
+from engines.load import EngineOptions
 from app.camera import Camera, check_name
 from app.frames import Sink
 from app.latency import LatencyRecorder
@@ -26,8 +27,7 @@ from core.errors import BisenetError, InputError
 from core.overlay import upsample_labels
 
 # bisenet run options that make no sense here: the model is an argument, outputs are the loop.
-NOT_HERE = {"model", "checkpoint", "providers", "threads", "backend", "precision", "triton_shm",
-            "triton_in_flight", "output", "save_labels", "fps", "bitrate", "hud", "legend"}
+NOT_HERE = {"model", *EngineOptions.model_fields, "output", "save_labels", "fps", "bitrate", "hud", "legend"}
 _DONE = object()
 _POLL_S = 0.1
 

@@ -21,8 +21,12 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 from calibration import ort_quantize
+from core import options
+from core.options import OneOf, Rule, Section, Switch, Text, option
+from core.validate import Number
 from core.errors import InputError, MissingFileError, SetupError, first_line
 from calibration.image_set import CalibrationSet
 from core.files import file_sha256
@@ -41,46 +45,61 @@ FLAVOR_INFO = {
 }
 
 
-def add_arguments(p):
-    p.add_argument("--onnx", required=True, help="fp32 model from `bisenet export` (its sidecar JSON beside it)")
-    p.add_argument("--data", required=True,
-                   help="calibration images: dataset config (e.g. camvid), split list (train.txt), folder or video")
-    p.add_argument("--data-split", default="train", help="split of a dataset config to draw from (default train)")
-    p.add_argument("--num-images", type=int, default=512, help="calibration images (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image draw (default 0)")
+COUNT = Number(int, min=1)
+POINTS = Number(float, -100, 100)
+
+
+class CalibrateFlags(Section):
+    """`bisenet calibrate`'s options, each declared once."""
+    onnx: Text = option(None, "fp32 model from `bisenet export` (its sidecar JSON beside it)", required=True)
+    data: Text = option(None, "calibration images: dataset config (e.g. camvid), split list (train.txt), folder or "
+                        "video", required=True)
+    data_split: Text = option("train", "split of a dataset config to draw from (default train)")
+    num_images: Annotated[int, Rule(COUNT)] = option(512, "calibration images (default 512)")
+    seed: Annotated[int, Rule(Number(int, min=0))] = option(0, "seed of the image draw (default 0)")
     # minmax is the default because it measured best here: on the CamVid R18 (docs/int8.md)
     # entropy clipped car/bicyclist activations and lost 4 mIoU where minmax lost 0.03.
-    p.add_argument("--method", choices=ort_quantize.METHODS, default="minmax",
-                   help="how activation ranges are chosen (default minmax; see docs/int8.md)")
-    p.add_argument("--target", choices=("cpu", "tensorrt", "both"), default="cpu",
-                   help="cpu: U8S8 for ONNX Runtime; tensorrt: symmetric int8 Q/DQ; both: two files, one calibration")
-    p.add_argument("--keep-float", default="", help="comma list of node names to leave float (see the sensitivity report)")
-    p.add_argument("--keep-float-top", type=int, default=0,
-                   help="run the sensitivity report and keep its K worst layers float")
-    p.add_argument("--sensitivity", action="store_true", help="write the per-layer sensitivity report (<out>.sensitivity.json)")
-    p.add_argument("--sensitivity-images", type=int, default=8, help="images for the sensitivity report (default 8)")
-    p.add_argument("--trt-cache", help="also write a TensorRT entropy-calibration cache (implicit INT8 for "
-                   "`bisenet build --calib-cache`) from the same images; needs TensorRT 8.6 or 10.x (11 has no "
-                   "implicit INT8), pycuda and a GPU")
-    p.add_argument("--val", help="dataset config for the accuracy gate (e.g. camvid); omitted: no gate")
-    p.add_argument("--val-split", default="val")
-    p.add_argument("--val-limit", type=int, help="only the first N val images (quick checks)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed mIoU drop in points (default 1.0)")
-    p.add_argument("--max-class-drop", type=float, default=5.0,
-                   help="largest allowed IoU drop of any one class in points (default 5.0)")
-    p.add_argument("--min-class-share", type=float, default=0.5,
-                   help="classes with less than this %% of the val pixels are shown, not gated (default 0.5)")
-    p.add_argument("--fallback-keep-float", type=int, default=3,
-                   help="when no precision passes: keep this many most sensitive layers float and gate again "
-                   "(default 3; 0: no fallback)")
-    p.add_argument("--force", action="store_true", help="keep the int8 model even when the gate fails")
-    p.add_argument("--threads", type=int, help="inference threads for the gate and report")
-    p.add_argument("--gate-backend", choices=("all", "onnxruntime", "openvino"), default="all",
-                   help="CPU backends whose int8 precisions the gate evaluates (default all: ONNX Runtime int8, "
-                   "OpenVINO int8+fp32 and, on a CPU with bf16, int8+bf16); fp32 is the reference, on ONNX "
-                   "Runtime (on OpenVINO with --gate-backend openvino)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-o", "--output", required=True, help="int8 .onnx (tensorrt flavor of -o x.int8.onnx: x.int8.trt.onnx)")
+    method: Annotated[str, Rule(OneOf(ort_quantize.METHODS))] = option(
+        "minmax", "how activation ranges are chosen (default minmax; see docs/int8.md)")
+    target: Annotated[str, Rule(OneOf(("cpu", "tensorrt", "both")))] = option(
+        "cpu", "cpu: U8S8 for ONNX Runtime; tensorrt: symmetric int8 Q/DQ; both: two files, one calibration")
+    keep_float: Text = option("", "comma list of node names to leave float (see the sensitivity report)")
+    keep_float_top: Annotated[int, Rule(Number(int, min=0))] = option(
+        0, "run the sensitivity report and keep its K worst layers float")
+    sensitivity: Switch = option(False, "write the per-layer sensitivity report (<out>.sensitivity.json)",
+                                 action="store_true")
+    sensitivity_images: Annotated[int, Rule(COUNT)] = option(8, "images for the sensitivity report (default 8)")
+    trt_cache: Text = option(None, "also write a TensorRT entropy-calibration cache (implicit INT8 for "
+                             "`bisenet build --calib-cache`) from the same images; needs TensorRT 8.6 or 10.x (11 "
+                             "has no implicit INT8), pycuda and a GPU")
+    val: Text = option(None, "dataset config for the accuracy gate (e.g. camvid); omitted: no gate")
+    val_split: Text = option("val", "split of --val (default val)")
+    val_limit: Annotated[int | None, Rule(COUNT)] = option(None, "only the first N val images (quick checks)")
+    max_drop: Annotated[float, Rule(POINTS)] = option(1.0, "largest allowed mIoU drop in points (default 1.0)")
+    max_class_drop: Annotated[float, Rule(POINTS)] = option(
+        5.0, "largest allowed IoU drop of any one class in points (default 5.0)")
+    min_class_share: Annotated[float, Rule(Number(float, 0, 100))] = option(
+        0.5, "classes with less than this %% of the val pixels are shown, not gated (default 0.5)")
+    fallback_keep_float: Annotated[int, Rule(Number(int, min=0))] = option(
+        3, "when no precision passes: keep this many most sensitive layers float and gate again (default 3; 0: no "
+        "fallback)")
+    force: Switch = option(False, "keep the int8 model even when the gate fails", action="store_true")
+    threads: Annotated[int | None, Rule(Number(int, 1, 1024))] = option(
+        None, "inference threads for the gate and report")
+    gate_backend: Annotated[str, Rule(OneOf(("all", "onnxruntime", "openvino")))] = option(
+        "all", "CPU backends whose int8 precisions the gate evaluates (default all: ONNX Runtime int8, OpenVINO "
+        "int8+fp32 and, on a CPU with bf16, int8+bf16); fp32 is the reference, on ONNX Runtime (on OpenVINO with "
+        "--gate-backend openvino)")
+    quiet: Switch = option(False, "no progress bars", action="store_true")
+    output: Text = option(None, "int8 .onnx (tensorrt flavor of -o x.int8.onnx: x.int8.trt.onnx)", short="-o",
+                          required=True)
+
+
+OPTIONS = (CalibrateFlags,)   # checked by app/cli.py before run()
+
+
+def add_arguments(p):
+    options.add_arguments(p, OPTIONS, suppress=False)
 
 
 def check_onnx_readable(src: Path) -> None:

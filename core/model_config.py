@@ -10,12 +10,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as typed_dataclass
 
 from core.config_files import CONFIGS_DIR, config_names, config_path
 from core.errors import InputError
 from core.sidecar import ClassNames, Mean, Palette, Std
-from core.validate import check_fields, error_line, load_yaml
+from core.options import Rule, option
+from core.validate import Number, check_fields, error_line, load_yaml
 
 MODELS_DIR = CONFIGS_DIR / "models"
 
@@ -24,19 +28,29 @@ class ConfigError(InputError):
     """A config file that cannot be used; the message is one line that says what to fix."""
 
 
-@dataclass
+COUNT = Number(int, min=1)
+
+
+@typed_dataclass
 class TrainRecipe:
-    lr: float = 0.025
-    batch_size: int = 4          # per GPU
-    gpus: int = 4
-    iterations: int = 160000
-    warmup_iters: int = 1000
-    warmup_ratio: float = 0.1
-    poly_power: float = 0.9
-    min_lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    aux_weights: list = field(default_factory=lambda: [1.0, 1.0])
+    """A model's training recipe (the `train:` block of its YAML). Each field is declared once
+    here, with its range and help; a train config (training/train.py) may override any of them,
+    `bisenet train` the ones with a flag (option())."""
+    lr: Annotated[float, Rule(Number(float, above=0, max=10))] = option(
+        0.025, "peak learning rate of the poly schedule (default: the model's recipe)")
+    batch_size: Annotated[int, Rule(COUNT)] = option(
+        4, "images per iteration per process (default: the model's recipe)")
+    gpus: Annotated[int, Rule(COUNT)] = Field(4, description="processes the recipe was written for (the zoo's 4xb4)")
+    iterations: Annotated[int, Rule(COUNT)] = option(
+        160000, "training iterations (default: the config's, else the model's recipe)")
+    warmup_iters: Annotated[int, Rule(Number(int, min=0))] = Field(1000, description="linear warm-up iterations")
+    warmup_ratio: Annotated[float, Rule(Number(float, 0, 1))] = Field(0.1, description="warm-up start, x lr")
+    poly_power: Annotated[float, Rule(Number(float, above=0, max=10))] = Field(0.9, description="poly decay power")
+    min_lr: Annotated[float, Rule(Number(float, 0, 10))] = Field(1e-4, description="the poly schedule's end")
+    momentum: Annotated[float, Rule(Number(float, 0, 1))] = Field(0.9, description="SGD momentum")
+    weight_decay: Annotated[float, Rule(Number(float, 0, 1))] = Field(5e-4, description="SGD weight decay")
+    aux_weights: list = Field(default_factory=lambda: [1.0, 1.0],
+                              description="loss weights of the two auxiliary heads")
 
 
 @dataclass
@@ -69,7 +83,7 @@ class ModelConfig:
 
 def check_keys(cls, data: dict, where: str, exclude=()) -> dict:
     """`data` (from a YAML file) may hold only the fields of dataclass `cls`, each of its
-    annotated type: otherwise an error naming the key and the file (app/validate.py)."""
+    annotated type: otherwise an error naming the key and the file (core/validate.py)."""
     try:
         return check_fields(cls, data, where, exclude)
     except InputError as e:

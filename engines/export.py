@@ -19,7 +19,11 @@ import datetime
 import sys
 from pathlib import Path
 
-from core.validate import prepare_output
+from typing import Annotated
+
+from core import options
+from core.options import OneOf, Rule, Section, Switch, Text, option
+from core.validate import Number, prepare_output
 from core.model_config import ConfigError, ModelConfig, load_model_config
 from core.files import atomic_path, file_sha256
 from core.sidecar import write_sidecar
@@ -133,23 +137,31 @@ def _simplify(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+class ExportFlags(Section):
+    """`bisenet export`'s options, each declared once."""
+    model: Text = option(None, "zoo name (see `bisenet models`) or a model YAML path", required=True)
+    checkpoint: Text = option(None, "official mmseg .pth or own checkpoint; omitted: download the official one")
+    size: Text = option(None, "input HxW, multiples of 32 (default: the config's crop size)")
+    head: Annotated[str, Rule(OneOf(("labels", "logits")))] = option(
+        "labels", "output int32 labels (argmax in the graph) or float32 logits")
+    dynamic: Switch = option(False, "dynamic input height/width", action="store_true")
+    precision: Annotated[str, Rule(OneOf(PRECISIONS))] = option(
+        "fp32", "fp16: float16 weights and activations, float32 input/output (TensorRT 11's fp16 route)")
+    batch: Annotated[int, Rule(Number(int, 1, 1024, hint="frames per inference (cameras batched together)"))] = \
+        option(1, "frames per inference: a static batch of N (the app batches N cameras; default 1); with "
+               "--dynamic-batch the most frames the app puts in one batch", metavar="N")
+    dynamic_batch: Switch = option(False, "a graph that takes any batch size (multi-camera runs batch what is "
+                                   "ready)", action="store_true")
+    random_init: Switch = option(False, "random weights (tests only)", action="store_true")
+    no_simplify: Switch = option(False, "skip onnxslim", action="store_true")
+    output: Text = option(None, "output .onnx path (sidecar written beside it)", short="-o", required=True)
+
+
+OPTIONS = (ExportFlags,)   # checked by app/cli.py before run()
+
+
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="zoo name (see `bisenet models`) or a model YAML path")
-    p.add_argument("--checkpoint", help="official mmseg .pth or own checkpoint; omitted: download the official one")
-    p.add_argument("--size", help="input HxW, multiples of 32 (default: the config's crop size)")
-    p.add_argument("--head", choices=("labels", "logits"), default="labels",
-                   help="output int32 labels (argmax in the graph) or float32 logits")
-    p.add_argument("--dynamic", action="store_true", help="dynamic input height/width")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp16: float16 weights and activations, float32 input/output (TensorRT 11's fp16 route)")
-    p.add_argument("--batch", type=int, default=1, metavar="N",
-                   help="frames per inference: a static batch of N (the app batches N cameras; default 1); "
-                   "with --dynamic-batch the most frames the app puts in one batch")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="a graph that takes any batch size (multi-camera runs batch what is ready)")
-    p.add_argument("--random-init", action="store_true", help="random weights (tests only)")
-    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path (sidecar written beside it)")
+    options.add_arguments(p, OPTIONS, suppress=False)
 
 
 def run(args) -> int:

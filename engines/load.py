@@ -1,30 +1,47 @@
 """One call from `--model` to an Engine: .onnx -> ONNX Runtime or OpenVINO (--backend),
 .engine -> TensorRT, grpc:// or http:// -> a Triton Inference Server, a zoo name or model
-YAML -> PyTorch (with --checkpoint, or the official checkpoint). The backends are one table,
-BACKENDS; no plugin discovery."""
+YAML -> PyTorch (with --checkpoint, or the official checkpoint; --device cuda: the fused
+PyTorch-CUDA engine). The backends are one table, BACKENDS; no plugin discovery.
+
+Each backend declares its options beside its engine (a core/options.py Section in
+engines/*_engine.py); EngineOptions gathers them, and `bisenet run`'s flags and preset keys
+(app/settings.py), load_engine's `options` and load_model's keywords all come from it."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from core.errors import InputError
+from core.options import OneOf, Rule, Section, option
 from core.sidecar import read_sidecar
+from core.validate import Number
 from engines.base import Engine
+from engines.onnx_engine import OnnxRuntimeOptions
+from engines.torch_engine import TorchOptions
+from engines.triton_engine import TritonOptions
+
+ONNX_BACKENDS = ("openvino", "onnxruntime")   # --backend: the two that run an .onnx on the CPU
 
 
-@dataclass
-class EngineOptions:
-    """How to load a model: load_engine's keywords (the `bisenet run` flags of the same names)."""
-    checkpoint: str | None = None
-    providers: str | None = None
-    input_size: tuple | None = None
-    threads: int | None = None
-    device: str = "cpu"
-    backend: str | None = None
-    precision: str | None = None
-    triton_shm: str = "none"
-    triton_in_flight: int = 2
+class LocalOptions(Section):
+    """The choices among local engines: the CPU backend of an .onnx, its threads, the float
+    compute precision (OpenVINO: fp32/bf16; the PyTorch-CUDA engine: fp32/fp16)."""
+    threads: Annotated[int | None, Rule(Number(int, 1, 1024))] = option(
+        None, "inference threads of the CPU backend (default: its own choice)", group="model")
+    backend: Annotated[str | None, Rule(OneOf(ONNX_BACKENDS))] = option(
+        None, "CPU backend for an .onnx (default: the faster for the file, openvino for int8 and bf16, onnxruntime "
+        "for fp32; --providers cuda/tensorrt use onnxruntime)", group="model")
+    precision: Annotated[str | None, Rule(OneOf(("fp32", "bf16", "fp16")))] = option(
+        None, "float compute precision: OpenVINO fp32 (default) or bf16 (CPUs with bf16; an int8 model keeps its "
+        "int8 layers); --device cuda fp32 (default) or fp16", group="model")
+
+
+class EngineOptions(TritonOptions, LocalOptions, OnnxRuntimeOptions, TorchOptions):   # (fields: last base first)
+    """How to load a model: every backend's options, each declared beside its engine
+    (engines/*_engine.py) and gathered here. They are the `bisenet run` flags and preset keys
+    of the same names (app/settings.py: RunSettings.engine), load_engine's `options` and
+    load_model's keywords. A new backend option is one declaration in its engine's section."""
 
 
 def _engine_class(module: str, name: str):
@@ -45,8 +62,9 @@ def _openvino(model: str, o: EngineOptions) -> Engine:
                                                              precision_reason=reason)
 
 
-# Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file,
-# a line here and, for a new kind of model file, a line in backend_for.
+# Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file
+# (with its options section, added to EngineOptions' bases), a line here and, for a new kind
+# of model file, a line in backend_for.
 BACKENDS = {
     "onnxruntime": lambda model, o: _engine_class("onnx_engine", "OnnxEngine")(model, providers=o.providers,
                                                                                threads=o.threads),
@@ -58,7 +76,6 @@ BACKENDS = {
     "pytorch-cuda": lambda model, o: importlib.import_module("engines.torch_cuda_engine").load_torch_cuda_engine(
         model, o.checkpoint, o.input_size, o.device, o.precision, o.backend),   # the fused PyTorch-CUDA engine
 }
-ONNX_BACKENDS = ("openvino", "onnxruntime")   # --backend: the two that run an .onnx on the CPU
 
 
 def pick_backend(backend: str | None, providers: str | None, model_precision: str = "fp32",
@@ -92,7 +109,11 @@ def backend_for(model: str, o: EngineOptions) -> str:
                              "(bisenet serve-triton --backend)")
         return "triton"
     path = Path(model)
-    if o.device.startswith("cuda") and path.suffix not in (".onnx", ".engine", ".pth", ".pt"):   # [w7 issue 22]
+    if o.device.startswith("cuda") and path.suffix in (".onnx", ".engine"):
+        raise InputError(f"--device {o.device} runs a zoo name / model YAML with PyTorch on the GPU; "
+                         + ("for an .onnx use --providers cuda (ONNX Runtime) or `bisenet build` an .engine"
+                            if path.suffix == ".onnx" else "a TensorRT .engine runs on its GPU already: drop --device"))
+    if o.device.startswith("cuda") and path.suffix not in (".pth", ".pt"):
         return "pytorch-cuda"
     if path.suffix != ".onnx" and (o.backend or o.precision not in (None, "fp32")):
         what = f"--backend {o.backend}" if o.backend else f"--precision {o.precision}"
@@ -102,6 +123,9 @@ def backend_for(model: str, o: EngineOptions) -> str:
         if chosen == "onnxruntime" and o.precision not in (None, "fp32"):
             raise InputError(f"--precision {o.precision} needs --backend openvino (ONNX Runtime runs the model's "
                              "own precision)")
+        if chosen == "openvino" and o.precision == "fp16":
+            raise InputError("--precision fp16 is the CUDA engine's (a zoo name / model YAML with --device cuda); "
+                             "OpenVINO runs fp32 or bf16")
         return chosen
     if path.suffix == ".engine":
         return "tensorrt"
@@ -111,11 +135,12 @@ def backend_for(model: str, o: EngineOptions) -> str:
     return "pytorch"
 
 
-def load_engine(model: str, **options) -> Engine:
-    """`--model` -> an Engine; `options`: EngineOptions' fields (backend: 'openvino' or
-    'onnxruntime' for an .onnx, None: pick_backend's choice; precision: the float compute
-    precision, 'fp32' (default) or 'bf16', OpenVINO only)."""
-    o = EngineOptions(**options)
+def load_engine(model: str, options: EngineOptions | dict | None = None, **keywords) -> Engine:
+    """`--model` -> an Engine; `options`: an EngineOptions (e.g. `bisenet run`'s settings.engine)
+    or its fields as keywords (backend: 'openvino' or 'onnxruntime' for an .onnx, None:
+    pick_backend's choice; precision: the float compute precision), checked: a bad value is one
+    InputError naming the flag."""
+    o = EngineOptions.of(options if options is not None else keywords)
     model = str(model)
     return BACKENDS[backend_for(model, o)](model, o)
 

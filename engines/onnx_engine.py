@@ -10,6 +10,12 @@ from engines.base import GraphEngine, ModelInfo, check_graph_io
 from core.errors import InputError, SetupError, first_line
 from core.sidecar import read_sidecar
 from core.install_hint import extra_hint
+from core.options import Section, Text, option
+
+
+class OnnxRuntimeOptions(Section):
+    """The ONNX Runtime backend's options (flags of `bisenet run`, load_model keywords)."""
+    providers: Text = option(None, "ONNX Runtime providers, e.g. tensorrt,cuda,cpu (default cpu)", group="model")
 
 # --providers short names -> ONNX Runtime provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",

@@ -1,12 +1,45 @@
 """PyTorch engine: a checkpoint run directly (debugging, and the reference for the others)."""
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
 
 from core.errors import SetupError
 from core.install_hint import extra_hint
+from core.options import Expected, Rule, Section, Text, option
+from core.redact import shown
 from engines.base import Engine, ModelInfo
 from core.model_config import ModelConfig
+
+
+def device_name(value) -> str:
+    """'cpu', 'cuda' or 'cuda:N' (a zoo name / model YAML on the GPU: engines/torch_cuda_engine.py)."""
+    name = str(value).strip().lower()
+    if isinstance(value, str) and (name == "cpu" or re.fullmatch(r"cuda(:\d+)?", name)):
+        return name
+    raise Expected(f"{shown(value)} is not cpu, cuda or cuda:N")
+
+
+def input_hw(value) -> tuple:
+    """(H, W) of the network input, two positive whole numbers."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise Expected(f"expected (height, width), two positive whole numbers, got {shown(value)}")
+    return tuple(value)
+
+
+class TorchOptions(Section):
+    """The PyTorch engines' options, for a zoo name or model YAML (flags of `bisenet run`,
+    load_model keywords); --device cuda runs engines/torch_cuda_engine.py."""
+    checkpoint: Text = option(None, "checkpoint .pth for a zoo name / model YAML", group="model")
+    device: Annotated[str, Rule(device_name)] = option(
+        "cpu", "a zoo name / model YAML: cpu (default) or cuda[:N] (PyTorch on the GPU, docs/gpu.md)", group="model",
+        metavar="cpu|cuda[:N]")
+    input_size: Annotated[tuple | None, Rule(input_hw)] = Field(
+        None, description="(H, W) the network runs at (default: the model's crop size); a keyword only")
 
 
 class TorchEngine(Engine):

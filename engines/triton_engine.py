@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -33,7 +34,18 @@ from core.backoff import Backoff
 from core.errors import InputError, SetupError, first_line
 from core.install_hint import extra_hint
 from core.sidecar import SidecarError
+from core.options import OneOf, Rule, Section, option
+from core.validate import Number
 from engines.triton_repo import metadata_from_parameters
+
+
+class TritonOptions(Section):
+    """A Triton server's client options (flags of `bisenet run`, load_model keywords)."""
+    triton_shm: Annotated[str, Rule(OneOf(("none", "system", "cuda")))] = option(
+        "none", "Triton: pass tensors through shared memory, server on this host (default none; cuda is unverified)",
+        group="model")
+    triton_in_flight: Annotated[int, Rule(Number(int, 1, 64, hint="each request in flight holds one frame"))] = option(
+        2, "Triton: requests in flight at once (default 2)", group="model", metavar="K")
 
 SCHEMES = ("grpc", "http")
 TRITON_TO_NP = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.errors import InputError, MissingFileError, first_line
 from core.files import deferred_signals
+from core.validate import Number
 from core.sidecar import SIDECAR_REQUIRED, SidecarError, check_sidecar, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
@@ -224,6 +225,11 @@ def write_repository(model_path, out_dir, name: str = "bisenet", *, max_batch: i
 
 
 # ---------------------------------------------------------------- CLI
+# The ranges of the numeric flags below (app/cli.py checks them before run()).
+FLAG_RULES = {"max_batch": Number(int, 0, 1024), "instances": Number(int, 1, 64),
+              "max_queue_delay_us": Number(int, 0, 10_000_000)}
+
+
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", help="model.onnx with its sidecar (onnxruntime backend)")

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from core.errors import InputError, SetupError
+from core.validate import Number
 from engines.triton_repo import DEFAULT_QUEUE_DELAY_US, write_repository
 
 HELP = "serve an .onnx on a real Triton Inference Server (nvidia-pytriton's tritonserver, Python backend)"
@@ -152,6 +153,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------- CLI
+# The ranges of the numeric flags below (app/cli.py checks them before run()).
+FLAG_RULES = {"max_batch": Number(int, 0, 1024, hint="0: a fixed-batch export's own dims"),
+              "instances": Number(int, 1, 64), "max_queue_delay_us": Number(int, 0, 10_000_000),
+              "http_port": Number(int, 1, 65535), "grpc_port": Number(int, 1, 65535),
+              "metrics_port": Number(int, 1, 65535), "startup_timeout": Number(float, above=0, max=3600)}
+
+
 def add_arguments(p) -> None:
     p.add_argument("--onnx", required=True, help="model.onnx with its sidecar")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",

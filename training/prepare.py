@@ -15,6 +15,7 @@ import numpy as np
 
 from core.errors import InputError, MissingFileError
 from core.files import atomic_path
+from core.validate import Number
 
 HELP = "prepare a dataset for training: Cityscapes gtFine labelIds -> labelTrainIds"
 EXAMPLE = "bisenet prepare cityscapes --root data/cityscapes"
@@ -64,6 +65,10 @@ def prepare_cityscapes(root: str | Path, workers: int = 4, force: bool = False, 
             written += int(made)
     print(f"{written} labelTrainIds written, {len(sources) - written} already there, under {gt}")
     return written
+
+
+# The ranges of the numeric flags below (app/cli.py checks them before run()).
+FLAG_RULES = {"workers": Number(int, 1, 256)}
 
 
 def add_arguments(p) -> None:

@@ -26,47 +26,62 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from core.errors import BisenetError, InputError, MissingFileError, first_line
-from core.validate import load_yaml
+from typing import Annotated
+
+from pydantic import Field
+
+from core import options
 from core.config_files import config_path
-from core.model_config import ConfigError, ModelConfig, check_keys, load_model_config
+from core.errors import BisenetError, InputError, MissingFileError, first_line
+from core.model_config import COUNT, ConfigError, ModelConfig, TrainRecipe, load_model_config
+from core.options import Expected, OneOf, Rule, Section, Switch, Text, option
+from core.redact import shown
+from core.validate import MAX_SIDE, Number, load_yaml
 
 HELP = "train BiSeNetV1 on Cityscapes, COCO-Stuff, CamVid or your own data (mmseg recipe; torchrun for DDP)"
 EXAMPLE = ("bisenet train --config configs/train/camvid_r18_cpu.yaml --work-dir runs/camvid_r18   "
            "# multi-GPU: torchrun --nproc_per_node 4 -m training.train --config ... --work-dir ...")
 
 
-@dataclass
-class TrainConfig:
-    """configs/train/*.yaml: which model and data, and overrides of the model's recipe."""
-    model: str                              # model config name or YAML
-    dataset: str                            # dataset config name or YAML
-    data_root: str | None = None            # override the dataset's root
-    iterations: int | None = None           # None = the model config's train recipe
-    batch_size: int | None = None           # per process
-    lr: float | None = None
-    warmup_iters: int | None = None
-    warmup_ratio: float | None = None
-    poly_power: float | None = None
-    min_lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    aux_weights: list | None = None
-    crop_size: list | None = None           # [H, W]; None = the model config's crop_size
-    scale: list | None = None               # RandomResize base (W, H); None = the dataset's
+def crop_hw(value) -> list:
+    """[H, W] of the training crop, each 32..MAX_SIDE."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise Expected(f"expected [H, W], two whole numbers, got {shown(value)}")
+    return [Number(int, 32, MAX_SIDE)(v) for v in value]
+
+
+# The model recipe's fields (core/model_config.py's TrainRecipe: type, range, help, flag) as a
+# train config's optional overrides: declared once, there.
+RecipeOverrides = options.optional("RecipeOverrides", TrainRecipe, exclude=("gpus",))
+
+
+class TrainConfig(RecipeOverrides):
+    """configs/train/*.yaml: which model and data, and overrides of the model's recipe. Each key
+    is declared once; those declared with option() are also `bisenet train` flags, which
+    override the file."""
+    model: Text = option(None, "model config name/YAML (instead of or overriding --config's)")
+    dataset: Text = option(None, "dataset config name/YAML (instead of or overriding --config's)")
+    data_root: Text = option(None, "the dataset's root folder (overrides its YAML)")
+    crop_size: Annotated[list | None, Rule(crop_hw)] = option(
+        None, "random training crop, height and width (default: the model's crop_size)", nargs=2, metavar=("H", "W"))
+    scale: list | None = Field(None, description="RandomResize base (W, H); None = the dataset's")
     ratio_range: list | None = None
-    photometric: bool = True
-    ohem: dict | None = None                # e.g. {thresh: 0.7, min_kept: 10000}
-    pretrained: str | None = None           # ImageNet ResNet weights file; None = from scratch
-    load_from: str | None = None            # a segmentor checkpoint to fine-tune from (class layers may differ)
-    eval_interval: int = 1000
-    checkpoint_interval: int = 1000
-    log_interval: int = 10
-    workers: int = 4
-    seed: int = 0
-    amp: bool = True                        # CUDA only
-    sync_bn: bool = True                    # under DDP on CUDA
-    threads: int | None = None              # torch CPU threads; None = torch's default
+    photometric: Switch = Field(True, description="photometric distortion")
+    ohem: dict | None = Field(None, description="e.g. {thresh: 0.7, min_kept: 10000}")
+    pretrained: Text = option(None, "ImageNet ResNet weights (.pth; torchvision or mmseg key names)")
+    load_from: Text = option(None, "fine-tune from a segmentor checkpoint (official or own; class layers may differ)")
+    eval_interval: Annotated[int, Rule(Number(int, min=0, hint="0: no evaluation"))] = option(
+        1000, "iterations between val mIoU evaluations (default 1000)")
+    checkpoint_interval: Annotated[int, Rule(COUNT)] = option(
+        1000, "iterations between checkpoints (latest.pth; default 1000; Ctrl-C also saves)")
+    log_interval: Annotated[int, Rule(COUNT)] = 10
+    workers: Annotated[int, Rule(Number(int, 0, 256))] = option(4, "DataLoader worker processes (default 4)")
+    seed: Annotated[int, Rule(Number(int, min=0))] = option(
+        0, "random seed of weights init, data order and augmentation (default 0)")
+    amp: Switch = option(True, "mixed precision on CUDA (default); --no-amp trains in fp32")
+    sync_bn: Switch = Field(True, description="SyncBN under DDP on CUDA")
+    threads: Annotated[int | None, Rule(Number(int, 1, 1024))] = Field(
+        None, description="torch CPU threads; None = torch's default")
 
     def recipe(self, model_cfg: ModelConfig) -> dict:
         """The effective recipe: the model config's train block with this config's overrides."""
@@ -78,16 +93,45 @@ class TrainConfig:
         return r
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
+class TrainRun(Section):
+    """`bisenet train`'s flags that are not train config keys."""
+    config: Text = option(None, "train config YAML (configs/train/*.yaml) naming model, dataset and schedule")
+    work_dir: Text = option(None, "where checkpoints (latest.pth, best.pth) and log.jsonl go", required=True)
+    resume: Text = option(None, "continue exactly from a checkpoint (default: <work-dir>/latest.pth)",
+                          nargs="?", const="auto")
+    device: Annotated[str | None, Rule(OneOf(("cpu", "cuda")))] = option(None, "default: cuda when available")
+
+
+def read_train_config(path: str | Path) -> tuple[Path, dict]:
+    """A train config YAML -> (its path, its mapping), unknown keys refused."""
     path = config_path("train", path)
     if not path.is_file():
         raise ConfigError(f"no train config {str(path)!r}: pass a YAML path (see configs/train/)")
     data = load_yaml(path, "train config") or {}
-    check_keys(TrainConfig, data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in TrainConfig.model_fields)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(sorted(TrainConfig.model_fields))}")
+    return path, data
+
+
+def train_config(values: dict, where: dict) -> TrainConfig:
+    """{key: value} (a file's, then the flags') -> TrainConfig, checked: one ConfigError naming
+    the key or flag; model and dataset are required."""
     try:
-        return TrainConfig(**data)
-    except TypeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        tc = options.checked(TrainConfig, values, where)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    if not tc.model or not tc.dataset:
+        raise ConfigError("pass --config configs/train/<name>.yaml, or both --model and --dataset")
+    return tc
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    path, data = read_train_config(path)
+    return train_config(data, {k: f"{path}: {k}" for k in data})
 
 
 # ---------------------------------------------------------------- schedule and data order
@@ -489,7 +533,7 @@ def write_run_files(work_dir: Path, tc: TrainConfig, model_cfg: ModelConfig, rec
     """model.yaml (what export reads) and config.json (the effective settings of the run)."""
     (work_dir / "model.yaml").write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
     (work_dir / "config.json").write_text(json.dumps(
-        {"train": dataclasses.asdict(tc), "recipe": recipe, "crop_size": crop, "world_size": world,
+        {"train": tc.model_dump(), "recipe": recipe, "crop_size": crop, "world_size": world,
          "model_config": model_cfg.to_dict()}, indent=2) + "\n")
 
 
@@ -590,50 +634,29 @@ def _train_forward_module(model):
 
 
 # ---------------------------------------------------------------- CLI
+OPTIONS = (TrainRun, TrainConfig)   # the flags: TrainRun's and the train config keys declared with option()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="train config YAML (configs/train/*.yaml) naming model, dataset and schedule")
-    p.add_argument("--model", help="model config name/YAML (instead of or overriding --config's)")
-    p.add_argument("--dataset", help="dataset config name/YAML (instead of or overriding --config's)")
-    p.add_argument("--data-root", help="the dataset's root folder (overrides its YAML)")
-    p.add_argument("--work-dir", required=True, help="where checkpoints (latest.pth, best.pth) and log.jsonl go")
-    p.add_argument("--resume", nargs="?", const="auto",
-                   help="continue exactly from a checkpoint (default: <work-dir>/latest.pth)")
-    p.add_argument("--iterations", type=int, help="training iterations (default: the config's, else the model's recipe)")
-    p.add_argument("--batch-size", type=int, help="images per iteration per process (default: the model's recipe)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the poly schedule (default: the model's recipe)")
-    p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="random training crop, height and width (default: the model's crop_size)")
-    p.add_argument("--pretrained", help="ImageNet ResNet weights (.pth; torchvision or mmseg key names)")
-    p.add_argument("--load-from", help="fine-tune from a segmentor checkpoint (official or own; class layers may differ)")
-    p.add_argument("--eval-interval", type=int, help="iterations between val mIoU evaluations (default 1000)")
-    p.add_argument("--checkpoint-interval", type=int,
-                   help="iterations between checkpoints (latest.pth; default 1000; Ctrl-C also saves)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 4)")
-    p.add_argument("--seed", type=int, help="random seed of weights init, data order and augmentation (default 0)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA")
+    """A flag left out is absent, so a --config file's value stands (config_from_args)."""
+    options.add_arguments(p, OPTIONS)
 
 
 def config_from_args(args) -> TrainConfig:
-    if args.config:
-        tc = load_train_config(args.config)
-    elif args.model and args.dataset:
-        tc = TrainConfig(model=args.model, dataset=args.dataset)
-    else:
-        raise ConfigError("pass --config configs/train/<name>.yaml, or both --model and --dataset")
-    for key in ("model", "dataset", "data_root", "iterations", "batch_size", "lr", "crop_size", "pretrained", "load_from",
-                "eval_interval", "checkpoint_interval", "workers", "seed"):
-        value = getattr(args, key, None)
-        if value is not None:
-            setattr(tc, key, list(value) if isinstance(value, tuple) else value)
-    if args.no_amp:
-        tc.amp = False
-    return tc
+    """--config's keys, then the flags given, checked once (`bisenet train` and torchrun alike)."""
+    run_flags = options.checked(TrainRun, options.given(args, TrainRun), {})
+    values, where = {}, {}
+    if run_flags.config:
+        path, values = read_train_config(run_flags.config)
+        where = {k: f"{path}: {k}" for k in values}
+    flags = options.given(args, TrainConfig)
+    return train_config({**values, **flags}, {**where, **{k: options.flag_name(k) for k in flags}})
 
 
 def run(args) -> int:
     tc = config_from_args(args)
-    result = train(tc, args.work_dir, resume=args.resume, device=args.device)
+    flags = options.checked(TrainRun, options.given(args, TrainRun), {})
+    result = train(tc, flags.work_dir, resume=flags.resume, device=flags.device)
     if result["stopped_by"]:
         return 128 + result["stopped_by"]      # the shell's code for "ended by this signal"
     if int(os.environ.get("RANK", "0")) == 0:
@@ -646,7 +669,7 @@ def run(args) -> int:
 def main(argv=None) -> int:
     """`python -m training.train` (what torchrun starts): errors as `bisenet train` has them,
     except that a bug keeps Python's own traceback and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}")
+    parser = options.OneLineParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -48,7 +48,7 @@ def test_command_line_beats_preset_beats_defaults(tmp_path):
                       "cameras:\n  - {name: front, source: a.mp4}\n  - {name: back, source: b.mp4, max-frames: 2}\n")
     s = build(parse(["--alpha", "0.7", "--metrics-port", "127.0.0.1:9100", "--no-auth"]), str(preset))
     assert isinstance(s, RunSettings) and isinstance(s.server, ServerSettings)
-    assert (s.model, s.alpha, s.queue_size, s.mode, s.triton_in_flight) == ("m.onnx", 0.7, 8, "overlay", 2)
+    assert (s.model, s.alpha, s.queue_size, s.mode, s.engine.triton_in_flight) == ("m.onnx", 0.7, 8, "overlay", 2)
     assert [(c.name, c.source, c.max_frames, c.bitrate) for c in s.cameras] == \
         [("front", "a.mp4", 3, 2_000_000), ("back", "b.mp4", 2, 2_000_000)]
     assert s.server.metrics_port == ("127.0.0.1", 9100) and s.server.auth is False and s.server.max_clients == 16

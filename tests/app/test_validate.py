@@ -94,18 +94,22 @@ def test_good_values_pass_and_are_typed():
 
 
 def test_every_numeric_flag_of_every_command_has_a_rule():
-    """A new int/float flag needs its rule in settings.RUN_FLAGS (bisenet run) or
-    validate.COMMAND_FLAGS (the other commands): ranges are part of the schema."""
+    """A new int/float flag needs its rule: declared with option() in the command's OPTIONS
+    sections (core/options.py) or in its FLAG_RULES: ranges are part of the schema."""
     import argparse
     import importlib
 
     from app.cli import SUBCOMMANDS
 
-    for command, module in SUBCOMMANDS.items():
+    from core.options import rules_of
+
+    for command, name in SUBCOMMANDS.items():
         parser = argparse.ArgumentParser()
-        importlib.import_module(module).add_arguments(parser)
+        module = importlib.import_module(name)
+        module.add_arguments(parser)
         numeric = {a.dest for a in parser._actions if a.type in (int, float)}
-        rules = settings.RUN_FLAGS if command == "run" else validate.COMMAND_FLAGS.get(command, {})
+        rules = settings.RUN_FLAGS if command == "run" else \
+            {**rules_of(getattr(module, "OPTIONS", ())), **getattr(module, "FLAG_RULES", {})}
         assert numeric <= set(rules), (command, sorted(numeric - set(rules)))
 
 
