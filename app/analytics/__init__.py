@@ -82,7 +82,8 @@ class Analytics:
             if options.events_log:
                 sinks.append(JsonlSink(options.events_log))
             if options.mqtt:
-                sinks.append(MqttSink(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls))
+                sinks.append(MqttSink(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls,
+                                       cameras=list(cameras), log=self.log))
             if options.webhook:
                 sinks.append(WebhookSink(options.webhook))
         except BaseException:
