@@ -17,6 +17,7 @@ declared with the app's other options: app/settings.py AnalyticsSettings.
         cooldown_s: 5                  # no new start this long after an end
         pre_roll_s: 2                  # event clip from start - pre_roll_s ...
         post_roll_s: 2                 # ... to end + post_roll_s
+        max_clip_s: 60                 # an event clip is at most this long (a longer event: its first 60 s)
 
 Every problem is one line (core.errors.InputError) naming the entry and what to do; an
 unknown class name lists the model's classes.
@@ -82,6 +83,7 @@ class RuleSpec(BaseModel):
     cooldown_s: float = Field(default=0.0, ge=0.0)
     pre_roll_s: float = Field(default=2.0, ge=0.0, le=60.0)
     post_roll_s: float = Field(default=2.0, ge=0.0, le=60.0)
+    max_clip_s: float = Field(default=60.0, ge=1.0, le=600.0)
 
     @model_validator(mode="after")
     def _check(self):
