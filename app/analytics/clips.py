@@ -95,11 +95,11 @@ class ClipRecorder:
         self.camera_dir = self.folder / camera
         prepare_output(self.camera_dir, "--clips-dir", folder=True)
         self.camera_dir.mkdir(parents=True, exist_ok=True)
-        self.stale_parts = self._clean_parts()
         self.keep_s = float(keep_s) + KEYFRAME_EVERY_S
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.fps = fps
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.stale_parts = self._clean_parts()
         self.tasks: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
         self.ring: deque = deque()     # (t, pts_ms, annexb bytes, keyframe)
         self.ring_bytes = 0
