@@ -44,7 +44,7 @@ def test_class_names_with_wildcards_or_slashes_never_stop_mqtt_delivery(tmp_path
     broker = Broker(tmp_path).start()
     sub = Subscriber(broker.port)
     lines = []
-    sink = mqtt_sink(broker, log=lines.append)
+    sink = mqtt_sink(broker)
     box = Outbox("mqtt", sink.deliver, backoff=Backoff(0.05, 0.1), log=lines.append)
     try:
         for ev in (event(1, "a+b"), event(2, "x/y"), event(3, "car#")):
