@@ -34,6 +34,7 @@ CLOSE_GRACE_S = 3.0          # at the end of a run, time each sink gets to deliv
 WEBHOOK_TIMEOUT_S = 5.0     # the whole exchange with the receiver, connect to the last byte of its answer
 MAX_REFUSED_LINES = 5       # undeliverable messages logged one line each; more are only counted
 MQTT_ACK_TIMEOUT_S = 5.0
+SWEEP_S = 10.0              # the start-up read of retained states lasts this long
 PASSWORD_ENV = "BISENET_MQTT_PASSWORD"
 
 
@@ -299,7 +300,12 @@ class MqttSink:
         client.publish(self.available, "online", qos=1, retain=True)
         if not self.swept and self.cameras:
             self.swept = True
-            client.subscribe([(f"{self.prefix}/{cam}/+/+/state", 1) for cam in self.cameras])
+            topics = [f"{self.prefix}/{cam}/+/+/state" for cam in self.cameras]
+            client.subscribe([(t, 1) for t in topics])
+            # Retained messages come at once; after that the subscription would only echo ours.
+            timer = threading.Timer(SWEEP_S, lambda: client.unsubscribe(topics))
+            timer.daemon = True
+            timer.start()
 
     def _on_message(self, client, _userdata, msg) -> None:
         """A retained state from before this run that still says active: end it."""
