@@ -8,14 +8,13 @@ serves them all through app/scheduler.py. One camera is simply a list of one.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 
 from app.frames import Reader
 from core.errors import InputError
+from core.names import NAME_RULE, name_ok
 from app.hud import RateMeter
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # safe inside file names and URL paths
 PLACEHOLDER = "{camera}"
 
 
@@ -60,8 +59,8 @@ def camera_names(count: int) -> list[str]:
 
 def check_name(name) -> str:
     name = str(name)
-    if not NAME_RE.match(name):
-        raise InputError(f"camera name {name!r}: use letters, digits, '_', '-' or '.' (it goes into file names)")
+    if not name_ok(name):
+        raise InputError(f"camera name {name!r}: use {NAME_RULE}; it goes into file names, URLs and MQTT topics")
     return name
 
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     several = len(settings.cameras) > 1
     for cam in settings.cameras:
         check_save_labels(cam)
-    check_distinct_outputs(settings.cameras, settings.latency_log)
+    check_distinct_outputs(settings.cameras, settings.latency_log, settings.analytics)
     if any("display" in cam.output for cam in settings.cameras):
         check_display(probe=True)   # before the model loads and any output opens
 

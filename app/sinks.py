@@ -254,27 +254,41 @@ class FolderSink(Sink):
                 raise SinkError(f"cannot write {self.folder / 'labels' / name}")
 
 
-def check_distinct_outputs(cameras, latency_log=None) -> None:
-    """Refuse, before anything runs, outputs that would silently destroy data: an output file or
-    folder that is one of the inputs, or two outputs (of one camera or several, {camera}
-    expanded) or an output and the latency log that are the same file after resolving."""
+def check_distinct_outputs(cameras, latency_log=None, analytics=None) -> None:
+    """Refuse, before anything runs, outputs that would silently destroy data: any file or
+    folder the run writes (outputs, {camera} expanded; the latency, coverage and events logs;
+    the clips folder) that is one of the inputs, inside the clips folder, or the same file as
+    another after resolving. `analytics`: app.settings.AnalyticsSettings (its logs and clips)."""
     def resolved(spec):
         return Path(spec).expanduser().resolve() if sink_kind(spec) in ("video", "folder") else None
 
     inputs = {Path(c.source).resolve(): c.source for c in cameras if os.path.exists(c.source)}   # (no OSError)
-    seen = {Path(latency_log).expanduser().resolve(): f"--latency-log {latency_log}"} if latency_log else {}
-    for cam in cameras:
-        for spec in cam.output:
-            path = resolved(spec)
-            if path is None:
-                continue
-            if path in inputs:
-                raise SinkError(f"--output {spec} is the input {inputs[path]} of camera {cam.name}: writing it "
-                                "would destroy it; pick another output name")
-            if path in seen:
-                raise SinkError(f"--output {spec} ({cam.name}) and {seen[path]} are the same file {path}: one "
-                                "would overwrite the other; give each its own name (e.g. out_{camera}.mp4)")
-            seen[path] = f"--output {spec} ({cam.name})"
+    written = [(f"--output {spec} ({cam.name})", resolved(spec)) for cam in cameras for spec in cam.output]
+    logs = [("--latency-log", latency_log)]
+    clips = None
+    if analytics is not None:
+        logs += [("--coverage-log", analytics.coverage_log), ("--events-log", analytics.events_log)]
+        if analytics.clips_dir:
+            clips = Path(analytics.clips_dir).expanduser().resolve()
+    written += [(f"{flag} {path}", Path(path).expanduser().resolve()) for flag, path in logs if path]
+    seen = {}
+    for what, path in written:
+        if path is None:
+            continue
+        if path in inputs:
+            raise SinkError(f"{what} is the input {inputs[path]}: writing it would destroy it; pick another name")
+        if path in seen:
+            raise SinkError(f"{what} and {seen[path]} are the same file {path}: one would overwrite the other; "
+                            "give each its own name (e.g. out_{camera}.mp4)")
+        if clips is not None and (path == clips or clips in path.parents):
+            raise SinkError(f"{what} lies in --clips-dir {analytics.clips_dir}, whose files the clip recorder "
+                            "manages; write it elsewhere")
+        seen[path] = what
+    if clips is not None:
+        for path, source in inputs.items():
+            if clips in path.parents:
+                raise SinkError(f"the input {source} lies in --clips-dir {analytics.clips_dir}; pick another "
+                                "clips folder")
 
 
 def sink_kind(spec: str) -> str:

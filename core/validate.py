@@ -24,6 +24,9 @@ from core.redact import shown, shown_text
 MAX_QUEUE = 32            # frames per queue: each holds a full image (+ its preprocessed copy)
 MAX_SIDE = 16384          # pixels: larger than any camera or model input
 MAX_YAML_VALUES = 100_000  # values in one config file, aliases expanded: far above any real config
+MAX_YAML_BYTES = 4 * 1024 * 1024   # one config file; real ones are a few kB
+MAX_YAML_DEPTH = 32        # lists/mappings inside each other; a config needs about 5
+MAX_YAML_STRING = 8192     # characters in one value or key (a path is at most 4096)
 
 
 # ---------------------------------------------------------------------------- value rules
@@ -109,6 +112,7 @@ class _PlainLoader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._values = 0
+        self._depth = 0    # lists/mappings open around the node being composed
         self._sizes = {}   # id(node) -> values it holds, aliases expanded
 
     def compose_node(self, parent, index):
@@ -118,7 +122,33 @@ class _PlainLoader(yaml.SafeLoader):
         if self._values > MAX_YAML_VALUES:
             raise _TooManyValues(None, None, f"more than {MAX_YAML_VALUES} values (aliases, "
                                               "*name, counted expanded)", event.start_mark)
-        return super().compose_node(parent, index)
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_YAML_STRING:
+            raise _TooManyValues(None, None, f"a value of {len(event.value)} characters (at most "
+                                              f"{MAX_YAML_STRING})", event.start_mark)
+        nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooManyValues(None, None, f"lists or mappings nested more than {MAX_YAML_DEPTH} deep",
+                                     event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _TooManyValues(None, None, f"the key {key!r} is given twice (the first would be "
+                                                      "ignored); keep one", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
     def _size(self, node) -> int:
         if id(node) not in self._sizes:
@@ -138,6 +168,10 @@ def load_yaml(path: str | Path, what: str = "config"):
     YAML is one InputError with the line number."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise InputError(f"{path}: {size} bytes; a {what} is at most {MAX_YAML_BYTES // (1024 * 1024)} MiB "
+                             "(pass the right file, or a smaller one)")
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read this {what} ({getattr(e, 'strerror', None) or e})") from None
@@ -151,7 +185,7 @@ def load_yaml(path: str | Path, what: str = "config"):
             raise InputError(f"{path}{at}: {problem}; only plain YAML is read (mappings, lists, "
                              "strings, numbers, no tags)") from None
         if isinstance(e, _TooManyValues):
-            raise InputError(f"{path}{at}: {problem}; write the values out, or a smaller config") from None
+            raise InputError(f"{path}{at}: {problem}; fix this {what}") from None
         raise InputError(f"{path}{at}: not valid YAML: {problem}; fix the syntax") from None
 
 

@@ -82,7 +82,8 @@ class Analytics:
             if options.events_log:
                 sinks.append(JsonlSink(options.events_log))
             if options.mqtt:
-                sinks.append(MqttSink(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls))
+                sinks.append(MqttSink(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls,
+                                       cameras=list(cameras), log=self.log))
             if options.webhook:
                 sinks.append(WebhookSink(options.webhook))
         except BaseException:
@@ -167,7 +168,7 @@ class Analytics:
     def _on_event(self, cam: CameraState, kind: str, event, spec) -> dict:
         if cam.clips is not None:
             if kind == "start":
-                event.clip = str(cam.clips.start_clip(event.id, event.start_s - spec.pre_roll_s))
+                event.clip = str(cam.clips.start_clip(event.id, event.start_s - spec.pre_roll_s, spec.max_clip_s))
                 event.snapshot = str(cam.clips.snapshot_path(event.id))
             elif kind == "end":
                 cam.clips.end_clip(event.id, event.end_s + spec.post_roll_s)
@@ -183,7 +184,8 @@ class Analytics:
         """/api/coverage: the newest coverage of every camera and the recent event messages."""
         with self.lock:
             cams = {name: {"frame": c.latest_frame, "coverage": c.latest} for name, c in self.cameras.items()}
-        return {"cameras": cams, "events": list(self.bus.recent)[::-1], "dropped": self.bus.dropped()}
+        return {"cameras": cams, "events": [served(m) for m in list(self.bus.recent)[::-1]],
+                "dropped": self.bus.dropped()}
 
     def metric_families(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -219,6 +221,18 @@ class Analytics:
         parts = [f"{name} {' '.join(f'{k} {v}' for k, v in c.items())}" for name, c in self.bus.counters().items()]
         skipped = sum(c.clips.skipped for c in self.cameras.values() if c.clips is not None)
         return "events: " + ("; ".join(parts) or "no sinks") + (f"; clip frames skipped {skipped}" if skipped else "")
+
+
+def served(message: dict) -> dict:
+    """An event message as /api/coverage gives it: its clip and snapshot as /clips/ URLs,
+    never the server's file paths."""
+    from urllib.parse import quote
+
+    event = dict(message["event"])
+    for key in ("clip", "snapshot"):
+        if event.get(key):
+            event[key] = f"/clips/{quote(event['camera'], safe='')}/{quote(Path(event[key]).name, safe='')}"
+    return {**message, "event": event}
 
 
 class CoverageLog:

@@ -7,6 +7,14 @@ while writing; `.part` until complete, then renamed). The clip's start is theref
 one keyframe interval early. `--clips-max-mb` keeps the folder under a size, oldest deleted
 first. Snapshots (JPEG of the overlay at the event's peak) are written by the same thread.
 
+What the recorder writes and deletes is only its own: files named `<event id>.mp4|.jpg`
+(APP_FILE_RE) directly in a camera's folder, never through a symlink. Retention counts and
+deletes only those (a file someone else put in the folder is left alone); `.part` files of
+that name a killed run left behind are deleted at start. A clip is at most `max_clip_s` long
+(the rule's; longer events get the first max_clip_s of video), and the ring of packets is
+bounded by MAX_RING_BYTES whatever a pending clip still wants. A clips folder removed during
+the run is made again; when it cannot be, a warning at most every LOG_EVERY_S names the file.
+
 Encoding runs in the recorder's own thread behind a small bounded queue: when it falls
 behind, frames are skipped (counted), the pipeline never waits.
 """
@@ -15,8 +23,11 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
+import stat
 import sys
 import threading
+import time
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
@@ -30,11 +41,52 @@ from core.validate import prepare_output
 QUEUE_FRAMES = 8
 FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 MS = Fraction(1, 1000)
+APP_FILE_RE = re.compile(r"[0-9a-f]+-[0-9a-f]+-[0-9]+\.(mp4|jpg)")   # <event id>.mp4|.jpg (rules.RUN_ID-N)
+MAX_CLIP_S = 60.0                # default length cap of one event clip
+MAX_RING_BYTES = 64 * 1024 * 1024   # encoded packets kept per camera, pending clips included
+CLOSE_WAIT_S = 3.0               # the end of a run waits at most this long for the recorder
+LOG_EVERY_S = 10.0               # recorder warnings at most this often
+
+
+def app_file(name: str) -> bool:
+    """A clip or snapshot name the recorder writes (and serves, and may delete)."""
+    return APP_FILE_RE.fullmatch(name) is not None
+
+
+def app_files(folder: Path, parts: bool = False) -> list[tuple[Path, os.stat_result]]:
+    """(path, lstat) of the recorder's files in every camera folder of `folder`: regular files
+    named APP_FILE_RE (or its `.part`, with parts=True) in real folders; no symlink followed."""
+    out = []
+    try:
+        cams = list(os.scandir(folder))
+    except OSError:
+        return out
+    for cam in cams:
+        if not cam.is_dir(follow_symlinks=False):
+            continue
+        try:
+            entries = list(os.scandir(cam.path))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if not (app_file(name) or (parts and name.endswith(".part") and app_file(name[:-5]))):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append((Path(entry.path), st))
+    return out
 
 
 class ClipRequest:
-    def __init__(self, path: Path, t0: float, t1: float | None = None):
-        self.path, self.t0, self.t1 = path, t0, t1
+    def __init__(self, path: Path, t0: float, t1: float | None = None, t_max: float = float("inf")):
+        self.path, self.t0, self.t1, self.t_max = path, t0, t1, t_max
+
+    def due(self, now: float) -> bool:
+        return now == float("inf") or self.t_max <= now or (self.t1 is not None and self.t1 <= now)
 
 
 class ClipRecorder:
@@ -47,8 +99,11 @@ class ClipRecorder:
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.fps = fps
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.stale_parts = self._clean_parts()
         self.tasks: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
         self.ring: deque = deque()     # (t, pts_ms, annexb bytes, keyframe)
+        self.ring_bytes = 0
+        self.last_log, self.unlogged = float("-inf"), 0
         self.requests: dict[str, ClipRequest] = {}
         self.lock = threading.Lock()
         self.encoder = None
@@ -74,9 +129,9 @@ class ClipRecorder:
     def snapshot_path(self, event_id: str) -> Path:
         return self.camera_dir / f"{event_id}.jpg"
 
-    def start_clip(self, event_id: str, t0: float) -> Path:
+    def start_clip(self, event_id: str, t0: float, max_s: float = MAX_CLIP_S) -> Path:
         with self.lock:
-            self.requests[event_id] = ClipRequest(self.clip_path(event_id), t0)
+            self.requests[event_id] = ClipRequest(self.clip_path(event_id), t0, t_max=t0 + max_s)
         return self.clip_path(event_id)
 
     def end_clip(self, event_id: str, t1: float) -> None:
@@ -85,30 +140,55 @@ class ClipRecorder:
                 self.requests[event_id].t1 = t1
 
     def snapshot(self, event_id: str, image: np.ndarray) -> Path:
-        self.tasks.put(("snapshot", event_id, image))   # once per event: may wait for a slot
+        try:
+            self.tasks.put(("snapshot", event_id, image), timeout=1.0)   # once per event: may wait a little
+        except queue.Full:
+            self.skipped += 1
         return self.snapshot_path(event_id)
 
     def close(self) -> None:
-        self.tasks.put(("close", None, None))
-        self.thread.join(timeout=30)
+        """Write what is pending; waits at most CLOSE_WAIT_S (a lost folder, a stuck disk)."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        try:
+            self.tasks.put(("close", None, None), timeout=CLOSE_WAIT_S)
+        except queue.Full:
+            pass
+        self.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            self.log(f"warning: clips {self.camera_dir}: still writing after {CLOSE_WAIT_S:g} s; not waiting longer")
+        if self.unlogged:
+            self.log(f"warning: clips {self.camera_dir}: {self.unlogged} more failures not logged")
+
+    def _warn(self, message: str) -> None:
+        """A recorder warning, at most one per LOG_EVERY_S (the rest counted)."""
+        now = time.monotonic()
+        if now - self.last_log < LOG_EVERY_S:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more since the last warning)" if self.unlogged else ""
+        self.last_log, self.unlogged = now, 0
+        self.log(f"warning: {message}{more}")
 
     # -- the recorder's thread -----------------------------------------------------------------
     def _run(self) -> None:
         while True:
             kind, a, b = self.tasks.get()
+            if kind == "close":
+                try:
+                    self._flush()
+                except Exception as e:   # an encoder problem: the clips get what was encoded
+                    self._warn(f"clips {self.camera_dir}: {type(e).__name__}: {e}")
+                self._write_due(float("inf"))
+                return
             try:
                 if kind == "frame":
                     self._encode(a, b)
                     if self.ring:   # clips whose end the encoded stream has passed
                         self._write_due(self.ring[-1][0])
-                elif kind == "snapshot":
-                    self._write_snapshot(a, b)
                 else:
-                    self._flush()
-                    self._write_due(float("inf"))
-                    return
+                    self._write_snapshot(a, b)
             except Exception as e:   # a full disk, an encoder problem: say so, go on without it
-                self.log(f"warning: clips {self.camera_dir}: {type(e).__name__}: {e}")
+                self._warn(f"clips {self.camera_dir}: {type(e).__name__}: {e}")
 
     def _open_encoder(self, width: int, height: int) -> None:
         import av
@@ -144,7 +224,9 @@ class ClipRecorder:
         t = self.frame_times.pop(packet.pts, None)
         if t is None:
             t = self.t_first + packet.pts / 1000.0
-        self.ring.append((t, packet.pts, bytes(packet), packet.is_keyframe))
+        data = bytes(packet)
+        self.ring.append((t, packet.pts, data, packet.is_keyframe))
+        self.ring_bytes += len(data)
 
     def _flush(self) -> None:
         if self.encoder is not None:
@@ -152,28 +234,38 @@ class ClipRecorder:
                 self._keep(packet)
 
     def _trim(self, now: float) -> None:
-        """Drop whole GOPs older than keep_s, unless a pending clip still needs them."""
+        """Drop whole GOPs older than keep_s, unless a pending clip still needs them; past
+        MAX_RING_BYTES the oldest GOPs go whatever a clip wants (it starts later)."""
         with self.lock:
             oldest_needed = min([r.t0 for r in self.requests.values()], default=now - self.keep_s)
         limit = min(now - self.keep_s, oldest_needed)
         keys = [i for i, p in enumerate(self.ring) if p[3] and p[0] <= limit]
-        for _ in range(keys[-1] if keys else 0):
-            self.ring.popleft()
+        drop = keys[-1] if keys else 0
+        if self.ring_bytes > MAX_RING_BYTES:
+            size, over = 0, self.ring_bytes - MAX_RING_BYTES
+            for i, p in enumerate(self.ring):
+                if i > drop and p[3] and size >= over:
+                    drop = i
+                    break
+                size += len(p[2])
+        for _ in range(drop):
+            self.ring_bytes -= len(self.ring.popleft()[2])
 
     def _write_due(self, now: float) -> None:
         with self.lock:
-            due = [(eid, r) for eid, r in self.requests.items() if r.t1 is not None and (r.t1 <= now or now == float("inf"))]
-            if now == float("inf"):
-                due += [(eid, r) for eid, r in self.requests.items() if r.t1 is None]
+            due = [(eid, r) for eid, r in self.requests.items() if r.due(now)]
             for eid, _ in due:
                 del self.requests[eid]
         for _, request in due:
-            self._write_clip(request)
+            try:
+                self._write_clip(request)
+            except Exception as e:   # a lost folder, a full disk: this clip is lost, the next may not be
+                self._warn(f"clips: {request.path}: {type(e).__name__}: {getattr(e, 'strerror', None) or e}")
 
     def _write_clip(self, request: ClipRequest) -> None:
         import av
 
-        t1 = request.t1 if request.t1 is not None else float("inf")
+        t1 = min(request.t1 if request.t1 is not None else float("inf"), request.t_max)
         packets = list(self.ring)
         start = 0
         for i, p in enumerate(packets):
@@ -183,8 +275,9 @@ class ClipRecorder:
         while chosen and not chosen[0][3]:
             chosen.pop(0)     # a clip must begin at a keyframe
         if not chosen:
-            self.log(f"warning: clips: no video kept for {request.path.name}")
+            self._warn(f"clips: no video kept for {request.path.name}")
             return
+        self.camera_dir.mkdir(parents=True, exist_ok=True)   # made again if it was removed
         part = request.path.with_name(request.path.name + ".part")
         source = av.open(io.BytesIO(b"".join(p[2] for p in chosen)), format="h264")
         try:
@@ -205,7 +298,7 @@ class ClipRecorder:
             source.close()
         os.replace(part, request.path)
         self.written.append(request.path)
-        self._retention()
+        self._retention(keep=request.path)
 
     def _write_snapshot(self, event_id: str, image: np.ndarray) -> None:
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -213,17 +306,38 @@ class ClipRecorder:
             raise RuntimeError("JPEG encoding failed")
         path = self.snapshot_path(event_id)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
-        self._retention()
+        try:
+            self.camera_dir.mkdir(parents=True, exist_ok=True)   # made again if it was removed
+            tmp.write_bytes(data.tobytes())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: {e.strerror}") from None
+        self._retention(keep=path)
 
-    def _retention(self) -> None:
-        """Oldest clips and snapshots (every camera's) deleted first until under --clips-max-mb."""
-        files = [p for p in self.folder.glob("*/*") if p.suffix in (".mp4", ".jpg") and p.is_file()]
-        files.sort(key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for p in files:
+    def _clean_parts(self) -> int:
+        """Delete the `.part` files a killed run left in this camera's folder; how many."""
+        n = 0
+        for path, _ in app_files(self.folder, parts=True):
+            if path.parent == self.camera_dir and path.name.endswith(".part"):
+                path.unlink(missing_ok=True)
+                n += 1
+        if n:
+            self.log(f"clips {self.camera_dir}: deleted {n} unfinished file(s) a stopped run left")
+        return n
+
+    def _retention(self, keep: Path | None = None) -> None:
+        """The recorder's own clips and snapshots (every camera's; `.part` files being written
+        count but stay) deleted oldest first until under --clips-max-mb; `keep`, the file just
+        written, stays even when it alone is over the cap (an event names it)."""
+        files = app_files(self.folder, parts=True)
+        total = sum(st.st_size for _, st in files)
+        for path, st in sorted(files, key=lambda f: f[1].st_mtime):
             if total <= self.max_bytes:
                 break
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
+            if path == keep or path.name.endswith(".part"):
+                continue
+            path.unlink(missing_ok=True)
+            total -= st.st_size
+        if total > self.max_bytes and keep is not None:
+            self._warn(f"clips: {keep.name} alone is over --clips-max-mb {self.max_bytes / 1024 / 1024:g}; kept "
+                       "until the next one (shorten the rule's max_clip_s, or raise the cap)")

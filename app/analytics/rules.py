@@ -24,7 +24,7 @@ from app.analytics.settings import RuleSpec
 UPDATE_STEP = 0.05        # an update message when the peak grew this much since the last one
 UPDATE_EVERY_S = 1.0      # ... at most this often
 _ids = itertools.count(1)
-_run = f"{int(time.time()):x}-{os.getpid():x}"
+RUN_ID = f"{int(time.time()):x}-{os.getpid():x}"   # event ids: RUN_ID-N (clip files are named by them)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class RuleState:
             self._add(candidate, t, cov, frame_id)
             if t - candidate.start_s < self.spec.for_s:
                 return []
-            candidate.id = f"{_run}-{next(_ids)}"
+            candidate.id = f"{RUN_ID}-{next(_ids)}"
             self.event, self.candidate = candidate, None
             self.last_update = (t, candidate.peak)
             return [("start", candidate)]

@@ -17,21 +17,28 @@ declared with the app's other options: app/settings.py AnalyticsSettings.
         cooldown_s: 5                  # no new start this long after an end
         pre_roll_s: 2                  # event clip from start - pre_roll_s ...
         post_roll_s: 2                 # ... to end + post_roll_s
+        max_clip_s: 60                 # an event clip is at most this long (a longer event: its first 60 s)
 
 Every problem is one line (core.errors.InputError) naming the entry and what to do; an
 unknown class name lists the model's classes.
 """
 from __future__ import annotations
 
-import re
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import InputError
+from core.validate import MAX_SIDE
+from core.names import NAME_RULE, name_ok
 
 FRAME_ZONE = "frame"     # the implicit zone: the whole frame
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def polygon_area(points) -> float:
+    """The area a polygon encloses (shoelace formula, absolute; 0 for points on one line)."""
+    return abs(sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1]))) / 2.0
 
 
 class ZoneSpec(BaseModel):
@@ -44,14 +51,21 @@ class ZoneSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if not NAME_RE.match(self.name) or self.name == FRAME_ZONE:
-            raise ValueError(f"zone name {self.name!r}: use letters, digits, '_', '-' or '.' "
+        if not name_ok(self.name) or self.name == FRAME_ZONE:
+            raise ValueError(f"zone name {self.name!r}: use {NAME_RULE} "
                              f"(and not {FRAME_ZONE!r}, the implicit whole-frame zone)")
+        if not all(math.isfinite(v) for p in self.polygon for v in p):
+            raise ValueError(f"zone {self.name}: polygon coordinates must be finite numbers (no nan or inf)")
+        if len(set(self.polygon)) < 3:
+            raise ValueError(f"zone {self.name}: the polygon needs at least 3 different points")
+        if polygon_area(self.polygon) <= 0.0:
+            raise ValueError(f"zone {self.name}: the polygon encloses no area (its points lie on one line); "
+                             "give the corners of the region")
         if self.coords == "normalized" and any(not (0.0 <= v <= 1.0) for p in self.polygon for v in p):
             raise ValueError(f"zone {self.name}: normalized coordinates must lie in 0..1 "
                              "(for pixel coordinates of the source frame add `coords: pixels`)")
-        if self.coords == "pixels" and any(v < 0 for p in self.polygon for v in p):
-            raise ValueError(f"zone {self.name}: pixel coordinates must not be negative")
+        if self.coords == "pixels" and any(not (0 <= v <= MAX_SIDE) for p in self.polygon for v in p):
+            raise ValueError(f"zone {self.name}: pixel coordinates must lie in 0..{MAX_SIDE}")
         return self
 
 
@@ -69,6 +83,7 @@ class RuleSpec(BaseModel):
     cooldown_s: float = Field(default=0.0, ge=0.0)
     pre_roll_s: float = Field(default=2.0, ge=0.0, le=60.0)
     post_roll_s: float = Field(default=2.0, ge=0.0, le=60.0)
+    max_clip_s: float = Field(default=60.0, ge=1.0, le=600.0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -82,8 +97,8 @@ class RuleSpec(BaseModel):
             raise ValueError(f"clear {self.clear} must not be below the start level below: {self.below}")
         if self.name is None:
             self.name = f"{self.zone}.{self.class_name}.{'above' if self.above is not None else 'below'}"
-        if not NAME_RE.match(self.name):
-            raise ValueError(f"rule name {self.name!r}: use letters, digits, '_', '-' or '.'")
+        if not name_ok(self.name):
+            raise ValueError(f"rule name {self.name!r}: use {NAME_RULE}")
         return self
 
     @property

@@ -1,9 +1,17 @@
-"""The HTML the server sends: one camera's live page, and the grid of several cameras.
+"""The HTML the server sends: one camera's live page, and the grid of several cameras, with
+their scripts (/page.js, /grid.js) and the Content-Security-Policy they are sent with.
 Nothing is served from files."""
 from __future__ import annotations
 
 import html
 from urllib.parse import quote
+
+# The pages hold no script and no inline handler: their scripts are /page.js and /grid.js, and
+# CSP (sent with every page) lets only those run. Every name from the run or the model (a
+# camera, zone or class name, from a sidecar or a Triton server) reaches the page as text
+# (textContent, or html.escape on the server), never as HTML.
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' blob:; media-src 'self'; "
+       "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -11,36 +19,48 @@ PAGE = """<!doctype html>
 body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 #stats {{ padding: 6px 10px; font-size: 18px; }}
 #video {{ display: block; max-width: 100%; }}
+#events a {{ color: #9cf; }}
 </style></head>
-<body>
+<body data-prefix="{prefix}">
 <div id="stats">{title}: waiting for frames</div>
 <img id="video" src="{prefix}/stream.mjpg" alt="live segmentation overlay">
 <div id="events"></div>
-<script>
-async function events() {{   // scene analytics: the recent events, with snapshot and clip links
-  const r = await fetch('/api/coverage', {{cache: 'no-store'}});
-  if (!r.ok) return;
-  const rows = (await r.json()).events.filter(m => m.type !== 'update').slice(0, 20).map(m => {{
-    const e = m.event, link = (p, t) => p ? ` <a href="/clips/${{e.camera}}/${{p.split('/').pop()}}">${{t}}</a>` : '';
-    return `<div>${{m.type}} ${{e.camera}} ${{e.zone}} ${{e.class}} peak ${{(e.peak * 100).toFixed(0)}}%` +
-           link(e.snapshot, 'snapshot') + link(e.clip, 'clip') + '</div>';
-  }});
-  document.getElementById('events').innerHTML = rows.join('');
-}}
-setInterval(events, 2000); events();
-async function poll() {{
-  try {{
-    const s = await (await fetch('{prefix}/stats.json', {{cache: 'no-store'}})).json();
-    document.getElementById('stats').textContent =
-      `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
-      `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
-  }} catch (e) {{
-    document.getElementById('stats').textContent = 'stream ended';
-  }}
-}}
-setInterval(poll, 500); poll();
-</script>
+<script src="/page.js"></script>
 </body></html>
+"""
+
+PAGE_JS = """'use strict';
+const prefix = document.body.dataset.prefix;
+function eventRow(m) {   // scene analytics: one event, as text, with its snapshot and clip links
+  const e = m.event, row = document.createElement('div');
+  row.textContent = `${m.type} ${e.camera} ${e.zone} ${e.class} peak ${(Number(e.peak) * 100).toFixed(0)}%`;
+  for (const [url, label] of [[e.snapshot, 'snapshot'], [e.clip, 'clip']]) {
+    if (typeof url !== 'string' || !url.startsWith('/clips/')) continue;   // URLs the server made
+    const a = document.createElement('a');
+    a.href = url;
+    a.textContent = label;
+    row.append(' ', a);
+  }
+  return row;
+}
+async function events() {
+  const r = await fetch('/api/coverage', {cache: 'no-store'});
+  if (!r.ok) return;
+  const rows = (await r.json()).events.filter(m => m.type !== 'update').slice(0, 20).map(eventRow);
+  document.getElementById('events').replaceChildren(...rows);
+}
+setInterval(events, 2000); events();
+async function poll() {
+  try {
+    const s = await (await fetch(prefix + '/stats.json', {cache: 'no-store'})).json();
+    document.getElementById('stats').textContent =
+      `${s.fps.toFixed(1)} fps | e2e ${s.e2e_ms.toFixed(0)} ms | ` +
+      `model ${s.inference_ms.toFixed(0)} ms | frame ${s.frame}`;
+  } catch (e) {
+    document.getElementById('stats').textContent = 'stream ended';
+  }
+}
+setInterval(poll, 500); poll();
 """
 
 
@@ -57,39 +77,42 @@ body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 </style></head>
 <body>
 <div id="grid">{tiles}</div>
-<script>
-for (const tile of document.querySelectorAll('.tile')) {{
+<script src="/grid.js"></script>
+</body></html>
+"""
+
+GRID_JS = """'use strict';
+for (const tile of document.querySelectorAll('.tile')) {
   const base = '/camera/' + encodeURIComponent(tile.dataset.camera);
   const img = tile.querySelector('img'), stats = tile.querySelector('span');
   let shown = null;   // the blob: URL on screen; a new frame replaces it only once it is complete
-  const refresh = async () => {{
+  const refresh = async () => {
     let wait = 1000;
-    try {{
-      const r = await fetch(base + '/snapshot.jpg', {{cache: 'no-store'}});
-      if (r.ok) {{
+    try {
+      const r = await fetch(base + '/snapshot.jpg', {cache: 'no-store'});
+      if (r.ok) {
         const url = URL.createObjectURL(await r.blob());
-        await new Promise((done) => {{ img.onload = img.onerror = done; img.src = url; }});
+        await new Promise((done) => { img.onload = img.onerror = done; img.src = url; });
         if (shown) URL.revokeObjectURL(shown);
         shown = url;
         wait = 100;
-      }}
-    }} catch (e) {{}}
+      }
+    } catch (e) {}
     setTimeout(refresh, wait);
-  }};
-  const poll = async () => {{
-    try {{
-      const s = await (await fetch(base + '/stats.json', {{cache: 'no-store'}})).json();
-      stats.textContent = `${{s.fps.toFixed(1)}} fps | e2e ${{s.e2e_ms.toFixed(0)}} ms | ` +
-        `model ${{s.inference_ms.toFixed(0)}} ms | frame ${{s.frame}}`;
-    }} catch (e) {{
+  };
+  const poll = async () => {
+    try {
+      const s = await (await fetch(base + '/stats.json', {cache: 'no-store'})).json();
+      stats.textContent = `${s.fps.toFixed(1)} fps | e2e ${s.e2e_ms.toFixed(0)} ms | ` +
+        `model ${s.inference_ms.toFixed(0)} ms | frame ${s.frame}`;
+    } catch (e) {
       stats.textContent = 'no stats';
-    }}
-  }};
-  window.addEventListener('load', () => {{ refresh(); setInterval(poll, 1000); poll(); }});
-}}
-</script>
-</body></html>
+    }
+  };
+  window.addEventListener('load', () => { refresh(); setInterval(poll, 1000); poll(); });
+}
 """
+SCRIPTS = {"page.js": PAGE_JS, "grid.js": GRID_JS}
 # One tile; the first frame is in the page itself (the page has loaded once every camera's has).
 GRID_TILE = ('<div class="tile" data-camera="{name}"><div class="stats"><a href="/camera/{path}">{name}</a> '
              '<span>waiting for frames</span></div><img src="/camera/{path}/snapshot.jpg" '

@@ -2,6 +2,7 @@
 lock-out, token, then the connection budget's promotion to authenticated).
 
     /                 page: the live overlay and fps / latency     /camera/NAME             the same
+    /page.js /grid.js the pages' scripts (the pages have none inline; CSP allows only these)
     /stream.mjpg      MJPEG (browsers, VLC, ffplay)                /camera/NAME/stream.mjpg
     /snapshot.jpg     the latest frame as one JPEG                 /camera/NAME/snapshot.jpg
     /stats.json       {"fps", "e2e_ms", "inference_ms", "frame", "title"}  /camera/NAME/stats.json
@@ -17,13 +18,14 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import socket
+import stat
 import time
 
 from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
 from app.server.hub import FrameHub
-from app.server.page import camera_page, grid_page
+from app.server.page import CSP, SCRIPTS, camera_page, grid_page
+from core.names import name_ok
 
 log = logging.getLogger("app.server")
 
@@ -45,6 +47,8 @@ class Routes:
         if what == "all":
             app.router.add_get("/", self.page)
             app.router.add_get("/index.html", self.page)
+            for script in SCRIPTS:
+                app.router.add_get(f"/{script}", self.script)
             for name in ("stream.mjpg", "snapshot.jpg", "stats.json"):
                 app.router.add_get(f"/{name}", self.camera_route(name))
                 app.router.add_get(f"/camera/{{camera}}/{name}", self.camera_route(name))
@@ -132,7 +136,15 @@ class Routes:
             if hub is None:
                 return text(404, "no such camera\n")
             body = camera_page(hub.title, "" if "camera" not in request.match_info else f"/camera/{hub.name}")
-        return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
+        return web.Response(text=body, content_type="text/html",
+                            headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP,
+                                     "X-Content-Type-Options": "nosniff"})
+
+    async def script(self, request):
+        from aiohttp import web
+
+        return web.Response(text=SCRIPTS[request.path.lstrip("/")], content_type="text/javascript",
+                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     def camera_route(self, name: str):
         async def route(request):
@@ -208,14 +220,16 @@ class Routes:
         return text(200, json.dumps(analytics.snapshot()), content_type="application/json")
 
     async def clip(self, request):
+        """Only a regular file the clip recorder wrote, directly in a run camera's folder under
+        --clips-dir: no symlink followed (the file, the camera folder), no other names."""
         from aiohttp import web
 
         camera, name = request.match_info["camera"], request.match_info["name"]
-        clips_dir = self.server.clips_dir
-        if clips_dir is None or not clip_name_ok(camera, name):
+        clips_dir, analytics = self.server.clips_dir, self.server.analytics
+        if clips_dir is None or analytics is None or camera not in analytics.cameras or not clip_name_ok(camera, name):
             return text(404, "no such clip\n")
         path = os.path.join(clips_dir, camera, name)
-        if not os.path.isfile(path):
+        if not regular_file_inside(path, os.path.join(clips_dir, camera)):
             return text(404, "no such clip (not written yet, or deleted by --clips-max-mb)\n")
         return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
@@ -236,8 +250,20 @@ class Routes:
 
 def clip_name_ok(camera: str, name: str) -> bool:
     """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
-    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", camera)
-                and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,80}\.(mp4|jpg)", name))
+    from app.analytics.clips import app_file
+
+    return name_ok(camera) and app_file(name)
+
+
+def regular_file_inside(path: str, folder: str) -> bool:
+    """`path` is a regular file, no symlink on the way (`folder` and `path` themselves), and
+    lies directly in `folder` once both are resolved."""
+    try:
+        if os.path.islink(folder) or not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return os.path.realpath(path) == os.path.join(os.path.realpath(folder), os.path.basename(path))
 
 
 def text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):

@@ -153,6 +153,15 @@ def test_an_open_event_ends_with_the_stream():
     ([], [{"class": "car", "above": 0.2, "clear": 0.3}], "must not be above"),
     ([], [{"class": "car", "above": 0.2, "for": 1}], "rules.0.for"),
     ([{"name": "frame", "polygon": [[0, 0], [1, 0], [1, 1]]}], [], "implicit whole-frame zone"),
+    ([{"name": "a", "polygon": [[0, 0], [100, 0], [float("nan"), 50]], "coords": "pixels"}], [], "finite numbers"),
+    ([{"name": "a", "polygon": [[float("inf")] * 2] * 3, "coords": "pixels"}], [], "finite numbers"),
+    ([{"name": "a", "polygon": [[0, 0], [1e300, 0], [0, 1e300]], "coords": "pixels"}], [], "must lie in 0..16384"),
+    ([{"name": "a", "polygon": [[0, 0], [0.5, 0.5], [1, 1]]}], [], "encloses no area"),
+    ([{"name": "a", "polygon": [[0, 0], [1, 1], [0, 0], [1, 1]]}], [], "at least 3 different points"),
+    ([{"name": "lane\n", "polygon": [[0, 0], [1, 0], [1, 1]]}], [], "zone name 'lane\\n'"),
+    ([], [{"name": "r\n", "class": "car", "above": 0.1}], "rule name 'r\\n'"),
+    ([], [{"name": "a+b", "class": "car", "above": 0.1}], "rule name 'a+b'"),
+    ([], [{"class": "car", "above": 0.1, "max_clip_s": 0}], "rules.0.max_clip_s"),
 ])
 def test_bad_configs_are_one_line(zones, rules, message):
     with pytest.raises(InputError) as e:

@@ -96,10 +96,16 @@ def test_a_broker_that_is_down_never_stops_the_run(tmp_path):
     ("rules:\n  - {class: car}\n", "exactly one of above: or below:"),
     ("zones:\n  - {name: a, polygon: [[0, 0], [1.5, 0], [1, 1]]}\n", "must lie in 0..1"),
     ("zones: 3\n", "zones"),
+    ("zones: " + "[" * 400 + "]" * 400 + "\n", "nested more than 32 deep"),
+    ("zones:\n  - {name: a, polygon: [[.inf, .inf], [.inf, .inf], [.inf, .inf]], coords: pixels}\n",
+     "finite numbers"),
+    ("zones:\n  - {name: a, polygon: [[0, 0], [1, 1], [0.5, 0.5]]}\n", "encloses no area"),
+    ("rules:\n  - {class: car, above: 0.1}\nrules:\n  - {class: road, above: 0.1}\n", "the key 'rules' is given twice"),
+    ('cameras:\n  - {name: "cam0\\n", source: SOURCE}\n', "camera name 'cam0\\n'"),
 ])
 def test_bad_zone_and_rule_configs_are_one_line_exit_2(tmp_path, yaml_text, message):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml_text)
+    config.write_text(yaml_text.replace("SOURCE", str(SAMPLE)))
     result = run_camera("--config", config, "--source", SAMPLE, "--model", tiny_onnx(), "--output", "null",
                         "--max-frames", 2)
     assert result.returncode == 2, result.stderr

@@ -38,7 +38,8 @@ def test_page_stats_snapshot_and_mjpeg_stream():
         with pytest.raises(urllib.error.HTTPError, match="503"):
             get(base + "/snapshot.jpg")          # no frame yet
         status, ctype, body = get(base + "/")
-        assert status == 200 and ctype.startswith("text/html") and b"/stream.mjpg" in body and b"stats.json" in body
+        assert status == 200 and ctype.startswith("text/html") and b"/stream.mjpg" in body
+        assert b'<script src="/page.js">' in body and b"stats.json" in get(base + "/page.js")[2]
         img = np.zeros((48, 64, 3), np.uint8)
         img[:, 32:] = (0, 0, 255)
         for i in range(3):
@@ -125,7 +126,7 @@ def test_the_live_page_shows_the_overlay_in_headless_chromium(tmp_path, street_c
         raise
     err = terminate(proc)
     assert proc.returncode == 0, err
-    assert '<div id="stats">' in dom and "fetch('/stats.json'" in dom     # the page Chromium loaded
+    assert '<div id="stats">' in dom and '<script src="/page.js">' in dom     # the page Chromium loaded
     assert live["frame"] >= 3 and live["fps"] > 0 and live["e2e_ms"] > 0 and live["inference_ms"] > 0
     page = cv2.imread(str(shot))
     assert page is not None and page.shape[:2] == (600, 800)

@@ -66,3 +66,34 @@ def test_the_output_folder_removed_mid_run_is_exit_1_naming_it(clip, tmp_path):
     assert f"the latency log {folder / 'lat.csv'} was removed" in err
     assert f"latency log: {folder}" not in err   # the summary names no log that does not exist
     assert clip.read_bytes() == SAMPLE_VIDEO.read_bytes()
+
+
+def test_an_events_log_that_is_the_input_video_is_refused(clip, tmp_path):
+    _refused(tmp_path, "--source", clip, "--output", "null", "--events-log", clip, says="would destroy it",
+             unchanged=[clip])
+
+
+@pytest.mark.parametrize("flags, says", [
+    ({"events_log": "{clip}"}, "--events-log {clip} is the input"),
+    ({"coverage_log": "{tmp}/log.csv", "latency": "{tmp}/log.csv"}, "are the same file"),
+    ({"events_log": "{tmp}/log.txt", "latency": "{tmp}/log.txt"}, "are the same file"),
+    ({"events_log": "{tmp}/log.csv", "coverage_log": "{tmp}/./log.csv"}, "are the same file"),
+    ({"events_log": "{tmp}/clips/cam0/e.jsonl", "clips_dir": "{tmp}/clips"}, "lies in --clips-dir"),
+    ({"output": "{tmp}/clips/", "clips_dir": "{tmp}/clips"}, "lies in --clips-dir"),
+    ({"clips_dir": "{tmp}/dup"}, "lies in --clips-dir"),                 # the input's own folder
+])
+def test_every_file_the_run_writes_is_checked_against_the_inputs_and_each_other(clip, tmp_path, flags, says):
+    from types import SimpleNamespace
+
+    from app.settings import AnalyticsSettings
+    from app.sinks import SinkError, check_distinct_outputs
+
+    def fill(text):
+        return text.format(clip=clip, tmp=tmp_path)
+
+    camera = SimpleNamespace(name="cam0", source=str(clip), output=[fill(flags.get("output", "null"))])
+    analytics = AnalyticsSettings(**{k: fill(v) for k, v in flags.items() if k not in ("output", "latency")})
+    latency = fill(flags["latency"]) if "latency" in flags else None
+    with pytest.raises(SinkError, match=fill(says).replace(".", r"\.")):
+        check_distinct_outputs([camera], latency, analytics)
+    check_distinct_outputs([camera], None, AnalyticsSettings(events_log=str(tmp_path / "events.jsonl")))
