@@ -19,8 +19,8 @@ from app.analytics.events import MqttSink, Outbox, WebhookSink, parse_mqtt_url
 from app.analytics.rules import Event
 from core.backoff import Backoff
 from core.errors import InputError
-from tests.analytics_helpers import Broker, Subscriber, needs_mosquitto, wait_until
-from tests.app_helpers import REPO, free_port
+from testkit.analytics_helpers import Broker, Subscriber, needs_mosquitto, wait_until
+from testkit.app_helpers import REPO, free_port
 
 
 def event(n: int, cls: str = "car", camera: str = "cam0") -> Event:

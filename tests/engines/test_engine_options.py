@@ -17,7 +17,7 @@ from app import settings
 from app.cli import main as bisenet_main
 from core.errors import InputError
 from engines.load import EngineOptions
-from tests.app_helpers import REPO, tiny_onnx
+from testkit.app_helpers import REPO, tiny_onnx
 
 CAMVID = "bisenetv1_r18-d32_camvid-360x480"
 
