@@ -268,3 +268,23 @@ def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path):
         assert "input 40x56" in Predictor(engine, input_size=(40, 56)).describe_engine()
     finally:
         engine.close()
+
+
+def test_an_abbreviated_flag_is_refused_not_taken_for_the_whole_one(capsys):
+    from app.cli import main
+    from app.run import _parser
+
+    for parse in (lambda argv: _parser("run_camera.py").parse_args(argv), lambda argv: main(["run", *argv])):
+        with pytest.raises(SystemExit) as e:
+            parse(["--source", "clip.mp4", "--max-frame", "3"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments: --max-frame 3" in err and len(err.splitlines()) == 1
+
+
+def test_an_output_in_a_folder_that_takes_no_files_says_not_writable():
+    from core.errors import InputError
+    from core.validate import prepare_output
+
+    with pytest.raises(InputError, match=r"--output /proc/out.mp4: /proc is not writable"):
+        prepare_output("/proc/out.mp4", "--output")

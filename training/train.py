@@ -646,7 +646,8 @@ def run(args) -> int:
 def main(argv=None) -> int:
     """`python -m training.train` (what torchrun starts): errors as `bisenet train` has them,
     except that a bug keeps Python's own traceback and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}")
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=HELP, epilog=f"Example: {EXAMPLE}",
+                                     allow_abbrev=False)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
