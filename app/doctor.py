@@ -99,7 +99,8 @@ def media() -> dict:
     except (ImportError, ValueError) as e:
         out["gstreamer_rtsp_server"] = None
         out["gstreamer_reason"] = (f"{str(e).splitlines()[0]}: apt install gir1.2-gst-rtsp-server-1.0 "
-                                   "gstreamer1.0-plugins-ugly python3-gi (rtsp://@ outputs)")
+                                   "gstreamer1.0-plugins-ugly python3-gi, then bash scripts/setup_gi.sh "
+                                   "(rtsp://@ outputs)")
     return out
 
 
