@@ -166,6 +166,11 @@ def help_command(key) -> list[str]:
     return [sys.executable, key[1], "--help"]
 
 
+def help_shown(key) -> str:
+    """The --help command as a user types it."""
+    return " ".join(key) + " --help"
+
+
 def flags_in(text: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text))
 
@@ -223,7 +228,7 @@ def python_files(text: str) -> list[str]:
 def problems(path: Path, first_made: set[str] = frozenset()) -> list[str]:
     """What is wrong with a document's command blocks: a missing or unknown mark, a flag its
     command's --help does not list, a file that is neither shipped nor made by an earlier block."""
-    where = path.name if path.parent == REPO else f"docs/{path.name}"
+    where = path.relative_to(REPO) if REPO in path.parents else path.name
     blocks, out = blocks_of(path), []
     keys = {help_key(c)[0] for b in blocks for c in b.commands} - {None}
     listed = helps(keys)
@@ -241,7 +246,7 @@ def problems(path: Path, first_made: set[str] = frozenset()) -> list[str]:
             if key is not None:
                 for flag in (w.split("=")[0] for w in args if re.match(r"^--?[A-Za-z]", w)):
                     if flag not in listed[key]:
-                        out.append(f"{at}: {flag} is not in `{' '.join(help_command(key)[1:])}`")
+                        out.append(f"{at}: {flag} is not in `{help_shown(key)}`")
             if cmd[0] in ("python", "python3", ".venv/bin/python") and len(cmd) > 1 and cmd[1].endswith(".py") \
                     and not (REPO / cmd[1]).is_file():
                 out.append(f"{at}: {cmd[1]} is not in the checkout")
@@ -302,7 +307,7 @@ def test_a_broken_copy_of_a_doc_fails_on_its_flag_its_file_and_its_mark(tmp_path
                    "    python run_camera.py --source 0 --model artifacts/r18.onnx --output artifacts/x.mp4\n\n"
                    "and unmarked:\n\n    bisenet eval --model artifacts/x.onnx --dataset camvid\n")
     found = problems(doc, first_made())
-    assert any("broken.md:5: --max-frame is not in `-m app.cli run --help`" in p for p in found), found
+    assert any("broken.md:5: --max-frame is not in `bisenet run --help`" in p for p in found), found
     assert any("broken.md:11: artifacts/r18.onnx: nothing before this makes it" in p for p in found), found
     assert any("broken.md:15: a command block without" in p for p in found), found
     assert len(found) == 4, found   # and artifacts/x.onnx; artifacts/camvid.onnx is README's, x.mp4 an output
