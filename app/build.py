@@ -22,7 +22,7 @@ from engines.tensorrt_build import build
 from engines.tensorrt_plan import PRECISIONS, BuildOptions
 
 HELP = "build a TensorRT engine (fp32, fp16 or int8, GPU or Jetson DLA) from an exported ONNX model"
-EXAMPLE = "bisenet build --onnx artifacts/model.onnx --precision fp16 -o artifacts/model.fp16.engine"
+EXAMPLE = "bisenet build --onnx artifacts/camvid.onnx --precision fp16 -o artifacts/camvid.fp16.engine"
 
 
 class BuildFlags(Section):

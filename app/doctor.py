@@ -4,7 +4,8 @@ CPU model, cores and the ISA features the fast paths need; each inference backen
 version (or the one line to install it); GPU, CUDA, TensorRT, pycuda, CuPy; the Triton
 client; the media stack (PyAV and its H.264 encoders, FFmpeg, GStreamer's RTSP server). With
 --model: the backend and precision `bisenet run` will pick for it, and a few timed runs of
-each contender on this machine. Always exits 0 (a missing piece is a finding, not an error).
+each contender on this machine. Exits 0 (a missing piece is a finding, not an error), or 2 with
+one line when --model is missing or not a model.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import subprocess
 import sys
 import time
 
+from core.errors import BisenetError
 from core.install_hint import extra_hint
 from core.validate import Number
 
 HELP = "what this machine can run (CPU features, backends, GPU, media) and what the app picks for --model"
-EXAMPLE = "bisenet doctor --model r18.int8.onnx --json"
+EXAMPLE = "bisenet doctor --model artifacts/camvid.onnx --json"
 
 # name -> (module to import, install line). Versions come from the module itself.
 PACKAGES = {
@@ -102,7 +104,8 @@ def media() -> dict:
     except (ImportError, ValueError) as e:
         out["gstreamer_rtsp_server"] = None
         out["gstreamer_reason"] = (f"{str(e).splitlines()[0]}: apt install gir1.2-gst-rtsp-server-1.0 "
-                                   "gstreamer1.0-plugins-ugly python3-gi (rtsp://@ outputs)")
+                                   "gstreamer1.0-plugins-ugly python3-gi, then bash scripts/setup_gi.sh "
+                                   "(rtsp://@ outputs)")
     return out
 
 
@@ -135,6 +138,17 @@ def contenders(model: str, cpu) -> list:
     return rows
 
 
+def fp32_model_reason(model: str, cpu) -> str:
+    """Why an fp32 .onnx runs in fp32, and how to get bf16 where the CPU has it."""
+    why = "an fp32 model runs in fp32, on ONNX Runtime: as fast as OpenVINO fp32 and steadier under load"
+    if not cpu.bf16:
+        return why
+    return (f"{why}; bf16 is never picked by itself for an fp32 model, since no accuracy gate measured it: "
+            f"check it with `bisenet eval --model {model} --backend openvino --precision bf16 --dataset ...` and run "
+            f"with `--backend openvino --precision bf16`, or `bisenet calibrate --onnx {model} --val ...` makes an "
+            "int8 model whose gate measures int8+bf16 so the app picks it")
+
+
 def model_report(model: str, cpu, runs: int, threads: int | None) -> dict:
     import numpy as np
 
@@ -143,11 +157,16 @@ def model_report(model: str, cpu, runs: int, threads: int | None) -> dict:
     out = {"model": model, "contenders": []}
     try:
         chosen = load_engine(model, threads=threads)
-    except Exception as e:   # a bad model is a finding here too
+    except BisenetError:   # a missing or unusable --model is bad input: one line, exit 2
+        raise
+    except Exception as e:   # a model the engines choke on is a finding
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return out
+    why = getattr(chosen, "precision_reason", None)
+    if why is None and chosen.info.precision == "fp32":
+        why = fp32_model_reason(model, cpu)
     out["app_picks"] = {"backend": chosen.backend, "precision": chosen.info.precision,
-                        "why": getattr(chosen, "precision_reason", None), "describe": chosen.describe()}
+                        "why": why, "describe": chosen.describe()}
     h, w = chosen.info.input_size
     chosen.close()
     x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)

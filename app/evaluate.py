@@ -17,7 +17,7 @@ from engines.load import EngineOptions
 from training.evaluate import MS_RATIOS, Predictor, evaluate_dataset
 
 HELP = "evaluate a checkpoint or an exported model (ONNX/TensorRT) on a dataset's val split: mIoU, aAcc, per-class IoU"
-EXAMPLE = ("bisenet eval --model bisenetv1_r18-d32_camvid-360x480 --checkpoint /work/runs/camvid_r18/best.pth "
+EXAMPLE = ("bisenet eval --model bisenetv1_r18-d32_camvid-360x480 --checkpoint ../shared/models/camvid_r18-d32_cpu.pth "
            "--dataset camvid --json eval.json")
 
 

@@ -34,7 +34,6 @@ from app.encoding import (KeyframeClock, even_size, force_keyframe, h264_encoder
 from app.frames import Frame, Sink
 from app.settings import RTSP_BITRATE, CameraSettings, ServerSettings, check_option
 from core.backoff import Backoff
-from core.install_hint import extra_hint
 from core.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -398,9 +397,9 @@ def _import_gstreamer():
         raise SetupError(
             "rtsp://@:PORT/PATH serves through GStreamer, which is missing here "
             f"({_one_line(e)}): install gst-rtsp-server and x264enc (apt install "
-            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly) and PyGObject ("
-            f"{extra_hint('serve', 'PyGObject')}, or the system python3-gi), or push to an RTSP server with "
-            "rtsp://HOST:PORT/PATH instead") from None
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly python3-gi) and make PyGObject importable "
+            "here: `bash scripts/setup_gi.sh` from the checkout (links Debian's python3-gi into .venv, or builds "
+            "PyGObject), or push to an RTSP server with rtsp://HOST:PORT/PATH instead") from None
     return Gst, GstRtspServer, GLib
 
 

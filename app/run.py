@@ -23,9 +23,10 @@ from app.settings import RunSettings, add_arguments
 from core.errors import InputError
 
 HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
-EXAMPLE = ("python run_camera.py --source clip.mp4 --model artifacts/r18.onnx --output out.mp4 "
-           "--latency-log lat.csv\n  bisenet run --config desktop-webcam --model artifacts/r18.onnx\n"
-           "  bisenet run --source a.mp4 --source rtsp://127.0.0.1:8554/cam --model r18_dyn.onnx "
+# The models are README's first block (artifacts/camvid.onnx) and docs/multicamera.md's export.
+EXAMPLE = ("python run_camera.py --source ../shared/data/samples/camvid_0016E5_15fps.mp4 --model artifacts/camvid.onnx "
+           "--output out.mp4 --latency-log lat.csv\n  bisenet run --config desktop-webcam --model artifacts/camvid.onnx\n"
+           "  bisenet run --source a.mp4 --source rtsp://127.0.0.1:8554/cam --model artifacts/camvid_dyn.onnx "
            "--output 'out_{camera}.mp4'")
 
 

@@ -16,10 +16,12 @@ paces it at its own rate. Live readers are wrapped by
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 
@@ -112,6 +114,11 @@ class PyAVReader(Reader):
                 raise SourceError(f"cannot open {self.url}: timed out, no answer within {self.timeout_s:g} s "
                                   "(the server accepted the connection but sent nothing); check that the "
                                   "stream is running, or raise --source-timeout") from None
+            if getattr(e, "errno", None) == errno.ECONNREFUSED:
+                where = urlsplit(self.url).netloc.rpartition("@")[2]
+                raise SourceError(f"cannot open {self.url}: connection refused by {where}: is the server running, "
+                                  "and listening on that port? (one that starts slowly: raise --source-timeout)") \
+                    from None
             raise SourceError(f"cannot open {self.url}: {e}") from None
         if not self.container.streams.video:
             self.container.close()

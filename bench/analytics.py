@@ -124,7 +124,7 @@ def broker_outage(args) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a 352x480 .onnx (e.g. the CamVid model)")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--threads", type=int, default=None)

@@ -60,7 +60,7 @@ def events(rules, series, fps):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the CamVid model .onnx (352x480)")
     p.add_argument("--config", default="street-analytics", help="app preset with zones: and rules:")
     p.add_argument("--frames", type=int, default=None, help="the first N frames only (default: all 101)")

@@ -66,7 +66,7 @@ def run_cameras(model: Path, cameras: int, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--cameras", default="1,2,3,4", help="camera counts (default 1,2,3,4)")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of clip per camera (default 20)")
     p.add_argument("--models", default="b1,dynamic", help="b1 (batch 1), dynamic (batch across cameras) or both")

@@ -24,7 +24,7 @@ from testkit.calib_fixtures import tiny_segmenter  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--at", type=float, nargs="+", default=[3.0, 3.5, 4.0, 4.5], help="seconds after the first row")
     p.add_argument("--source", default=str(SAMPLE_VIDEO))
     args = p.parse_args()

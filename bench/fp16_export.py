@@ -29,7 +29,7 @@ MODEL = "bisenetv1_r18-d32_camvid-360x480"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=str(ROOT.parent / "shared" / "models" / "camvid_r18-d32_cpu.pth"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "camvid" / "val"))
     ap.add_argument("--frames", type=int, default=101)

@@ -672,7 +672,7 @@ def prepare_carry(out: Path, data: Path | None, checkpoint: str | None, frames: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  epilog="Example: python bench/gpu_check.py --all --out artifacts/gpu_check")
     ap.add_argument("--all", action="store_true", help="run every step (the device check)")
     ap.add_argument("--only", help=f"comma-separated steps: {', '.join(STEPS)}")

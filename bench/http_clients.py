@@ -48,7 +48,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                 epilog="Example: python bench/http_clients.py --rounds 3 --unpaced")
     p.add_argument("--model", help="an .onnx (default: R18 exported with random weights at --size)")
     p.add_argument("--size", default="192x256", help="export size HxW when --model is not given")

@@ -104,7 +104,7 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="INT8 (QDQ U8S8) vs fp32 ONNX Runtime CPU latency, side by side")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="INT8 (QDQ U8S8) vs fp32 ONNX Runtime CPU latency, side by side")
     p.add_argument("--model", default=DEFAULT_MODEL, help="zoo name or model YAML (for export)")
     p.add_argument("--checkpoint", help="checkpoint to export (else --random-init: speed does not depend on weights)")
     p.add_argument("--random-init", action="store_true")

@@ -330,7 +330,7 @@ def draw_chart(rows: list, path: Path, title: str) -> None:
 
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Example: python bench/models.py --sizes 512x1024 --load 0,2 --runs 7")
     p.add_argument("--sizes", default="352x480,512x1024", help="HxW list, multiples of 32 (default 352x480,512x1024)")

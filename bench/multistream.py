@@ -119,7 +119,7 @@ def processes_run(model: Path, cameras: int, frames: int, threads: int | None) -
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="352x480", help="model input HxW (default 352x480)")
     ap.add_argument("--cameras", default="1,2,4,8", help="camera counts (default 1,2,4,8)")
     ap.add_argument("--frames", type=int, default=40, help="frames per camera in file mode (default 40)")

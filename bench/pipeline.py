@@ -89,7 +89,7 @@ def overlay_ms(labels_hw, repeats: int = 20) -> tuple[float, float]:
 def main() -> int:
     from engines.export import parse_size   # only for the --size flag's parsing
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--model", help="an .onnx (default: export R18 with random weights at --size)")
     ap.add_argument("--size", default="512x1024", help="model input HxW when exporting (default 512x1024)")

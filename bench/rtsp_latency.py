@@ -135,7 +135,7 @@ def measure(pusher_cls, relay, path: str, base: np.ndarray, fps: int, frames: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="320x240")
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--frames", type=int, default=150)

@@ -100,7 +100,7 @@ def rtsp_viewer(url: str, stop: threading.Event, runs: list) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Soak test: 10,000+ frames through the whole app with every "
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Soak test: 10,000+ frames through the whole app with every "
                                 "headless output; RSS, queue depths and frame accounting checked.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Example: python bench/soak.py --frames 10000 --size 160x120")

@@ -101,7 +101,7 @@ def run_round(engines: list, batch: np.ndarray, frames: int) -> tuple:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--onnx", help="model to serve (default: a random-weight R18 exported at --size)")
     p.add_argument("--size", default="352x480", help="HxW for the default export (default 352x480)")
     p.add_argument("--clients", type=int, default=4, help="the concurrent-client column (default 4)")

@@ -33,8 +33,8 @@ from core.files import file_sha256
 from core.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 HELP = "INT8-quantize an exported ONNX (QDQ, ONNX Runtime CPU and TensorRT flavors) with an accuracy gate"
-EXAMPLE = ("bisenet calibrate --onnx r18.onnx --data camvid --num-images 256 --target both "
-           "--val camvid --max-drop 1.0 -o r18.int8.onnx")
+EXAMPLE = ("bisenet calibrate --onnx artifacts/camvid.onnx --data camvid --num-images 256 --target both "
+           "--val camvid --max-drop 1.0 -o artifacts/camvid.int8.onnx")
 GATE_FAILED = 3
 
 FLAVOR_INFO = {

@@ -98,7 +98,13 @@ def check_value(dest: str, value, where: str | None = None, *, rules: dict):
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line (`prog: error: ...`, exit 2), without the usage
-    block: every input error of the project looks the same (`--help` shows the usage)."""
+    block: every input error of the project looks the same (`--help` shows the usage).
+    Abbreviated flags are refused (`--max-frame` is not `--max-frames`), so a flag and a
+    preset key name one thing."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see --help)\n")

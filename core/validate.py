@@ -9,6 +9,7 @@ output that cannot be written is refused before anything runs (prepare_output).
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import types
 import typing
@@ -257,6 +258,9 @@ def prepare_output(path: str | Path, flag: str, folder: bool = False) -> Path:
         with open(probe, "ab"):
             pass
     except OSError as e:
+        if e.errno == errno.ENOENT and target_dir.is_dir():   # a folder that takes no new files (/proc, /sys)
+            raise InputError(f"{flag} {path}: {target_dir} is not writable (no file can be created there); "
+                             "pick a place you can write to") from None
         raise InputError(f"{flag} {path}: {file_error(path, e)}") from None
     if not existed:
         probe.unlink(missing_ok=True)

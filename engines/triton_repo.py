@@ -25,7 +25,7 @@ from core.validate import Number
 from core.sidecar import SIDECAR_REQUIRED, SidecarError, check_sidecar, read_sidecar, sidecar_path
 
 HELP = "write a Triton Inference Server model repository (config.pbtxt + model) from an .onnx or .engine"
-EXAMPLE = "bisenet triton-repo --onnx r18.onnx --name bisenet --max-batch 8 -o triton_repo/"
+EXAMPLE = "bisenet triton-repo --onnx artifacts/camvid.onnx --name bisenet --max-batch 8 -o triton_repo/"
 
 # The sidecar keys that travel in the config's `parameters`, each as a JSON string.
 PARAMETER_KEYS = SIDECAR_REQUIRED

@@ -32,8 +32,9 @@ from core.validate import Number
 from engines.triton_repo import DEFAULT_QUEUE_DELAY_US, write_repository
 
 HELP = "serve an .onnx on a real Triton Inference Server (nvidia-pytriton's tritonserver, Python backend)"
-EXAMPLE = ("bisenet serve-triton --onnx r18.onnx --name bisenet --grpc-port 8001\n"
-           "  python run_camera.py --source clip.mp4 --model grpc://127.0.0.1:8001/bisenet --output out.mp4")
+EXAMPLE = ("bisenet serve-triton --onnx artifacts/camvid.onnx --name bisenet --grpc-port 8001\n"
+           "  python run_camera.py --source ../shared/data/samples/camvid_0016E5_15fps.mp4 "
+           "--model grpc://127.0.0.1:8001/bisenet --output out.mp4")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SETUP_HINT = ("run scripts/setup_triton.sh (makes .venv-triton from /usr/bin/python3 with nvidia-pytriton, "
               "onnxruntime and openvino) or pass --server-env to such a venv")

@@ -14,7 +14,7 @@ import pytest
 from app.frames import Frame, ReadError
 from app.http_sink import HttpSink
 from app.sources import SourceError, gstreamer_available, open_source
-from testkit.app_helpers import SAMPLE_VIDEO
+from testkit.app_helpers import SAMPLE_VIDEO, free_port
 
 needs_sample = pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 
@@ -100,6 +100,16 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     if not gstreamer_available():
         with pytest.raises(SourceError, match="GStreamer"):
             open_source("csi://0")
+
+
+def test_an_rtsp_server_refusing_the_connection_is_one_line_that_asks_whether_it_runs():
+    port = free_port()   # nothing listens there: the connection is refused at once
+    with pytest.raises(SourceError) as e:
+        open_source(f"rtsp://127.0.0.1:{port}/cam")
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"connection refused by 127.0.0.1:{port}" in message
+    assert "is the server running" in message and "port" in message and "--source-timeout" in message
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

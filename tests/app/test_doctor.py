@@ -1,5 +1,6 @@
 """`bisenet doctor`: runs, exits 0, and its JSON names every backend with a version or a
-reason; with --model it says what the app picks and times the contenders."""
+reason; with --model it says what the app picks (and why) and times the contenders; a missing
+--model is one line and exit 2."""
 import json
 import subprocess
 import sys
@@ -36,4 +37,13 @@ def test_doctor_with_a_model_says_what_the_app_picks_and_times_it(tmp_path):
     assert rows["onnxruntime"]["app_default"] and rows["onnxruntime"]["median_ms"] > 0
     assert "openvino fp32" in rows
     text = doctor("--model", model, "--runs", 1)
-    assert "the app picks onnxruntime fp32" in text and "cpu:" in text
+    assert "the app picks onnxruntime fp32 (an fp32 model runs in fp32" in text and "cpu:" in text
+    if json.loads(doctor("--json"))["cpu"]["bf16"]:   # says why bf16 is not picked, and how to get it
+        assert "no accuracy gate measured it" in text and "--backend openvino --precision bf16" in text
+
+
+def test_doctor_with_a_missing_model_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--model", str(tmp_path / "missing.onnx")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("bisenet doctor: error: model") and len(r.stderr.splitlines()) == 1, r.stderr

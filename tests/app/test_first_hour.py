@@ -2,7 +2,9 @@
 `bisenet --version`, and the smaller rough edges (see each test)."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +270,49 @@ def test_eval_of_a_dynamic_export_names_the_size_it_evaluates_at(tmp_path):
         assert "input 40x56" in Predictor(engine, input_size=(40, 56)).describe_engine()
     finally:
         engine.close()
+
+
+def test_an_abbreviated_flag_is_refused_not_taken_for_the_whole_one(capsys):
+    from app.cli import main
+    from app.run import _parser
+
+    for parse in (lambda argv: _parser("run_camera.py").parse_args(argv), lambda argv: main(["run", *argv])):
+        with pytest.raises(SystemExit) as e:
+            parse(["--source", "clip.mp4", "--max-frame", "3"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments: --max-frame 3" in err and len(err.splitlines()) == 1
+
+
+def test_an_output_in_a_folder_that_takes_no_files_says_not_writable():
+    from core.errors import InputError
+    from core.validate import prepare_output
+
+    with pytest.raises(InputError, match=r"--output /proc/out.mp4: /proc is not writable"):
+        prepare_output("/proc/out.mp4", "--output")
+
+
+@pytest.mark.skipif(not list(Path("/usr/lib/python3/dist-packages/gi").glob(
+    f"_gi.cpython-{sys.version_info[0]}{sys.version_info[1]}-*.so")),
+    reason="needs Debian's python3-gi built for this Python (else setup_gi.sh builds PyGObject from PyPI)")
+def test_rtsp_serve_in_a_fresh_venv_names_setup_gi_and_setup_gi_makes_it_work(tmp_path):
+    """A venv cannot see Debian's python3-gi: the RTSP-serve error names scripts/setup_gi.sh, and
+    after that script (run in a checkout whose .venv is a fresh venv) GStreamer's RTSP server imports."""
+    import sysconfig
+
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "setup_gi.sh", checkout / "scripts")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True, timeout=120)
+    # The project and its packages on PYTHONPATH: not a site folder, so this venv's own .pth files decide gi.
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{sysconfig.get_paths()['purelib']}"}
+    serve = ("from app.rtsp_out import _import_gstreamer\n"
+             "from core.errors import SetupError\n"
+             "try:\n    _import_gstreamer()\n    print('gstreamer ok')\n"
+             "except SetupError as e:\n    print(e)\n")
+    venv_python = str(checkout / ".venv" / "bin" / "python")
+    before = subprocess.run([venv_python, "-c", serve], env=env, capture_output=True, text=True, timeout=120)
+    assert "`bash scripts/setup_gi.sh` from the checkout" in before.stdout, before.stdout + before.stderr
+    subprocess.run(["bash", str(checkout / "scripts" / "setup_gi.sh")], check=True, timeout=120)
+    after = subprocess.run([venv_python, "-c", serve], env=env, capture_output=True, text=True, timeout=120)
+    assert after.stdout.strip() == "gstreamer ok", after.stdout + after.stderr
