@@ -384,10 +384,10 @@ class Pipeline:
         if self.inference_thread is not None:
             self._start_camera(cam)
 
-    def remove_camera(self, name: str, timeout_s: float = 10.0) -> Camera:
+    def remove_camera(self, name: str, timeout_s: float = 10.0, join=None) -> Camera:
         """Camera `name` stops capturing, its frames in flight are written, its sinks close;
-        the others go on. Returns it once its output thread is done (its counts stay in the
-        run's summary)."""
+        the others go on. Returns it once its threads are done (its counts stay in the run's
+        summary). join(thread, timeout_s): how to wait for them (default Thread.join)."""
         with self.lock:
             cam = self.by_name.get(name)
         if cam is None:
@@ -396,7 +396,7 @@ class Pipeline:
         self._interrupt(cam)
         self.scheduler.notify()
         for t in cam.threads:
-            t.join(timeout_s)
+            (join or threading.Thread.join)(t, timeout_s)
         with self.lock:
             if cam in self.cameras:
                 self.cameras.remove(cam)

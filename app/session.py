@@ -20,10 +20,11 @@ remove_camera, rebuild_camera); a rebuilt camera goes on counting its frame ids.
 """
 from __future__ import annotations
 
+import collections
 import queue
 import signal
-import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,8 @@ class Session:
         self.results: queue.Queue = queue.Queue(maxsize=max(2, settings.queue_size))
         self.stopped = threading.Event()     # the loop's consumer has gone, or the run is over
         self.thread = None
+        self.consumer = None                 # the thread iterating frames()
+        self.backlog = collections.deque()   # results taken out of the queue while that thread waited
         self.code = None                     # the pipeline's exit status once it ended
         self.error = None
         self.analytics = None
@@ -217,9 +220,22 @@ class Session:
     def remove_camera(self, name: str, timeout_s: float = 10.0) -> Camera:
         """Camera `name` stops: its frames in flight are written and its outputs closed (video
         files finalized); the others go on. Its counts stay in the run's summary."""
-        cam = self.pipeline.remove_camera(name, timeout_s)
+        cam = self.pipeline.remove_camera(name, timeout_s, join=self._join)
         self.server.metrics.forget(name)
         return cam
+
+    def _join(self, thread: threading.Thread, timeout_s: float) -> None:
+        """Wait for one of a camera's threads. Called from the loop's own thread (remove_camera
+        inside `for r in frames()`), the results it would wait for are set aside for the loop."""
+        deadline = time.monotonic() + timeout_s
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(_POLL_S)
+            if threading.current_thread() is self.consumer:
+                while True:
+                    try:
+                        self.backlog.append(self.results.get_nowait())
+                    except queue.Empty:
+                        break
 
     def rebuild_camera(self, camera, timeout_s: float = 10.0) -> Camera:
         """Camera `camera.name` is replaced by one built from the new settings (a new source,
@@ -268,11 +284,12 @@ class Session:
         until every camera has ended. Leaving the loop early (break, an exception, closing the
         generator) stops the run at once and joins its threads before control comes back."""
         self.start()
+        self.consumer = threading.current_thread()
         finished = False
         try:
             while True:
                 try:
-                    item = self.results.get(timeout=_POLL_S)
+                    item = self.backlog.popleft() if self.backlog else self.results.get(timeout=_POLL_S)
                 except queue.Empty:
                     continue
                 if item is _DONE:
