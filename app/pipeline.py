@@ -18,7 +18,7 @@ the same five steps whatever the engine (the threads below call only these):
     AsyncInference    a remote engine (Triton): submit() now, the output thread waits for the
                       result in frame order, so the network overlaps the rest of the pipeline
     FusedInference    a GPU chain (TensorRT, PyTorch-CUDA): uint8 frames in, finished overlays
-                      out; with counts=True (scene analytics) the zone counts come back too
+                      out; with `counts` (the run's scene analytics) the zone counts come back too
 
     prepare(frame)        capture thread, files only: preprocess ahead of inference
     infer(batch)          inference thread -> [(frame, what travels to the output thread)]
@@ -34,7 +34,8 @@ read frame by frame with blocking queues: nothing is dropped, the slowest stage 
 Every captured id ends as exactly one latency row: written, or dropped with a reason (ids count
 per camera; every row names its camera and the size of the batch it was inferred in).
 A camera that fails (unreadable source, every output broken) stops alone; the others go on.
-Stopping (SIGINT/SIGTERM, --max-frames, end of input, q in the window): capture stops, the
+Stopping (request_stop: SIGINT/SIGTERM through app/session.py, --max-frames, end of input, q in
+the window): capture stops, the
 frames already captured are drained through inference and the sinks in order, the sinks are
 closed (video files finalized), then the summary. A second signal drops what is still queued
 (reason shutdown) and finishes at once.
@@ -308,7 +309,7 @@ class Pipeline:
     def request_stop(self, reason: str = "stop requested", quiet: bool = False, force: bool = False) -> None:
         """First call: stop capturing and drain. A second call (or `force`): drop the rest, finish now."""
         if self.stopping.is_set() or force:
-            if not self.forced.is_set() and not quiet:
+            if not self.forced.is_set() and not (quiet or force):
                 self.log(f"{reason} again: dropping the queued frames and finishing now")
             self.forced.set()
             self.scheduler.notify()
@@ -397,6 +398,9 @@ class Pipeline:
         self.scheduler.notify()
         for t in cam.threads:
             (join or threading.Thread.join)(t, timeout_s)
+        if not cam.threads:   # never started: its capture and output threads would have closed these
+            for part in (cam.reader, *cam.sinks):
+                part.close()
         with self.lock:
             if cam in self.cameras:
                 self.cameras.remove(cam)

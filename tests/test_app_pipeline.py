@@ -331,3 +331,45 @@ def test_analytics_keep_a_fused_counts_engine_on_its_fused_path_with_the_same_co
                for ratio in zone.values())   # coverage worth comparing
     assert all(np.array_equal(a, b) for a, b in zip(results["fused"][1], results["labels"][1]))
     assert results["fused"][2] == results["labels"][2] and len(results["fused"][2]) == 8
+
+
+class PoolEngine:
+    """A remote engine's contract (submit -> Future, labels_of), as Triton's client keeps
+    requests in flight, around the real ONNX Runtime engine on a thread pool. Requests listed
+    in `down` fail the way an unreachable server does."""
+
+    def __init__(self, engine, down=()):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner, self.info, self.input_dtype = engine, engine.info, engine.input_dtype
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.down, self.sent = set(down), 0
+
+    def infer(self, batch):
+        raise AssertionError("an asynchronous engine is sent requests, not called")
+
+    def submit(self, batch):
+        from engines.base import ServerDown
+
+        n, self.sent = self.sent, self.sent + 1
+        if n in self.down:
+            return self.pool.submit(lambda: (_ for _ in ()).throw(ServerDown("server unreachable")))
+        return self.pool.submit(self.inner.infer, batch)
+
+
+def test_a_remote_engine_keeps_requests_in_flight_with_the_overlays_of_the_local_one(engine, tmp_path):
+    from app.pipeline import AsyncInference
+
+    imgs = images(8, seed=7)
+    ref = CollectSink("ref")
+    assert one_camera(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
+    remote, out = PoolEngine(engine, down={2}), CollectSink("out")
+    rec = LatencyRecorder(tmp_path / "lat.csv")
+    p = one_camera(ListReader(imgs), remote, [out], alpha=0.3, recorder=rec)
+    assert isinstance(p.inference, AsyncInference)
+    assert p.run() == 0
+    assert out.ids == [0, 1, 3, 4, 5, 6, 7]   # the request the server never answered: dropped, the rest go on
+    assert all(np.array_equal(ref.images[i], img) for i, img in zip(out.ids, out.images))
+    rows = {r["frame"]: r for r in read_log(tmp_path / "lat.csv")}
+    assert rows[2]["reason"] == "server_down" and len(rows) == 8
+    remote.pool.shutdown()
