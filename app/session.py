@@ -106,7 +106,7 @@ class Session:
         self.backlog = collections.deque()   # results taken out of the queue while that thread waited
         self.code = None                     # the pipeline's exit status once it ended
         self.error = None
-        self.analytics = None
+        self.analytics = self.recorder = None
         self._closed = False
         analytics_configs = camera_configs(settings.cameras, self.classes, config_name)
         self.server = AppServer(settings.server.server_options())   # listens only for http:// and --metrics-port
@@ -134,6 +134,8 @@ class Session:
         except BaseException:
             if self.analytics is not None:
                 self.analytics.close()
+            if self.recorder is not None:
+                self.recorder.close()
             for cam in cameras:
                 for part in (cam.reader, *cam.sinks):
                     part.close()
