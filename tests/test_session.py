@@ -130,3 +130,20 @@ def test_the_api_and_the_cli_give_the_same_labels_and_accounting_with_a_camera_d
     assert len(saved) == frames and len(np.unique(saved[0])) > 3   # a real scene: several classes
     for r, theirs in zip(got, saved):
         assert np.array_equal(r.labels, theirs), f"frame {r.frame_id}"
+
+
+def test_a_single_camera_down_at_start_is_the_same_one_line_error_in_the_api_and_the_cli(tmp_path):
+    """One camera: nothing else could run, so a live source that is down at start is a start
+    error (exit 2 for run_camera.py, an InputError-like BisenetError for stream()), one line."""
+    import bisenet_edge
+    from core.errors import BisenetError
+    from tests.app_process import run_camera
+
+    dead = f"rtsp://127.0.0.1:{free_port()}/cam"
+    model = tiny_onnx((64, 96))
+    with pytest.raises(BisenetError) as api:
+        list(bisenet_edge.stream(dead, str(model), source_timeout=0.5))
+    r = run_camera("--source", dead, "--model", model, "--source-timeout", 0.5, "--output", "null")
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line == f"run_camera.py: error: {api.value}" and "\n" not in str(api.value)
