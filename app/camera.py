@@ -3,7 +3,9 @@ app/reconnect.py), its sinks, its two queues and its counters.
 
 A run has one or more cameras (`--source` repeated: cam0, cam1, ...; or a config's
 `cameras:` list). Each has its own capture thread and output thread; one inference thread
-serves them all through app/scheduler.py. One camera is simply a list of one.
+serves them all through app/scheduler.py. One camera is simply a list of one. A camera may
+join or leave a running pipeline (app/session.py's add_camera / remove_camera); one that
+comes back under the same name goes on counting its frame ids from `first_id`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ PLACEHOLDER = "{camera}"
 
 class Camera:
     def __init__(self, name: str, reader: Reader, sinks: list, *, max_frames: int | None = None,
-                 out_fps: float | None = None, queue_size: int = 4):
+                 out_fps: float | None = None, queue_size: int = 4, first_id: int = 0):
         self.name = name
         self.reader = reader
         self.sinks = list(sinks)
@@ -31,13 +33,21 @@ class Camera:
         # Files: a few frames ahead, blocking (nothing dropped).
         self.in_q = queue.Queue(maxsize=1 if self.live else max(1, queue_size))
         self.out_q = queue.Queue(maxsize=max(1, queue_size))
-        self.captured = 0
+        self.captured = first_id                 # the next frame id (ids go on across a rebuild)
+        self.first_id = first_id
         self.last_capture: float | None = None   # monotonic time of its newest frame
         self.stopping = threading.Event()        # this camera stops capturing (its own failure)
         self.finished = False                    # its end marker went through the scheduler
         self.sink_failures: dict = {}            # sink name -> its error (that sink was switched off)
         self.meter = RateMeter()                 # for the HUD
         self.tag = ""                            # log prefix, "cam1: " when there are several
+        self.end_sent = False                    # the inference thread sent its output thread's end
+        self.threads: list = []                  # its capture and output threads, once started
+
+    @property
+    def frames(self) -> int:
+        """Frames this camera captured itself (its max_frames counts these)."""
+        return self.captured - self.first_id
 
     @property
     def fps(self) -> float | None:

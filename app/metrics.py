@@ -48,6 +48,7 @@ class Metrics:
         self.sources = {}         # camera -> (its queues {name: queue.Queue}, its reader)
         self.last_frame = {}      # camera -> monotonic time its source last delivered a frame
         self.timeouts = {}        # camera -> seconds without a frame before it counts as stale
+        self.listening = set()    # cameras whose recorder rows are counted (once each, across rebuilds)
         self.viewers = lambda: 0  # set by the HTTP server
         self.analytics = None     # app/analytics: zone coverage gauges, dropped events
         self.registry.register(_ScrapeTimeCollector(self))
@@ -68,6 +69,9 @@ class Metrics:
             self.sources[camera] = (dict(queues or {}), reader)
             self.timeouts[camera] = float(source_timeout_s)
             self.last_frame[camera] = time.monotonic()   # the grace period before a first frame
+            if camera in self.listening:
+                return   # a camera rebuilt under its name: its rows are counted already
+            self.listening.add(camera)
 
         def on_row(row: dict, timings: dict) -> None:
             if row.get("camera", camera) != camera:
@@ -86,6 +90,12 @@ class Metrics:
                     self.stage.labels(stage=stage, camera=camera).observe(ms / 1000.0)
 
         recorder.listeners.append(on_row)
+
+    def forget(self, camera: str) -> None:
+        """A camera that left the run: no queues, reconnect counters or staleness any more."""
+        with self.lock:
+            for table in (self.sources, self.timeouts, self.last_frame):
+                table.pop(camera, None)
 
     def health(self, now: float | None = None) -> list[tuple[str, float, float]]:
         """-> [(camera, seconds since its last frame, its timeout)] for every stale source."""

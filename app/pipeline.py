@@ -8,7 +8,23 @@ all cameras, joined by two bounded queues per camera (app/camera.py).
     output thread     overlay (+ HUD/legend) -> that camera's sinks -> latency row
     (one per camera)
 
-One camera is the same code with a list of one camera (batches of one).
+One camera is the same code with a list of one camera (batches of one). Cameras may join and
+leave while the others run (`add_camera`, `remove_camera`; app/session.py builds them).
+
+How a batch becomes overlays is chosen once per pipeline (`choose_inference`), an object with
+the same five steps whatever the engine (the threads below call only these):
+
+    SyncInference     engine.infer() on the batch; labels to the output thread (CPU overlay)
+    AsyncInference    a remote engine (Triton): submit() now, the output thread waits for the
+                      result in frame order, so the network overlaps the rest of the pipeline
+    FusedInference    a GPU chain (TensorRT, PyTorch-CUDA): uint8 frames in, finished overlays
+                      out; with `counts` (the run's scene analytics) the zone counts come back too
+
+    prepare(frame)        capture thread, files only: preprocess ahead of inference
+    infer(batch)          inference thread -> [(frame, what travels to the output thread)]
+    collect(frame, out)   output thread -> the labels (None on the GPU path)
+    draw(frame, labels)   output thread -> the overlay image
+    measure(analytics...) output thread: scene analytics from the labels or the device's counts
 
 Live sources (camera, RTSP, --realtime) keep only the newest frame: the input queue holds one
 frame and a newer capture replaces it (the old one is dropped, reason queue_full); the output
@@ -18,7 +34,8 @@ read frame by frame with blocking queues: nothing is dropped, the slowest stage 
 Every captured id ends as exactly one latency row: written, or dropped with a reason (ids count
 per camera; every row names its camera and the size of the batch it was inferred in).
 A camera that fails (unreadable source, every output broken) stops alone; the others go on.
-Stopping (SIGINT/SIGTERM, --max-frames, end of input, q in the window): capture stops, the
+Stopping (request_stop: SIGINT/SIGTERM through app/session.py, --max-frames, end of input, q in
+the window): capture stops, the
 frames already captured are drained through inference and the sinks in order, the sinks are
 closed (video files finalized), then the summary. A second signal drops what is still queued
 (reason shutdown) and finishes at once.
@@ -26,7 +43,6 @@ closed (video files finalized), then the summary. A second signal drops what is 
 from __future__ import annotations
 
 import queue
-import signal
 import sys
 import threading
 import time
@@ -40,7 +56,7 @@ from app.latency import LatencyRecorder
 from core.overlay import palette_bgr, render_overlay
 from core.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
-from engines.base import ServerDown, as_engine
+from engines.base import Engine, ServerDown, as_engine
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost
 MAX_BAD_INFERENCES = 10   # failed inferences in a row before the run stops
 
@@ -61,89 +77,250 @@ class Pending:
         self.done = time.monotonic()
 
 
-class Pipeline:
-    """`source`: a Reader (one camera, writing to `sinks`) or a list of app.camera.Camera."""
+def check_classes(labels: np.ndarray, classes: int) -> None:
+    top = int(labels.max(initial=0))
+    if top >= classes:   # would draw black: say so instead
+        raise ValueError(f"the model outputs class {top} but its sidecar lists "
+                         f"{classes} classes; re-export the model")
 
-    def __init__(self, source, engine, sinks: list | None = None, *, recorder: LatencyRecorder | None = None,
-                 alpha: float = 0.5, mode: str = "overlay", hud: bool = False, legend: bool = False,
-                 max_frames: int | None = None, out_fps: float | None = None, queue_size: int = 4,
-                 log=None, batch_timeout_ms: float | None = None, analytics=None):
-        if isinstance(source, (list, tuple)):
-            self.cameras = list(source)
+
+class SyncInference:
+    """engine.infer() on the batch in the inference thread; the labels travel to the output
+    thread, which draws the overlay on the CPU. Files preprocess in their capture thread."""
+
+    def __init__(self, engine: Engine, alpha: float, mode: str):
+        info = engine.info
+        self.engine, self.alpha, self.mode = engine, alpha, mode
+        self.size_hw, self.mean, self.std = tuple(info.input_size), info.mean, info.std
+        self.classes = len(info.class_names)
+        self.lut = palette_bgr(info.palette)
+
+    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+        return preprocess(image, self.size_hw, self.mean, self.std, self.engine.input_dtype)
+
+    def prepare(self, frame: Frame) -> None:
+        """Files: preprocess in the capture thread, in parallel with the inference of earlier
+        frames, so the inference thread does nothing but infer. (Live sources preprocess in the
+        inference thread instead: most of their captures are replaced before use, and
+        preprocessing those would waste a core.) A failure is left for infer() to report."""
+        t0 = time.monotonic()
+        try:
+            frame.batch = self._preprocess(frame.image)
+        except Exception:
+            return
+        frame.timings["preprocess"] = _ms(t0, time.monotonic())
+
+    def infer(self, batch: list, drop, warn) -> list:
+        """Preprocess what the capture threads did not, infer all frames in one call. A frame
+        that cannot be preprocessed is dropped alone (`drop(frame, reason)`, `warn(frame, msg)`);
+        if none can, the batch fails."""
+        inputs, good = [], []
+        for frame in batch:
+            x = frame.batch
+            if x is None:
+                t = time.monotonic()
+                try:
+                    x = self._preprocess(frame.image)
+                except Exception as e:
+                    frame.batch_size = len(batch)
+                    drop(frame, "inference_error")
+                    if len(batch) == 1:
+                        raise
+                    warn(frame, f"{type(e).__name__}: {e}")
+                    continue
+                frame.timings["preprocess"] = _ms(t, time.monotonic())
+            frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
+            inputs.append(x)
+            good.append(frame)
+        if not good:
+            raise ValueError("no frame of the batch could be preprocessed")
+        t1 = time.monotonic()
+        outs = self._send(inputs[0] if len(inputs) == 1 else np.concatenate(inputs), t1, len(good))
+        t2 = time.monotonic()
+        for frame in good:
+            frame.timings["inference"] = _ms(t1, t2)
+            frame.batch_size = len(good)
+        return list(zip(good, outs))
+
+    def _send(self, x: np.ndarray, sent: float, n: int):
+        labels = np.asarray(self.engine.infer(x))
+        check_classes(labels, self.classes)
+        return labels
+
+    def collect(self, frame: Frame, out, t_queued: float) -> tuple:
+        """-> (labels, when they were ready); raises (ServerDown, ...) to drop the frame."""
+        return out, t_queued
+
+    def check_camera(self, cam) -> None:
+        """A camera joining a running pipeline can be served the way this one runs."""
+
+    def draw(self, frame: Frame, labels) -> np.ndarray:
+        return render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+
+    def measure(self, analytics, camera: str, frame: Frame, labels, image: np.ndarray, hud: bool):
+        return analytics.process(camera, frame, labels, image, hud=hud)
+
+
+class AsyncInference(SyncInference):
+    """A remote engine (Triton) keeps several requests in flight: the inference thread submits
+    the batch as one request and goes on; each camera's output thread waits for its row."""
+
+    def _send(self, x: np.ndarray, sent: float, n: int):
+        future = self.engine.submit(x)
+        return [Pending(future, sent, i) for i in range(n)]
+
+    def collect(self, frame: Frame, out: Pending, t_queued: float) -> tuple:
+        result = out.future.result()   # ServerDown or the request's error: the frame is dropped
+        # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
+        done = out.done or time.monotonic()
+        frame.timings["inference"] = _ms(out.sent, done)
+        labels = np.asarray(self.engine.labels_of(result))[out.index]
+        check_classes(labels, self.classes)
+        return labels, done
+
+
+class FusedInference(SyncInference):
+    """A GPU chain: preprocess + network + overlay for the batch in one call (timed as
+    inference); what travels on is the finished overlay, not labels. `counts`: scene
+    analytics get each frame's zone counts from the device instead of the label map."""
+
+    def __init__(self, engine: Engine, alpha: float, mode: str, counts=None):
+        super().__init__(engine, alpha, mode)
+        self.counts = counts   # the run's Analytics (its cell maps), or None
+
+    def prepare(self, frame: Frame) -> None:
+        pass   # the chain preprocesses on the device
+
+    def check_camera(self, cam) -> None:
+        if any(getattr(s, "save_labels", False) for s in cam.sinks):
+            raise ValueError(f"camera {cam.name}: saving label maps needs them on the host, and this run draws "
+                             "its overlays on the GPU; restart the run with the camera in its settings")
+
+    def infer(self, batch: list, drop, warn) -> list:
+        t1 = time.monotonic()
+        images = [frame.image for frame in batch]
+        if self.counts is not None:
+            maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
+            overlays, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
+                                                            max(n for _, n in maps), self.alpha, self.mode)
+            for frame, c, (_, n) in zip(batch, counts, maps):
+                frame.cell_counts = c[:n]
         else:
-            self.cameras = [Camera("cam0", source, sinks or [], max_frames=max_frames, out_fps=out_fps,
-                                   queue_size=queue_size)]
-        if len(self.cameras) > 1:
-            for cam in self.cameras:
-                cam.tag = f"{cam.name}: "
-                if hasattr(cam.reader, "camera"):
-                    cam.reader.camera = cam.name   # its outage lines name the camera
+            overlays = self.engine.run_fused_frames(images, self.alpha, self.mode)
+        t2 = time.monotonic()
+        for frame, overlay in zip(batch, overlays):
+            frame.timings["preprocess"] = 0.0
+            frame.overlay = overlay
+            frame.timings["inference"] = _ms(t1, t2)
+            frame.batch_size = len(batch)
+        return [(frame, None) for frame in batch]
+
+    def collect(self, frame: Frame, out, t_queued: float) -> tuple:
+        return None, t_queued
+
+    def draw(self, frame: Frame, labels) -> np.ndarray:
+        image, frame.overlay = frame.overlay, None
+        return image
+
+    def measure(self, analytics, camera: str, frame: Frame, labels, image: np.ndarray, hud: bool):
+        return analytics.process_counts(camera, frame, frame.cell_counts, self.size_hw, image, hud=hud)
+
+
+def choose_inference(engine: Engine, *, needs_labels: bool, analytics, alpha: float, mode: str):
+    """The one place the inference mode is decided. A GPU chain unless something needs the
+    label maps on the host (the legend, saved label maps, the API's results, analytics on an
+    engine that cannot count on the device); a remote engine's requests overlap the rest."""
+    needs_labels = needs_labels or (analytics is not None and not engine.fused_counts)
+    if engine.fused and not needs_labels:
+        return FusedInference(engine, alpha, mode, counts=analytics)
+    if engine.asynchronous:
+        return AsyncInference(engine, alpha, mode)
+    return SyncInference(engine, alpha, mode)
+
+
+class Pipeline:
+    """`cameras`: a list of app.camera.Camera (one or more), served by `engine`.
+
+    keep_labels: every written frame keeps its label map on the host (no GPU overlay-only
+    path). on_written(frame, image, labels): called after a camera's sinks for every frame
+    written (the session's results; labels None on the GPU path)."""
+
+    def __init__(self, cameras: list, engine, *, recorder: LatencyRecorder | None = None,
+                 alpha: float = 0.5, mode: str = "overlay", hud: bool = False, legend: bool = False,
+                 log=None, batch_timeout_ms: float | None = None, analytics=None, keep_labels: bool = False,
+                 on_written=None):
+        self.cameras = list(cameras)        # those running (or about to)
         self.by_name = {cam.name: cam for cam in self.cameras}
+        self.left: list = []                # cameras that have left (their counts stay in the summary)
+        self.several = len(self.cameras) > 1
+        for cam in self.cameras:
+            self._tag(cam)
         self.engine = engine = as_engine(engine)   # its capabilities: engines/base.py's Engine
         self.recorder = recorder or LatencyRecorder()
-        self.alpha, self.mode, self.hud, self.legend = alpha, mode, hud, legend
+        self.hud, self.legend = hud, legend
         self.analytics = analytics          # app/analytics: coverage, rules, events per written frame
+        self.on_written = on_written
         self.stopping = threading.Event()   # stop capturing, drain what is in flight
         self.forced = threading.Event()     # drop what is in flight too
         self.stop_reason = ""
         self.failures = []                  # fatal problems, one line each
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        info = engine.info
-        self.size_hw = tuple(info.input_size)
-        self.mean, self.std = info.mean, info.std
-        self.lut = palette_bgr(info.palette)
-        self.class_names = list(info.class_names)
-        self.input_dtype = engine.input_dtype
-        # TensorRT engines chain the CUDA preprocess and overlay kernels around the network
-        # (uint8 frames in, uint8 overlays out, no host round trip). The legend and saved label
-        # maps need the labels on the host, so they keep the CPU overlay. Analytics need only
-        # the zone counts, which an engine with fused_counts makes on the device.
-        needs_labels = legend or any(s.save_labels for c in self.cameras for s in c.sinks) or \
-            (analytics is not None and not engine.fused_counts)
-        self.fused = engine.fused and not needs_labels
-        self.fused_counts = self.fused and analytics is not None
-        # Remote engines (Triton) keep several requests in flight: submit() returns a Future
-        # that the output thread resolves in frame order, so the network overlaps the rest.
-        self.asynchronous = engine.asynchronous and not self.fused
-        self.bad_results = 0                # failed remote results in a row
-        # Frames per infer() / run_fused_frames() call: one request for the cameras' batch
-        # (remote engines), a graph's or TensorRT engine's batch, else one frame.
-        batch = engine.batch_limit(len(self.cameras))
-        self.scheduler = BatchScheduler(self.cameras, batch,
+        self.class_names = list(engine.info.class_names)
+        self.lut = palette_bgr(engine.info.palette)
+        self.keep_labels = keep_labels or legend
+        self.inference = choose_inference(engine, needs_labels=self.keep_labels or self._saves_labels(self.cameras),
+                                          analytics=analytics, alpha=alpha, mode=mode)
+        self.bad_results = 0                # failed results in a row (output threads)
+        self.lock = threading.Lock()        # cameras joining and leaving
+        self.inference_thread = None
+        # Frames per infer() call: one request for the cameras' batch (remote engines), a
+        # graph's or TensorRT engine's batch, else one frame; it follows the number of cameras.
+        self.scheduler = BatchScheduler(self.cameras, engine.batch_limit,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
 
-    # ---- one camera's view, as before ----------------------------------------------------
+    @staticmethod
+    def _saves_labels(cameras) -> bool:
+        return any(getattr(s, "save_labels", False) for c in cameras for s in c.sinks)
+
+    def _tag(self, cam: Camera) -> None:
+        if self.several:
+            cam.tag = f"{cam.name}: "
+            if hasattr(cam.reader, "camera"):
+                cam.reader.camera = cam.name   # its outage lines name the camera
+
+    # ---- counts --------------------------------------------------------------------------
     @property
     def captured(self) -> int:
-        return sum(cam.captured for cam in self.cameras)
+        return sum(self.captured_by_camera().values())
 
     def captured_by_camera(self) -> dict:
-        return {cam.name: cam.captured for cam in self.cameras}
+        """Frame ids handed out per camera name (cameras that left included)."""
+        with self.lock:
+            return {cam.name: cam.captured for cam in (*self.left, *self.cameras)}   # the newest of a name wins
 
     @property
     def sink_failures(self) -> dict:
         """sink name -> its error, over all cameras (names carry the camera when there are several)."""
-        return {f"{cam.tag}{name}": err for cam in self.cameras for name, err in cam.sink_failures.items()}
-
-    reader = property(lambda self: self.cameras[0].reader)
-    sinks = property(lambda self: self.cameras[0].sinks)
-    in_q = property(lambda self: self.cameras[0].in_q)
-    out_q = property(lambda self: self.cameras[0].out_q)
+        with self.lock:
+            cams = [*self.left, *self.cameras]
+        return {f"{cam.tag}{name}": err for cam in cams for name, err in cam.sink_failures.items()}
 
     # ---- control -------------------------------------------------------------------------
-    def request_stop(self, reason: str = "stop requested", quiet: bool = False) -> None:
-        """First call: stop capturing and drain. A second call: drop the rest, finish now."""
-        if self.stopping.is_set():
-            if not self.forced.is_set():
+    def request_stop(self, reason: str = "stop requested", quiet: bool = False, force: bool = False) -> None:
+        """First call: stop capturing and drain. A second call (or `force`): drop the rest, finish now."""
+        if self.stopping.is_set() or force:
+            if not self.forced.is_set() and not (quiet or force):
                 self.log(f"{reason} again: dropping the queued frames and finishing now")
             self.forced.set()
             self.scheduler.notify()
-        else:
+        if not self.stopping.is_set():
             self.stop_reason = reason
-            if not quiet:
+            if not quiet and not force:
                 self.log(f"{reason}: stopping capture, finishing the frames in flight (again to force)")
             self.stopping.set()
-            for cam in self.cameras:
+            with self.lock:
+                cams = list(self.cameras)
+            for cam in cams:
                 self._interrupt(cam)
 
     @staticmethod
@@ -151,6 +328,85 @@ class Pipeline:
         interrupt = getattr(cam.reader, "interrupt", None)
         if interrupt is not None:   # a reconnecting source may be waiting out an outage
             interrupt()
+
+    def start(self) -> None:
+        """Start every thread: per camera a capture and an output thread, one inference thread."""
+        self.inference_thread = threading.Thread(target=self._inference, name="inference", daemon=True)
+        for cam in self.cameras:
+            self._start_camera(cam)
+        self.inference_thread.start()
+
+    def _start_camera(self, cam: Camera) -> None:
+        def name(stage):
+            return f"{stage}-{cam.name}" if self.several else stage
+
+        cam.threads = [threading.Thread(target=self._capture, args=(cam,), name=name("capture"), daemon=True),
+                       threading.Thread(target=self._output, args=(cam,), name=name("output"), daemon=True)]
+        for t in cam.threads:
+            t.start()
+
+    def wait(self) -> int:
+        """Until every camera has finished: 0 when it ended cleanly, 1 after a failure."""
+        try:
+            while True:   # short joins keep a main thread responsive to signals
+                alive = [t for t in (self.inference_thread, *self._threads(1)) if t.is_alive()]
+                if not alive:
+                    break
+                alive[0].join(0.2)
+            for t in self._threads(0):
+                t.join(timeout=5.0 if not self.forced.is_set() else 0.5)
+        finally:
+            self.recorder.close()
+        return 1 if self.failures else 0
+
+    def _threads(self, which: int) -> list:
+        """Every camera's capture (0) or output (1) thread, those that left included."""
+        with self.lock:
+            return [cam.threads[which] for cam in (*self.left, *self.cameras) if cam.threads]
+
+    def run(self) -> int:
+        """Run to the end of input or a stop; 0 when it ended cleanly, 1 after a failure."""
+        self.start()
+        return self.wait()
+
+    def add_camera(self, cam: Camera) -> None:
+        """A camera joins the running pipeline (its threads start now; frames from it go into
+        the next batches). Its name must be free."""
+        with self.lock:
+            if cam.name in self.by_name:
+                raise ValueError(f"camera {cam.name} is already running")
+            self.inference.check_camera(cam)
+            self.several = self.several or bool(self.cameras) or bool(self.left)
+            for other in (*self.cameras, cam):
+                self._tag(other)
+            self.scheduler.add(cam)   # raises SchedulerClosed once the run is over
+            self.cameras.append(cam)
+            self.by_name[cam.name] = cam
+        if self.inference_thread is not None:
+            self._start_camera(cam)
+
+    def remove_camera(self, name: str, timeout_s: float = 10.0, join=None) -> Camera:
+        """Camera `name` stops capturing, its frames in flight are written, its sinks close;
+        the others go on. Returns it once its threads are done (its counts stay in the run's
+        summary). join(thread, timeout_s): how to wait for them (default Thread.join)."""
+        with self.lock:
+            cam = self.by_name.get(name)
+        if cam is None:
+            raise KeyError(f"no camera {name!r} is running")
+        cam.stopping.set()
+        self._interrupt(cam)
+        self.scheduler.notify()
+        for t in cam.threads:
+            (join or threading.Thread.join)(t, timeout_s)
+        if not cam.threads:   # never started: its capture and output threads would have closed these
+            for part in (cam.reader, *cam.sinks):
+                part.close()
+        with self.lock:
+            if cam in self.cameras:
+                self.cameras.remove(cam)
+                self.left.append(cam)
+            self.by_name.pop(name, None)
+        return cam
 
     def _fail(self, msg: str) -> None:
         self.failures.append(msg)
@@ -174,7 +430,7 @@ class Pipeline:
         bad_reads = 0
         try:
             while not (self.stopping.is_set() or cam.stopping.is_set()):
-                if cam.max_frames is not None and cam.captured >= cam.max_frames:
+                if cam.max_frames is not None and cam.frames >= cam.max_frames:
                     break
                 t_read = time.monotonic()
                 try:
@@ -199,8 +455,8 @@ class Pipeline:
                 frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts
-                if not cam.live and not self.fused:
-                    self._preprocess_ahead(frame)
+                if not cam.live:
+                    self.inference.prepare(frame)
                 self._put_input(cam, frame)
         except Exception as e:   # a bug or an unexpected library error: finish cleanly anyway
             self._camera_failed(cam, f"capture: {type(e).__name__}: {e}")
@@ -212,18 +468,6 @@ class Pipeline:
             # The scheduler consumes until END (or, forced, until the queues are empty).
             self._put_blocking(cam.in_q, END, lambda _: None)
             self.scheduler.notify()
-
-    def _preprocess_ahead(self, frame: Frame) -> None:
-        """Files: preprocess here, in parallel with the inference of earlier frames, so the
-        inference thread does nothing but infer. (Live sources preprocess in the inference
-        thread instead: most of their captures are replaced before use, and preprocessing
-        those would waste a core.) A failure is left for the inference thread to report."""
-        t0 = time.monotonic()
-        try:
-            frame.batch = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
-        except Exception:
-            return
-        frame.timings["preprocess"] = _ms(t0, time.monotonic())
 
     def _put_input(self, cam: Camera, frame: Frame) -> None:
         if self.forced.is_set():
@@ -265,6 +509,8 @@ class Pipeline:
         try:
             while True:
                 batch = self.scheduler.next_batch(self.forced)
+                for cam in self.scheduler.take_finished():
+                    self._end_output(cam)   # its frames are all in its output queue already
                 if batch is None:
                     break
                 if self.forced.is_set():
@@ -276,7 +522,7 @@ class Pipeline:
                     # Queue wait: since capture, less a preprocess the capture thread already did.
                     frame.timings["queue"] = _ms(frame.capture_ts, t0) - frame.timings.get("preprocess", 0.0)
                 try:
-                    done, t2 = (self._infer_fused if self.fused else self._infer_batch)(batch)
+                    done = self.inference.infer(batch, self._drop, self._warn) if batch else []
                 except ServerDown:
                     self._drop_unfinished(batch, "server_down")   # the engine retries on its own
                     continue
@@ -286,9 +532,10 @@ class Pipeline:
                     self._inference_failed(batch[0], e, bad)
                     continue
                 bad = 0
-                for frame, labels in done:
+                t2 = time.monotonic()
+                for frame, out in done:
                     cam = self.by_name[frame.camera]
-                    item = (frame, labels, t2)
+                    item = (frame, out, t2)
                     if cam.live:
                         self._put_newest(cam.out_q, item, lambda old: self._drop(old[0], "queue_full"))
                     else:
@@ -296,11 +543,21 @@ class Pipeline:
         except Exception as e:
             self._fail(f"inference thread: {type(e).__name__}: {e}")
             self.forced.set()
-            for cam in self.cameras:
+            for cam in list(self.cameras):
                 self._drain(cam.in_q)
         finally:
-            for cam in self.cameras:
-                cam.out_q.put(END)   # every output thread consumes until END
+            with self.lock:   # a camera joining now is refused (the scheduler is closed) or in this list
+                cams = list(self.cameras)
+            for cam in cams:
+                self._end_output(cam)   # every output thread consumes until END
+
+    def _end_output(self, cam: Camera) -> None:
+        if not cam.end_sent:
+            cam.end_sent = True
+            cam.out_q.put(END)
+
+    def _warn(self, frame: Frame, msg: str) -> None:
+        self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: {msg}")
 
     def _drop_unfinished(self, batch: list, reason: str) -> None:
         for frame in batch:
@@ -311,69 +568,10 @@ class Pipeline:
     def _inference_failed(self, frame: Frame, e: Exception, in_a_row: int) -> None:
         """Warn on the first failure of a run of them; stop the run at MAX_BAD_INFERENCES."""
         if in_a_row == 1:
-            self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: inference failed: "
-                     f"{type(e).__name__}: {e}")
+            self._warn(frame, f"inference failed: {type(e).__name__}: {e}")
         if in_a_row == MAX_BAD_INFERENCES:
             self._fail(f"inference failed {in_a_row} times in a row ({type(e).__name__}: {e})")
             self.request_stop("inference failing")   # drop the rest, finish
-
-    def _infer_batch(self, batch: list) -> tuple[list, float]:
-        """Preprocess what the capture threads did not, infer all frames in one call. A frame
-        that cannot be preprocessed is dropped alone; if none can, the batch fails."""
-        inputs, good = [], []
-        for frame in batch:
-            x = frame.batch
-            if x is None:
-                t = time.monotonic()
-                try:
-                    x = preprocess(frame.image, self.size_hw, self.mean, self.std, self.input_dtype)
-                except Exception as e:
-                    frame.batch_size = len(batch)
-                    self._drop(frame, "inference_error")
-                    if len(batch) == 1:
-                        raise
-                    self.log(f"warning: {self.by_name[frame.camera].tag}frame {frame.id}: {type(e).__name__}: {e}")
-                    continue
-                frame.timings["preprocess"] = _ms(t, time.monotonic())
-            frame.batch = None   # 6 MB at 512x1024: let it go as soon as it is used
-            inputs.append(x)
-            good.append(frame)
-        if not good:
-            raise ValueError("no frame of the batch could be preprocessed")
-        t1 = time.monotonic()
-        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
-        if self.asynchronous:   # a remote engine: one request, each camera's output thread waits for its row
-            future = self.engine.submit(x)
-            labels = [Pending(future, t1, i) for i in range(len(good))]
-        else:
-            labels = np.asarray(self.engine.infer(x))
-            self._check_classes(labels)
-        t2 = time.monotonic()
-        for frame in good:
-            frame.timings["inference"] = _ms(t1, t2)
-            frame.batch_size = len(good)
-        return [(frame, labels[i]) for i, frame in enumerate(good)], t2
-
-    def _infer_fused(self, batch: list) -> tuple[list, float]:
-        """GPU preprocess + network + overlay for the batch in one call (timed as inference);
-        what travels on is the finished overlay, not labels."""
-        t1 = time.monotonic()
-        images = [frame.image for frame in batch]
-        if self.fused_counts:   # scene analytics: the zone counts come back instead of the labels
-            maps = [self.analytics.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
-            overlays, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
-                                                            max(n for _, n in maps), self.alpha, self.mode)
-            for frame, c, (_, n) in zip(batch, counts, maps):
-                frame.cell_counts = c[:n]
-        else:
-            overlays = self.engine.run_fused_frames(images, self.alpha, self.mode)
-        t2 = time.monotonic()
-        for frame, overlay in zip(batch, overlays):
-            frame.timings["preprocess"] = 0.0
-            frame.overlay = overlay
-            frame.timings["inference"] = _ms(t1, t2)
-            frame.batch_size = len(batch)
-        return [(frame, None) for frame in batch], t2
 
     def _drain(self, q: queue.Queue) -> None:
         while True:
@@ -387,29 +585,34 @@ class Pipeline:
 
     # ---- output threads (one per camera) -------------------------------------------------
     def _output(self, cam: Camera) -> None:
+        """A frame's way out: its labels, the overlay, HUD/legend, analytics, the sinks, its row."""
         active = None   # sinks still working; opened on the first frame (they need its size)
         try:
             while True:
                 item = cam.out_q.get()
                 if item is END:
                     break
-                frame, labels, t_queued = item
+                frame, out, t_queued = item
                 if self.forced.is_set():
                     self._drop(frame, "shutdown")
                     continue
-                if isinstance(labels, Pending):
-                    labels, t_queued = self._await(frame, labels)
-                    if labels is None:
-                        continue
+                try:
+                    labels, t_queued = self.inference.collect(frame, out, t_queued)
+                except ServerDown:
+                    self._drop(frame, "server_down")
+                    continue
+                except Exception as e:
+                    self._drop(frame, "inference_error")
+                    self.bad_results += 1
+                    self._inference_failed(frame, e, self.bad_results)
+                    continue
+                self.bad_results = 0
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
-                if frame.overlay is None:
-                    image = render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
-                else:
-                    image, frame.overlay = frame.overlay, None
+                image = self.inference.draw(frame, labels)
                 self._annotate(cam, image, labels)
                 if self.analytics is not None:   # after the labels, before the sinks (sets frame.coverage, .events)
-                    self.analytics.process(cam.name, frame, labels, image, hud=self.hud, label_hw=self.size_hw)
+                    self.inference.measure(self.analytics, cam.name, frame, labels, image, self.hud)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
                 if active is None:
@@ -423,13 +626,15 @@ class Pipeline:
                         self.request_stop(f"{sink.name} closed")
                 t2 = time.monotonic()
                 frame.timings["sink"] = _ms(t1, t2)
-                if not active:
+                if not active and cam.sink_failures:
                     self._drop(frame, "sink_error")
                     if not cam.stopping.is_set():
                         self._camera_failed(cam, "every output failed; nothing left to write to")
                     continue
                 self.recorder.record_written(frame, t2)
                 cam.meter.add(t2, _ms(frame.capture_ts, t2), frame.timings["inference"])
+                if self.on_written is not None:
+                    self.on_written(frame, image, labels)
         except Exception as e:
             self._fail(f"{cam.tag}output thread: {type(e).__name__}: {e}")
             self.forced.set()
@@ -440,39 +645,6 @@ class Pipeline:
                     sink.close()   # finalizes video files: playable even after a signal
                 except Exception as e:   # e.g. the file could not be written: the run says so
                     self._sink_failed(cam, sink, e, [])
-
-    def _await(self, frame: Frame, pending: "Pending"):
-        """A remote engine's result, in frame order: (labels, time it arrived), or (None, _)
-        after dropping the frame (server_down, or inference_error with a warning)."""
-        try:
-            out = pending.future.result()
-        except ServerDown:
-            self._drop(frame, "server_down")
-            return None, 0.0
-        except Exception as e:
-            return self._result_failed(frame, e)
-        # Inference: sent -> result arrived; from then until now it waited for this thread (queue).
-        done = pending.done or time.monotonic()
-        frame.timings["inference"] = _ms(pending.sent, done)
-        labels = np.asarray(self.engine.labels_of(out))[pending.index]
-        try:
-            self._check_classes(labels)
-        except ValueError as e:
-            return self._result_failed(frame, e)
-        self.bad_results = 0
-        return labels, done
-
-    def _result_failed(self, frame: Frame, e: Exception):
-        self._drop(frame, "inference_error")
-        self.bad_results += 1
-        self._inference_failed(frame, e, self.bad_results)
-        return None, 0.0
-
-    def _check_classes(self, labels: np.ndarray) -> None:
-        top = int(labels.max(initial=0))
-        if top >= len(self.class_names):   # would draw black: say so instead
-            raise ValueError(f"the model outputs class {top} but its sidecar lists "
-                             f"{len(self.class_names)} classes; re-export the model")
 
     def _open_sinks(self, cam: Camera, width: int, height: int) -> list:
         fps = cam.out_fps or cam.reader.fps or 25.0
@@ -494,53 +666,10 @@ class Pipeline:
             active.remove(sink)
 
     def _annotate(self, cam: Camera, image: np.ndarray, labels: np.ndarray) -> None:
-        if self.legend and labels is not None:
+        if self.legend:   # the legend keeps the labels on the host (keep_labels)
             present = set(np.flatnonzero(np.bincount(labels.ravel().astype(np.int64),
                                                      minlength=len(self.class_names))).tolist())
             draw_legend(image, self.class_names, self.lut, present)
         if self.hud:
             e2e, inf = cam.meter.latency_ms()
             draw_hud(image, cam.meter.fps(), e2e, inf)
-
-    # ---- main ----------------------------------------------------------------------------
-    def run(self) -> int:
-        """Run to the end of input or a stop; 0 when it ended cleanly, 1 after a failure."""
-        previous = self._install_signal_handlers()
-        several = len(self.cameras) > 1
-
-        def name(stage, cam):
-            return f"{stage}-{cam.name}" if several else stage
-
-        captures = [threading.Thread(target=self._capture, args=(c,), name=name("capture", c), daemon=True)
-                    for c in self.cameras]
-        inference = threading.Thread(target=self._inference, name="inference", daemon=True)
-        outputs = [threading.Thread(target=self._output, args=(c,), name=name("output", c), daemon=True)
-                   for c in self.cameras]
-        try:
-            for t in (*captures, inference, *outputs):
-                t.start()
-            # Short joins keep the main thread responsive to signals.
-            for t in outputs:
-                while t.is_alive():
-                    t.join(0.2)
-            inference.join()
-            for t in captures:
-                t.join(timeout=5.0 if not self.forced.is_set() else 0.5)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.recorder.close()
-        return 1 if self.failures else 0
-
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-
-        def on_signal(signum, _frame):
-            self.request_stop(signal.Signals(signum).name)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, on_signal)
-        return previous

@@ -52,68 +52,21 @@ def _parser(prog: str = "bisenet run") -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.camera import Camera
-    from app.latency import LatencyRecorder
-    from app.pipeline import Pipeline
-    from app.server import AppServer
-    from app.sinks import DisplaySink, check_display, check_distinct_outputs, check_save_labels, open_sink
-    from app.analytics.settings import camera_configs
-    from app.sources import open_source
-    from engines.load import load_engine
+    """Build the session (app/session.py), print the start-up lines, drain its frames (the
+    loop bisenet_edge.stream() hands to the caller), then the summary."""
+    from app.session import Session, check_settings, load_engine
 
     settings = resolve(args)
     if not settings.cameras:
         raise InputError("no --source: pass a camera index, a video/image file, a folder, or a stream URL")
     if not settings.model:
         raise InputError("no --model: pass an .onnx (see `bisenet export`), an .engine, or a zoo name")
-    several = len(settings.cameras) > 1
-    for cam in settings.cameras:
-        check_save_labels(cam)
-    check_distinct_outputs(settings.cameras, settings.latency_log, settings.analytics)
-    if any("display" in cam.output for cam in settings.cameras):
-        check_display(probe=True)   # before the model loads and any output opens
-
-    server_options = settings.server.server_options()
-    engine = load_engine(settings.model, settings.engine)
-    analytics_configs = camera_configs(settings.cameras, list(engine.info.class_names), args.config or "config")
-    cameras, opened, server, analytics = [], [], None, None
-    try:
-        server = AppServer(server_options)   # listens only for http:// outputs and --metrics-port
-        server.set_model(engine)
-        for cam_settings in settings.cameras:
-            name = cam_settings.name
-            # Several cameras: a live one that is down at start is an outage, the others run.
-            reader = open_source(cam_settings.source, cam_settings, down_ok=several)
-            opened.append(reader)
-            sinks = []
-            for spec in cam_settings.output:
-                # http:// outputs of all cameras share the server: /camera/NAME each, a grid at /
-                sink = open_sink(spec, cam_settings, live=reader.live, server=server, camera=name)
-                opened.append(sink)
-                if several and isinstance(sink, DisplaySink):
-                    sink.title = f"{sink.title} {name}"   # one window per camera
-                sinks.append(sink)
-            cameras.append(Camera(name, reader, sinks, max_frames=cam_settings.max_frames,
-                                  out_fps=cam_settings.fps, queue_size=settings.queue_size))
-        if all(getattr(cam.reader, "down", False) for cam in cameras):
-            raise InputError(f"no camera could be opened: {cameras[0].reader.description}: "
-                             f"{cameras[0].reader.outage_reason}")
-        if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
-            server.listen(*settings.server.metrics_port, what="metrics")
-        recorder = LatencyRecorder(settings.latency_log)
-        if analytics_configs or settings.analytics.any:
-            from app.analytics import Analytics
-            analytics = Analytics(settings.analytics, analytics_configs, list(engine.info.class_names),
-                                  fps={c.name: c.fps for c in cameras})
-            server.set_analytics(analytics, settings.analytics.clips_dir)
-    except BaseException:
-        if analytics is not None:
-            analytics.close()
-        for part in opened:
-            part.close()
-        if server is not None:
-            server.close()
-        raise
+    check_settings(settings)   # before the model loads and any output opens
+    settings.server.server_options()   # a bad --tls-cert / token is refused before the model loads
+    engine = load_engine(settings)
+    session = Session(settings, engine, config_name=args.config or "config")
+    several = session.several
+    cameras = session.cameras
     if settings.output_note:   # once everything opened: a refusal above stays the only line
         print(f"output: {settings.output_note}", file=sys.stderr, flush=True)
     for cam in cameras:
@@ -122,29 +75,22 @@ def run(args: argparse.Namespace) -> int:
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
         print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate})"
               + (f" -> {', '.join(sink.name for sink in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
-    pipeline = Pipeline(cameras, engine, recorder=recorder, alpha=settings.alpha, mode=settings.mode,
-                        hud=settings.hud, legend=settings.legend, batch_timeout_ms=settings.batch_timeout_ms,
-                        analytics=analytics)
+    pipeline, recorder, analytics = session.pipeline, session.recorder, session.analytics
     batching = (f"\nbatching: {len(cameras)} cameras, up to {pipeline.scheduler.batch_size} frames per inference, "
                 f"deadline {pipeline.scheduler.timeout_s * 1000:.0f} ms") if several else ""
     outputs = "" if several else f"\noutputs: {', '.join(sink.name for sink in cameras[0].sinks)}"
     print(f"model: {engine.describe()}{outputs}{batching}", file=sys.stderr, flush=True)
-    for cam, cam_settings in zip(cameras, settings.cameras):
-        server.metrics.watch(cam.name, recorder, cam_settings.source_timeout, reader=cam.reader,
-                             queues={"input": cam.in_q, "output": cam.out_q})
     try:
-        code = pipeline.run()
+        code = session.run()
     finally:
-        if analytics is not None:
-            analytics.close()   # open events end, clips written, event sinks flushed
-        server.close()
+        session.close()   # open events end, clips written, event sinks flushed, the server stops
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
     log_lost = settings.latency_log and not os.path.isfile(settings.latency_log)
     if settings.latency_log and not log_lost:
         print(f"latency log: {settings.latency_log}", file=sys.stderr)
     # Reconnect counters: live sources and RTSP outputs (per camera), a remote engine (Triton).
-    parts = [(f"{cam.name} " if several else "", name, counters) for cam in cameras
+    parts = [(f"{cam.name} " if several else "", name, counters) for cam in (*pipeline.left, *pipeline.cameras)
              for name, counters in [(f"source {cam.reader.description}", cam.counters()),
                                     *((sink.name, sink.counters()) for sink in cam.sinks)]]
     parts.append(("", engine.name, engine.counters()))
@@ -178,7 +124,7 @@ def run_problems(pipeline, recorder) -> str:
         # An output that must deliver (an RTSP push) and took none of the frames: it wrote
         # nothing even if other outputs worked (docs/app.md, "Exit status").
         problems += [f"output {cam.tag}{sink.name} wrote nothing ({summary_counters(sink.counters())})"
-                     for cam in pipeline.cameras for sink in cam.sinks
+                     for cam in (*pipeline.left, *pipeline.cameras) for sink in cam.sinks
                      if sink.must_deliver and sink.written == 0 and sink.name not in cam.sink_failures]
     return "; ".join(problems)
 

@@ -14,6 +14,12 @@ never waits for a camera that has nothing new:
 Round-robin: each batch starts looking at the camera after the last one served, so with
 more cameras than the batch holds (a batch-1 model serving many cameras) every camera gets
 its turn.
+
+Cameras join (`add`) and leave (their end marker) while the others run: a camera whose end
+marker came through leaves the rotation and is handed to the inference thread once
+(`take_finished`), which ends its output. The batch size follows the number of cameras (the
+engine's `batch_limit(n)`). The run ends when no camera is left, unless one is being replaced
+(`hold`); after that `add` refuses.
 """
 from __future__ import annotations
 
@@ -34,13 +40,50 @@ def default_timeout_s(cameras) -> float:
     return 0.5 / fastest
 
 
+class SchedulerClosed(RuntimeError):
+    """A camera was added after the run ended (no camera was left)."""
+
+
 class BatchScheduler:
-    def __init__(self, cameras: list, batch_size: int, timeout_s: float | None = None):
-        self.cameras = list(cameras)
-        self.batch_size = max(1, int(batch_size))
-        self.timeout_s = default_timeout_s(self.cameras) if timeout_s is None else max(0.0, float(timeout_s))
+    def __init__(self, cameras: list, batch_limit, timeout_s: float | None = None):
+        """batch_limit: frames per batch, an int or the engine's batch_limit(cameras) -> int."""
+        self.cameras = list(cameras)         # in rotation order: the first is looked at first
+        self.batch_limit = batch_limit if callable(batch_limit) else (lambda n, size=int(batch_limit): size)
+        self.given_timeout_s = timeout_s
         self.ready = threading.Condition()   # capture threads notify after every put
-        self._next = 0                       # round-robin: the camera to look at first
+        self._finished: list = []            # cameras whose end came through, not yet taken
+        self.holds = 0                       # > 0: a camera is being replaced; no camera left is no end
+        self.closed = False                  # the run ended: no camera may join
+        self._resize()
+
+    def _resize(self) -> None:
+        if not self.cameras:
+            return   # keeps the last sizes (a run's summary may read them)
+        self.batch_size = max(1, int(self.batch_limit(len(self.cameras))))
+        t = self.given_timeout_s
+        self.timeout_s = default_timeout_s(self.cameras) if t is None else max(0.0, float(t))
+
+    def add(self, cam) -> None:
+        """A camera joins the rotation (its capture thread may already be putting frames)."""
+        with self.ready:
+            if self.closed:
+                raise SchedulerClosed(f"camera {cam.name}: the run has ended")
+            self.cameras.append(cam)
+            self._resize()
+            self.ready.notify_all()
+
+    def take_finished(self) -> list:
+        """The cameras whose end marker came through since the last call (each once)."""
+        with self.ready:
+            done, self._finished = self._finished, []
+            return done
+
+    def hold(self, on: bool = True) -> None:
+        """While held, a rotation with no camera left does not end the run (a camera is being
+        replaced); `hold(False)` releases."""
+        with self.ready:
+            self.holds += 1 if on else -1
+            self.ready.notify_all()
 
     def notify(self) -> None:
         with self.ready:
@@ -56,19 +99,17 @@ class BatchScheduler:
         return cam.last_capture is not None and now - cam.last_capture < STALE_INTERVALS * interval
 
     def next_batch(self, forced: threading.Event) -> list | None:
-        """-> a list of 1..batch_size Frames of different cameras, or None when every camera
-        has finished (or a forced stop finds nothing waiting)."""
-        batch, served = [], set()
+        """-> a list of 1..batch_size Frames of different cameras; [] when nothing is ready but a
+        camera has ended (take_finished names it); None when no camera is left (or a forced stop
+        finds nothing waiting): the run is over."""
+        batch, served = [], []
         deadline = idle_since = None
-        n = len(self.cameras)
         with self.ready:
             while True:
-                for k in range(n):
+                for cam in self.cameras:
                     if len(batch) >= self.batch_size:
                         break
-                    i = (self._next + k) % n
-                    cam = self.cameras[i]
-                    if i in served or cam.finished:
+                    if cam in served or cam.finished:
                         continue
                     try:
                         item = cam.in_q.get_nowait()
@@ -76,30 +117,43 @@ class BatchScheduler:
                         continue
                     if item is END:
                         cam.finished = True
+                        self._finished.append(cam)
                         continue
                     batch.append(item)
-                    served.add(i)
+                    served.append(cam)
                 now = time.monotonic()
                 if len(batch) >= self.batch_size:
                     break
                 if batch:
                     if deadline is None:
                         deadline = now + self.timeout_s
-                    others = [c for j, c in enumerate(self.cameras) if j not in served and self._expected(c, now)]
+                    others = [c for c in self.cameras if c not in served and self._expected(c, now)]
                     if not others or now >= deadline or forced.is_set():
                         break
                     self.ready.wait(min(deadline - now, _POLL_S))
-                else:
-                    if all(c.finished for c in self.cameras):
+                    continue
+                self._leave()
+                if self._finished:
+                    return []
+                if not self.cameras and self.holds <= 0:
+                    self.closed = True
+                    return None
+                if forced.is_set():
+                    # Forced: a capture thread may be stuck in a read; give the others one
+                    # poll to hand in what they had (to drop it) and their end marker.
+                    idle_since = idle_since or now
+                    if now - idle_since >= _POLL_S:
+                        self.closed = True
                         return None
-                    if forced.is_set():
-                        # Forced: a capture thread may be stuck in a read; give the others one
-                        # poll to hand in what they had (to drop it) and their end marker.
-                        idle_since = idle_since or now
-                        if now - idle_since >= _POLL_S:
-                            return None
-                    self.ready.wait(_POLL_S)
-        # Next batch starts after the last camera served in this one.
-        last = max(served, key=lambda j: (j - self._next) % n)
-        self._next = (last + 1) % n
+                self.ready.wait(_POLL_S)
+            # Next batch starts after the last camera served in this one.
+            i = self.cameras.index(served[-1]) + 1
+            self.cameras = self.cameras[i:] + self.cameras[:i]
+            self._leave()
         return batch
+
+    def _leave(self) -> None:
+        """Finished cameras leave the rotation."""
+        if any(c.finished for c in self.cameras):
+            self.cameras = [c for c in self.cameras if not c.finished]
+            self._resize()

@@ -33,18 +33,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.camera import Camera, camera_names  # noqa: E402
-from app.latency import LatencyRecorder  # noqa: E402
-from app.pipeline import Pipeline  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.settings import build as run_settings  # noqa: E402
 from core.preprocess import preprocess   # noqa: E402
-from app.sinks import NullSink  # noqa: E402
-from app.sources import open_source  # noqa: E402
 from engines.onnx_engine import OnnxEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,16 +73,17 @@ def model_only_fps(engine, image, batch: int, seconds: float) -> float:
 def pipeline_run(engine, cameras: int, frames: int, realtime: bool, seconds: float) -> dict:
     """Files: `frames` per camera. Realtime: all cameras for the same `seconds`, then a stop
     (a frame count would end the cameras opened first earlier and skew the spread)."""
-    cams = []
-    for name in camera_names(cameras):
-        reader = open_source(str(SAMPLE), SimpleNamespace(loop=True, realtime=realtime))
-        cams.append(Camera(name, reader, [NullSink()], max_frames=None if realtime else frames))
-    recorder = LatencyRecorder()
-    p = Pipeline(cams, engine, recorder=recorder, log=lambda msg: None)
+    settings = run_settings({"source": [str(SAMPLE)] * cameras, "loop": True, "realtime": realtime,
+                             "output": ["null"], **({} if realtime else {"max_frames": frames})})
+    session = Session(settings, engine, log=lambda msg: None)   # what `bisenet run` builds
+    p, recorder = session.pipeline, session.recorder
     if realtime:
-        timer = threading.Timer(seconds, p.request_stop, args=("time is up", True))
+        timer = threading.Timer(seconds, session.stop, kwargs={"reason": "time is up", "quiet": True})
         timer.start()
-    p.run()
+    try:
+        session.run()
+    finally:
+        session.close()
     s = recorder.summary(p.captured_by_camera())
     assert s["unaccounted"] == 0, s
     if not realtime:

@@ -19,18 +19,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.hud import draw_hud, draw_legend  # noqa: E402
-from app.latency import LatencyRecorder  # noqa: E402
 from core.overlay import palette_bgr, render_overlay   # noqa: E402
-from app.pipeline import Pipeline  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.settings import build as run_settings  # noqa: E402
 from core.preprocess import preprocess   # noqa: E402
-from app.sinks import NullSink  # noqa: E402
 from app.sources import open_source  # noqa: E402
 from engines.load import load_engine  # noqa: E402
 
@@ -49,11 +47,15 @@ def model_only_fps(engine, image, frames: int) -> float:
 
 
 def pipeline_fps(engine, source: str, frames: int) -> tuple[float, dict]:
-    reader = open_source(source, SimpleNamespace(loop=True))
-    recorder = LatencyRecorder()
-    p = Pipeline(reader, engine, [NullSink()], recorder=recorder, max_frames=frames)
-    p.run()
-    s = recorder.summary(p.captured)
+    """The app's own session (what `bisenet run --loop --max-frames N --output null` builds)."""
+    settings = run_settings({"source": [source], "loop": True, "max_frames": frames, "output": ["null"]})
+    session = Session(settings, engine)
+    try:
+        session.run()
+    finally:
+        session.close()
+    recorder = session.recorder
+    s = recorder.summary(session.pipeline.captured)
     assert s["written"] == frames and s["dropped"] == 0, s
     inference = recorder.stats["inference"]
     s["inference_s"] = float(inference.values[:inference.count].sum()) / 1000.0

@@ -1,80 +1,32 @@
-"""`stream(sources, model)` -> per-frame results of one or several cameras, through the app's
-own run-time pieces: its sources (file, camera, RTSP, with reconnects), cameras, cross-camera
-batch scheduler, engine and scene analytics (app/pipeline.py). Instead of outputs, each camera
-has one sink that hands its frames to the caller's loop.
+"""`stream(sources, model)` -> per-frame results of one or several cameras, through the
+session `bisenet run` builds (app/session.py): its sources (file, camera, RTSP, with
+reconnects), cameras, cross-camera batch scheduler, engine and scene analytics. Instead of
+outputs, the session's loop of written frames comes to the caller; `bisenet run` drains the
+same loop.
 
 The pipeline runs in a background thread; the iterator ends at the end of the files (or after
 `max_frames`), and breaking out of the loop (or closing the iterator) stops the pipeline and
-joins its threads before control comes back.
+joins its threads before control comes back. A live camera that is down at start follows the
+same rule as in `bisenet run`: with several cameras it reconnects while the others run.
 """
 from __future__ import annotations
 
-import queue
-import threading
-from dataclasses import dataclass, field
-
-import numpy as np
-
 from app import settings as run_settings
-from engines.load import EngineOptions
-from app.camera import Camera, check_name
-from app.frames import Sink
-from app.latency import LatencyRecorder
-from app.pipeline import Pipeline
-from app.sources import open_source
+from app.camera import check_name
+from app.session import FrameResult, Session
 from bisenet_edge.model import Model, load_model
 from core.errors import BisenetError, InputError
-from core.overlay import upsample_labels
+from engines.load import EngineOptions
+
+__all__ = ["FrameResult", "StreamError", "stream"]
 
 # bisenet run options that make no sense here: the model is an argument, outputs are the loop.
 NOT_HERE = {"model", *EngineOptions.model_fields, "output", "save_labels", "fps", "bitrate", "hud", "legend"}
-_DONE = object()
-_POLL_S = 0.1
 
 
 class StreamError(BisenetError, RuntimeError):
     """The run failed (an unreadable source, an engine that kept failing): what `bisenet run`
     would print before exiting 1."""
-
-
-@dataclass
-class FrameResult:
-    camera: str                   # cam0, cam1, ... (or the name given in a dict of sources)
-    frame_id: int                 # per camera, in capture order (the latency log's ids)
-    image: np.ndarray             # the source frame, uint8 BGR
-    labels: np.ndarray            # class ids at the model's input size (what --save-labels writes)
-    overlay: np.ndarray           # the colorized overlay at source size (alpha, mode options)
-    capture_ts: float             # time.monotonic() when it was read
-    source_ts: float | None       # the stream's own timestamp (s), if it has one
-    batch_size: int | None = None   # frames inferred together with it (several cameras)
-    coverage: dict | None = None  # scene analytics: {zone: {class: ratio}}, None without zones
-    events: list = field(default_factory=list)   # scene analytics: event messages this frame raised
-
-    def source_labels(self) -> np.ndarray:
-        """The labels upsampled (nearest, as the overlay draws them) to the frame's size."""
-        return upsample_labels(self.labels, *self.image.shape[:2])
-
-
-class _Handover(Sink):
-    """A camera's one sink: every written frame goes to the caller's queue. It waits while the
-    caller is busy (files lose nothing; a live camera's output queue drops instead)."""
-
-    save_labels = True   # keeps the labels on the host (no fused GPU overlay-only path)
-
-    def __init__(self, results: queue.Queue, stopped: threading.Event):
-        self.name = "stream"
-        self.results, self.stopped = results, stopped
-
-    def write(self, frame, overlay_bgr, labels) -> None:
-        result = FrameResult(frame.camera, frame.id, frame.image, np.asarray(labels).astype(np.int32, copy=False),
-                             overlay_bgr, frame.capture_ts, frame.source_ts, frame.batch_size, frame.coverage,
-                             list(frame.events))
-        while True:
-            try:
-                return self.results.put(result, timeout=_POLL_S)
-            except queue.Full:
-                if self.stopped.is_set():   # the caller has gone: drop it
-                    return
 
 
 def _settings(sources, config, options: dict):
@@ -135,54 +87,11 @@ def _frames(settings, model, config):
 
 
 def _run(settings, model: Model, config):
-    from app.analytics.settings import camera_configs
-
-    engine = model.engine
-    results: queue.Queue = queue.Queue(maxsize=max(2, settings.queue_size))
-    stopped = threading.Event()
-    analytics_configs = camera_configs(settings.cameras, model.classes, config or "stream()")
-    cameras, analytics = [], None
+    session = Session(settings, model.engine, config_name=config or "stream()", keep_labels=True,
+                      log=None)
     try:
-        for cam in settings.cameras:
-            reader = open_source(cam.source, cam)
-            cameras.append(Camera(cam.name, reader, [_Handover(results, stopped)], max_frames=cam.max_frames,
-                                  queue_size=settings.queue_size))
-        if analytics_configs or settings.analytics.any:
-            from app.analytics import Analytics
-            analytics = Analytics(settings.analytics, analytics_configs, model.classes,
-                                  fps={c.name: c.fps for c in cameras})
-    except BaseException:
-        for cam in cameras:
-            cam.reader.close()
-        raise
-    pipeline = Pipeline(cameras, engine, recorder=LatencyRecorder(settings.latency_log), alpha=settings.alpha,
-                        mode=settings.mode, batch_timeout_ms=settings.batch_timeout_ms, analytics=analytics)
-
-    def run() -> None:
-        try:
-            pipeline.run()
-        finally:
-            stopped.set()   # a sink still waiting for room gives up
-            results.put(_DONE)
-
-    thread = threading.Thread(target=run, name="bisenet-stream", daemon=True)
-    thread.start()
-    finished = False
-    try:
-        while True:
-            item = results.get()
-            if item is _DONE:
-                finished = True
-                break
-            yield item
+        yield from session.frames()
     finally:
-        if not finished:   # the caller broke out: drop what is in flight, stop now
-            stopped.set()
-            pipeline.request_stop("stream closed", quiet=True)
-            pipeline.forced.set()
-            pipeline.scheduler.notify()
-        thread.join()
-        if analytics is not None:
-            analytics.close()
-    if pipeline.failures:
-        raise StreamError("; ".join(pipeline.failures))
+        session.close()
+    if session.failures:
+        raise StreamError("; ".join(session.failures))

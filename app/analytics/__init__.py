@@ -6,8 +6,8 @@
              -> clip + snapshot (app/analytics/clips.py: ring of encoded packets)
     coverage -> coverage log, Prometheus gauges, /api/coverage, HUD outlines
 
-`Analytics.process(camera, frame, labels, image)` is the one call the pipeline makes per
-written frame; it sets `frame.coverage` ({zone: {class: ratio}}, watched classes only) and
+`Analytics.process(camera, frame, labels, image)` (or `process_counts`, from a GPU engine's
+label counts) is the one call the pipeline makes per written frame; it sets `frame.coverage` ({zone: {class: ratio}}, watched classes only) and
 `frame.events` (the messages this frame raised) and returns them.
 """
 from __future__ import annotations
@@ -93,14 +93,18 @@ class Analytics:
         self.bus = EventBus(sinks, options.event_queue, log=self.log)
         self.cameras = {}
         for name, config in cameras.items():
-            clips = None
-            if options.clips_dir and config.rules:
-                from app.analytics.clips import ClipRecorder
-                keep = max(r.pre_roll_s for r in config.rules)
-                clips = ClipRecorder(options.clips_dir, name, keep, options.clips_max_mb,
-                                     fps=(fps or {}).get(name) or 15.0, log=self.log)
-            self.cameras[name] = CameraState(name, config, class_names, clips)
+            self.add_camera(name, config, (fps or {}).get(name))
         self.coverage_log = CoverageLog(options.coverage_log, self.cameras) if options.coverage_log else None
+
+    def add_camera(self, name: str, config: CameraAnalytics, fps: float | None = None) -> None:
+        """Zones and rules for camera `name` (at start, or when it joins a running session)."""
+        clips = None
+        if self.options.clips_dir and config.rules:
+            from app.analytics.clips import ClipRecorder
+            keep = max(r.pre_roll_s for r in config.rules)
+            clips = ClipRecorder(self.options.clips_dir, name, keep, self.options.clips_max_mb, fps=fps or 15.0,
+                                 log=self.log)
+        self.cameras[name] = CameraState(name, config, self.class_names, clips)
 
     # -- the pipeline's per-frame call (the camera's output thread) ---------------------------
     def cell_map(self, camera: str, label_hw, source_wh) -> tuple[np.ndarray, int]:
@@ -113,24 +117,32 @@ class Analytics:
         raster = cam.zones.raster(tuple(label_hw), tuple(source_wh))
         return raster.cells, raster.num_cells
 
-    def process(self, camera: str, frame, labels, image: np.ndarray | None, hud: bool = False,
-                label_hw=None) -> FrameAnalytics | None:
-        """labels [h, w] of the frame, or None when a GPU engine counted them already
-        (frame.cell_counts, at label_hw: the fused path never brings the label map to the host)."""
+    def process(self, camera: str, frame, labels, image: np.ndarray | None, hud: bool = False) -> FrameAnalytics | None:
+        """The frame's labels [h, w] -> its coverage and events (None for a camera without zones)."""
         cam = self.cameras.get(camera)
-        counted = labels is None and frame.cell_counts is not None and label_hw is not None
-        if cam is None or (labels is None and not counted):
+        if cam is None:
             return None
+        labels = np.asarray(labels)
+        h, w = labels.shape[-2:]
+        raster = cam.zones.raster((h, w), frame.image.shape[1::-1])
+        return self._measure(cam, frame, raster, cell_histogram(labels.reshape(h, w), raster, len(self.class_names)),
+                             image, hud)
+
+    def process_counts(self, camera: str, frame, cell_counts, label_hw, image: np.ndarray | None,
+                       hud: bool = False) -> FrameAnalytics | None:
+        """The same from the label counts per zone cell a GPU engine made on the device
+        (Engine.run_fused_counts by this camera's cell_map at label_hw): the fused path never
+        brings the label map to the host."""
+        cam = self.cameras.get(camera)
+        if cam is None:
+            return None
+        raster = cam.zones.raster(tuple(label_hw), frame.image.shape[1::-1])
+        return self._measure(cam, frame, raster, cell_counts, image, hud)
+
+    def _measure(self, cam: CameraState, frame, raster, cells, image, hud: bool) -> FrameAnalytics:
+        camera = cam.name
         t = cam.clock(frame)
         src_h, src_w = frame.image.shape[:2]
-        if counted:
-            raster = cam.zones.raster(tuple(label_hw), (src_w, src_h))
-            cells = frame.cell_counts
-        else:
-            labels = np.asarray(labels)
-            h, w = labels.shape[-2:]
-            raster = cam.zones.raster((h, w), (src_w, src_h))
-            cells = cell_histogram(labels.reshape(h, w), raster, len(self.class_names))
         counts = zone_counts(cells, raster)
         ratios = counts / np.maximum(raster.area, 1)[:, None]
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}

@@ -10,7 +10,8 @@ from app.frames import Reader, ReadError, Sink
 from app.hud import draw_hud, draw_legend
 from app.latency import LatencyRecorder, read_log
 from core.overlay import palette_bgr, render_overlay
-from app.pipeline import Pipeline
+from app.camera import Camera
+from app.pipeline import FusedInference, Pipeline
 from core.preprocess import preprocess
 from app.sources import open_source
 from engines.onnx_engine import OnnxEngine
@@ -64,6 +65,11 @@ class CollectSink(Sink):
         self.closed = True
 
 
+def one_camera(reader, engine, sinks, *, max_frames=None, queue_size=4, **options) -> Pipeline:
+    """A pipeline of one camera, cam0 (what a session of one --source builds)."""
+    return Pipeline([Camera("cam0", reader, sinks, max_frames=max_frames, queue_size=queue_size)], engine, **options)
+
+
 def images(n, size=(36, 48), seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)]
@@ -80,7 +86,7 @@ def test_file_source_writes_every_frame_in_order_with_the_reference_overlay(engi
     imgs = images(12)
     sink = CollectSink()
     rec = LatencyRecorder(tmp_path / "lat.csv")
-    p = Pipeline(ListReader(imgs), engine, [sink], recorder=rec, alpha=0.4, queue_size=2)
+    p = one_camera(ListReader(imgs), engine, [sink], recorder=rec, alpha=0.4, queue_size=2)
     assert p.run() == 0
     assert sink.ids == list(range(12)) and sink.opened == (48, 36, 10.0) and sink.closed
     lut = palette_bgr(engine.info.palette)
@@ -99,7 +105,7 @@ def test_file_source_writes_every_frame_in_order_with_the_reference_overlay(engi
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason="no sample video")
 def test_max_frames_and_side_by_side(engine):
     sink = CollectSink()
-    p = Pipeline(open_source(str(SAMPLE_VIDEO)), engine, [sink], mode="side-by-side", max_frames=5)
+    p = one_camera(open_source(str(SAMPLE_VIDEO)), engine, [sink], mode="side-by-side", max_frames=5)
     assert p.run() == 0
     assert sink.ids == [0, 1, 2, 3, 4] and sink.opened[:2] == (960, 360)
 
@@ -108,7 +114,7 @@ def test_live_source_keeps_the_newest_frame_and_accounts_for_every_drop(engine, 
     sink = CollectSink()
     rec = LatencyRecorder(tmp_path / "lat.jsonl")
     # 120 frames handed out as fast as the reader can: far faster than the model runs.
-    p = Pipeline(ListReader(images(120, seed=1), live=True), engine, [sink], recorder=rec)
+    p = one_camera(ListReader(images(120, seed=1), live=True), engine, [sink], recorder=rec)
     assert p.run() == 0
     rows = read_log(tmp_path / "lat.jsonl")
     assert_accounted(p, rows)
@@ -122,7 +128,7 @@ def test_bad_frames_are_dropped_with_their_reason_and_the_run_goes_on(engine, tm
     items = [good[0], ReadError("corrupt packet"), np.zeros((8, 8), np.uint8), good[1], good[2]]
     sink = CollectSink()
     rec = LatencyRecorder(tmp_path / "lat.csv")
-    p = Pipeline(ListReader(items), engine, [sink], recorder=rec)
+    p = one_camera(ListReader(items), engine, [sink], recorder=rec)
     assert p.run() == 0
     rows = {r["frame"]: r for r in read_log(tmp_path / "lat.csv")}
     assert rows[1]["reason"] == "decode_error" and rows[2]["reason"] == "inference_error"
@@ -132,14 +138,14 @@ def test_bad_frames_are_dropped_with_their_reason_and_the_run_goes_on(engine, tm
 
 def test_a_failing_sink_is_switched_off_and_the_others_go_on(engine):
     good, bad = CollectSink("good"), CollectSink("bad", fail_at=2)
-    p = Pipeline(ListReader(images(6)), engine, [bad, good])
+    p = one_camera(ListReader(images(6)), engine, [bad, good])
     assert p.run() == 0
     assert good.ids == list(range(6)) and bad.ids == [0, 1]
     assert "disk on fire" in p.sink_failures["bad"] and bad.closed
 
 
 def test_every_sink_failing_stops_the_run_with_an_error(engine):
-    p = Pipeline(ListReader(images(6)), engine, [CollectSink("bad", fail_at=0)])
+    p = one_camera(ListReader(images(6)), engine, [CollectSink("bad", fail_at=0)])
     assert p.run() == 1
     assert p.recorder.dropped["sink_error"] >= 1 and p.recorder.written == 0
 
@@ -147,7 +153,7 @@ def test_every_sink_failing_stops_the_run_with_an_error(engine):
 def test_stop_drains_the_captured_frames_in_order(engine):
     holder = {}
     sink = CollectSink(on_write=lambda f: f.id == 2 and holder["p"].request_stop("test stop"))
-    p = holder["p"] = Pipeline(ListReader(images(40)), engine, [sink], queue_size=3)
+    p = holder["p"] = one_camera(ListReader(images(40)), engine, [sink], queue_size=3)
     assert p.run() == 0
     # Capture stopped soon after frame 2; everything captured by then was still written.
     assert 3 <= p.captured < 40
@@ -163,7 +169,7 @@ def test_a_second_stop_drops_what_is_queued(engine):
             holder["p"].request_stop("second")
 
     sink = CollectSink(on_write=stop_twice)
-    p = holder["p"] = Pipeline(ListReader(images(40)), engine, [sink], queue_size=3)
+    p = holder["p"] = one_camera(ListReader(images(40)), engine, [sink], queue_size=3)
     p.run()
     assert sink.ids == [0, 1] and sink.closed
     assert p.recorder.written + p.recorder.dropped["shutdown"] == p.captured
@@ -220,7 +226,6 @@ class CpuFusedFramesEngine(CpuFusedEngine):
 
 
 def test_a_fused_gpu_path_with_run_fused_frames_gets_the_cameras_batch():
-    from app.camera import Camera
     engine = OnnxEngine(tiny_onnx((64, 96), dynamic_batch=True), threads=1)
     imgs = [images(5, seed=s) for s in (4, 5, 6)]
     refs = [CollectSink(f"ref{i}") for i in range(3)]
@@ -240,14 +245,14 @@ def test_an_engine_with_a_fused_gpu_path_gets_frames_not_batches(engine):
     imgs = images(6, seed=3)
     fused, plain = CpuFusedEngine(engine), CollectSink("plain")
     ref = CollectSink("ref")
-    assert Pipeline(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
-    p = Pipeline(ListReader(imgs), fused, [plain], alpha=0.3)
+    assert one_camera(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
+    p = one_camera(ListReader(imgs), fused, [plain], alpha=0.3)
     assert p.run() == 0
     assert fused.fused_calls == 6
     assert all(np.array_equal(a, b) for a, b in zip(ref.images, plain.images))
     # the legend needs labels on the host: back to the CPU overlay
     legend = CpuFusedEngine(engine)
-    assert Pipeline(ListReader(imgs), legend, [CollectSink()], legend=True).run() == 0
+    assert one_camera(ListReader(imgs), legend, [CollectSink()], legend=True).run() == 0
     assert legend.fused_calls == 0
 
 
@@ -313,8 +318,8 @@ def test_analytics_keep_a_fused_counts_engine_on_its_fused_path_with_the_same_co
         analytics = Analytics(AnalyticsSettings(coverage_log=str(log)), {"cam0": config}, engine.info.class_names)
         seen = []
         sink = CollectSink(on_write=lambda frame, seen=seen: seen.append((frame.coverage, [m["type"] for m in frame.events])))
-        p = Pipeline(ListReader(list(frames)), eng, [sink], analytics=analytics)
-        assert p.fused == (name == "fused")
+        p = one_camera(ListReader(list(frames)), eng, [sink], analytics=analytics)
+        assert isinstance(p.inference, FusedInference) == (name == "fused")
         p.run()
         analytics.close()
         assert sink.ids == list(range(8))
@@ -326,3 +331,45 @@ def test_analytics_keep_a_fused_counts_engine_on_its_fused_path_with_the_same_co
                for ratio in zone.values())   # coverage worth comparing
     assert all(np.array_equal(a, b) for a, b in zip(results["fused"][1], results["labels"][1]))
     assert results["fused"][2] == results["labels"][2] and len(results["fused"][2]) == 8
+
+
+class PoolEngine:
+    """A remote engine's contract (submit -> Future, labels_of), as Triton's client keeps
+    requests in flight, around the real ONNX Runtime engine on a thread pool. Requests listed
+    in `down` fail the way an unreachable server does."""
+
+    def __init__(self, engine, down=()):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner, self.info, self.input_dtype = engine, engine.info, engine.input_dtype
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.down, self.sent = set(down), 0
+
+    def infer(self, batch):
+        raise AssertionError("an asynchronous engine is sent requests, not called")
+
+    def submit(self, batch):
+        from engines.base import ServerDown
+
+        n, self.sent = self.sent, self.sent + 1
+        if n in self.down:
+            return self.pool.submit(lambda: (_ for _ in ()).throw(ServerDown("server unreachable")))
+        return self.pool.submit(self.inner.infer, batch)
+
+
+def test_a_remote_engine_keeps_requests_in_flight_with_the_overlays_of_the_local_one(engine, tmp_path):
+    from app.pipeline import AsyncInference
+
+    imgs = images(8, seed=7)
+    ref = CollectSink("ref")
+    assert one_camera(ListReader(imgs), engine, [ref], alpha=0.3).run() == 0
+    remote, out = PoolEngine(engine, down={2}), CollectSink("out")
+    rec = LatencyRecorder(tmp_path / "lat.csv")
+    p = one_camera(ListReader(imgs), remote, [out], alpha=0.3, recorder=rec)
+    assert isinstance(p.inference, AsyncInference)
+    assert p.run() == 0
+    assert out.ids == [0, 1, 3, 4, 5, 6, 7]   # the request the server never answered: dropped, the rest go on
+    assert all(np.array_equal(ref.images[i], img) for i, img in zip(out.ids, out.images))
+    rows = {r["frame"]: r for r in read_log(tmp_path / "lat.csv")}
+    assert rows[2]["reason"] == "server_down" and len(rows) == 8
+    remote.pool.shutdown()

@@ -248,6 +248,7 @@ def test_idle_sockets_and_non_readers_leave_fps_threads_and_fds_flat(tmp_path):
 def test_metrics_parse_and_equal_the_latency_log(tmp_path):
     """A real pipeline (ONNX Runtime, a real video) feeding the server; after the run
     /metrics parses with prometheus_client's parser and counts exactly what the log has."""
+    from app.camera import Camera
     from app.pipeline import Pipeline
     from app.sources import open_source
     from engines.load import load_engine
@@ -261,11 +262,9 @@ def test_metrics_parse_and_equal_the_latency_log(tmp_path):
         port = server.listen("127.0.0.1", 0, what="metrics")
         log = tmp_path / "lat.csv"
         recorder = LatencyRecorder(log)
-        reader = open_source(str(SAMPLE_VIDEO))
-        pipeline = Pipeline(reader, engine, [HttpSink("127.0.0.1", 0, server=server)], recorder=recorder,
-                            max_frames=25)
-        server.metrics.watch("cam0", recorder, 10.0, queues={"input": pipeline.in_q, "output": pipeline.out_q},
-                             reader=pipeline.reader)
+        cam = Camera("cam0", open_source(str(SAMPLE_VIDEO)), [HttpSink("127.0.0.1", 0, server=server)], max_frames=25)
+        pipeline = Pipeline([cam], engine, recorder=recorder)
+        server.metrics.watch("cam0", recorder, 10.0, queues={"input": cam.in_q, "output": cam.out_q}, reader=cam.reader)
         assert pipeline.run() == 0
         assert request(port, "/metrics")[0] == 401
         assert request(port, "/stats.json", bearer())[0] == 404           # metrics-only listener
