@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "models": "engines.zoo",
     "export": "engines.export",
     "train": "training.train",
-    "eval": "app.evaluate",
+    "eval": "app.eval_command",
     "prepare": "training.prepare",
     "calibrate": "calibration.calibrate",
     "build": "app.build",
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     if args.command != "run":   # `run` has its own handlers: it drains and finalizes its outputs
         remove_temp_files_on_sigterm()
-    from app.validate import check_command_args
+    from app.setting_rules import check_command_args
 
     def run(a):
         return modules[args.command].run(check_command_args(modules[args.command], a))

@@ -1,7 +1,7 @@
 """`--output http://@:8080`: the app serves its overlay to browsers, VLC and ffplay.
 
 The serving itself (page, MJPEG stream, snapshot, stats, /metrics, /healthz, auth, limits,
-TLS) lives in app/server.py; this sink only hands each overlay to one camera of that server.
+TLS) lives in app/server/; this sink only hands each overlay to one camera of that server.
 `@` binds every interface (and then needs a token, see docs/service.md); http://127.0.0.1:8080
 binds loopback only.
 """

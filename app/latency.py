@@ -118,7 +118,8 @@ class LatencyRecorder:
         self._csv = None
         self.write_error = ""   # why the log could not be written to its end ('' when it could)
         if self.path:
-            from app.validate import check, latency_log_path
+            from app.setting_rules import latency_log_path
+            from core.options import check
             from core.validate import prepare_output
 
             check(latency_log_path, str(self.path), "--latency-log")   # .csv or .jsonl

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         code = session.run()
     finally:
-        session.close()   # open events end, clips written, event sinks flushed, the server stops
+        session.close()   # open events end, clips written, event deliveries flushed, the server stops
     engine.close()
     print(recorder.format_summary(pipeline.captured_by_camera()), file=sys.stderr, flush=True)
     log_lost = settings.latency_log and not os.path.isfile(settings.latency_log)

@@ -89,7 +89,7 @@ class Session:
 
     def __init__(self, settings: RunSettings, engine, *, config_name: str = "config", keep_labels: bool = False,
                  log=None):
-        from app.analytics.settings import camera_configs
+        from app.analytics.specs import camera_configs
         from app.server import AppServer
 
         if not settings.cameras:
@@ -117,7 +117,7 @@ class Session:
             if all(cam.down() for cam in cameras):
                 raise InputError(f"no camera could be opened: {cameras[0].reader.description}: "
                                  f"{cameras[0].reader.outage_reason}")
-            if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
+            if settings.server.metrics_port is not None:   # (host, port): app/setting_rules.py's listen_address
                 self.server.listen(*settings.server.metrics_port, what="metrics")
             self.recorder = LatencyRecorder(settings.latency_log)
             if analytics_configs or settings.analytics.any:
@@ -193,7 +193,7 @@ class Session:
     def add_camera(self, camera) -> Camera:
         """A camera joins the running session (CameraSettings or a `cameras:` entry as a dict);
         a live one that is down is an outage like any other. Its name must be free."""
-        from app.analytics.settings import camera_configs
+        from app.analytics.specs import camera_configs
 
         cam_settings = self._camera_settings(camera)
         if cam_settings.name in {c.name for c in self.pipeline.cameras}:

@@ -10,7 +10,7 @@ and help, as typed models (pydantic):
                        given at the top level (a flag, a preset key) they apply to every camera
 
 An option is a field with `option(default, help, group=...)` and a type `Annotated[..., Rule(check)]`
-whose check (core/options.py, app/validate.py) returns the typed value or raises ValueError
+whose check (core/options.py, app/setting_rules.py) returns the typed value or raises ValueError
 (the machinery is core/options.py, shared by every command). From these
 declarations come argparse's parser for `bisenet run` / run_camera.py (`add_arguments`: the
 flag is --NAME with dashes), the keys of a preset YAML (`--config`: the flag names, dashes or
@@ -27,9 +27,9 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from app import validate
+from app import setting_rules
 from app.camera import camera_names, check_name, output_for
-from app.validate import host_names
+from app.setting_rules import host_names
 from core import options
 from core.config_files import config_names, config_path
 from core.errors import InputError
@@ -73,7 +73,7 @@ class CameraSettings(Section):
     """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
     `cameras:` entry sets them for its camera alone."""
     name: Annotated[str | None, Rule(camera_name)] = None   # cam0, cam1, ... when not named
-    source: Annotated[str | None, Rule(validate.source_spec)] = option(
+    source: Annotated[str | None, Rule(setting_rules.source_spec)] = option(
         None, "0 or /dev/video0 (camera), clip.mp4, photo.jpg, folder/, 'imgs/*.png', rtsp://..., http(s)://..., "
         "csi://0, gst:<pipeline>; repeat for several cameras (cam0, cam1, ...: one engine, frames batched across "
         "cameras)", group="input", metavar="SOURCE", repeat=True)
@@ -88,7 +88,7 @@ class CameraSettings(Section):
         None, "ask the camera / CSI sensor for this rate", group="input")
     source_timeout: Annotated[float, Rule(Number(float, above=0, max=3600))] = option(
         10.0, "seconds without a frame before a stream counts as lost (default 10)", group="input", metavar="S")
-    output: Annotated[list[str], Rule(listed(validate.output_spec))] = option(
+    output: Annotated[list[str], Rule(listed(setting_rules.output_spec))] = option(
         ["display"], "repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, null "
         f"(default: display where a window can open, else {FALLBACK_OUTPUT}); {{camera}} in it is replaced by the "
         "camera's name", group="output", metavar="SPEC", repeat=True)
@@ -105,14 +105,14 @@ class CameraSettings(Section):
         None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
         "auto for rtsp:// outputs", group="output")
     # Scene analytics (YAML keys only, at the top level for every camera or in a `cameras:` entry):
-    # checked against the model's classes once it is loaded (app/analytics/settings.py).
+    # checked against the model's classes once it is loaded (app/analytics/specs.py).
     zones: list | None = None
     rules: list | None = None
 
 
 class ServerSettings(Section):
-    """The server of http:// and rtsp://@ outputs and --metrics-port (app/server.py)."""
-    auth_token: Annotated[str | None, Rule(validate.auth_token)] = option(
+    """The server of http:// and rtsp://@ outputs and --metrics-port (app/server/)."""
+    auth_token: Annotated[str | None, Rule(setting_rules.auth_token)] = option(
         None, "token viewers must send (Bearer, Basic password, or /?token= once); default: $BISENET_AUTH_TOKEN, "
         "else one is generated and printed when a port listens beyond loopback", group="serving", metavar="TOKEN")
     auth: Switch = option(True, "require the token on ports beyond loopback (default); --no-auth serves without one "
@@ -123,7 +123,7 @@ class ServerSettings(Section):
     max_clients: Annotated[int, Rule(Number(int, 1, 4096, hint="MJPEG viewers at once"))] = option(
         16, "most MJPEG viewers at once; the rest get 503 (default 16)", group="serving", metavar="N")
     metrics_port: Annotated[tuple[str, int] | None, Rule(
-        lambda v: validate.listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"))] = option(
+        lambda v: setting_rules.listen_address(v, "PORT or HOST:PORT, e.g. 9100 or 127.0.0.1:9100"))] = option(
         None, "also serve /metrics and /healthz on this port (all interfaces unless HOST is given), e.g. for RTSP "
         "or file outputs", group="serving", metavar="[HOST:]PORT")
     tls_cert: Text = option(None, "serve HTTPS with this certificate (with --tls-key)", group="serving", metavar="PEM")
@@ -143,7 +143,7 @@ class ServerSettings(Section):
 class AnalyticsSettings(Section):
     """Where scene analytics send their numbers and events (app/analytics); the zones and rules
     themselves are `zones:` / `rules:` in the config."""
-    coverage_log: Annotated[str | None, Rule(validate.latency_log_path)] = option(
+    coverage_log: Annotated[str | None, Rule(setting_rules.latency_log_path)] = option(
         None, "per frame and camera: the zones' coverage, FILE.csv or FILE.jsonl (frame ids match the latency log)",
         group="analytics", metavar="FILE")
     events_log: Text = option(None, "events (start, update, end) as JSON lines", group="analytics", metavar="FILE")
@@ -161,7 +161,7 @@ class AnalyticsSettings(Section):
         1000.0, "keep the clips folder under this many MB, oldest deleted first (default 1000)", group="analytics",
         metavar="MB")
     event_queue: Annotated[int, Rule(Number(int, 1, 100_000))] = option(
-        1000, "messages each event sink holds while its broker or endpoint is down; beyond it the oldest are "
+        1000, "messages each event delivery (MQTT, webhook, file) holds while its broker or endpoint is down; beyond it the oldest are "
         "dropped and counted (default 1000)", group="analytics", metavar="N")
 
     @property
@@ -183,7 +183,7 @@ class RunSettings(Section):
         "overlay", "default overlay", group="output")
     hud: Switch = option(False, "draw fps and latency", group="output")
     legend: Switch = option(False, "draw the classes on screen with their colors", group="output")
-    latency_log: Annotated[str | None, Rule(validate.latency_log_path)] = option(
+    latency_log: Annotated[str | None, Rule(setting_rules.latency_log_path)] = option(
         None, "one row per frame: FILE.csv or FILE.jsonl", group="output", metavar="FILE")
     queue_size: Annotated[int, Rule(Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"))] \
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")

@@ -4,7 +4,7 @@
     out.mp4 / .mkv / .avi     a video file: H.264 (mp4, mkv) or MPEG-4 Part 2 (avi) through
                               PyAV/FFmpeg; OpenCV's writer if PyAV cannot
     frames/                   a folder of PNG overlays (`--save-labels`: raw label maps too)
-    http://@:8080             MJPEG stream + a small live page (app/http_sink.py, app/server.py)
+    http://@:8080             MJPEG stream + a small live page (app/http_sink.py, app/server/)
     rtsp://HOST:PORT/PATH     RTSP push (app/rtsp_out.py, the RTSP issue)
     null                      nothing (benchmarks)
 
@@ -29,7 +29,7 @@ from core.validate import prepare_output
 from core.errors import BisenetError, SetupError, file_error
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_OUTPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}   # an output path with one: a folder of images
 
 
 class SinkError(BisenetError, RuntimeError):
@@ -302,7 +302,7 @@ def sink_kind(spec: str) -> str:
     suffix = path.suffix.lower()
     if suffix in VIDEO_OUTPUT_SUFFIXES:
         return "video"
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in IMAGE_OUTPUT_SUFFIXES:
         raise SinkError(f"--output {spec}: for still images pass a folder (frames/), one PNG per frame")
     if spec.endswith("/") or path.is_dir() or suffix == "":
         return "folder"
@@ -310,15 +310,15 @@ def sink_kind(spec: str) -> str:
                     "http://@:PORT, rtsp://HOST:PORT/PATH or null")
 
 
-def open_http(spec: str, options, live: bool, server, camera: str) -> Sink:
+def open_http_output(spec: str, options, live: bool, server, camera: str) -> Sink:
     from app.http_sink import open_http_sink
 
     return open_http_sink(spec, server=server, camera=camera)
 
 
-def open_rtsp(spec: str, options, live: bool, server, camera: str) -> Sink:
+def open_rtsp_output(spec: str, options, live: bool, server, camera: str) -> Sink:
     try:
-        from app.rtsp_out import open_rtsp_sink   # RTSP OUTPUT HOOK (app/rtsp_out.py, RTSP issue)
+        from app.rtsp_out import open_rtsp_sink   # imported only when an RTSP output is asked for
     except ModuleNotFoundError as e:
         if e.name != "app.rtsp_out":
             raise
@@ -331,8 +331,8 @@ def open_rtsp(spec: str, options, live: bool, server, camera: str) -> Sink:
 SINKS = {
     "display": lambda spec, options, live, server, camera: DisplaySink(),
     "null": lambda spec, options, live, server, camera: NullSink(),
-    "http": open_http,
-    "rtsp": open_rtsp,
+    "http": open_http_output,
+    "rtsp": open_rtsp_output,
     "video": lambda spec, options, live, server, camera: VideoFileSink(
         Path(spec), live=live, bitrate=CameraSettings.of(options).bitrate),
     "folder": lambda spec, options, live, server, camera: FolderSink(

@@ -27,11 +27,10 @@ import cv2
 
 from app.frames import Reader, ReadError
 from core.errors import BisenetError, file_error
+from core.files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from core.redact import redact_url
 from app.settings import CameraSettings
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 class SourceError(BisenetError, RuntimeError):
@@ -413,7 +412,7 @@ def open_source(spec: str, options=None, down_ok: bool = False) -> Reader:
         return _down_at_start(spec, cam, e)
     if reader.live:
         try:
-            from app.reconnect import ReconnectingReader   # RECONNECT HOOK (app/reconnect.py, RTSP issue)
+            from app.reconnect import ReconnectingReader   # live sources reopen with backoff
         except ModuleNotFoundError as e:
             if e.name != "app.reconnect":
                 raise

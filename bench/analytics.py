@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.analytics import Analytics  # noqa: E402
-from app.analytics.settings import parse_camera_analytics
+from app.analytics.specs import parse_camera_analytics
 from app.settings import AnalyticsSettings  # noqa: E402
 from app.frames import Frame  # noqa: E402
 from core.overlay import palette_bgr, render_overlay  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.analytics.coverage import coverage_ratios  # noqa: E402
 from app.analytics.rules import RuleState  # noqa: E402
-from app.analytics.settings import parse_camera_analytics  # noqa: E402
+from app.analytics.specs import parse_camera_analytics  # noqa: E402
 from app.analytics.zones import Zones  # noqa: E402
 from core.config_files import config_path  # noqa: E402
 from core.preprocess import preprocess  # noqa: E402

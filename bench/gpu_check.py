@@ -198,7 +198,7 @@ def probe_facts(args) -> dict:
     help_text = subprocess.run([sys.executable, str(ROOT / "run_camera.py"), "--help"], cwd=ROOT,
                                capture_output=True, text=True).stdout
     facts["run_camera_device"] = None if "--device" in help_text else \
-        "run_camera.py has no --device flag (issue 22's flag is not ported yet)"
+        "run_camera.py has no --device flag (a checkout older than the flag)"
     return facts
 
 

@@ -25,9 +25,8 @@ import numpy as np
 
 from core.preprocess import preprocess
 from core.errors import InputError
+from core.files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts"}
 _FRAME_NUMBER = re.compile(r"^[a-z]?\d+$", re.IGNORECASE)   # `07965`, `f02100`
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from core.errors import InputError, SetupError
 
 KERNEL_DIR = Path(__file__).resolve().parent
-SOURCES = {"preprocess": KERNEL_DIR / "preprocess.cu", "overlay": KERNEL_DIR / "overlay.cu"}
+KERNEL_FILES = {"preprocess": KERNEL_DIR / "preprocess.cu", "overlay": KERNEL_DIR / "overlay.cu"}
 KERNELS = {"preprocess": ("linear_resize_coeffs", "preprocess_bgr_f32", "preprocess_bgr_f16"),
            "overlay": ("overlay_bgr", "argmax_channels", "zone_histogram")}     # the extern "C" entry points of each file
 OVERLAY_MODES = {"overlay": 0, "mask": 1, "side-by-side": 2}   # overlay.cu OVERLAY_MODE_*
@@ -38,7 +38,7 @@ INSTALL_HINT = ("install pycuda (pip install pycuda, on Jetson from the JetPack 
 
 
 def read_source(name: str) -> str:
-    return SOURCES[name].read_text()
+    return KERNEL_FILES[name].read_text()
 
 
 def grid_2d(width: int, height: int, frames: int = 1, block=BLOCK_2D) -> tuple:
@@ -177,7 +177,7 @@ class CudaKernels:
         self.backend = self._pick(backend)
         self.functions = {}
         with self.context:
-            for name in SOURCES:
+            for name in KERNEL_FILES:
                 module = self._compile(read_source(name))
                 for fn in KERNELS[name]:
                     self.functions[fn] = module.get_function(fn)

@@ -166,3 +166,22 @@ def test_packages_import_only_downwards():
         "\n".join(f"{m} -> {i}" for m, i in sorted(new))
     gone = KNOWN_UPWARD - found
     assert not gone, f"fixed, remove them from KNOWN_UPWARD: {sorted(gone)}"
+
+
+def test_module_names_do_not_collide_across_the_packages():
+    """One file name means one thing: no two modules of core/, training/, engines/,
+    calibration/ and app/ share a name (a reader never has to ask which `validate`)."""
+    seen: dict[str, list[str]] = {}
+    for module in import_graph():
+        if package_of(module) in PACKAGES and module.split(".")[-1] not in PACKAGES:
+            seen.setdefault(module.split(".")[-1], []).append(module)
+    twins = {name: sorted(mods) for name, mods in seen.items() if len(mods) > 1}
+    assert not twins, f"modules sharing a name: {twins}"
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in testkit/ (bench/ uses it too), never in a test file."""
+    graph = import_graph()
+    found = {(m, i) for m, imported in graph.items() if m.startswith("tests.") for i in imported
+             if i.startswith("tests.") and i.split(".")[-1].startswith("test_")}
+    assert not found, "\n".join(f"{m} -> {i}" for m, i in sorted(found))

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from app.analytics.coverage import cell_histogram, zone_counts
-from app.analytics.events import EventBus, JsonlSink, MqttSink, WebhookSink
+from app.analytics.events import EventBus, JsonlDelivery, MqttDelivery, WebhookDelivery
 from app.analytics.rules import RuleState
-from app.analytics.settings import CameraAnalytics
+from app.analytics.specs import CameraAnalytics
 from app.analytics.zones import Zones
 from core.validate import prepare_output
 
@@ -77,20 +77,20 @@ class Analytics:
         self.class_names = list(class_names)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.lock = threading.Lock()
-        sinks = []
+        deliveries = []
         try:
             if options.events_log:
-                sinks.append(JsonlSink(options.events_log))
+                deliveries.append(JsonlDelivery(options.events_log))
             if options.mqtt:
-                sinks.append(MqttSink(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls,
+                deliveries.append(MqttDelivery(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls,
                                        cameras=list(cameras), log=self.log))
             if options.webhook:
-                sinks.append(WebhookSink(options.webhook))
+                deliveries.append(WebhookDelivery(options.webhook))
         except BaseException:
-            for s in sinks:
-                s.close()
+            for d in deliveries:
+                d.close()
             raise
-        self.bus = EventBus(sinks, options.event_queue, log=self.log)
+        self.bus = EventBus(deliveries, options.event_queue, log=self.log)
         self.cameras = {}
         for name, config in cameras.items():
             self.add_camera(name, config, (fps or {}).get(name))
@@ -216,7 +216,7 @@ class Analytics:
         return [ratio, dropped]
 
     def close(self) -> None:
-        """End of the run: open events end at the last frame, clips are written, sinks flushed."""
+        """End of the run: open events end at the last frame, clips are written, deliveries flushed."""
         for cam in self.cameras.values():
             for rule in cam.rules:
                 for kind, event in rule.finish(cam.last_t, cam.last_frame):
@@ -232,7 +232,7 @@ class Analytics:
     def summary(self) -> str:
         parts = [f"{name} {' '.join(f'{k} {v}' for k, v in c.items())}" for name, c in self.bus.counters().items()]
         skipped = sum(c.clips.skipped for c in self.cameras.values() if c.clips is not None)
-        return "events: " + ("; ".join(parts) or "no sinks") + (f"; clip frames skipped {skipped}" if skipped else "")
+        return "events: " + ("; ".join(parts) or "no deliveries") + (f"; clip frames skipped {skipped}" if skipped else "")
 
 
 def served(message: dict) -> dict:

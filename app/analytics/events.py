@@ -136,7 +136,7 @@ class Outbox:
 
 # ---- the sinks ------------------------------------------------------------------------------
 
-class JsonlSink:
+class JsonlDelivery:
     name = "jsonl"
 
     def __init__(self, path: str | Path):
@@ -157,7 +157,7 @@ class JsonlSink:
         self.file.close()
 
 
-class WebhookSink:
+class WebhookDelivery:
     """POST each message as JSON. A 2xx answer is delivered; 5xx, 408, 429 and network
     failures are retried; a redirect (3xx, never followed: it would turn the POST into an
     empty GET elsewhere) and any other 4xx are dropped and counted. The whole exchange has a
@@ -247,7 +247,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str, bool]:
     return parts.hostname, port, prefix, tls
 
 
-class MqttSink:
+class MqttDelivery:
     """paho-mqtt in its own network thread (loop_start), reconnecting by itself; the outbox
     worker publishes with QoS 1 and waits for the broker's acknowledgement (at least once).
 
@@ -365,18 +365,18 @@ class MqttSink:
 
 
 class EventBus:
-    """Fans event messages out to the sinks' outboxes; never waits."""
+    """Fans event messages out to the deliveries' outboxes; never waits."""
 
-    def __init__(self, sinks: list, capacity: int = DEFAULT_CAPACITY, log=None):
-        self.sinks = list(sinks)
-        self.outboxes = [Outbox(s.name, s.deliver, capacity, log=log) for s in self.sinks]
+    def __init__(self, deliveries: list, capacity: int = DEFAULT_CAPACITY, log=None):
+        self.deliveries = list(deliveries)
+        self.outboxes = [Outbox(s.name, s.deliver, capacity, log=log) for s in self.deliveries]
         self.recent: deque = deque(maxlen=50)   # the newest messages, for the web page
 
     def publish(self, kind: str, event) -> dict:
         message = {"type": kind, "time": round(time.time(), 3), "event": event.as_dict()}
         self.recent.append(message)
-        for sink, box in zip(self.sinks, self.outboxes):
-            for item in sink.messages(message):
+        for delivery, box in zip(self.deliveries, self.outboxes):
+            for item in delivery.messages(message):
                 box.put(item)
         return message
 
@@ -389,8 +389,8 @@ class EventBus:
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         for box in self.outboxes:
             box.close(grace_s)
-        for sink in self.sinks:
+        for delivery in self.deliveries:
             try:
-                sink.close()
+                delivery.close()
             except Exception as e:   # a broker gone at exit: nothing left to do about it
-                print(f"warning: closing events {sink.name}: {e}", file=sys.stderr)
+                print(f"warning: closing events {delivery.name}: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from app.analytics.settings import RuleSpec
+from app.analytics.specs import RuleSpec
 
 UPDATE_STEP = 0.05        # an update message when the peak grew this much since the last one
 UPDATE_EVERY_S = 1.0      # ... at most this often

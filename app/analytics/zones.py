@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.analytics.settings import FRAME_ZONE, ZoneSpec
+from app.analytics.specs import FRAME_ZONE, ZoneSpec
 from core.errors import InputError
 
 MAX_CELLS = 256          # cells are uint8 (the GPU kernel reads one byte per pixel)

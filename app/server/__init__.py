@@ -9,7 +9,7 @@ aiohttp runs in its own thread with its own asyncio event loop inside the app pr
 connection is a coroutine, not a thread, so the thread count stays flat however many clients
 come. aiohttp brings the HTTP parsing, header size limits, keep-alive, streaming responses
 and TLS; the rest is here, one job a module:
-  options.py   ServerOptions (what a run asks for) and ServerError
+  server_options.py   ServerOptions (what a run asks for) and ServerError
   auth.py      the token, Bearer / Basic / page cookie, the per-address lock-out (also the
                built-in RTSP server's auth, app/rtsp_out.py)
   limits.py    the connection budget (pending vs authenticated, per address, the header
@@ -24,6 +24,6 @@ docs/service.md describes the policy: when a token is required, the limits and t
 from app.server.app_server import AppServer
 from app.server.auth import Auth, is_loopback
 from app.server.hub import FrameHub
-from app.server.options import TOKEN_ENV, ServerError, ServerOptions
+from app.server.server_options import TOKEN_ENV, ServerError, ServerOptions
 
 __all__ = ["AppServer", "Auth", "FrameHub", "ServerError", "ServerOptions", "TOKEN_ENV", "is_loopback"]

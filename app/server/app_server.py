@@ -17,7 +17,7 @@ from app.server.auth import Auth
 from app.server.hub import FrameHub
 from app.server.limits import (ClientErrorLog, ConnectionBudget, Listener, RequestErrorLogger, bind, open_file_limit,
                                plan)
-from app.server.options import ServerError, ServerOptions
+from app.server.server_options import ServerError, ServerOptions
 from app.server.routes import Routes
 
 log = logging.getLogger("app.server")

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections import OrderedDict
 
-from app.server.options import TOKEN_ENV
+from app.server.server_options import TOKEN_ENV
 
 COOKIE = "bisenet_session"
 MAX_FAILURES = 5              # wrong tokens per address within FAILURE_WINDOW_S before a lock-out

@@ -9,7 +9,7 @@ import pytest
 
 from app.analytics.coverage import brute_force_ratios, coverage_ratios
 from app.analytics.rules import RuleState
-from app.analytics.settings import CameraAnalytics, RuleSpec, ZoneSpec, parse_camera_analytics
+from app.analytics.specs import CameraAnalytics, RuleSpec, ZoneSpec, parse_camera_analytics
 from app.analytics.zones import Zones
 from core.errors import InputError
 from testkit.cuda_host import DATA, needs_data

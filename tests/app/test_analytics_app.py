@@ -129,7 +129,7 @@ def test_api_coverage_metrics_and_clip_route_on_the_app_server(tmp_path):
     import numpy as np
 
     from app.analytics import Analytics
-    from app.analytics.settings import parse_camera_analytics
+    from app.analytics.specs import parse_camera_analytics
     from app.settings import AnalyticsSettings
     from app.frames import Frame
     from app.server import AppServer
@@ -174,7 +174,7 @@ def test_hud_zones_in_side_by_side_mode_sit_on_the_overlay_half():
     import numpy as np
 
     from app.analytics import Analytics
-    from app.analytics.settings import parse_camera_analytics
+    from app.analytics.specs import parse_camera_analytics
     from app.settings import AnalyticsSettings
     from app.frames import Frame
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.analytics.events import MqttSink, Outbox, WebhookSink, parse_mqtt_url
+from app.analytics.events import MqttDelivery, Outbox, WebhookDelivery, parse_mqtt_url
 from app.analytics.rules import Event
 from core.backoff import Backoff
 from core.errors import InputError
@@ -31,8 +31,8 @@ def message(kind: str, ev: Event) -> dict:
     return {"type": kind, "time": time.time(), "event": ev.as_dict()}
 
 
-def mqtt_sink(broker, **kw) -> MqttSink:
-    sink = MqttSink(broker.url, client_id=f"test-pub-{broker.port}-{time.monotonic_ns()}", **kw)
+def mqtt_delivery(broker, **kw) -> MqttDelivery:
+    sink = MqttDelivery(broker.url, client_id=f"test-pub-{broker.port}-{time.monotonic_ns()}", **kw)
     wait_until(sink.connected.is_set, 10, "the sink's connection")
     return sink
 
@@ -44,7 +44,7 @@ def test_class_names_with_wildcards_or_slashes_never_stop_mqtt_delivery(tmp_path
     broker = Broker(tmp_path).start()
     sub = Subscriber(broker.port)
     lines = []
-    sink = mqtt_sink(broker)
+    sink = mqtt_delivery(broker)
     box = Outbox("mqtt", sink.deliver, backoff=Backoff(0.05, 0.1), log=lines.append)
     try:
         for ev in (event(1, "a+b"), event(2, "x/y"), event(3, "car#")):
@@ -79,7 +79,7 @@ def test_a_broker_refusing_the_login_is_said_with_its_reason(tmp_path):
     broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
     broker.start()
     lines = []
-    sink = MqttSink(broker.url, user="nobody", password="wrong", log=lines.append)
+    sink = MqttDelivery(broker.url, user="nobody", password="wrong", log=lines.append)
     box = Outbox("mqtt", sink.deliver, backoff=Backoff(0.05, 0.2), log=lines.append)
     try:
         wait_until(lambda: sink.refused is not None, 10, "the broker's refusal")
@@ -98,9 +98,9 @@ def test_a_broker_refusing_the_login_is_said_with_its_reason(tmp_path):
 
 KILLED_RUN = """
 import os, sys, time
-from app.analytics.events import MqttSink
+from app.analytics.events import MqttDelivery
 from app.analytics.rules import Event
-sink = MqttSink(sys.argv[1], client_id="killed-run")
+sink = MqttDelivery(sys.argv[1], client_id="killed-run")
 sink.connected.wait(10)
 for n, zone in enumerate(["kerb", "lane", "gate"]):
     ev = Event(f"old-run-{n}", "cam0", zone, "car", f"{zone}.car.above", start_s=0.0, start_frame=0, peak=0.5)
@@ -120,7 +120,7 @@ def test_states_a_killed_run_left_active_are_ended_with_reason_restart(tmp_path)
         sub = Subscriber(broker.port)
         wait_until(lambda: len(sub.messages) >= 3, 10, "the killed run's retained states")
         assert all(json.loads(p)["active"] for t, p, r in sub.messages if t.endswith("/state"))
-        sink = mqtt_sink(broker, cameras=["cam0", "cam1"])
+        sink = mqtt_delivery(broker, cameras=["cam0", "cam1"])
         try:
             wait_until(lambda: sink.restarted == 3, 10, "the start-up sweep")
             wait_until(lambda: len(sub.events()) == 3, 10, "the end messages")
@@ -188,7 +188,7 @@ def test_a_webhook_redirect_is_not_followed_and_counts_as_dropped(status):
     target = Peer(answer(200))
     peer = Peer(answer(status, [("Location", target.url)]))
     lines = []
-    box = Outbox("webhook", WebhookSink(peer.url).deliver, backoff=Backoff(0.05, 0.1), log=lines.append)
+    box = Outbox("webhook", WebhookDelivery(peer.url).deliver, backoff=Backoff(0.05, 0.1), log=lines.append)
     try:
         for n in range(3):
             box.put({"type": "start", "event": {"id": f"ev-{n}"}})
@@ -206,7 +206,7 @@ def test_a_webhook_redirect_is_not_followed_and_counts_as_dropped(status):
 def test_a_webhook_4xx_is_dropped_while_429_is_retried():
     answers = [400, 429, 200]
     peer = Peer(lambda h: answer(answers.pop(0) if answers else 200)(h))
-    box = Outbox("webhook", WebhookSink(peer.url).deliver, backoff=Backoff(0.05, 0.1), log=lambda _: None)
+    box = Outbox("webhook", WebhookDelivery(peer.url).deliver, backoff=Backoff(0.05, 0.1), log=lambda _: None)
     try:
         box.put({"n": 1})
         box.put({"n": 2})
@@ -233,7 +233,7 @@ def test_a_receiver_dripping_its_answer_meets_the_deadline_and_a_warning():
 
     peer = Peer(drip)
     lines = []
-    sink = WebhookSink(peer.url, timeout_s=1.0)
+    sink = WebhookDelivery(peer.url, timeout_s=1.0)
     box = Outbox("webhook", sink.deliver, backoff=Backoff(0.05, 0.1), log=lines.append)
     try:
         box.put({"n": 1})

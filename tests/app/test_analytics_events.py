@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.analytics.events import EventBus, JsonlSink, MqttSink, Outbox, WebhookSink, parse_mqtt_url
+from app.analytics.events import EventBus, JsonlDelivery, MqttDelivery, Outbox, WebhookDelivery, parse_mqtt_url
 from app.analytics.rules import Event
 from core.backoff import Backoff
 from core.errors import InputError
@@ -51,7 +51,7 @@ def test_put_never_waits_for_a_slow_sink():
 
 def test_jsonl_sink_writes_one_line_per_message(tmp_path):
     path = tmp_path / "events.jsonl"
-    bus = EventBus([JsonlSink(path)])
+    bus = EventBus([JsonlDelivery(path)])
     bus.publish("start", event(1))
     bus.publish("end", event(1))
     bus.close()
@@ -62,7 +62,7 @@ def test_jsonl_sink_writes_one_line_per_message(tmp_path):
 def test_webhook_retries_500s_and_timeouts_then_delivers_in_order():
     receiver = Receiver([500, "hang", 503], hang_s=1.5)
     try:
-        sink = WebhookSink(receiver.url, timeout_s=0.5)
+        sink = WebhookDelivery(receiver.url, timeout_s=0.5)
         bus = EventBus([sink])
         bus.outboxes[0].backoff = Backoff(0.05, 0.2)
         bus.publish("start", event(1))
@@ -76,7 +76,7 @@ def test_webhook_retries_500s_and_timeouts_then_delivers_in_order():
 
 
 def test_webhook_endpoint_down_drops_beyond_the_bound_and_counts():
-    bus = EventBus([WebhookSink("http://127.0.0.1:9/hook", timeout_s=0.2)], capacity=2, log=lambda _: None)
+    bus = EventBus([WebhookDelivery("http://127.0.0.1:9/hook", timeout_s=0.2)], capacity=2, log=lambda _: None)
     for i in range(5):
         bus.publish("start", event(i))
     assert bus.dropped() == {"webhook": 3}
@@ -100,7 +100,7 @@ def test_mqtt_start_end_and_retained_state_reach_a_real_subscriber(mosquitto):
     broker = mosquitto
     sub = Subscriber(broker.port)
     try:
-        bus = EventBus([MqttSink(broker.url)])
+        bus = EventBus([MqttDelivery(broker.url)])
         wait_until(lambda: any(t == "bisenet/available" and p == "online" for t, p, _ in sub.messages),
                    what="availability")
         bus.publish("start", event(1))
@@ -123,11 +123,11 @@ def test_mqtt_start_end_and_retained_state_reach_a_real_subscriber(mosquitto):
 def test_mqtt_broker_down_events_wait_then_arrive_when_it_returns(mosquitto):
     broker = mosquitto
     sub = None
-    bus = EventBus([MqttSink(broker.url)], capacity=100, log=lambda _: None)
+    bus = EventBus([MqttDelivery(broker.url)], capacity=100, log=lambda _: None)
     try:
-        wait_until(lambda: bus.sinks[0].client.is_connected(), what="connected")
+        wait_until(lambda: bus.deliveries[0].client.is_connected(), what="connected")
         broker.stop()
-        wait_until(lambda: not bus.sinks[0].client.is_connected(), what="disconnect noticed")
+        wait_until(lambda: not bus.deliveries[0].client.is_connected(), what="disconnect noticed")
         bus.outboxes[0].backoff = Backoff(0.1, 0.5)
         for i in range(3):
             bus.publish("start", event(i))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.analytics import Analytics
-from app.analytics.settings import parse_camera_analytics
+from app.analytics.specs import parse_camera_analytics
 from app.frames import Frame
 from app.server import AppServer
 from app.settings import AnalyticsSettings

@@ -301,7 +301,7 @@ def test_analytics_keep_a_fused_counts_engine_on_its_fused_path_with_the_same_co
     run_fused_counts and reads the coverage from the counts (labels stay on the device); the
     coverage, events and overlays equal those of the label path."""
     from app.analytics import Analytics
-    from app.analytics.settings import parse_camera_analytics
+    from app.analytics.specs import parse_camera_analytics
     from app.settings import AnalyticsSettings
 
     frames = images(8, size=(40, 60), seed=3)

@@ -137,7 +137,7 @@ def test_a_single_camera_down_at_start_is_the_same_one_line_error_in_the_api_and
     error (exit 2 for run_camera.py, an InputError-like BisenetError for stream()), one line."""
     import bisenet_edge
     from core.errors import BisenetError
-    from tests.app_process import run_camera
+    from testkit.app_process import run_camera
 
     dead = f"rtsp://127.0.0.1:{free_port()}/cam"
     model = tiny_onnx((64, 96))

@@ -1,4 +1,4 @@
-"""The one validation layer (app/validate.py): every bad input is exit 2 and ONE line on stderr,
+"""The one validation layer (app/setting_rules.py): every bad input is exit 2 and ONE line on stderr,
 never a traceback; runs that did not do their job exit non-zero and say why; files get the
 umask's mode; interrupted writes leave no temp files.
 
@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from app import settings, validate
+from app import settings
+from core.validate import MAX_QUEUE
 from app.cli import main as bisenet_main
 from app.run import main as run_main
 from core.files import atomic_path, atomic_write
@@ -56,7 +57,7 @@ FLAG_CASES = [
     (["--source", "rtsp://127.0.0.1:99999/cam"], "--source rtsp://127.0.0.1:99999/cam: the port must be"),
     (["--source", "http://127.0.0.1:-1/x.mjpg"], "the port must be a number from 1 to 65535"),
     (["--queue-size", "100000"], f"--queue-size 100000 is out of range: expected a whole number from 1 to "
-                                 f"{validate.MAX_QUEUE}"),
+                                 f"{MAX_QUEUE}"),
     (["--queue-size", "0"], "--queue-size 0 is out of range"),
     (["--queue-size", "-3"], "--queue-size -3 is out of range"),
     (["--queue-size", "abc"], "--queue-size: invalid int value"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.analytics.coverage import cell_histogram
-from app.analytics.settings import ZoneSpec
+from app.analytics.specs import ZoneSpec
 from app.analytics.zones import Zones
 from engines import cuda_kernels as ck
 from testkit.cuda_host import DATA, gpu_kernels, host, needs_data, ptr  # noqa: F401  (host: a fixture)

@@ -231,7 +231,7 @@ def test_kernels_compile_to_ptx(tmp_path, arch):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not installed (CUDA toolkit); the PTX check needs it")
-    for name, src in ck.SOURCES.items():
+    for name, src in ck.KERNEL_FILES.items():
         out = tmp_path / f"{name}_{arch}.ptx"
         subprocess.run([nvcc, "--ptx", f"-arch={arch}", "-o", str(out), str(src)], check=True)
         text = out.read_text()

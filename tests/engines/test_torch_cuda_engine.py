@@ -200,7 +200,7 @@ def test_gpu_zone_counts_equal_the_histogram_of_the_fused_labels(cfg, cuda_graph
     of the same chain's labels, and the overlays equal run_fused_frames'. Made here, run in
     another thread; twice (a replay when graphs are on)."""
     from app.analytics.coverage import cell_histogram
-    from app.analytics.settings import ZoneSpec
+    from app.analytics.specs import ZoneSpec
     from app.analytics.zones import Zones
 
     def zone(name, polygon):

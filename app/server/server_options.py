@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app import validate
+from app import setting_rules
 from core.errors import BisenetError, InputError
 
 TOKEN_ENV = "BISENET_AUTH_TOKEN"   # the token's environment variable (read by the run's settings)
@@ -33,6 +33,6 @@ class ServerOptions:
             raise InputError("--tls-cert and --tls-key go together: pass both (PEM files) or neither")
         if self.auth_token is not None:
             try:
-                validate.auth_token(self.auth_token)
+                setting_rules.auth_token(self.auth_token)
             except ValueError as e:
                 raise InputError(f"--auth-token / {TOKEN_ENV}: {e}") from None

@@ -20,9 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.redact import shown, shown_text
-from core.options import (Expected, OneOf, apply, check, check_value, each, explain, flag_name,  # noqa: F401
-                          listed, switch, text)   # the generic rules, declared in core/options.py
-from core.validate import MAX_QUEUE, MAX_SIDE, Number  # noqa: F401 (MAX_QUEUE: read here by the tests)
+from core.options import Expected, apply, check_value
+from core.validate import Number
 
 
 def host_names(value) -> tuple:
