@@ -3,7 +3,9 @@
 labels at model resolution -> nearest upsample to the source size -> palette -> alpha blend.
 Nearest sampling uses half-pixel centers in exact integer arithmetic:
     src_y = ((2*y + 1) * h) // (2 * H)      (and likewise for x)
-so the CPU and the kernel pick the same source label for every output pixel.
+so the CPU and the kernel pick the same source label for every output pixel. The blend is
+    (image * (256 - a) + color * a + 128) >> 8      with a = round(alpha * 256),
+round-half-up of the float formula for alpha in 1/256ths, on both sides.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = labels.shape
     if (h, w) == (height, width):
         return labels
-    # Rows, then columns: two 1-D gathers are ~10x faster than one 2-D fancy index.
-    return np.take(np.take(labels, nearest_indices(height, h), axis=0), nearest_indices(width, w), axis=1)
+    # Columns at the label map's height, then whole rows: the second gather copies rows.
+    return np.take(np.take(labels, nearest_indices(width, w), axis=1), nearest_indices(height, h), axis=0)
 
 
 def palette_bgr(palette_rgb: np.ndarray) -> np.ndarray:
@@ -31,6 +33,34 @@ def palette_bgr(palette_rgb: np.ndarray) -> np.ndarray:
     pal = np.asarray(palette_rgb, dtype=np.uint8).reshape(-1, 3)[:256]
     lut[: len(pal)] = pal[:, ::-1]
     return lut
+
+
+def upsample_colors(labels: np.ndarray, lut_bgr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """labels [h, w] -> their palette colors at [height, width, 3], by the nearest rule above.
+
+    The palette lookup at the label map's size, each color one 32-bit word (BGR + a pad byte)
+    so the column gather moves whole pixels; columns at the label map's height (a few hundred
+    rows); then a gather of whole rows: only that last step touches every output pixel.
+    """
+    h, w = labels.shape
+    # A uint8 index keeps the LUT cheap; ids above 255 cannot occur (<= 171 classes).
+    index = labels.astype(np.uint8, copy=False)
+    colors = cv2.LUT(cv2.merge([index, index, index]), np.ascontiguousarray(lut_bgr).reshape(256, 1, 3))
+    words = cv2.cvtColor(colors, cv2.COLOR_BGR2BGRA).view(np.uint32)[..., 0]
+    columns = np.take(words, nearest_indices(width, w), axis=1).view(np.uint8).reshape(h, width, 4)
+    return np.take(cv2.cvtColor(columns, cv2.COLOR_BGRA2BGR), nearest_indices(height, h), axis=0)
+
+
+def blend_weights(alpha: float) -> tuple[float, float, float]:
+    """cv2.addWeighted's (alpha, beta, gamma) that compute the fixed-point blend exactly.
+
+    With a = round(alpha * 256) the weights (256 - a)/256 and a/256 are exact binary fractions,
+    so image * w1 + color * w2 is exact in float32 and a multiple of 1/256; adding 1/512 puts
+    it strictly between two halves, so rounding to nearest (any tie rule) gives
+    (image * (256 - a) + color * a + 128) >> 8. tests/test_app_overlay.py checks every pair.
+    """
+    a = int(round(alpha * 256))
+    return (256 - a) / 256, a / 256, 1 / 512
 
 
 def render_overlay(image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarray,
@@ -45,20 +75,13 @@ def render_overlay(image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarra
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     height, width = image_bgr.shape[:2]
-    # A uint8 index keeps the LUT cheap; ids above 255 cannot occur (<= 171 classes).
-    up = upsample_labels(labels.astype(np.uint8, copy=False), height, width)
-    up3 = cv2.merge([up, up, up])
+    color = upsample_colors(labels, lut_bgr, height, width)
     if mode == "mask":
-        return cv2.LUT(up3, lut_bgr.reshape(256, 1, 3))
-    # Fixed-point blend, exact round-half-up of the float formula for alpha in 1/256ths:
-    #     (image * (256 - a) + color * a + 128) >> 8
-    # as two 16-bit table lookups (image term, color term per class) and one add, in OpenCV.
-    a = int(round(alpha * 256))
-    image_term = (np.arange(256, dtype=np.uint16) * (256 - a) + 128).astype(np.uint16)
-    color_term = (lut_bgr.astype(np.uint16) * a).reshape(256, 1, 3)
-    total = cv2.add(cv2.LUT(np.ascontiguousarray(image_bgr), image_term), cv2.LUT(up3, color_term))
-    blended = np.empty((height, width, 3), np.uint8)
-    np.right_shift(total, 8, out=blended, casting="unsafe")
+        return color
+    w_image, w_color, bias = blend_weights(alpha)
     if mode == "side-by-side":
-        return np.concatenate([image_bgr, blended], axis=1)
-    return blended
+        out = np.empty((height, 2 * width, 3), np.uint8)
+        out[:, :width] = image_bgr
+        cv2.addWeighted(image_bgr, w_image, color, w_color, bias, dst=out[:, width:])
+        return out
+    return cv2.addWeighted(image_bgr, w_image, color, w_color, bias)
