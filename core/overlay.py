@@ -43,11 +43,10 @@ def upsample_colors(labels: np.ndarray, lut_bgr: np.ndarray, height: int, width:
     rows); then a gather of whole rows: only that last step touches every output pixel.
     """
     h, w = labels.shape
-    # A uint8 index keeps the LUT cheap; ids above 255 cannot occur (<= 171 classes).
+    # Ids wrap to their low byte, as in the kernel; ids above 255 cannot occur (<= 171 classes).
     index = labels.astype(np.uint8, copy=False)
-    colors = cv2.LUT(cv2.merge([index, index, index]), np.ascontiguousarray(lut_bgr).reshape(256, 1, 3))
-    words = cv2.cvtColor(colors, cv2.COLOR_BGR2BGRA).view(np.uint32)[..., 0]
-    columns = np.take(words, nearest_indices(width, w), axis=1).view(np.uint8).reshape(h, width, 4)
+    words = cv2.cvtColor(np.ascontiguousarray(lut_bgr).reshape(256, 1, 3), cv2.COLOR_BGR2BGRA).view(np.uint32).ravel()
+    columns = np.take(np.take(words, index), nearest_indices(width, w), axis=1).view(np.uint8).reshape(h, width, 4)
     return np.take(cv2.cvtColor(columns, cv2.COLOR_BGRA2BGR), nearest_indices(height, h), axis=0)
 
 
