@@ -7,10 +7,12 @@ before:      the exact fixed-point overlay as it was: the label map upsampled to
              16-bit cv2.LUT lookups (image term, color term), an add and a shift, full size.
 now:         core.overlay.render_overlay: palette and column gather at the label map's height,
              a row gather to full size, one cv2.addWeighted with exact weights.
-addWeighted: one cv2.addWeighted of two full-size images: what any blend costs at least.
-Both give the same pixels on every size and mode (checked; exit 1 if not). Rounds interleave
-the three so a busy machine slows each alike; the numbers are medians of the per-call times,
-and the least of them (min): on a shared machine, the closer to what a quiet one gives.
+plain:       cv2.LUT of a full-size 3-channel label image + cv2.addWeighted (round half to even,
+             not the exact formula): the yardstick the overlay was measured against.
+Before and now give the same pixels on every size and mode (checked; exit 1 if not). Rounds
+interleave the three so a busy machine slows each alike. Per call: the median wall time, the
+least wall time (min: on a shared machine, the closer to what a quiet one gives) and the median
+CPU time of all threads (cpu: what other processes' load inflates least), in ms.
 Frame sizes are WxH (as cameras say them), the label map HxW (as models say theirs).
 """
 from __future__ import annotations
@@ -54,13 +56,19 @@ def render_overlay_before(image_bgr, labels, lut_bgr, alpha=0.5, mode="overlay")
     return blended
 
 
+def fail(message: str):
+    """A bad option: one line saying what to do, exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def pair(text: str, what: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"error: {what} must look like 1920x1080, got {text!r}") from None
+        fail(f"{what} must look like 1920x1080, got {text!r}")
     if a <= 0 or b <= 0:
-        raise SystemExit(f"error: {what} must be positive, got {text!r}")
+        fail(f"{what} must be positive, got {text!r}")
     return a, b
 
 
@@ -69,19 +77,22 @@ def measure(frame_wh, labels_hw, mode, repeats, rng) -> dict:
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     labels = rng.integers(0, 19, labels_hw).astype(np.int32)
     lut = palette_bgr(rng.integers(0, 256, (19, 3)))
-    color = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    up = rng.integers(0, 19, (height, width), dtype=np.uint8)
+    up3 = cv2.merge([up, up, up])
     calls = {"before": lambda: render_overlay_before(image, labels, lut, 0.5, mode),
              "now": lambda: render_overlay(image, labels, lut, 0.5, mode),
-             "addWeighted": lambda: cv2.addWeighted(image, 0.5, color, 0.5, 1 / 512)}
+             "plain": lambda: cv2.addWeighted(image, 0.5, cv2.LUT(up3, lut.reshape(256, 1, 3)), 0.5, 0)}
     same = np.array_equal(calls["before"](), calls["now"]())
-    times = {name: [] for name in calls}
+    wall = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             call()
-            times[name].append((time.perf_counter() - t0) * 1000)
-    return {"same": same, **{name: statistics.median(ts) for name, ts in times.items()},
-            **{f"{name} min": min(ts) for name, ts in times.items()}}
+            wall[name].append((time.perf_counter() - t0) * 1000)
+            cpu[name].append((time.process_time() - c0) * 1000)
+    return {"same": same, "median": {n: statistics.median(t) for n, t in wall.items()},
+            "min": {n: min(t) for n, t in wall.items()}, "cpu": {n: statistics.median(t) for n, t in cpu.items()}}
 
 
 def main(argv=None) -> int:
@@ -98,9 +109,9 @@ def main(argv=None) -> int:
     modes = args.modes.split(",")
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise SystemExit(f"error: unknown mode {bad[0]!r} in --modes: use {', '.join(MODES)}")
+        fail(f"unknown mode {bad[0]!r} in --modes: use {', '.join(MODES)}")
     if args.repeats < 1:
-        raise SystemExit("error: --repeats must be at least 1")
+        fail("--repeats must be at least 1")
     if args.threads:
         cv2.setNumThreads(args.threads)
 
@@ -108,18 +119,19 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; OpenCV {cv2.__version__} on {cv2.getNumThreads()} threads; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
     print(f"labels {labels_hw[0]}x{labels_hw[1]} (HxW), alpha 0.5, median of {args.repeats} calls each, in ms")
-    print(f"{'frame WxH':>10s} {'mode':>12s} {'before':>8s} {'now':>8s} {'before/now':>10s} {'addWeighted':>11s}"
-          f"  |  min: {'before':>7s} {'now':>6s} {'ratio':>5s} {'addW':>5s}  pixels")
+    stats = ("median", "min", "cpu")
+    print(f"{'':24s}" + "".join(f"| {stat:^34s}" for stat in stats))
+    print(f"{'frame WxH':>10s} {'mode':>12s} " + "| before    now  plain b/now n/plain" * len(stats) + "  pixels")
     all_same = True
     rng = np.random.default_rng(0)
     for mode in modes:
         for frame_wh in sizes:
             r = measure(frame_wh, labels_hw, mode, args.repeats, rng)
             all_same &= r["same"]
-            print(f"{frame_wh[0]:>5d}x{frame_wh[1]:<4d} {mode:>12s} {r['before']:8.2f} {r['now']:8.2f} "
-                  f"{r['before'] / r['now']:10.2f} {r['addWeighted']:11.2f}  |       {r['before min']:7.2f} "
-                  f"{r['now min']:6.2f} {r['before min'] / r['now min']:5.2f} {r['addWeighted min']:5.2f}  "
-                  f"{'same' if r['same'] else 'DIFFER'}")
+            cells = "".join(f"| {r[s]['before']:6.2f} {r[s]['now']:6.2f} {r[s]['plain']:6.2f} "
+                            f"{r[s]['before'] / max(r[s]['now'], 1e-9):5.2f} {r[s]['now'] / max(r[s]['plain'], 1e-9):7.2f}"
+                            for s in stats)
+            print(f"{frame_wh[0]:>5d}x{frame_wh[1]:<4d} {mode:>12s} {cells}  {'same' if r['same'] else 'DIFFER'}")
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
     print("before and now: same pixels on every size" if all_same else "FAIL: before and now differ")
