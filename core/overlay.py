@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 MODES = ("overlay", "mask", "side-by-side")
+BAND_BYTES = 512 * 1024   # rows blended per step: about this many bytes of each full-size image
 
 
 def nearest_indices(dst: int, src: int) -> np.ndarray:
@@ -35,19 +36,24 @@ def palette_bgr(palette_rgb: np.ndarray) -> np.ndarray:
     return lut
 
 
-def upsample_colors(labels: np.ndarray, lut_bgr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """labels [h, w] -> their palette colors at [height, width, 3], by the nearest rule above.
+def column_colors(labels: np.ndarray, lut_bgr: np.ndarray, width: int) -> np.ndarray:
+    """labels [h, w] -> their palette colors [h, width, 3]: columns upsampled by the nearest
+    rule above, rows not yet (a few hundred rows: cheap at any frame size).
 
-    The palette lookup at the label map's size, each color one 32-bit word (BGR + a pad byte)
-    so the column gather moves whole pixels; columns at the label map's height (a few hundred
-    rows); then a gather of whole rows: only that last step touches every output pixel.
+    The palette lookup at the label map's size gives each color as one 32-bit word (BGR + a pad
+    byte), so the column gather moves whole pixels.
     """
     h, w = labels.shape
     # Ids wrap to their low byte, as in the kernel; ids above 255 cannot occur (<= 171 classes).
     index = labels.astype(np.uint8, copy=False)
     words = cv2.cvtColor(np.ascontiguousarray(lut_bgr).reshape(256, 1, 3), cv2.COLOR_BGR2BGRA).view(np.uint32).ravel()
     columns = np.take(np.take(words, index), nearest_indices(width, w), axis=1).view(np.uint8).reshape(h, width, 4)
-    return np.take(cv2.cvtColor(columns, cv2.COLOR_BGRA2BGR), nearest_indices(height, h), axis=0)
+    return cv2.cvtColor(columns, cv2.COLOR_BGRA2BGR)
+
+
+def upsample_colors(labels: np.ndarray, lut_bgr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """labels [h, w] -> their palette colors [height, width, 3], by the nearest rule above."""
+    return np.take(column_colors(labels, lut_bgr, width), nearest_indices(height, labels.shape[0]), axis=0)
 
 
 def blend_weights(alpha: float) -> tuple[float, float, float]:
@@ -74,13 +80,23 @@ def render_overlay(image_bgr: np.ndarray, labels: np.ndarray, lut_bgr: np.ndarra
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     height, width = image_bgr.shape[:2]
-    color = upsample_colors(labels, lut_bgr, height, width)
     if mode == "mask":
-        return color
-    w_image, w_color, bias = blend_weights(alpha)
+        return upsample_colors(labels, lut_bgr, height, width)
+    colors = column_colors(labels, lut_bgr, width)
+    rows = nearest_indices(height, labels.shape[0])
+    out = np.empty((height, 2 * width if mode == "side-by-side" else width, 3), np.uint8)
+    blended = out
     if mode == "side-by-side":
-        out = np.empty((height, 2 * width, 3), np.uint8)
         out[:, :width] = image_bgr
-        cv2.addWeighted(image_bgr, w_image, color, w_color, bias, dst=out[:, width:])
-        return out
-    return cv2.addWeighted(image_bgr, w_image, color, w_color, bias)
+        blended = out[:, width:]
+    # Band by band, so each band's full-size color rows are still in cache when blended: one
+    # pass over the frame instead of writing a full-size color image and reading it back.
+    w_image, w_color, bias = blend_weights(alpha)
+    band = max(16, BAND_BYTES // (3 * width))
+    color = np.empty((min(band, height), width, 3), np.uint8)
+    for y in range(0, height, band):
+        n = min(band, height - y)
+        # mode="clip" (the rows are in range): with out=, the default "raise" goes through a copy.
+        np.take(colors, rows[y:y + n], axis=0, out=color[:n], mode="clip")
+        cv2.addWeighted(image_bgr[y:y + n], w_image, color[:n], w_color, bias, dst=blended[y:y + n])
+    return out
