@@ -128,9 +128,10 @@ def main(argv=None) -> int:
         for frame_wh in sizes:
             r = measure(frame_wh, labels_hw, mode, args.repeats, rng)
             all_same &= r["same"]
-            cells = "".join(f"| {r[s]['before']:6.2f} {r[s]['now']:6.2f} {r[s]['plain']:6.2f} "
-                            f"{r[s]['before'] / max(r[s]['now'], 1e-9):5.2f} {r[s]['now'] / max(r[s]['plain'], 1e-9):7.2f}"
-                            for s in stats)
+            cells = ""
+            for stat in stats:
+                before, now, plain = (max(r[stat][name], 1e-9) for name in ("before", "now", "plain"))
+                cells += f"| {before:6.2f} {now:6.2f} {plain:6.2f} {before / now:5.2f} {now / plain:7.2f}"
             print(f"{frame_wh[0]:>5d}x{frame_wh[1]:<4d} {mode:>12s} {cells}  {'same' if r['same'] else 'DIFFER'}")
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")

@@ -5,7 +5,9 @@ Nearest sampling uses half-pixel centers in exact integer arithmetic:
     src_y = ((2*y + 1) * h) // (2 * H)      (and likewise for x)
 so the CPU and the kernel pick the same source label for every output pixel. The blend is
     (image * (256 - a) + color * a + 128) >> 8      with a = round(alpha * 256),
-round-half-up of the float formula for alpha in 1/256ths, on both sides.
+round-half-up of the float formula for alpha in 1/256ths, on both sides. Here it is computed
+with OpenCV and NumPy gathers (render_overlay says how); tests/test_app_overlay.py holds it to
+the plain NumPy statement of the formula, tests/test_cuda_kernels.py the kernel to it.
 """
 from __future__ import annotations
 
