@@ -3,7 +3,7 @@
 // frame: blockIdx.z is the frame, so N frames (images, labels and outputs each back to back in
 // one buffer) take one launch with gridDim.z = N; one frame is N = 1.
 //
-// Matches app/overlay.py exactly: half-pixel nearest sampling in integer arithmetic
+// Matches core/overlay.py (render_overlay) exactly: half-pixel nearest sampling in integer arithmetic
 // src = ((2 * y + 1) * h) / (2 * H), the 256-entry BGR lookup table indexed by the label's
 // low byte, and the fixed-point blend (image * (256 - a) + color * a + 128) >> 8 with
 // a = round(alpha * 256).

@@ -1,10 +1,12 @@
-"""The OpenCV-accelerated overlay is bit-exact with the plain NumPy statement of its formula."""
+"""The OpenCV-accelerated overlay is bit-exact with the plain NumPy statement of its formula
+(the same formula the CUDA kernel computes: tests/test_cuda_kernels.py holds the two equal)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from core.overlay import nearest_indices, palette_bgr, render_overlay
+from core.overlay import blend_weights, nearest_indices, palette_bgr, render_overlay, upsample_labels
 
 
 def overlay_spec(image, labels, lut, alpha, mode):
@@ -32,3 +34,36 @@ def test_render_overlay_matches_the_spec(mode, alpha, src, dst):
     out = render_overlay(image, labels, lut, alpha, mode)
     assert out.dtype == np.uint8
     assert np.array_equal(out, overlay_spec(image, labels, lut, alpha, mode))
+
+
+def test_addweighted_computes_the_fixed_point_blend_for_every_pixel_pair_and_alpha():
+    """cv2.addWeighted with blend_weights(alpha) equals (image*(256-a) + color*a + 128) >> 8 for
+    all 256 x 256 byte pairs and every a in 0..256, on this build of OpenCV."""
+    image, color = (np.ascontiguousarray(np.broadcast_to(v[..., None], (256, 256, 3)))
+                    for v in np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8)))
+    wide_image, wide_color = image.astype(np.uint32), color.astype(np.uint32)
+    for a in range(257):
+        exact = ((wide_image * (256 - a) + wide_color * a + 128) >> 8).astype(np.uint8)
+        w_image, w_color, bias = blend_weights(a / 256)
+        assert np.array_equal(cv2.addWeighted(image, w_image, color, w_color, bias), exact), a
+
+
+@pytest.mark.parametrize("src,dst", [((64, 96), (360, 480)), ((352, 480), (1080, 1920)), ((33, 47), (7, 203)),
+                                     ((1, 1), (5, 3))])
+def test_upsample_labels_picks_the_nearest_rule_source_for_every_pixel(src, dst):
+    labels = np.random.default_rng(0).integers(0, 1000, src)
+    want = labels[nearest_indices(dst[0], src[0])[:, None], nearest_indices(dst[1], src[1])[None, :]]
+    assert np.array_equal(upsample_labels(labels, *dst), want)
+
+
+@pytest.mark.parametrize("mode", ["overlay", "mask", "side-by-side"])
+def test_render_overlay_of_views_matches_the_spec(mode):
+    """A crop of a larger frame and a strided label map (one frame of a batch, every other
+    column) give the same pixels as their contiguous copies."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (130, 250, 3), dtype=np.uint8)
+    image = frame[5:125, 7:207]
+    labels = rng.integers(0, 19, (2, 40, 120)).astype(np.int64)[1, :, ::2]
+    lut = palette_bgr(rng.integers(0, 256, (19, 3)))
+    out = render_overlay(image, labels, lut, 0.45, mode)
+    assert np.array_equal(out, overlay_spec(np.ascontiguousarray(image), np.ascontiguousarray(labels), lut, 0.45, mode))
