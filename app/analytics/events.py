@@ -30,7 +30,7 @@ from core.errors import InputError
 from core.names import NAME_RULE, topic_level
 
 DEFAULT_CAPACITY = 1000
-CLOSE_GRACE_S = 3.0          # at the end of a run, time each sink gets to deliver what it holds
+CLOSE_GRACE_S = 3.0          # at the end of a run, time each delivery gets to deliver what it holds
 WEBHOOK_TIMEOUT_S = 5.0     # the whole exchange with the receiver, connect to the last byte of its answer
 MAX_REFUSED_LINES = 5       # undeliverable messages logged one line each; more are only counted
 MQTT_ACK_TIMEOUT_S = 5.0
@@ -134,7 +134,7 @@ class Outbox:
         return {"delivered": self.delivered, "dropped": self.dropped, "retries": self.failures}
 
 
-# ---- the sinks ------------------------------------------------------------------------------
+# ---- the deliveries: where event messages go (a JSONL file, a webhook, MQTT) -------------
 
 class JsonlDelivery:
     name = "jsonl"
