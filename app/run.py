@@ -101,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
                              f"{cameras[0].reader.outage_reason}")
         if settings.server.metrics_port is not None:   # (host, port): app/validate.py's listen_address
             server.listen(*settings.server.metrics_port, what="metrics")
-        recorder = LatencyRecorder(settings.latency_log)
+        recorder = LatencyRecorder(settings.latency_log, max_mb=settings.log_max_mb, keep=settings.log_keep)
         if analytics_configs or settings.analytics.any:
             from app.analytics import Analytics
             analytics = Analytics(settings.analytics, analytics_configs, list(engine.info.class_names),
-                                  fps={c.name: c.fps for c in cameras})
+                                  fps={c.name: c.fps for c in cameras},
+                                  log_max_mb=settings.log_max_mb, log_keep=settings.log_keep)
             server.set_analytics(analytics, settings.analytics.clips_dir)
     except BaseException:
         if analytics is not None:
