@@ -178,7 +178,7 @@ class Pause:
         if self.since is None:
             line = f"{self.what} {file_error(path, e)}"
             self.error = self.error or line
-            self.log(f"warning: {line}; paused, {self.unit} not written are counted, trying again every "
+            self.log(f"error: {line}; paused, {self.unit} not written are counted, trying again every "
                      f"{self.retry_s:g} s; the run goes on")
         self.since = time.monotonic()
 
@@ -188,7 +188,7 @@ class Pause:
 
     def resumed(self) -> None:
         if self.since is not None:
-            self.log(f"{self.what}: writing again; {self.lost_now} {self.unit} were not written")
+            self.log(f"{self.what.rstrip(':')}: writing again; {self.lost_now} {self.unit} were not written")
         self.since, self.lost_now = None, 0
 
 
@@ -208,7 +208,8 @@ class RotatingLog:
         self.pause = Pause(what, "rows", log=log, retry_s=retry_s)
         self.lock = threading.Lock()
         self.rotated = 0
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+        # O_APPEND: every write goes to the end, also after a failed one was cut back
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if mode == "w" else 0)
         self.fd = os.open(self.path, flags, 0o644)   # OSError here: the caller's one line
         self.size = os.fstat(self.fd).st_size
         self.started = time.time()
