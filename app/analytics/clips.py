@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from app.encoding import KEYFRAME_EVERY_S, KeyframeClock, force_keyframe, h264_encoder, pad_to_even, set_up_encoder
+from app.retention import Retention
 from core.validate import prepare_output
 
 QUEUE_FRAMES = 8
@@ -45,6 +46,7 @@ class ClipRecorder:
         self.camera_dir.mkdir(parents=True, exist_ok=True)
         self.keep_s = float(keep_s) + KEYFRAME_EVERY_S
         self.max_bytes = int(max_mb * 1024 * 1024)
+        self.retention = Retention(self.folder, ("*/*.mp4", "*/*.jpg"), max_bytes=self.max_bytes)
         self.fps = fps
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.tasks: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
@@ -218,12 +220,6 @@ class ClipRecorder:
         self._retention()
 
     def _retention(self) -> None:
-        """Oldest clips and snapshots (every camera's) deleted first until under --clips-max-mb."""
-        files = [p for p in self.folder.glob("*/*") if p.suffix in (".mp4", ".jpg") and p.is_file()]
-        files.sort(key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for p in files:
-            if total <= self.max_bytes:
-                break
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
+        """Oldest clips and snapshots (every camera's) deleted first until under --clips-max-mb
+        (app/retention.py: never through a link, never a .part being written)."""
+        self.retention.sweep()
