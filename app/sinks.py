@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -139,7 +140,8 @@ class VideoFileSink(Sink):
         fps = float(fps or 25.0)
         width, height = even_size(width, height)
         self._size = (width, height, fps)
-        self._start(self._names(self.path) if self.segment_s else self.path)
+        if not self.segment_s:
+            self._start(self.path)   # segments: at the first frame, named by its capture time
 
     def _start(self, path: Path) -> None:
         """Open `path` with a fresh encoder (its first frame a keyframe)."""
@@ -196,6 +198,10 @@ class VideoFileSink(Sink):
             self._t0 = frame.capture_ts
         return frame.capture_ts - self._t0
 
+    def _wall(self, frame) -> float | None:
+        """The wall-clock time `frame` was captured (live; a segment's name), None: now."""
+        return time.time() - (time.monotonic() - frame.capture_ts) if self.live else None
+
     def write(self, frame, overlay_bgr, labels) -> None:
         t = self._stream_time(frame)
         if self.pause.paused:
@@ -203,14 +209,16 @@ class VideoFileSink(Sink):
                 self.pause.skipped()
                 return
             try:
-                self._start(self._names(self.path))   # space again? a new file from here
+                self._start(self._names(self.path, self._wall(frame)))   # space again? a new file from here
             except OSError as e:
                 self._failed(e)
                 return
-        elif self.segment_s and self._seg_t0 is not None and t - self._seg_t0 >= self.segment_s:
+        elif self.segment_s and (self.current is None or (
+                self._seg_t0 is not None and t - self._seg_t0 >= self.segment_s)):
             try:
-                self._finish()
-                self._start(self._names(self.path))
+                if self.current is not None:
+                    self._finish()
+                self._start(self._names(self.path, self._wall(frame)))
                 self.retention.sweep(protect=[self.current])   # the caps, plus the one being written
             except OSError as e:
                 self._failed(e)
@@ -295,7 +303,7 @@ class VideoFileSink(Sink):
         except OSError as e:
             self.pause.failed(self.current, e)
             self._abandon()
-        self.retention.sweep(protect=[self.current])
+        self.retention.sweep(protect=[self.current] if self.current else [])
 
     def counters(self) -> dict:
         out = {}

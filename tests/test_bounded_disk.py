@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import numpy as np
@@ -158,11 +159,15 @@ def _decoded_frames(path) -> int:
 def test_segmented_video_plays_each_segment_and_keeps_closed_ones_under_the_cap(tmp_path, live):
     sink = VideoFileSink(tmp_path / "out.mp4", live=live, segment_s=1.0)
     sink.open(64, 48, 10.0)
-    _frames(sink, 35)
+    _frames(sink, 35, t0=time.monotonic() - 10)   # captured 10 s ago, written now
     sink.close()
     segments = sorted(tmp_path.glob(timed_glob(tmp_path / "out.mp4")))
     assert not (tmp_path / "out.mp4").exists()
     assert [_decoded_frames(p) for p in segments] == [10, 10, 10, 5]
+    if live:   # named by the capture time of their first frame, not by when they were written
+        starts = [datetime.strptime(p.name.split(".", 1)[1][:21], "%Y-%m-%dT%H%M%S.%f") for p in segments[1:]]
+        assert all(abs((b - a).total_seconds() - 1.0) < 0.01 for a, b in zip(starts, starts[1:])), segments
+        assert datetime.now(timezone.utc).replace(tzinfo=None) - starts[-1] > timedelta(seconds=5)
     assert sink.counters() == {"segments": 4}
 
     capped = tmp_path / "capped"
@@ -179,6 +184,13 @@ def test_segmented_video_plays_each_segment_and_keeps_closed_ones_under_the_cap(
     kept = sorted(capped.iterdir())
     assert 2 <= len(kept) <= 3 and sink.retention.deleted_files == 6 - len(kept)
     assert all(_decoded_frames(p) == 10 for p in kept)   # the newest, each whole
+
+
+def test_a_segmented_output_that_got_no_frame_leaves_nothing(tmp_path):
+    sink = VideoFileSink(tmp_path / "out.mp4", segment_s=5.0, retain_gb=1.0)
+    sink.open(64, 48, 10.0)
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.counters() == {"segments": 0}
 
 
 VIDEO_FULL_DISK_SCRIPT = r"""
