@@ -31,6 +31,7 @@ from core.validate import prepare_output
 from core.errors import BisenetError, SetupError
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
@@ -116,6 +117,7 @@ class VideoFileSink(Sink):
         self.bitrate = bitrate
         self.segment_s = segment_s
         self.container = None
+        self._file = None      # the file object PyAV writes through
         self.stream = None
         self.writer = None     # the OpenCV fallback
         self.count = 0         # frames written, in all
@@ -167,6 +169,7 @@ class VideoFileSink(Sink):
                 if self.container is not None:
                     self.container.close()
                 self.container = None
+                self._close_file()
                 print(f"warning: PyAV cannot encode {path} with {codec} ({e}); using OpenCV's writer",
                       file=sys.stderr)
         fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
@@ -175,7 +178,11 @@ class VideoFileSink(Sink):
             raise SinkError(f"cannot write video {path}: neither PyAV nor OpenCV can encode it")
 
     def _open_pyav(self, av, codec, width, height, fps) -> None:
-        self.container = av.open(str(self.current), mode="w", options=FRAGMENTED_MP4 if self.fragmented else {})
+        # Through our own file object: FFmpeg's own file writes drop a failed write (a full disk)
+        # without an error; Python's raise it here, so the output can pause and say so.
+        self._file = open(self.current, "wb", buffering=0)
+        self.container = av.open(self._file, mode="w", format=CONTAINER_FORMATS.get(self.path.suffix.lower()),
+                                 options=FRAGMENTED_MP4 if self.fragmented else {})
         rate = Fraction(fps).limit_denominator(1001)
         self.stream = self.container.add_stream(codec, rate=rate)
         set_up_encoder(self.stream.codec_context, codec, width, height, fps,
@@ -271,9 +278,18 @@ class VideoFileSink(Sink):
             except Exception:   # its trailer cannot be written either: the fragments before it play
                 pass
             self.container = None
+        self._close_file()
         if self._sync_fd is not None:
             os.close(self._sync_fd)
             self._sync_fd = None
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def _finish(self) -> None:
         """Close the current file (encoder flushed, trailer written, synced), then apply retention."""
@@ -285,6 +301,7 @@ class VideoFileSink(Sink):
             self._mux(self.stream.encode(None))   # the encoder's delayed frames
             self.container.close()
             self.container = None
+            self._close_file()
         if self._sync_fd is not None:
             os.fsync(self._sync_fd)
             os.close(self._sync_fd)

@@ -255,3 +255,65 @@ def test_a_run_with_segments_and_rotated_logs_holds_the_caps_and_every_row(tmp_p
     assert sum(p.stat().st_size for p in segments[:-1]) <= 60_000
     assert all(_decoded_frames(p) == 15 for p in segments)
     assert f"{out / 'seg.mp4'}: segments 3, deleted {3 - len(segments)}" in r.stderr
+
+
+LOG_FULL_VIDEO_ON_SCRIPT = r"""
+import json, resource, signal, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from app.latency import LatencyRecorder
+from app.sinks import VideoFileSink
+folder = Path(sys.argv[1])
+lines = []
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+rec = LatencyRecorder(folder / "lat.csv", start=0.0)
+sink = VideoFileSink(folder / "out.mp4", live=True, segment_s=1.0)
+sink.open(64, 48, 10.0)
+t0 = time.monotonic()
+for i in range(240):   # 1 s segments of about 3 kB fit under the limit, the log does not
+    frame = SimpleNamespace(id=i, capture_ts=t0 + i / 10, source_ts=None, timings={}, camera="cam0", batch_size=1)
+    sink.write(frame, np.full((48, 64, 3), i % 256, np.uint8), None)
+    rec.record_written(frame, frame.capture_ts + 0.01)
+sink.close()
+rec.close()
+print(json.dumps({"video": sink.count, "counters": sink.counters(), "log_lost": rec.log.not_written,
+                  "error": rec.write_error}))
+"""
+
+
+def test_a_log_that_cannot_be_written_never_stops_the_video(tmp_path):
+    r = subprocess.run([sys.executable, "-c", LOG_FULL_VIDEO_ON_SCRIPT, str(tmp_path)], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["video"] == 240 and out["counters"] == {"segments": 24}, out   # every frame, every segment
+    assert 0 < out["log_lost"] < 240 and "rows not written" in out["error"]
+    assert r.stderr.count("--latency-log cannot write") == 1   # one line when it paused
+    rows = (tmp_path / "lat.csv").read_text().splitlines()[1:]
+    assert len(rows) == 240 - out["log_lost"]
+    segments = sorted(tmp_path.glob(timed_glob(tmp_path / "out.mp4")))
+    assert [_decoded_frames(p) for p in segments] == [10] * 24
+
+
+def test_coverage_and_events_logs_rotate_into_parts_that_hold_every_row(tmp_path):
+    from app.analytics import CoverageLog
+    from app.analytics.events import JsonlSink
+
+    cameras = {"cam0": SimpleNamespace(watched={"road": ["car", "person"]})}
+    cov = CoverageLog(str(tmp_path / "cov.csv"), cameras, max_mb=600 / 1024 / 1024, keep=100)
+    for i in range(100):
+        cov.write("cam0", i, i / 15, {"road": {"car": 0.25, "person": i / 100}})
+    cov.close()
+    assert cov.file.rotated >= 3
+    rows = list(csv.reader(_rows_of_parts(cov.file, "camera,frame,time_s,road:car,road:person\r\n")))
+    assert [int(r[1]) for r in rows] == list(range(100)) and rows[7][4] == "0.07000"
+
+    events = JsonlSink(tmp_path / "events.jsonl", max_mb=500 / 1024 / 1024, keep=100)
+    for i in range(50):
+        events.deliver({"type": "start", "id": f"e{i}"})
+    events.close()
+    assert events.file.rotated >= 2
+    got = [json.loads(line)["id"] for p in events.file.parts() for line in p.read_text().splitlines()]
+    assert got == [f"e{i}" for i in range(50)]
