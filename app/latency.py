@@ -12,8 +12,8 @@ and, with several cameras, an all-camera line.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import sys
 import threading
 import time
 from collections import Counter
@@ -105,7 +105,10 @@ class LatencyRecorder:
     """Thread-safe: the capture, inference and output threads of every camera report here.
     `written`, `dropped`, `stats` are the all-camera totals; `cameras[name]` each camera's."""
 
-    def __init__(self, path: str | Path | None = None, start: float | None = None):
+    def __init__(self, path: str | Path | None = None, start: float | None = None, max_mb: float | None = None,
+                 keep: int | None = None):
+        """max_mb: rotate the log at this size (--log-max-mb), keeping the newest `keep` parts
+        (--log-keep); None: one file."""
         self.start = time.monotonic() if start is None else start
         self.path = Path(path) if path else None
         self.lock = threading.Lock()
@@ -114,24 +117,30 @@ class LatencyRecorder:
         # fn(row, frame timings) after each row, under the lock (app/metrics.py feeds /metrics here;
         # rows carry their camera)
         self.listeners = []
-        self._file = None
-        self._csv = None
-        self.write_error = ""   # why the log could not be written to its end ('' when it could)
+        self.log = None          # app.retention.RotatingLog: rotated by size, paused on a full disk
+        self._csv = False
         if self.path:
+            from app.retention import RotatingLog
             from app.setting_rules import latency_log_path
             from core.options import check
             from core.validate import prepare_output
 
             check(latency_log_path, str(self.path), "--latency-log")   # .csv or .jsonl
             prepare_output(self.path, "--latency-log")   # missing folders made, like every output
+            self._csv = self.path.suffix.lower() == ".csv"
+            header = _csv_line(COLUMNS) if self._csv else ""
             try:
-                self._file = open(self.path, "w", newline="")
-                if self.path.suffix.lower() == ".csv":
-                    self._csv = csv.writer(self._file)
-                    self._csv.writerow(COLUMNS)
-                self._file.flush()
+                self.log = RotatingLog(self.path, "--latency-log", header=header,
+                                       max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
             except OSError as e:
                 raise InputError(f"--latency-log {file_error(self.path, e)}") from None
+
+    @property
+    def write_error(self) -> str:
+        """Why rows are missing from the log ('' when none is): a full disk paused it."""
+        if self.log is None or not self.log.not_written:
+            return ""
+        return f"{self.log.pause.error} ({self.log.not_written} rows not written)"
 
     # The all-camera totals under their old names (one camera: simply its numbers).
     written = property(lambda self: self.total.written)
@@ -181,25 +190,16 @@ class LatencyRecorder:
                 fn(row, timings or {})
 
     def _write(self, row: dict) -> None:
-        if self._file is None:
+        if self.log is None:
             return
-        try:
-            if self._csv is not None:
-                self._csv.writerow(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
-                                    for c in COLUMNS])
-            else:
-                self._file.write(json.dumps({c: (round(row[c], 3) if isinstance(row[c], float) else row[c])
-                                             for c in COLUMNS}) + "\n")
-            self._file.flush()   # a killed run keeps every finished row
-        except OSError as e:
-            # A full disk must not stop the video: the log stops here, the run says so at its end.
-            self.write_error = f"--latency-log {file_error(self.path, e)}"
-            print(f"error: {self.write_error}; the log stops here, the run goes on", file=sys.stderr, flush=True)
-            file, self._file, self._csv = self._file, None, None
-            try:
-                file.close()
-            except OSError:
-                pass   # its buffered rest cannot be written either
+        if self._csv:
+            line = _csv_line(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
+                              for c in COLUMNS])
+        else:
+            line = json.dumps({c: (round(row[c], 3) if isinstance(row[c], float) else row[c]) for c in COLUMNS}) + "\n"
+        # Written at once (a killed run keeps every finished row). A full disk must not stop the
+        # video: the log pauses (one line), counts the rows it could not write, and resumes.
+        self.log.write(line)
 
     def fps(self) -> float:
         return self.total.fps()
@@ -238,9 +238,14 @@ class LatencyRecorder:
 
     def close(self) -> None:
         with self.lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self.log is not None:
+                self.log.close()
+
+
+def _csv_line(values) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
 
 
 def read_log(path: str | Path) -> list[dict]:

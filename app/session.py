@@ -119,11 +119,12 @@ class Session:
                                  f"{cameras[0].reader.outage_reason}")
             if settings.server.metrics_port is not None:   # (host, port): app/setting_rules.py's listen_address
                 self.server.listen(*settings.server.metrics_port, what="metrics")
-            self.recorder = LatencyRecorder(settings.latency_log)
+            self.recorder = LatencyRecorder(settings.latency_log, max_mb=settings.log_max_mb, keep=settings.log_keep)
             if analytics_configs or settings.analytics.any:
                 from app.analytics import Analytics
                 self.analytics = Analytics(settings.analytics, analytics_configs, self.classes,
-                                           fps={c.name: c.fps for c in cameras})
+                                           fps={c.name: c.fps for c in cameras},
+                                           log_max_mb=settings.log_max_mb, log_keep=settings.log_keep)
                 self.server.set_analytics(self.analytics, settings.analytics.clips_dir)
             self.pipeline = Pipeline(cameras, engine, recorder=self.recorder, alpha=settings.alpha, mode=settings.mode,
                                      hud=settings.hud, legend=settings.legend, log=log,

@@ -101,6 +101,15 @@ class CameraSettings(Section):
                                                 hint="bit/s like 800k, 2M or 4000000"))] = option(
         None, f"video / RTSP output bitrate in bit/s, e.g. 800k, 2M (default: {RTSP_BITRATE // 1_000_000}M for RTSP; "
         "files: x264 quality CRF 23 for mp4/mkv, 0.15 bit per pixel for avi)", group="output")
+    segment_s: Annotated[float | None, Rule(Number(float, above=0, max=86_400))] = option(
+        None, "video file outputs: a new file every S seconds, named by its start time (out.<UTC time>.mp4), each "
+        "playable alone (default: one file)", group="output", metavar="S")
+    retain_days: Annotated[float | None, Rule(Number(float, above=0, max=36_500))] = option(
+        None, "video segments: delete those older than this, oldest first (default: keep)", group="output",
+        metavar="DAYS")
+    retain_gb: Annotated[float | None, Rule(Number(float, above=0, max=1_000_000))] = option(
+        None, "video segments: keep each output's segments under this many GB, oldest deleted first (default: no "
+        "cap)", group="output", metavar="GB")
     rtsp_transport: Annotated[str | None, Rule(OneOf(("tcp", "udp", "auto")))] = option(
         None, "RTSP in and out: tcp, udp (e.g. rtsp-server-perl) or auto (UDP, then TCP); default tcp for --source, "
         "auto for rtsp:// outputs", group="output")
@@ -185,6 +194,11 @@ class RunSettings(Section):
     legend: Switch = option(False, "draw the classes on screen with their colors", group="output")
     latency_log: Annotated[str | None, Rule(setting_rules.latency_log_path)] = option(
         None, "one row per frame: FILE.csv or FILE.jsonl", group="output", metavar="FILE")
+    log_max_mb: Annotated[float | None, Rule(Number(float, above=0, max=1_000_000))] = option(
+        None, "latency, coverage and events logs: start a new part at this size; full parts are renamed by their start "
+        "time (lat.<UTC time>.csv, a header in each) (default: one file)", group="output", metavar="MB")
+    log_keep: Annotated[int, Rule(Number(int, 1, 100_000))] = option(
+        10, "rotated log parts kept per log, oldest deleted first (default 10)", group="output", metavar="N")
     queue_size: Annotated[int, Rule(Number(int, 1, MAX_QUEUE, hint="each queued frame holds a full image in memory"))] \
         = option(4, f"frames a file may have queued per stage (default 4, at most {MAX_QUEUE})", group="output")
     cameras: list[CameraSettings] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,11 +25,13 @@ import numpy as np
 from app.display import display_problem, gui_available  # noqa: F401 (gui_available: tests)
 from app.encoding import KeyframeClock, even_size, force_keyframe, h264_encoder, pad_to_even, set_up_encoder
 from app.frames import Sink
+from app.retention import is_full
 from app.settings import CameraSettings
 from core.validate import prepare_output
-from core.errors import BisenetError, SetupError, file_error
+from core.errors import BisenetError, SetupError
 
 VIDEO_OUTPUT_SUFFIXES = {".mp4": "h264", ".mkv": "h264", ".mov": "h264", ".avi": "mpeg4"}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi"}
 IMAGE_OUTPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}   # an output path with one: a folder of images
 
 
@@ -95,27 +98,60 @@ class VideoFileSink(Sink):
     """A video file through PyAV (libx264 for mp4/mkv, mpeg4 for avi). Files: frame n at n/fps.
     Live sources: each frame at its capture time (ms), so drops do not speed the video up.
     close() flushes the encoder and writes the trailer: the file is playable after a signal,
-    and mp4/mkv stay readable up to the last second or so even after a kill."""
+    and mp4/mkv stay readable up to the last second or so even after a kill.
 
-    def __init__(self, path: str | Path, live: bool = False, bitrate: int | None = None):
+    segment_s: a new file every segment_s of stream time, out.<UTC start time>.mp4 (each its
+    own encoder: it starts with a keyframe and plays alone), the closed ones kept under
+    retain_gb and younger than retain_days, oldest deleted first (app/retention.py). A full
+    disk pauses the output (one line), counts the frames not written, and tries again every
+    few seconds in a new file named by its start time (out.<time>.mp4 beside out.mp4)."""
+
+    def __init__(self, path: str | Path, live: bool = False, bitrate: int | None = None,
+                 segment_s: float | None = None, retain_days: float | None = None, retain_gb: float | None = None,
+                 log=None):
+        from app.retention import NameClock, Pause, Retention, timed_glob
+
         self.path = Path(path)
         self.name = str(self.path)
         self.live = live
         self.bitrate = bitrate
+        self.segment_s = segment_s
         self.container = None
+        self._file = None      # the file object PyAV writes through
         self.stream = None
         self.writer = None     # the OpenCV fallback
-        self.count = 0
+        self.count = 0         # frames written, in all
+        self.current = None    # the file being written
+        self._size = None      # (width, height, fps) of open()
+        self._seg_t0 = None    # stream time of the current file's first frame
+        self._seg_count = 0
         self._t0 = None
         self._last_pts = -1
         self._keys = KeyframeClock()
         self.fragmented = self.path.suffix.lower() in (".mp4", ".mov")
         self._sync_fd = None   # fsync after each fragment: it survives a power loss too
+        self._names = NameClock()
+        self.retention = Retention(self.path.parent, timed_glob(self.path),
+                                   max_bytes=None if retain_gb is None else retain_gb * 1024 ** 3,
+                                   max_age_s=None if retain_days is None else retain_days * 86_400)
+        self.pause = Pause(f"--output {self.path}:", "frames", log=log)
+        self.segments = 0      # files started
         prepare_output(self.path, "--output")   # missing folders are made; unwritable: one line now
 
     def open(self, width, height, fps) -> None:
         fps = float(fps or 25.0)
         width, height = even_size(width, height)
+        self._size = (width, height, fps)
+        if not self.segment_s:
+            self._start(self.path)   # segments: at the first frame, named by its capture time
+
+    def _start(self, path: Path) -> None:
+        """Open `path` with a fresh encoder (its first frame a keyframe)."""
+        width, height, fps = self._size
+        self.current = path
+        self.segments += 1
+        self._seg_t0, self._seg_count, self._last_pts = None, 0, -1
+        self._keys = KeyframeClock()
         try:
             import av
         except ImportError:
@@ -128,18 +164,25 @@ class VideoFileSink(Sink):
                 self._open_pyav(av, codec, width, height, fps)
                 return
             except (av.error.FFmpegError, ValueError, SetupError) as e:
+                if is_full(e):
+                    raise
                 if self.container is not None:
                     self.container.close()
                 self.container = None
-                print(f"warning: PyAV cannot encode {self.path} with {codec} ({e}); using OpenCV's writer",
+                self._close_file()
+                print(f"warning: PyAV cannot encode {path} with {codec} ({e}); using OpenCV's writer",
                       file=sys.stderr)
         fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
-        self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
         if not self.writer.isOpened():
-            raise SinkError(f"cannot write video {self.path}: neither PyAV nor OpenCV can encode it")
+            raise SinkError(f"cannot write video {path}: neither PyAV nor OpenCV can encode it")
 
     def _open_pyav(self, av, codec, width, height, fps) -> None:
-        self.container = av.open(str(self.path), mode="w", options=FRAGMENTED_MP4 if self.fragmented else {})
+        # Through our own file object: FFmpeg's own file writes drop a failed write (a full disk)
+        # without an error; Python's raise it here, so the output can pause and say so.
+        self._file = open(self.current, "wb", buffering=0)
+        self.container = av.open(self._file, mode="w", format=CONTAINER_FORMATS.get(self.path.suffix.lower()),
+                                 options=FRAGMENTED_MP4 if self.fragmented else {})
         rate = Fraction(fps).limit_denominator(1001)
         self.stream = self.container.add_stream(codec, rate=rate)
         set_up_encoder(self.stream.codec_context, codec, width, height, fps,
@@ -154,30 +197,102 @@ class VideoFileSink(Sink):
         # Open the encoder now, so a bad codec fails here and not on the first frame.
         self.stream.codec_context.open()
 
+    def _stream_time(self, frame) -> float:
+        """Seconds since this output's first frame: the capture clock (live), else frame n at n/fps."""
+        if not self.live:
+            return self.count / self._size[2]
+        if self._t0 is None:
+            self._t0 = frame.capture_ts
+        return frame.capture_ts - self._t0
+
+    def _wall(self, frame) -> float | None:
+        """The wall-clock time `frame` was captured (live; a segment's name), None: now."""
+        return time.time() - (time.monotonic() - frame.capture_ts) if self.live else None
+
     def write(self, frame, overlay_bgr, labels) -> None:
+        t = self._stream_time(frame)
+        if self.pause.paused:
+            if not self.pause.may_try():
+                self.pause.skipped()
+                return
+            try:
+                self._start(self._names(self.path, self._wall(frame)))   # space again? a new file from here
+            except OSError as e:
+                self._failed(e)
+                return
+        elif self.segment_s and (self.current is None or (
+                self._seg_t0 is not None and t - self._seg_t0 >= self.segment_s)):
+            try:
+                if self.current is not None:
+                    self._finish()
+                self._start(self._names(self.path, self._wall(frame)))
+                self.retention.sweep(protect=[self.current])   # the caps, plus the one being written
+            except OSError as e:
+                self._failed(e)
+                return
+        try:
+            self._encode(frame, overlay_bgr, t)
+        except OSError as e:
+            self._failed(e)
+            return
+        self.pause.resumed()
+
+    def _encode(self, frame, overlay_bgr, t: float) -> None:
         img = pad_to_even(overlay_bgr)
+        if self._seg_t0 is None:
+            self._seg_t0 = t
         if self.writer is not None:
             self.writer.write(img)
             self.count += 1
+            self._seg_count += 1
             return
         import av
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
         if self.live:
-            if self._t0 is None:
-                self._t0 = frame.capture_ts
-            pts = max(int(round((frame.capture_ts - self._t0) * 1000)), self._last_pts + 1)
+            pts = max(int(round((t - self._seg_t0) * 1000)), self._last_pts + 1)
             # A live run may write far fewer frames than its nominal fps (drops), so the GOP in
             # frames is not a bound in time: force a keyframe (a new fragment) every second.
             if self._keys.due(pts / 1000):
                 force_keyframe(vf)
         else:
-            pts = self.count
+            pts = self._seg_count
         self._last_pts = pts
         vf.pts, vf.time_base = pts, self.time_base
         self._mux(self.stream.encode(vf))
         self.count += 1
+        self._seg_count += 1
 
-    def close(self) -> None:
+    def _failed(self, e: OSError) -> None:
+        """A full disk (or any write error): drop this file's encoder, pause, count the frame."""
+        self.pause.failed(self.current, e)
+        self.pause.skipped()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:   # its trailer cannot be written either: the fragments before it play
+                pass
+            self.container = None
+        self._close_file()
+        if self._sync_fd is not None:
+            os.close(self._sync_fd)
+            self._sync_fd = None
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def _finish(self) -> None:
+        """Close the current file (encoder flushed, trailer written, synced), then apply retention."""
         opened = self.writer is not None or self.container is not None
         if self.writer is not None:
             self.writer.release()
@@ -186,17 +301,37 @@ class VideoFileSink(Sink):
             self._mux(self.stream.encode(None))   # the encoder's delayed frames
             self.container.close()
             self.container = None
+            self._close_file()
         if self._sync_fd is not None:
             os.fsync(self._sync_fd)
             os.close(self._sync_fd)
             self._sync_fd = None
-        if opened and not self.path.exists():
+        if opened and not self.current.exists():
             # Writes to a file whose folder was removed still succeed (the open descriptor):
             # only its absence now tells that every frame of it is lost.
             raise SinkError(self._removed())
 
+    def close(self) -> None:
+        if self.pause.paused:
+            self._abandon()
+            return
+        try:
+            self._finish()
+        except OSError as e:
+            self.pause.failed(self.current, e)
+            self._abandon()
+        self.retention.sweep(protect=[self.current] if self.current else [])
+
+    def counters(self) -> dict:
+        out = {}
+        if self.segment_s:
+            out["segments"] = self.segments
+        if self.pause.not_written:
+            out["frames not written"] = self.pause.not_written
+        return {**out, **self.retention.counters()}
+
     def _removed(self) -> str:
-        return f"{self.path} was removed during the run (its folder deleted?); its frames are lost"
+        return f"{self.current} was removed during the run (its folder deleted?); its frames are lost"
 
     def _mux(self, packets) -> None:
         for packet in packets:
@@ -204,8 +339,6 @@ class VideoFileSink(Sink):
                 self.container.mux(packet)   # the file is created with the first packet
             except FileNotFoundError:
                 raise SinkError(self._removed()) from None
-            except OSError as e:
-                raise SinkError(file_error(self.path, e)) from None
             if packet.is_keyframe and self.fragmented:
                 self._sync()
 
@@ -213,11 +346,11 @@ class VideoFileSink(Sink):
         """A keyframe starts a new fragment, so the one before is complete in the file now
         (flush_packets): push it to the disk, and the file's name once."""
         if self._sync_fd is None:
-            if not self.path.exists():
+            if not self.current.exists():
                 return   # nothing written yet (the header goes out with the first packet)
             try:
-                self._sync_fd = os.open(self.path, os.O_RDONLY)
-                folder = os.open(self.path.parent, os.O_RDONLY)
+                self._sync_fd = os.open(self.current, os.O_RDONLY)
+                folder = os.open(self.current.parent, os.O_RDONLY)
             except FileNotFoundError:
                 raise SinkError(self._removed()) from None
             try:
@@ -310,6 +443,11 @@ def sink_kind(spec: str) -> str:
                     "http://@:PORT, rtsp://HOST:PORT/PATH or null")
 
 
+def open_video(spec: str, cam: CameraSettings, live: bool) -> Sink:
+    return VideoFileSink(Path(spec), live=live, bitrate=cam.bitrate, segment_s=cam.segment_s,
+                         retain_days=cam.retain_days, retain_gb=cam.retain_gb)
+
+
 def open_http_output(spec: str, options, live: bool, server, camera: str) -> Sink:
     from app.http_sink import open_http_sink
 
@@ -333,8 +471,7 @@ SINKS = {
     "null": lambda spec, options, live, server, camera: NullSink(),
     "http": open_http_output,
     "rtsp": open_rtsp_output,
-    "video": lambda spec, options, live, server, camera: VideoFileSink(
-        Path(spec), live=live, bitrate=CameraSettings.of(options).bitrate),
+    "video": lambda spec, options, live, server, camera: open_video(spec, CameraSettings.of(options), live),
     "folder": lambda spec, options, live, server, camera: FolderSink(
         Path(spec), save_labels=CameraSettings.of(options).save_labels),
 }

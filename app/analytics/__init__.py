@@ -13,10 +13,10 @@ label counts) is the one call the pipeline makes per written frame; it sets `fra
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +28,6 @@ from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics
 from app.analytics.zones import Zones
 from core.validate import prepare_output
-
-LOG_FLUSH_S = 1.0
 
 
 @dataclass
@@ -71,8 +69,9 @@ class CameraState:
 
 class Analytics:
     def __init__(self, options, cameras: dict[str, CameraAnalytics], class_names: list[str],
-                 fps: dict | None = None, log=None):
-        """options: app.settings.AnalyticsSettings (where coverage and events go)."""
+                 fps: dict | None = None, log=None, log_max_mb: float | None = None, log_keep: int | None = None):
+        """options: app.settings.AnalyticsSettings (where coverage and events go); log_max_mb,
+        log_keep: the coverage and events logs rotate (app/retention.py)."""
         self.options = options
         self.class_names = list(class_names)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -80,7 +79,7 @@ class Analytics:
         deliveries = []
         try:
             if options.events_log:
-                deliveries.append(JsonlDelivery(options.events_log))
+                deliveries.append(JsonlDelivery(options.events_log, log_max_mb, log_keep))
             if options.mqtt:
                 deliveries.append(MqttDelivery(options.mqtt, options.mqtt_user, options.mqtt_password, options.mqtt_tls,
                                        cameras=list(cameras), log=self.log))
@@ -94,7 +93,8 @@ class Analytics:
         self.cameras = {}
         for name, config in cameras.items():
             self.add_camera(name, config, (fps or {}).get(name))
-        self.coverage_log = CoverageLog(options.coverage_log, self.cameras) if options.coverage_log else None
+        self.coverage_log = CoverageLog(options.coverage_log, self.cameras, log_max_mb, log_keep) \
+            if options.coverage_log else None
 
     def add_camera(self, name: str, config: CameraAnalytics, fps: float | None = None) -> None:
         """Zones and rules for camera `name` (at start, or when it joins a running session)."""
@@ -248,34 +248,38 @@ def served(message: dict) -> dict:
 
 
 class CoverageLog:
-    """One row per camera and frame: FILE.csv (a column per zone:class) or FILE.jsonl."""
+    """One row per camera and frame: FILE.csv (a column per zone:class) or FILE.jsonl; rotated
+    by size (--log-max-mb, --log-keep) and paused on a full disk (app/retention.py)."""
 
-    def __init__(self, path: str, cameras: dict):
+    def __init__(self, path: str, cameras: dict, max_mb: float | None = None, keep: int | None = None):
+        from app.retention import RotatingLog
+
         self.path = Path(path)
         prepare_output(self.path, "--coverage-log")
         self.jsonl = self.path.suffix.lower() == ".jsonl"
-        self.file = open(self.path, "w", encoding="utf-8", newline="")
         self.lock = threading.Lock()
-        self.last_flush = time.monotonic()
+        header = ""
         if not self.jsonl:
             self.columns = sorted({f"{z}:{c}" for cam in cameras.values() for z, cs in cam.watched.items() for c in cs})
-            self.writer = csv.writer(self.file)
-            self.writer.writerow(["camera", "frame", "time_s", *self.columns])
+            header = _csv_line(["camera", "frame", "time_s", *self.columns])
+        self.file = RotatingLog(self.path, "--coverage-log", header=header,
+                                max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
 
     def write(self, camera: str, frame_id: int, t: float, coverage: dict) -> None:
-        with self.lock:
-            if self.jsonl:
-                self.file.write(json.dumps({"camera": camera, "frame": frame_id, "time_s": round(t, 4),
-                                            "coverage": {z: {c: round(v, 5) for c, v in cs.items()}
-                                                         for z, cs in coverage.items()}}) + "\n")
-            else:
-                flat = {f"{z}:{c}": f"{v:.5f}" for z, cs in coverage.items() for c, v in cs.items()}
-                self.writer.writerow([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)])
-            now = time.monotonic()
-            if now - self.last_flush >= LOG_FLUSH_S:
-                self.file.flush()
-                self.last_flush = now
+        if self.jsonl:
+            line = json.dumps({"camera": camera, "frame": frame_id, "time_s": round(t, 4),
+                               "coverage": {z: {c: round(v, 5) for c, v in cs.items()}
+                                            for z, cs in coverage.items()}}) + "\n"
+        else:
+            flat = {f"{z}:{c}": f"{v:.5f}" for z, cs in coverage.items() for c, v in cs.items()}
+            line = _csv_line([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)])
+        self.file.write(line)   # whole rows, at once
 
     def close(self) -> None:
-        with self.lock:
-            self.file.close()
+        self.file.close()
+
+
+def _csv_line(values) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from app.encoding import KEYFRAME_EVERY_S, KeyframeClock, force_keyframe, h264_encoder, pad_to_even, set_up_encoder
+from app.retention import Retention
 from core.validate import prepare_output
 
 QUEUE_FRAMES = 8
@@ -97,6 +98,7 @@ class ClipRecorder:
         self.camera_dir.mkdir(parents=True, exist_ok=True)
         self.keep_s = float(keep_s) + KEYFRAME_EVERY_S
         self.max_bytes = int(max_mb * 1024 * 1024)
+        self.retention = Retention(self.folder, ("*/*.mp4", "*/*.jpg"), max_bytes=self.max_bytes, name_ok=app_file)
         self.fps = fps
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stale_parts = self._clean_parts()
@@ -326,18 +328,15 @@ class ClipRecorder:
         return n
 
     def _retention(self, keep: Path | None = None) -> None:
-        """The recorder's own clips and snapshots (every camera's; `.part` files being written
-        count but stay) deleted oldest first until under --clips-max-mb; `keep`, the file just
-        written, stays even when it alone is over the cap (an event names it)."""
-        files = app_files(self.folder, parts=True)
-        total = sum(st.st_size for _, st in files)
-        for path, st in sorted(files, key=lambda f: f[1].st_mtime):
-            if total <= self.max_bytes:
-                break
-            if path == keep or path.name.endswith(".part"):
-                continue
-            path.unlink(missing_ok=True)
-            total -= st.st_size
-        if total > self.max_bytes and keep is not None:
+        """The recorder's own clips and snapshots (every camera's) deleted oldest first until
+        under --clips-max-mb (app/retention.py: only names the recorder writes, never through a
+        link, never a .part being written); `keep`, the file just written, stays even when it
+        alone is over the cap (an event names it)."""
+        self.retention.sweep(protect=[keep] if keep is not None else ())
+        try:
+            alone = keep is not None and keep.stat().st_size > self.max_bytes
+        except OSError:
+            alone = False
+        if alone:
             self._warn(f"clips: {keep.name} alone is over --clips-max-mb {self.max_bytes / 1024 / 1024:g}; kept "
                        "until the next one (shorten the rule's max_clip_s, or raise the cap)")

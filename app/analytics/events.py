@@ -137,18 +137,22 @@ class Outbox:
 # ---- the deliveries: where event messages go (a JSONL file, a webhook, MQTT) -------------
 
 class JsonlDelivery:
+    """Events as JSON lines, appended; rotated by size (max_mb, keep) and, on a full disk,
+    retried by its Outbox like any delivery that is down (app/retention.py's RotatingLog)."""
     name = "jsonl"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_mb: float | None = None, keep: int | None = None):
+        from app.retention import RotatingLog
         from core.validate import prepare_output
 
         self.path = Path(path)
         prepare_output(self.path, "--events-log")
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = RotatingLog(self.path, "--events-log", mode="a", retry_s=0.0, log=lambda msg: None,
+                                max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
 
     def deliver(self, message: dict) -> None:
-        self.file.write(json.dumps(message, separators=(",", ":")) + "\n")
-        self.file.flush()
+        if not self.file.write(json.dumps(message, separators=(",", ":")) + "\n"):
+            raise DeliveryError(self.file.pause.error or f"cannot write {self.path}")
 
     def messages(self, message: dict) -> list:
         return [message]
