@@ -11,12 +11,15 @@ What it holds, and why:
 - ExecReload sends SIGHUP: the app re-reads its preset without a restart;
 - ExecStart: this venv's own `bisenet` (or its python), the preset's absolute path, and the
   directory this command runs in as WorkingDirectory (a preset's relative paths resolve there);
+- PYTHONFAULTHANDLER: the watchdog's SIGABRT prints every thread's Python stack to the
+  journal first, so a hang says where it hung;
 - hardening that leaves cameras and GPUs alone: NoNewPrivileges, ProtectSystem=full (/usr,
-  /boot, /etc read-only), PrivateTmp, ProtectKernelTunables/Modules, ProtectControlGroups,
+  /boot, /etc read-only), ProtectKernelTunables/Modules, ProtectControlGroups,
   RestrictRealtime, LockPersonality. Left out on purpose: PrivateDevices (hides /dev/video*,
-  /dev/nvidia*, /dev/nvhost-*), ProtectHome (the venv and outputs are often under /home),
-  ProtectSystem=strict (outputs may go anywhere the preset says), MemoryDenyWriteExecute
-  (inference libraries compile kernels at run time);
+  /dev/nvidia*, /dev/nvhost-*), PrivateTmp (hides Jetson's /tmp/argus_socket, which CSI
+  cameras reach nvargus-daemon through), ProtectHome (the venv and outputs are often under
+  /home), ProtectSystem=strict (outputs may go anywhere the preset says),
+  MemoryDenyWriteExecute (inference libraries compile kernels at run time);
 - SupplementaryGroups: video (cameras; Jetson's GPU) and render (a desktop GPU) where this
   machine has them.
 """
@@ -121,7 +124,7 @@ def unit_text(config: Path, name: str, user: str, watchdog_sec: int, workdir: Pa
         *([f"SupplementaryGroups={' '.join(groups)}"] if groups else []),
         # An optional file of secrets (BISENET_AUTH_TOKEN=...), kept out of the unit.
         f"EnvironmentFile=-/etc/default/{name}",
-        "Environment=PYTHONUNBUFFERED=1",
+        "Environment=PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1",
         f"SyslogIdentifier={name}",
         f"WatchdogSec={watchdog_sec}",
         "Restart=on-failure",
@@ -132,7 +135,6 @@ def unit_text(config: Path, name: str, user: str, watchdog_sec: int, workdir: Pa
         *([f"ExecStartPre=-+{modprobe} -u -c=0"] if modprobe else []),   # CUDA's nvidia-uvm, as root
         "NoNewPrivileges=yes",
         "ProtectSystem=full",
-        "PrivateTmp=yes",
         "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes",
         "ProtectControlGroups=yes",

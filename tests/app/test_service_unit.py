@@ -48,7 +48,9 @@ def test_the_unit_runs_this_venv_under_systemds_watchdog_with_reload_and_restart
     assert Path(words[0]).is_absolute() and os.access(words[0], os.X_OK)
     assert Path(words[0]).parent == Path(os.path.abspath(sys.executable)).parent   # this venv's
     assert words[-3:] == ["run", "--config", str(PRESET)]
-    assert "PrivateDevices" not in "".join(unit) and "ProtectHome" not in "".join(unit)   # cameras, GPUs, /home
+    assert one["Service.NoNewPrivileges"] == "yes" and one["Service.ProtectSystem"] == "full"
+    # Cameras and GPUs (/dev), Jetson's CSI cameras (/tmp/argus_socket), a venv under /home:
+    assert not {"Service.PrivateDevices", "Service.PrivateTmp", "Service.ProtectHome"} & set(unit)
 
 
 def test_a_missing_preset_is_one_line_exit_2(capsys, tmp_path):
