@@ -41,7 +41,7 @@ def notify(**fields) -> bool:
         return False
     message = "\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items())
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(message.encode(), address)
         return True
     except OSError as e:

@@ -119,7 +119,7 @@ def unit_text(config: Path, name: str, user: str, watchdog_sec: int, workdir: Pa
         "NotifyAccess=main",
         f"ExecStart={exec_start(config)}",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        f"WorkingDirectory={quoted(str(workdir))}",
+        f"WorkingDirectory={str(workdir).replace('%', '%%')}",   # taken as written: no quotes
         f"User={user}",
         *([f"SupplementaryGroups={' '.join(groups)}"] if groups else []),
         # An optional file of secrets (BISENET_AUTH_TOKEN=...), kept out of the unit.

@@ -84,11 +84,11 @@ def test_systemd_analyze_verifies_the_unit(capsys, tmp_path, monkeypatch):
     presets = tmp_path / "my presets"   # a space: ExecStart's quoting is checked too
     presets.mkdir()
     shutil.copy(PRESET, presets / "street.yaml")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(presets)
     text, _ = unit_of(capsys, "--config", str(presets / "street.yaml"), "--name", "bisenet-street")
     path = tmp_path / "bisenet-street.service"
     path.write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     about_it = [line for line in (done.stdout + done.stderr).splitlines() if path.name in line]
     assert done.returncode == 0 and about_it == [], done.stdout + done.stderr
-    assert f'--config "{presets / "street.yaml"}"' in text
+    assert f'--config "{presets / "street.yaml"}"' in text and f"\nWorkingDirectory={presets}\n" in text
