@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "triton-repo": "engines.triton_repo",
     "serve-triton": "engines.triton_serve",
     "doctor": "app.doctor",
+    "service": "app.service_unit",
 }
 
 

@@ -305,6 +305,14 @@ class Pipeline:
             cams = [*self.left, *self.cameras]
         return {f"{cam.tag}{name}": err for cam in cams for name, err in cam.sink_failures.items()}
 
+    @property
+    def progress_at(self) -> float:
+        """When the inference thread last made progress (time.monotonic()): its scheduler's
+        loop passes with every batch taken and every idle poll (0.2 s) while no camera has a
+        frame, so an idle pipeline stays fresh and a hung infer() or scheduler goes stale
+        (the service watchdog, app/sd_notify.py)."""
+        return self.scheduler.beat
+
     # ---- control -------------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested", quiet: bool = False, force: bool = False) -> None:
         """First call: stop capturing and drain. A second call (or `force`): drop the rest, finish now."""

@@ -54,6 +54,7 @@ class BatchScheduler:
         self._finished: list = []            # cameras whose end came through, not yet taken
         self.holds = 0                       # > 0: a camera is being replaced; no camera left is no end
         self.closed = False                  # the run ended: no camera may join
+        self.beat = time.monotonic()         # the last pass of next_batch's loop (idle polls too)
         self._resize()
 
     def _resize(self) -> None:
@@ -121,7 +122,7 @@ class BatchScheduler:
                         continue
                     batch.append(item)
                     served.append(cam)
-                now = time.monotonic()
+                now = self.beat = time.monotonic()
                 if len(batch) >= self.batch_size:
                     break
                 if batch:

@@ -32,6 +32,7 @@ import numpy as np
 from app.camera import Camera
 from app.latency import LatencyRecorder
 from app.pipeline import Pipeline
+from app.sd_notify import Watchdog, notify
 from app.settings import CameraSettings, RunSettings
 from core.errors import InputError
 from core.overlay import upsample_labels
@@ -310,22 +311,48 @@ class Session:
 
     def run(self) -> int:
         """`bisenet run`: drain frames() to the end; SIGINT/SIGTERM stop capturing and finish
-        the frames in flight (a second one drops them). -> 0, or 1 after a failure."""
-        previous = {}
+        the frames in flight (a second one drops them). -> 0, or 1 after a failure. Under
+        systemd (app/sd_notify.py): READY=1 once started (every camera is open or in outage by
+        then), WATCHDOG=1 while the pipeline progresses, STATUS= with each camera's fps,
+        STOPPING=1 when a stop begins."""
+        previous, stopping = {}, []
+
+        def say_stopping():
+            if not stopping:
+                stopping.append(notify(STOPPING=1))
+
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum, _frame):
+                say_stopping()
                 self.pipeline.request_stop(signal.Signals(signum).name)
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, on_signal)
+        watchdog = Watchdog(lambda: self.pipeline.progress_at, self.status)
         try:
+            self.start()
+            notify(READY=1, STATUS=self.status())
+            watchdog.start()
             for _ in self.frames():
                 pass
         finally:
+            say_stopping()
+            watchdog.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.code
+
+    def status(self) -> str:
+        """One line for `systemctl status`: each camera's written frames per second over the
+        last seconds, or that it is reconnecting."""
+        now, parts = time.monotonic(), []
+        for cam in self.cameras:
+            events = cam.meter.events
+            recent = bool(events) and now - events[-1][0] < 2 * cam.meter.window_s
+            parts.append(f"{cam.name} reconnecting" if cam.down() else
+                         f"{cam.name} {cam.meter.fps() if recent else 0.0:.1f} fps")
+        return ", ".join(parts)
 
     def stop(self, force: bool = False, reason: str = "stop requested", quiet: bool = False) -> None:
         """Stop capturing and finish the frames in flight; `force` (or a second call): drop them."""
