@@ -56,9 +56,8 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 import cv2
+import numpy as np
 
 from app.camera import Camera
 from app.frames import Frame, ReadError
@@ -702,11 +701,13 @@ class Pipeline:
         """The overlays this frame's outputs want now, each size drawn once: ({sink: its image},
         the image analytics and event clips get: the source-size one, else any, else None)."""
         source = frame.image.shape[1::-1]
-        sizes = {sink: tuple(sink.size or source) for sink in active if wants_pixels(sink)}
-        wanted = list(dict.fromkeys(sizes.values()))
-        if self._records_clips(cam.name) and source not in wanted:
-            wanted.insert(0, source)   # the clip recorder's ring holds every frame at source size
-        drawn = {size: self._render(cam, frame, labels, size) for size in wanted}
+        sizes = {sink: tuple(getattr(sink, "size", None) or source) for sink in active if wants_pixels(sink)}
+        wanted = set(sizes.values())
+        if self._records_clips(cam.name):
+            wanted.add(source)   # the clip recorder's ring holds every frame at source size
+        # The source size last: a GPU chain's overlay is the source-size image itself, and the
+        # HUD is drawn on it in place; the other sizes are made from it before that.
+        drawn = {size: self._render(cam, frame, labels, size) for size in sorted(wanted, key=lambda s: s == source)}
         if not drawn:
             self.recorder.count_overlays(cam.name, skipped=1)
         image = drawn.get(source, next(iter(drawn.values()), None))
@@ -729,7 +730,7 @@ class Pipeline:
         fps = cam.out_fps or cam.reader.fps or 25.0
         active = []
         for sink in cam.sinks:
-            w, h = sink.size or frame.image.shape[1::-1]
+            w, h = getattr(sink, "size", None) or frame.image.shape[1::-1]
             try:
                 sink.open(2 * w if self.inference.mode == "side-by-side" else w, h, fps)
                 active.append(sink)
