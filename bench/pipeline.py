@@ -142,9 +142,9 @@ def main() -> int:
         if r % 2 == 0:
             m = model_only_fps(engine, first, args.frames)
             p, summary = pipeline_fps(engine, args.source, args.frames)
-            d, _ = pipeline_fps(engine, args.source, args.frames, draw=True)
+            d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
         else:
-            d, _ = pipeline_fps(engine, args.source, args.frames, draw=True)
+            d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
             p, summary = pipeline_fps(engine, args.source, args.frames)
             m = model_only_fps(engine, first, args.frames)
         # busy: the share of the pipeline's wall time its inference thread spent in engine.infer,
@@ -163,6 +163,9 @@ def main() -> int:
     st = summary["stages"]
     print("last pipeline round, ms p50: " + "  ".join(f"{k} {st[k]['p50']:.1f}" for k in
                                                       ("queue", "preprocess", "inference", "overlay", "sink", "e2e")))
+    print(f"overlays drawn: pipeline {summary['overlays_drawn']}, drawn {drawn['overlays_drawn']} of {args.frames}; "
+          "overlay stage ms p50 (labels to sinks: overlay, HUD, analytics): pipeline "
+          f"{summary['stages']['overlay']['p50']:.2f}, drawn {drawn['stages']['overlay']['p50']:.2f}")
 
     plain, annotated = overlay_ms((h, w))
     print(f"\noverlay of a 1920x1080 frame from {h}x{w} labels (median of 20): {plain:.1f} ms; "
