@@ -1,7 +1,7 @@
 """What flows through the run-time pipeline, and the two small protocols around it.
 
     Reader (source) --image--> capture thread --Frame--> queue --> preprocess --> engine
-    --> labels --> overlay --> Sink.write(frame, overlay, labels)
+    --> labels --> overlay (only for the outputs that want pixels now) --> Sink.write(frame, overlay, labels)
 
 Every captured Frame ends as exactly one of: written to the sinks, or dropped with a
 reason (the latency log's `reason` column). The pipeline counts both.
@@ -61,7 +61,12 @@ class ReadError(BisenetError, RuntimeError):
 
 
 class Sink:
-    """An output. `open` is called once with the first frame's size; `write` once per frame."""
+    """An output. `open` is called once with the size of the pixels it gets (its `size`, or the
+    first frame's); `write` once per frame.
+
+    Pixels are drawn only for outputs that show them: before each frame the pipeline asks
+    `wants_pixels()`, draws the overlay once per size wanted (`size`), and hands None to an
+    output that wants none now (the null output; a served stream nobody watches)."""
 
     name: str = "sink"
     save_labels: bool = False     # it writes the label maps: the pipeline keeps labels on the host
@@ -71,11 +76,17 @@ class Sink:
     # Served outputs (http://, rtsp://@) with no viewer are not that: nobody asked.
     must_deliver: bool = False
     written: int = 0
+    size: tuple[int, int] | None = None   # (width, height) it wants its pixels drawn at; None: the source's
+
+    def wants_pixels(self) -> bool:
+        """Whether it shows this frame's pixels; when False, write() gets None for the overlay."""
+        return True
 
     def open(self, width: int, height: int, fps: float) -> None:
         pass
 
-    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+    def write(self, frame: Frame, overlay_bgr: np.ndarray | None, labels: np.ndarray) -> None:
+        """overlay_bgr: None when wants_pixels() said False for this frame."""
         raise NotImplementedError
 
     def counters(self) -> dict:

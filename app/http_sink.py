@@ -16,7 +16,8 @@ from app.server import AppServer, ServerOptions
 
 class HttpSink(Sink):
     """Listens on host:port of `server` (its own loopback-default server when none is given)
-    and publishes every written frame as camera `camera`."""
+    and publishes every written frame as camera `camera`: its overlay while someone watches,
+    else only its timing (the page's fps and latency)."""
 
     def __init__(self, host: str, port: int, title: str = "bisenet live", server: AppServer | None = None,
                  camera: str = "cam0"):
@@ -30,6 +31,10 @@ class HttpSink(Sink):
             raise
         self.name = f"{self.server.scheme}://{host or '@'}:{self.port}"
         self.camera = self.server.cameras.get(camera) or self.server.add_camera(camera, title)
+
+    def wants_pixels(self) -> bool:
+        """Only while someone watches (a viewer on the stream or the page, a snapshot request)."""
+        return self.camera.watched()
 
     def write(self, frame, overlay_bgr, labels) -> None:
         self.camera.publish(frame, overlay_bgr)

@@ -61,6 +61,8 @@ class Tally:
         self.first_capture = None
         self.last_written_at = None
         self.batch_sum = 0
+        self.overlays_drawn = 0     # overlay images drawn (one per size an output wanted, or on request)
+        self.overlays_skipped = 0   # frames for which no output wanted pixels: nothing drawn
 
     def add_written(self, row: dict, capture_ts: float, done_at: float) -> None:
         self.written += 1
@@ -86,7 +88,8 @@ class Tally:
         captured = accounted if captured is None else captured
         out = {"captured": captured, "written": self.written, "dropped": sum(self.dropped.values()),
                "unaccounted": captured - accounted, "dropped_by_reason": dict(self.dropped), "fps": self.fps(),
-               "mean_batch": self.batch_sum / self.written if self.written else 0.0, "stages": {}}
+               "mean_batch": self.batch_sum / self.written if self.written else 0.0,
+               "overlays_drawn": self.overlays_drawn, "overlays_skipped": self.overlays_skipped, "stages": {}}
         for s in STAGES:
             st = self.stats[s]
             p50, p90, p99 = st.percentiles()
@@ -99,6 +102,10 @@ def _counts_line(s: dict) -> str:
     return (f"frames {s['captured']}  written {s['written']}  dropped {s['dropped']}"
             + (f" ({reasons})" if reasons else "") + f"  fps {s['fps']:.2f}"
             + (f"  UNACCOUNTED {s['unaccounted']}" if s["unaccounted"] else ""))
+
+
+def _overlays_line(s: dict) -> str:
+    return f"overlays drawn {s['overlays_drawn']}  skipped {s['overlays_skipped']} (no output wanted pixels)"
 
 
 class LatencyRecorder:
@@ -189,6 +196,19 @@ class LatencyRecorder:
             for fn in self.listeners:
                 fn(row, timings or {})
 
+    def count_overlays(self, camera: str, drawn: int = 0, skipped: int = 0) -> None:
+        """Overlays drawn for `camera`, or frames of it that needed none (app/pipeline.py)."""
+        with self.lock:
+            for tally in (self.total, self._camera(camera)):
+                tally.overlays_drawn += drawn
+                tally.overlays_skipped += skipped
+
+    def overlays(self, camera: str) -> tuple[int, int]:
+        """(drawn, skipped) of `camera` so far (/metrics reads them at scrape time)."""
+        with self.lock:
+            tally = self.cameras.get(camera)
+            return (tally.overlays_drawn, tally.overlays_skipped) if tally is not None else (0, 0)
+
     def _write(self, row: dict) -> None:
         if self.log is None:
             return
@@ -228,8 +248,10 @@ class LatencyRecorder:
                 lines.append(f"{name + ':':<{width}} {_counts_line(c)}  e2e p50 {e2e['p50']:.1f} p99 {e2e['p99']:.1f} ms"
                              f"  batch {c['mean_batch']:.2f}")
             lines.append(f"all cameras: {_counts_line(s)}  batch {s['mean_batch']:.2f}")
+            lines += [f"{name + ':':<{width}} {_overlays_line(c)}" for name, c in s["cameras"].items()]
         else:
             lines.append(_counts_line(s))
+            lines.append(_overlays_line(s))
         lines.append(f"{'stage ms':<11}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
         for name, st in s["stages"].items():
             if st["count"]:

@@ -13,6 +13,8 @@ reason), so the histograms and counters agree with the latency log row for row.
     bisenet_source_reconnects_total{camera}          reconnect attempts of a live source
     bisenet_source_outages_total{camera}             outages of a live source
     bisenet_queue_depth{camera, queue}               frames waiting (input, output), read at scrape time
+    bisenet_overlays_drawn_total{camera}             overlay images drawn (only for outputs that show pixels)
+    bisenet_overlays_skipped_total{camera}           frames no output wanted pixels of: nothing drawn
     bisenet_http_viewers                             MJPEG viewers connected now
     bisenet_model_info{model, backend, precision, input_size}
     bisenet_zone_coverage_ratio{camera, zone, class}  scene analytics, watched classes only (app/analytics)
@@ -46,6 +48,7 @@ class Metrics:
         self.model = Info("bisenet_model", "The model this run serves", registry=self.registry)
         self.lock = threading.Lock()
         self.sources = {}         # camera -> (its queues {name: queue.Queue}, its reader)
+        self.recorders = {}       # camera -> its LatencyRecorder (overlay counts, read at scrape time)
         self.last_frame = {}      # camera -> monotonic time its source last delivered a frame
         self.timeouts = {}        # camera -> seconds without a frame before it counts as stale
         self.listening = set()    # cameras whose recorder rows are counted (once each, across rebuilds)
@@ -67,6 +70,7 @@ class Metrics:
         start = recorder.start
         with self.lock:
             self.sources[camera] = (dict(queues or {}), reader)
+            self.recorders[camera] = recorder
             self.timeouts[camera] = float(source_timeout_s)
             self.last_frame[camera] = time.monotonic()   # the grace period before a first frame
             if camera in self.listening:
@@ -123,8 +127,19 @@ class _ScrapeTimeCollector:
         reconnects = CounterMetricFamily("bisenet_source_reconnects", "Reconnect attempts of a live source",
                                          labels=["camera"])
         outages = CounterMetricFamily("bisenet_source_outages", "Outages of a live source", labels=["camera"])
+        drawn = CounterMetricFamily("bisenet_overlays_drawn", "Overlay images drawn (only for outputs that "
+                                    "show pixels)", labels=["camera"])
+        skipped = CounterMetricFamily("bisenet_overlays_skipped", "Frames no output wanted pixels of: nothing "
+                                      "drawn", labels=["camera"])
         with self.metrics.lock:
             sources = dict(self.metrics.sources)
+            recorders = dict(self.metrics.recorders)
+        for camera, recorder in sorted(recorders.items()):
+            n_drawn, n_skipped = recorder.overlays(camera)
+            drawn.add_metric([camera], n_drawn)
+            skipped.add_metric([camera], n_skipped)
+        yield drawn
+        yield skipped
         for camera, (queues, reader) in sorted(sources.items()):
             for name, q in queues.items():
                 depth.add_metric([camera, name], q.qsize())

@@ -8,6 +8,15 @@ all cameras, joined by two bounded queues per camera (app/camera.py).
     output thread     overlay (+ HUD/legend) -> that camera's sinks -> latency row
     (one per camera)
 
+What is drawn: only what an output shows. Before each frame the output thread asks its sinks
+`wants_pixels()` (app/frames.py: the null output never, a served stream only while watched);
+the overlay, HUD and legend are drawn once per size those sinks want (`Sink.size`, else the
+source's), plus the source size when the camera's event clips record it. A frame nobody shows
+gets no pixels at all (labels -> analytics -> its row; counted as a skipped overlay; the API's
+FrameResult.overlay draws it on first access). A GPU chain that can leave the overlay out
+(engines/fused_chain.py's labels mode) is asked for labels and counts only when no camera of
+the batch wants pixels.
+
 One camera is the same code with a list of one camera (batches of one). Cameras may join and
 leave while the others run (`add_camera`, `remove_camera`; app/session.py builds them).
 
@@ -23,7 +32,7 @@ the same five steps whatever the engine (the threads below call only these):
     prepare(frame)        capture thread, files only: preprocess ahead of inference
     infer(batch)          inference thread -> [(frame, what travels to the output thread)]
     collect(frame, out)   output thread -> the labels (None on the GPU path)
-    draw(frame, labels)   output thread -> the overlay image
+    draw(frame, labels, size)  output thread -> the overlay image, its source part at `size`
     measure(analytics...) output thread: scene analytics from the labels or the device's counts
 
 Live sources (camera, RTSP, --realtime) keep only the newest frame: the input queue holds one
@@ -47,6 +56,7 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 
 from app.camera import Camera
@@ -57,6 +67,7 @@ from core.overlay import palette_bgr, render_overlay
 from core.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
 from engines.base import Engine, ServerDown, as_engine
+from engines.fused_chain import LABELS, FusedEngine
 MAX_BAD_READS = 30        # unreadable frames in a row before the source counts as lost
 MAX_BAD_INFERENCES = 10   # failed inferences in a row before the run stops
 
@@ -75,6 +86,21 @@ class Pending:
 
     def _arrived(self, _future) -> None:
         self.done = time.monotonic()
+
+
+def wants_pixels(sink) -> bool:
+    """The sink's own answer; a sink without one (or a broken one) gets its pixels."""
+    try:
+        return bool(sink.wants_pixels())
+    except Exception:
+        return True
+
+
+def at_size(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """`image` at `size` (w, h; None or its own size: itself); shrinking averages (INTER_AREA)."""
+    if size is None or tuple(size) == image.shape[1::-1]:
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
 
 def check_classes(labels: np.ndarray, classes: int) -> None:
@@ -154,8 +180,9 @@ class SyncInference:
     def check_camera(self, cam) -> None:
         """A camera joining a running pipeline can be served the way this one runs."""
 
-    def draw(self, frame: Frame, labels) -> np.ndarray:
-        return render_overlay(frame.image, labels, self.lut, self.alpha, self.mode)
+    def draw(self, frame: Frame, labels, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The overlay of `frame`, its source part at `size` (w, h; None: the source's)."""
+        return render_overlay(at_size(frame.image, size), labels, self.lut, self.alpha, self.mode)
 
     def measure(self, analytics, camera: str, frame: Frame, labels, image: np.ndarray, hud: bool):
         return analytics.process(camera, frame, labels, image, hud=hud)
@@ -187,6 +214,9 @@ class FusedInference(SyncInference):
     def __init__(self, engine: Engine, alpha: float, mode: str, counts=None):
         super().__init__(engine, alpha, mode)
         self.counts = counts   # the run's Analytics (its cell maps), or None
+        # The shared GPU chain can download the labels instead of drawing (its labels mode).
+        self.can_skip_pixels = isinstance(engine, FusedEngine)
+        self.wants_pixels = lambda camera: True   # the pipeline's: does a camera want pixels now
 
     def prepare(self, frame: Frame) -> None:
         pass   # the chain preprocesses on the device
@@ -199,27 +229,37 @@ class FusedInference(SyncInference):
     def infer(self, batch: list, drop, warn) -> list:
         t1 = time.monotonic()
         images = [frame.image for frame in batch]
+        # No camera of the batch shows pixels: labels (and counts) only, nothing drawn.
+        labels_only = self.can_skip_pixels and not any(self.wants_pixels(frame.camera) for frame in batch)
+        mode = LABELS if labels_only else self.mode
         if self.counts is not None:
             maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
-            overlays, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
-                                                            max(n for _, n in maps), self.alpha, self.mode)
+            outs, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
+                                                        max(n for _, n in maps), self.alpha, mode)
             for frame, c, (_, n) in zip(batch, counts, maps):
                 frame.cell_counts = c[:n]
         else:
-            overlays = self.engine.run_fused_frames(images, self.alpha, self.mode)
+            outs = self.engine.run_fused_frames(images, self.alpha, mode)
         t2 = time.monotonic()
-        for frame, overlay in zip(batch, overlays):
+        for frame, out in zip(batch, outs):
             frame.timings["preprocess"] = 0.0
-            frame.overlay = overlay
+            if not labels_only:
+                frame.overlay = out
             frame.timings["inference"] = _ms(t1, t2)
             frame.batch_size = len(batch)
-        return [(frame, None) for frame in batch]
+        # labels-only: the labels travel on (a viewer who came meanwhile gets the CPU overlay)
+        return [(frame, out if labels_only else None) for frame, out in zip(batch, outs)]
 
     def collect(self, frame: Frame, out, t_queued: float) -> tuple:
-        return None, t_queued
+        return out, t_queued
 
-    def draw(self, frame: Frame, labels) -> np.ndarray:
-        image, frame.overlay = frame.overlay, None
+    def draw(self, frame: Frame, labels, size: tuple[int, int] | None = None) -> np.ndarray:
+        if frame.overlay is None:   # the chain drew none (labels mode): the CPU overlay of its labels
+            return super().draw(frame, labels, size)
+        image = frame.overlay
+        if size is not None and size != frame.image.shape[1::-1]:
+            w, h = size
+            image = cv2.resize(image, (image.shape[1] * w // frame.image.shape[1], h), interpolation=cv2.INTER_AREA)
         return image
 
     def measure(self, analytics, camera: str, frame: Frame, labels, image: np.ndarray, hud: bool):
@@ -243,7 +283,8 @@ class Pipeline:
 
     keep_labels: every written frame keeps its label map on the host (no GPU overlay-only
     path). on_written(frame, image, labels): called after a camera's sinks for every frame
-    written (the session's results; labels None on the GPU path)."""
+    written (the session's results; labels None on the GPU path; image None when no output
+    wanted pixels: `render(frame, labels)` draws it then)."""
 
     def __init__(self, cameras: list, engine, *, recorder: LatencyRecorder | None = None,
                  alpha: float = 0.5, mode: str = "overlay", hud: bool = False, legend: bool = False,
@@ -270,6 +311,7 @@ class Pipeline:
         self.keep_labels = keep_labels or legend
         self.inference = choose_inference(engine, needs_labels=self.keep_labels or self._saves_labels(self.cameras),
                                           analytics=analytics, alpha=alpha, mode=mode)
+        self.inference.wants_pixels = self._camera_wants_pixels
         self.bad_results = 0                # failed results in a row (output threads)
         self.lock = threading.Lock()        # cameras joining and leaving
         self.inference_thread = None
@@ -617,17 +659,16 @@ class Pipeline:
                 self.bad_results = 0
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
-                image = self.inference.draw(frame, labels)
-                self._annotate(cam, image, labels)
+                if active is None:
+                    active = self._open_sinks(cam, frame)
+                pixels, image = self._draw(cam, frame, labels, active)
                 if self.analytics is not None:   # after the labels, before the sinks (sets frame.coverage, .events)
                     self.inference.measure(self.analytics, cam.name, frame, labels, image, self.hud)
                 t1 = time.monotonic()
                 frame.timings["overlay"] = _ms(t0, t1)
-                if active is None:
-                    active = self._open_sinks(cam, image.shape[1], image.shape[0])
                 for sink in list(active):
                     try:
-                        sink.write(frame, image, labels)
+                        sink.write(frame, pixels.get(sink), labels)
                     except Exception as e:
                         self._sink_failed(cam, sink, e, active)
                     if sink.stop_requested:
@@ -654,12 +695,52 @@ class Pipeline:
                 except Exception as e:   # e.g. the file could not be written: the run says so
                     self._sink_failed(cam, sink, e, [])
 
-    def _open_sinks(self, cam: Camera, width: int, height: int) -> list:
+    # ---- what is drawn ---------------------------------------------------------------------
+    def _camera_wants_pixels(self, name: str) -> bool:
+        """Camera `name` has an output that shows pixels now, or records event clips."""
+        cam = self.by_name.get(name)
+        return cam is None or self._records_clips(name) or any(wants_pixels(s) for s in cam.sinks)
+
+    def _records_clips(self, name: str) -> bool:
+        state = self.analytics.cameras.get(name) if self.analytics is not None else None
+        return state is not None and state.clips is not None
+
+    def _draw(self, cam: Camera, frame: Frame, labels, active: list) -> tuple[dict, np.ndarray | None]:
+        """The overlays this frame's outputs want now, each size drawn once: ({sink: its image},
+        the image analytics and event clips get: the source-size one, else any, else None)."""
+        source = frame.image.shape[1::-1]
+        sizes = {sink: tuple(getattr(sink, "size", None) or source) for sink in active if wants_pixels(sink)}
+        wanted = set(sizes.values())
+        if self._records_clips(cam.name):
+            wanted.add(source)   # the clip recorder's ring holds every frame at source size
+        # The source size last: a GPU chain's overlay is the source-size image itself, and the
+        # HUD is drawn on it in place; the other sizes are made from it before that.
+        drawn = {size: self._render(cam, frame, labels, size) for size in sorted(wanted, key=lambda s: s == source)}
+        if not drawn:
+            self.recorder.count_overlays(cam.name, skipped=1)
+        image = drawn.get(source, next(iter(drawn.values()), None))
+        return {sink: drawn[size] for sink, size in sizes.items()}, image
+
+    def _render(self, cam: Camera | None, frame: Frame, labels, size=None) -> np.ndarray:
+        image = self.inference.draw(frame, labels, size)
+        if cam is not None:
+            self._annotate(cam, image, labels)
+        self.recorder.count_overlays(frame.camera, drawn=1)
+        return image
+
+    def render(self, frame: Frame, labels) -> np.ndarray:
+        """A written frame's overlay at source size, drawn now (FrameResult.overlay on first
+        access): HUD and legend as the outputs get them (the HUD's numbers are those of now)."""
+        return self._render(self.by_name.get(frame.camera), frame, labels)
+
+    def _open_sinks(self, cam: Camera, frame: Frame) -> list:
+        """Each output opened at the size of the pixels it gets (its own, else the source's)."""
         fps = cam.out_fps or cam.reader.fps or 25.0
         active = []
         for sink in cam.sinks:
+            w, h = getattr(sink, "size", None) or frame.image.shape[1::-1]
             try:
-                sink.open(width, height, fps)
+                sink.open(2 * w if self.inference.mode == "side-by-side" else w, h, fps)
                 active.append(sink)
             except Exception as e:
                 self._sink_failed(cam, sink, e, active)

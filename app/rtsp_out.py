@@ -178,10 +178,13 @@ class RtspPushSink(Sink):
                                            name="rtsp-push-connector")
         self._connector.start()
 
-    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+    def wants_pixels(self) -> bool:
+        return self._conn is not None   # during an outage the frames are dropped: none drawn for them
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray | None, labels: np.ndarray) -> None:
         with self._lock:
             conn = self._conn
-            if conn is None:
+            if conn is None or overlay_bgr is None:   # (None: it was down when the frame was drawn)
                 self.dropped["server_down"] += 1
                 return
             try:
@@ -343,7 +346,13 @@ class RtspServeSink(Sink):
         with self._lock:
             self._appsrcs.pop(appsrc, None)
 
-    def write(self, frame: Frame, overlay_bgr: np.ndarray, labels: np.ndarray) -> None:
+    def wants_pixels(self) -> bool:
+        return bool(self._appsrcs)      # no viewer: no overlay drawn for it
+
+    def write(self, frame: Frame, overlay_bgr: np.ndarray | None, labels: np.ndarray) -> None:
+        if overlay_bgr is None:         # nobody watched when the frame was drawn
+            self.dropped["no_viewer"] += 1
+            return
         with self._lock:
             for appsrc, t0 in self._appsrcs.items():
                 if t0 is None:              # each media's clock starts at its first buffer

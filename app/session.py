@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -62,17 +63,32 @@ def check_settings(settings: RunSettings) -> None:
 
 @dataclass
 class FrameResult:
+    """One written frame. `overlay` (the colorized frame at source size, alpha and mode
+    options) is drawn on first access when no output of the run drew it: a caller that never
+    looks at it pays nothing for it."""
+
     camera: str                   # cam0, cam1, ... (or the camera's own name)
     frame_id: int                 # per camera, in capture order (the latency log's ids)
     image: np.ndarray             # the source frame, uint8 BGR
     labels: np.ndarray | None     # class ids at the model's input size (what --save-labels writes);
                                   # None where the run draws on the GPU (keep_labels=False)
-    overlay: np.ndarray           # the colorized overlay at source size (alpha, mode options)
+    drawn: np.ndarray | Callable[[], np.ndarray] = field(repr=False)   # the overlay, or how to draw it
     capture_ts: float             # time.monotonic() when it was read
     source_ts: float | None       # the stream's own timestamp (s), if it has one
     batch_size: int | None = None   # frames inferred together with it (several cameras)
     coverage: dict | None = None  # scene analytics: {zone: {class: ratio}}, None without zones
     events: list = field(default_factory=list)   # scene analytics: event messages this frame raised
+
+    @property
+    def overlay(self) -> np.ndarray:
+        """The colorized overlay at source size, drawn now if nobody has yet."""
+        if callable(self.drawn):
+            self.drawn = self.drawn()
+        return self.drawn
+
+    @overlay.setter
+    def overlay(self, image: np.ndarray) -> None:
+        self.drawn = image
 
     def source_labels(self) -> np.ndarray:
         """The labels upsampled (nearest, as the overlay draws them) to the frame's size."""
@@ -271,6 +287,8 @@ class Session:
     def _deliver(self, frame, image, labels) -> None:
         """After a camera's outputs: the written frame to the loop. It waits while the loop's
         consumer is busy (files lose nothing; a live camera's output queue drops instead)."""
+        if image is None:   # no output wanted pixels: drawn if the caller asks for result.overlay
+            image = lambda pipeline=self.pipeline: pipeline.render(frame, labels)   # noqa: E731
         result = FrameResult(frame.camera, frame.id, frame.image,
                              None if labels is None else np.asarray(labels).astype(np.int32, copy=False),
                              image, frame.capture_ts, frame.source_ts, frame.batch_size, frame.coverage,

@@ -40,7 +40,12 @@ class SinkError(BisenetError, RuntimeError):
 
 
 class NullSink(Sink):
+    """Nothing: no overlay is drawn for it (labels, analytics and the counts still run)."""
+
     name = "null"
+
+    def wants_pixels(self) -> bool:
+        return False
 
     def write(self, frame, overlay_bgr, labels) -> None:
         pass

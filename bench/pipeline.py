@@ -4,7 +4,9 @@
     python bench/pipeline.py --model artifacts/r18.onnx --frames 60 --size 352x480
 
 model-only: engine.infer on one preprocessed batch, back to back (no capture, no overlay).
-pipeline:   the app's three threads on a video file (no drops), overlay + null output.
+pipeline:   the app's three threads on a video file (no drops), null output: no overlay drawn.
+drawn:      the same pipeline drawing every frame's overlay for the null output anyway (what
+            the app did before it drew only for outputs that show pixels), in the same rounds.
 inference busy: the share of the pipeline's wall time spent inside engine.infer, measured over
             the same seconds as its fps (1.0 = the pipeline adds nothing to the model's time).
 Rounds alternate the two (ABBA order) so a busy machine slows both alike; the ratio is per round and the
@@ -46,10 +48,15 @@ def model_only_fps(engine, image, frames: int) -> float:
     return frames / (time.perf_counter() - t0)
 
 
-def pipeline_fps(engine, source: str, frames: int) -> tuple[float, dict]:
-    """The app's own session (what `bisenet run --loop --max-frames N --output null` builds)."""
+def pipeline_fps(engine, source: str, frames: int, draw: bool = False) -> tuple[float, dict]:
+    """The app's own session (what `bisenet run --loop --max-frames N --output null` builds);
+    draw: its null output asks for the overlay of every frame (as every output did before)."""
     settings = run_settings({"source": [source], "loop": True, "max_frames": frames, "output": ["null"]})
     session = Session(settings, engine)
+    if draw:
+        for cam in session.cameras:
+            for sink in cam.sinks:
+                sink.wants_pixels = lambda: True
     try:
         session.run()
     finally:
@@ -127,14 +134,17 @@ def main() -> int:
           f"{args.frames} frames per measurement, {args.rounds} rounds", flush=True)
 
     model_only_fps(engine, first, 3)   # warm-up: first runs allocate
-    print(f"\n{'round':>6} {'model-only fps':>15} {'pipeline fps':>13} {'ratio':>7} {'inference busy':>15}")
-    ratios, busy, model_fps, pipe_fps = [], [], [], []
+    print(f"\n{'round':>6} {'model-only fps':>15} {'pipeline fps':>13} {'ratio':>7} {'inference busy':>15}"
+          f" {'drawn fps':>10}")
+    ratios, busy, model_fps, pipe_fps, drawn_fps = [], [], [], [], []
     for r in range(args.rounds):
         # ABBA order: a load that rises or falls during a round favors neither side.
         if r % 2 == 0:
             m = model_only_fps(engine, first, args.frames)
             p, summary = pipeline_fps(engine, args.source, args.frames)
+            d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
         else:
+            d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
             p, summary = pipeline_fps(engine, args.source, args.frames)
             m = model_only_fps(engine, first, args.frames)
         # busy: the share of the pipeline's wall time its inference thread spent in engine.infer,
@@ -144,14 +154,18 @@ def main() -> int:
         busy.append(b)
         model_fps.append(m)
         pipe_fps.append(p)
-        print(f"{r + 1:>6} {m:>15.2f} {p:>13.2f} {p / m:>7.3f} {b:>15.3f}", flush=True)
+        drawn_fps.append(d)
+        print(f"{r + 1:>6} {m:>15.2f} {p:>13.2f} {p / m:>7.3f} {b:>15.3f} {d:>10.2f}", flush=True)
     print(f"median {statistics.median(model_fps):>15.2f} {statistics.median(pipe_fps):>13.2f} "
-          f"{statistics.median(ratios):>7.3f} {statistics.median(busy):>15.3f}")
+          f"{statistics.median(ratios):>7.3f} {statistics.median(busy):>15.3f} {statistics.median(drawn_fps):>10.2f}")
     print("ratio = pipeline fps / model-only fps (median of per-round ratios); inference busy = pipeline fps x "
-          "its own mean inference time")
+          "its own mean inference time; drawn fps = the pipeline drawing every frame's overlay anyway")
     st = summary["stages"]
     print("last pipeline round, ms p50: " + "  ".join(f"{k} {st[k]['p50']:.1f}" for k in
                                                       ("queue", "preprocess", "inference", "overlay", "sink", "e2e")))
+    print(f"overlays drawn: pipeline {summary['overlays_drawn']}, drawn {drawn['overlays_drawn']} of {args.frames}; "
+          "overlay stage ms p50 (labels to sinks: overlay, HUD, analytics): pipeline "
+          f"{summary['stages']['overlay']['p50']:.2f}, drawn {drawn['stages']['overlay']['p50']:.2f}")
 
     plain, annotated = overlay_ms((h, w))
     print(f"\noverlay of a 1920x1080 frame from {h}x{w} labels (median of 20): {plain:.1f} ms; "

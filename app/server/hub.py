@@ -12,6 +12,8 @@ import cv2
 
 from app.hud import RateMeter
 
+SNAPSHOT_WANT_S = 3.0   # after a snapshot request, overlays are drawn this long (the next one is likely)
+
 
 class FrameHub:
     """One camera's latest overlay: `publish` from any thread, `wait_newer` / `jpeg` in the loop."""
@@ -28,9 +30,17 @@ class FrameHub:
         self._event = None        # loop side: set (and replaced) on every frame
         self._jpeg = (0, None)    # loop side: (seq, bytes) of the latest encode
         self._encoding = None     # loop side: (seq, future) of the encode in flight
+        self.viewers = 0          # loop side: MJPEG viewers of this camera connected now
+        self.asked_until = 0.0    # monotonic time until which a snapshot request wants overlays
 
     # -- pipeline side (any thread) ---------------------------------------------------------
+    def watched(self) -> bool:
+        """Someone looks at this camera's pixels now (a viewer, or a recent snapshot request)."""
+        return self.viewers > 0 or time.monotonic() < self.asked_until
+
     def publish(self, frame, image) -> None:
+        """A written frame: its overlay, or None when nobody watched (no pixels drawn); the
+        fps and latency of /stats.json count it either way."""
         now = time.monotonic()
         with self.lock:
             self.meter.add(now, (now - frame.capture_ts) * 1000.0, frame.timings.get("inference"))
@@ -69,6 +79,18 @@ class FrameHub:
             await asyncio.wait_for(self._event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    async def snapshot(self, pool, timeout: float = 2.0) -> bytes | None:
+        """/snapshot.jpg: the latest overlay; with none (nobody watched), overlays are asked for
+        and the next one is awaited, at most `timeout` seconds."""
+        self.asked_until = time.monotonic() + SNAPSHOT_WANT_S
+        deadline = time.monotonic() + timeout
+        while True:
+            seq, data = await self.jpeg(pool)
+            left = deadline - time.monotonic()
+            if data is not None or left <= 0 or self.ended:
+                return data
+            await self.wait_newer(seq, left)
 
     async def jpeg(self, pool) -> tuple[int, bytes | None]:
         """The latest frame as JPEG, encoded at most once per frame in the worker thread."""

@@ -154,7 +154,7 @@ class Routes:
             if name == "stats.json":
                 return text(200, json.dumps(hub.stats()), content_type="application/json")
             if name == "snapshot.jpg":
-                _, data = await hub.jpeg(self.server.pool)
+                data = await hub.snapshot(self.server.pool)
                 if data is None:
                     return text(503, "no frame yet\n")
                 from aiohttp import web
@@ -170,6 +170,7 @@ class Routes:
         if self.viewers >= cap:
             return refusal(503, f"at most {cap} viewers (--max-clients); try again later\n", {"Retry-After": "5"})
         self.viewers += 1
+        hub.viewers += 1   # its overlays are drawn while it has viewers
         peer = request.remote
         transport = request.transport
         response = None
@@ -211,6 +212,7 @@ class Routes:
                 transport.abort()
         finally:
             self.viewers -= 1
+            hub.viewers -= 1
         return response if response is not None and response.prepared else text(503, "viewer left\n")
 
     async def coverage(self, request):
