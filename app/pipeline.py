@@ -200,7 +200,8 @@ class FusedInference(SyncInference):
         t1 = time.monotonic()
         images = [frame.image for frame in batch]
         if self.counts is not None:
-            maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
+            maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1], frame=frame)
+                    for frame in batch]
             overlays, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
                                                             max(n for _, n in maps), self.alpha, self.mode)
             for frame, c, (_, n) in zip(batch, counts, maps):

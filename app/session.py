@@ -59,6 +59,47 @@ def check_settings(settings: RunSettings) -> None:
         check_display(probe=True)
 
 
+# What a reload compares: every option outside the cameras needs a restart to change.
+LIVE_FIELDS = {"cameras", "output_note"}
+
+
+def restart_options(running: RunSettings, new: RunSettings) -> list[str]:
+    """The options (as flags) whose new value a reload cannot apply: all but the cameras'."""
+    from core.options import flag_name
+
+    out = []
+    for name in RunSettings.model_fields:
+        if name in LIVE_FIELDS:
+            continue
+        old_value, new_value = getattr(running, name), getattr(new, name)
+        if hasattr(type(old_value), "model_fields"):   # a section: engine, server, analytics
+            out += [flag_name(k) for k in type(old_value).model_fields
+                    if getattr(old_value, k) != getattr(new_value, k)]
+        elif old_value != new_value:
+            out.append(flag_name(name))
+    return out
+
+
+def without_analytics(cam: CameraSettings) -> dict:
+    """A camera's settings but its zones and rules (those change without a rebuild)."""
+    return cam.model_dump(exclude={"zones", "rules"})
+
+
+def empty_analytics():
+    from app.analytics.specs import CameraAnalytics
+
+    return CameraAnalytics()
+
+
+def _notify(**fields) -> None:
+    """sd_notify (app/sd_notify.py, where the service support is): RELOADING/READY around a reload."""
+    try:
+        from app.sd_notify import notify
+    except ImportError:
+        return
+    notify(**fields)
+
+
 @dataclass
 class FrameResult:
     camera: str                   # cam0, cam1, ... (or the camera's own name)
@@ -85,10 +126,12 @@ class Session:
 
     config_name: where zones/rules came from, for their error lines. keep_labels: every
     result carries its label map (stream(); no GPU overlay-only path). log: the pipeline's
-    warning/error lines (default stderr)."""
+    warning/error lines (default stderr). reread: () -> RunSettings, the settings read again
+    as at start (the config file and the command line): what SIGHUP and the server's
+    `reload` (POST /api/reload) apply."""
 
     def __init__(self, settings: RunSettings, engine, *, config_name: str = "config", keep_labels: bool = False,
-                 log=None):
+                 log=None, reread=None):
         from app.analytics.specs import camera_configs
         from app.server import AppServer
 
@@ -142,6 +185,10 @@ class Session:
         self.cam_settings = {c.name: c for c in settings.cameras}
         for cam in cameras:
             self._watch(cam)
+        self.log = self.pipeline.log
+        self.reread = reread
+        self.reload_lock = threading.Lock()
+        self.server.reload = self.reload_config   # POST /api/reload and the console: () -> summary, or InputError
 
     # ---- cameras -------------------------------------------------------------------------
     @property
@@ -203,9 +250,12 @@ class Session:
             raise InputError(f"camera {cam_settings.name}: zones need scene analytics, which this run started "
                              "without; restart it with the camera in its settings")
         first_id = self.pipeline.captured_by_camera().get(cam_settings.name, 0)
-        cam = self.open_camera(cam_settings, down_ok=True, first_id=first_id)
+        return self._admit(cam_settings, self.open_camera(cam_settings, down_ok=True, first_id=first_id), configs)
+
+    def _admit(self, cam_settings: CameraSettings, cam: Camera, configs: dict) -> Camera:
+        """An opened camera joins the pipeline (closed again if it cannot)."""
         try:
-            if self.analytics is not None and configs:
+            if self.analytics is not None and configs.get(cam.name):
                 self.analytics.add_camera(cam.name, configs[cam.name], cam.fps)
             self.several = True
             self.pipeline.add_camera(cam)
@@ -222,6 +272,9 @@ class Session:
         files finalized); the others go on. Its counts stay in the run's summary."""
         cam = self.pipeline.remove_camera(name, timeout_s, join=self._join)
         self.server.metrics.forget(name)
+        if self.analytics is not None:   # its open events end, its clips are written
+            self.analytics.remove_camera(name)
+        self.cam_settings.pop(name, None)
         return cam
 
     def _join(self, thread: threading.Thread, timeout_s: float) -> None:
@@ -248,6 +301,107 @@ class Session:
             return self.add_camera(cam_settings)
         finally:
             self.pipeline.scheduler.hold(False)
+
+    # ---- reload ----------------------------------------------------------------------------
+    def reload_config(self) -> str:
+        """SIGHUP, POST /api/reload, the console: the settings read again (`reread`) and
+        applied (reload). -> the one-line summary; InputError with the one-line refusal."""
+        def read():
+            if self.reread is None:
+                raise InputError("this run has no settings to read again (it was not started by `bisenet run`)")
+            return self.reread()
+
+        return self._reloading(read)
+
+    def reload(self, new_settings: RunSettings) -> str:
+        """The running session becomes `new_settings` where that can happen live (docs/service.md,
+        "Reload"): a camera's changed zones/rules apply from its next frame, an added camera
+        starts, a removed one stops, one whose source or outputs changed is rebuilt; the
+        others run on, losing no frame. Options that need a restart (the model, the engine,
+        the server, the overlay, the logs, event outputs), a config that does not validate, a
+        zone that would cover no pixel: refused with one line (InputError), nothing changed.
+        -> a one-line summary of what changed. One line is logged either way."""
+        return self._reloading(lambda: new_settings)
+
+    def _reloading(self, read) -> str:
+        with self.reload_lock:
+            _notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+            try:
+                summary = self._apply(read())
+            except InputError as e:
+                self.log(f"reload refused: {e}")
+                raise
+            finally:
+                _notify(READY=1)
+            self.log(f"reload: {summary}")
+            return summary
+
+    def _apply(self, new: RunSettings) -> str:
+        from app.analytics.specs import camera_configs
+
+        if self.pipeline.stopping.is_set() or self.stopped.is_set():
+            raise InputError("the run is stopping; nothing changed")
+        fixed = restart_options(self.settings, new)
+        if fixed:
+            raise InputError(f"cannot change without a restart: {', '.join(fixed)}; nothing changed "
+                             "(restart the run to apply them)")
+        if not new.cameras:
+            raise InputError("the new settings have no camera; nothing changed")
+        check_settings(new)
+        configs = camera_configs(new.cameras, self.classes, self.config_name)
+        if configs and self.analytics is None:
+            raise InputError("zones/rules need scene analytics, which this run started without; nothing changed "
+                             "(restart the run to add them)")
+        running = {cam.name for cam in self.pipeline.cameras}
+        wanted = {cam.name: cam for cam in new.cameras}
+        removed = [name for name in running if name not in wanted]
+        added, rebuilt, rezoned = [], [], []
+        for name, cam in wanted.items():
+            old = self.cam_settings.get(name)
+            if name not in running:
+                if old != cam:   # a camera that ended (its file did) and is listed as it was stays ended
+                    added.append(cam)
+            elif without_analytics(old) != without_analytics(cam):
+                rebuilt.append(cam)
+            elif (old.zones, old.rules) != (cam.zones, cam.rules):
+                rezoned.append(name)
+        if self.analytics is not None:   # a zone that would cover no pixel: refused before anything changes
+            for name in rezoned:
+                self.analytics.check_camera(name, configs.get(name) or empty_analytics())
+        if len(running) - len(removed) + len(added) > 1:
+            self.several = True
+        joining = []
+        try:   # the new cameras' sources open before anything changes (a missing file is refused)
+            for cam in added:
+                first_id = self.pipeline.captured_by_camera().get(cam.name, 0)
+                joining.append((cam, self.open_camera(cam, down_ok=True, first_id=first_id)))
+        except BaseException:
+            for _, opened in joining:
+                for part in (opened.reader, *opened.sinks):
+                    part.close()
+            raise
+        # From here on it applies: zones first (next frame), then cameras leave, are rebuilt, join.
+        for name in rezoned:
+            if self.analytics is not None:
+                self.analytics.set_camera(name, configs.get(name) or empty_analytics(), self.pipeline.by_name[name].fps)
+            self.cam_settings[name] = wanted[name]
+        problems = []
+        for name in removed:
+            self.remove_camera(name)
+        for cam in rebuilt:
+            try:
+                self.rebuild_camera(cam)
+            except Exception as e:   # its new source cannot open: it stays stopped, the rest applies
+                problems.append(f"camera {cam.name} could not be rebuilt ({e}); it is stopped")
+        for cam, opened in joining:
+            try:
+                self._admit(cam, opened, configs)
+            except Exception as e:
+                problems.append(f"camera {cam.name} could not start ({e})")
+        parts = [f"{what} {', '.join(names)}" for what, names in (
+            ("zones/rules of", rezoned), ("added", [c.name for c in added]), ("removed", removed),
+            ("rebuilt", [c.name for c in rebuilt])) if names]
+        return "; ".join(parts + problems) or "no change"
 
     # ---- running -------------------------------------------------------------------------
     def start(self) -> None:
@@ -309,15 +463,22 @@ class Session:
 
     def run(self) -> int:
         """`bisenet run`: drain frames() to the end; SIGINT/SIGTERM stop capturing and finish
-        the frames in flight (a second one drops them). -> 0, or 1 after a failure."""
+        the frames in flight (a second one drops them); SIGHUP reloads (reload_config).
+        -> 0, or 1 after a failure."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum, _frame):
                 self.pipeline.request_stop(signal.Signals(signum).name)
 
+            def on_hangup(_signum, _frame):   # the reload waits for cameras: not in the handler
+                threading.Thread(target=self._reload_quietly, name="reload", daemon=True).start()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, on_signal)
+            if hasattr(signal, "SIGHUP"):
+                previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, on_hangup)
         try:
             for _ in self.frames():
                 pass
@@ -325,6 +486,15 @@ class Session:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.code
+
+    def _reload_quietly(self) -> None:
+        """SIGHUP's reload: its one line is logged either way."""
+        try:
+            self.reload_config()
+        except InputError:
+            pass
+        except Exception as e:   # a bug: said in one line, the run goes on
+            self.log(f"reload failed: {type(e).__name__}: {e}")
 
     def stop(self, force: bool = False, reason: str = "stop requested", quiet: bool = False) -> None:
         """Stop capturing and finish the frames in flight; `force` (or a second call): drop them."""
