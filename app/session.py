@@ -16,7 +16,9 @@ A live camera that is down at start (an RTSP server not up yet): with several ca
 an outage like any other, reconnected with backoff while the others run; a single camera
 that cannot be opened, or a file, is an error. No camera at all opened is one error naming
 the first. Cameras join, leave and are rebuilt while the others run (add_camera,
-remove_camera, rebuild_camera); a rebuilt camera goes on counting its frame ids.
+remove_camera, rebuild_camera); a rebuilt camera goes on counting its frame ids. A reload
+(reload, reload_config: SIGHUP, POST /api/reload) is those three plus new zones and rules,
+decided by comparing the new settings with the running ones (docs/service.md, "Reload").
 """
 from __future__ import annotations
 

@@ -170,21 +170,24 @@ class Analytics:
             if cam.clips is not None:
                 cam.clips.close()
 
-    def _take_over(self, cam: CameraState) -> None:
+    def _take_over(self, cam: CameraState) -> list:
         """The first frame measured with a reloaded camera state: the rules and clips of the
-        states it replaced that it does not keep end here (at the camera's last frame)."""
-        old, closing = cam.before, []
+        states it replaced that it does not keep end here (at the camera's last frame).
+        -> the messages of the events that ended."""
+        old, closing, messages = cam.before, [], []
         cam.before = None
         while old is not None:
-            self._finish(cam, old, [r for r in old.rules if r not in cam.rules])
+            messages += self._finish(cam, old, [r for r in old.rules if r not in cam.rules])
             if old.clips is not None and old.clips is not cam.clips and old.clips not in closing:
                 closing.append(old.clips)
             old = old.before
         for clips in closing:
             clips.close()
+        return messages
 
-    def _finish(self, cam: CameraState, state: CameraState, rules) -> None:
+    def _finish(self, cam: CameraState, state: CameraState, rules) -> list:
         """Open events of `rules` (of `state`, with its clips) end at the camera's last frame."""
+        messages = []
         for rule in rules:
             for kind, event in rule.finish(cam.last_t, cam.last_frame):
                 if state.clips is not None:
@@ -192,7 +195,8 @@ class Analytics:
                     image = state.peak_images.pop(rule.spec.name, None)
                     if image is not None:
                         state.clips.snapshot(event.id, image)
-                self.bus.publish(kind, event)
+                messages.append(self.bus.publish(kind, event))
+        return messages
 
     # -- the pipeline's per-frame call (the camera's output thread) ---------------------------
     def cell_map(self, camera: str, label_hw, source_wh, frame=None) -> tuple[np.ndarray, int]:
@@ -232,10 +236,10 @@ class Analytics:
 
     def _measure(self, cam: CameraState, frame, raster, cells, image, hud: bool) -> FrameAnalytics | None:
         camera = cam.name
-        if cam.before is not None:
-            self._take_over(cam)
+        ended = self._take_over(cam) if cam.before is not None else []
         cam.raster_key = (raster.cells.shape, frame.image.shape[1::-1])
         if not cam.config.enabled:   # a reload took every zone and rule away
+            frame.events = ended
             return None
         t = cam.clock(frame)
         src_h, src_w = frame.image.shape[:2]
@@ -243,7 +247,7 @@ class Analytics:
         ratios = counts / np.maximum(raster.area, 1)[:, None]
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
                     for zone, classes in cam.watched.items()}
-        result = FrameAnalytics(coverage)
+        result = FrameAnalytics(coverage, ended)
         keep_images = cam.clips is not None and image is not None
         for rule in cam.rules:
             spec = rule.spec

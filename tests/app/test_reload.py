@@ -178,6 +178,47 @@ def test_a_reload_moves_a_zone_adds_and_removes_cameras_and_the_others_lose_no_f
     assert {r["camera"] for r in new} >= {"a", "b", "d"}
 
 
+def test_a_reload_keeps_an_unchanged_rules_open_event_and_ends_a_removed_rules_at_the_next_frame(tmp_path):
+    """Analytics alone, on label maps made by hand: two rules with open events; the reload
+    keeps one rule as it was and drops the other: at the camera's next frame the dropped
+    rule's event ends, the kept one stays open (no second start). A zone that would cover no
+    pixel at the camera's size is refused before anything changes."""
+    import numpy as np
+
+    from app.analytics import Analytics
+    from app.analytics.specs import parse_camera_analytics
+    from app.frames import Frame
+    from app.settings import AnalyticsSettings
+
+    left = {"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], "classes": ["road"]}
+    car = {"name": "car", "zone": "left", "class": "car", "above": 0.5, "for_s": 0}
+    road = {"name": "road", "zone": "left", "class": "road", "above": 0.1, "for_s": 0}
+    analytics = Analytics(AnalyticsSettings(), {"cam0": parse_camera_analytics([left], [car, road], "t")},
+                          ["road", "car"])
+    labels = np.zeros((4, 8), np.int64)
+    labels[:, :2] = 1
+    labels[0, 2:4] = 1            # the left zone: 10 of 16 pixels car, 6 road
+    image = np.zeros((40, 80, 3), np.uint8)
+
+    def frame(i):
+        return analytics.process("cam0", Frame(i, i * 0.1, image, i * 0.1), labels, image)
+
+    try:
+        assert sorted(m["event"]["rule"] for m in frame(0).events if m["type"] == "start") == ["car", "road"]
+        with pytest.raises(InputError, match="camera cam0: zone left covers no pixel of the 8x4 label map"):
+            analytics.set_camera("cam0", parse_camera_analytics(
+                [{**left, "polygon": [[0, 0], [0.01, 0], [0, 0.01]]}], [car], "t"))
+        assert analytics.cameras["cam0"].config.rules[1].name == "road"   # the refusal changed nothing
+        assert frame(1).events == []
+        analytics.set_camera("cam0", parse_camera_analytics([{**left, "classes": ["road", "car"]}], [car], "t"))
+        events = frame(2)
+        assert [(m["type"], m["event"]["rule"]) for m in events.events] == [("end", "road")]
+        assert events.coverage == {"left": {"road": 6 / 16, "car": 10 / 16}}
+        assert frame(3).events == [] and analytics.cameras["cam0"].rules[0].event is not None   # car still open
+    finally:
+        analytics.close()
+
+
 def test_sighup_makes_run_camera_read_its_config_again(slow_street, tmp_path):
     """run_camera.py --config X: X edited (a second camera, a zone), SIGHUP: the new camera
     runs beside the first, which writes on; a config broken after that is refused in one line
