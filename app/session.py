@@ -35,7 +35,7 @@ from app.camera import Camera
 from app.latency import LatencyRecorder
 from app.pipeline import Pipeline
 from app.settings import CameraSettings, RunSettings
-from core.errors import InputError
+from core.errors import BisenetError, InputError
 from core.overlay import upsample_labels
 
 _DONE = object()
@@ -330,9 +330,11 @@ class Session:
             _notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
             try:
                 summary = self._apply(read())
-            except InputError as e:
+            except BisenetError as e:   # a bad config, a source that cannot open: one line
                 self.log(f"reload refused: {e}")
-                raise
+                if isinstance(e, InputError):
+                    raise
+                raise InputError(str(e)) from None
             finally:
                 _notify(READY=1)
             self.log(f"reload: {summary}")
@@ -400,6 +402,8 @@ class Session:
                 self._admit(cam, opened, configs)
             except Exception as e:
                 problems.append(f"camera {cam.name} could not start ({e})")
+        self.settings = new.model_copy(update={"cameras": [self.cam_settings[c.name] for c in new.cameras
+                                                           if c.name in self.cam_settings]})
         parts = [f"{what} {', '.join(names)}" for what, names in (
             ("zones/rules of", rezoned), ("added", [c.name for c in added]), ("removed", removed),
             ("rebuilt", [c.name for c in rebuilt])) if names]

@@ -269,6 +269,10 @@ class Routes:
             changed = await asyncio.get_running_loop().run_in_executor(None, reload)
         except InputError as e:
             return text(400, json.dumps({"ok": False, "error": str(e)}), content_type="application/json")
+        except Exception as e:   # a bug: the run goes on, the caller is told
+            log.warning("reload failed: %s: %s", type(e).__name__, e)
+            return text(500, json.dumps({"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}),
+                        content_type="application/json")
         return text(200, json.dumps({"ok": True, "changed": changed}), content_type="application/json")
 
 
