@@ -354,8 +354,9 @@ class CoverageLog:
 
     A zone or class that appears during the run (a reload, a camera joining) gets its column
     from its first row: the CSV written so far is closed and renamed FILE.<time it ended>.csv
-    (its own header, complete), and FILE starts again with a header of every column. JSON
-    lines carry their zones in each row and go on in one file."""
+    (its own header, complete), and FILE starts again with a header of every column (a FILE
+    with no row yet just gets the new header). JSON lines carry their zones in each row and go
+    on in one file."""
 
     def __init__(self, path: str, cameras: dict):
         self.path = Path(path)
@@ -369,6 +370,7 @@ class CoverageLog:
 
     def _open(self) -> None:
         self.file = open(self.path, "w", encoding="utf-8", newline="")
+        self.rows = 0                    # rows in this part
         if not self.jsonl:
             self.writer = csv.writer(self.file)
             self.writer.writerow(["camera", "frame", "time_s", *self.columns])
@@ -376,6 +378,9 @@ class CoverageLog:
     def _roll(self, columns: list[str]) -> None:
         """New columns: FILE so far becomes FILE.<UTC time>.csv, FILE starts with them all."""
         self.file.close()
+        self.columns = columns
+        if self.rows == 0:   # nothing but a header yet: it is written again with the new columns
+            return self._open()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         part, n = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"), 1
         while part.exists():
@@ -386,7 +391,6 @@ class CoverageLog:
             self.parts.append(part)
         except FileNotFoundError:   # removed meanwhile: nothing to keep
             pass
-        self.columns = columns
         self._open()
 
     def write(self, camera: str, frame_id: int, t: float, coverage: dict) -> None:
@@ -400,6 +404,7 @@ class CoverageLog:
                 if not flat.keys() <= set(self.columns):
                     self._roll(sorted(set(self.columns) | flat.keys()))
                 self.writer.writerow([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)])
+                self.rows += 1
             now = time.monotonic()
             if now - self.last_flush >= LOG_FLUSH_S:
                 self.file.flush()
