@@ -233,7 +233,8 @@ class FusedInference(SyncInference):
         labels_only = self.can_skip_pixels and not any(self.wants_pixels(frame.camera) for frame in batch)
         mode = LABELS if labels_only else self.mode
         if self.counts is not None:
-            maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1]) for frame in batch]
+            maps = [self.counts.cell_map(frame.camera, self.size_hw, frame.image.shape[1::-1], frame=frame)
+                    for frame in batch]
             outs, counts = self.engine.run_fused_counts(images, [cells for cells, _ in maps],
                                                         max(n for _, n in maps), self.alpha, mode)
             for frame, c, (_, n) in zip(batch, counts, maps):

@@ -246,6 +246,26 @@ class RotatingLog:
             self.pause.resumed()
             return True
 
+    def new_header(self, header: str) -> None:
+        """The columns changed (a zone added by a reload): the part written so far is closed
+        as a rotated part with its own header, the live file starts again with `header` (a
+        live file with no row yet is just started again)."""
+        with self.lock:
+            if self.fd is None:
+                return
+            had_rows = self.size > len(self.header)
+            self.header = header.encode()
+            try:
+                if had_rows:
+                    self._rotate()
+                else:
+                    os.ftruncate(self.fd, 0)
+                    self.size = 0
+                if self.size == 0 and self.header:
+                    self._put(self.header)
+            except OSError as e:
+                self.pause.failed(self.path, e)
+
     def _put(self, data: bytes) -> None:
         """All of `data` or none of it (a short write is cut back)."""
         start, done = self.size, 0

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     check_settings(settings)   # before the model loads and any output opens
     settings.server.server_options()   # a bad --tls-cert / token is refused before the model loads
     engine = load_engine(settings)
-    session = Session(settings, engine, config_name=args.config or "config")
+    # SIGHUP / POST /api/reload: the same --config file and command line read again (app/session.py reload)
+    session = Session(settings, engine, config_name=args.config or "config", reread=lambda: resolve(args))
     several = session.several
     cameras = session.cameras
     if settings.output_note:   # once everything opened: a refusal above stays the only line

@@ -16,7 +16,9 @@ A live camera that is down at start (an RTSP server not up yet): with several ca
 an outage like any other, reconnected with backoff while the others run; a single camera
 that cannot be opened, or a file, is an error. No camera at all opened is one error naming
 the first. Cameras join, leave and are rebuilt while the others run (add_camera,
-remove_camera, rebuild_camera); a rebuilt camera goes on counting its frame ids.
+remove_camera, rebuild_camera); a rebuilt camera goes on counting its frame ids. A reload
+(reload, reload_config: SIGHUP, POST /api/reload) is those three plus new zones and rules,
+decided by comparing the new settings with the running ones (docs/service.md, "Reload").
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from app.latency import LatencyRecorder
 from app.pipeline import Pipeline
 from app.sd_notify import Watchdog, notify
 from app.settings import CameraSettings, RunSettings
-from core.errors import InputError
+from core.errors import BisenetError, InputError
 from core.overlay import upsample_labels
 
 _DONE = object()
@@ -59,6 +61,38 @@ def check_settings(settings: RunSettings) -> None:
     check_distinct_outputs(settings.cameras, settings.latency_log, settings.analytics)
     if any("display" in cam.output for cam in settings.cameras):
         check_display(probe=True)
+
+
+# What a reload compares: every option outside the cameras needs a restart to change.
+LIVE_FIELDS = {"cameras", "output_note"}
+
+
+def restart_options(running: RunSettings, new: RunSettings) -> list[str]:
+    """The options (as flags) whose new value a reload cannot apply: all but the cameras'."""
+    from core.options import flag_name
+
+    out = []
+    for name in RunSettings.model_fields:
+        if name in LIVE_FIELDS:
+            continue
+        old_value, new_value = getattr(running, name), getattr(new, name)
+        if hasattr(type(old_value), "model_fields"):   # a section: engine, server, analytics
+            out += [flag_name(k) for k in type(old_value).model_fields
+                    if getattr(old_value, k) != getattr(new_value, k)]
+        elif old_value != new_value:
+            out.append(flag_name(name))
+    return out
+
+
+def without_analytics(cam: CameraSettings) -> dict:
+    """A camera's settings but its zones and rules (those change without a rebuild)."""
+    return cam.model_dump(exclude={"zones", "rules"})
+
+
+def empty_analytics():
+    from app.analytics.specs import CameraAnalytics
+
+    return CameraAnalytics()
 
 
 @dataclass
@@ -102,10 +136,12 @@ class Session:
 
     config_name: where zones/rules came from, for their error lines. keep_labels: every
     result carries its label map (stream(); no GPU overlay-only path). log: the pipeline's
-    warning/error lines (default stderr)."""
+    warning/error lines (default stderr). reread: () -> RunSettings, the settings read again
+    as at start (the config file and the command line): what SIGHUP and the server's
+    `reload` (POST /api/reload) apply."""
 
     def __init__(self, settings: RunSettings, engine, *, config_name: str = "config", keep_labels: bool = False,
-                 log=None):
+                 log=None, reread=None):
         from app.analytics.specs import camera_configs
         from app.server import AppServer
 
@@ -160,6 +196,10 @@ class Session:
         self.cam_settings = {c.name: c for c in settings.cameras}
         for cam in cameras:
             self._watch(cam)
+        self.log = self.pipeline.log
+        self.reread = reread
+        self.reload_lock = threading.Lock()
+        self.server.reload = self.reload_config   # POST /api/reload and the console: () -> summary, or InputError
 
     # ---- cameras -------------------------------------------------------------------------
     @property
@@ -221,9 +261,12 @@ class Session:
             raise InputError(f"camera {cam_settings.name}: zones need scene analytics, which this run started "
                              "without; restart it with the camera in its settings")
         first_id = self.pipeline.captured_by_camera().get(cam_settings.name, 0)
-        cam = self.open_camera(cam_settings, down_ok=True, first_id=first_id)
+        return self._admit(cam_settings, self.open_camera(cam_settings, down_ok=True, first_id=first_id), configs)
+
+    def _admit(self, cam_settings: CameraSettings, cam: Camera, configs: dict) -> Camera:
+        """An opened camera joins the pipeline (closed again if it cannot)."""
         try:
-            if self.analytics is not None and configs:
+            if self.analytics is not None and configs.get(cam.name):
                 self.analytics.add_camera(cam.name, configs[cam.name], cam.fps)
             self.several = True
             self.pipeline.add_camera(cam)
@@ -240,6 +283,9 @@ class Session:
         files finalized); the others go on. Its counts stay in the run's summary."""
         cam = self.pipeline.remove_camera(name, timeout_s, join=self._join)
         self.server.metrics.forget(name)
+        if self.analytics is not None:   # its open events end, its clips are written
+            self.analytics.remove_camera(name)
+        self.cam_settings.pop(name, None)
         return cam
 
     def _join(self, thread: threading.Thread, timeout_s: float) -> None:
@@ -266,6 +312,111 @@ class Session:
             return self.add_camera(cam_settings)
         finally:
             self.pipeline.scheduler.hold(False)
+
+    # ---- reload ----------------------------------------------------------------------------
+    def reload_config(self) -> str:
+        """SIGHUP, POST /api/reload, the console: the settings read again (`reread`) and
+        applied (reload). -> the one-line summary; InputError with the one-line refusal."""
+        def read():
+            if self.reread is None:
+                raise InputError("this run has no settings to read again (it was not started by `bisenet run`)")
+            return self.reread()
+
+        return self._reloading(read)
+
+    def reload(self, new_settings: RunSettings) -> str:
+        """The running session becomes `new_settings` where that can happen live (docs/service.md,
+        "Reload"): a camera's changed zones/rules apply from its next frame, an added camera
+        starts, a removed one stops, one whose source or outputs changed is rebuilt; the
+        others run on, losing no frame. Options that need a restart (the model, the engine,
+        the server, the overlay, the logs, event outputs), a config that does not validate, a
+        zone that would cover no pixel: refused with one line (InputError), nothing changed.
+        -> a one-line summary of what changed. One line is logged either way."""
+        return self._reloading(lambda: new_settings)
+
+    def _reloading(self, read) -> str:
+        with self.reload_lock:
+            notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+            try:
+                summary = self._apply(read())
+            except BisenetError as e:   # a bad config, a source that cannot open: one line
+                self.log(f"reload refused: {e}")
+                if isinstance(e, InputError):
+                    raise
+                raise InputError(str(e)) from None
+            finally:
+                notify(READY=1)
+            self.log(f"reload: {summary}")
+            return summary
+
+    def _apply(self, new: RunSettings) -> str:
+        from app.analytics.specs import camera_configs
+
+        if self.pipeline.stopping.is_set() or self.stopped.is_set():
+            raise InputError("the run is stopping; nothing changed")
+        fixed = restart_options(self.settings, new)
+        if fixed:
+            raise InputError(f"cannot change without a restart: {', '.join(fixed)}; nothing changed "
+                             "(restart the run to apply them)")
+        if not new.cameras:
+            raise InputError("the new settings have no camera; nothing changed")
+        check_settings(new)
+        configs = camera_configs(new.cameras, self.classes, self.config_name)
+        if configs and self.analytics is None:
+            raise InputError("zones/rules need scene analytics, which this run started without; nothing changed "
+                             "(restart the run to add them)")
+        running = {cam.name for cam in self.pipeline.cameras}
+        wanted = {cam.name: cam for cam in new.cameras}
+        removed = [name for name in running if name not in wanted]
+        added, rebuilt, rezoned = [], [], []
+        for name, cam in wanted.items():
+            old = self.cam_settings.get(name)
+            if name not in running:
+                if old != cam:   # a camera that ended (its file did) and is listed as it was stays ended
+                    added.append(cam)
+            elif without_analytics(old) != without_analytics(cam):
+                rebuilt.append(cam)
+            elif (old.zones, old.rules) != (cam.zones, cam.rules):
+                rezoned.append(name)
+        if self.analytics is not None:   # a zone that would cover no pixel: refused before anything changes
+            for name in rezoned:
+                self.analytics.check_camera(name, configs.get(name) or empty_analytics())
+        if len(running) - len(removed) + len(added) > 1:
+            self.several = True
+        joining = []
+        try:   # the new cameras' sources open before anything changes (a missing file is refused)
+            for cam in added:
+                first_id = self.pipeline.captured_by_camera().get(cam.name, 0)
+                joining.append((cam, self.open_camera(cam, down_ok=True, first_id=first_id)))
+        except BaseException:
+            for _, opened in joining:
+                for part in (opened.reader, *opened.sinks):
+                    part.close()
+            raise
+        # From here on it applies: zones first (next frame), then cameras leave, are rebuilt, join.
+        for name in rezoned:
+            if self.analytics is not None:
+                self.analytics.set_camera(name, configs.get(name) or empty_analytics(), self.pipeline.by_name[name].fps)
+            self.cam_settings[name] = wanted[name]
+        problems = []
+        for name in removed:
+            self.remove_camera(name)
+        for cam in rebuilt:
+            try:
+                self.rebuild_camera(cam)
+            except Exception as e:   # its new source cannot open: it stays stopped, the rest applies
+                problems.append(f"camera {cam.name} could not be rebuilt ({e}); it is stopped")
+        for cam, opened in joining:
+            try:
+                self._admit(cam, opened, configs)
+            except Exception as e:
+                problems.append(f"camera {cam.name} could not start ({e})")
+        self.settings = new.model_copy(update={"cameras": [self.cam_settings[c.name] for c in new.cameras
+                                                           if c.name in self.cam_settings]})
+        parts = [f"{what} {', '.join(names)}" for what, names in (
+            ("zones/rules of", rezoned), ("added", [c.name for c in added]), ("removed", removed),
+            ("rebuilt", [c.name for c in rebuilt])) if names]
+        return "; ".join(parts + problems) or "no change"
 
     # ---- running -------------------------------------------------------------------------
     def start(self) -> None:
@@ -329,10 +480,11 @@ class Session:
 
     def run(self) -> int:
         """`bisenet run`: drain frames() to the end; SIGINT/SIGTERM stop capturing and finish
-        the frames in flight (a second one drops them). -> 0, or 1 after a failure. Under
-        systemd (app/sd_notify.py): READY=1 once started (every camera is open or in outage by
-        then), WATCHDOG=1 while the pipeline progresses, STATUS= with each camera's fps,
-        STOPPING=1 when a stop begins."""
+        the frames in flight (a second one drops them); SIGHUP reloads (reload_config).
+        -> 0, or 1 after a failure. Under systemd (app/sd_notify.py): READY=1 once started
+        (every camera is open or in outage by then), WATCHDOG=1 while the pipeline progresses,
+        STATUS= with each camera's fps, RELOADING=1/READY=1 around a reload, STOPPING=1 when a
+        stop begins."""
         previous, stopping = {}, []
 
         def say_stopping():
@@ -344,9 +496,15 @@ class Session:
                 say_stopping()
                 self.pipeline.request_stop(signal.Signals(signum).name)
 
+            def on_hangup(_signum, _frame):   # the reload waits for cameras: not in the handler
+                threading.Thread(target=self._reload_quietly, name="reload", daemon=True).start()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.getsignal(sig)
                 signal.signal(sig, on_signal)
+            if hasattr(signal, "SIGHUP"):
+                previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, on_hangup)
         watchdog = Watchdog(lambda: self.pipeline.progress_at, self.status)
         try:
             self.start()
@@ -371,6 +529,15 @@ class Session:
             parts.append(f"{cam.name} reconnecting" if cam.down() else
                          f"{cam.name} {cam.meter.fps() if recent else 0.0:.1f} fps")
         return ", ".join(parts)
+
+    def _reload_quietly(self) -> None:
+        """SIGHUP's reload: its one line is logged either way."""
+        try:
+            self.reload_config()
+        except InputError:
+            pass
+        except Exception as e:   # a bug: said in one line, the run goes on
+            self.log(f"reload failed: {type(e).__name__}: {e}")
 
     def stop(self, force: bool = False, reason: str = "stop requested", quiet: bool = False) -> None:
         """Stop capturing and finish the frames in flight; `force` (or a second call): drop them."""

@@ -27,6 +27,7 @@ from app.analytics.events import EventBus, JsonlDelivery, MqttDelivery, WebhookD
 from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics
 from app.analytics.zones import Zones
+from core.errors import InputError
 from core.validate import prepare_output
 
 
@@ -52,19 +53,32 @@ class StreamClock:
 
 
 class CameraState:
-    def __init__(self, name: str, config: CameraAnalytics, class_names: list[str], clips=None):
+    """One camera's zones and rules and what they hold between frames. A reload makes a new
+    one `after` the running one: it goes on with its clock, its clips and the state of every
+    rule whose spec is unchanged (an open event stays open); the rules it drops end at the
+    first frame measured with it (Analytics._take_over)."""
+
+    def __init__(self, name: str, config: CameraAnalytics, class_names: list[str], clips=None,
+                 after: "CameraState | None" = None):
         self.name, self.config = name, config
         self.class_names = list(class_names)
         self.zones = Zones(config.zones, len(class_names))
         self.watched = config.watched()                       # zone -> [class names]
         self.index = {c: i for i, c in enumerate(class_names)}
-        self.rules = [RuleState(r, name) for r in config.rules]
-        self.clock = StreamClock()
+        kept = {r.spec.name: r for r in after.rules} if after is not None else {}
+        self.rules = [kept[r.name] if r.name in kept and kept[r.name].spec == r else RuleState(r, name)
+                      for r in config.rules]
+        self.clock = after.clock if after is not None else StreamClock()
         self.clips = clips
-        self.latest: dict = {}
-        self.latest_frame = None
+        self.latest: dict = after.latest if after is not None else {}
+        self.latest_frame = after.latest_frame if after is not None else None
         self.peak_images: dict = {}                           # rule name -> overlay at its event's peak
-        self.last_t, self.last_frame = 0.0, 0
+        if after is not None:
+            self.peak_images = {r.spec.name: after.peak_images[r.spec.name] for r in self.rules
+                                if r.spec.name in after.peak_images}
+        self.last_t, self.last_frame = (after.last_t, after.last_frame) if after is not None else (0.0, 0)
+        self.raster_key = after.raster_key if after is not None else None   # (label hw, source wh) last measured
+        self.before = after                                   # the state it replaces, until its first frame
 
 
 class Analytics:
@@ -106,15 +120,96 @@ class Analytics:
                                  log=self.log)
         self.cameras[name] = CameraState(name, config, self.class_names, clips)
 
+    def check_camera(self, name: str, config: CameraAnalytics) -> Zones:
+        """New zones for camera `name`, rasterized at the size it runs at (once it has run):
+        InputError for a zone that would cover no pixel there."""
+        zones = Zones(config.zones, len(self.class_names))
+        with self.lock:
+            old = self.cameras.get(name)
+        if old is not None and old.raster_key is not None:
+            try:
+                zones.raster(*old.raster_key)
+            except InputError as e:
+                raise InputError(f"camera {name}: {e}") from None
+        return zones
+
+    def set_camera(self, name: str, config: CameraAnalytics, fps: float | None = None) -> None:
+        """A reload: camera `name`'s zones and rules become `config` from its next frame (the
+        camera's own output thread switches; rules whose spec is unchanged keep their state).
+        A zone that would cover no pixel at the size the camera runs at is refused here
+        (InputError), before anything changes."""
+        zones = self.check_camera(name, config)
+        with self.lock:
+            old = self.cameras.get(name)
+        if old is None:
+            if config.enabled:
+                self.add_camera(name, config, fps)
+            return
+        clips = old.clips if config.rules else None
+        if clips is not None:
+            from app.encoding import KEYFRAME_EVERY_S
+            clips.keep_s = max(r.pre_roll_s for r in config.rules) + KEYFRAME_EVERY_S
+        elif config.rules and self.options.clips_dir:
+            from app.analytics.clips import ClipRecorder
+            clips = ClipRecorder(self.options.clips_dir, name, max(r.pre_roll_s for r in config.rules),
+                                 self.options.clips_max_mb, fps=fps or 15.0, log=self.log)
+        state = CameraState(name, config, self.class_names, clips, after=old)
+        state.zones = zones
+        with self.lock:
+            self.cameras[name] = state
+
+    def remove_camera(self, name: str) -> None:
+        """Camera `name` has left the run (its output thread is done): its open events end at
+        its last frame, its clips are written."""
+        with self.lock:
+            cam = self.cameras.pop(name, None)
+        if cam is not None:
+            if cam.before is not None:
+                self._take_over(cam)
+            self._finish(cam, cam, cam.rules)
+            if cam.clips is not None:
+                cam.clips.close()
+
+    def _take_over(self, cam: CameraState) -> list:
+        """The first frame measured with a reloaded camera state: the rules and clips of the
+        states it replaced that it does not keep end here (at the camera's last frame).
+        -> the messages of the events that ended."""
+        old, closing, messages = cam.before, [], []
+        cam.before = None
+        while old is not None:
+            messages += self._finish(cam, old, [r for r in old.rules if r not in cam.rules])
+            if old.clips is not None and old.clips is not cam.clips and old.clips not in closing:
+                closing.append(old.clips)
+            old = old.before
+        for clips in closing:
+            clips.close()
+        return messages
+
+    def _finish(self, cam: CameraState, state: CameraState, rules) -> list:
+        """Open events of `rules` (of `state`, with its clips) end at the camera's last frame."""
+        messages = []
+        for rule in rules:
+            for kind, event in rule.finish(cam.last_t, cam.last_frame):
+                if state.clips is not None:
+                    state.clips.end_clip(event.id, event.end_s + rule.spec.post_roll_s)
+                    image = state.peak_images.pop(rule.spec.name, None)
+                    if image is not None:
+                        state.clips.snapshot(event.id, image)
+                messages.append(self.bus.publish(kind, event))
+        return messages
+
     # -- the pipeline's per-frame call (the camera's output thread) ---------------------------
-    def cell_map(self, camera: str, label_hw, source_wh) -> tuple[np.ndarray, int]:
+    def cell_map(self, camera: str, label_hw, source_wh, frame=None) -> tuple[np.ndarray, int]:
         """The camera's zones rasterized at the label size: (uint8 cell map [h, w], number of
         cells), what a GPU engine counts labels by (Engine.run_fused_counts). A camera without
-        zones gets one cell (its counts are not read)."""
+        zones gets one cell (its counts are not read). `frame`: the frame counted by it, which
+        process_counts then measures with the same zones."""
         cam = self.cameras.get(camera)
         if cam is None:
             return np.zeros(tuple(label_hw), np.uint8), 1
         raster = cam.zones.raster(tuple(label_hw), tuple(source_wh))
+        if frame is not None:   # the counts are measured with these zones, whatever a reload does meanwhile
+            frame.analytics_state = cam
         return raster.cells, raster.num_cells
 
     def process(self, camera: str, frame, labels, image: np.ndarray | None, hud: bool = False) -> FrameAnalytics | None:
@@ -133,21 +228,26 @@ class Analytics:
         """The same from the label counts per zone cell a GPU engine made on the device
         (Engine.run_fused_counts by this camera's cell_map at label_hw): the fused path never
         brings the label map to the host."""
-        cam = self.cameras.get(camera)
+        cam = getattr(frame, "analytics_state", None) or self.cameras.get(camera)
         if cam is None:
             return None
         raster = cam.zones.raster(tuple(label_hw), frame.image.shape[1::-1])
         return self._measure(cam, frame, raster, cell_counts, image, hud)
 
-    def _measure(self, cam: CameraState, frame, raster, cells, image, hud: bool) -> FrameAnalytics:
+    def _measure(self, cam: CameraState, frame, raster, cells, image, hud: bool) -> FrameAnalytics | None:
         camera = cam.name
+        ended = self._take_over(cam) if cam.before is not None else []
+        cam.raster_key = (raster.cells.shape, frame.image.shape[1::-1])
+        if not cam.config.enabled:   # a reload took every zone and rule away
+            frame.events = ended
+            return None
         t = cam.clock(frame)
         src_h, src_w = frame.image.shape[:2]
         counts = zone_counts(cells, raster)
         ratios = counts / np.maximum(raster.area, 1)[:, None]
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
                     for zone, classes in cam.watched.items()}
-        result = FrameAnalytics(coverage)
+        result = FrameAnalytics(coverage, ended)
         keep_images = cam.clips is not None and image is not None
         for rule in cam.rules:
             spec = rule.spec
@@ -218,6 +318,8 @@ class Analytics:
     def close(self) -> None:
         """End of the run: open events end at the last frame, clips are written, deliveries flushed."""
         for cam in self.cameras.values():
+            if cam.before is not None:   # reloaded, no frame since
+                self._take_over(cam)
             for rule in cam.rules:
                 for kind, event in rule.finish(cam.last_t, cam.last_frame):
                     self._on_event(cam, kind, event, rule.spec)
@@ -249,7 +351,12 @@ def served(message: dict) -> dict:
 
 class CoverageLog:
     """One row per camera and frame: FILE.csv (a column per zone:class) or FILE.jsonl; rotated
-    by size (--log-max-mb, --log-keep) and paused on a full disk (app/retention.py)."""
+    by size (--log-max-mb, --log-keep) and paused on a full disk (app/retention.py).
+
+    A zone or class that appears during the run (a reload, a camera joining) gets its column
+    from its first row: the CSV written so far is closed as a rotated part (FILE.<time>.csv,
+    its own header, complete), and FILE starts again with a header of every column (a FILE
+    with no row yet just gets the new header). JSON lines carry their zones in each row."""
 
     def __init__(self, path: str, cameras: dict, max_mb: float | None = None, keep: int | None = None):
         from app.retention import RotatingLog
@@ -259,21 +366,30 @@ class CoverageLog:
         self.jsonl = self.path.suffix.lower() == ".jsonl"
         self.lock = threading.Lock()
         header = ""
+        self.columns = sorted({f"{z}:{c}" for cam in cameras.values() for z, cs in cam.watched.items() for c in cs})
         if not self.jsonl:
-            self.columns = sorted({f"{z}:{c}" for cam in cameras.values() for z, cs in cam.watched.items() for c in cs})
             header = _csv_line(["camera", "frame", "time_s", *self.columns])
         self.file = RotatingLog(self.path, "--coverage-log", header=header,
                                 max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
+
+    @property
+    def parts(self) -> list[Path]:
+        """The closed parts so far (by size or by new columns), oldest first."""
+        return self.file.parts()[:-1]
 
     def write(self, camera: str, frame_id: int, t: float, coverage: dict) -> None:
         if self.jsonl:
             line = json.dumps({"camera": camera, "frame": frame_id, "time_s": round(t, 4),
                                "coverage": {z: {c: round(v, 5) for c, v in cs.items()}
                                             for z, cs in coverage.items()}}) + "\n"
-        else:
-            flat = {f"{z}:{c}": f"{v:.5f}" for z, cs in coverage.items() for c, v in cs.items()}
-            line = _csv_line([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)])
-        self.file.write(line)   # whole rows, at once
+            self.file.write(line)   # whole rows, at once
+            return
+        flat = {f"{z}:{c}": f"{v:.5f}" for z, cs in coverage.items() for c, v in cs.items()}
+        with self.lock:   # the cameras' output threads: one header change at a time
+            if not flat.keys() <= set(self.columns):
+                self.columns = sorted(set(self.columns) | flat.keys())
+                self.file.new_header(_csv_line(["camera", "frame", "time_s", *self.columns]))
+            self.file.write(_csv_line([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)]))
 
     def close(self) -> None:
         self.file.close()

@@ -10,6 +10,7 @@ lock-out, token, then the connection budget's promotion to authenticated).
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
     /api/coverage     scene analytics: newest coverage per camera and zone, recent events (app/analytics)
     /clips/CAM/FILE   an event's clip (.mp4) or snapshot (.jpg) from --clips-dir
+    POST /api/reload  the run re-reads its config and applies it (the session's `server.reload`)
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Routes:
         """what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_post("/api/reload", self.reload)
         if what == "all":
             app.router.add_get("/", self.page)
             app.router.add_get("/index.html", self.page)
@@ -248,6 +250,43 @@ class Routes:
             return text(200, "ok\n")
         lines = "".join(f"stale: {cam} (no frame for {age:.1f} s; timeout {limit:g} s)\n" for cam, age, limit in stale)
         return text(503, lines)
+
+    # -- POST /api/reload ---------------------------------------------------------------------
+    async def reload(self, request):
+        """The run re-reads its config and applies what can change live (`server.reload`, set
+        by app/session.py: () -> one-line summary, InputError with the refusal). The guard has
+        checked the token (or: loopback without one); a browser's request from another site is
+        refused by its Origin."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not same_origin(origin, request.headers.get("Host")):
+            return text(403, json.dumps({"ok": False, "error": "cross-origin request refused: Origin must match "
+                                         "Host"}), content_type="application/json")
+        reload = getattr(self.server, "reload", None)
+        if reload is None:
+            return text(404, json.dumps({"ok": False, "error": "this run cannot reload"}),
+                        content_type="application/json")
+        from core.errors import InputError
+
+        try:   # it waits for cameras to stop and open: not on the event loop
+            changed = await asyncio.get_running_loop().run_in_executor(None, reload)
+        except InputError as e:
+            return text(400, json.dumps({"ok": False, "error": str(e)}), content_type="application/json")
+        except Exception as e:   # a bug: the run goes on, the caller is told
+            log.warning("reload failed: %s: %s", type(e).__name__, e)
+            return text(500, json.dumps({"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}),
+                        content_type="application/json")
+        return text(200, json.dumps({"ok": True, "changed": changed}), content_type="application/json")
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """A browser's Origin (scheme://host[:port]) names the Host it sent the request to."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and host is not None and netloc.lower() == host.strip().lower()
 
 
 def clip_name_ok(camera: str, name: str) -> bool:
