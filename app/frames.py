@@ -3,8 +3,13 @@
     Reader (source) --image--> capture thread --Frame--> queue --> preprocess --> engine
     --> labels --> overlay --> Sink.write(frame, overlay, labels)
 
-Every captured Frame ends as exactly one of: written to the sinks, or dropped with a
-reason (the latency log's `reason` column). The pipeline counts both.
+Every captured Frame ends as exactly one of: written to the sinks, dropped with a reason
+(the latency log's `reason` column), or skipped (a camera's detect_fps below its rate: not
+preprocessed, not inferred). The pipeline counts all three.
+
+A reader may hand out a `Picture` (a decoded frame not yet converted) instead of an array:
+the Frame then converts it only to the sizes asked for, the model's input size in one pass
+(`image_at`) and the full-size `image` on first access (an output that shows pixels).
 """
 from __future__ import annotations
 
@@ -16,11 +21,27 @@ from core.errors import BisenetError
 from core.redact import redact_url
 
 
+class Picture:
+    """A decoded picture not yet converted to BGR (app/sources.py's PyAV frames)."""
+
+    width: int
+    height: int
+    description: str = ""
+
+    def bgr(self) -> np.ndarray:
+        """uint8 BGR HxWx3 at its own size."""
+        raise NotImplementedError
+
+    def bgr_at(self, width: int, height: int) -> np.ndarray:
+        """uint8 BGR at width x height, scaled and converted in one pass."""
+        raise NotImplementedError
+
+
 @dataclass
 class Frame:
     id: int                       # 0, 1, 2 ... in capture order
     capture_ts: float             # time.monotonic() when the reader returned it
-    image: np.ndarray             # uint8 BGR HxWx3 at source resolution
+    image: np.ndarray             # uint8 BGR HxWx3 at source resolution (given a Picture: converted on first access)
     source_ts: float | None = None  # the stream's own timestamp (s), if it has one
     timings: dict = field(default_factory=dict)   # stage -> ms, filled along the way
     batch: np.ndarray | None = None   # the preprocessed model input, when done ahead of inference
@@ -30,6 +51,40 @@ class Frame:
     coverage: dict | None = None  # scene analytics: {zone: {class: ratio}} of its watched classes
     events: list = field(default_factory=list)   # scene analytics: the event messages it raised
     cell_counts: np.ndarray | None = None   # scene analytics: [zone cells, classes] label counts a GPU engine made
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        """The source's (width, height), without converting a Picture."""
+        if self._image is None:
+            return self._picture.width, self._picture.height
+        return self._image.shape[1], self._image.shape[0]
+
+    def image_at(self, width: int, height: int) -> np.ndarray:
+        """BGR for a (width, height) input: a Picture is scaled and converted in one pass (its
+        full-size image is not made; at its own size it is that image); an array is returned
+        as it is, at source size (core/preprocess.py resizes it)."""
+        if self._picture is None:
+            return self._image
+        if (width, height) == (self._picture.width, self._picture.height):
+            return self.image
+        return self._picture.bgr_at(width, height)
+
+
+def _get_image(frame: Frame) -> np.ndarray:
+    if frame._image is None:
+        frame._image = frame._picture.bgr()
+    return frame._image
+
+
+def _set_image(frame: Frame, value) -> None:
+    frame._picture, frame._image = (value, None) if isinstance(value, Picture) else (None, value)
+
+
+# `image` stays the dataclass's third field (Frame(id, ts, image, ...)); reading it converts a
+# Picture once, on first access (only the outputs that show pixels ask for it).
+Frame._image = None
+Frame._picture = None
+Frame.image = property(_get_image, _set_image)
 
 
 class Reader:

@@ -156,7 +156,7 @@ class Session:
         from app.sources import open_source
 
         name = cam_settings.name
-        reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok)
+        reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok, pictures=True)
         sinks = []
         try:
             hub = self.server.cameras.get(name)
@@ -173,7 +173,7 @@ class Session:
                 part.close()
             raise
         return Camera(name, reader, sinks, max_frames=cam_settings.max_frames, out_fps=cam_settings.fps,
-                      queue_size=self.settings.queue_size, first_id=first_id)
+                      queue_size=self.settings.queue_size, first_id=first_id, detect_fps=cam_settings.detect_fps)
 
     def _watch(self, cam: Camera) -> None:
         self.server.metrics.watch(cam.name, self.recorder, self.cam_settings[cam.name].source_timeout,
