@@ -21,6 +21,11 @@ from core.errors import BisenetError
 from core.redact import redact_url
 
 
+# A decoded picture this many times the model input's area or more goes to the model in one
+# scale+convert pass (1080p -> 352x480: 12x); smaller ones keep OpenCV's resize of the BGR image.
+SCALE_IN_ONE_PASS = 2.0
+
+
 class Picture:
     """A decoded picture not yet converted to BGR (app/sources.py's PyAV frames)."""
 
@@ -60,14 +65,14 @@ class Frame:
         return self._image.shape[1], self._image.shape[0]
 
     def image_at(self, width: int, height: int) -> np.ndarray:
-        """BGR for a (width, height) input: a Picture is scaled and converted in one pass (its
-        full-size image is not made; at its own size it is that image); an array is returned
-        as it is, at source size (core/preprocess.py resizes it)."""
-        if self._picture is None:
-            return self._image
-        if (width, height) == (self._picture.width, self._picture.height):
+        """BGR for a (width, height) model input. A Picture at least SCALE_IN_ONE_PASS times
+        the input's area is scaled and converted in one pass (its full-size image is not made);
+        otherwise the full-size image, as it is (core/preprocess.py resizes it with OpenCV:
+        the same bits as before for a source at or near the model's size)."""
+        picture = self._picture
+        if picture is None or picture.width * picture.height < SCALE_IN_ONE_PASS * width * height:
             return self.image
-        return self._picture.bgr_at(width, height)
+        return picture.bgr_at(width, height)
 
 
 def _get_image(frame: Frame) -> np.ndarray:
