@@ -156,3 +156,25 @@ def test_frames_straight_to_the_model_size_give_the_labels_of_the_full_size_path
         assert frame.image_at(w, h) is frame.image
     finally:
         small.close()
+
+
+def test_skipped_frames_are_counted_apart_in_the_summary_and_metrics():
+    from app.latency import LatencyRecorder
+    from app.metrics import Metrics
+
+    recorder, metrics = LatencyRecorder(), Metrics()
+    metrics.watch("cam0", recorder, 10.0)
+    for i in range(6):
+        frame = Frame(i, recorder.start + i / 15, np.zeros((2, 2, 3), np.uint8), source_ts=i / 15)
+        if i % 3:
+            recorder.record_skipped(frame.id, frame.capture_ts, frame.source_ts)
+        else:
+            frame.timings = {"queue": 1.0, "preprocess": 1.0, "inference": 5.0, "overlay": 1.0, "sink": 1.0}
+            recorder.record_written(frame, frame.capture_ts + 0.01)
+    summary = recorder.summary(6)
+    assert (summary["written"], summary["skipped"], summary["dropped"], summary["unaccounted"]) == (2, 4, 0, 0)
+    assert recorder.format_summary(6).startswith("frames 6  written 2  skipped 4  dropped 0")
+    text = metrics.exposition().decode()
+    assert 'bisenet_frames_total{camera="cam0",outcome="skipped"} 4.0' in text
+    assert 'bisenet_frames_total{camera="cam0",outcome="written"} 2.0' in text
+    assert 'bisenet_stage_duration_seconds_count{camera="cam0",stage="inference"} 2.0' in text
