@@ -40,7 +40,6 @@ class Camera:
         self._slack = 0.25 / source_fps if source_fps else 0.001
         # Video outputs get the frames inferred: at the detect rate, unless --fps says otherwise.
         self.out_fps = out_fps or self.detect_fps
-        self.skipped = 0
         # Live: one slot, a newer capture replaces the waiting one (the newest frame wins).
         # Files: a few frames ahead, blocking (nothing dropped).
         self.in_q = queue.Queue(maxsize=1 if self.live else max(1, queue_size))
@@ -74,7 +73,6 @@ class Camera:
         t = frame.source_ts if frame.source_ts is not None else frame.capture_ts
         step, due = 1.0 / self.detect_fps, self._due
         if due is not None and due - 2 * step < t < due - self._slack:
-            self.skipped += 1
             return False
         if due is None or abs(t - due) > step:   # the first frame, after a gap, or time went back
             due = t

@@ -31,7 +31,6 @@ class Picture:
 
     width: int
     height: int
-    description: str = ""
 
     def bgr(self) -> np.ndarray:
         """uint8 BGR HxWx3 at its own size."""

@@ -178,3 +178,20 @@ def test_skipped_frames_are_counted_apart_in_the_summary_and_metrics():
     assert 'bisenet_frames_total{camera="cam0",outcome="skipped"} 4.0' in text
     assert 'bisenet_frames_total{camera="cam0",outcome="written"} 2.0' in text
     assert 'bisenet_stage_duration_seconds_count{camera="cam0",stage="inference"} 2.0' in text
+
+
+def test_detect_fps_keeps_its_rate_on_jittery_capture_times_and_after_a_gap():
+    """A live camera without stream timestamps: capture times 15 fps with +-5 ms of jitter, a
+    2 s outage, then on again; 5 fps are kept before and after, none twice in a row."""
+    from app.camera import Camera
+    from app.sources import ImageListReader
+
+    cam = Camera("c", ImageListReader([], "15 fps", fps=15.0), [], detect_fps=5.0)
+    rng = np.random.default_rng(0)
+    times = [i / 15 + rng.uniform(-0.005, 0.005) for i in range(150)]
+    times += [12.0 + i / 15 + rng.uniform(-0.005, 0.005) for i in range(150)]
+    kept = [t for i, t in enumerate(times) if cam.wants(Frame(i, t, np.zeros((1, 1, 3), np.uint8)))]
+    before, after = [t for t in kept if t < 11], [t for t in kept if t > 11]
+    assert len(before) == len(after) == 50
+    assert min(np.diff(before)) > 0.1 and min(np.diff(after)) > 0.1
+    assert Camera("d", ImageListReader([], "15 fps", fps=15.0), [], detect_fps=30.0).detect_fps is None
