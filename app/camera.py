@@ -40,6 +40,10 @@ class Camera:
         self._slack = 0.25 / source_fps if source_fps else 0.001
         # Video outputs get the frames inferred: at the detect rate, unless --fps says otherwise.
         self.out_fps = out_fps or self.detect_fps
+        # Its frames are shown at full size (an overlay drawn on the source's picture): the model's
+        # input is resized from that image. False: straight to the input size (app/frames.py).
+        # Every frame's overlay is drawn today; drawing that follows the outputs sets it per frame.
+        self.full_size = True
         # Live: one slot, a newer capture replaces the waiting one (the newest frame wins).
         # Files: a few frames ahead, blocking (nothing dropped).
         self.in_q = queue.Queue(maxsize=1 if self.live else max(1, queue_size))

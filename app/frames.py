@@ -8,8 +8,9 @@ Every captured Frame ends as exactly one of: written to the sinks, dropped with 
 preprocessed, not inferred). The pipeline counts all three.
 
 A reader may hand out a `Picture` (a decoded frame not yet converted) instead of an array:
-the Frame then converts it only to the sizes asked for, the model's input size in one pass
-(`image_at`) and the full-size `image` on first access (an output that shows pixels).
+the Frame then converts it only to the sizes asked for: the full-size `image` on first access,
+and for the model (`image_at`) either that image resized (`full_size`: something will show
+the full-size picture anyway) or, when nothing will, one pass straight to the input size.
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ class Frame:
     coverage: dict | None = None  # scene analytics: {zone: {class: ratio}} of its watched classes
     events: list = field(default_factory=list)   # scene analytics: the event messages it raised
     cell_counts: np.ndarray | None = None   # scene analytics: [zone cells, classes] label counts a GPU engine made
+    # Something will want the full-size image (an output that shows pixels): the model's input
+    # is resized from it. False: the model's input is made in one pass from the decoded picture.
+    full_size: bool = True
 
     @property
     def size_wh(self) -> tuple[int, int]:
@@ -64,12 +68,13 @@ class Frame:
         return self._image.shape[1], self._image.shape[0]
 
     def image_at(self, width: int, height: int) -> np.ndarray:
-        """BGR for a (width, height) model input. A Picture at least SCALE_IN_ONE_PASS times
-        the input's area is scaled and converted in one pass (its full-size image is not made);
-        otherwise the full-size image, as it is (core/preprocess.py resizes it with OpenCV:
-        the same bits as before for a source at or near the model's size)."""
+        """BGR for a (width, height) model input. A Picture of a frame nothing shows at full
+        size (`full_size` False), at least SCALE_IN_ONE_PASS times the input's area, is scaled
+        and converted in one pass (its full-size image is not made). Otherwise the full-size
+        image, as it is (core/preprocess.py resizes it with OpenCV, the same bits as before:
+        converting the full size once and resizing it costs less than converting twice)."""
         picture = self._picture
-        if picture is None or picture.width * picture.height < SCALE_IN_ONE_PASS * width * height:
+        if picture is None or self.full_size or picture.width * picture.height < SCALE_IN_ONE_PASS * width * height:
             return self.image
         return picture.bgr_at(width, height)
 

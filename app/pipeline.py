@@ -453,7 +453,8 @@ class Pipeline:
                     break
                 bad_reads = 0
                 image, source_ts = got
-                frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name)
+                frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name,
+                              full_size=cam.full_size)
                 frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts

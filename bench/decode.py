@@ -6,7 +6,9 @@
 before:   decode, the full-size frame converted to BGR (to_ndarray), then core/preprocess.py
           (cv2.resize INTER_LINEAR to the model's size, normalize)
 now:      decode, one swscale pass straight to the model's size in BGR (app/sources.py's
-          PyAVPicture.bgr_at), then core/preprocess.py (no resize left)
+          PyAVPicture.bgr_at), then core/preprocess.py (no resize left): a frame no output
+          shows at full size (app/frames.py's Frame.full_size False); one that is shown keeps
+          "before" (the full-size image is made for the output anyway)
 nonkey:   decode with skip_frame NONKEY (keyframes only): the decode cost per keyframe and per
           second of video, against decoding every frame
 With --model: the labels both inputs give, compared pixel by pixel (agreement %), and the mean

@@ -125,9 +125,10 @@ def test_skip_frame_nonkey_decodes_only_the_keyframes(tmp_path):
 
 
 def test_frames_straight_to_the_model_size_give_the_labels_of_the_full_size_path(tmp_path, camvid_onnx):
-    """A 1080p frame goes to the model in one swscale pass: its full-size image is never made,
-    and the labels agree with the old path's (full-size BGR, then cv2.resize) on >= 99% of the
-    pixels. A frame near the model's size keeps the old path bit for bit."""
+    """A 1080p frame nothing shows at full size goes to the model in one swscale pass: its
+    full-size image is never made, and the labels agree with the old path's (full-size BGR, then
+    cv2.resize) on >= 99% of the pixels. A frame shown at full size, or one near the model's
+    size, keeps the old path bit for bit."""
     from engines.load import load_engine
 
     engine = load_engine(str(camvid_onnx))
@@ -137,7 +138,8 @@ def test_frames_straight_to_the_model_size_give_the_labels_of_the_full_size_path
     same = total = 0
     try:
         while (item := reader.read()) is not None:
-            frame = Frame(0, 0.0, item[0])
+            assert Frame(0, 0.0, item[0]).image_at(w, h).shape == (1080, 1920, 3)   # shown: resized from it
+            frame = Frame(0, 0.0, item[0], full_size=False)
             assert frame.size_wh == (1920, 1080)
             now = frame.image_at(w, h)
             assert now.shape == (h, w, 3) and frame._image is None   # no full-size BGR made for the model
@@ -152,7 +154,7 @@ def test_frames_straight_to_the_model_size_give_the_labels_of_the_full_size_path
     assert total and same / total >= 0.99, same / total
     small = open_source(str(SAMPLE_VIDEO), pictures=True)   # 480x360 for a 480x352 input: as before
     try:
-        frame = Frame(0, 0.0, small.read()[0])
+        frame = Frame(0, 0.0, small.read()[0], full_size=False)
         assert frame.image_at(w, h) is frame.image
     finally:
         small.close()
