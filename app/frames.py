@@ -67,6 +67,12 @@ class Frame:
             return self._picture.width, self._picture.height
         return self._image.shape[1], self._image.shape[0]
 
+    def convert(self) -> None:
+        """A frame shown at full size: convert its Picture now, in the caller's thread (the
+        camera's capture thread, not the inference thread)."""
+        if self.full_size and self._picture is not None:
+            _get_image(self)
+
     def image_at(self, width: int, height: int) -> np.ndarray:
         """BGR for a (width, height) model input. A Picture of a frame nothing shows at full
         size (`full_size` False), at least SCALE_IN_ONE_PASS times the input's area, is scaled

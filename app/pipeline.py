@@ -461,6 +461,7 @@ class Pipeline:
                 if not cam.wants(frame):   # detect_fps: not preprocessed, not inferred
                     self.recorder.record_skipped(frame.id, frame.capture_ts, source_ts, camera=cam.name)
                     continue
+                frame.convert()   # shown at full size: to BGR here, in this camera's thread, as before
                 if not cam.live:
                     self.inference.prepare(frame)
                 self._put_input(cam, frame)
