@@ -6,6 +6,10 @@ A run has one or more cameras (`--source` repeated: cam0, cam1, ...; or a config
 serves them all through app/scheduler.py. One camera is simply a list of one. A camera may
 join or leave a running pipeline (app/session.py's add_camera / remove_camera); one that
 comes back under the same name goes on counting its frame ids from `first_id`.
+
+`detect_fps` below the source's rate: `wants(frame)` keeps about that many frames per second
+(by the stream's timestamps, else capture times); the others are skipped before any
+preprocess or inference, and recorded as skipped (the latency log's reason `skipped`).
 """
 from __future__ import annotations
 
@@ -22,13 +26,23 @@ PLACEHOLDER = "{camera}"
 
 class Camera:
     def __init__(self, name: str, reader: Reader, sinks: list, *, max_frames: int | None = None,
-                 out_fps: float | None = None, queue_size: int = 4, first_id: int = 0):
+                 out_fps: float | None = None, queue_size: int = 4, first_id: int = 0,
+                 detect_fps: float | None = None, decoder_scale: bool = False):
         self.name = name
+        # The model's input may come from the decoder in one pass while nothing shows the frame
+        # (app/frames.py image_at); off: always OpenCV's resize of the full-size image.
+        self.decoder_scale = decoder_scale
         self.reader = reader
         self.sinks = list(sinks)
         self.max_frames = max_frames
-        self.out_fps = out_fps
         self.live = bool(reader.live)
+        source_fps = reader.fps
+        # Only below the source's rate does detect_fps skip anything (an unknown rate: it may).
+        self.detect_fps = detect_fps if detect_fps and not (source_fps and detect_fps >= source_fps) else None
+        self._due = None                         # the time the next frame to infer is due (detect_fps)
+        self._slack = 0.25 / source_fps if source_fps else 0.001
+        # Video outputs get the frames inferred: at the detect rate, unless --fps says otherwise.
+        self.out_fps = out_fps or self.detect_fps
         # Live: one slot, a newer capture replaces the waiting one (the newest frame wins).
         # Files: a few frames ahead, blocking (nothing dropped).
         self.in_q = queue.Queue(maxsize=1 if self.live else max(1, queue_size))
@@ -51,7 +65,22 @@ class Camera:
 
     @property
     def fps(self) -> float | None:
-        return self.reader.fps
+        """The rate its frames are inferred at: the source's, or detect_fps below it."""
+        return min(filter(None, (self.reader.fps, self.detect_fps)), default=None)
+
+    def wants(self, frame) -> bool:
+        """detect_fps: is this frame due for inference? (Always, without detect_fps.) Due times
+        step by 1/detect_fps from the first frame; after a gap they start again from the frame."""
+        if self.detect_fps is None:
+            return True
+        t = frame.source_ts if frame.source_ts is not None else frame.capture_ts
+        step, due = 1.0 / self.detect_fps, self._due
+        if due is not None and due - 2 * step < t < due - self._slack:
+            return False
+        if due is None or abs(t - due) > step:   # the first frame, after a gap, or time went back
+            due = t
+        self._due = due + step
+        return True
 
     def down(self) -> bool:
         """A live source waiting out an outage (reconnecting): the scheduler leaves it out."""

@@ -2,7 +2,8 @@
 
 CPU model, cores and the ISA features the fast paths need; each inference backend with its
 version (or the one line to install it); GPU, CUDA, TensorRT, pycuda, CuPy; the Triton
-client; the media stack (PyAV and its H.264 encoders, FFmpeg, GStreamer's RTSP server). With
+client; the media stack (PyAV and its H.264 encoders, the hardware decode device types its
+FFmpeg has for --hwaccel, FFmpeg, GStreamer's RTSP server). With
 --model: the backend and precision `bisenet run` will pick for it, and a few timed runs of
 each contender on this machine. Exits 0 (a missing piece is a finding, not an error), or 2 with
 one line when --model is missing or not a model.
@@ -91,8 +92,14 @@ def media() -> dict:
         out["pyav_h264_encoders"] = sorted(c for c in av.codecs_available
                                            if c in ("libx264", "h264", "h264_nvenc", "h264_vaapi", "h264_v4l2m2m",
                                                     "libopenh264"))
+        from av.codec.hwaccel import hwdevices_available
+
+        out["pyav_hwaccel_types"] = list(hwdevices_available())   # what --hwaccel may name here
+        from app.sources import hwaccel_report
+
+        out["h264_decode"] = hwaccel_report("h264")   # which devices open here; what auto picks
     except ImportError:
-        out["pyav_h264_encoders"] = None
+        out["pyav_h264_encoders"] = out["pyav_hwaccel_types"] = None
     try:
         import gi
         gi.require_version("Gst", "1.0")
@@ -224,6 +231,11 @@ def format_report(r: dict) -> str:
     lines.append(f"media: PyAV {ver(m['pyav'])}, H.264 encoders {', '.join(m['pyav_h264_encoders'] or []) or 'none'}; "
                  f"ffmpeg {m['ffmpeg'] or 'not found'}; GStreamer RTSP server "
                  f"{m['gstreamer_rtsp_server'] or 'missing: ' + m.get('gstreamer_reason', '')}")
+    if m.get("pyav_hwaccel_types") is not None:
+        h264 = m["h264_decode"]
+        tried = "; ".join(f"{k}: {p or 'opens'}" for k, p in h264["devices"].items())
+        lines.append(f"decode: hardware device types {', '.join(m['pyav_hwaccel_types']) or 'none'} (--hwaccel); "
+                     f"h264 with --hwaccel auto: {h264['auto']}" + (f" ({tried})" if tried else ""))
     if "model" in r:
         mr = r["model"]
         if "error" in mr:

@@ -6,6 +6,8 @@ keeps what it had):
     inference_ms, overlay_ms, sink_ms, e2e_ms (capture -> written), dropped (0/1), reason,
     camera (cam0, cam1, ... or its configured name), batch_size (frames inferred together)
 queue_ms is the time the frame waited in the two queues (capture->inference, inference->output).
+A frame a camera's detect_fps left out is a row with dropped 0 and reason `skipped` (no stage
+times): counted as skipped, neither written nor dropped.
 Frame ids count per camera: (camera, frame) names a row. The summary has one line per camera
 and, with several cameras, an all-camera line.
 """
@@ -63,6 +65,7 @@ class Tally:
         self.batch_sum = 0
         self.overlays_drawn = 0     # overlay images drawn (one per size an output wanted, or on request)
         self.overlays_skipped = 0   # frames for which no output wanted pixels: nothing drawn
+        self.skipped = 0
 
     def add_written(self, row: dict, capture_ts: float, done_at: float) -> None:
         self.written += 1
@@ -84,9 +87,10 @@ class Tally:
         return self.written / span if span > 0 else 0.0
 
     def summary(self, captured: int | None) -> dict:
-        accounted = self.written + sum(self.dropped.values())
+        accounted = self.written + sum(self.dropped.values()) + self.skipped
         captured = accounted if captured is None else captured
-        out = {"captured": captured, "written": self.written, "dropped": sum(self.dropped.values()),
+        out = {"captured": captured, "written": self.written, "skipped": self.skipped,
+               "dropped": sum(self.dropped.values()),
                "unaccounted": captured - accounted, "dropped_by_reason": dict(self.dropped), "fps": self.fps(),
                "mean_batch": self.batch_sum / self.written if self.written else 0.0,
                "overlays_drawn": self.overlays_drawn, "overlays_skipped": self.overlays_skipped, "stages": {}}
@@ -99,7 +103,8 @@ class Tally:
 
 def _counts_line(s: dict) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped_by_reason"].items()))
-    return (f"frames {s['captured']}  written {s['written']}  dropped {s['dropped']}"
+    return (f"frames {s['captured']}  written {s['written']}" + (f"  skipped {s['skipped']}" if s["skipped"] else "")
+            + f"  dropped {s['dropped']}"
             + (f" ({reasons})" if reasons else "") + f"  fps {s['fps']:.2f}"
             + (f"  UNACCOUNTED {s['unaccounted']}" if s["unaccounted"] else ""))
 
@@ -156,9 +161,11 @@ class LatencyRecorder:
     first_capture = property(lambda self: self.total.first_capture)
     last_written_at = property(lambda self: self.total.last_written_at)
 
+    skipped = property(lambda self: self.total.skipped)
+
     @property
     def accounted(self) -> int:
-        return self.written + sum(self.dropped.values())
+        return self.written + sum(self.dropped.values()) + self.skipped
 
     def _camera(self, name: str) -> Tally:
         if name not in self.cameras:
@@ -208,6 +215,19 @@ class LatencyRecorder:
         with self.lock:
             tally = self.cameras.get(camera)
             return (tally.overlays_drawn, tally.overlays_skipped) if tally is not None else (0, 0)
+
+    def record_skipped(self, frame_id: int, capture_ts: float, source_ts=None, camera: str = DEFAULT_CAMERA) -> None:
+        """A frame the camera's detect_fps left out: not preprocessed, not inferred."""
+        row = {"frame": frame_id, "source_ts": source_ts, "capture_s": capture_ts - self.start,
+               **{f"{s}_ms": None for s in STAGES}, "dropped": 0, "reason": "skipped", "camera": camera,
+               "batch_size": None}
+        with self.lock:
+            for tally in (self.total, self._camera(camera)):
+                tally.skipped += 1
+                tally.seen(capture_ts)
+            self._write(row)
+            for fn in self.listeners:
+                fn(row, {})
 
     def _write(self, row: dict) -> None:
         if self.log is None:

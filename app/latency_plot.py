@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
 
 def series(rows: list) -> dict:
     """rows -> {'frame': ids of written frames, stage: ms per written frame, 'dropped': ids}."""
-    written = [r for r in rows if not r["dropped"]]
+    written = [r for r in rows if not r["dropped"] and r["reason"] != "skipped"]
     out = {"frame": np.array([r["frame"] for r in written], dtype=np.int64),
            "dropped": np.array([r["frame"] for r in rows if r["dropped"]], dtype=np.int64)}
     for s in STAGES:

@@ -80,13 +80,13 @@ class Metrics:
         def on_row(row: dict, timings: dict) -> None:
             if row.get("camera", camera) != camera:
                 return   # another camera's row (one recorder serves every camera)
-            outcome = "written" if not row["dropped"] else (row["reason"] or "unknown")
+            outcome = row["reason"] or ("unknown" if row["dropped"] else "written")   # or skipped (detect_fps)
             self.frames.labels(camera=camera, outcome=outcome).inc()
             if outcome not in NOT_DELIVERED:
                 captured = start + row["capture_s"]
                 with self.lock:
                     self.last_frame[camera] = max(self.last_frame.get(camera, captured), captured)
-            if row["dropped"]:
+            if outcome != "written":
                 return
             for stage in STAGES:
                 ms = row.get(f"{stage}_ms", timings.get(stage))

@@ -121,7 +121,9 @@ class SyncInference:
         self.classes = len(info.class_names)
         self.lut = palette_bgr(info.palette)
 
-    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+    def _preprocess(self, frame: Frame) -> np.ndarray:
+        # A decoded picture is converted straight to the input size (one swscale pass).
+        image = frame.image_at(self.size_hw[1], self.size_hw[0])
         return preprocess(image, self.size_hw, self.mean, self.std, self.engine.input_dtype)
 
     def prepare(self, frame: Frame) -> None:
@@ -131,7 +133,7 @@ class SyncInference:
         preprocessing those would waste a core.) A failure is left for infer() to report."""
         t0 = time.monotonic()
         try:
-            frame.batch = self._preprocess(frame.image)
+            frame.batch = self._preprocess(frame)
         except Exception:
             return
         frame.timings["preprocess"] = _ms(t0, time.monotonic())
@@ -146,7 +148,7 @@ class SyncInference:
             if x is None:
                 t = time.monotonic()
                 try:
-                    x = self._preprocess(frame.image)
+                    x = self._preprocess(frame)
                 except Exception as e:
                     frame.batch_size = len(batch)
                     drop(frame, "inference_error")
@@ -502,10 +504,17 @@ class Pipeline:
                     break
                 bad_reads = 0
                 image, source_ts = got
-                frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name)
+                # decoder_scale and nothing shows this camera's pixels now: the model's input
+                # straight from the decoder (app/frames.py image_at).
+                frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name,
+                              full_size=not cam.decoder_scale or self._camera_wants_pixels(cam.name))
                 frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts
+                if not cam.wants(frame):   # detect_fps: not preprocessed, not inferred
+                    self.recorder.record_skipped(frame.id, frame.capture_ts, source_ts, camera=cam.name)
+                    continue
+                frame.convert()   # shown at full size: to BGR here, in this camera's thread, as before
                 if not cam.live:
                     self.inference.prepare(frame)
                 self._put_input(cam, frame)

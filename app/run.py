@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the session (app/session.py), print the start-up lines, drain its frames (the
     loop bisenet_edge.stream() hands to the caller), then the summary."""
     from app.session import Session, check_settings, load_engine
+    from app.sources import decoder_of
 
     settings = resolve(args)
     if not settings.cameras:
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         reader = cam.reader
         kind = "live" if reader.live else "file"
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
-        print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate})"
+        rate += f", inferred at {cam.detect_fps:.3g} fps" if cam.detect_fps else ""
+        decode = f", decode: {decoder_of(reader)}" if decoder_of(reader) else ""
+        print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate}){decode}"
               + (f" -> {', '.join(sink.name for sink in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
     pipeline, recorder, analytics = session.pipeline, session.recorder, session.analytics
     batching = (f"\nbatching: {len(cameras)} cameras, up to {pipeline.scheduler.batch_size} frames per inference, "

@@ -97,13 +97,13 @@ def empty_analytics():
 
 @dataclass
 class FrameResult:
-    """One written frame. `overlay` (the colorized frame at source size, alpha and mode
-    options) is drawn on first access when no output of the run drew it: a caller that never
-    looks at it pays nothing for it."""
+    """One written frame. `image` and `overlay` (the colorized frame at source size, alpha and
+    mode options) are made on first access when no output of the run made them: a caller that
+    never looks at them pays nothing for them."""
 
     camera: str                   # cam0, cam1, ... (or the camera's own name)
     frame_id: int                 # per camera, in capture order (the latency log's ids)
-    image: np.ndarray             # the source frame, uint8 BGR
+    source: object = field(repr=False)   # the source frame: uint8 BGR, or the Frame that converts it
     labels: np.ndarray | None     # class ids at the model's input size (what --save-labels writes);
                                   # None where the run draws on the GPU (keep_labels=False)
     drawn: np.ndarray | Callable[[], np.ndarray] = field(repr=False)   # the overlay, or how to draw it
@@ -112,6 +112,11 @@ class FrameResult:
     batch_size: int | None = None   # frames inferred together with it (several cameras)
     coverage: dict | None = None  # scene analytics: {zone: {class: ratio}}, None without zones
     events: list = field(default_factory=list)   # scene analytics: event messages this frame raised
+
+    @property
+    def image(self) -> np.ndarray:
+        """The source frame, uint8 BGR (converted from the decoder's picture on first access)."""
+        return self.source if isinstance(self.source, np.ndarray) else self.source.image
 
     @property
     def overlay(self) -> np.ndarray:
@@ -214,7 +219,7 @@ class Session:
         from app.sources import open_source
 
         name = cam_settings.name
-        reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok)
+        reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok, pictures=True)
         sinks = []
         try:
             hub = self.server.cameras.get(name)
@@ -231,7 +236,8 @@ class Session:
                 part.close()
             raise
         return Camera(name, reader, sinks, max_frames=cam_settings.max_frames, out_fps=cam_settings.fps,
-                      queue_size=self.settings.queue_size, first_id=first_id)
+                      queue_size=self.settings.queue_size, first_id=first_id, detect_fps=cam_settings.detect_fps,
+                      decoder_scale=cam_settings.decoder_scale)
 
     def _watch(self, cam: Camera) -> None:
         self.server.metrics.watch(cam.name, self.recorder, self.cam_settings[cam.name].source_timeout,
@@ -440,7 +446,7 @@ class Session:
         consumer is busy (files lose nothing; a live camera's output queue drops instead)."""
         if image is None:   # no output wanted pixels: drawn if the caller asks for result.overlay
             image = lambda pipeline=self.pipeline: pipeline.render(frame, labels)   # noqa: E731
-        result = FrameResult(frame.camera, frame.id, frame.image,
+        result = FrameResult(frame.camera, frame.id, frame,
                              None if labels is None else np.asarray(labels).astype(np.int32, copy=False),
                              image, frame.capture_ts, frame.source_ts, frame.batch_size, frame.coverage,
                              list(frame.events))

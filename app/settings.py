@@ -69,6 +69,24 @@ def default_output() -> tuple[list[str], str]:
     return [FALLBACK_OUTPUT], f"no --output given and no window here ({problem.split(';')[0]}): writing a file"
 
 
+# Decoding on a hardware device (app/sources.py's choose_hwaccel): the FFmpeg device type names.
+HWACCEL_HINT = "auto, none, or a device type: cuda, vaapi, qsv, videotoolbox, d3d11va, drm, ..."
+
+
+def hwaccel_name(value) -> str:
+    """auto, none, or a hardware device type this PyAV's FFmpeg was built with."""
+    name = str(value).strip().lower()
+    if name in ("auto", "none"):
+        return name
+    from av.codec.hwaccel import hwdevices_available
+
+    have = list(hwdevices_available())
+    if name not in have:
+        raise Expected(f"{shown(value)} is not a hardware decoder this FFmpeg (PyAV) has; it has "
+                       f"{', '.join(have) or 'none'}; or auto (hardware where it works, else software) or none")
+    return name
+
+
 class CameraSettings(Section):
     """One camera. At the top level (flags, preset keys) these are every camera's defaults; a
     `cameras:` entry sets them for its camera alone."""
@@ -88,6 +106,20 @@ class CameraSettings(Section):
         None, "ask the camera / CSI sensor for this rate", group="input")
     source_timeout: Annotated[float, Rule(Number(float, above=0, max=3600))] = option(
         10.0, "seconds without a frame before a stream counts as lost (default 10)", group="input", metavar="S")
+    hwaccel: Annotated[str, Rule(hwaccel_name)] = option(
+        "none", f"decode video files and streams on a hardware device: {HWACCEL_HINT} (auto: the first that works, "
+        "else software, said once; default none: software). See docs/cameras.md", group="input", metavar="TYPE")
+    detect_fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
+        None, "infer at most this many frames per second; the camera's other frames are decoded but not "
+        "preprocessed nor inferred, and counted as skipped (default: every frame)", group="input", metavar="FPS")
+    decoder_scale: Switch = option(
+        False, "while no output shows this camera's pixels, make the model's input in one swscale pass from the "
+        "decoded picture (about 0.75x the convert+resize CPU at 1080p; its labels agree ~99.2% with the default "
+        "OpenCV resize, so they change while a viewer watches; default off: the same labels whoever watches)",
+        group="input")
+    skip_frame: Annotated[str, Rule(OneOf(("none", "nonkey")))] = option(
+        "none", "nonkey: decode keyframes only (one every GOP, e.g. 0.5-2 fps) for low-rate analytics at a "
+        "fraction of the decode cost (default none)", group="input")
     output: Annotated[list[str], Rule(listed(setting_rules.output_spec))] = option(
         ["display"], "repeatable: display, out.mp4|.mkv|.avi, folder/, http://@:8080, rtsp://HOST:PORT/PATH, null "
         f"(default: display where a window can open, else {FALLBACK_OUTPUT}); {{camera}} in it is replaced by the "

@@ -11,13 +11,18 @@
 
 `open_source(spec, camera settings)` picks the reader from one table, SOURCES (a new kind of
 source: its opener and a line there); `--loop` restarts a file at its end and `--realtime`
-paces it at its own rate. Live readers are wrapped by
+paces it at its own rate. Every reader names its decoder (`decoder`, on the camera's start
+line). PyAV decodes in software, or on a hardware device (`hwaccel`: auto, none, or a device
+type this FFmpeg has: `hardware_types()`); `skip_frame: nonkey` decodes keyframes only.
+With `pictures=True` (the pipeline) it hands out `PyAVPicture`s, converted to BGR only at
+the sizes asked for (app/frames.py). Live readers are wrapped by
 `app.reconnect.ReconnectingReader` when that module exists (written for the RTSP issue).
 """
 from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,12 +30,13 @@ from urllib.parse import urlsplit
 
 import cv2
 
-from app.frames import Reader, ReadError
-from core.errors import BisenetError, file_error
+from app.frames import Picture, Reader, ReadError
+from core.errors import BisenetError, InputError, file_error
 from core.files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from core.redact import redact_url
 from app.settings import CameraSettings
 
+log = logging.getLogger(__name__)
 
 
 class SourceError(BisenetError, RuntimeError):
@@ -45,6 +51,7 @@ class CameraReader(Reader):
     """A V4L2/USB camera by index (`0`) or device path (`/dev/video0`), through OpenCV."""
 
     live = True
+    decoder = "OpenCV (V4L2)"
 
     def __init__(self, device: int | str, size_wh: tuple | None = None, fps: float | None = None):
         self.device = device
@@ -85,15 +92,118 @@ class CameraReader(Reader):
             self.cap = None
 
 
+class PyAVPicture(Picture):
+    """A decoded PyAV frame, converted by swscale only when asked: at the model's input size
+    in one pass (scale + BGR), at full size for an output that shows pixels."""
+
+    def __init__(self, frame):
+        self.frame = frame
+        self.width, self.height = frame.width, frame.height
+
+    def bgr(self):
+        # threads=1: PyAV's default converter starts (and ends) 2 threads on every frame,
+        # which is slower here than converting in this thread, at 360p and at 1080p.
+        return self.frame.to_ndarray(format="bgr24", threads=1)
+
+    def bgr_at(self, width: int, height: int):
+        # swscale's area filter (a downscale: app/frames.py's SCALE_IN_ONE_PASS): cheaper than
+        # its bilinear one, and the labels agree with cv2.resize INTER_LINEAR's on >= 99% of the
+        # pixels (tests/app/test_decode.py, bench/decode.py).
+        return self.frame.reformat(width, height, "bgr24", interpolation="AREA", threads=1).to_ndarray()
+
+
+def hardware_types() -> list[str]:
+    """The hardware device types this PyAV's FFmpeg was built with (e.g. cuda, vaapi, qsv)."""
+    from av.codec.hwaccel import hwdevices_available
+
+    return list(hwdevices_available())
+
+
+# Device type -> None when a device of it opened in this process, else why not (tried once).
+_DEVICES: dict = {}
+_SAID: set = set()
+
+
+def _device_problem(kind: str, codec) -> str | None:
+    if kind not in _DEVICES:
+        from av.codec.hwaccel import HWAccel
+
+        try:
+            HWAccel(kind, allow_software_fallback=True).create(codec)
+            _DEVICES[kind] = None
+        except Exception as e:   # no driver, no permission, no device: FFmpeg's error
+            _DEVICES[kind] = f"{type(e).__name__}: {e}" if not str(e) else str(e).splitlines()[0]
+    return _DEVICES[kind]
+
+
+def _say_once(line: str) -> None:
+    if line not in _SAID:
+        _SAID.add(line)
+        log.warning(line)
+
+
+def choose_hwaccel(wanted: str, codec) -> str | None:
+    """`hwaccel` -> the device type to decode `codec` on, or None (software). auto: the first
+    of the codec's device types this FFmpeg has whose device opens, else software, said once in
+    one line. An explicit type this FFmpeg lacks, or whose device does not open: InputError."""
+    if wanted in (None, "none"):
+        return None
+    have = hardware_types()
+    hint = (f"this FFmpeg (PyAV) has {', '.join(have) or 'no hardware device types'}; use --hwaccel auto "
+            "(hardware where it works, else software) or none")
+    if wanted != "auto" and wanted not in have:
+        raise InputError(f"--hwaccel {wanted}: not in this FFmpeg; {hint}")
+    kinds = [c.device_type.name for c in codec.hardware_configs if c.is_supported]
+    if wanted != "auto":
+        if wanted not in kinds:
+            _say_once(f"decode: --hwaccel {wanted} cannot decode {codec.name} (it can: {', '.join(kinds) or 'none'}); "
+                      f"decoding {codec.name} in software")
+            return None
+        problem = _device_problem(wanted, codec)
+        if problem:
+            raise InputError(f"--hwaccel {wanted}: no {wanted} device opens here ({problem}); {hint}")
+        return wanted
+    problems = []
+    for kind in (k for k in kinds if k in have):
+        problem = _device_problem(kind, codec)
+        if problem is None:
+            return kind
+        problems.append(f"{kind}: {problem}")
+    _say_once(f"decode: hwaccel auto: no hardware decoder for {codec.name} works here"
+              + (f" ({'; '.join(problems)})" if problems else f" (this FFmpeg has {', '.join(have) or 'none'})")
+              + "; decoding in software")
+    return None
+
+
+def hwaccel_report(codec_name: str = "h264") -> dict:
+    """For `bisenet doctor`: each device type this FFmpeg can decode `codec_name` on, None
+    when its device opens here, else why not; and what `--hwaccel auto` picks for it."""
+    import av
+
+    codec = av.codec.Codec(codec_name, "r")
+    have = hardware_types()
+    kinds = [c.device_type.name for c in codec.hardware_configs if c.is_supported and c.device_type.name in have]
+    devices = {kind: _device_problem(kind, codec) for kind in kinds}
+    return {"codec": codec_name, "devices": devices,
+            "auto": next((kind for kind, problem in devices.items() if problem is None), "software")}
+
+
 class PyAVReader(Reader):
     """A video file or a network stream, decoded by PyAV (FFmpeg). Source timestamps are the
-    stream's presentation times in seconds."""
+    stream's presentation times in seconds. `hwaccel`: auto, none or a device type
+    (choose_hwaccel); `skip_frame`: "nonkey" decodes keyframes only. `pictures`: read() hands
+    out PyAVPictures instead of BGR arrays (set by the pipeline's camera opener)."""
 
-    def __init__(self, url: str, live: bool = False, options: dict | None = None, timeout_s: float = 10.0):
+    def __init__(self, url: str, live: bool = False, options: dict | None = None, timeout_s: float = 10.0,
+                 hwaccel: str = "none", skip_frame: str = "none"):
         self.url = url
         self.live = live
         self.options = options or {}
         self.timeout_s = timeout_s
+        self.hwaccel = hwaccel
+        self.skip_frame = skip_frame
+        self.pictures = False
+        self.decoder = ""          # e.g. "h264 (software)", "h264 (cuda)": the start line says it
         self.description = redact_url(url)
         self.container = None
         self._frames = None
@@ -103,10 +213,43 @@ class PyAVReader(Reader):
         self.at_end = False
 
     def open(self) -> None:
+        self.container = self._open(None)
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(f"{self.url} has no video stream")
+        stream = self.container.streams.video[0]
+        device = choose_hwaccel(self.hwaccel, stream.codec_context.codec)
+        if device is not None:   # opened again with the device (decided once per process per type)
+            self.container.close()
+            self.container = self._open(device)
+            stream = self.container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx.is_hwaccel:
+            self.decoder = f"{ctx.codec.name} ({device})"
+        else:
+            stream.thread_type = "AUTO"   # frame-threaded decoding: decode keeps up with the model
+            self.decoder = f"{ctx.codec.name} (software)"
+        if self.skip_frame == "nonkey":
+            ctx.skip_frame = "NONKEY"
+            self.decoder += ", keyframes only"
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.declared = 0 if self.live or self.skip_frame == "nonkey" else int(stream.frames or 0)
+        self._frames = self.container.decode(stream)
+        self._pending = []
+        if self.live:
+            # A live stream's header rate is often FFmpeg's default or guess (MJPEG over HTTP:
+            # 25, with timestamps made up at 25): the rate the frames arrive at is the stream's.
+            self.fps = self._measure_fps() or self.fps
+
+    def _open(self, device: str | None):
         import av
+        from av.codec.hwaccel import HWAccel
+
         started = time.monotonic()
+        hwaccel = None if device is None else HWAccel(device, allow_software_fallback=True)
         try:
-            self.container = av.open(self.url, options=self.options, timeout=self.timeout_s)
+            return av.open(self.url, options=self.options, timeout=self.timeout_s, hwaccel=hwaccel)
         except (av.error.FFmpegError, OSError) as e:
             if self.live and time.monotonic() - started >= 0.9 * self.timeout_s:
                 # PyAV's timeout ends FFmpeg's wait, which then reports "Invalid data found".
@@ -119,20 +262,6 @@ class PyAVReader(Reader):
                                   "and listening on that port? (one that starts slowly: raise --source-timeout)") \
                     from None
             raise SourceError(f"cannot open {self.url}: {e}") from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise SourceError(f"{self.url} has no video stream")
-        stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"   # frame-threaded decoding: decode keeps up with the model
-        rate = stream.average_rate or stream.guessed_rate
-        self.fps = float(rate) if rate else None
-        self.declared = 0 if self.live else int(stream.frames or 0)
-        self._frames = self.container.decode(stream)
-        self._pending = []
-        if self.live:
-            # A live stream's header rate is often FFmpeg's default or guess (MJPEG over HTTP:
-            # 25, with timestamps made up at 25): the rate the frames arrive at is the stream's.
-            self.fps = self._measure_fps() or self.fps
 
     def _measure_fps(self, frames: int = 8, within_s: float = 2.0) -> float | None:
         """Frames per second from the arrival times of the first frames (kept for read());
@@ -158,8 +287,12 @@ class PyAVReader(Reader):
             got = self._pending.pop(0)
             if isinstance(got, ReadError):
                 raise got
-            return got
-        return self._read_one()
+        else:
+            got = self._read_one()
+        if got is None:
+            return None
+        frame, ts = got
+        return (PyAVPicture(frame) if self.pictures else PyAVPicture(frame).bgr()), ts
 
     def _read_one(self):
         import av
@@ -174,9 +307,7 @@ class PyAVReader(Reader):
         self.decoded += 1
         if frame.is_corrupt:
             self.corrupt_frames += 1
-        # threads=1: PyAV's default converter starts (and ends) 2 threads on every frame,
-        # which is slower here than converting in this thread, at 360p and at 1080p.
-        return frame.to_ndarray(format="bgr24", threads=1), frame.time
+        return frame, frame.time   # converted in read(), to the sizes asked for
 
     def counters(self) -> dict:
         """For the run summary, only when something was wrong: concealed decode errors, and
@@ -200,6 +331,7 @@ class OpenCVVideoReader(Reader):
         self.api = api
         self.live = live
         self.description = redact_url(description or target)
+        self.decoder = "GStreamer (OpenCV)" if api == cv2.CAP_GSTREAMER else "OpenCV"
         self.cap = None
 
     def open(self) -> None:
@@ -226,6 +358,8 @@ class OpenCVVideoReader(Reader):
 class ImageListReader(Reader):
     """One image, or the images of a folder or glob, in sorted order. An unreadable image is
     a ReadError (counted as a decode error) and the next one is read."""
+
+    decoder = "OpenCV (images)"
 
     def __init__(self, paths: list, description: str, fps: float | None = None):
         self.paths = list(paths)
@@ -302,18 +436,23 @@ def open_camera(spec: str, cam: CameraSettings) -> Reader:
     return _opened(CameraReader(_camera_device(spec), cam.camera_size, cam.camera_fps))
 
 
+def _decoding(cam: CameraSettings) -> dict:
+    return {"hwaccel": cam.hwaccel, "skip_frame": cam.skip_frame}
+
+
 def open_rtsp(spec: str, cam: CameraSettings) -> Reader:
     # TCP: no lost UDP packets -> no smeared frames; nobuffer: fewer frames of lag.
     # --rtsp-transport udp for servers without TCP; auto: FFmpeg's order (UDP, then TCP).
     transport = cam.rtsp_transport or "tcp"
     options = {"fflags": "nobuffer", "flags": "low_delay",
                **({} if transport == "auto" else {"rtsp_transport": transport})}
-    return _opened(PyAVReader(spec, live=True, options=options, timeout_s=cam.source_timeout))
+    return _opened(PyAVReader(spec, live=True, options=options, timeout_s=cam.source_timeout, **_decoding(cam)))
 
 
 def open_http(spec: str, cam: CameraSettings) -> Reader:
     suffix = Path(spec.split("?")[0]).suffix.lower()
-    return _opened(PyAVReader(spec, live=suffix not in VIDEO_SUFFIXES, timeout_s=cam.source_timeout))
+    return _opened(PyAVReader(spec, live=suffix not in VIDEO_SUFFIXES, timeout_s=cam.source_timeout,
+                              **_decoding(cam)))
 
 
 def open_folder(spec: str, cam: CameraSettings) -> Reader:
@@ -336,7 +475,7 @@ def open_image(spec: str, cam: CameraSettings) -> Reader:
 
 def open_video_file(spec: str, cam: CameraSettings) -> Reader:
     try:
-        return _opened(PyAVReader(spec, live=False))
+        return _opened(PyAVReader(spec, live=False, **_decoding(cam)))
     except SourceError as pyav_error:
         # e.g. a codec this FFmpeg build lacks. OpenCV's FFmpeg would print its own
         # log lines on a broken file; PyAV's message is the one that says why.
@@ -379,11 +518,20 @@ def source_kind(spec: str) -> str:
     return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
 
 
-def open_plain_source(spec: str, options=None) -> Reader:
+def open_plain_source(spec: str, options=None, pictures: bool = False) -> Reader:
     """`spec` -> an opened Reader, without a reconnect wrapper. `options`: its camera's
-    CameraSettings (app/settings.py); None: the defaults."""
+    CameraSettings (app/settings.py); None: the defaults. `pictures`: a PyAV reader hands out
+    PyAVPictures (converted at the sizes asked for) instead of BGR arrays."""
     spec = str(spec)
-    return SOURCES[source_kind(spec)](spec, CameraSettings.of(options))
+    reader = SOURCES[source_kind(spec)](spec, CameraSettings.of(options))
+    if isinstance(reader, PyAVReader):
+        reader.pictures = pictures
+    return reader
+
+
+def decoder_of(reader: Reader) -> str:
+    """The decoder a reader uses ('' when unknown: a camera down at start); wrappers copy it."""
+    return getattr(reader, "decoder", "") or ""
 
 
 def live_by_kind(spec: str) -> bool:
@@ -396,20 +544,20 @@ def live_by_kind(spec: str) -> bool:
     return scheme in ("rtsp", "rtsps", "csi", "gst") or _camera_device(spec) is not None
 
 
-def open_source(spec: str, options=None, down_ok: bool = False) -> Reader:
+def open_source(spec: str, options=None, down_ok: bool = False, pictures: bool = False) -> Reader:
     """`--source` -> an opened Reader (`--realtime` paces a file, `--loop` starts it over).
     Live sources get the reconnect wrapper when the app.reconnect module is present (issue 5):
     ReconnectingReader(reopen, timeout_s, first=opened_reader) is a Reader; `reopen()` returns
-    a freshly opened plain reader for the same spec."""
+    a freshly opened plain reader for the same spec. `pictures`: see open_plain_source."""
     cam = CameraSettings.of(options)
     try:
-        reader = open_plain_source(spec, cam)
+        reader = open_plain_source(spec, cam, pictures)
     except (SourceError, OSError) as e:
         # `down_ok` (several cameras): a live camera that is down at start is an outage like any
         # other (reconnected with backoff) while the other cameras run; a file is a start error.
         if not (down_ok and live_by_kind(spec)):
             raise
-        return _down_at_start(spec, cam, e)
+        return _down_at_start(spec, cam, e, pictures)
     if reader.live:
         try:
             from app.reconnect import ReconnectingReader   # live sources reopen with backoff
@@ -417,25 +565,27 @@ def open_source(spec: str, options=None, down_ok: bool = False) -> Reader:
             if e.name != "app.reconnect":
                 raise
             return reader
-        wrapped = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout, first=reader)
+        wrapped = ReconnectingReader(lambda: open_plain_source(spec, cam, pictures), timeout_s=cam.source_timeout,
+                                     first=reader)
         try:
             wrapped.open()   # waits for the first frame: a source that gives none is a one-line error now
         except (BisenetError, RuntimeError) as e:
             if not down_ok:
                 raise
-            return _down_at_start(spec, cam, e)
+            return _down_at_start(spec, cam, e, pictures)
+        wrapped.decoder = decoder_of(reader)
         return wrapped
     if cam.loop:
-        reader = LoopingReader(reader, lambda: open_plain_source(spec, cam))
+        reader = LoopingReader(reader, lambda: open_plain_source(spec, cam, pictures))
     if cam.realtime:
         reader = RealtimeReader(reader, cam.fps)
     return reader
 
 
-def _down_at_start(spec: str, cam: CameraSettings, error: Exception) -> Reader:
+def _down_at_start(spec: str, cam: CameraSettings, error: Exception, pictures: bool = False) -> Reader:
     from app.reconnect import ReconnectingReader
 
-    reader = ReconnectingReader(lambda: open_plain_source(spec, cam), timeout_s=cam.source_timeout)
+    reader = ReconnectingReader(lambda: open_plain_source(spec, cam, pictures), timeout_s=cam.source_timeout)
     reader.description, reader.camera = redact_url(spec), cam.name or ""
     reader.start_down(str(error).splitlines()[0] if str(error) else type(error).__name__)
     return reader
@@ -450,6 +600,7 @@ class LoopingReader(Reader):
         self.reopen = reopen
         self.fps = inner.fps
         self.description = f"{inner.description} (looped)"
+        self.decoder = decoder_of(inner)
         self._offset = 0.0
         self._last_ts = None
         self._empty = True    # no frame since the last (re)open: an empty file must not spin
@@ -488,6 +639,7 @@ class RealtimeReader(Reader):
         self.inner = inner
         self.fps = inner.fps or fps or 25.0
         self.description = f"{inner.description} (paced at its own rate)"
+        self.decoder = decoder_of(inner)
         self._t0 = None
         self._n = 0
 

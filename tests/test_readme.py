@@ -32,7 +32,7 @@ from testkit.app_helpers import REPO, SAMPLE_VIDEO
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 RUNNABLE = "<!-- runnable -->"
 NEEDS_MARK = re.compile(r"<!-- needs: ([a-z ]+): (\S.*\S) -->")
-NEEDS = {"gpu", "camera", "display", "remote server", "network", "docker", "root", "time", "setup", "dataset",
+NEEDS = {"gpu", "jetson", "camera", "display", "remote server", "network", "docker", "root", "time", "setup", "dataset",
          "checkpoint"}
 
 # Files a doc may name without making them: shipped in the checkout or in ../shared (each is checked to exist).

@@ -219,7 +219,7 @@ class Analytics:
             return None
         labels = np.asarray(labels)
         h, w = labels.shape[-2:]
-        raster = cam.zones.raster((h, w), frame.image.shape[1::-1])
+        raster = cam.zones.raster((h, w), frame.size_wh)
         return self._measure(cam, frame, raster, cell_histogram(labels.reshape(h, w), raster, len(self.class_names)),
                              image, hud)
 
@@ -231,7 +231,7 @@ class Analytics:
         cam = getattr(frame, "analytics_state", None) or self.cameras.get(camera)
         if cam is None:
             return None
-        raster = cam.zones.raster(tuple(label_hw), frame.image.shape[1::-1])
+        raster = cam.zones.raster(tuple(label_hw), frame.size_wh)
         return self._measure(cam, frame, raster, cell_counts, image, hud)
 
     def _measure(self, cam: CameraState, frame, raster, cells, image, hud: bool) -> FrameAnalytics | None:
@@ -242,7 +242,7 @@ class Analytics:
             frame.events = ended
             return None
         t = cam.clock(frame)
-        src_h, src_w = frame.image.shape[:2]
+        src_w, src_h = frame.size_wh   # without converting a decoded picture
         counts = zone_counts(cells, raster)
         ratios = counts / np.maximum(raster.area, 1)[:, None]
         coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
