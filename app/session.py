@@ -32,7 +32,7 @@ import numpy as np
 from app.camera import Camera
 from app.latency import LatencyRecorder
 from app.pipeline import Pipeline
-from app.settings import CameraSettings, RunSettings
+from app.settings import CameraSettings, RunSettings, with_inputs
 from core.errors import InputError
 from core.overlay import upsample_labels
 
@@ -160,6 +160,12 @@ class Session:
         reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok)
         sinks = []
         try:
+            if cam_settings.record_input:   # camera roles: the record input, recorded by packet copy
+                from app.recording import Recording, open_record_input
+
+                record = cam_settings.record
+                sinks.append(Recording(open_record_input(cam_settings.record_input, cam_settings, down_ok=down_ok),
+                                       record.dir, name, record.segment_s, record.retain_days, record.retain_gb))
             hub = self.server.cameras.get(name)
             if hub is not None:
                 hub.ended = False   # a camera back under its name serves its page again
@@ -179,6 +185,9 @@ class Session:
     def _watch(self, cam: Camera) -> None:
         self.server.metrics.watch(cam.name, self.recorder, self.cam_settings[cam.name].source_timeout,
                                   reader=cam.reader, queues={"input": cam.in_q, "output": cam.out_q})
+        for sink in cam.sinks:
+            if hasattr(sink, "decoded") and hasattr(sink, "packets"):   # a Recording (app/recording.py)
+                self.server.metrics.record(cam.name, sink)
 
     @staticmethod
     def _camera_settings(camera) -> CameraSettings:
@@ -187,6 +196,7 @@ class Session:
         if isinstance(camera, CameraSettings):
             return camera
         entry = {str(k).replace("-", "_"): v for k, v in dict(camera).items()}
+        with_inputs(entry, f"camera {entry.get('name')}")   # inputs with roles: source is the detect input
         if not entry.get("name") or not entry.get("source"):
             raise InputError("a camera needs a name and a source, e.g. {'name': 'door', 'source': 'rtsp://...'}")
         return CameraSettings.of(entry)
