@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import time
 
 import pytest
 
@@ -15,6 +16,7 @@ from app.recording import Recording, open_record_input
 from app.settings import CameraSettings
 from testkit.app_helpers import SAMPLE_VIDEO, ffprobe_frames, tiny_onnx
 from testkit.app_process import run_camera
+from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 SUB, MAIN = (320, 180), (960, 540)
 
@@ -132,3 +134,31 @@ def test_a_bad_inputs_entry_is_one_line_exit_2(streams, tmp_path, entry, message
     result = run_camera("--config", config, "--model", tiny_onnx(), "--output", "null")
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _wait(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyframe(relay, publishers, tmp_path):
+    push, pull = relay.push_url("/main"), relay.pull_url("/main")
+    publisher = publishers(push)
+    wait_published(pull, transport="udp")
+    cam = CameraSettings.of({"name": "door", "rtsp_transport": "udp", "source_timeout": 2})
+    recording = Recording(open_record_input(pull, cam), tmp_path, "door", segment_s=60)
+    try:
+        _wait(lambda: recording.packets >= 20)
+        publisher.stop()   # the camera goes away ...
+        before = recording.packets
+        publishers(push)   # ... and comes back
+        _wait(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
+    finally:
+        recording.close()
+    segments = _segments(tmp_path, "door")
+    assert recording.segments == len(segments) == 2   # one per connection (60 s segments)
+    assert all(_first_frame_is_key(s) for s in segments)
+    assert sum(ffprobe_frames(s) for s in segments) == recording.packets
+    assert recording.decoded == 0
