@@ -153,9 +153,24 @@ class Recording(Sink):
         self._file = self._out = self._in_stream = self._out_stream = None
         self._seg_t0 = None       # stream time (s) of the segment's first packet
         self._offset = 0          # the segment's first dts: its timestamps start at 0
+        self.clips = None         # the camera's event clips (app/analytics/clips.py), cut from this stream
+        self._clip_stream = self._bsf = self._header = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"record-{camera}", daemon=True)
+
+    def start(self, clips=None) -> None:
+        """Start recording; `clips`: the camera's ClipRecorder, to cut its event clips from
+        this stream by packet copy (from its first packet on)."""
+        if clips is not None and clips.use_record_stream(self._codec()):
+            self.clips = clips
         self.thread.start()
+
+    def _codec(self) -> str:
+        stream = getattr(self.reader, "stream", None) or getattr(getattr(self.reader, "first", None), "stream", None)
+        conn = getattr(self.reader, "_conn", None)
+        if stream is None and conn is not None:
+            stream = getattr(conn.reader, "stream", None)
+        return stream.codec_context.name if stream is not None else ""
 
     def write(self, frame, overlay_bgr, labels) -> None:
         pass   # the frames of the detect input: recording does not use them
@@ -180,6 +195,8 @@ class Recording(Sink):
             self.retention.sweep()
 
     def _packet(self, packet, in_stream) -> None:
+        if self.clips is not None:
+            self._to_clips(packet, in_stream)
         t = float(packet.pts * packet.time_base) if packet.pts is not None else None
         new_input = in_stream is not self._in_stream   # the first packet, or a reconnect
         due = self._out is None or new_input or (t is not None and self._seg_t0 is not None
@@ -212,6 +229,35 @@ class Recording(Sink):
             self._failed(e)
             return
         self.pause.resumed()
+
+    def _to_clips(self, packet, in_stream) -> None:
+        """The packet, as Annex B (what the clip writer demuxes), into the clips' ring: an MP4's
+        length-prefixed NAL units through FFmpeg's mp4toannexb filter (parameter sets added at
+        keyframes); a stream that is Annex B already (RTSP) as it is, its parameter sets put
+        before each keyframe."""
+        import av
+        from av.bitstream import BitStreamFilterContext
+
+        if in_stream is not self._clip_stream:
+            self._clip_stream = in_stream
+            extradata = in_stream.codec_context.extradata or b""
+            annexb = not extradata or extradata.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))
+            self._header = extradata if annexb else None
+            self._bsf = None if annexb else BitStreamFilterContext(f"{in_stream.codec_context.name}_mp4toannexb",
+                                                                   in_stream)
+        t = float(packet.pts * packet.time_base) if packet.pts is not None else None
+        live = self.reader.live
+        if self._bsf is None:
+            data = bytes(packet)
+            if packet.is_keyframe and self._header and not data.startswith(self._header):
+                data = self._header + data
+            self.clips.add_packet(data, packet.is_keyframe, t, live)
+            return
+        copy = av.Packet(bytes(packet))   # the filter takes the packet it is given: the recording keeps its own
+        copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
+        copy.is_keyframe = packet.is_keyframe
+        for out in self._bsf.filter(copy):
+            self.clips.add_packet(bytes(out), packet.is_keyframe, t, live)
 
     def _start(self, in_stream, packet, t) -> None:
         import av
@@ -269,6 +315,9 @@ class Recording(Sink):
     # ---- the camera's output protocol ----------------------------------------------------
     def close(self) -> None:
         """A file's copy is finished (at most CLOSE_WAIT_S); a live recording stops now."""
+        if not self.thread.is_alive() and self.thread.ident is None:   # never started
+            self.reader.close()
+            return
         if self.reader.live:
             self._stop.set()
             interrupt = getattr(self.reader, "interrupt", None)

@@ -142,6 +142,7 @@ class Session:
             raise
         self.cam_settings = {c.name: c for c in settings.cameras}
         for cam in cameras:
+            self._start_recording(cam)
             self._watch(cam)
 
     # ---- cameras -------------------------------------------------------------------------
@@ -182,11 +183,23 @@ class Session:
         return Camera(name, reader, sinks, max_frames=cam_settings.max_frames, out_fps=cam_settings.fps,
                       queue_size=self.settings.queue_size, first_id=first_id)
 
+    def _start_recording(self, cam: Camera) -> None:
+        """Camera roles: its recording starts once its analytics exist, so that its event clips
+        are cut from the record stream (app/recording.py) from the first packet on."""
+        from app.recording import Recording
+
+        state = self.analytics.cameras.get(cam.name) if self.analytics is not None else None
+        for sink in cam.sinks:
+            if isinstance(sink, Recording):
+                sink.start(clips=getattr(state, "clips", None))
+
     def _watch(self, cam: Camera) -> None:
         self.server.metrics.watch(cam.name, self.recorder, self.cam_settings[cam.name].source_timeout,
                                   reader=cam.reader, queues={"input": cam.in_q, "output": cam.out_q})
+        from app.recording import Recording
+
         for sink in cam.sinks:
-            if hasattr(sink, "decoded") and hasattr(sink, "packets"):   # a Recording (app/recording.py)
+            if isinstance(sink, Recording):
                 self.server.metrics.record(cam.name, sink)
 
     @staticmethod
@@ -218,6 +231,7 @@ class Session:
         try:
             if self.analytics is not None and configs:
                 self.analytics.add_camera(cam.name, configs[cam.name], cam.fps)
+            self._start_recording(cam)
             self.several = True
             self.pipeline.add_camera(cam)
         except BaseException:

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
         for i in range(args.rounds):
             before = cpu_s()
             rec = Recording(open_record_input(str(main_stream), cam), Path(tmp) / f"rec{i}", "main", args.segment_s)
+            rec.start()
             rec.close()
             cpu = cpu_s() - before
             duration = rec.packets / 15.0

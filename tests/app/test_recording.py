@@ -54,11 +54,12 @@ def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_o
     config.write_text(
         f"record: {{dir: {tmp_path / 'rec'}, segment_s: 2}}\n"
         "zones:\n  - name: all\n    polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]\n    classes: [road]\n"
+        "rules:\n  - {zone: all, class: road, above: 0.0, for_s: 0, clear_s: 0}\n"
         "cameras:\n  - name: door\n    inputs:\n"
         f"      - {{path: {sub}, roles: [detect]}}\n      - {{path: {main}, roles: [record]}}\n")
     coverage = tmp_path / "coverage.csv"
     result = run_camera("--config", config, "--model", tiny_onnx(), "--output", "null",
-                        "--coverage-log", coverage)
+                        "--coverage-log", coverage, "--clips-dir", tmp_path / "clips")
     assert result.returncode == 0, result.stderr
     start = next(line for line in result.stderr.splitlines() if "source (detect):" in line)
     assert str(sub) in start and f"record: {main} (record, packet copy, 960x540)" in start, start
@@ -76,6 +77,13 @@ def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_o
     assert probe.stdout.strip() == "960,540"
     with open(coverage) as f:   # analytics ran on every frame of the detect input
         assert len({row["frame"] for row in csv.DictReader(f)}) == 101
+    # The event (all of the run) has its clip cut from the main stream by packet copy: its size,
+    # from a keyframe, every frame of it.
+    clips = list((tmp_path / "clips" / "door").glob("*.mp4"))
+    assert len(clips) == 1 and _first_frame_is_key(clips[0])
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
+                            str(clips[0])], capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "960,540" and ffprobe_frames(clips[0]) == 101
 
 
 def test_the_record_input_counts_in_metrics_and_is_never_decoded(streams, tmp_path):
@@ -111,6 +119,7 @@ def test_retention_deletes_the_oldest_segments_first_under_a_byte_cap(streams, t
     # A cap of about half the stream: the first segments go, the newest stay.
     recording = Recording(open_record_input(str(main), cam), tmp_path, "door", segment_s=2,
                           retain_gb=whole * 0.5 / 1024 ** 3)
+    recording.start()
     recording.close()
     kept = _segments(tmp_path, "door")
     assert recording.segments == 4 and recording.retention.deleted_files >= 1
@@ -149,6 +158,7 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
     wait_published(pull, transport="udp")
     cam = CameraSettings.of({"name": "door", "rtsp_transport": "udp", "source_timeout": 2})
     recording = Recording(open_record_input(pull, cam), tmp_path, "door", segment_s=60)
+    recording.start()
     try:
         _wait(lambda: recording.packets >= 20)
         publisher.stop()   # the camera goes away ...
