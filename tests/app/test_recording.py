@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import threading
 import time
 
 import pytest
 
+from app.analytics.clips import ClipRecorder
 from app.recording import Recording, open_record_input
 from app.settings import CameraSettings
 from testkit.app_helpers import SAMPLE_VIDEO, ffprobe_frames, tiny_onnx
@@ -158,15 +160,35 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
     wait_published(pull, transport="udp")
     cam = CameraSettings.of({"name": "door", "rtsp_transport": "udp", "source_timeout": 2})
     recording = Recording(open_record_input(pull, cam), tmp_path, "door", segment_s=60)
-    recording.start()
+    # Event clips from the live record stream (Annex B over RTSP), on the clock of detect frames.
+    clips = ClipRecorder(tmp_path / "clips", "door", keep_s=2, max_mb=100)
+    ticking = threading.Event()
+
+    def detect_frames():
+        while not ticking.wait(1 / 15):
+            clips.add_frame(time.monotonic(), None)
+
+    ticker = threading.Thread(target=detect_frames, daemon=True)
+    ticker.start()
+    recording.start(clips=clips)
     try:
-        _wait(lambda: recording.packets >= 20)
+        # The stream's first packets come in a burst (those FFmpeg read to probe it); a clip wants
+        # packets at their own pace: 2 s of them, so the GOP (1 s) at the clip's start is there.
+        _wait(lambda: recording.packets >= 50)
+        clips.start_clip("abc-1-1", time.monotonic() - 1)
+        _wait(lambda: recording.packets >= 65)
+        clips.end_clip("abc-1-1", time.monotonic())
         publisher.stop()   # the camera goes away ...
         before = recording.packets
         publishers(push)   # ... and comes back
         _wait(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
     finally:
         recording.close()
+        ticking.set()
+        ticker.join()
+        clips.close()
+    clip = tmp_path / "clips" / "door" / "abc-1-1.mp4"
+    assert clips.from_record and _first_frame_is_key(clip) and ffprobe_frames(clip) >= 25
     segments = _segments(tmp_path, "door")
     assert recording.segments == len(segments) == 2   # one per connection (60 s segments)
     assert all(_first_frame_is_key(s) for s in segments)
