@@ -196,7 +196,12 @@ class Recording(Sink):
 
     def _packet(self, packet, in_stream) -> None:
         if self.clips is not None:
-            self._to_clips(packet, in_stream)
+            try:
+                self._to_clips(packet, in_stream)
+            except Exception as e:   # the recording goes on; the clips of this camera stop
+                self.log(f"warning: {self.camera}: event clips from the record stream stopped: "
+                         f"{type(e).__name__}: {e}")
+                self.clips = None
         t = float(packet.pts * packet.time_base) if packet.pts is not None else None
         new_input = in_stream is not self._in_stream   # the first packet, or a reconnect
         due = self._out is None or new_input or (t is not None and self._seg_t0 is not None
@@ -206,7 +211,10 @@ class Recording(Sink):
                 if new_input:
                     self._finish()
                     self._in_stream = in_stream
-                self.waiting_key += 1
+                if self.pause.paused:
+                    self.pause.skipped()
+                else:
+                    self.waiting_key += 1
                 return
             due = False   # cut at the next keyframe
         if due:

@@ -50,17 +50,18 @@ def _first_frame_is_key(path) -> bool:
     return r.stdout.split()[0].strip(",") == "1"
 
 
-def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_on_the_sub_stream(streams, tmp_path):
+def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_on_the_sub_stream(streams, tmp_path,
+                                                                                                 camvid_onnx):
     sub, main = streams
     config = tmp_path / "cameras.yaml"
     config.write_text(
         f"record: {{dir: {tmp_path / 'rec'}, segment_s: 2}}\n"
         "zones:\n  - name: all\n    polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]\n    classes: [road]\n"
-        "rules:\n  - {zone: all, class: road, above: 0.0, for_s: 0, clear_s: 0}\n"
+        "rules:\n  - {zone: all, class: road, above: 0.05, for_s: 0, clear_s: 100}\n"   # the whole run
         "cameras:\n  - name: door\n    inputs:\n"
         f"      - {{path: {sub}, roles: [detect]}}\n      - {{path: {main}, roles: [record]}}\n")
     coverage = tmp_path / "coverage.csv"
-    result = run_camera("--config", config, "--model", tiny_onnx(), "--output", "null",
+    result = run_camera("--config", config, "--model", camvid_onnx, "--output", "null",
                         "--coverage-log", coverage, "--clips-dir", tmp_path / "clips")
     assert result.returncode == 0, result.stderr
     start = next(line for line in result.stderr.splitlines() if "source (detect):" in line)
