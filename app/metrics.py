@@ -19,6 +19,9 @@ reason), so the histograms and counters agree with the latency log row for row.
     bisenet_model_info{model, backend, precision, input_size}
     bisenet_zone_coverage_ratio{camera, zone, class}  scene analytics, watched classes only (app/analytics)
     bisenet_events_dropped_total{sink}               event messages dropped (full queue, or left at exit)
+    bisenet_record_packets_total{camera}              packets of the record input written by packet copy
+    bisenet_record_decoded_frames_total{camera}       frames decoded from the record input (0: never decoded)
+    bisenet_record_segments_total{camera}             recording segments started
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class Metrics:
         self.listening = set()    # cameras whose recorder rows are counted (once each, across rebuilds)
         self.viewers = lambda: 0  # set by the HTTP server
         self.analytics = None     # app/analytics: zone coverage gauges, dropped events
+        self.recordings = {}      # camera -> its Recording (app/recording.py): packets, decoded frames
         self.registry.register(_ScrapeTimeCollector(self))
 
     def set_model(self, engine) -> None:
@@ -95,10 +99,15 @@ class Metrics:
 
         recorder.listeners.append(on_row)
 
+    def record(self, camera: str, recording) -> None:
+        """Count this camera's continuous recording (its packets, segments, decoded frames)."""
+        with self.lock:
+            self.recordings[camera] = recording
+
     def forget(self, camera: str) -> None:
         """A camera that left the run: no queues, reconnect counters or staleness any more."""
         with self.lock:
-            for table in (self.sources, self.timeouts, self.last_frame):
+            for table in (self.sources, self.timeouts, self.last_frame, self.recordings):
                 table.pop(camera, None)
 
     def health(self, now: float | None = None) -> list[tuple[str, float, float]]:
@@ -149,6 +158,21 @@ class _ScrapeTimeCollector:
         yield depth
         yield reconnects
         yield outages
+        with self.metrics.lock:
+            recordings = dict(self.metrics.recordings)
+        if recordings:
+            packets = CounterMetricFamily("bisenet_record_packets", "Record input packets written by packet copy",
+                                          labels=["camera"])
+            decoded = CounterMetricFamily("bisenet_record_decoded_frames", "Frames decoded from the record input",
+                                          labels=["camera"])
+            segments = CounterMetricFamily("bisenet_record_segments", "Recording segments started", labels=["camera"])
+            for camera, rec in sorted(recordings.items()):
+                packets.add_metric([camera], rec.packets)
+                decoded.add_metric([camera], rec.decoded)
+                segments.add_metric([camera], rec.segments)
+            yield packets
+            yield decoded
+            yield segments
         yield GaugeMetricFamily("bisenet_http_viewers", "MJPEG viewers connected now", value=self.metrics.viewers())
         if self.metrics.analytics is not None:   # bisenet_zone_coverage_ratio, bisenet_events_dropped_total
             yield from self.metrics.analytics.metric_families()

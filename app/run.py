@@ -54,6 +54,7 @@ def _parser(prog: str = "bisenet run") -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Build the session (app/session.py), print the start-up lines, drain its frames (the
     loop bisenet_edge.stream() hands to the caller), then the summary."""
+    from app.recording import Recording
     from app.session import Session, check_settings, load_engine
     from app.sources import decoder_of
 
@@ -77,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
         rate += f", inferred at {cam.detect_fps:.3g} fps" if cam.detect_fps else ""
         decode = f", decode: {decoder_of(reader)}" if decoder_of(reader) else ""
-        print(f"{cam.name + ': ' if several else ''}source: {reader.description} ({kind}{rate}){decode}"
+        # Camera roles (app/recording.py): the source is the detect input; the record input beside it.
+        record = "".join(f"; record: {sink.describe()}" for sink in cam.sinks if isinstance(sink, Recording))
+        roles = " (detect)" if record else ""
+        print(f"{cam.name + ': ' if several else ''}source{roles}: {reader.description} ({kind}{rate}){decode}{record}"
               + (f" -> {', '.join(sink.name for sink in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)
     pipeline, recorder, analytics = session.pipeline, session.recorder, session.analytics
     batching = (f"\nbatching: {len(cameras)} cameras, up to {pipeline.scheduler.batch_size} frames per inference, "

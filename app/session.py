@@ -36,7 +36,7 @@ from app.camera import Camera
 from app.latency import LatencyRecorder
 from app.pipeline import Pipeline
 from app.sd_notify import Watchdog, notify
-from app.settings import CameraSettings, RunSettings
+from app.settings import CameraSettings, RunSettings, with_inputs
 from core.errors import BisenetError, InputError
 from core.overlay import upsample_labels
 
@@ -200,6 +200,7 @@ class Session:
             raise
         self.cam_settings = {c.name: c for c in settings.cameras}
         for cam in cameras:
+            self._start_recording(cam)
             self._watch(cam)
         self.log = self.pipeline.log
         self.reread = reread
@@ -222,6 +223,12 @@ class Session:
         reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok, pictures=True)
         sinks = []
         try:
+            if cam_settings.record_input:   # camera roles: the record input, recorded by packet copy
+                from app.recording import Recording, open_record_input
+
+                record = cam_settings.record
+                sinks.append(Recording(open_record_input(cam_settings.record_input, cam_settings, down_ok=down_ok),
+                                       record.dir, name, record.segment_s, record.retain_days, record.retain_gb))
             hub = self.server.cameras.get(name)
             if hub is not None:
                 hub.ended = False   # a camera back under its name serves its page again
@@ -239,9 +246,24 @@ class Session:
                       queue_size=self.settings.queue_size, first_id=first_id, detect_fps=cam_settings.detect_fps,
                       decoder_scale=cam_settings.decoder_scale)
 
+    def _start_recording(self, cam: Camera) -> None:
+        """Camera roles: its recording starts once its analytics exist, so that its event clips
+        are cut from the record stream (app/recording.py) from the first packet on."""
+        from app.recording import Recording
+
+        state = self.analytics.cameras.get(cam.name) if self.analytics is not None else None
+        for sink in cam.sinks:
+            if isinstance(sink, Recording):
+                sink.start(clips=getattr(state, "clips", None))
+
     def _watch(self, cam: Camera) -> None:
         self.server.metrics.watch(cam.name, self.recorder, self.cam_settings[cam.name].source_timeout,
                                   reader=cam.reader, queues={"input": cam.in_q, "output": cam.out_q})
+        from app.recording import Recording
+
+        for sink in cam.sinks:
+            if isinstance(sink, Recording):
+                self.server.metrics.record(cam.name, sink)
 
     @staticmethod
     def _camera_settings(camera) -> CameraSettings:
@@ -250,6 +272,7 @@ class Session:
         if isinstance(camera, CameraSettings):
             return camera
         entry = {str(k).replace("-", "_"): v for k, v in dict(camera).items()}
+        with_inputs(entry, f"camera {entry.get('name')}")   # inputs with roles: source is the detect input
         if not entry.get("name") or not entry.get("source"):
             raise InputError("a camera needs a name and a source, e.g. {'name': 'door', 'source': 'rtsp://...'}")
         return CameraSettings.of(entry)
@@ -274,6 +297,7 @@ class Session:
         try:
             if self.analytics is not None and configs.get(cam.name):
                 self.analytics.add_camera(cam.name, configs[cam.name], cam.fps)
+            self._start_recording(cam)
             self.several = True
             self.pipeline.add_camera(cam)
         except BaseException:

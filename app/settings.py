@@ -33,7 +33,7 @@ from app.setting_rules import host_names
 from core import options
 from core.config_files import config_names, config_path
 from core.errors import InputError
-from core.options import Expected, OneOf, Rule, Section, Switch, Text, checked, flag_name, listed, option
+from core.options import Expected, OneOf, Rule, Section, Switch, Text, checked, flag_name, listed, option, text
 from core.redact import shown
 from core.validate import MAX_QUEUE, Number, load_yaml, size_wh
 from engines.load import EngineOptions
@@ -85,6 +85,33 @@ def hwaccel_name(value) -> str:
         raise Expected(f"{shown(value)} is not a hardware decoder this FFmpeg (PyAV) has; it has "
                        f"{', '.join(have) or 'none'}; or auto (hardware where it works, else software) or none")
     return name
+
+
+ROLES = ("detect", "record")
+
+
+def input_roles(value) -> tuple[str, ...]:
+    """An input's roles: detect (inference, analytics, overlays) and/or record (recorded by
+    packet copy, app/recording.py)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or any(item not in ROLES for item in items):
+        raise Expected(f"expected a list of roles out of {', '.join(ROLES)}, got {shown(value)}")
+    return tuple(dict.fromkeys(items))
+
+
+class InputSettings(Section):
+    """One input of a camera with roles (Frigate's `ffmpeg.inputs[]`): its URL and what it is for."""
+    path: Annotated[str, Rule(setting_rules.source_spec)]
+    roles: Annotated[tuple[str, ...], Rule(input_roles)] = ("detect",)
+
+
+class RecordSettings(Section):
+    """Continuous recording of a camera's record input (app/recording.py): fragmented MP4
+    segments <dir>/<camera>/<camera>.<UTC start time>.mp4, oldest deleted first."""
+    dir: Annotated[str, Rule(text)] = "recordings"
+    segment_s: Annotated[float, Rule(Number(float, above=0, max=86_400))] = 10.0
+    retain_days: Annotated[float | None, Rule(Number(float, above=0, max=36_500))] = None
+    retain_gb: Annotated[float | None, Rule(Number(float, above=0, max=1_000_000))] = None
 
 
 class CameraSettings(Section):
@@ -149,6 +176,17 @@ class CameraSettings(Section):
     # checked against the model's classes once it is loaded (app/analytics/specs.py).
     zones: list | None = None
     rules: list | None = None
+    # Camera roles (a `cameras:` entry's keys): `inputs: [{path: URL, roles: [detect]}, {path: URL,
+    # roles: [record]}]` instead of `source` (which is the detect input then), and how the record
+    # input is kept (`record:`, also at the top level for every camera). One input: both roles
+    # as today's `source` (nothing recorded unless an input says record).
+    inputs: list[InputSettings] | None = None
+    record: RecordSettings = RecordSettings()
+
+    @property
+    def record_input(self) -> str | None:
+        """The URL of the input with the record role, if any."""
+        return next((i.path for i in self.inputs or () if "record" in i.roles), None)
 
 
 class ServerSettings(Section):
@@ -244,7 +282,7 @@ class RunSettings(Section):
 SECTIONS = (CameraSettings, RunSettings, EngineOptions, ServerSettings, AnalyticsSettings)
 # Camera keys a config may set without a flag (zones:, rules:).
 YAML_KEYS = tuple(name for name, field in CameraSettings.model_fields.items()
-                  if not field.json_schema_extra and name != "name")
+                  if not field.json_schema_extra and name not in ("name", "inputs"))
 OPTIONS = {name: section for section in SECTIONS for name in section.flags()}
 RUN_FLAGS = options.rules_of(SECTIONS)   # name -> its check
 
@@ -309,6 +347,7 @@ def _camera_entries(path: Path, entries) -> list:
                 raise InputError(f"{here}: {shown(key)} is not a per-camera key; allowed: "
                                  f"{', '.join(k.replace('_', '-') for k in per_camera)}")
             values[name], where[name] = _yaml_value(name, value), f"{here}: {key}"
+        with_inputs(values, here)
         source = values.get("source")
         if isinstance(source, list):
             values["source"] = source[0] if len(source) == 1 else None
@@ -316,6 +355,27 @@ def _camera_entries(path: Path, entries) -> list:
             raise InputError(f"{here}: give it exactly one source")
         out.append(checked(CameraSettings, values, where))
     return out
+
+
+def with_inputs(values: dict, here: str) -> dict:
+    """A camera entry with `inputs:` -> its `source` is the detect input's path. Exactly one
+    input detects, at most one records; `source` beside `inputs` is refused."""
+    raw = values.get("inputs")
+    if raw is None:
+        return values
+    example = "inputs: [{path: rtsp://.../sub, roles: [detect]}, {path: rtsp://.../main, roles: [record]}]"
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{here}: inputs: expected a list like {example}")
+    inputs = checked(CameraSettings, {"inputs": raw}, {"inputs": f"{here}: inputs"}).inputs
+    if values.get("source") is not None:
+        raise InputError(f"{here}: has both source and inputs; give the detect input in inputs only")
+    for role in ROLES:
+        n = sum(role in i.roles for i in inputs)
+        if n > 1 or (role == "detect" and n == 0):
+            raise InputError(f"{here}: inputs: {'exactly' if role == 'detect' else 'at most'} one input takes the "
+                             f"{role} role ({n} do), e.g. {example}")
+    values["source"] = next(i.path for i in inputs if "detect" in i.roles)
+    return values
 
 
 def build(flags: dict, config: str | None = None) -> RunSettings:
@@ -351,7 +411,7 @@ def build(flags: dict, config: str | None = None) -> RunSettings:
     if len(set(names)) != len(names):
         raise InputError(f"camera names must differ: {', '.join(names)}")
     for entry, name in zip(entries, names):
-        own = entry.model_dump(exclude_unset=True)
+        own = {key: getattr(entry, key) for key in entry.model_fields_set}   # sections stay typed
         cam = defaults.model_copy(update={**own, "name": name})
         if "output" not in own and "output" not in values:
             cam.output, settings.output_note = default_output()

@@ -17,6 +17,14 @@ the run is made again; when it cannot be, a warning at most every LOG_EVERY_S na
 
 Encoding runs in the recorder's own thread behind a small bounded queue: when it falls
 behind, frames are skipped (counted), the pipeline never waits.
+
+A camera with a record input (app/recording.py) gets its clips from that stream instead, by
+packet copy: the recording hands every packet (as Annex B H.264/HEVC, `add_packet`) to the same
+ring, nothing is encoded, and add_frame only moves the rules' clock on (snapshots are still the
+overlay's). A packet's time is the stream's own for a file (a camera's two streams share their
+timestamps), and for a live input its arrival mapped onto the rules' clock by the detect
+frames' (within the pipeline's latency: the pre-roll covers it). Streams with B-frames are
+written in decode order (IP cameras' main streams have none).
 """
 from __future__ import annotations
 
@@ -115,11 +123,52 @@ class ClipRecorder:
         self.frame_times: dict[int, float] = {}   # pts -> stream time, until its packet comes out
         self.skipped = 0               # frames not encoded because the recorder was behind
         self.written: list[Path] = []
+        self.from_record = False       # packets come from the record input (use_record_stream)
+        self.raw_format = "h264"       # the ring's Annex B stream, as FFmpeg's demuxer calls it
+        self.clock = None              # (rules' time, monotonic) of the latest detect frame
+        self.ring_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"clips-{camera}", daemon=True)
         self.thread.start()
 
+    # -- the record input's packets (app/recording.py's thread) --------------------------------
+    def use_record_stream(self, codec: str) -> bool:
+        """Clips from the record input by packet copy from now on; False (overlay clips stay)
+        for a codec other than H.264 / HEVC."""
+        if codec not in ("h264", "hevc"):
+            return False
+        self.raw_format, self.from_record = codec, True
+        return True
+
+    def add_packet(self, data: bytes, keyframe: bool, stream_t: float | None, live: bool) -> None:
+        """One record packet (Annex B). The ring stays under MAX_RING_BYTES, whole GOPs dropped."""
+        clock = self.clock
+        if live:
+            if clock is None:
+                return   # before the first detect frame no clip can ask for it
+            t = clock[0] + (time.monotonic() - clock[1])
+        elif stream_t is None:
+            return
+        else:
+            t = stream_t
+        with self.ring_lock:
+            if self.ring and t < self.ring[-1][0]:
+                t = self.ring[-1][0]   # kept in order (a reconnect's stream starts over)
+            self.ring.append((t, int(round(t * 1000)), data, keyframe))
+            self.ring_bytes += len(data)
+            while self.ring_bytes > MAX_RING_BYTES and len(self.ring) > 1:
+                self.ring_bytes -= len(self.ring.popleft()[2])
+                while self.ring and not self.ring[0][3]:
+                    self.ring_bytes -= len(self.ring.popleft()[2])
+
     # -- called from the pipeline's output thread: never waits --------------------------------
     def add_frame(self, t: float, image: np.ndarray) -> None:
+        if self.from_record:   # nothing to encode: the rules' clock moves on
+            self.clock = (t, time.monotonic())
+            try:
+                self.tasks.put_nowait(("tick", t, None))
+            except queue.Full:
+                pass   # the next frame's tick does it
+            return
         try:
             self.tasks.put_nowait(("frame", t, image))
         except queue.Full:
@@ -183,7 +232,13 @@ class ClipRecorder:
                 self._write_due(float("inf"))
                 return
             try:
-                if kind == "frame":
+                if kind == "tick":   # clips from the record input: packets up to the rules' clock
+                    self._trim(a)
+                    with self.ring_lock:
+                        newest = self.ring[-1][0] if self.ring else None
+                    if newest is not None:
+                        self._write_due(min(a, newest))
+                elif kind == "frame":
                     self._encode(a, b)
                     if self.ring:   # clips whose end the encoded stream has passed
                         self._write_due(self.ring[-1][0])
@@ -241,17 +296,18 @@ class ClipRecorder:
         with self.lock:
             oldest_needed = min([r.t0 for r in self.requests.values()], default=now - self.keep_s)
         limit = min(now - self.keep_s, oldest_needed)
-        keys = [i for i, p in enumerate(self.ring) if p[3] and p[0] <= limit]
-        drop = keys[-1] if keys else 0
-        if self.ring_bytes > MAX_RING_BYTES:
-            size, over = 0, self.ring_bytes - MAX_RING_BYTES
-            for i, p in enumerate(self.ring):
-                if i > drop and p[3] and size >= over:
-                    drop = i
-                    break
-                size += len(p[2])
-        for _ in range(drop):
-            self.ring_bytes -= len(self.ring.popleft()[2])
+        with self.ring_lock:   # the record input's thread appends meanwhile
+            keys = [i for i, p in enumerate(self.ring) if p[3] and p[0] <= limit]
+            drop = keys[-1] if keys else 0
+            if self.ring_bytes > MAX_RING_BYTES:
+                size, over = 0, self.ring_bytes - MAX_RING_BYTES
+                for i, p in enumerate(self.ring):
+                    if i > drop and p[3] and size >= over:
+                        drop = i
+                        break
+                    size += len(p[2])
+            for _ in range(drop):
+                self.ring_bytes -= len(self.ring.popleft()[2])
 
     def _write_due(self, now: float) -> None:
         with self.lock:
@@ -268,7 +324,8 @@ class ClipRecorder:
         import av
 
         t1 = min(request.t1 if request.t1 is not None else float("inf"), request.t_max)
-        packets = list(self.ring)
+        with self.ring_lock:
+            packets = list(self.ring)
         start = 0
         for i, p in enumerate(packets):
             if p[3] and p[0] <= request.t0:
@@ -281,7 +338,7 @@ class ClipRecorder:
             return
         self.camera_dir.mkdir(parents=True, exist_ok=True)   # made again if it was removed
         part = request.path.with_name(request.path.name + ".part")
-        source = av.open(io.BytesIO(b"".join(p[2] for p in chosen)), format="h264")
+        source = av.open(io.BytesIO(b"".join(p[2] for p in chosen)), format=self.raw_format)
         try:
             with av.open(str(part), "w", format="mp4", options=FRAGMENTED_MP4) as out:
                 stream = out.add_stream_from_template(source.streams.video[0])
