@@ -24,6 +24,6 @@ docs/service.md describes the policy: when a token is required, the limits and t
 from app.server.app_server import AppServer
 from app.server.auth import Auth, is_loopback
 from app.server.hub import FrameHub
-from app.server.server_options import TOKEN_ENV, ServerError, ServerOptions
+from app.server.server_options import ADMIN_TOKEN_ENV, TOKEN_ENV, ServerError, ServerOptions
 
-__all__ = ["AppServer", "Auth", "FrameHub", "ServerError", "ServerOptions", "TOKEN_ENV", "is_loopback"]
+__all__ = ["ADMIN_TOKEN_ENV", "AppServer", "Auth", "FrameHub", "ServerError", "ServerOptions", "TOKEN_ENV", "is_loopback"]

@@ -9,7 +9,8 @@ lock-out, token, then the connection budget's promotion to authenticated).
     /metrics          Prometheus text format (app/metrics.py)
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
     /api/coverage     scene analytics: newest coverage per camera and zone, recent events (app/analytics)
-    /clips/CAM/FILE   an event's clip (.mp4) or snapshot (.jpg) from --clips-dir
+    /clips/CAM/FILE   an event's clip (.mp4, byte ranges for seeking) or snapshot (.jpg) from --clips-dir
+    /console          the console: live grid, zone and rule editor, coverage charts, events (app/server/console.py)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import stat
 import time
 
 from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
+from app.server.console import Console
 from app.server.hub import FrameHub
 from app.server.page import CSP, SCRIPTS, camera_page, grid_page
 from core.names import name_ok
@@ -39,6 +41,7 @@ class Routes:
     def __init__(self, server):
         self.server = server
         self.viewers = 0          # MJPEG viewers connected now
+        self.console = Console(server)   # /console and its /api/ routes (app/server/console.py)
 
     def add_to(self, app, what: str) -> None:
         """what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
@@ -56,6 +59,7 @@ class Routes:
             app.router.add_get("/camera/{camera}/", self.page)
             app.router.add_get("/api/coverage", self.coverage)
             app.router.add_get("/clips/{camera}/{name}", self.clip)
+            self.console.add_to(app)
 
     # -- the guard --------------------------------------------------------------------------
     def guard(self, token: str | None):
@@ -70,35 +74,66 @@ class Routes:
                                "with --allowed-hosts\n")
             peer = request.remote or "?"
             query_token = None
-            if token is not None and not (request.path == "/healthz" and is_loopback(peer)):
+            auth = server.auth
+            checked = token is not None or auth.admin_token is not None
+            if checked and not (request.path == "/healthz" and is_loopback(peer)):
                 # (local health checks need no token)
                 now = time.monotonic()
-                wait = server.auth.locked_for(peer, now)
+                wait = auth.locked_for(peer, now)
                 if wait > 0:
                     return refusal(429, "too many wrong tokens; try again later\n", {"Retry-After": str(int(wait) + 1)})
-                # ?token= only on the page, where it is swapped for the cookie at once; tokens in
+                # ?token= only on the pages, where it is swapped for the cookie at once; tokens in
                 # the URLs of streams would end up in proxies' and players' logs.
-                if request.match_info.handler == self.page:
+                if request.match_info.handler in (self.page, self.console.page):
                     query_token = request.query.get("token")
-                verdict = server.auth.check(request.headers, request.cookies, query_token)
+                verdict, role = auth.check_role(request.headers, request.cookies, query_token, token is not None)
                 if verdict != "ok":
-                    if verdict == "wrong" and server.auth.failed(peer, now):
+                    if verdict == "wrong" and auth.failed(peer, now):
                         server.client_errors.note("lockout", peer, f"{MAX_FAILURES} wrong tokens; refused for "
                                                   f"{LOCKOUT_S:g} s")
                     return refusal(401, "authentication required: Authorization: Bearer TOKEN, HTTP Basic with "
                                    "the token as password, or open /?token=TOKEN once\n",
                                    {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
+            else:
+                role = "admin"   # no token asked for (loopback without one, --no-auth) and no admin token set
+            request["role"] = role
+            if request.method not in ("GET", "HEAD"):
+                refused = self.write_refused(request, role)
+                if refused:
+                    return refusal(403, refused + "\n")
             if not server.budget.promote(request.transport):
                 return refusal(503, "too many clients; try again later\n", {"Retry-After": "5"})
-            if query_token is not None:
+            if query_token is not None and (token is not None or role == "admin"):
                 # The page: trade the token for an HttpOnly cookie and drop it from the address bar.
                 response = web.Response(status=303, headers={"Location": request.path, "Cache-Control": "no-store"})
-                response.set_cookie(COOKIE, server.auth.cookie_value(), httponly=True, samesite="Strict",
+                response.set_cookie(COOKIE, auth.cookie_value(role), httponly=True, samesite="Strict",
                                     secure=server.ssl is not None, path="/")
                 return response
             return await handler(request)
 
         return guard
+
+    def write_refused(self, request, role: str) -> str | None:
+        """A state-changing request (save, reload, delete) -> why it is refused, or None. It
+        needs the admin role, the same origin (Origin, else Referer, names this Host; a request
+        with neither must carry its token in Authorization, which no other site can make a
+        browser send), and the CSRF token of /api/console in X-CSRF-Token."""
+        if role != "admin":
+            return "forbidden: this needs the admin token (--admin-token)"
+        from urllib.parse import urlsplit
+
+        host = (request.headers.get("Host") or "").lower()
+        origin = request.headers.get("Origin") or request.headers.get("Referer")
+        if origin is None or origin == "null":
+            if origin == "null" or "Authorization" not in request.headers:
+                return "forbidden: cross-origin request (no Origin or Referer of this host)"
+        elif urlsplit(origin).netloc.lower() != host:
+            return "forbidden: cross-origin request (Origin is not this host)"
+        import hmac
+
+        if not hmac.compare_digest(request.headers.get("X-CSRF-Token", "").encode(), self.server.auth.csrf.encode()):
+            return "forbidden: missing or wrong X-CSRF-Token (read it from /api/console)"
+        return None
 
     def host_allowed(self, host_header: str | None) -> bool:
         """DNS rebinding needs a name; IP literals, this machine's names, localhost and
