@@ -135,7 +135,7 @@ class ServerSettings(Section):
 
     def server_options(self):
         """-> app.server.ServerOptions, checked; the token: --auth-token, else $BISENET_AUTH_TOKEN."""
-        from app.server import ADMIN_TOKEN_ENV, TOKEN_ENV, ServerOptions
+        from app.server.server_options import ADMIN_TOKEN_ENV, TOKEN_ENV, ServerOptions
 
         options = ServerOptions(auth_token=self.auth_token or os.environ.get(TOKEN_ENV) or None,
                                 admin_token=self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,

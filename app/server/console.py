@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from core.errors import BisenetError, InputError
+from core.names import name_ok
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css", "console.css": "text/css",
@@ -136,7 +138,20 @@ class Console:
                         "rule": e.get("rule"), "peak": e.get("peak", 0.0), "clip": e.get("clip"),
                         "snapshot": e.get("snapshot"), "open": end is None,
                         "duration_s": None if end is None else round(end - e.get("start_s", end), 3)})
+        for row in rows.values():   # a clip is there once written (after the event's post-roll)
+            row["has_clip"] = self.written(row["camera"], row["clip"])
+            row["has_snapshot"] = self.written(row["camera"], row["snapshot"])
         return sorted(rows.values(), key=lambda r: r["time"], reverse=True)
+
+    def written(self, camera: str, url: str | None) -> bool:
+        from urllib.parse import unquote
+
+        clips_dir = self.server.clips_dir
+        if not url or clips_dir is None:
+            return False
+        name = unquote(url.rsplit("/", 1)[-1])
+        folder = os.path.join(clips_dir, camera)
+        return clip_name_ok(camera, name) and regular_file_inside(os.path.join(folder, name), folder)
 
     async def events(self, request):
         rows = self.event_rows()
@@ -181,8 +196,6 @@ class Console:
         return save_zones(self.server.preset, camera, zones, rules, self.server.classes)
 
     async def delete_event(self, request):
-        from app.server.routes import clip_name_ok, regular_file_inside
-
         server = self.server
         camera, event_id = request.match_info["camera"], request.match_info["id"]
         if not any(r["id"] == event_id and r["camera"] == camera for r in self.event_rows()):
@@ -198,6 +211,24 @@ class Console:
                     removed.append(name)
         self.deleted.add(event_id)
         return _json(200, {"deleted": event_id, "files": removed})
+
+
+def clip_name_ok(camera: str, name: str) -> bool:
+    """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
+    from app.analytics.clips import app_file
+
+    return name_ok(camera) and app_file(name)
+
+
+def regular_file_inside(path: str, folder: str) -> bool:
+    """`path` is a regular file, no symlink on the way (`folder` and `path` themselves), and
+    lies directly in `folder` once both are resolved."""
+    try:
+        if os.path.islink(folder) or not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return os.path.realpath(path) == os.path.join(os.path.realpath(folder), os.path.basename(path))
 
 
 def _json(status: int, data) -> "object":

@@ -84,6 +84,8 @@ def check(path: Path, text: str, class_names: list[str]) -> None:
             f.write(text)
         try:
             settings = build({}, tmp)
+            if not settings.cameras:   # the sources come from the command line: a stand-in one
+                settings = build({"source": ["0"]}, tmp)
             camera_configs(settings.cameras, class_names, str(path))
         except InputError as e:
             raise InputError(str(e).replace(tmp, str(path))) from None

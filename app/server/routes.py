@@ -20,14 +20,12 @@ import json
 import logging
 import os
 import socket
-import stat
 import time
 
 from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
-from app.server.console import Console
+from app.server.console import Console, clip_name_ok, regular_file_inside
 from app.server.hub import FrameHub
 from app.server.page import CSP, SCRIPTS, camera_page, grid_page
-from core.names import name_ok
 
 log = logging.getLogger("app.server")
 
@@ -281,24 +279,6 @@ class Routes:
             return text(200, "ok\n")
         lines = "".join(f"stale: {cam} (no frame for {age:.1f} s; timeout {limit:g} s)\n" for cam, age, limit in stale)
         return text(503, lines)
-
-
-def clip_name_ok(camera: str, name: str) -> bool:
-    """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
-    from app.analytics.clips import app_file
-
-    return name_ok(camera) and app_file(name)
-
-
-def regular_file_inside(path: str, folder: str) -> bool:
-    """`path` is a regular file, no symlink on the way (`folder` and `path` themselves), and
-    lies directly in `folder` once both are resolved."""
-    try:
-        if os.path.islink(folder) or not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-    except OSError:
-        return False
-    return os.path.realpath(path) == os.path.join(os.path.realpath(folder), os.path.basename(path))
 
 
 def text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):

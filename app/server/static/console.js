@@ -169,11 +169,12 @@ $('zone-name').addEventListener('input', () => {
   z.name = $('zone-name').value;
   for (const r of st.rules) if (r.zone === old) r.zone = z.name;
   $('zone-list').options[st.current].textContent = z.name;
+  renderRules();
 });
 $('rule-new').addEventListener('click', () => {
   const z = st.zones[st.current];
-  if (!z) return;
-  st.rules.push({zone: z.name, class: z.classes[0] || st.info.classes[0], above: 0.1, for_s: 1, clear_s: 1, cooldown_s: 0});
+  st.rules.push({zone: z ? z.name : 'frame', class: (z && z.classes[0]) || st.info.classes[0], above: 0.1, for_s: 1,
+                 clear_s: 1, cooldown_s: 0});
   renderRules();
 });
 
@@ -209,10 +210,13 @@ function numberField(rule, key, label) {
   l.append(input);
   return l;
 }
-function renderRules() {
-  const z = st.zones[st.current];
-  const rows = st.rules.filter((r) => z && r.zone === z.name).map((r) => {
+function renderRules() {   // every rule of the camera; each names its zone (or the whole frame)
+  const rows = st.rules.map((r) => {
     const row = el('div', null, {class: 'rule'});
+    const zone = el('select');
+    for (const z of ['frame', ...st.zones.map((z) => z.name)]) zone.append(el('option', z, {value: z}));
+    zone.value = r.zone || 'frame';
+    zone.addEventListener('change', () => { r.zone = zone.value; });
     const cls = el('select');
     for (const c of st.info.classes) cls.append(el('option', c, {value: c}));
     cls.value = r.class;
@@ -227,7 +231,7 @@ function renderRules() {
     });
     const del = el('button', 'remove');
     del.addEventListener('click', () => { st.rules.splice(st.rules.indexOf(r), 1); renderRules(); });
-    row.append(el('span', 'class '), cls, ' ', dir, ' ', level, ' ', numberField(r, 'for_s', 'for s'), ' ',
+    row.append(el('span', 'zone '), zone, ' ', cls, ' ', dir, ' ', level, ' ', numberField(r, 'for_s', 'for s'), ' ',
                numberField(r, 'clear', 'clear'), ' ', numberField(r, 'clear_s', 'clear s'), ' ',
                numberField(r, 'cooldown_s', 'cooldown s'), ' ', del);
     return row;
@@ -319,12 +323,12 @@ function renderEvents() {
     .map((e) => {
       const row = el('div', null, {class: 'event' + (st.playing === e.id ? ' playing' : '')});
       row.dataset.id = e.id;
-      const thumb = el('img', null, {alt: 'snapshot'});
-      if (e.snapshot && !e.open) thumb.src = e.snapshot;
+      const thumb = el('img', null, {alt: ''});
+      if (e.has_snapshot) thumb.src = e.snapshot;
       const when = new Date(e.time * 1000).toLocaleTimeString();
       const dur = e.duration_s === null ? 'running' : `${e.duration_s.toFixed(1)} s`;
       row.append(thumb, el('span', `${when} ${e.camera} ${e.zone} ${e.class} peak ${pct(e.peak)} ${dur}`));
-      if (e.clip && !e.open) {
+      if (e.has_clip) {
         const play = el('button', 'play');
         play.addEventListener('click', () => playEvent(e));
         row.append(play);
@@ -345,7 +349,7 @@ function playEvent(e) {
   st.playing = e.id;
   $('player').src = e.clip;
   $('player').play().catch(() => {});
-  if (e.snapshot) $('snapshot').src = e.snapshot;
+  if (e.has_snapshot) $('snapshot').src = e.snapshot;
   renderEvents();
 }
 
