@@ -117,9 +117,9 @@ def http(port, path, method="GET", token=ADMIN, body=None, headers=None):
         return e.code, e.read(), e.headers
 
 
-def written_gaps(rows, camera, t0, t1) -> float:
-    """The longest time between two written frames of `camera` captured within [t0, t1]."""
-    times = sorted(r["capture_s"] for r in rows if r["camera"] == camera and not r["dropped"] and t0 <= r["capture_s"] <= t1)
+def written_gap(rows) -> float:
+    """The longest time between two written frames of these latency rows (by capture time)."""
+    times = sorted(r["capture_s"] for r in rows if not r["dropped"])
     return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
 
 
@@ -197,6 +197,9 @@ cameras:
         assert browser.eval("document.querySelectorAll('img[src=\"x\"]').length") == 0
         assert "lane" not in preset.read_text()
 
+        # Past the start-up (model warm-up, first frames dropped): the save's window is steady running.
+        before = browser.wait("fetch('/api/cameras').then(r => r.json()).then(c => c.cam1.frame >= 60 && c.cam1.frame)",
+                              timeout_s=30, what="cam1 running for 4 s")
         browser.eval("(() => { const n = document.getElementById('zone-name'); n.value = 'lane'; "
                      "n.dispatchEvent(new Event('input')); document.getElementById('save').click(); })()")
         status_line = browser.wait("document.getElementById('save-status').textContent.startsWith('saved') && "
@@ -218,6 +221,9 @@ cameras:
                     break
                 assert time.time() < deadline, f"no coverage of the new zone 2 s after the save: {coverage}"
                 time.sleep(0.1)
+
+        time.sleep(max(0.0, saved_at + 2.0 - time.time()))
+        after = json.loads(http(port, "/api/cameras")[1])["cam1"]["frame"]
 
         # Coverage over time: a uPlot chart per zone.
         browser.wait("document.querySelector('#charts .chart canvas') !== null", what="a coverage chart")
@@ -250,11 +256,12 @@ cameras:
         assert all(e["id"] != event_id for e in json.loads(http(port, "/api/events")[1])["events"])
         assert not [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
 
-        # The other camera went on through the save.
-        time.sleep(1.0)
-        rows = read_log(lat_log)
-        first = min(r["capture_s"] for r in rows if r["camera"] == "cam1")
-        assert written_gaps(rows, "cam1", first, rows[-1]["capture_s"]) < 2.0
+        # The other camera went on through the save: no gap in its written frames longer than
+        # 2 s or than its longest in as many frames just before (the machine's load, not the save).
+        rows = [r for r in read_log(lat_log) if r["camera"] == "cam1"]
+        during = written_gap([r for r in rows if before <= r["frame"] <= after])
+        baseline = written_gap([r for r in rows if 2 * before - after <= r["frame"] <= before])
+        assert after > before and during <= max(2.0, 1.5 * baseline), (during, baseline)
         if not applied:
             pytest.skip("saved and checked; live apply not tested: this run has no live reload "
                         "(Session.reload, the preset re-read, is not in this branch)")
