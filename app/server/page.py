@@ -1,6 +1,6 @@
 """The HTML the server sends: one camera's live page, and the grid of several cameras, with
 their scripts (/page.js, /grid.js) and the Content-Security-Policy they are sent with.
-Nothing is served from files."""
+(The console, /console, is app/server/console.py with its files in static/.)"""
 from __future__ import annotations
 
 import html
