@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from core.config_files import CONFIGS_DIR
 from core.errors import InputError
 from core.files import atomic_write_bytes
 
@@ -55,6 +56,9 @@ def save_zones(path: str | Path, camera: str, zones: list, rules: list, class_na
     settings (one-line InputError naming the preset), then written atomically; the previous
     file is kept as <name>.bak. -> the preset's path."""
     path = Path(path)
+    if path.resolve().is_relative_to(CONFIGS_DIR.resolve()):
+        raise InputError(f"{path} is a preset shipped with the app: copy it, run with --config <your copy>, "
+                         "and save there")
     if not isinstance(zones, list) or not isinstance(rules, list):
         raise InputError("zones and rules must be lists")
     data = _load(path)

@@ -411,3 +411,15 @@ def test_the_coverage_ring_is_bounded_and_keeps_event_spans():
     assert h["t"] == [15.0, 16.0, 17.0, 18.0, 19.0] and h["series"]["lane:car"] == [0.75, 0.8, 0.85, 0.9, 0.95]
     assert [(s["id"], s["start"], s["end"]) for s in h["spans"]] == [("e8", 16.0, 17.0), ("e9", 18.0, 19.0)]
     assert ring.history("cam0", since_s=1.5)["t"] == [18.0, 19.0]
+
+
+def test_a_shipped_preset_is_never_overwritten(tmp_path):
+    from app.server.preset_edit import save_zones
+    from core.config_files import CONFIGS_DIR
+    from core.errors import InputError
+
+    shipped = next((CONFIGS_DIR / "app").glob("*.yaml"))
+    before = shipped.read_bytes()
+    with pytest.raises(InputError, match="shipped with the app: copy it"):
+        save_zones(shipped, "cam0", [], [], CLASSES)
+    assert shipped.read_bytes() == before and not shipped.with_name(shipped.name + ".bak").exists()

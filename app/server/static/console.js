@@ -54,6 +54,8 @@ function select(name) {
   st.zones = JSON.parse(JSON.stringify(cam.zones));
   st.rules = JSON.parse(JSON.stringify(cam.rules));
   st.current = st.zones.length ? 0 : -1;
+  $('scope').textContent = cam.scope === 'all' ? "these are the preset's top-level zones and rules: they apply to " +
+    'every camera without its own' : '';
   for (const c of Object.values(st.charts)) c.destroy();
   st.charts = {}; st.chartKeys = '';
   $('charts').replaceChildren();
