@@ -98,6 +98,11 @@ class Browser:
 
     def close(self):
         try:
+            try:
+                self.call("Browser.close")   # the browser ends itself and its child processes
+                self.proc.wait(10)
+            except Exception:
+                pass
             self.loop.run_until_complete(self.ws.close())
             self.loop.run_until_complete(self.http.close())
         finally:

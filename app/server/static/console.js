@@ -311,8 +311,13 @@ async function pollCharts() {
 
 // -- events review ------------------------------------------------------------------------------
 for (const f of ['filter-zone', 'filter-class', 'filter-camera']) $(f).addEventListener('change', renderEvents);
-async function pollEvents() {
-  try { st.events = (await getJSON('/api/events')).events; } catch (e) { return; }
+let eventsSeen = '';
+async function pollEvents() {   // re-rendered only when something changed (thumbnails are not fetched again)
+  let events;
+  try { events = (await getJSON('/api/events')).events; } catch (e) { return; }
+  const seen = JSON.stringify(events);
+  if (seen === eventsSeen) return;
+  eventsSeen = seen; st.events = events;
   const zones = new Set(st.events.map((e) => e.zone));
   const sel = $('filter-zone'), keep = sel.value;
   sel.replaceChildren(el('option', 'all', {value: ''}), ...[...zones].sort().map((z) => el('option', z, {value: z})));
@@ -321,31 +326,35 @@ async function pollEvents() {
 }
 function renderEvents() {
   const fz = $('filter-zone').value, fc = $('filter-class').value, fcam = $('filter-camera').value;
-  const rows = st.events.filter((e) => (!fz || e.zone === fz) && (!fc || e.class === fc) && (!fcam || e.camera === fcam))
-    .map((e) => {
-      const row = el('div', null, {class: 'event' + (st.playing === e.id ? ' playing' : '')});
-      row.dataset.id = e.id;
-      const thumb = el('img', null, {alt: ''});
-      if (e.has_snapshot) thumb.src = e.snapshot;
-      const when = new Date(e.time * 1000).toLocaleTimeString();
-      const dur = e.duration_s === null ? 'running' : `${e.duration_s.toFixed(1)} s`;
-      row.append(thumb, el('span', `${when} ${e.camera} ${e.zone} ${e.class} peak ${pct(e.peak)} ${dur}`));
-      if (e.has_clip) {
-        const play = el('button', 'play');
-        play.addEventListener('click', () => playEvent(e));
-        row.append(play);
-      }
-      if (st.info.role === 'admin') {
-        const del = el('button', 'delete');
-        del.addEventListener('click', async () => {
-          const r = await send('DELETE', '/api/events/' + encodeURIComponent(e.camera) + '/' + encodeURIComponent(e.id));
-          if (r.ok) { st.events = st.events.filter((x) => x.id !== e.id); renderEvents(); }
-        });
-        row.append(del);
-      }
-      return row;
-    });
-  $('events').replaceChildren(...rows);
+  const shownEvents = st.events.filter((e) => (!fz || e.zone === fz) && (!fc || e.class === fc) &&
+                                            (!fcam || e.camera === fcam));
+  const rows = shownEvents.map((e) => {
+    const row = el('div', null, {class: 'event' + (st.playing === e.id ? ' playing' : '')});
+    row.dataset.id = e.id;
+    const thumb = el('img', null, {alt: ''});
+    if (e.has_snapshot) thumb.src = e.snapshot;
+    const when = new Date(e.time * 1000).toLocaleTimeString();
+    const dur = e.duration_s === null ? 'running' : `${e.duration_s.toFixed(1)} s`;
+    row.append(thumb, el('span', `${when} ${e.camera} ${e.zone} ${e.class} peak ${pct(e.peak)} ${dur}`));
+    if (e.has_clip) {
+      const play = el('button', 'play');
+      play.addEventListener('click', () => playEvent(e));
+      row.append(play);
+    }
+    if (st.info.role === 'admin') {
+      const del = el('button', 'delete');
+      del.addEventListener('click', async () => {
+        const r = await send('DELETE', '/api/events/' + encodeURIComponent(e.camera) + '/' + encodeURIComponent(e.id));
+        if (r.ok) { st.events = st.events.filter((x) => x.id !== e.id); renderEvents(); }
+      });
+      row.append(del);
+    }
+    return row;
+  });
+  // A timeline per camera: its events newest first under its name.
+  const byCamera = {};
+  rows.forEach((row, i) => { const cam = shownEvents[i].camera; (byCamera[cam] = byCamera[cam] || []).push(row); });
+  $('events').replaceChildren(...Object.keys(byCamera).sort().flatMap((cam) => [el('h4', cam), ...byCamera[cam]]));
 }
 function playEvent(e) {
   st.playing = e.id;
