@@ -428,3 +428,43 @@ def test_a_shipped_preset_is_never_overwritten(tmp_path):
     with pytest.raises(InputError, match="shipped with the app: copy it"):
         save_zones(shipped, "cam0", [], [], CLASSES)
     assert shipped.read_bytes() == before and not shipped.with_name(shipped.name + ".bak").exists()
+
+
+def test_an_event_clip_is_served_by_byte_ranges_and_deleted_with_its_files(tmp_path):
+    import numpy as np
+
+    from app.analytics import Analytics
+    from app.analytics.specs import parse_camera_analytics
+    from app.frames import Frame
+    from app.settings import AnalyticsSettings
+
+    clips = tmp_path / "clips"
+    config = parse_camera_analytics([], [{"class": "car", "above": 0.5, "for_s": 0}], "test")
+    analytics = Analytics(AnalyticsSettings(clips_dir=str(clips)), {"cam0": config}, CLASSES)
+    server, port, _ = served(tmp_path, auth_token=VIEWER, admin_token=ADMIN)
+    server.set_analytics(analytics, str(clips))
+    try:
+        image = np.zeros((40, 80, 3), np.uint8)
+        analytics.process("cam0", Frame(0, 0.0, image, 0.0), np.ones((4, 8), np.int64), image.copy())
+        event = json.loads(http(port, "/api/events", token=VIEWER)[1])["events"][0]
+        assert (event["camera"], event["zone"], event["class"], event["open"]) == ("cam0", "frame", "car", True)
+        clip, snapshot = clips / "cam0" / f"{event['id']}.mp4", clips / "cam0" / f"{event['id']}.jpg"
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        clip.write_bytes(bytes(range(256)) * 40)    # stands in for the recorder's file: only its bytes are served
+        snapshot.write_bytes(b"\xff\xd8jpeg")
+        status, body, headers = http(port, event["clip"], token=VIEWER, headers={"Range": "bytes=1000-1099"})
+        assert status == 206 and body == (bytes(range(256)) * 40)[1000:1100] and headers["Content-Type"] == "video/mp4"
+        assert headers["Content-Range"] == f"bytes 1000-1099/{256 * 40}"
+        assert json.loads(http(port, "/api/events", token=VIEWER)[1])["events"][0]["has_clip"] is True
+
+        headers = csrf_headers(server, port)
+        assert http(port, f"/api/events/cam0/{event['id']}", "DELETE", VIEWER, None, headers)[0] == 403
+        assert clip.exists()
+        status, body, _ = http(port, f"/api/events/cam0/{event['id']}", "DELETE", ADMIN, None, headers)
+        assert status == 200 and sorted(json.loads(body)["files"]) == sorted([clip.name, snapshot.name])
+        assert not clip.exists() and not snapshot.exists()
+        assert json.loads(http(port, "/api/events", token=VIEWER)[1])["events"] == []
+        assert http(port, "/api/events/cam0/nope-1-2", "DELETE", ADMIN, None, headers)[0] == 404
+    finally:
+        analytics.close()
+        server.close()
