@@ -15,12 +15,14 @@ lock-out, token, then the connection budget's promotion to authenticated).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket
 import time
+from urllib.parse import urlsplit
 
 from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
 from app.server.console import Console, clip_name_ok, regular_file_inside
@@ -92,8 +94,8 @@ class Routes:
                     return refusal(401, "authentication required: Authorization: Bearer TOKEN, HTTP Basic with "
                                    "the token as password, or open /?token=TOKEN once\n",
                                    {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
-            else:
-                role = "admin"   # no token asked for (loopback without one, --no-auth) and no admin token set
+            else:   # no token asked for (loopback without one, --no-auth, local health checks)
+                role = "viewer" if checked else "admin"
             request["role"] = role
             if request.method not in ("GET", "HEAD"):
                 refused = self.write_refused(request, role)
@@ -118,8 +120,6 @@ class Routes:
         browser send), and the CSRF token of /api/console in X-CSRF-Token."""
         if role != "admin":
             return "forbidden: this needs the admin token (--admin-token)"
-        from urllib.parse import urlsplit
-
         host = (request.headers.get("Host") or "").lower()
         origin = request.headers.get("Origin") or request.headers.get("Referer")
         if origin is None or origin == "null":
@@ -127,8 +127,6 @@ class Routes:
                 return "forbidden: cross-origin request (no Origin or Referer of this host)"
         elif urlsplit(origin).netloc.lower() != host:
             return "forbidden: cross-origin request (Origin is not this host)"
-        import hmac
-
         if not hmac.compare_digest(request.headers.get("X-CSRF-Token", "").encode(), self.server.auth.csrf.encode()):
             return "forbidden: missing or wrong X-CSRF-Token (read it from /api/console)"
         return None
