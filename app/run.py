@@ -20,6 +20,7 @@ import sys
 
 from app import settings as run_settings
 from app.settings import RunSettings, add_arguments
+from core.config_files import config_path
 from core.errors import InputError
 
 HELP = "run the live app: camera / video / stream in, segmentation overlay out, latency logged"
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(settings)
     # SIGHUP / POST /api/reload: the same --config file and command line read again (app/session.py reload)
     session = Session(settings, engine, config_name=args.config or "config", reread=lambda: resolve(args))
+    if args.config:   # the console's zone editor saves to the preset (app/server/preset_edit.py)
+        session.server.preset = config_path("app", args.config)
     several = session.several
     cameras = session.cameras
     if settings.output_note:   # once everything opened: a refusal above stays the only line

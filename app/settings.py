@@ -194,6 +194,10 @@ class ServerSettings(Section):
     auth_token: Annotated[str | None, Rule(setting_rules.auth_token)] = option(
         None, "token viewers must send (Bearer, Basic password, or /?token= once); default: $BISENET_AUTH_TOKEN, "
         "else one is generated and printed when a port listens beyond loopback", group="serving", metavar="TOKEN")
+    admin_token: Annotated[str | None, Rule(setting_rules.auth_token)] = option(
+        None, "token of the console's admin (edit zones and rules, reload, delete events); --auth-token is then "
+        "watch and review only. Default: $BISENET_ADMIN_TOKEN, else the --auth-token is admin too",
+        group="serving", metavar="TOKEN")
     auth: Switch = option(True, "require the token on ports beyond loopback (default); --no-auth serves without one "
                           "and warns at every start", group="serving")
     allowed_hosts: Annotated[tuple[str, ...], Rule(host_names)] = option(
@@ -210,9 +214,11 @@ class ServerSettings(Section):
 
     def server_options(self):
         """-> app.server.ServerOptions, checked; the token: --auth-token, else $BISENET_AUTH_TOKEN."""
-        from app.server import TOKEN_ENV, ServerOptions
+        from app.server.server_options import ADMIN_TOKEN_ENV, TOKEN_ENV, ServerOptions
 
-        options = ServerOptions(auth_token=self.auth_token or os.environ.get(TOKEN_ENV) or None, no_auth=not self.auth,
+        options = ServerOptions(auth_token=self.auth_token or os.environ.get(TOKEN_ENV) or None,
+                                admin_token=self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+                                no_auth=not self.auth,
                                 allowed_hosts=self.allowed_hosts, max_clients=self.max_clients,
                                 tls_cert=self.tls_cert, tls_key=self.tls_key)
         options.check()   # --tls-cert with --tls-key; a token from the environment is long enough

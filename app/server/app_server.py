@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from app.camera import check_name
 from app.metrics import Metrics
 from app.server.auth import Auth
+from app.server.coverage_ring import SAMPLE_S, CoverageRing
 from app.server.hub import FrameHub
 from app.server.limits import (ClientErrorLog, ConnectionBudget, Listener, RequestErrorLogger, bind, open_file_limit,
                                plan)
@@ -33,7 +34,7 @@ class AppServer:
         self.options = options or ServerOptions()
         self.options.check()
         self.announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.auth = Auth(self.options.auth_token, self.options.no_auth, self.announce)
+        self.auth = Auth(self.options.auth_token, self.options.no_auth, self.announce, admin_token=self.options.admin_token)
         self.metrics = metrics or Metrics()
         self.routes = Routes(self)
         self.metrics.viewers = lambda: self.routes.viewers
@@ -49,6 +50,10 @@ class AppServer:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-jpeg")
         self.closing = False
         self.analytics, self.clips_dir = None, None   # set_analytics
+        self.classes: list[str] = []   # the model's class names (set_model): the console's class picker
+        self.preset = None        # the --config preset the console's editor saves to (None: no saving)
+        self.reload = None        # () -> str: re-read the preset and apply it live (the session sets it)
+        self.coverage_ring = CoverageRing()   # the console's coverage over time, sampled from analytics
         self.ssl = self._ssl_context()
         self.scheme = "https" if self.ssl else "http"
         if self.options.no_auth:
@@ -84,6 +89,7 @@ class AppServer:
 
     def set_model(self, engine) -> None:
         self.metrics.set_model(engine)
+        self.classes = [str(c) for c in engine.info.class_names]
         self.title = f"bisenet live: {engine.info.model}"
 
     def add_camera(self, name: str, title: str = "bisenet live") -> FrameHub:
@@ -161,6 +167,17 @@ class AppServer:
             hub.loop = self.loop
         self.thread = threading.Thread(target=self.loop.run_forever, name="http-server", daemon=True)
         self.thread.start()
+        self._sampler = asyncio.run_coroutine_threadsafe(self._sample(), self.loop)
+
+    async def _sample(self) -> None:
+        """The console's coverage over time: /api/coverage's numbers, SAMPLE_S apart."""
+        while not self.closing:
+            if self.analytics is not None:
+                try:
+                    self.coverage_ring.add(self.analytics.snapshot())
+                except Exception as e:   # a sample missed is no reason to stop sampling
+                    log.debug("coverage sample: %s", e)
+            await asyncio.sleep(SAMPLE_S)
 
     async def _listen(self, host: str, port: int, what: str, token: str | None) -> int:
         from aiohttp import web
@@ -186,6 +203,7 @@ class AppServer:
         return port
 
     async def _shutdown(self) -> None:
+        self._sampler.cancel()
         for runner, listener, _ in list(self.listeners.values()):
             listener.close()
             for handler in runner.server.connections:   # viewers first: they never finish

@@ -86,9 +86,11 @@ class FailureTable:
 class Auth:
     """Who may watch. One per app run; each listener asks `required_for(its bind host)`."""
 
-    def __init__(self, token: str | None = None, disabled: bool = False, announce=None):
+    def __init__(self, token: str | None = None, disabled: bool = False, announce=None, admin_token: str | None = None):
         self.explicit = token is not None
         self.token = token
+        self.admin_token = admin_token   # None: whoever may watch may also edit (the one token is admin)
+        self.csrf = secrets.token_urlsafe(18)   # the console's state-changing requests send it back (X-CSRF-Token)
         self.disabled = disabled
         self.announce = announce or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.lock = threading.Lock()
@@ -120,12 +122,22 @@ class Auth:
             self.announce(f"auth token (generated for this run; set --auth-token or {TOKEN_ENV} to keep "
                           f"one): {self.token}\n  watch: {watch.format(token=self.token)}")
 
-    def cookie_value(self) -> str:
-        """What the session cookie holds: derived from the token, so the cookie is not it."""
+    def cookie_value(self, role: str = "viewer") -> str:
+        """What the session cookie holds: derived from the token, so the cookie is not it; the
+        admin's from the admin token (when there is one)."""
+        if role == "admin" and self.admin_token is not None:
+            return hmac.new(self.admin_token.encode(), b"bisenet-edge admin session", hashlib.sha256).hexdigest()
         return hmac.new(self.token.encode(), b"bisenet-edge page session", hashlib.sha256).hexdigest()
 
     def check(self, headers, cookies, query_token: str | None) -> str:
         """-> 'ok', 'missing' (nothing offered) or 'wrong'."""
+        return self.check_role(headers, cookies, query_token)[0]
+
+    def check_role(self, headers, cookies, query_token: str | None, token_required: bool = True) -> tuple[str, str]:
+        """-> (verdict, role): verdict 'ok', 'missing' or 'wrong'; role 'admin' or 'viewer'.
+        The admin token (or the admin cookie) is admin; the viewer token is admin too when no
+        admin token was set. Without a required token (loopback, --no-auth) anyone is a viewer,
+        and admin unless an admin token was set and not offered."""
         offered = []
         header = headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
@@ -140,16 +152,24 @@ class Auth:
             offered.append("")
         if query_token is not None:
             offered.append(query_token)
+        cookie = cookies.get(COOKIE)
+        if self.admin_token is not None:
+            admin = any(hmac.compare_digest(c.encode(), self.admin_token.encode()) for c in offered) or (
+                cookie is not None and hmac.compare_digest(cookie.encode(), self.cookie_value("admin").encode()))
+            if admin:
+                return "ok", "admin"
+        one_role = "viewer" if self.admin_token is not None else "admin"
+        if not token_required or self.token is None:
+            return "ok", one_role
         expected = self.token.encode()
         for candidate in offered:
             if hmac.compare_digest(candidate.encode(), expected):
-                return "ok"
-        cookie = cookies.get(COOKIE)
+                return "ok", one_role
         if cookie is not None and hmac.compare_digest(cookie.encode(), self.cookie_value().encode()):
-            return "ok"
+            return "ok", one_role
         # A stale cookie (a tab left open across runs with generated tokens) is not a guess:
         # it must not lock its browser out. Guessing a 256-bit cookie gains nothing anyway.
-        return "wrong" if offered else "missing"
+        return ("wrong" if offered else "missing"), one_role
 
     def locked_for(self, address: str, now: float) -> float:
         """Seconds this address must still wait after too many wrong tokens (0: none)."""

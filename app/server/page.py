@@ -1,6 +1,6 @@
 """The HTML the server sends: one camera's live page, and the grid of several cameras, with
 their scripts (/page.js, /grid.js) and the Content-Security-Policy they are sent with.
-Nothing is served from files."""
+(The console, /console, is app/server/console.py with its files in static/.)"""
 from __future__ import annotations
 
 import html
@@ -19,12 +19,13 @@ PAGE = """<!doctype html>
 body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 #stats {{ padding: 6px 10px; font-size: 18px; }}
 #video {{ display: block; max-width: 100%; }}
-#events a {{ color: #9cf; }}
+#events a, p a {{ color: #9cf; }}
 </style></head>
 <body data-prefix="{prefix}">
 <div id="stats">{title}: waiting for frames</div>
 <img id="video" src="{prefix}/stream.mjpg" alt="live segmentation overlay">
 <div id="events"></div>
+<p><a href="/console">console: zones, coverage over time, events</a></p>
 <script src="/page.js"></script>
 </body></html>
 """
@@ -73,10 +74,11 @@ GRID_PAGE = """<!doctype html>
 body {{ background: #111; color: #eee; font-family: sans-serif; margin: 0; }}
 #grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 6px; padding: 6px; }}
 .tile a {{ color: #eee; }} .tile img {{ display: block; width: 100%; background: #222; min-height: 120px; }}
-.stats {{ padding: 3px 0; font-size: 14px; }}
+.stats {{ padding: 3px 0; font-size: 14px; }} p {{ padding: 0 6px; }} p a {{ color: #9cf; }}
 </style></head>
 <body>
 <div id="grid">{tiles}</div>
+<p><a href="/console">console: zones, coverage over time, events</a></p>
 <script src="/grid.js"></script>
 </body></html>
 """

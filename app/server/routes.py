@@ -9,24 +9,26 @@ lock-out, token, then the connection budget's promotion to authenticated).
     /metrics          Prometheus text format (app/metrics.py)
     /healthz          200 "ok", or 503 naming the cameras whose source is stale
     /api/coverage     scene analytics: newest coverage per camera and zone, recent events (app/analytics)
-    /clips/CAM/FILE   an event's clip (.mp4) or snapshot (.jpg) from --clips-dir
+    /clips/CAM/FILE   an event's clip (.mp4, byte ranges for seeking) or snapshot (.jpg) from --clips-dir
     POST /api/reload  the run re-reads its config and applies it (the session's `server.reload`)
+    /console          the console: live grid, zone and rule editor, coverage charts, events (app/server/console.py)
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket
-import stat
 import time
+from urllib.parse import urlsplit
 
 from app.server.auth import COOKIE, MAX_FAILURES, LOCKOUT_S, is_loopback
+from app.server.console import Console, clip_name_ok, regular_file_inside
 from app.server.hub import FrameHub
 from app.server.page import CSP, SCRIPTS, camera_page, grid_page
-from core.names import name_ok
 
 log = logging.getLogger("app.server")
 
@@ -40,6 +42,7 @@ class Routes:
     def __init__(self, server):
         self.server = server
         self.viewers = 0          # MJPEG viewers connected now
+        self.console = Console(server)   # /console and its /api/ routes (app/server/console.py)
 
     def add_to(self, app, what: str) -> None:
         """what: 'all' (page, streams, stats, metrics, health) or 'metrics' (metrics, health)."""
@@ -58,6 +61,7 @@ class Routes:
             app.router.add_get("/camera/{camera}/", self.page)
             app.router.add_get("/api/coverage", self.coverage)
             app.router.add_get("/clips/{camera}/{name}", self.clip)
+            self.console.add_to(app)
 
     # -- the guard --------------------------------------------------------------------------
     def guard(self, token: str | None):
@@ -72,35 +76,66 @@ class Routes:
                                "with --allowed-hosts\n")
             peer = request.remote or "?"
             query_token = None
-            if token is not None and not (request.path == "/healthz" and is_loopback(peer)):
+            auth = server.auth
+            checked = token is not None or auth.admin_token is not None
+            if checked and not (request.path == "/healthz" and is_loopback(peer)):
                 # (local health checks need no token)
                 now = time.monotonic()
-                wait = server.auth.locked_for(peer, now)
+                wait = auth.locked_for(peer, now)
                 if wait > 0:
                     return refusal(429, "too many wrong tokens; try again later\n", {"Retry-After": str(int(wait) + 1)})
-                # ?token= only on the page, where it is swapped for the cookie at once; tokens in
+                # ?token= only on the pages, where it is swapped for the cookie at once; tokens in
                 # the URLs of streams would end up in proxies' and players' logs.
-                if request.match_info.handler == self.page:
+                if request.match_info.handler in (self.page, self.console.page):
                     query_token = request.query.get("token")
-                verdict = server.auth.check(request.headers, request.cookies, query_token)
+                verdict, role = auth.check_role(request.headers, request.cookies, query_token, token is not None)
                 if verdict != "ok":
-                    if verdict == "wrong" and server.auth.failed(peer, now):
+                    if verdict == "wrong" and auth.failed(peer, now):
                         server.client_errors.note("lockout", peer, f"{MAX_FAILURES} wrong tokens; refused for "
                                                   f"{LOCKOUT_S:g} s")
                     return refusal(401, "authentication required: Authorization: Bearer TOKEN, HTTP Basic with "
                                    "the token as password, or open /?token=TOKEN once\n",
                                    {"WWW-Authenticate": 'Basic realm="bisenet-edge", charset="UTF-8"'})
+            else:   # no token asked for (loopback without one, --no-auth, local health checks)
+                role = "viewer" if checked else "admin"
+            request["role"] = role
+            if request.method not in ("GET", "HEAD"):
+                refused = self.write_refused(request, role)
+                if refused:
+                    return refusal(403, refused + "\n")
             if not server.budget.promote(request.transport):
                 return refusal(503, "too many clients; try again later\n", {"Retry-After": "5"})
-            if query_token is not None:
+            if query_token is not None and (token is not None or role == "admin"):
                 # The page: trade the token for an HttpOnly cookie and drop it from the address bar.
                 response = web.Response(status=303, headers={"Location": request.path, "Cache-Control": "no-store"})
-                response.set_cookie(COOKIE, server.auth.cookie_value(), httponly=True, samesite="Strict",
+                response.set_cookie(COOKIE, auth.cookie_value(role), httponly=True, samesite="Strict",
                                     secure=server.ssl is not None, path="/")
                 return response
             return await handler(request)
 
         return guard
+
+    def write_refused(self, request, role: str) -> str | None:
+        """A state-changing request (save, reload, delete) -> why it is refused, or None. It
+        needs the admin role. From a browser (an Origin, a Referer or a cookie) it must also
+        come from this Host and carry the CSRF token of /api/console in X-CSRF-Token, unless it
+        carries its token in Authorization (no other site can make a browser send that). A
+        client that is no browser (curl, a script: none of those headers) is judged by its
+        token alone (or the loopback bind without one)."""
+        if role != "admin":
+            return "forbidden: this needs the admin token (--admin-token)"
+        headers = request.headers
+        origin = headers.get("Origin") or headers.get("Referer")
+        if origin is None and "Cookie" not in headers:
+            return None
+        host = (headers.get("Host") or "").lower()
+        if origin is None or origin == "null" or urlsplit(origin).netloc.lower() != host:
+            return "forbidden: cross-origin request (Origin is not this host)"
+        if "Authorization" in headers:
+            return None
+        if not hmac.compare_digest(headers.get("X-CSRF-Token", "").encode(), self.server.auth.csrf.encode()):
+            return "forbidden: missing or wrong X-CSRF-Token (read it from /api/console)"
+        return None
 
     def host_allowed(self, host_header: str | None) -> bool:
         """DNS rebinding needs a name; IP literals, this machine's names, localhost and
@@ -255,12 +290,8 @@ class Routes:
     async def reload(self, request):
         """The run re-reads its config and applies what can change live (`server.reload`, set
         by app/session.py: () -> one-line summary, InputError with the refusal). The guard has
-        checked the token (or: loopback without one); a browser's request from another site is
-        refused by its Origin."""
-        origin = request.headers.get("Origin")
-        if origin is not None and not same_origin(origin, request.headers.get("Host")):
-            return text(403, json.dumps({"ok": False, "error": "cross-origin request refused: Origin must match "
-                                         "Host"}), content_type="application/json")
+        checked the token (or: loopback without one) and, from a browser, its origin and CSRF
+        token (write_refused)."""
         reload = getattr(self.server, "reload", None)
         if reload is None:
             return text(404, json.dumps({"ok": False, "error": "this run cannot reload"}),
@@ -277,34 +308,6 @@ class Routes:
                         content_type="application/json")
         return text(200, json.dumps({"ok": True, "changed": changed}), content_type="application/json")
 
-
-def same_origin(origin: str, host: str | None) -> bool:
-    """A browser's Origin (scheme://host[:port]) names the Host it sent the request to."""
-    from urllib.parse import urlsplit
-
-    try:
-        netloc = urlsplit(origin).netloc
-    except ValueError:
-        return False
-    return bool(netloc) and host is not None and netloc.lower() == host.strip().lower()
-
-
-def clip_name_ok(camera: str, name: str) -> bool:
-    """Only CAMERA/<event id>.mp4|.jpg: no path tricks reach the file system."""
-    from app.analytics.clips import app_file
-
-    return name_ok(camera) and app_file(name)
-
-
-def regular_file_inside(path: str, folder: str) -> bool:
-    """`path` is a regular file, no symlink on the way (`folder` and `path` themselves), and
-    lies directly in `folder` once both are resolved."""
-    try:
-        if os.path.islink(folder) or not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-    except OSError:
-        return False
-    return os.path.realpath(path) == os.path.join(os.path.realpath(folder), os.path.basename(path))
 
 
 def text(status: int, body: str, headers: dict | None = None, content_type: str = "text/plain"):

@@ -8,6 +8,7 @@ from app import setting_rules
 from core.errors import BisenetError, InputError
 
 TOKEN_ENV = "BISENET_AUTH_TOKEN"   # the token's environment variable (read by the run's settings)
+ADMIN_TOKEN_ENV = "BISENET_ADMIN_TOKEN"   # the admin token's (console edits, reload, deletes)
 
 
 class ServerError(BisenetError, RuntimeError):
@@ -17,6 +18,7 @@ class ServerError(BisenetError, RuntimeError):
 @dataclass
 class ServerOptions:
     auth_token: str | None = None     # explicit token (flag or environment)
+    admin_token: str | None = None    # the console's admin; None: the viewer token is admin too
     no_auth: bool = False
     allowed_hosts: tuple = ()
     max_clients: int = 16             # MJPEG viewers at once (--max-clients)
@@ -36,3 +38,10 @@ class ServerOptions:
                 setting_rules.auth_token(self.auth_token)
             except ValueError as e:
                 raise InputError(f"--auth-token / {TOKEN_ENV}: {e}") from None
+        if self.admin_token is not None:
+            try:
+                setting_rules.auth_token(self.admin_token)
+            except ValueError as e:
+                raise InputError(f"--admin-token / {ADMIN_TOKEN_ENV}: {e}") from None
+            if self.admin_token == self.auth_token:
+                raise InputError("--admin-token must differ from --auth-token (the viewers' token); pick another")
