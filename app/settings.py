@@ -141,7 +141,7 @@ class CameraSettings(Section):
         "preprocessed nor inferred, and counted as skipped (default: every frame)", group="input", metavar="FPS")
     decoder_scale: Switch = option(
         False, "while no output shows this camera's pixels, make the model's input in one swscale pass from the "
-        "decoded picture (about 0.75x the convert+resize CPU at 1080p; its labels agree ~99.2% with the default "
+        "decoded picture (about 0.75x the convert+resize CPU at 1080p; its labels agree on about 99.2 percent of pixels with the default "
         "OpenCV resize, so they change while a viewer watches; default off: the same labels whoever watches)",
         group="input")
     skip_frame: Annotated[str, Rule(OneOf(("none", "nonkey")))] = option(

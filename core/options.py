@@ -227,7 +227,8 @@ def add_arguments(p: argparse.ArgumentParser, sections: Iterable, groups: dict |
 
 def argparse_keywords(field, suppress: bool = True) -> dict:
     rule, extra = field.metadata[0], field.json_schema_extra
-    kw = {"help": field.description, "default": argparse.SUPPRESS if suppress else field.default}
+    kw = {"help": (field.description or "").replace("%", "%%"),   # a % in the help is text, not a format
+           "default": argparse.SUPPRESS if suppress else field.default}
     if rule.check is switch:   # --x / --no-x, or as declared (action="store_true")
         return {**kw, "action": argparse.BooleanOptionalAction, **extra.get("argparse", {})}
     kw.update(action="append" if extra["repeat"] else "store", metavar=extra["metavar"], type=rule.argtype)
