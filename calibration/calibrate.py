@@ -79,7 +79,7 @@ class CalibrateFlags(Section):
     max_class_drop: Annotated[float, Rule(POINTS)] = option(
         5.0, "largest allowed IoU drop of any one class in points (default 5.0)")
     min_class_share: Annotated[float, Rule(Number(float, 0, 100))] = option(
-        0.5, "classes with less than this %% of the val pixels are shown, not gated (default 0.5)")
+        0.5, "classes with less than this % of the val pixels are shown, not gated (default 0.5)")
     fallback_keep_float: Annotated[int, Rule(Number(int, min=0))] = option(
         3, "when no precision passes: keep this many most sensitive layers float and gate again (default 3; 0: no "
         "fallback)")
