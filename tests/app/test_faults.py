@@ -129,8 +129,9 @@ def test_a_sink_that_raises_the_others_go_on_and_the_failure_is_reported(tmp_pat
     app = App("--source", SAMPLE_VIDEO, "--realtime", "--model", tiny_onnx((64, 96)),
               "--output", f"{frames_dir}/", "--output", tmp_path / "out.mp4", log=tmp_path / "lat.csv")
     app.wait_rows(10, timeout_s=60)
-    shutil.rmtree(frames_dir)
+    frames_dir.rename(tmp_path / "gone")   # at once (a PNG written between rmtree's list and rmdir would stay)
     frames_dir.write_text("a file where the folder was: every later PNG write fails")
+    shutil.rmtree(tmp_path / "gone")
     err = app.finish(timeout_s=120)                      # runs to the end of the clip
     assert app.proc.returncode == 1, err                 # the exit status tells: an output failed
     s = check_accounting(err, tmp_path / "lat.csv")
