@@ -23,7 +23,9 @@ packet copy: the recording hands every packet (as Annex B H.264/HEVC, `add_packe
 ring, nothing is encoded, and add_frame only moves the rules' clock on (snapshots are still the
 overlay's). A packet's time is the stream's own for a file (a camera's two streams share their
 timestamps), and for a live input its arrival mapped onto the rules' clock by the detect
-frames' (within the pipeline's latency: the pre-roll covers it). Streams with B-frames are
+frames' (within the pipeline's latency: the pre-roll covers it); a live clip is written once the
+rules' clock passes its end, from what the ring holds (a camera that drops right after an event
+still gets its clip; packets of one millisecond get increasing times). Streams with B-frames are
 written in decode order (IP cameras' main streams have none).
 """
 from __future__ import annotations
@@ -126,6 +128,7 @@ class ClipRecorder:
         self.from_record = False       # packets come from the record input (use_record_stream)
         self.raw_format = "h264"       # the ring's Annex B stream, as FFmpeg's demuxer calls it
         self.clock = None              # (rules' time, monotonic) of the latest detect frame
+        self.live = False              # record packets timed by their arrival (a live input)
         self.ring_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"clips-{camera}", daemon=True)
         self.thread.start()
@@ -142,6 +145,7 @@ class ClipRecorder:
     def add_packet(self, data: bytes, keyframe: bool, stream_t: float | None, live: bool) -> None:
         """One record packet (Annex B). The ring stays under MAX_RING_BYTES, whole GOPs dropped."""
         clock = self.clock
+        self.live = live
         if live:
             if clock is None:
                 return   # before the first detect frame no clip can ask for it
@@ -236,7 +240,9 @@ class ClipRecorder:
                     self._trim(a)
                     with self.ring_lock:
                         newest = self.ring[-1][0] if self.ring else None
-                    if newest is not None:
+                    if self.live:   # a packet arriving later is later: a camera gone after the end ends the clip
+                        self._write_due(a)
+                    elif newest is not None:   # a file's packets may lag the clock: wait for them
                         self._write_due(min(a, newest))
                 elif kind == "frame":
                     self._encode(a, b)
@@ -343,12 +349,15 @@ class ClipRecorder:
             with av.open(str(part), "w", format="mp4", options=FRAGMENTED_MP4) as out:
                 stream = out.add_stream_from_template(source.streams.video[0])
                 stream.time_base = MS
-                first = chosen[0][1]
+                first, pts = chosen[0][1], -1
                 n = 0
                 for packet in source.demux(source.streams.video[0]):
                     if packet.size == 0 or n >= len(chosen):
                         continue
-                    packet.pts = packet.dts = chosen[n][1] - first
+                    # Live packets are timed by arrival: two in the same millisecond still get
+                    # increasing timestamps (the MP4 muxer refuses a repeated one).
+                    pts = max(chosen[n][1] - first, pts + 1)
+                    packet.pts = packet.dts = pts
                     packet.time_base = MS
                     packet.stream = stream
                     out.mux(packet)

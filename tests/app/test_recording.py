@@ -171,6 +171,7 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
 
     ticker = threading.Thread(target=detect_frames, daemon=True)
     ticker.start()
+    clip = tmp_path / "clips" / "door" / "abc-1-1.mp4"
     recording.start(clips=clips)
     try:
         # The stream's first packets come in a burst (those FFmpeg read to probe it); a clip wants
@@ -179,8 +180,9 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
         clips.start_clip("abc-1-1", time.monotonic() - 1)
         _wait(lambda: recording.packets >= 65)
         clips.end_clip("abc-1-1", time.monotonic())
-        publisher.stop()   # the camera goes away ...
+        publisher.stop()   # the camera goes away right after the event ...
         before = recording.packets
+        _wait(lambda: clip.exists(), timeout_s=5)   # ... the clip is written from the ring meanwhile
         publishers(push)   # ... and comes back
         _wait(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
     finally:
@@ -188,7 +190,6 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
         ticking.set()
         ticker.join()
         clips.close()
-    clip = tmp_path / "clips" / "door" / "abc-1-1.mp4"
     assert clips.from_record and _first_frame_is_key(clip) and ffprobe_frames(clip) >= 25
     segments = _segments(tmp_path, "door")
     assert recording.segments == len(segments) == 2   # one per connection (60 s segments)
