@@ -292,8 +292,7 @@ class Recording(Sink):
 
     def _failed(self, e: OSError) -> None:
         """A full disk (or any write error): drop this segment, pause, count the packet."""
-        self.pause.failed(self.current, e)
-        self.pause.skipped()
+        self.pause.failed(self.current, e, lost=1)
         self._abandon()
 
     def _abandon(self) -> None:

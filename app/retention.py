@@ -177,13 +177,15 @@ class Pause:
     def may_try(self) -> bool:
         return self.since is None or time.monotonic() - self.since >= self.retry_s
 
-    def failed(self, path, e: OSError) -> None:
+    def failed(self, path, e: OSError, lost: int = 0) -> None:
+        """A write to `path` failed: pause (one line the first time); `lost` items were not written."""
         if self.since is None:
             line = f"{self.what} {file_error(path, e)}"
             self.error = self.error or line
             self.log(f"error: {line}; paused, {self.unit} not written are counted, trying again every "
                      f"{self.retry_s:g} s; the run goes on")
         self.since = time.monotonic()
+        self.skipped(lost)
 
     def skipped(self, n: int = 1) -> None:
         self.not_written += n
@@ -240,8 +242,7 @@ class RotatingLog:
                 else:
                     self._put(data)
             except OSError as e:
-                self.pause.failed(self.path, e)
-                self.pause.skipped()
+                self.pause.failed(self.path, e, lost=1)
                 return False
             self.pause.resumed()
             return True

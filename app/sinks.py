@@ -269,8 +269,7 @@ class VideoFileSink(Sink):
 
     def _failed(self, e: OSError) -> None:
         """A full disk (or any write error): drop this file's encoder, pause, count the frame."""
-        self.pause.failed(self.current, e)
-        self.pause.skipped()
+        self.pause.failed(self.current, e, lost=1)
         self._abandon()
 
     def _abandon(self) -> None:
