@@ -34,6 +34,8 @@ COMPUTE_ONLY = [
     "test_fingerprint.py", "test_analytics_kernel.py", "test_analytics.py", "test_core_sidecar.py",
     "test_calib_cache_key.py", "test_calib_image_set.py", "test_datasets.py", "test_app_overlay.py",
     "test_app_latency.py", "test_cli_errors.py", "test_preprocess.py", "test_settings.py", "test_cpu_features.py",
+    "test_openvino_signal_stack.py", "test_engine_options.py", "test_command_options.py", "test_config_limits.py",
+    "test_fused_chain.py", "test_encoding.py", "test_service_unit.py", "test_bench_overlay.py",
 ]
 
 
