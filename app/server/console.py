@@ -227,7 +227,9 @@ class Console:
         return clip_name_ok(camera, name) and regular_file_inside(os.path.join(folder, name), folder)
 
     async def events(self, request):
-        rows = self.event_rows()
+        import asyncio
+
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.event_rows)   # may read the events log
         for key in ("camera", "zone", "class"):
             if request.query.get(key):
                 rows = [r for r in rows if r[key] == request.query[key]]
