@@ -22,6 +22,7 @@ and TLS; the rest is here, one job a module:
   console.py   /console and its JSON: cameras, coverage history, events, save (admin), delete (admin)
   preset_edit.py  the zone editor's save: checked like the command line, atomic, <name>.bak kept
   coverage_ring.py  the bounded coverage-over-time ring the console's charts read
+  log_history.py    the coverage and events logs read back (bounded) for the console
   app_server.py  AppServer: listeners, cameras, the event-loop thread
 docs/service.md describes the policy: when a token is required, the limits and their numbers.
 """

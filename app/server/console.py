@@ -5,7 +5,8 @@
     /api/console        the run: title, role, CSRF token, the model's classes, each camera's zones and rules
     /api/cameras        each camera: state (live, outage, ended), fps, drops, newest coverage
     /api/history        ?camera=NAME[&since=S]: coverage over time (app/server/coverage_ring.py)
-    /api/events         the recent events, one row each (newest first), with /clips/ URLs
+    /api/coverage/history  ?camera=NAME&minutes=M: longer spans, read back from --coverage-log (log_history.py)
+    /api/events         the recent events, and older ones from --events-log, one row each (newest first)
     POST /api/preset    admin: {camera, zones, rules} -> checked, saved to --config, applied live
     DELETE /api/events/CAM/ID   admin: the event's clip and snapshot deleted
 
@@ -37,6 +38,7 @@ class Console:
     def __init__(self, server):
         self.server = server
         self.deleted: set[str] = set()     # event ids deleted here (their messages stay in the bus's recent list)
+        self._logged = None                # (the events log's files, sizes, times; its messages read back)
 
     def add_to(self, app) -> None:
         app.router.add_get("/console", self.page)
@@ -46,6 +48,7 @@ class Console:
         app.router.add_get("/api/console", self.info)
         app.router.add_get("/api/cameras", self.cameras)
         app.router.add_get("/api/history", self.history)
+        app.router.add_get("/api/coverage/history", self.long_history)
         app.router.add_get("/api/events", self.events)
         app.router.add_post("/api/preset", self.save)
         app.router.add_delete("/api/events/{camera}/{id}", self.delete_event)
@@ -128,7 +131,7 @@ class Console:
         if analytics is None:
             return []
         rows = {}
-        for message in reversed(analytics.snapshot()["events"]):   # oldest first: the newest message wins
+        for message in self.logged_events() + analytics.snapshot()["events"][::-1]:   # oldest first: the newest wins
             e = message["event"]
             if e.get("id") in self.deleted:
                 continue
@@ -141,7 +144,77 @@ class Console:
         for row in rows.values():   # a clip is there once written (after the event's post-roll)
             row["has_clip"] = self.written(row["camera"], row["clip"])
             row["has_snapshot"] = self.written(row["camera"], row["snapshot"])
+            row["clip_deleted"] = clip_deleted(row)
         return sorted(rows.values(), key=lambda r: r["time"], reverse=True)
+
+    def logged_events(self) -> list[dict]:
+        """The events log's messages (oldest first, bounded: log_history.py), as /api/coverage
+        serves them; the same answer while the log's files are unchanged."""
+        from app.analytics import served
+        from app.server.log_history import logged_messages
+
+        delivery = next((d for d in self.server.analytics.bus.deliveries if getattr(d, "name", "") == "jsonl"), None)
+        if delivery is None:
+            return []
+        parts = delivery.file.parts()
+        key = []
+        for part in parts:
+            try:
+                st = os.stat(part)
+                key.append((str(part), st.st_size, st.st_mtime_ns))
+            except OSError:
+                pass
+        cached = self._logged
+        if cached is None or cached[0] != key:
+            messages, _ = logged_messages(parts, {})
+            self._logged = cached = (key, [served(m) for m in messages])
+        return cached[1]
+
+    async def long_history(self, request):
+        """Coverage over the last `minutes` (at most a week): from --coverage-log when it is on (read
+        back bounded, at most MAX_POINTS per series), else from the ring. Log times (time_s, the
+        camera's stream clock) become wall times like the ring's samples: see log_wall_offset."""
+        import asyncio
+
+        camera = request.query.get("camera", "")
+        try:
+            minutes = float(request.query.get("minutes", "10"))
+            if not 0 < minutes <= 7 * 24 * 60:
+                raise ValueError
+        except ValueError:
+            return _json(400, {"error": "minutes: a number of minutes, above 0 and at most 10080 (a week)"})
+        ring = self.server.coverage_ring.history(camera, minutes * 60)
+        log = self.server.analytics.coverage_log if self.server.analytics is not None else None
+        if log is None:
+            return _json(200, {**ring, "source": "ring", "truncated": False})
+        data = await asyncio.get_running_loop().run_in_executor(None, self._log_history, log, camera, minutes)
+        return _json(200, {**data, "spans": ring["spans"]})
+
+    def _log_history(self, log, camera: str, minutes: float) -> dict:
+        from app.server.log_history import COVERAGE_READ_BYTES, downsample, coverage_rows
+
+        rows, truncated = coverage_rows(log.file.parts(), log.jsonl, camera, minutes * 60, COVERAGE_READ_BYTES)
+        offset = self.log_wall_offset(camera, rows)
+        times, series = downsample(rows)
+        return {"t": [round(t + offset, 3) for t in times], "series": series, "source": "log",
+                "truncated": truncated, "rows": len(rows)}
+
+    def log_wall_offset(self, camera: str, rows: list) -> float:
+        """wall time - time_s for `camera`: the ring stamps a sample with the wall time it saw a
+        frame, so the log row of the ring's newest frame gives the offset; else the camera's
+        newest time_s is taken as now."""
+        import time
+
+        newest = self.server.coverage_ring.history(camera, 0.0)
+        if newest["t"]:
+            frame = newest["frames"][-1]
+            for t, f, _ in reversed(rows):
+                if f == frame:
+                    return newest["t"][-1] - t
+        analytics = self.server.analytics
+        cam = analytics.cameras.get(camera) if analytics is not None else None
+        last_t = cam.last_t if cam is not None and cam.latest_frame is not None else (rows[-1][0] if rows else 0.0)
+        return time.time() - last_t
 
     def written(self, camera: str, url: str | None) -> bool:
         from urllib.parse import unquote
@@ -154,7 +227,9 @@ class Console:
         return clip_name_ok(camera, name) and regular_file_inside(os.path.join(folder, name), folder)
 
     async def events(self, request):
-        rows = self.event_rows()
+        import asyncio
+
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.event_rows)   # may read the events log
         for key in ("camera", "zone", "class"):
             if request.query.get(key):
                 rows = [r for r in rows if r[key] == request.query[key]]
@@ -211,6 +286,16 @@ class Console:
                     removed.append(name)
         self.deleted.add(event_id)
         return _json(200, {"deleted": event_id, "files": removed})
+
+
+CLIP_GRACE_S = 120.0   # an ended event's clip is still being written (its post-roll) this long at most
+
+
+def clip_deleted(row: dict) -> bool:
+    """An ended event with a clip that is gone (retention or a delete) and is not still being written."""
+    import time
+
+    return bool(row["clip"]) and not row["open"] and not row["has_clip"] and time.time() - row["time"] > CLIP_GRACE_S
 
 
 def clip_name_ok(camera: str, name: str) -> bool:

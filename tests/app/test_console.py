@@ -258,6 +258,13 @@ cameras:
         assert http(port, f"/api/events/cam0/{event_id}", "DELETE", ADMIN, None, origin)[0] == 200
         assert not (tmp_path / "clips" / "cam0" / f"{event_id}.mp4").exists()
         assert all(e["id"] != event_id for e in json.loads(http(port, "/api/events")[1])["events"])
+        # A longer span: the charts read the coverage log back (the viewer may).
+        status, body, _ = http(port, "/api/coverage/history?camera=cam0&minutes=60", token=VIEWER)
+        assert status == 200 and json.loads(body)["source"] == "log" and json.loads(body)["rows"] > 0
+        browser.eval("(() => { const s = document.getElementById('span'); s.value = '60'; "
+                     "s.dispatchEvent(new Event('change')); })()")
+        browser.wait("st.longKey === st.camera + '60' && document.querySelector('#charts .chart canvas') !== null",
+                     what="the 1 h span from the coverage log")
         assert not [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
 
         # The other camera went on through the save: no gap in its written frames longer than

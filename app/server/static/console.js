@@ -280,10 +280,18 @@ function chartOptions(zone, classes, rules) {
     }]},
   };
 }
+// Longer spans come from the coverage log (/api/coverage/history), asked again every 30 s at most.
+$('span').addEventListener('change', () => { st.longAt = 0; });
 async function pollCharts() {
   if (typeof uPlot === 'undefined') return;
+  const minutes = $('span').value, now = Date.now();
+  if (minutes && st.longAt && now - st.longAt < 30000 && st.longKey === st.camera + minutes) return;
   let h;
-  try { h = await getJSON('/api/history?camera=' + encodeURIComponent(st.camera)); } catch (e) { return; }
+  try {
+    h = await getJSON(minutes ? `/api/coverage/history?camera=${encodeURIComponent(st.camera)}&minutes=${minutes}`
+                              : '/api/history?camera=' + encodeURIComponent(st.camera));
+  } catch (e) { return; }
+  st.longAt = minutes ? now : 0; st.longKey = st.camera + minutes;
   const byZone = {};
   for (const key of Object.keys(h.series)) {
     const i = key.indexOf(':'), zone = key.slice(0, i);
@@ -340,7 +348,7 @@ function renderEvents() {
       const play = el('button', 'play');
       play.addEventListener('click', () => playEvent(e));
       row.append(play);
-    }
+    } else if (e.clip_deleted) row.append(' ', el('i', 'clip deleted'));
     if (st.info.role === 'admin') {
       const del = el('button', 'delete');
       del.addEventListener('click', async () => {
