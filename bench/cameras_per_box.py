@@ -15,10 +15,13 @@ recording on: packet copy into segments under the workdir).
    preprocess, engine, analytics, recording), not paced, --frames frames: this process's CPU
    time (resource.getrusage: every thread, the engine's included) per frame = core-ms per
    frame. The box's limit = cores x 1000 / core-ms per frame, in frames per second.
-2. Saturation: N cameras of the configuration, --realtime --loop, through ONE run_camera.py,
-   N = 1, 2, ... until a run drops >= 1% of its frames (or --max-cameras). The aggregate fps
-   at saturation is the highest fps in all the runs reached; the ratio is that over the limit.
-   A camera count fits when it drops < 1%.
+2. Saturation: N cameras of the configuration, --realtime --loop, through one Session (what
+   `run_camera.py --config` builds; the engine loaded once, outside the timing), N = 1, 2, ...
+   until a run drops >= 1% of its frames (or --max-cameras). The aggregate fps at saturation
+   is the highest fps in all (frames written / wall seconds) the runs reached; the ratio is
+   that over the limit. A camera count fits when it drops < 1%. Each run's CPU seconds over
+   its wall seconds are the cores it got: on a box shared with other work fewer than it has,
+   so the limit on the cores it got, and that ratio, are printed too.
 
 The model: --model (default artifacts/camvid.onnx, exported from the shared CamVid checkpoint
 when absent; --int8 calibrates it with `bisenet calibrate` first, as the app would run it).
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -44,7 +46,6 @@ CLIP = SHARED / "data" / "samples" / "camvid_0016E5_15fps.mp4"
 CHECKPOINT = SHARED / "models" / "camvid_r18-d32_cpu.pth"
 MODEL = REPO / "artifacts" / "camvid.onnx"
 FPS = 15
-COUNTS = re.compile(r"frames (\d+)\s+written (\d+)\s+dropped (\d+).*?fps ([0-9.]+)")
 # Two zones and two rules on classes both CamVid and Cityscapes models have (road, car).
 ANALYTICS = (
     "zones:\n"
@@ -130,56 +131,64 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def camera_cost(config: Path, model: Path, frames: int, warmup: int = 5) -> dict:
-    """One camera of the preset through the app's Session, not paced: core-ms per frame
-    (this process's CPU time over `frames` frames) and wall ms per frame."""
-    from app.session import Session, load_engine
+def run_session(engine, model: Path, config: Path, frames: int, realtime: bool) -> dict:
+    """The preset's cameras through the app's Session on `engine` (loaded once, outside the
+    timing), `frames` frames per camera, output null: this process's CPU seconds and the wall
+    seconds of session.run(), and the run's summary (captured/written/dropped, fps)."""
+    from app.session import Session
     from app.settings import build
 
-    def run(n: int) -> tuple[float, float, dict]:
-        settings = build({"model": str(model), "loop": True, "max_frames": n, "output": ["null"]}, config=str(config))
-        session = Session(settings, engine)
-        try:
-            c0, t0 = cpu_s(), time.perf_counter()
-            session.run()
-            c1, t1 = cpu_s(), time.perf_counter()
-        finally:
-            session.close()
-        return c1 - c0, t1 - t0, session.recorder.summary(session.pipeline.captured)
-
-    engine = load_engine(build({"model": str(model), "output": ["null"]}, config=str(config)))
+    flags = {"model": str(model), "loop": True, "max_frames": frames, "output": ["null"]}
+    settings = build(flags | ({"realtime": True} if realtime else {}), config=str(config))
+    session = Session(settings, engine)
     try:
-        run(warmup)   # first inferences allocate; the record copy of a file is done once here too
-        cpu, wall, summary = run(frames)
-        describe = engine.describe()
+        c0, t0 = cpu_s(), time.perf_counter()
+        session.run()
+        cpu, wall = cpu_s() - c0, time.perf_counter() - t0
     finally:
-        engine.close()
-    if summary["written"] != frames:
-        raise SystemExit(f"the cost run wrote {summary['written']} of {frames} frames: {summary}")
-    return {"core_ms": 1000 * cpu / frames, "wall_ms": 1000 * wall / frames, "engine": describe}
+        session.close()
+    return {"cpu_s": cpu, "wall_s": wall, **session.recorder.summary(session.pipeline.captured)}
+
+
+def camera_cost(engine, model: Path, config: Path, frames: int, warmup: int = 5) -> dict:
+    """One camera of the preset, not paced: core-ms per frame (this process's CPU time, every
+    thread, over `frames` frames) and wall ms per frame."""
+    run_session(engine, model, config, warmup, realtime=False)   # first inferences allocate
+    r = run_session(engine, model, config, frames, realtime=False)
+    if r["written"] != frames:
+        raise SystemExit(f"the cost run wrote {r['written']} of {frames} frames: {r}")
+    return {"core_ms": 1000 * r["cpu_s"] / frames, "wall_ms": 1000 * r["wall_s"] / frames}
 
 
 def loadavg() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def run_cameras(config: Path, model: Path, cameras: int, seconds: float) -> dict:
-    cmd = [sys.executable, "run_camera.py", "--config", str(config), "--realtime", "--loop",
-           "--max-frames", str(int(FPS * seconds)), "--model", str(model), "--output", "null"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cameras(engine, model: Path, config: Path, cameras: int, seconds: float) -> dict:
+    """N live cameras (--realtime --loop): dropped share, fps in all, and the cores this run
+    got (its CPU seconds over its wall seconds: below the box's cores when others share it)."""
     before = loadavg()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds * 6 + 180)
+    r = run_session(engine, model, config, int(FPS * seconds), realtime=True)
     after = loadavg()
-    if r.returncode != 0:
-        raise SystemExit(f"run_camera.py failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
-    found = COUNTS.findall(r.stderr)
-    if not found:
-        raise SystemExit(f"no counts line in run_camera.py's output:\n{r.stderr[-2000:]}")
-    captured, written, dropped, fps = found[-1]   # the last line counts every camera
-    captured, dropped = int(captured), int(dropped)
-    return {"cameras": cameras, "captured": captured, "written": int(written), "dropped": dropped,
-            "dropped_pct": 100.0 * dropped / max(captured, 1), "fps": float(fps),
-            "load_before": before, "load_after": after}
+    captured, dropped = r["captured"], r["dropped"]
+    return {"cameras": cameras, "captured": captured, "written": r["written"], "dropped": dropped,
+            "dropped_pct": 100.0 * dropped / max(captured, 1), "fps": r["written"] / r["wall_s"],
+            "cores_got": r["cpu_s"] / r["wall_s"], "load_before": before, "load_after": after}
+
+
+def saturate(engine, model, workdir, main_stream, sub_stream, record_dir, args) -> list:
+    """N = 1, 2, ... cameras until a run drops >= 1% (or --max-cameras)."""
+    rows = []
+    for n in range(1, args.max_cameras + 1):
+        config = write_config(workdir / f"cams{n}.yaml", n, main_stream, sub_stream, record_dir)
+        row = run_cameras(engine, model, config, n, args.seconds)
+        rows.append(row)
+        print(f"{n} cameras: dropped {row['dropped_pct']:5.2f}% ({row['dropped']}/{row['captured']}), "
+              f"{row['fps']:.1f} fps in all on {row['cores_got']:.2f} cores; load {row['load_before']} -> "
+              f"{row['load_after']}", file=sys.stderr, flush=True)
+        if row["dropped_pct"] >= 1:
+            break
+    return rows
 
 
 def main(argv=None) -> int:
@@ -212,38 +221,41 @@ def main(argv=None) -> int:
     cpu = detect()
     start_load = loadavg()
     print(f"cpu: {cpu.summary()}; load average at start {start_load}", file=sys.stderr, flush=True)
-    cost = camera_cost(write_config(workdir / "one.yaml", 1, main_stream, sub_stream, record_dir), model, args.frames)
-    limit = cpu.cores * 1000 / cost["core_ms"]
-    print(f"one camera ({what}), not paced: {cost['core_ms']:.1f} core-ms per frame "
-          f"({cost['wall_ms']:.1f} ms wall); limit {cpu.cores} cores x 1000 / {cost['core_ms']:.1f} = "
-          f"{limit:.1f} fps; engine {cost['engine']}", file=sys.stderr, flush=True)
+    from app.session import load_engine
+    from app.settings import build
 
-    rows = []
-    for n in range(1, args.max_cameras + 1):
-        row = run_cameras(write_config(workdir / f"cams{n}.yaml", n, main_stream, sub_stream, record_dir),
-                          model, n, args.seconds)
-        rows.append(row)
-        print(f"{n} cameras: dropped {row['dropped_pct']:5.2f}% ({row['dropped']}/{row['captured']}), "
-              f"{row['fps']:.1f} fps in all; load {row['load_before']} -> {row['load_after']}",
-              file=sys.stderr, flush=True)
-        if row["dropped_pct"] >= 1:
-            break
+    one = write_config(workdir / "one.yaml", 1, main_stream, sub_stream, record_dir)
+    engine = load_engine(build({"model": str(model), "output": ["null"]}, config=str(one)))
+    try:
+        cost = camera_cost(engine, model, one, args.frames)
+        rows = saturate(engine, model, workdir, main_stream, sub_stream, record_dir, args)
+        describe = engine.describe()
+    finally:
+        engine.close()
+    limit = cpu.cores * 1000 / cost["core_ms"]
+
     end_load = loadavg()
-    saturation = max(r["fps"] for r in rows)
+    top = max(rows, key=lambda r: r["fps"])
+    saturation = top["fps"]
+    got_limit = top["cores_got"] * 1000 / cost["core_ms"]
     fits = max((r["cameras"] for r in rows if r["dropped_pct"] < 1), default=0)
     saturated = rows[-1]["dropped_pct"] >= 1
 
-    print(f"\n{'cams':>4} {'dropped %':>9} {'fps in all':>10}  load before -> after")
+    print(f"\n{'cams':>4} {'dropped %':>9} {'fps in all':>10} {'cores got':>9}  load before -> after")
     for r in rows:
-        print(f"{r['cameras']:>4} {r['dropped_pct']:9.2f} {r['fps']:10.1f}  {r['load_before']} -> {r['load_after']}")
+        print(f"{r['cameras']:>4} {r['dropped_pct']:9.2f} {r['fps']:10.1f} {r['cores_got']:9.2f}  "
+              f"{r['load_before']} -> {r['load_after']}")
     print(f"\nconfiguration  {what}, {FPS} fps, output null, analytics on"
-          f"{', recording by packet copy' if sub_stream else ''}; model {model.name}")
+          f"{', recording by packet copy' if sub_stream else ''}; model {model.name} ({describe})")
     print(f"cpu            {cpu.model}, {cpu.cores} cores; load average {start_load} -> {end_load}")
-    print(f"cost           {cost['core_ms']:.1f} core-ms per camera frame (one camera alone, not paced)")
+    print(f"cost           {cost['core_ms']:.1f} core-ms per camera frame (one camera alone, not paced; "
+          f"{cost['wall_ms']:.1f} ms wall)")
     print(f"box limit      {limit:.1f} fps ({cpu.cores} x 1000 / {cost['core_ms']:.1f})")
     print(f"saturation     {saturation:.1f} fps in all"
           f"{'' if saturated else f' (not saturated at {args.max_cameras} cameras: raise --max-cameras)'}")
     print(f"ratio          {saturation / limit:.2f} of the box's limit")
+    print(f"on the cores   the saturated run got {top['cores_got']:.2f} of {cpu.cores} cores (others share the box): "
+          f"limit {got_limit:.1f} fps on those, ratio {saturation / got_limit:.2f}")
     print(f"cameras        {fits} at {FPS} fps with < 1% dropped")
     return 0
 
