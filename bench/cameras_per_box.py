@@ -21,7 +21,9 @@ recording on: packet copy into segments under the workdir).
    is the highest fps in all (frames written / wall seconds) the runs reached; the ratio is
    that over the limit. A camera count fits when it drops < 1%. Each run's CPU seconds over
    its wall seconds are the cores it got: on a box shared with other work fewer than it has,
-   so the limit on the cores it got, and that ratio, are printed too.
+   so the limit on the cores it got, and that ratio, are printed too (it is the core-ms per
+   frame alone over the core-ms per frame written live: what the live run wastes on
+   dropped frames, pacing and contention).
 
 The model: --model (default artifacts/camvid.onnx, exported from the shared CamVid checkpoint
 when absent; --int8 calibrates it with `bisenet calibrate` first, as the app would run it).
@@ -254,8 +256,9 @@ def main(argv=None) -> int:
     print(f"saturation     {saturation:.1f} fps in all"
           f"{'' if saturated else f' (not saturated at {args.max_cameras} cameras: raise --max-cameras)'}")
     print(f"ratio          {saturation / limit:.2f} of the box's limit")
-    print(f"on the cores   the saturated run got {top['cores_got']:.2f} of {cpu.cores} cores (others share the box): "
-          f"limit {got_limit:.1f} fps on those, ratio {saturation / got_limit:.2f}")
+    print(f"on the cores   that run got {top['cores_got']:.2f} of {cpu.cores} cores (less when others share the box): "
+          f"limit {got_limit:.1f} fps on those, ratio {saturation / got_limit:.2f} (= core-ms per frame alone / "
+          f"live: {cost['core_ms']:.1f} / {1000 * top['cores_got'] / saturation:.1f})")
     print(f"cameras        {fits} at {FPS} fps with < 1% dropped")
     return 0
 
