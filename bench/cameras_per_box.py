@@ -15,6 +15,8 @@ recording on: packet copy into segments under the workdir).
    preprocess, engine, analytics, recording), not paced, --frames frames: this process's CPU
    time (resource.getrusage: every thread, the engine's included) per frame = core-ms per
    frame. The box's limit = cores x 1000 / core-ms per frame, in frames per second.
+   With --detect-size each input alone too: the sub stream as a one-input camera, and the
+   main stream's packet copy into segments (app/recording.py's Recording), per packet.
 2. Saturation: N cameras of the configuration, --realtime --loop, through one Session (what
    `run_camera.py --config` builds; the engine loaded once, outside the timing), N = 1, 2, ...
    until a run drops >= 1% of its frames (or --max-cameras). The aggregate fps at saturation
@@ -162,6 +164,22 @@ def camera_cost(engine, model: Path, config: Path, frames: int, warmup: int = 5)
     return {"core_ms": 1000 * r["cpu_s"] / frames, "wall_ms": 1000 * r["wall_s"] / frames}
 
 
+def record_cost(main: Path, folder: Path) -> dict:
+    """The record input alone: the main stream copied by packets into segments (app/recording.py,
+    never decoded): core-ms per packet (a packet is a frame)."""
+    from app.recording import Recording, open_record_input
+    from app.settings import CameraSettings
+
+    recording = Recording(open_record_input(str(main), CameraSettings.of({"name": "rec"})), folder, "rec",
+                          segment_s=10)
+    c0 = cpu_s()
+    recording.start()
+    recording.close()   # waits for the whole file's copy
+    cpu = cpu_s() - c0
+    return {"core_ms": 1000 * cpu / max(recording.packets, 1), "packets": recording.packets,
+            "decoded": recording.decoded}
+
+
 def loadavg() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -230,6 +248,16 @@ def main(argv=None) -> int:
     engine = load_engine(build({"model": str(model), "output": ["null"]}, config=str(one)))
     try:
         cost = camera_cost(engine, model, one, args.frames)
+        inputs = []   # each input alone: (what, core-ms per frame, how)
+        if sub_stream:
+            alone = camera_cost(engine, model, write_config(workdir / "detect.yaml", 1, sub_stream, None, record_dir),
+                                args.frames)
+            inputs.append(("detect input alone (sub stream: decode, preprocess, inference, analytics)",
+                           alone["core_ms"], ""))
+            rec = record_cost(main_stream, workdir / "record-alone")
+            inputs.append(("record input alone (main stream: packet copy into segments)", rec["core_ms"],
+                           f", {rec['packets']} packets, decoded frames {rec['decoded']}; "
+                           f"{rec['core_ms'] * FPS / 10:.2f}% of a core at {FPS} fps"))
         rows = saturate(engine, model, workdir, main_stream, sub_stream, record_dir, args)
         describe = engine.describe()
     finally:
@@ -252,6 +280,8 @@ def main(argv=None) -> int:
     print(f"cpu            {cpu.model}, {cpu.cores} cores; load average {start_load} -> {end_load}")
     print(f"cost           {cost['core_ms']:.1f} core-ms per camera frame (one camera alone, not paced; "
           f"{cost['wall_ms']:.1f} ms wall)")
+    for name, core_ms, how in inputs:
+        print(f"               {core_ms:.2f} core-ms per frame: {name}{how}")
     print(f"box limit      {limit:.1f} fps ({cpu.cores} x 1000 / {cost['core_ms']:.1f})")
     print(f"saturation     {saturation:.1f} fps in all"
           f"{'' if saturated else f' (not saturated at {args.max_cameras} cameras: raise --max-cameras)'}")

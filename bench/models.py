@@ -25,7 +25,8 @@ makes each spin half of every 10 ms) for that phase and stops them after; `--loa
 runs both phases and adds each row's loaded/quiet ratio.
 Effective GFLOP/s = the fp32 graph's conv FLOPs / time; %peak against the CPU's computed ceiling
 for the row's precision (cores x FLOP/cycle x clock: fp32, bf16, int8 separately, FLOP/cycle per
-microarchitecture, never fitted to a measurement; see microarchitecture and flop_per_cycle), never a BLAS matmul, which may take a slow path (on AMD it did: 167% "peak").
+microarchitecture, never fitted to a measurement; see microarchitecture and flop_per_cycle),
+never a BLAS matmul, which may take a slow path (on AMD it did: 167% "peak").
 Writes JSON and a PNG bar chart (OpenCV) to --out.
 """
 from __future__ import annotations

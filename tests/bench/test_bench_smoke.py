@@ -127,6 +127,7 @@ def test_cameras_per_box_short(tmp_path):
     analytics on): the one-camera cost, the box's limit beside the saturation fps, the count."""
     out = bench("cameras_per_box.py", "--model", tiny_onnx(), "--source-size", "160x96", "--detect-size", "96x64",
                 "--frames", 6, "--seconds", 1, "--max-cameras", 2, "--workdir", tmp_path, timeout_s=120)
-    for line in ("core-ms per camera frame", "box limit", "saturation", "of the box's limit", "with < 1% dropped"):
+    for line in ("core-ms per camera frame", "detect input alone", "record input alone", "decoded frames 0",
+                 "box limit", "saturation", "of the box's limit", "with < 1% dropped"):
         assert line in out, out
     assert list((tmp_path / "recordings" / "cam0").glob("cam0.*.mp4")), out   # the main stream was recorded
