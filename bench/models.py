@@ -24,8 +24,9 @@ the stand-in for the pipeline's capture/encode threads or a neighbour; `--load-d
 makes each spin half of every 10 ms) for that phase and stops them after; `--load 0,2`
 runs both phases and adds each row's loaded/quiet ratio.
 Effective GFLOP/s = the fp32 graph's conv FLOPs / time; %peak against the CPU's computed ceiling
-for the row's precision (cores x FLOP/cycle x clock: fp32, bf16, int8 separately; see
-flop_per_cycle), never a BLAS matmul, which may take a slow path (on AMD it did: 167% "peak").
+for the row's precision (cores x FLOP/cycle x clock: fp32, bf16, int8 separately, FLOP/cycle per
+microarchitecture, never fitted to a measurement; see microarchitecture and flop_per_cycle),
+never a BLAS matmul, which may take a slow path (on AMD it did: 167% "peak").
 Writes JSON and a PNG bar chart (OpenCV) to --out.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -168,15 +170,66 @@ def conv_gflop(onnx_path: Path) -> float:
     return total / 1e9
 
 
-def flop_per_cycle(cpu) -> dict:
-    """Peak FLOP (int8: ops) per cycle per core, from the ISA: 2 (an FMA is a multiply and an
-    add) x lanes x 2 FMA pipes. Lanes: 16 fp32 with AVX-512, 8 with AVX2 -- but AMD's Zen 4
-    runs AVX-512 on 256-bit pipes, so 8 there. bf16: AVX512-BF16's dot product does 2 bf16
-    pairs per fp32 lane (2x fp32); AMX 1024/cycle. int8: a 32-bit lane holds 4 u8xs8 products
-    (VNNI vpdpbusd; AVX2's vpmaddubsw reaches the same multiply rate), 4x fp32; AMX 2048/cycle.
-    An upper bound on purpose: no kernel reaches it, so no row may exceed 100%."""
-    lanes = 16 if cpu.has("avx512") and not cpu.model.startswith("AMD") else 8 if cpu.has("avx2") else 4
-    fp32 = 2 * lanes * 2
+def cpuinfo_ids(text: str | None = None) -> tuple[str, int | None, int | None]:
+    """(vendor_id, cpu family, model) of the first processor in /proc/cpuinfo; None where absent."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("vendor_id", "cpu family", "model") and key not in found:
+            found[key] = value.strip()
+    number = (lambda v: int(v) if v and v.isdigit() else None)
+    return found.get("vendor_id", ""), number(found.get("cpu family")), number(found.get("model"))
+
+
+def microarchitecture(cpu, family: int | None = None, model: int | None = None) -> tuple[str, int, str]:
+    """(name, fp32 FLOP per cycle per core, a caveat or ""), from the vendor, family/model
+    (/proc/cpuinfo) and the ISA. fp32 FLOP/cycle = 2 (an FMA is a multiply and an add) x fp32
+    lanes per FMA pipe x FMA pipes:
+      AMD Zen 5 (family 26): 2 x 512-bit pipes = 64 (the mobile parts run AVX-512 on 256-bit: 32)
+      AMD Zen 4 (family 25 with AVX-512): AVX-512 double-pumped on 2 x 256-bit pipes = 32
+      AMD Zen 3 / Zen 2 (family 25 / 23, AVX2): 2 x 256-bit FMA = 32; Zen 1 (23, model < 0x30): 2 x 128-bit = 16
+      Intel with AVX-512: 2 x 512-bit FMA units = 64; Skylake-SP/Cascade Lake Bronze, Silver
+        and most Gold 5xxx have ONE unit (32): named when the model name says so, else 64 (the bound)
+      Intel AVX2 (Haswell and later client cores): 2 x 256-bit FMA = 32
+    A VM's model name ("Intel Xeon Processor") and model number may be generic: the ISA decides then."""
+    amd = "AMD" in cpu.model or family in (23, 25, 26)   # the Zen families; Intel's are 6, 15, 18, 19
+    if amd:
+        if family == 26 or (family is None and "9005" in cpu.model):
+            return "AMD Zen 5", 64, "Zen 5 mobile parts (Strix Point) have 256-bit pipes: 32"
+        if cpu.has("avx512"):
+            return "AMD Zen 4", 32, ""
+        if family == 23 and model is not None and model < 0x30:
+            return "AMD Zen 1", 16, ""
+        if cpu.has("avx2"):
+            return ("AMD Zen 2" if family == 23 else "AMD Zen 3" if family == 25 else "AMD AVX2"), 32, ""
+        return "AMD (no AVX2)", 16, ""
+    if cpu.has("avx512"):
+        name = "Intel with AMX (Sapphire Rapids or later)" if cpu.has("amx") else "Intel with AVX-512"
+        one_unit = re.search(r"\b(Bronze|Silver)\b|\bGold 5[12]\d\d", cpu.model)
+        if one_unit:
+            return name, 32, f"{one_unit.group(0)}: one 512-bit FMA unit"
+        return name, 64, ("" if cpu.has("amx") else "two 512-bit FMA units assumed (Skylake/Cascade Lake Bronze, "
+                          "Silver and most Gold 5xxx have one: 32)")
+    if cpu.has("avx2"):
+        return "Intel AVX2", 32, ""
+    return "no AVX2", 16, ""
+
+
+def flop_per_cycle(cpu, family: int | None = None, model: int | None = None) -> dict:
+    """Peak FLOP (int8: ops) per cycle per core. fp32: the microarchitecture's FMA pipes
+    (microarchitecture()). bf16: AVX512-BF16's dot product does 2 bf16 pairs per fp32 lane
+    (2x fp32); AMX's tile unit 1024 bf16 FLOP/cycle/core. int8: a 32-bit lane holds 4 u8xs8
+    products (VNNI vpdpbusd; AVX2's vpmaddubsw reaches the same multiply rate), 4x fp32; AMX
+    2048 int8 ops/cycle/core (Intel's figures for Sapphire Rapids: a 16x32 by 32x16 int8 tile
+    multiply, 16 cycles). An upper bound on purpose: no kernel reaches it, so no row may
+    exceed 100% at the right clock."""
+    fp32 = microarchitecture(cpu, family, model)[1]
     return {"fp32": fp32,
             "bf16": 1024 if cpu.has("amx") else 2 * fp32 if cpu.has("bf16") else fp32,
             "int8": 2048 if cpu.has("amx") else 4 * fp32}
@@ -199,24 +252,44 @@ def full_width_matmul_gflops(threads: int, n: int = 1024) -> float | None:
     return 2 * n ** 3 / min(_timed(request.infer, {0: x}) for _ in range(10)) / 1e9
 
 
+def max_clock_ghz() -> tuple[float, str]:
+    """The highest clock this box says it has: cpufreq's cpuinfo_max_freq (turbo), else
+    /proc/cpuinfo's MHz (a VM reports its base clock there), else 3.0 GHz."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpufreq max"
+    except (OSError, ValueError):
+        pass
+    from engines.cpu_features import detect
+
+    mhz = detect().mhz
+    return ((mhz / 1000, "/proc/cpuinfo, a VM's base clock: turbo may be higher, give --clock-ghz") if mhz
+            else (3.0, "assumed"))
+
+
 def cpu_ceiling(threads: int, clock_ghz: float | None = None) -> dict:
-    """{'fp32'|'bf16'|'int8': GFLOP/s, 'how': words}: cores x FLOP/cycle x clock. The clock is
-    --clock-ghz, else /proc/cpuinfo's (a VM reports the base clock); when the full-width matmul
-    runs faster than that allows, the clock is raised to the one it implies (turbo)."""
+    """{'fp32'|'bf16'|'int8': GFLOP/s, 'how': words}: cores x FLOP/cycle (per microarchitecture)
+    x clock. The clock is --clock-ghz, else the box's highest (max_clock_ghz). Never fitted to a
+    measurement: a full-width OpenVINO matmul is run and printed beside it, and when it beats the
+    fp32 ceiling, that is said (the clock is then above the one assumed: give --clock-ghz)."""
     from engines.cpu_features import detect
 
     cpu = detect()
+    _, family, model = cpuinfo_ids()
     cores = min(threads, cpu.cores)
-    per_cycle = flop_per_cycle(cpu)
-    ghz = clock_ghz or (cpu.mhz or 3000.0) / 1000
-    how = f"{cores} cores x {per_cycle['fp32']} fp32 FLOP/cycle x {ghz:.2f} GHz"
+    arch, _, caveat = microarchitecture(cpu, family, model)
+    per_cycle = flop_per_cycle(cpu, family, model)
+    ghz, clock_from = (clock_ghz, "--clock-ghz") if clock_ghz else max_clock_ghz()
+    how = f"{arch}: {cores} cores x {per_cycle['fp32']} fp32 FLOP/cycle x {ghz:.2f} GHz ({clock_from})"
+    if caveat:
+        how += f"; {caveat}"
     measured = full_width_matmul_gflops(cores)
-    if not clock_ghz and measured and measured > cores * per_cycle["fp32"] * ghz:
-        ghz = measured / (cores * per_cycle["fp32"])
-        how += f", raised to {ghz:.2f} GHz by a {measured:.0f} GFLOP/s OpenVINO fp32 matmul"
-    elif measured:
-        how += f" (OpenVINO fp32 matmul reached {measured:.0f} GFLOP/s)"
-    return {k: round(cores * v * ghz, 1) for k, v in per_cycle.items()} | {"how": how, "per_cycle": per_cycle}
+    if measured:
+        over = measured > cores * per_cycle["fp32"] * ghz
+        how += (f"; an OpenVINO fp32 matmul reached {measured:.0f} GFLOP/s"
+                + (", ABOVE this ceiling: the clock runs above the one assumed, give --clock-ghz" if over else ""))
+    return ({k: round(cores * v * ghz, 1) for k, v in per_cycle.items()}
+            | {"how": how, "per_cycle": per_cycle, "microarchitecture": arch})
 
 
 def ceiling_kind(precision: str) -> str:
@@ -343,8 +416,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-images", type=int, default=16, help="calibration images (default 16)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="inference threads for every backend")
     p.add_argument("--clock-ghz", type=float,
-                   help="the CPU's highest sustained clock for the ceiling (default: /proc/cpuinfo's, raised when "
-                   "a full-width matmul shows more)")
+                   help="the CPU's highest sustained clock for the ceiling (default: cpufreq's max, else "
+                   "/proc/cpuinfo's)")
     p.add_argument("--runs", type=int, default=7, help="timed rounds per phase (default 7)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", help="comma list of row names to run, e.g. 'onnxruntime,openvino' (default all)")

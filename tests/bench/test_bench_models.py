@@ -30,8 +30,9 @@ def test_bench_models_smoke(tmp_path, capsys):
 
 
 def test_ceiling_per_precision_from_the_isa():
-    """cores x FLOP/cycle x clock: AVX-512 doubles the lanes on Intel, not on AMD's 256-bit
-    pipes (Zen 4); bf16 is 2x fp32 with AVX512-BF16; int8 4x fp32 (VNNI), AMX its own."""
+    """cores x FLOP/cycle x clock, FLOP/cycle per microarchitecture: AVX-512 doubles the lanes on
+    Intel's two 512-bit units and Zen 5's 512-bit pipes, not on Zen 4's double-pumped 256-bit ones
+    nor on a one-unit Xeon Silver; bf16 is 2x fp32 with AVX512-BF16; int8 4x fp32 (VNNI), AMX its own."""
     spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
     bench_models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_models)
@@ -43,3 +44,12 @@ def test_ceiling_per_precision_from_the_isa():
     assert bench_models.flop_per_cycle(zen4) == {"fp32": 32, "bf16": 64, "int8": 128}
     assert bench_models.flop_per_cycle(spr) == {"fp32": 64, "bf16": 1024, "int8": 2048}
     assert bench_models.flop_per_cycle(zen3) == {"fp32": 32, "bf16": 32, "int8": 128}
+    zen5 = detect(force="avx2,fma,avx512,vnni,bf16", cpuinfo="model name\t: AMD EPYC 9R45\n")
+    assert bench_models.microarchitecture(zen5, family=26)[:2] == ("AMD Zen 5", 64)
+    assert bench_models.flop_per_cycle(zen5, family=26) == {"fp32": 64, "bf16": 128, "int8": 256}
+    assert bench_models.microarchitecture(zen4, family=25)[:2] == ("AMD Zen 4", 32)
+    silver = detect(force="avx2,fma,avx512,vnni", cpuinfo="model name\t: Intel(R) Xeon(R) Silver 4214\n")
+    name, fp32, caveat = bench_models.microarchitecture(silver, family=6)
+    assert fp32 == 32 and "one 512-bit FMA unit" in caveat
+    assert bench_models.cpuinfo_ids("vendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n") == \
+        ("AuthenticAMD", 26, 2)
