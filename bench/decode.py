@@ -118,7 +118,7 @@ def agreement(source: Path, model: str, frames: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--source", help="a video file (default: the street clip scaled to --size)")
     p.add_argument("--size", default="1920x1080", help="WxH of the clip made from the street clip (default 1920x1080)")
     p.add_argument("--input-size", default="352x480", help="the model's input HxW (default 352x480; --model's own)")

@@ -96,7 +96,7 @@ def measure(frame_wh, labels_hw, mode, repeats, rng) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--labels", default="352x480", help="label map HxW, the model's input size (default 352x480)")
     ap.add_argument("--sizes", default=SIZES, help=f"frame sizes WxH, comma-separated (default {SIZES})")

@@ -35,7 +35,7 @@ def cpu_s() -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default=str(SAMPLE), help="the clip the main stream is made of")
     p.add_argument("--size", default="1920x1080", help="the main stream's size WxH (default 1920x1080)")
     p.add_argument("--loops", type=int, default=5, help="times the clip is repeated (default 5)")
