@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="1920x1080", help="the main stream's size WxH (default 1920x1080)")
     p.add_argument("--loops", type=int, default=5, help="times the clip is repeated (default 5)")
     p.add_argument("--segment-s", type=float, default=10.0, help="segment length (default 10 s, Frigate's)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="rounds, the median is printed (default 3)")
     args = p.parse_args(argv)
     w, h = args.size.lower().split("x")
     with tempfile.TemporaryDirectory(prefix="bench-recording-") as tmp:

@@ -131,3 +131,17 @@ def test_cameras_per_box_short(tmp_path):
                  "box limit", "saturation", "of the box's limit", "with < 1% dropped"):
         assert line in out, out
     assert list((tmp_path / "recordings" / "cam0").glob("cam0.*.mp4")), out   # the main stream was recorded
+
+
+@needs_ffmpeg
+@needs_clip
+def test_decode_bench_short(tmp_path):
+    out = bench("decode.py", "--size", "640x360", "--input-size", "96x128", "--frames", 10, "--rounds", 1,
+                "--workdir", tmp_path)
+    assert "now/before: convert+preprocess" in out and "skip_frame nonkey" in out, out
+
+
+@needs_clip
+def test_recording_bench_short():
+    out = bench("recording.py", "--size", "320x180", "--loops", 1, "--rounds", 1)
+    assert "decoded frames 0" in out and "of a core per camera" in out, out
