@@ -57,7 +57,8 @@ and a 5th camera added, then back); logs rotate at --log-max-mb; cam0 also write
 in 10 s segments under retain_gb 0.005. The periods are for 30 minutes and scale down with
 --minutes (at most 4x shorter). Samples: RSS (VmRSS), threads (/proc: FFmpeg's av: decoder
 threads left out; also Threads and threading.active_count), open fds, frames written and
-dropped, outages. After warm-up (20% of the run, at most 2 min), the samples with the
+dropped, outages. After warm-up (a third of the run, at most 10 minutes: bounded buffers
+such as the page's 10-minute coverage ring fill first), the samples with the
 4 cameras are cut in fifths; it FAILS (exit 1) when the median of the last fifth exceeds
 the first's by +5 MB RSS (enforced for runs of 10 minutes and more; shorter runs print it),
 +4 threads or +8 fds, when the run raised or a camera failed, or when the latency log's
@@ -304,7 +305,9 @@ def in_process(args) -> int:
     seconds = args.minutes * 60
     scale = min(1.0, max(args.minutes / REFERENCE_MINUTES, 0.25))
     periods = {"rtsp": 60 * scale, "mqtt": 150 * scale, "reload": 90 * scale, "viewers_turn": 5.0}
-    warmup_s = min(120.0, 0.2 * seconds)
+    # Warm-up: a third of the run, at most 10 minutes: the bounded buffers fill first (the page's
+    # coverage ring holds 10 minutes per camera, ONNX Runtime and malloc arenas settle).
+    warmup_s = min(600.0, seconds / 3)
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bisenet-soak-"))
     work.mkdir(parents=True, exist_ok=True)
