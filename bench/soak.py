@@ -17,6 +17,8 @@ so the soak follows whatever the app's insides become.
 from __future__ import annotations
 
 import argparse
+import collections
+import gc
 import os
 import random
 import re
@@ -288,6 +290,13 @@ def _camera_viewer(port: int, cam: str):
     return v
 
 
+def object_counts() -> collections.Counter:
+    """Python objects alive by type: taken at the end of warm-up and at the end, their growth
+    names what a leak is made of."""
+    gc.collect()
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+
 def fifth_medians(values: list) -> tuple[float, float]:
     n = max(1, len(values) // 5)
     return statistics.median(values[:n]), statistics.median(values[-n:])
@@ -368,6 +377,7 @@ def in_process(args) -> int:
         settings = build(flags, str(config))
         engine = load_engine(settings)
         samples = []      # dicts
+        objects = []      # object_counts() after warm-up, then at the end
         crash = None
         t0 = time.monotonic()
         print(f"in-process soak: {args.minutes:g} min, 4 cameras ({width}x{height}, 15 fps), periods "
@@ -384,6 +394,8 @@ def in_process(args) -> int:
 
                 def sample():
                     while not stop.wait(args.sample_every):
+                        if not objects and time.monotonic() - t0 >= warmup_s:
+                            objects.append(object_counts())
                         threads, fds = proc_counts(os.getpid())
                         rec = session.recorder
                         reconnects = sum(c.reader.counters().get("outages", 0) for c in session.cameras
@@ -407,6 +419,7 @@ def in_process(args) -> int:
                 stop.set()
                 for w in workers:
                     w.join(timeout=30)
+                objects.append(object_counts())
                 code, failures = session.code, session.failures
                 recorder = session.recorder
                 events = session.analytics.summary() if session.analytics is not None else ""
@@ -465,6 +478,10 @@ def in_process(args) -> int:
         print("chaos         " + ", ".join(f"{k} {v}" for k, v in chaos.counts.items())
               + (f"; errors: {' | '.join(chaos.errors[:5])}" if chaos.errors else ""))
         print(f"{events}")
+        if len(objects) == 2:
+            grown = [(n, c) for n, c in (objects[1] - objects[0]).most_common(6)]
+            print("objects       grown after warm-up: " + (", ".join(f"{n} +{c}" for n, c in grown) or "none")
+                  + " (at the end: the session's cameras stopped, not yet closed)")
         segments = sorted((work / "video").glob("*.mp4"))
         print(f"video         {len(segments)} segments kept, {sum(p.stat().st_size for p in segments) / 1e6:.1f} MB "
               f"(retain_gb {flags['retain_gb']})")
