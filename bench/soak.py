@@ -13,6 +13,14 @@ with --rtsp-source an ffmpeg "camera" publishing it through rtsp-server-perl (li
 pulling it) when rtsp-server-perl is installed; display is skipped (headless). Without
 --model a random-weight R18 is exported at 64x96. The app runs exactly as a user starts it,
 so the soak follows whatever the app's insides become.
+
+    python bench/soak.py --in-process --minutes 30   # one process, months in miniature
+
+--in-process runs app/session.py's Session in this process instead, for --minutes: four
+cameras (one over RTSP whose publisher drops every minute), MJPEG viewers coming and going,
+MQTT events to a broker restarted every few minutes, live reloads, rotating logs and
+segmented video; it samples RSS, threads, open fds and frames and fails on growth after
+warm-up or on a frame not accounted for (--help; docs/service.md, "Soak").
 """
 from __future__ import annotations
 
