@@ -36,7 +36,9 @@ class StageStats:
     runs that last weeks."""
 
     def __init__(self, keep: int = 100_000):
-        self.values = np.zeros(keep, dtype=np.float32)
+        # Filled now, not np.zeros: calloc'ed pages would be committed one by one as the ring
+        # first fills (minutes to hours), which reads as a slow leak; this way RSS is flat.
+        self.values = np.full(keep, 0.0, dtype=np.float32)
         self.count = 0
         self.max = 0.0
 

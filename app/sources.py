@@ -320,6 +320,11 @@ class PyAVReader(Reader):
         if self.container is not None:
             self.container.close()
             self.container = None
+        # The decode generator holds the stream's codec context: FFmpeg's decoder, its frame
+        # threads and buffers live until it goes, and a closed reader may stay referenced (a
+        # camera that left a running session keeps its counts for the summary).
+        self._frames = None
+        self._pending = []
 
 
 class OpenCVVideoReader(Reader):

@@ -98,3 +98,20 @@ def test_latency_plot_bad_outputs_are_one_line_and_keep_what_was_there(tmp_path,
     assert (tmp_path / "nowhere.png").is_symlink()
     assert cli_main(["latency-plot", str(tmp_path / "lat.csv"), "-o", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_stage_stats_hold_their_memory_from_the_start():
+    """The percentile ring is resident when made, so a long run's RSS does not creep up while
+    it first fills (bench/soak.py --in-process reads that creep as growth)."""
+    from app.latency import StageStats
+
+    def rss_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    before = rss_kb()
+    stats = StageStats(keep=10_000_000)   # 40 MB of float32
+    grew_mb = (rss_kb() - before) / 1024
+    assert grew_mb > 30, f"RSS grew {grew_mb:.1f} MB when the 40 MB ring was made"
+    stats.add(1.0)
+    assert stats.count == 1 and stats.percentiles((50,)) == [1.0]

@@ -180,3 +180,34 @@ def test_live_sources_get_the_reconnect_wrapper(mjpeg_server):
     finally:
         wrapped.close()
     assert wrapped.counters()["outages"] == 0
+
+
+def ffmpeg_threads() -> int:
+    """FFmpeg's decoder threads in this process (named av:CODEC:...)."""
+    import os
+
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read())
+        except FileNotFoundError:
+            pass
+    return sum(n.startswith("av:") for n in names)
+
+
+@needs_sample
+def test_a_closed_video_reader_frees_its_decoder_while_still_referenced():
+    """A camera that left a running session keeps its closed reader (its counts stay in the
+    summary): the decoder, its frame threads and buffers must go at close, not at collection."""
+    from app.sources import PyAVReader
+
+    before = ffmpeg_threads()
+    kept = []
+    for _ in range(3):
+        reader = PyAVReader(str(SAMPLE_VIDEO))
+        reader.open()
+        assert reader.read() is not None and ffmpeg_threads() > before
+        reader.close()
+        kept.append(reader)
+    assert ffmpeg_threads() == before
