@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 from app.frames import Reader, ReadError, Sink

@@ -29,7 +29,6 @@ from typing import Annotated
 
 from app import setting_rules
 from app.camera import camera_names, check_name, output_for
-from app.setting_rules import host_names
 from core import options
 from core.config_files import config_names, config_path
 from core.errors import InputError
@@ -200,7 +199,7 @@ class ServerSettings(Section):
         group="serving", metavar="TOKEN")
     auth: Switch = option(True, "require the token on ports beyond loopback (default); --no-auth serves without one "
                           "and warns at every start", group="serving")
-    allowed_hosts: Annotated[tuple[str, ...], Rule(host_names)] = option(
+    allowed_hosts: Annotated[tuple[str, ...], Rule(setting_rules.host_names)] = option(
         (), "comma list of host names browsers may use for this box besides its IP addresses, localhost and its own "
         "name (DNS-rebinding check); '*' turns the check off", group="serving", metavar="NAMES")
     max_clients: Annotated[int, Rule(Number(int, 1, 4096, hint="MJPEG viewers at once"))] = option(
