@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -307,9 +308,22 @@ def _camera_viewer(port: int, cam: str):
 
 def object_counts() -> collections.Counter:
     """Python objects alive by type: taken at the end of warm-up and at the end, their growth
-    names what a leak is made of."""
+    names what a leak is made of. Run with PYTHONTRACEMALLOC=8 and the counts carry a
+    tracemalloc snapshot too, whose growth names the lines that allocated it."""
     gc.collect()
-    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    counts.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+    return counts
+
+
+def grown_lines(before, after, top: int = 8) -> list[str]:
+    """The allocation sites that grew most between two tracemalloc snapshots, innermost of ours first."""
+    lines = []
+    for stat in after.compare_to(before, "traceback")[:top]:
+        frames = [f for f in stat.traceback if "/site-packages/" not in f.filename] or list(stat.traceback)
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[-3:][::-1])
+        lines.append(f"{stat.size_diff / 1024:+.0f} KiB in {stat.count_diff:+d} blocks at {where}")
+    return lines
 
 
 def fifth_medians(values: list) -> tuple[float, float]:
@@ -498,6 +512,9 @@ def in_process(args) -> int:
             grown = [(n, c) for n, c in (objects[1] - objects[0]).most_common(6)]
             print("objects       grown after warm-up: " + (", ".join(f"{n} +{c}" for n, c in grown) or "none")
                   + " (at the end: the session's cameras stopped, not yet closed)")
+            if objects[0].snapshot is not None:
+                for line in grown_lines(objects[0].snapshot, objects[1].snapshot):
+                    print(f"allocated     {line}")
         segments = sorted((work / "video").glob("*.mp4"))
         print(f"video         {len(segments)} segments kept, {sum(p.stat().st_size for p in segments) / 1e6:.1f} MB "
               f"(retain_gb {flags['retain_gb']})")
