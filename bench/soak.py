@@ -311,7 +311,18 @@ def object_counts() -> collections.Counter:
     names what a leak is made of. Run with PYTHONTRACEMALLOC=8 and the counts carry a
     tracemalloc snapshot too, whose growth names the lines that allocated it."""
     gc.collect()
-    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    # gc.get_objects() holds a reference to every object, a tuple another thread is still
+    # building included: if that thread ran while the list lives, its _PyTuple_Resize fails
+    # ("SystemError: Objects/tupleobject.c: bad argument to internal function", seen here).
+    # So no other thread runs until the list is gone: no switch, and nothing here blocks.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        objs = gc.get_objects()
+        counts = collections.Counter(type(o).__name__ for o in objs)
+        del objs
+    finally:
+        sys.setswitchinterval(interval)
     counts.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
     return counts
 
@@ -424,7 +435,8 @@ def in_process(args) -> int:
 
                 def sample():
                     while not stop.wait(args.sample_every):
-                        if not objects and time.monotonic() - t0 >= warmup_s:
+                        due = warmup_s if not objects else seconds - 2 * args.sample_every   # warm-up's end; just before the end
+                        if len(objects) < 2 and time.monotonic() - t0 >= due:
                             objects.append(object_counts())
                         threads, fds = proc_counts(os.getpid())
                         rec = session.recorder
@@ -449,7 +461,6 @@ def in_process(args) -> int:
                 stop.set()
                 for w in workers:
                     w.join(timeout=30)
-                objects.append(object_counts())
                 code, failures = session.code, session.failures
                 recorder = session.recorder
                 events = session.analytics.summary() if session.analytics is not None else ""
@@ -511,7 +522,7 @@ def in_process(args) -> int:
         if len(objects) == 2:
             grown = [(n, c) for n, c in (objects[1] - objects[0]).most_common(6)]
             print("objects       grown after warm-up: " + (", ".join(f"{n} +{c}" for n, c in grown) or "none")
-                  + " (at the end: the session's cameras stopped, not yet closed)")
+                  + " (while running, at the end of warm-up and just before the end)")
             if objects[0].snapshot is not None:
                 for line in grown_lines(objects[0].snapshot, objects[1].snapshot):
                     print(f"allocated     {line}")
