@@ -63,6 +63,7 @@ class RecordFollower(Sink):
         self.name = f"overlay picture (record input decoded) {self.description}"
         self.decoded = 0                  # record frames decoded (recording's own count stays 0)
         self.shows = lambda: True         # the pipeline's: does an output show this camera's pixels now
+        self.keyframes_only = False       # live: decoding keyframes only (nothing shows pixels)
         self._lock = threading.Lock()
         self._closed = False
         self._begun = False               # file: its first frame read
@@ -140,20 +141,32 @@ class RecordFollower(Sink):
 
     # ---- live: the follower thread -----------------------------------------------------
     def _follow(self) -> None:
+        keys_to_wait = 0   # back from keyframes only: frames until the references are all there again
         while not self._stop.is_set():
-            self._keyframes_only(not self.shows())
+            watched = self.shows()
+            if watched == self.keyframes_only:   # it changes: set the decoder of the current connection
+                self.keyframes_only = not watched
+                if watched:   # P-frames may miss references skipped meanwhile: from the 2nd keyframe on
+                    keys_to_wait = 2
+                    with self._lock:
+                        self._ring.clear()   # stale keyframes: the stand-in until then
+            self._keyframes_only(self.keyframes_only)   # (a reconnect's new decoder too)
             try:
                 got = self._read()
             except Exception:   # a closed reader under a stop: the end
                 return
             if got is None:
                 return
+            if keys_to_wait:
+                keys_to_wait -= bool(got[1].frame.key_frame)
+                if keys_to_wait:
+                    continue
             with self._lock:
                 self._ring.append((time.monotonic(), got[1]))
 
     def _keyframes_only(self, on: bool) -> None:
         """Nothing shows this camera's pixels: its decoder skips all but keyframes (the
-        current connection's: a reconnect starts a new decoder, set again here)."""
+        current connection's; a reconnect's new decoder decodes every frame)."""
         setter = getattr(inner_reader(self.reader), "keyframes_only", None)
         if setter is not None:
             setter(on)

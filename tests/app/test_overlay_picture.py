@@ -19,6 +19,7 @@ from app.sources import PyAVPicture
 from core.overlay import palette_bgr, render_overlay
 from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
 from testkit.app_process import run_camera
+from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 SUB, MAIN, FRAMES = (160, 120), (320, 240), 24
 
@@ -147,3 +148,24 @@ def test_a_file_follower_pairs_each_frame_with_the_record_frame_at_or_before_its
         assert follower.decoded == FRAMES   # forward only, each frame once
     finally:
         follower.close()
+
+
+def test_a_live_camera_shows_its_main_stream_and_decodes_keyframes_only_while_nobody_watches(streams, relay,
+                                                                                             publishers, tmp_path):
+    sub, main = streams
+    urls = {}
+    for name, video in (("sub", sub), ("main", main)):
+        publishers(relay.push_url(f"/{name}"), video)
+        urls[name] = relay.pull_url(f"/{name}")
+        wait_published(urls[name], transport="udp")
+    folder = tmp_path / "out"
+    live = {"rtsp_transport": "udp", "max_frames": 30}
+    camera = _camera(urls["sub"], urls["main"], tmp_path, [f"{folder}/"], **live)
+    results, metrics, sinks, _ = _session_run(camera)
+    follower = next(s for s in sinks if isinstance(s, RecordFollower))
+    assert len(results) >= 1 and follower.decoded >= 1
+    for frame_id, *_ in results:   # every frame written at the main stream's size
+        assert cv2.imread(str(folder / f"{frame_id:06d}.png")).shape == (MAIN[1], MAIN[0], 3)
+    # Nothing shows pixels: the follower reads on but its decoder decodes keyframes only.
+    _, _, sinks, _ = _session_run({**camera, "output": ["null"]}, keep_labels=False)
+    assert next(s for s in sinks if isinstance(s, RecordFollower)).keyframes_only
