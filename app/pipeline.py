@@ -13,7 +13,9 @@ What is drawn: only what an output shows. Before each frame the output thread as
 the overlay, HUD and legend are drawn once per size those sinks want (`Sink.size`, else the
 source's), plus the source size when the camera's event clips record it. A frame nobody shows
 gets no pixels at all (labels -> analytics -> its row; counted as a skipped overlay; the API's
-FrameResult.overlay draws it on first access). A GPU chain that can leave the overlay out
+FrameResult.overlay draws it on first access). A camera with `overlay_picture: record` has it
+drawn on its record input's picture (`Frame.shown`, paired in the capture thread by
+app/record_follower.py, only while something shows the camera's pixels). A GPU chain that can leave the overlay out
 (engines/fused_chain.py's labels mode) is asked for labels and counts only when no camera of
 the batch wants pixels.
 
