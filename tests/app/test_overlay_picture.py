@@ -146,6 +146,8 @@ def test_a_file_follower_pairs_each_frame_with_the_record_frame_at_or_before_its
             frame = Frame(0, 0.0, np.zeros((SUB[1], SUB[0], 3), np.uint8), ts)
             assert np.array_equal(follower.picture_for(frame), main_frames[expected]), ts
         assert follower.decoded == FRAMES   # forward only, each frame once
+        # A frame captured while nothing showed pixels: its detect picture scaled up, one size for all.
+        assert follower.stand_in(np.zeros((SUB[1], SUB[0], 3), np.uint8)).shape == (MAIN[1], MAIN[0], 3)
     finally:
         follower.close()
 
