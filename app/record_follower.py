@@ -13,7 +13,8 @@ nearest-neighbour to its size, core/overlay.py).
                         app/sources.py's open_source) into a ring of RING decoded frames
                         stamped with their arrival; a detect frame takes the newest that
                         arrived at or before it was captured. While no output shows this
-                        camera's pixels it decodes keyframes only (one per GOP)
+                        camera's pixels it decodes keyframes only (one per GOP); shown again,
+                        its frames count from the second keyframe on (their references whole)
 
 Pixels on demand: a file's record frames are decoded only for frames something shows; a frame
 captured while nothing did and shown after all (a viewer came meanwhile, the API's lazy
