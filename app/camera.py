@@ -27,8 +27,10 @@ PLACEHOLDER = "{camera}"
 class Camera:
     def __init__(self, name: str, reader: Reader, sinks: list, *, max_frames: int | None = None,
                  out_fps: float | None = None, queue_size: int = 4, first_id: int = 0,
-                 detect_fps: float | None = None, decoder_scale: bool = False):
+                 detect_fps: float | None = None, decoder_scale: bool = False, follower=None):
         self.name = name
+        # overlay_picture record: its record input decoded too (app/record_follower.py, one of its sinks)
+        self.follower = follower
         # The model's input may come from the decoder in one pass while nothing shows the frame
         # (app/frames.py image_at); off: always OpenCV's resize of the full-size image.
         self.decoder_scale = decoder_scale

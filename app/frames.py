@@ -59,6 +59,14 @@ class Frame:
     # Something will want the full-size image (an output that shows pixels): the model's input
     # is resized from it. False: the model's input is made in one pass from the decoded picture.
     full_size: bool = True
+    # overlay_picture record: the picture the outputs show instead of `image`, the record
+    # input's (full size, uint8 BGR; app/record_follower.py). None: `image`.
+    shown: np.ndarray | None = None
+
+    @property
+    def picture(self) -> np.ndarray:
+        """What the outputs show the overlay on: `shown` if set, else `image`."""
+        return self.image if self.shown is None else self.shown
 
     @property
     def size_wh(self) -> tuple[int, int]:

@@ -22,6 +22,8 @@ reason), so the histograms and counters agree with the latency log row for row.
     bisenet_record_packets_total{camera}              packets of the record input written by packet copy
     bisenet_record_decoded_frames_total{camera}       frames decoded from the record input (0: never decoded)
     bisenet_record_segments_total{camera}             recording segments started
+    bisenet_overlay_picture_decoded_frames_total{camera}  record input frames decoded for overlays on the
+                                                      full-size picture (overlay_picture record)
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class Metrics:
         self.viewers = lambda: 0  # set by the HTTP server
         self.analytics = None     # app/analytics: zone coverage gauges, dropped events
         self.recordings = {}      # camera -> its Recording (app/recording.py): packets, decoded frames
+        self.followers = {}       # camera -> its RecordFollower (app/record_follower.py): decoded frames
         self.registry.register(_ScrapeTimeCollector(self))
 
     def set_model(self, engine) -> None:
@@ -104,10 +107,15 @@ class Metrics:
         with self.lock:
             self.recordings[camera] = recording
 
+    def follow(self, camera: str, follower) -> None:
+        """Count the record frames this camera decodes for overlays on the full-size picture."""
+        with self.lock:
+            self.followers[camera] = follower
+
     def forget(self, camera: str) -> None:
         """A camera that left the run: no queues, reconnect counters or staleness any more."""
         with self.lock:
-            for table in (self.sources, self.timeouts, self.last_frame, self.recordings):
+            for table in (self.sources, self.timeouts, self.last_frame, self.recordings, self.followers):
                 table.pop(camera, None)
 
     def health(self, now: float | None = None) -> list[tuple[str, float, float]]:
@@ -173,6 +181,14 @@ class _ScrapeTimeCollector:
             yield packets
             yield decoded
             yield segments
+        with self.metrics.lock:
+            followers = dict(self.metrics.followers)
+        if followers:
+            followed = CounterMetricFamily("bisenet_overlay_picture_decoded_frames", "Record input frames decoded "
+                                           "for overlays on the full-size picture", labels=["camera"])
+            for camera, follower in sorted(followers.items()):
+                followed.add_metric([camera], follower.decoded)
+            yield followed
         yield GaugeMetricFamily("bisenet_http_viewers", "MJPEG viewers connected now", value=self.metrics.viewers())
         if self.metrics.analytics is not None:   # bisenet_zone_coverage_ratio, bisenet_events_dropped_total
             yield from self.metrics.analytics.metric_families()

@@ -13,7 +13,9 @@ What is drawn: only what an output shows. Before each frame the output thread as
 the overlay, HUD and legend are drawn once per size those sinks want (`Sink.size`, else the
 source's), plus the source size when the camera's event clips record it. A frame nobody shows
 gets no pixels at all (labels -> analytics -> its row; counted as a skipped overlay; the API's
-FrameResult.overlay draws it on first access). A GPU chain that can leave the overlay out
+FrameResult.overlay draws it on first access). A camera with `overlay_picture: record` has it
+drawn on its record input's picture (`Frame.shown`, paired in the capture thread by
+app/record_follower.py, only while something shows the camera's pixels). A GPU chain that can leave the overlay out
 (engines/fused_chain.py's labels mode) is asked for labels and counts only when no camera of
 the batch wants pixels.
 
@@ -184,7 +186,7 @@ class SyncInference:
 
     def draw(self, frame: Frame, labels, size: tuple[int, int] | None = None) -> np.ndarray:
         """The overlay of `frame`, its source part at `size` (w, h; None: the source's)."""
-        return render_overlay(at_size(frame.image, size), labels, self.lut, self.alpha, self.mode)
+        return render_overlay(at_size(frame.picture, size), labels, self.lut, self.alpha, self.mode)
 
     def measure(self, analytics, camera: str, frame: Frame, labels, image: np.ndarray, hud: bool):
         return analytics.process(camera, frame, labels, image, hud=hud)
@@ -224,9 +226,10 @@ class FusedInference(SyncInference):
         pass   # the chain preprocesses on the device
 
     def check_camera(self, cam) -> None:
-        if any(getattr(s, "save_labels", False) for s in cam.sinks):
-            raise ValueError(f"camera {cam.name}: saving label maps needs them on the host, and this run draws "
-                             "its overlays on the GPU; restart the run with the camera in its settings")
+        if needs_host_labels([cam]):
+            raise ValueError(f"camera {cam.name}: saving label maps or overlay_picture record needs the labels on "
+                             "the host, and this run draws its overlays on the GPU; restart the run with the camera "
+                             "in its settings")
 
     def infer(self, batch: list, drop, warn) -> list:
         t1 = time.monotonic()
@@ -269,10 +272,18 @@ class FusedInference(SyncInference):
         return analytics.process_counts(camera, frame, frame.cell_counts, self.size_hw, image, hud=hud)
 
 
+def needs_host_labels(cameras) -> bool:
+    """A camera saves its label maps, or draws on its record input's picture (overlay_picture
+    record): its labels must come to the host."""
+    return any(cam.follower is not None or any(getattr(s, "save_labels", False) for s in cam.sinks)
+               for cam in cameras)
+
+
 def choose_inference(engine: Engine, *, needs_labels: bool, analytics, alpha: float, mode: str):
     """The one place the inference mode is decided. A GPU chain unless something needs the
     label maps on the host (the legend, saved label maps, the API's results, analytics on an
-    engine that cannot count on the device); a remote engine's requests overlap the rest."""
+    engine that cannot count on the device, a camera that draws on its record input's picture);
+    a remote engine's requests overlap the rest."""
     needs_labels = needs_labels or (analytics is not None and not engine.fused_counts)
     if engine.fused and not needs_labels:
         return FusedInference(engine, alpha, mode, counts=analytics)
@@ -312,7 +323,7 @@ class Pipeline:
         self.class_names = list(engine.info.class_names)
         self.lut = palette_bgr(engine.info.palette)
         self.keep_labels = keep_labels or legend
-        self.inference = choose_inference(engine, needs_labels=self.keep_labels or self._saves_labels(self.cameras),
+        self.inference = choose_inference(engine, needs_labels=self.keep_labels or needs_host_labels(self.cameras),
                                           analytics=analytics, alpha=alpha, mode=mode)
         self.inference.wants_pixels = self._camera_wants_pixels
         self.bad_results = 0                # failed results in a row (output threads)
@@ -322,10 +333,6 @@ class Pipeline:
         # graph's or TensorRT engine's batch, else one frame; it follows the number of cameras.
         self.scheduler = BatchScheduler(self.cameras, engine.batch_limit,
                                         None if batch_timeout_ms is None else batch_timeout_ms / 1000.0)
-
-    @staticmethod
-    def _saves_labels(cameras) -> bool:
-        return any(getattr(s, "save_labels", False) for c in cameras for s in c.sinks)
 
     def _tag(self, cam: Camera) -> None:
         if self.several:
@@ -393,6 +400,8 @@ class Pipeline:
         def name(stage):
             return f"{stage}-{cam.name}" if self.several else stage
 
+        if cam.follower is not None:   # a live follower decodes keyframes only while nothing shows pixels
+            cam.follower.shows = lambda: self._camera_wants_pixels(cam.name)
         cam.threads = [threading.Thread(target=self._capture, args=(cam,), name=name("capture"), daemon=True),
                        threading.Thread(target=self._output, args=(cam,), name=name("output"), daemon=True)]
         for t in cam.threads:
@@ -504,16 +513,19 @@ class Pipeline:
                     break
                 bad_reads = 0
                 image, source_ts = got
-                # decoder_scale and nothing shows this camera's pixels now: the model's input
-                # straight from the decoder (app/frames.py image_at).
+                # decoder_scale and nothing shows this camera's pixels now (or they are the record
+                # input's): the model's input straight from the decoder (app/frames.py image_at).
+                shows = self._camera_wants_pixels(cam.name)
                 frame = Frame(cam.captured, time.monotonic(), image, source_ts, camera=cam.name,
-                              full_size=not cam.decoder_scale or self._camera_wants_pixels(cam.name))
+                              full_size=not cam.decoder_scale or (shows and cam.follower is None))
                 frame.timings["capture"] = _ms(t_read, frame.capture_ts)   # /metrics only, not the log
                 cam.captured += 1
                 cam.last_capture = frame.capture_ts
                 if not cam.wants(frame):   # detect_fps: not preprocessed, not inferred
                     self.recorder.record_skipped(frame.id, frame.capture_ts, source_ts, camera=cam.name)
                     continue
+                if shows and cam.follower is not None:   # overlay_picture record: its record picture
+                    frame.shown = cam.follower.picture_for(frame)
                 frame.convert()   # shown at full size: to BGR here, in this camera's thread, as before
                 if not cam.live:
                     self.inference.prepare(frame)
@@ -669,6 +681,7 @@ class Pipeline:
                 self.bad_results = 0
                 t0 = time.monotonic()
                 frame.timings["queue"] += _ms(t_queued, t0)
+                self._stand_in(cam, frame)
                 if active is None:
                     active = self._open_sinks(cam, frame)
                 pixels, image = self._draw(cam, frame, labels, active)
@@ -718,7 +731,7 @@ class Pipeline:
     def _draw(self, cam: Camera, frame: Frame, labels, active: list) -> tuple[dict, np.ndarray | None]:
         """The overlays this frame's outputs want now, each size drawn once: ({sink: its image},
         the image analytics and event clips get: the source-size one, else any, else None)."""
-        source = frame.image.shape[1::-1]
+        source = frame.picture.shape[1::-1]
         sizes = {sink: tuple(getattr(sink, "size", None) or source) for sink in active if wants_pixels(sink)}
         wanted = set(sizes.values())
         if self._records_clips(cam.name):
@@ -731,6 +744,13 @@ class Pipeline:
         image = drawn.get(source, next(iter(drawn.values()), None))
         return {sink: drawn[size] for sink, size in sizes.items()}, image
 
+    @staticmethod
+    def _stand_in(cam: Camera | None, frame: Frame) -> None:
+        """overlay_picture record, a frame captured while nothing showed its pixels: its detect
+        picture scaled to the record picture's size (app/record_follower.py)."""
+        if cam is not None and cam.follower is not None and frame.shown is None:
+            frame.shown = cam.follower.stand_in(frame.image)
+
     def _render(self, cam: Camera | None, frame: Frame, labels, size=None) -> np.ndarray:
         image = self.inference.draw(frame, labels, size)
         if cam is not None:
@@ -741,14 +761,16 @@ class Pipeline:
     def render(self, frame: Frame, labels) -> np.ndarray:
         """A written frame's overlay at source size, drawn now (FrameResult.overlay on first
         access): HUD and legend as the outputs get them (the HUD's numbers are those of now)."""
-        return self._render(self.by_name.get(frame.camera), frame, labels)
+        cam = self.by_name.get(frame.camera)
+        self._stand_in(cam, frame)
+        return self._render(cam, frame, labels)
 
     def _open_sinks(self, cam: Camera, frame: Frame) -> list:
         """Each output opened at the size of the pixels it gets (its own, else the source's)."""
         fps = cam.out_fps or cam.reader.fps or 25.0
         active = []
         for sink in cam.sinks:
-            w, h = getattr(sink, "size", None) or frame.image.shape[1::-1]
+            w, h = getattr(sink, "size", None) or frame.picture.shape[1::-1]
             try:
                 sink.open(2 * w if self.inference.mode == "side-by-side" else w, h, fps)
                 active.append(sink)

@@ -127,7 +127,8 @@ class Recording(Sink):
     """Continuous recording of one record input (see the module doc). It starts recording at
     once (its own thread) and ignores the frames the pipeline hands its outputs."""
 
-    wants_pixels = False   # the pipeline draws nothing for it
+    def wants_pixels(self) -> bool:
+        return False   # the pipeline draws nothing for it
 
     def __init__(self, reader: Reader, folder: str | Path, camera: str, segment_s: float | None = None,
                  retain_days: float | None = None, retain_gb: float | None = None, log=None):

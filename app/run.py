@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         decode = f", decode: {decoder_of(reader)}" if decoder_of(reader) else ""
         # Camera roles (app/recording.py): the source is the detect input; the record input beside it.
         record = "".join(f"; record: {sink.describe()}" for sink in cam.sinks if isinstance(sink, Recording))
+        record += f"; {cam.follower.describe()}" if cam.follower is not None else ""   # overlay_picture record
         roles = " (detect)" if record else ""
         print(f"{cam.name + ': ' if several else ''}source{roles}: {reader.description} ({kind}{rate}){decode}{record}"
               + (f" -> {', '.join(sink.name for sink in cam.sinks)}" if several else ""), file=sys.stderr, flush=True)

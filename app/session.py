@@ -58,9 +58,18 @@ def check_settings(settings: RunSettings) -> None:
 
     for cam in settings.cameras:
         check_save_labels(cam)
+        check_overlay_picture(cam)
     check_distinct_outputs(settings.cameras, settings.latency_log, settings.analytics)
     if any("display" in cam.output for cam in settings.cameras):
         check_display(probe=True)
+
+
+def check_overlay_picture(cam: CameraSettings) -> None:
+    """overlay_picture record draws on the record input's picture: the camera must have one."""
+    if cam.overlay_picture == "record" and not cam.record_input:
+        raise InputError(f"camera {cam.name}: overlay_picture record shows the overlay on the record input's "
+                         "picture, and this camera has no record input; give it inputs: with one input whose roles "
+                         "include record (docs/cameras.md), or leave overlay_picture detect")
 
 
 # What a reload compares: every option outside the cameras needs a restart to change.
@@ -220,9 +229,15 @@ class Session:
         from app.sources import open_source
 
         name = cam_settings.name
+        check_overlay_picture(cam_settings)
         reader = open_source(cam_settings.source, cam_settings, down_ok=down_ok, pictures=True)
-        sinks = []
+        sinks, follower = [], None
         try:
+            if cam_settings.overlay_picture == "record":   # the record input decoded too, for the outputs
+                from app.record_follower import RecordFollower
+
+                follower = RecordFollower(cam_settings.record_input, cam_settings, down_ok=down_ok)
+                sinks.append(follower)
             if cam_settings.record_input:   # camera roles: the record input, recorded by packet copy
                 from app.recording import Recording, open_record_input
 
@@ -244,7 +259,7 @@ class Session:
             raise
         return Camera(name, reader, sinks, max_frames=cam_settings.max_frames, out_fps=cam_settings.fps,
                       queue_size=self.settings.queue_size, first_id=first_id, detect_fps=cam_settings.detect_fps,
-                      decoder_scale=cam_settings.decoder_scale)
+                      decoder_scale=cam_settings.decoder_scale, follower=follower)
 
     def _start_recording(self, cam: Camera) -> None:
         """Camera roles: its recording starts once its analytics exist, so that its event clips
@@ -264,6 +279,8 @@ class Session:
         for sink in cam.sinks:
             if isinstance(sink, Recording):
                 self.server.metrics.record(cam.name, sink)
+        if cam.follower is not None:
+            self.server.metrics.follow(cam.name, cam.follower)
 
     @staticmethod
     def _camera_settings(camera) -> CameraSettings:

@@ -152,6 +152,11 @@ class CameraSettings(Section):
         "camera's name", group="output", metavar="SPEC", repeat=True)
     save_labels: Switch = option(False, "folder outputs: also write the raw label maps (labels/NNNNNN.png)",
                                  group="output")
+    overlay_picture: Annotated[str, Rule(OneOf(("detect", "record")))] = option(
+        "detect", "the picture the camera's outputs show the overlay on: detect (the detect input's, the one "
+        "inferred; default) or record (the record input's, full size: it is decoded too, one decode per frame at "
+        "its size, the labels upscaled; needs an input with the record role, see docs/cameras.md)",
+        group="output")
     fps: Annotated[float | None, Rule(Number(float, above=0, max=1000))] = option(
         None, "frame rate for video outputs and --realtime when the source has none (default: the source's, else 25)",
         group="output")

@@ -210,6 +210,7 @@ class PyAVReader(Reader):
         self.decoded = 0
         self.corrupt_frames = 0    # decoded with errors (FFmpeg concealed them): passed on, counted
         self.declared = 0          # frames the file's header announces (0: unknown)
+        self.size = None           # (width, height) the stream declares, once open
         self.at_end = False
 
     def open(self) -> None:
@@ -224,6 +225,7 @@ class PyAVReader(Reader):
             self.container = self._open(device)
             stream = self.container.streams.video[0]
         ctx = stream.codec_context
+        self.size = (ctx.width, ctx.height)   # what the stream declares
         if ctx.is_hwaccel:
             self.decoder = f"{ctx.codec.name} ({device})"
         else:
@@ -308,6 +310,15 @@ class PyAVReader(Reader):
         if frame.is_corrupt:
             self.corrupt_frames += 1
         return frame, frame.time   # converted in read(), to the sizes asked for
+
+    def keyframes_only(self, on: bool) -> None:
+        """Decode keyframes only from now on (`on`), or every frame again (unless `skip_frame`
+        says keyframes only): app/record_follower.py while nothing shows its pictures."""
+        stream = self.container.streams.video[0] if self.container is not None else None
+        if stream is not None:
+            want = "NONKEY" if on or self.skip_frame == "nonkey" else "DEFAULT"
+            if stream.codec_context.skip_frame != want:
+                stream.codec_context.skip_frame = want
 
     def counters(self) -> dict:
         """For the run summary, only when something was wrong: concealed decode errors, and

@@ -32,7 +32,8 @@ def test_every_option_is_a_flag_and_a_preset_key_and_per_camera_ones_a_cameras_k
     per_camera = {n for n, section in OPTIONS.items() if section is CameraSettings}
     assert per_camera == {"source", "output", "realtime", "loop", "max_frames", "camera_size", "camera_fps",
                           "source_timeout", "rtsp_transport", "fps", "bitrate", "save_labels", "segment_s",
-                          "retain_days", "retain_gb", "hwaccel", "detect_fps", "skip_frame", "decoder_scale"}
+                          "retain_days", "retain_gb", "hwaccel", "detect_fps", "skip_frame", "decoder_scale",
+                          "overlay_picture"}
 
     # One option, three ways in: the same typed value.
     preset = tmp_path / "p.yaml"
