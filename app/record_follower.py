@@ -40,20 +40,11 @@ TS_SLACK = 1e-3        # s: two timestamps this close are the same instant
 MAX_BAD_READS = 30     # unreadable record frames in a row before it counts as ended
 
 
-def inner_reader(reader):
-    """The PyAV reader under the wrappers (app/reconnect.py's connection, --loop's LoopingReader)."""
-    while True:
-        inner = getattr(reader, "inner", None) or getattr(getattr(reader, "_conn", None), "reader", None)
-        if inner is None:
-            return reader
-        reader = inner
-
-
 class RecordFollower(Sink):
     """A camera's record input, decoded for overlays on its full-size picture (module doc)."""
 
     def __init__(self, spec: str, cam, down_ok: bool = False):
-        from app.sources import decoder_of, live_by_kind, open_source
+        from app.sources import decoder_of, live_by_kind, open_source, size_of
 
         self.live = live_by_kind(spec)
         # A file is paired by its timestamps: never paced (--realtime paces the detect input).
@@ -73,7 +64,7 @@ class RecordFollower(Sink):
         self._converted = (None, None)    # (picture, its BGR at picture_size): converted once
         self._stop = threading.Event()
         # The size the stream declares (a live input down at start: its first frame's).
-        self.picture_size = getattr(inner_reader(self.reader), "size", None)
+        self.picture_size = size_of(self.reader)
         self.thread = None
         if self.live:
             self.thread = threading.Thread(target=self._follow, name=f"follow-{cam.name}", daemon=True)
@@ -168,6 +159,8 @@ class RecordFollower(Sink):
     def _keyframes_only(self, on: bool) -> None:
         """Nothing shows this camera's pixels: its decoder skips all but keyframes (the
         current connection's; a reconnect's new decoder decodes every frame)."""
+        from app.sources import inner_reader
+
         setter = getattr(inner_reader(self.reader), "keyframes_only", None)
         if setter is not None:
             setter(on)

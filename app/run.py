@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     loop bisenet_edge.stream() hands to the caller), then the summary."""
     from app.recording import Recording
     from app.session import Session, check_settings, load_engine
-    from app.sources import decoder_of
+    from app.sources import decoder_of, size_of
 
     settings = resolve(args)
     if not settings.cameras:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         reader = cam.reader
         kind = "live" if reader.live else "file"
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
+        rate += ", {}x{}".format(*size_of(reader)) if size_of(reader) else ""
         rate += f", inferred at {cam.detect_fps:.3g} fps" if cam.detect_fps else ""
         decode = f", decode: {decoder_of(reader)}" if decoder_of(reader) else ""
         # Camera roles (app/recording.py): the source is the detect input; the record input beside it.

@@ -550,6 +550,22 @@ def decoder_of(reader: Reader) -> str:
     return getattr(reader, "decoder", "") or ""
 
 
+def inner_reader(reader: Reader) -> Reader:
+    """The reader under the wrappers (app/reconnect.py's connection, --loop's LoopingReader,
+    --realtime's RealtimeReader)."""
+    while True:
+        inner = getattr(reader, "inner", None) or getattr(getattr(reader, "_conn", None), "reader", None)
+        if inner is None:
+            return reader
+        reader = inner
+
+
+def size_of(reader: Reader) -> tuple[int, int] | None:
+    """The (width, height) a reader's stream declares (None when unknown: a camera down at
+    start, a reader that does not say)."""
+    return getattr(inner_reader(reader), "size", None)
+
+
 def live_by_kind(spec: str) -> bool:
     """A source that is live by what it is (a camera, an RTSP/CSI/GStreamer stream, an http://
     stream that is not a video file), known without opening it."""

@@ -264,8 +264,10 @@ class Analytics:
                     cam.peak_images[spec.name] = image
         if hud and image is not None:
             from app.hud import draw_zones
-            # side-by-side (2W wide: the source, then the overlay): the zones go on the overlay
-            panel = image[:, src_w:] if image.shape[1] == 2 * src_w else image
+            # side-by-side (twice the source's aspect: the picture, then the overlay, at any size:
+            # overlay_picture record draws at the record input's): the zones go on the overlay
+            side = image.shape[1] * src_h > 1.5 * src_w * image.shape[0]
+            panel = image[:, image.shape[1] // 2:] if side else image
             draw_zones(panel, cam.zones.outlines((panel.shape[1], panel.shape[0]), (src_w, src_h)), coverage)
         if cam.clips is not None and image is not None:
             cam.clips.add_frame(t, image)

@@ -183,13 +183,15 @@ def test_hud_zones_in_side_by_side_mode_sit_on_the_overlay_half():
     analytics = Analytics(AnalyticsSettings(), {"cam0": config}, ["road", "car"])
     try:
         source = np.full((80, 120, 3), 40, np.uint8)
-        for mode_width in (120, 240):    # overlay, side-by-side
-            image = np.full((80, mode_width, 3), 40, np.uint8)
+        # overlay, side-by-side, and both on a picture twice the source's size (overlay_picture record)
+        for scale, panels in ((1, 1), (1, 2), (2, 1), (2, 2)):
+            w = 120 * scale
+            image = np.full((80 * scale, w * panels, 3), 40, np.uint8)
             analytics.process("cam0", Frame(0, 0.0, source, 0.0), np.zeros((8, 12), np.int64), image, hud=True)
             drawn = np.argwhere((image != 40).any(axis=2))
-            panel_x = mode_width - 120                      # where the overlay starts
-            assert drawn.size and drawn[:, 1].min() >= panel_x, mode_width
-            # the outline's right edge: x = 0.75 * 120 on the overlay panel (±2 px of line width)
-            assert abs(drawn[:, 1].max() - (panel_x + 90)) <= 2, (mode_width, drawn[:, 1].max())
+            panel_x = w * (panels - 1)                      # where the overlay starts
+            assert drawn.size and drawn[:, 1].min() >= panel_x, (scale, panels)
+            # the outline's right edge: x = 0.75 * w on the overlay panel (±2 px of line width per scale)
+            assert abs(drawn[:, 1].max() - (panel_x + 0.75 * w)) <= 2 * scale, (scale, panels, drawn[:, 1].max())
     finally:
         analytics.close()

@@ -41,7 +41,8 @@ def one_error_line(result) -> str:
 
 def test_hwaccel_none_and_auto_decode_and_the_start_line_names_the_decoder(tmp_path):
     """Three cameras: none, auto, auto. Where no hardware decoder works (no GPU here) auto falls
-    back to software, said once in one line for the run; every start line names the decoder."""
+    back to software, said once in one line for the run; every start line names the decoder and
+    the size the stream declares."""
     config = tmp_path / "cams.yaml"
     config.write_text(f"model: {tiny_onnx()}\noutput: null\nmax-frames: 3\ncameras:\n"
                       f"  - {{name: soft, source: {SAMPLE_VIDEO}, hwaccel: none}}\n"
@@ -50,7 +51,8 @@ def test_hwaccel_none_and_auto_decode_and_the_start_line_names_the_decoder(tmp_p
     r = run_camera("--config", config)
     assert r.returncode == 0, r.stderr
     auto = hwaccel_report("h264")["auto"]
-    assert "), decode: h264 (software) -> " in next(line for line in r.stderr.splitlines() if line.startswith("soft:"))
+    assert " fps, 480x360), decode: h264 (software) -> " in next(line for line in r.stderr.splitlines()
+                                                                 if line.startswith("soft:"))
     for name in ("auto1", "auto2"):
         line = next(line for line in r.stderr.splitlines() if line.startswith(f"{name}: source:"))
         assert f"decode: h264 ({auto}) -> " in line, line
