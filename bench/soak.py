@@ -69,8 +69,9 @@ in 10 s segments under retain_gb 0.005. The periods are for 30 minutes and scale
 --minutes (at most 4x shorter). Samples: RSS (VmRSS), threads (/proc's Threads, judged:
 FFmpeg's decoder threads are where a decoder left behind shows; also those without them and
 threading.active_count), open fds, frames written and
-dropped, outages. After warm-up (a third of the run, at most 10 minutes: bounded buffers
-such as the page's 10-minute coverage ring fill first), the samples with the
+dropped, outages. After warm-up (a third of the run, at most 11 minutes: bounded buffers
+fill first, such as the page's coverage ring, full 10 minutes after the start however fast
+it samples), the samples with the
 4 cameras are cut in fifths; it FAILS (exit 1) when the median of the last fifth exceeds
 the first's by +5 MB RSS (enforced for runs of 10 minutes and more; shorter runs print it),
 +4 threads or +8 fds, when the run raised or a camera failed, or when the latency log's
@@ -356,7 +357,8 @@ def in_process(args) -> int:
     periods = {"rtsp": 60 * scale, "mqtt": 150 * scale, "reload": 90 * scale, "viewers_turn": 5.0}
     # Warm-up: a third of the run, at most 10 minutes: the bounded buffers fill first (the page's
     # coverage ring holds 10 minutes per camera, ONNX Runtime and malloc arenas settle).
-    warmup_s = min(600.0, seconds / 3)
+    from app.server.coverage_ring import SPAN_S
+    warmup_s = min(SPAN_S + 60.0, seconds / 3)   # the coverage ring full, and a minute more
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bisenet-soak-"))
     work.mkdir(parents=True, exist_ok=True)

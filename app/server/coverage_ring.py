@@ -2,8 +2,12 @@
 (what /api/coverage serves, sampled a few times a second by the server's event loop) and the
 spans of the events seen, for the charts of /console (GET /api/history).
 
-Bounded: SAMPLES samples per camera (10 minutes at SAMPLE_S), SPANS event spans in all. For
-longer spans, the coverage log (--coverage-log) has every frame."""
+Bounded: the last SPAN_S seconds of samples per camera, at most SAMPLES (10 minutes at
+SAMPLE_S), SPANS event spans in all; a camera gone (removed by a reload) is forgotten once its
+samples are older than SPAN_S. Bounded by time as well as by count, so that the ring is full,
+and the memory flat, SPAN_S after the start however slowly a busy box samples (the soak's
+warm-up, bench/soak.py, counts on it). For longer spans, the coverage log (--coverage-log) has
+every frame."""
 from __future__ import annotations
 
 import threading
@@ -12,12 +16,13 @@ from collections import OrderedDict, deque
 
 SAMPLE_S = 0.2          # seconds between samples
 SAMPLES = 3000          # per camera: 10 minutes
+SPAN_S = SAMPLES * SAMPLE_S   # seconds of samples kept per camera
 SPANS = 500             # event spans kept (oldest forgotten first)
 
 
 class CoverageRing:
-    def __init__(self, samples: int = SAMPLES, spans: int = SPANS):
-        self.samples, self.max_spans = samples, spans
+    def __init__(self, samples: int = SAMPLES, spans: int = SPANS, span_s: float = SPAN_S):
+        self.samples, self.max_spans, self.span_s = samples, spans, span_s
         self.lock = threading.Lock()
         self.rings: dict[str, deque] = {}          # camera -> deque of (wall time, frame, {zone: {class: ratio}})
         self.spans: OrderedDict[str, dict] = OrderedDict()   # event id -> {camera, zone, class, rule, start, end}
@@ -32,6 +37,11 @@ class CoverageRing:
                 if cam.get("frame") is None or (ring and ring[-1][1] == cam["frame"]):
                     continue
                 ring.append((now, cam["frame"], cam.get("coverage") or {}))
+            for camera, ring in list(self.rings.items()):   # older than span_s: forgotten
+                while ring and ring[0][0] < now - self.span_s:
+                    ring.popleft()
+                if not ring:
+                    del self.rings[camera]
             for message in reversed(snapshot.get("events", [])):   # oldest first
                 event = message.get("event", {})
                 if message.get("type") not in ("start", "end") or "id" not in event:

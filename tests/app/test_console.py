@@ -432,6 +432,23 @@ def test_the_coverage_ring_is_bounded_and_keeps_event_spans():
     assert ring.history("cam0", since_s=1.5)["t"] == [18.0, 19.0]
 
 
+def test_the_coverage_ring_keeps_span_s_seconds_and_forgets_a_camera_gone():
+    """Bounded by time too: a slow sampler's ring is as long as a fast one's, and a camera that a
+    reload removed leaves nothing once its samples are older than the span."""
+    from app.server.coverage_ring import CoverageRing
+
+    ring = CoverageRing(samples=1000, span_s=10.0)
+    for i in range(30):   # one sample a second; cam1 stops at 12 s
+        cams = {"cam0": {"frame": i, "coverage": {"lane": {"car": 0.5}}}}
+        if i < 12:
+            cams["cam1"] = {"frame": i, "coverage": {"lane": {"car": 0.5}}}
+        ring.add({"cameras": cams, "events": []}, now=float(i))
+        if i == 15:
+            assert ring.history("cam1")["t"] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    assert ring.history("cam0")["t"] == [float(i) for i in range(19, 30)]   # 10 s back from 29 s
+    assert "cam1" not in ring.rings and ring.history("cam1")["t"] == []
+
+
 def test_a_shipped_preset_is_never_overwritten(tmp_path):
     from app.server.preset_edit import save_zones
     from core.config_files import CONFIGS_DIR
