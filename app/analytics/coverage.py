@@ -12,7 +12,18 @@ from app.analytics.zones import Raster
 
 
 def cell_histogram(labels: np.ndarray, raster: Raster, num_classes: int) -> np.ndarray:
-    """labels [h, w] (any integer type, values < num_classes) -> uint32 [cells, classes] pixel counts."""
+    """labels [h, w] (any integer type, values < num_classes) -> uint32 [cells, classes] pixel counts.
+
+    One 2-D histogram of (cell, label) bytes by OpenCV's calcHist: 0.14 ms of CPU for a 352x480
+    label map against 0.36 ms for np.bincount of cell * classes + label (bench/analytics.py, 2-vCPU
+    Xeon). Its counts are float32, exact below 2^24 pixels; larger maps or more than 256 classes
+    take the bincount (the same counts)."""
+    if num_classes <= 256 and labels.size < 1 << 24:
+        import cv2
+
+        hist = cv2.calcHist([raster.cells, labels.astype(np.uint8, copy=False)], [0, 1], None,
+                            [raster.num_cells, num_classes], [0, raster.num_cells, 0, num_classes])
+        return hist.astype(np.uint32)
     index = raster.cell_offsets + labels.astype(np.int32, copy=False)
     counts = np.bincount(index.ravel(), minlength=raster.num_cells * num_classes)
     return counts.astype(np.uint32).reshape(raster.num_cells, num_classes)

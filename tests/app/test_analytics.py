@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.analytics.coverage import brute_force_ratios, coverage_ratios
+from app.analytics.coverage import brute_force_ratios, cell_histogram, coverage_ratios
 from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics, RuleSpec, ZoneSpec, parse_camera_analytics
 from app.analytics.zones import Zones
@@ -69,6 +69,20 @@ def test_coverage_equals_brute_force_on_camvid_labels():
             got = coverage_ratios(small, raster, 12)
             assert np.allclose(got, brute_force_ratios(small, masks, 12), rtol=0, atol=1e-12)
             assert np.allclose(got.sum(axis=1), 1.0)
+
+
+def test_the_histogram_counts_the_same_by_opencv_and_by_bincount():
+    """Up to 256 classes the (cell, class) counts come from cv2.calcHist, above from np.bincount:
+    the same counts, for every label dtype the engines hand over."""
+    zones = Zones([zone("a", [(0.1, 0.1), (0.6, 0.1), (0.6, 0.9)]), zone("b", [(0.4, 0.0), (1.0, 0.0), (1.0, 1.0)])], 300)
+    raster = zones.raster((90, 120), (480, 360))
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, np.int32, np.int64):
+        labels = rng.integers(0, 12, (90, 120)).astype(dtype)
+        opencv = cell_histogram(labels, raster, 12)          # <= 256 classes: calcHist
+        numpy = cell_histogram(labels, raster, 300)[:, :12]  # > 256: bincount
+        assert opencv.dtype == np.uint32 and opencv.sum() == labels.size
+        assert np.array_equal(opencv, numpy)
 
 
 # -- rules -----------------------------------------------------------------------------------------
