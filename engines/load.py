@@ -18,6 +18,7 @@ from core.sidecar import read_sidecar
 from core.validate import Number
 from engines.base import Engine
 from engines.onnx_engine import OnnxRuntimeOptions
+from engines.openvino_engine import OpenVinoOptions
 from engines.torch_engine import TorchOptions
 from engines.triton_engine import TritonOptions
 
@@ -37,7 +38,7 @@ class LocalOptions(Section):
         "int8 layers); --device cuda fp32 (default) or fp16", group="model")
 
 
-class EngineOptions(TritonOptions, LocalOptions, OnnxRuntimeOptions, TorchOptions):   # (fields: last base first)
+class EngineOptions(TritonOptions, LocalOptions, OpenVinoOptions, OnnxRuntimeOptions, TorchOptions):   # (fields: last base first)
     """How to load a model: every backend's options, each declared beside its engine
     (engines/*_engine.py) and gathered here. They are the `bisenet run` flags and preset keys
     of the same names (app/settings.py: RunSettings.engine), load_engine's `options` and
@@ -59,7 +60,7 @@ def _torch(model: str, o: EngineOptions) -> Engine:
 def _openvino(model: str, o: EngineOptions) -> Engine:
     compute, reason = openvino_precision(Path(model), o.precision)   # the fastest that passed its gate here
     return _engine_class("openvino_engine", "OpenVinoEngine")(model, precision=compute, threads=o.threads,
-                                                             precision_reason=reason)
+                                                             precision_reason=reason, streams=o.ov_streams)
 
 
 # Every backend: name -> loader(model, options) -> Engine. A new backend is its engine file

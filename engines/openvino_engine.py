@@ -22,17 +22,35 @@ tests/engines/test_openvino_signal_stack.py holds both: OpenVINO's behaviour and
 """
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import Future
+from typing import Annotated
 
 import numpy as np
 
-from core.validate import readable_file
+from core.options import Rule, Section, option
+from core.validate import Number, readable_file
 from engines.base import GraphEngine, ModelInfo, check_graph_io
 from core.errors import InputError, first_line
 from core.sidecar import read_sidecar
 
 PRECISIONS = ("fp32", "bf16")
 HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoOptions(Section):
+    """The OpenVINO backend's options (flags of `bisenet run`, load_model keywords)."""
+    ov_streams: Annotated[int | None, Rule(Number(int, 1, 64))] = option(
+        None, "OpenVINO: inferences in flight at once, each on its share of the threads: 1 = one frame at a time on "
+        "all of them (the least latency per frame), N = N frames at once (throughput: the pipeline's decode and "
+        "preprocess no longer stall every thread of the one inference); default: 2 on a CPU of 2 or more cores, "
+        "else 1", group="model", metavar="N")
+
+
+def default_streams(threads: int | None = None) -> int:
+    """ov_streams' default: 2 where there are 2 cores (or threads) to share (see OpenVinoOptions)."""
+    return 2 if (threads or os.cpu_count() or 1) >= 2 else 1
 
 
 def import_openvino():
@@ -66,7 +84,7 @@ class OpenVinoEngine(GraphEngine):
     backend = "openvino"
 
     def __init__(self, path, precision: str | None = None, threads: int | None = None,
-                 precision_reason: str | None = None):
+                 precision_reason: str | None = None, streams: int | None = None):
         core = shared_core()
         self.path = readable_file(path, "model", "export one with `bisenet export`")
         self.info = ModelInfo.from_sidecar(read_sidecar(self.path))
@@ -88,11 +106,24 @@ class OpenVinoEngine(GraphEngine):
         self.output_name = model.outputs[0].get_any_name()
         out_shape = [d.get_length() if d.is_static else None for d in model.outputs[0].get_partial_shape()]
         check_graph_io(self.path, self.info, self.output_name, shape, out_shape)
-        config = {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "LATENCY"}
+        self.streams = int(streams or default_streams(threads))
+        if self.streams < 1:
+            raise InputError(f"--ov-streams {self.streams}: use 1 or more")
+        # One stream: one inference at a time on every thread (latency). Several: that many
+        # requests in flight, each on its own threads (throughput); submit() keeps them busy.
+        config = {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "LATENCY"} if self.streams == 1 else \
+            {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.request = self.compiled.create_infer_request()   # infer(): one frame at a time, as ever
+        self.asynchronous = self.streams > 1   # the pipeline then submits (app/pipeline.py AsyncInference)
+        self._queue = None
+        if self.asynchronous:
+            ov = import_openvino()
+            self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
+            self._queue.set_callback(self._done)
+            self._free = threading.Semaphore(self.streams)
         # What runs, in words: one float precision throughout (fp32 / bf16), or the model's
         # own (int8 layers, an fp16 export) + the precision of the rest ("int8+fp32").
         model_precision = self.info.precision
@@ -105,6 +136,45 @@ class OpenVinoEngine(GraphEngine):
         # The request reuses its output buffer on the next call: hand out a copy.
         return self.request.get_output_tensor(0).data.copy()
 
+    # ---- several requests in flight (ov_streams >= 2) -------------------------------------
+    def submit(self, batch: np.ndarray) -> Future:
+        """Start one request; the Future's result goes through labels_of(). Blocks while every
+        stream is busy. A static-batch graph takes up to its batch (padded with zeros)."""
+        n = len(batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.info.dynamic_batch and n != self.info.batch:
+            if n > self.info.batch:
+                raise ValueError(f"{n} frames for a graph of batch {self.info.batch}")
+            x = np.concatenate([x, np.zeros((self.info.batch - n, *x.shape[1:]), np.float32)])
+        future = Future()
+        future.set_running_or_notify_cancel()
+        self._free.acquire()
+        try:
+            self._queue.start_async({0: x}, (future, n))
+        except BaseException:
+            self._free.release()
+            raise
+        return future
+
+    def _done(self, request, userdata) -> None:
+        """OpenVINO's callback (its own thread): the output, copied out of the request's buffer."""
+        future, n = userdata
+        try:
+            future.set_result(request.get_output_tensor(0).data[:n].copy())
+        except Exception as e:   # a failed request: the frame is dropped by the pipeline
+            future.set_exception(e)
+        finally:
+            self._free.release()
+
+    def labels_of(self, output: np.ndarray) -> np.ndarray:
+        return output if self.output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)
+
     def describe(self) -> str:
         why = f" ({self.precision_reason})" if self.precision_reason else ""
-        return f"{super().describe()} threads={self.threads}{why}"
+        streams = f" streams={self.streams}" if self.streams > 1 else ""
+        return f"{super().describe()} threads={self.threads}{streams}{why}"
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()   # no callback may run on a closed engine
+        super().close()
