@@ -96,3 +96,11 @@ def ffprobe_frames(path) -> int:
                        timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     return int(r.stdout.strip())
+
+
+def first_frame_is_key(path) -> bool:
+    """Whether a video file's first frame is a keyframe (it plays alone from its start)."""
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+                        "-show_entries", "frame=key_frame", "-of", "csv=p=0", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    return r.stdout.split()[0].strip(",") == "1"

@@ -211,3 +211,31 @@ def test_a_closed_video_reader_frees_its_decoder_while_still_referenced():
         reader.close()
         kept.append(reader)
     assert ffmpeg_threads() == before
+
+
+def test_a_15_fps_mjpeg_relay_is_announced_at_15_fps_not_25():
+    """FFmpeg gives an MJPEG-over-HTTP stream 25 fps (and timestamps made up at 25): the
+    reader measures the arrival of its first frames instead, and keeps those frames."""
+    sink, stop = HttpSink("127.0.0.1", 0), threading.Event()
+
+    def feed():
+        i, next_at = 0, time.monotonic()
+        while not stop.is_set():
+            img = np.full((48, 64, 3), i % 250, np.uint8)
+            sink.write(Frame(i, time.monotonic(), img), img, None)
+            i += 1
+            next_at += 1 / 15
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    threading.Thread(target=feed, daemon=True).start()
+    try:
+        reader = open_source(f"http://127.0.0.1:{sink.port}/stream.mjpg")
+        try:
+            assert 11 <= reader.fps <= 19, reader.fps   # 15, not FFmpeg's 25
+            for _ in range(10):                         # the measured frames come first, then the rest
+                assert reader.read()[0].shape == (48, 64, 3)
+        finally:
+            reader.close()
+    finally:
+        stop.set()
+        sink.close()

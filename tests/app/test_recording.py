@@ -3,22 +3,19 @@ sub stream and a larger record main stream, both made from the street clip with 
 frames, same timestamps, a keyframe every second). Inference and analytics run on the sub
 stream; the main stream is recorded by packet copy into segments that each start at a keyframe,
 play alone, and together hold exactly the main stream's frames; it is never decoded; retention
-deletes the oldest segments first under a byte cap."""
+deletes the oldest segments first under a byte cap. The live (RTSP) record input that reconnects
+is in test_recording_live.py."""
 from __future__ import annotations
 
 import csv
 import subprocess
-import threading
-import time
 
 import pytest
 
-from app.analytics.clips import ClipRecorder
 from app.recording import Recording, open_record_input
 from app.settings import CameraSettings
-from testkit.app_helpers import SAMPLE_VIDEO, ffprobe_frames, tiny_onnx
+from testkit.app_helpers import SAMPLE_VIDEO, ffprobe_frames, first_frame_is_key, tiny_onnx
 from testkit.app_process import run_camera
-from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 SUB, MAIN = (320, 180), (960, 540)
 
@@ -41,13 +38,6 @@ def streams(tmp_path_factory):
 
 def _segments(folder, camera):
     return sorted((folder / camera).glob(f"{camera}.*.mp4"))
-
-
-def _first_frame_is_key(path) -> bool:
-    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
-                        "-show_entries", "frame=key_frame", "-of", "csv=p=0", str(path)],
-                       capture_output=True, text=True, timeout=60)
-    return r.stdout.split()[0].strip(",") == "1"
 
 
 def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_on_the_sub_stream(streams, tmp_path,
@@ -73,7 +63,7 @@ def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_o
     assert len(segments) == 4   # 101 frames at 15 fps, a new segment at the first keyframe 2 s on
     counts = [ffprobe_frames(s) for s in segments]   # each plays alone, without an error
     assert sum(counts) == ffprobe_frames(main) == 101 and counts[:3] == [30, 30, 30]
-    assert all(_first_frame_is_key(s) for s in segments)
+    assert all(first_frame_is_key(s) for s in segments)
     # Segments are the main stream's own packets: its size, not the sub stream's.
     probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
                             str(segments[0])], capture_output=True, text=True, timeout=60)
@@ -83,7 +73,7 @@ def test_a_two_input_camera_records_the_main_stream_by_packet_copy_and_detects_o
     # The event (all of the run) has its clip cut from the main stream by packet copy: its size,
     # from a keyframe, every frame of it.
     clips = list((tmp_path / "clips" / "door").glob("*.mp4"))
-    assert len(clips) == 1 and _first_frame_is_key(clips[0])
+    assert len(clips) == 1 and first_frame_is_key(clips[0])
     probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of", "csv=p=0",
                             str(clips[0])], capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "960,540" and ffprobe_frames(clips[0]) == 101
@@ -146,63 +136,3 @@ def test_a_bad_inputs_entry_is_one_line_exit_2(streams, tmp_path, entry, message
     result = run_camera("--config", config, "--model", tiny_onnx(), "--output", "null")
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-def _packets(path) -> int:
-    """The video packets in a file, read without decoding: what a packet copy must hold exactly
-    (a live UDP stream may bring a damaged frame, which decoding would report, copying not)."""
-    r = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
-                        "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    return int(r.stdout.strip())
-
-
-def _wait(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyframe(relay, publishers, tmp_path):
-    push, pull = relay.push_url("/main"), relay.pull_url("/main")
-    publisher = publishers(push)
-    wait_published(pull, transport="udp")
-    cam = CameraSettings.of({"name": "door", "rtsp_transport": "udp", "source_timeout": 2})
-    recording = Recording(open_record_input(pull, cam), tmp_path, "door", segment_s=60)
-    # Event clips from the live record stream (Annex B over RTSP), on the clock of detect frames.
-    clips = ClipRecorder(tmp_path / "clips", "door", keep_s=2, max_mb=100)
-    ticking = threading.Event()
-
-    def detect_frames():
-        while not ticking.wait(1 / 15):
-            clips.add_frame(time.monotonic(), None)
-
-    ticker = threading.Thread(target=detect_frames, daemon=True)
-    ticker.start()
-    clip = tmp_path / "clips" / "door" / "abc-1-1.mp4"
-    recording.start(clips=clips)
-    try:
-        # The stream's first packets come in a burst (those FFmpeg read to probe it); a clip wants
-        # packets at their own pace: 2 s of them, so the GOP (1 s) at the clip's start is there.
-        _wait(lambda: recording.packets >= 50)
-        clips.start_clip("abc-1-1", time.monotonic() - 1)
-        _wait(lambda: recording.packets >= 65)
-        clips.end_clip("abc-1-1", time.monotonic())
-        publisher.stop()   # the camera goes away right after the event ...
-        before = recording.packets
-        _wait(lambda: clip.exists(), timeout_s=5)   # ... the clip is written from the ring meanwhile
-        publishers(push)   # ... and comes back
-        _wait(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
-    finally:
-        recording.close()
-        ticking.set()
-        ticker.join()
-        clips.close()
-    assert clips.from_record and _first_frame_is_key(clip) and _packets(clip) >= 25
-    segments = _segments(tmp_path, "door")
-    assert recording.segments == len(segments) == 2   # one per connection (60 s segments)
-    assert all(_first_frame_is_key(s) for s in segments)
-    assert sum(_packets(s) for s in segments) == recording.packets
-    assert recording.decoded == 0

@@ -1,6 +1,6 @@
 """ReconnectingReader: live sources that fail or stall are reopened with capped backoff,
 every outage counted and timed. Real readers: small in-test Reader implementations that
-really fail or block. (A real RTSP source whose server dies and returns: tests/app/test_faults.py.)"""
+really fail or block. (A real RTSP source whose server dies and returns: tests/app/test_faults_rtsp.py.)"""
 from __future__ import annotations
 
 import logging
