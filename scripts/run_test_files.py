@@ -37,7 +37,7 @@ COMPUTE_ONLY = [
     "test_app_latency.py", "test_cli_errors.py", "test_preprocess.py", "test_settings.py", "test_cpu_features.py",
     "test_openvino_signal_stack.py", "test_engine_options.py", "test_command_options.py", "test_config_limits.py",
     "test_fused_chain.py", "test_encoding.py", "test_service_unit.py", "test_bench_overlay.py",
-    "test_demo_model.py", "test_bounded_disk.py", "test_atomic_outputs.py", "test_triton_serve_cli.py",
+    "test_demo_model.py", "test_bounded_disk.py", "test_atomic_outputs.py", "test_triton_serve_cli.py", "test_triton_repo.py",
     "test_console_history.py", "test_app_sinks.py", "test_train_gpu.py",
 ]
 
