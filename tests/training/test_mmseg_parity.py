@@ -1,7 +1,7 @@
 """Our ONNX export against mmsegmentation 1.2's own BiSeNetV1, for every network of the seed rows.
 
 What it holds: `bisenet export --model <row> --checkpoint <official-format
-checkpoint> --size 128x256 --head logits` gives ONNX Runtime logits equal to mmseg's with the
+checkpoint> --size 256x512 --head logits` gives ONNX Runtime logits equal to mmseg's with the
 same weights (max abs diff <= 1e-4). mmseg runs in its own venv (.venv-mmseg, made by
 scripts/setup_mmseg_reference.sh, which scripts/test.sh runs).
 
@@ -21,9 +21,6 @@ from engines.onnx_engine import OnnxEngine
 from testkit.helpers import REPO, normalized_input, official_style_checkpoint
 
 MMSEG_PY = REPO / ".venv-mmseg" / "bin" / "python"
-# Small enough to keep the five exports and mmseg's five forwards short, large enough for every
-# stage (1/32: a 4x8 context map) and not square (a swapped H and W shows).
-H, W = 128, 256
 SEED_ROWS = [n for n in list_model_names() if "camvid" not in n]
 # What makes the network (core/model_config.py); the rest is init, schedule, names and metrics.
 NETWORK_FIELDS = ("backbone_depth", "spatial_channels", "context_channels", "out_channels", "aux_channels",
@@ -57,7 +54,7 @@ def outputs(tmp_path_factory):
     from core.model_config import load_model_config
 
     tmp = tmp_path_factory.mktemp("mmseg")
-    x = normalized_input(H, W, seed=1)
+    x = normalized_input(256, 512, seed=1)
     np.save(tmp / "x.npy", x)
     jobs, ours = [], {}
     for name in COMPARED:
@@ -65,7 +62,7 @@ def outputs(tmp_path_factory):
         ckpt = tmp / f"{name}.pth"
         official_style_checkpoint(cfg, ckpt, seed=len(name))
         onnx_path = tmp / f"{name}.onnx"
-        assert cli(["export", "--model", name, "--checkpoint", str(ckpt), "--size", f"{H}x{W}", "--head", "logits",
+        assert cli(["export", "--model", name, "--checkpoint", str(ckpt), "--size", "256x512", "--head", "logits",
                     "-o", str(onnx_path)]) == 0
         ours[name] = OnnxEngine(onnx_path).infer_logits(x)
         ckpt_ref = tmp / f"{name}.ref.npy"
@@ -85,7 +82,7 @@ def test_export_equals_mmseg(name, outputs):
     from core.model_config import load_model_config
 
     ours, ref = outputs[name]
-    assert ours.shape == ref.shape == (1, load_model_config(name).num_classes, H, W)
+    assert ours.shape == ref.shape == (1, load_model_config(name).num_classes, 256, 512)
     diff = float(np.abs(ours - ref).max())
     print(f"{name}: max abs diff {diff:.2e}")
     assert diff <= 1e-4
