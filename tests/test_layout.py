@@ -13,6 +13,8 @@ docs/design.md draws the same map.
 from __future__ import annotations
 
 import ast
+import functools
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +31,14 @@ def project_files() -> dict[str, Path]:
     """Module name -> file, for every .py of the project's packages, bench/, tests/, testkit/ and the
     entry scripts at the top (virtual environments and hidden folders skipped)."""
     found = {}
-    for path in sorted(REPO.rglob("*.py")):
-        rel = path.relative_to(REPO)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        parts = list(rel.with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
+    for folder, dirs, names in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # never walked into: a venv holds thousands
+        for name in sorted(n for n in names if n.endswith(".py") and not n.startswith(".")):
+            path = Path(folder, name)
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
     return found
 
 
@@ -65,7 +67,9 @@ def imports_of(module: str, path: Path, modules: set[str]) -> set[str]:
     return out
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
+    """Parsed once per run: every test reads the same graph (none changes it)."""
     files = project_files()
     modules = set(files)
     return {module: imports_of(module, path, modules) for module, path in files.items()}

@@ -151,3 +151,26 @@ def test_keep_float_top_keeps_the_worst_layers_of_the_report(tmp_path):
     assert json.loads((tmp_path / "t.int8.onnx.json").read_text())["keep_float"] == [worst]
     weight_of = {"conv1": "w1", "conv2": "w2", "conv_seg": "w3"}
     assert float_weights_after_optimization(out) == [weight_of[worst]]
+
+
+def test_entropy_ranges_equal_onnxruntimes_own_search():
+    """ort_quantize.entropy_ranges (numpy sums) gives ORT's get_entropy_threshold's thresholds,
+    bit for bit, on histograms as calibration collects them: a ReLU output (a spike at 0, a long
+    tail), a signed one with outliers, and one merged over two batches whose range grew (512 bins,
+    not calibrate's 2048: the same search over fewer candidates, so ORT's own loop ends in seconds)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    relu = np.maximum(rng.normal(0.2, 1.0, 200_000), 0) * rng.gamma(1.5, 1.0, 200_000)
+    signed = np.concatenate([rng.normal(0, 0.5, 200_000), rng.normal(0, 8, 50)])
+    collector = HistogramCollector(method="entropy", symmetric=False, num_bins=512, num_quantized_bins=128,
+                                   percentile=99.999, scenario="same")
+    collector.collect({"relu": [relu.astype(np.float32)], "signed": [signed.astype(np.float32)],
+                       "grown": [rng.normal(0, 1, 100_000).astype(np.float32)]})
+    collector.collect({"relu": [relu[:1000].astype(np.float32)], "signed": [signed[:1000].astype(np.float32)],
+                       "grown": [rng.normal(0, 3, 100_000).astype(np.float32)]})
+    ours, theirs = ort_quantize.entropy_ranges(collector), collector.compute_entropy()
+    assert set(ours) == set(theirs) == {"relu", "signed", "grown"}
+    for name in ours:
+        assert ours[name][:2] == theirs[name][:2], name
+        assert ours[name][0].dtype == theirs[name][0].dtype == np.float32, name

@@ -1,7 +1,7 @@
-"""Triton Inference Server: the repository export (every config.pbtxt parsed by Triton's own
-schema, model_config_pb2.ModelConfig), and a real `tritonserver` started by `bisenet
-serve-triton` (nvidia-pytriton's binary, from .venv-triton: scripts/setup_triton.sh) serving
-the app over gRPC, HTTP and shared memory, on 127.0.0.1 only.
+"""Triton Inference Server: a real `tritonserver` started by `bisenet serve-triton`
+(nvidia-pytriton's binary, from .venv-triton: scripts/setup_triton.sh) serving the app over gRPC,
+HTTP and shared memory, on 127.0.0.1 only. (The repository export is tests/engines/test_triton_repo.py;
+serve-triton's refusals before any server starts, tests/engines/test_triton_serve_cli.py.)
 
 One Triton server per machine at a time (its docs): the server tests hold a file lock.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,15 +38,6 @@ def _pb2():
     return text_format, model_config_pb2
 
 
-def parse_config(path: Path):
-    text_format, pb2 = _pb2()
-    return text_format.Parse(path.read_text(), pb2.ModelConfig())
-
-
-def params(cfg) -> dict:
-    return {k: json.loads(v.string_value) for k, v in cfg.parameters.items()}
-
-
 def bisenet(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
@@ -58,87 +48,6 @@ def one_line_error(proc) -> str:
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
-
-
-# ---------------------------------------------------------------- repository export (no server)
-def test_repo_static_batch_export(tmp_path):
-    model = tiny_onnx(SIZE)
-    out = bisenet("triton-repo", "--onnx", model, "--name", "seg", "--instances", "2", "-o", tmp_path / "repo")
-    assert out.returncode == 0, out.stderr
-    cfg = parse_config(tmp_path / "repo" / "seg" / "config.pbtxt")
-    assert (tmp_path / "repo" / "seg" / "1" / "model.onnx").read_bytes() == model.read_bytes()
-    assert cfg.name == "seg" and cfg.backend == "onnxruntime"
-    # A fixed batch-1 export: Triton cannot batch it, so max_batch_size 0 and the full dims.
-    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
-    assert [(t.name, list(t.dims)) for t in cfg.input] == [("input", [1, 3, *SIZE])]
-    assert [(t.name, list(t.dims)) for t in cfg.output] == [("labels", [1, *SIZE])]
-    _, pb2 = _pb2()
-    assert cfg.input[0].data_type == pb2.TYPE_FP32 and cfg.output[0].data_type == pb2.TYPE_INT32
-    assert cfg.instance_group[0].count == 2 and cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
-    side = json.loads(Path(str(model) + ".json").read_text())
-    got = params(cfg)
-    for key in ("model", "classes", "palette", "mean", "std", "input_shape", "head", "precision"):
-        assert got[key] == side[key], key
-    # Asking a fixed-batch export for dynamic batching: one line, exit 2.
-    err = one_line_error(bisenet("triton-repo", "--onnx", model, "--max-batch", "4", "-o", tmp_path / "r2"))
-    assert "fixed batch of 1" in err
-
-
-def test_repo_dynamic_batch_and_engine(tmp_path):
-    import onnx
-
-    # The same graph with its first dimension declared dynamic, as a dynamic-batch export has it.
-    src = tiny_onnx(SIZE)
-    proto = onnx.load(str(src))
-    for value in (*proto.graph.input, *proto.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    dyn = tmp_path / "dyn.onnx"
-    onnx.save(proto, str(dyn))
-    shutil.copyfile(str(src) + ".json", str(dyn) + ".json")
-    out = bisenet("triton-repo", "--onnx", dyn, "--max-batch", "16", "--max-queue-delay-us", "500",
-                  "-o", tmp_path / "repo")
-    assert out.returncode == 0, out.stderr
-    cfg = parse_config(tmp_path / "repo" / "bisenet" / "config.pbtxt")
-    assert cfg.max_batch_size == 16 and cfg.dynamic_batching.max_queue_delay_microseconds == 500
-    assert list(cfg.input[0].dims) == [3, *SIZE] and list(cfg.output[0].dims) == list(SIZE)
-
-    # A TensorRT engine's repository is written from its sidecar (TensorRT is not needed for
-    # that, and is not on this machine: the .engine bytes here are only copied, never loaded).
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"plan bytes: copied, not parsed")
-    side = json.loads(Path(str(src) + ".json").read_text())
-    side.update(precision="fp16", input_shape=[1, 3, *SIZE])
-    Path(str(engine) + ".json").write_text(json.dumps(side))
-    out = bisenet("triton-repo", "--engine", engine, "--name", "trt", "-o", tmp_path / "repo")
-    assert out.returncode == 0, out.stderr
-    cfg = parse_config(tmp_path / "repo" / "trt" / "config.pbtxt")
-    _, pb2 = _pb2()
-    assert cfg.backend == "tensorrt" and cfg.default_model_filename == "model.plan"
-    assert (tmp_path / "repo" / "trt" / "1" / "model.plan").is_file()
-    assert cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU and params(cfg)["precision"] == "fp16"
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bisenet", "trt"]   # both kept
-
-
-def test_serve_triton_refuses_bad_inputs(tmp_path):
-    model = tiny_onnx(SIZE)
-    err = one_line_error(bisenet("serve-triton", "--onnx", model, "--server-env", tmp_path / "nothing"))
-    assert "scripts/setup_triton.sh" in err
-    # A sidecar that disagrees with the graph: refused before anything is served.
-    liar = tmp_path / "liar.onnx"
-    shutil.copyfile(model, liar)
-    side = json.loads(Path(str(model) + ".json").read_text())
-    side["input_shape"] = [1, 3, 64, 64]
-    Path(str(liar) + ".json").write_text(json.dumps(side))
-    err = one_line_error(bisenet("serve-triton", "--onnx", liar))
-    assert "128x256" in err and "64x64" in err
-
-
-def test_serve_triton_max_batch_zero_needs_a_fixed_batch():
-    """--max-batch 0 serves the graph's own fixed batch: a dynamic-batch export has none."""
-    err = one_line_error(bisenet("serve-triton", "--onnx", tiny_onnx(SIZE, dynamic_batch=True), "--max-batch", "0"))
-    assert "dynamic batch dimension" in err
-    err = one_line_error(bisenet("serve-triton", "--onnx", tiny_onnx(SIZE), "--max-batch", "-1"))
-    assert "--max-batch -1" in err
 
 
 # ---------------------------------------------------------------- a real server
