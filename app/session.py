@@ -47,8 +47,12 @@ _POLL_S = 0.1
 def load_engine(settings: RunSettings):
     """The run's engine from its settings: the one place a run reads the engine options."""
     from engines.load import load_engine as load
+    from engines.openvino_engine import run_streams
 
-    return load(settings.model, settings.engine)
+    options = settings.engine
+    if options.ov_streams is None:   # a run keeps frames in flight (engines/openvino_engine.py)
+        options = options.model_copy(update={"ov_streams": run_streams(options.threads)})
+    return load(settings.model, options)
 
 
 def check_settings(settings: RunSettings) -> None:

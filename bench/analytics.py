@@ -138,7 +138,7 @@ def main() -> int:
 
     from engines.load import load_engine
 
-    engine = load_engine(args.model, threads=args.threads)
+    engine = load_engine(args.model, threads=args.threads)   # one frame at a time: the frame's own time
     info = engine.info
     classes = list(info.class_names)
     config = parse_camera_analytics(ZONES, RULES, "bench")

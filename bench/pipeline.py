@@ -33,6 +33,7 @@ from app.settings import build as run_settings  # noqa: E402
 from core.preprocess import preprocess   # noqa: E402
 from app.sources import open_source  # noqa: E402
 from engines.load import load_engine  # noqa: E402
+from engines.openvino_engine import run_streams  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
@@ -133,7 +134,7 @@ def main() -> int:
         print(f"exporting {R18} with random weights at {h}x{w} -> {model}", flush=True)
         export_onnx(load_model_config(R18), None, model, (h, w), random_init=True)
     engine = load_engine(str(model), providers=args.providers, threads=args.threads, backend=args.backend,
-                         precision=args.precision, ov_streams=args.ov_streams)
+                         precision=args.precision, ov_streams=args.ov_streams or run_streams(args.threads))
     reader = open_source(args.source)
     first = reader.read()[0]
     reader.close()

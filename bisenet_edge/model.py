@@ -74,7 +74,8 @@ def load_model(model, **options) -> Model:
     URL (grpc://HOST:8001/NAME, http://HOST:8000/NAME), or a zoo name / model YAML (PyTorch,
     with `checkpoint`; `device="cuda"` on the GPU). `options`: the engine options by name,
     those of `bisenet run` (engines/load.py's EngineOptions: checkpoint, device, providers,
-    threads, backend, precision, triton_shm, triton_in_flight, input_size). The same choices
+    threads, backend, precision, ov_streams (1 unless given: one request at a time), triton_shm, triton_in_flight,
+    input_size). The same choices
     and one-line errors as `bisenet run --model`."""
     return Model(load_engine(str(model), EngineOptions.of(options, where=lambda name: f"load_model({name}=...)")))
 

@@ -17,6 +17,7 @@ from app.session import FrameResult, Session
 from bisenet_edge.model import Model, load_model
 from core.errors import BisenetError, InputError
 from engines.load import EngineOptions
+from engines.openvino_engine import run_streams
 
 __all__ = ["FrameResult", "StreamError", "stream"]
 
@@ -78,7 +79,9 @@ def stream(sources, model, *, config: str | None = None, **options):
 
 def _frames(settings, model, config):
     loaded = not isinstance(model, Model)
-    model = load_model(model) if loaded else model
+    # Loaded here for the run: frames in flight as `bisenet run` has them (engines/openvino_engine.py);
+    # a Model of yours keeps the ov_streams you loaded it with.
+    model = load_model(model, ov_streams=run_streams()) if loaded else model
     try:
         yield from _run(settings, model, config)
     finally:

@@ -44,12 +44,15 @@ class OpenVinoOptions(Section):
     ov_streams: Annotated[int | None, Rule(Number(int, 1, 64))] = option(
         None, "OpenVINO: inferences in flight at once, each on its share of the threads: 1 = one frame at a time on "
         "all of them (the least latency per frame), N = N frames at once (throughput: the pipeline's decode and "
-        "preprocess no longer stall every thread of the one inference); default: 2 on a CPU of 2 or more cores, "
-        "else 1", group="model", metavar="N")
+        "preprocess no longer stall every thread of the one inference); default: in a run (bisenet run, the API's "
+        "stream()) 2 on a CPU of 2 or more cores, else 1; a model loaded for your own infer() calls 1",
+        group="model", metavar="N")
 
 
-def default_streams(threads: int | None = None) -> int:
-    """ov_streams' default: 2 where there are 2 cores (or threads) to share (see OpenVinoOptions)."""
+def run_streams(threads: int | None = None) -> int:
+    """ov_streams' default in a run (app/session.py): 2 where there are 2 cores (or threads) to
+    share. A model loaded for one infer() call at a time keeps 1: a single request in
+    throughput mode runs on its stream's share of the threads only."""
     return 2 if (threads or os.cpu_count() or 1) >= 2 else 1
 
 
@@ -106,7 +109,7 @@ class OpenVinoEngine(GraphEngine):
         self.output_name = model.outputs[0].get_any_name()
         out_shape = [d.get_length() if d.is_static else None for d in model.outputs[0].get_partial_shape()]
         check_graph_io(self.path, self.info, self.output_name, shape, out_shape)
-        self.streams = int(streams or default_streams(threads))
+        self.streams = int(streams or 1)
         if self.streams < 1:
             raise InputError(f"--ov-streams {self.streams}: use 1 or more")
         # One stream: one inference at a time on every thread (latency). Several: that many

@@ -174,20 +174,21 @@ def test_streams_keep_requests_in_flight_and_give_each_frame_its_own_labels():
         assert np.array_equal(engine.labels_of(engine.submit(three).result()), engine.infer(three))
     finally:
         engine.close()
-    one = load_engine(str(tiny_onnx((64, 96))), backend="openvino", threads=2, ov_streams=1)
-    assert not one.asynchronous and "streams" not in one.describe()
+    for one in (load_engine(str(tiny_onnx((64, 96))), backend="openvino", threads=2, ov_streams=1),
+                load_engine(str(tiny_onnx((64, 96))), backend="openvino", threads=2)):   # load_model's default
+        assert not one.asynchronous and "streams" not in one.describe()
 
 
 @pytest.mark.skipif(not SAMPLE_VIDEO.is_file(), reason=f"no sample video at {SAMPLE_VIDEO}")
 def test_two_streams_in_the_pipeline_save_the_labels_of_one(tmp_path):
-    """The whole app with two requests in flight saves, frame by frame, the label maps of one
-    request at a time: no frame gets another's labels, none is lost."""
+    """The whole app with two requests in flight (a run's default on 2 threads) saves, frame by
+    frame, the label maps of one request at a time: no frame gets another's labels, none is lost."""
     saved = {}
     for streams in (1, 2):
         out = tmp_path / f"streams{streams}"
+        flag = ["--ov-streams", 1] if streams == 1 else []   # 2: the run's own choice
         r = run_camera("--source", SAMPLE_VIDEO, "--model", tiny_onnx((64, 96)), "--backend", "openvino",
-                       "--threads", 2, "--ov-streams", streams, "--output", out, "--save-labels", "--max-frames", 12,
-                       timeout_s=300)
+                       "--threads", 2, *flag, "--output", out, "--save-labels", "--max-frames", 12, timeout_s=300)
         assert r.returncode == 0, r.stderr
         assert "frames 12  written 12  dropped 0" in r.stderr
         assert ("streams=2" in r.stderr) == (streams == 2), r.stderr
