@@ -425,7 +425,8 @@ def in_process(args) -> int:
         t0 = time.monotonic()
         print(f"in-process soak: {args.minutes:g} min, 4 cameras ({width}x{height}, 15 fps), periods "
               + ", ".join(f"{k} {v:.0f} s" for k, v in periods.items()) + f", warm-up {warmup_s:.0f} s; "
-              f"load average {load_start[0]:.2f}; work {work}" + (f"; {'; '.join(notes)}" if notes else ""),
+              f"load average {load_start[0]:.2f}; MALLOC_ARENA_MAX {os.environ.get('MALLOC_ARENA_MAX', 'unset')} "
+              f"(the service unit sets 2); work {work}" + (f"; {'; '.join(notes)}" if notes else ""),
               flush=True)
         try:
             with Session(settings, engine, config_name=str(config), log=lines.append,

@@ -49,6 +49,8 @@ def test_the_unit_runs_this_venv_under_systemds_watchdog_with_reload_and_restart
     assert Path(words[0]).parent == Path(os.path.abspath(sys.executable)).parent   # this venv's
     assert words[-3:] == ["run", "--config", str(PRESET)]
     assert one["Service.NoNewPrivileges"] == "yes" and one["Service.ProtectSystem"] == "full"
+    # Two malloc arenas, not one per thread: the soak's RSS stays flat (docs/service.md, Soak)
+    assert "MALLOC_ARENA_MAX=2" in shlex.split(one["Service.Environment"])
     # Cameras and GPUs (/dev), Jetson's CSI cameras (/tmp/argus_socket), a venv under /home:
     assert not {"Service.PrivateDevices", "Service.PrivateTmp", "Service.ProtectHome"} & set(unit)
 
