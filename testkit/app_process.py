@@ -22,6 +22,20 @@ def run_camera(*args, timeout_s=120):
                           capture_output=True, text=True, timeout=timeout_s)
 
 
+def bisenet(*args, timeout=120):
+    """`bisenet ARGS` (python -m app.cli) to its end -> the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(proc) -> str:
+    """The one line of a refused command (exit 2, no traceback)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
 def terminate(proc, timeout_s: float = 60) -> str:
     """SIGTERM a run_camera.py process, wait for its clean exit, return its stderr (killed if
     it does not stop in time)."""

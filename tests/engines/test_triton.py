@@ -24,6 +24,7 @@ import pytest
 
 from app.latency import read_log
 from testkit.app_helpers import REPO, SAMPLE_VIDEO, free_port, read_labels, tiny_onnx
+from testkit.app_process import bisenet, one_line_error
 
 SIZE = (128, 256)
 SERVER_ENV = REPO / ".venv-triton"
@@ -36,18 +37,6 @@ def _pb2():
     from tritonclient.grpc import model_config_pb2
 
     return text_format, model_config_pb2
-
-
-def bisenet(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line_error(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------- a real server

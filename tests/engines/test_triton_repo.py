@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from testkit.app_helpers import REPO, tiny_onnx
+from testkit.app_helpers import tiny_onnx
+from testkit.app_process import bisenet, one_line_error
 
 SIZE = (64, 96)
 
@@ -31,18 +30,6 @@ def parse_config(path: Path):
 
 def params(cfg) -> dict:
     return {k: json.loads(v.string_value) for k, v in cfg.parameters.items()}
-
-
-def bisenet(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line_error(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 def test_repo_static_batch_export(tmp_path):

@@ -10,18 +10,7 @@ import sys
 from pathlib import Path
 
 from testkit.app_helpers import REPO, free_port, tiny_onnx
-
-
-def bisenet(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line_error(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
+from testkit.app_process import bisenet, one_line_error
 
 
 def test_a_taken_port_is_one_line_before_the_server_starts():
