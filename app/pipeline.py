@@ -193,8 +193,9 @@ class SyncInference:
 
 
 class AsyncInference(SyncInference):
-    """A remote engine (Triton) keeps several requests in flight: the inference thread submits
-    the batch as one request and goes on; each camera's output thread waits for its row."""
+    """An engine with several requests in flight (Triton; OpenVINO with --ov-streams 2 or
+    more): the inference thread submits the batch as one request and goes on; each camera's
+    output thread waits for its row."""
 
     def _send(self, x: np.ndarray, sent: float, n: int):
         future = self.engine.submit(x)
