@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,18 @@ def tiny_onnx(size_hw=(64, 96), head: str = "labels", dynamic_batch: bool = Fals
         _models[key] = export_onnx(load_model_config(MODEL_NAME), None, out, tuple(size_hw), head=head,
                                    random_init=True, dynamic_batch=dynamic_batch)
     return _models[key]
+
+
+def wait_for(check, timeout_s: float = 30.0, what: str = "the condition"):
+    """Poll `check()` until it gives something true, and return that; fail the test after
+    `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

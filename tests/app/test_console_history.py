@@ -6,13 +6,13 @@ and Analytics writing real log files, read by the viewer token."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 
 from app.server import log_history
+from testkit.app_helpers import wait_for
 
 VIEWER, ADMIN = "viewer-token-for-tests", "admin-token-for-tests"
 CLASSES = ["road", "car", "pedestrian"]
@@ -49,12 +49,6 @@ def frame(i, value):
     return Frame(i, 100.0 + i * 0.1, np.zeros((4, 8, 3), np.uint8)), np.full((4, 8), value, np.int64)
 
 
-def wait_for(check, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
 
 def test_coverage_history_reads_a_rotated_log_with_two_headers_in_wall_time(tmp_path):
     log = tmp_path / "coverage.csv"
@@ -69,7 +63,7 @@ def test_coverage_history_reads_a_rotated_log_with_two_headers_in_wall_time(tmp_
             analytics.coverage_log.write("cam0", i, 100.0 + i * 0.1, {"a": {"car": 0.25}, "b": {"road": 0.75}})
         parts = analytics.coverage_log.file.parts()
         assert len(parts) >= 2 and parts[0].read_text().splitlines()[0] != parts[-1].read_text().splitlines()[0]
-        wait_for(lambda: server.coverage_ring.history("cam0")["t"])   # the server's sampler saw frame 19
+        wait_for(lambda: server.coverage_ring.history("cam0")["t"], timeout_s=10)   # the server's sampler saw frame 19
 
         status, h = get(port, "/api/coverage/history?camera=cam0&minutes=60")
         assert status == 200 and h["source"] == "log" and h["rows"] == 40 and len(h["t"]) == 40
@@ -115,7 +109,7 @@ def test_events_older_than_the_recent_list_come_from_the_events_log(tmp_path, mo
         for i in range(60):   # 15 car events, 15 road events (the last open): 59 messages, the recent list keeps 50
             analytics.process("cam0", *frame(i, 1 if i % 4 < 2 else 0), None)
         wait_for(lambda: sum(len(p.read_text().splitlines()) for p in
-                             analytics.bus.deliveries[0].file.parts()) >= 59)
+                             analytics.bus.deliveries[0].file.parts()) >= 59, timeout_s=10)
         assert len(analytics.bus.deliveries[0].file.parts()) > 2 and len(analytics.bus.recent) == 50
         status, body = get(port, "/api/events")
         assert status == 200 and len(body["events"]) == 30

@@ -26,7 +26,7 @@ from core.overlay import palette_bgr, render_overlay
 from core.preprocess import preprocess
 from engines.fused_chain import LABELS, FusedEngine
 from engines.onnx_engine import OnnxEngine
-from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx
+from testkit.app_helpers import SAMPLE_VIDEO, tiny_onnx, wait_for
 from testkit.app_process import frames_in, run_camera
 from testkit.http_clients import Viewer, metric_values, request
 
@@ -75,15 +75,6 @@ def overlays(port: int) -> tuple[float, float, float]:
             metric_values(text, "bisenet_http_viewers").get((), 0.0))
 
 
-def wait_for(what, check, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.1)
-
 
 def test_an_http_output_draws_only_while_a_viewer_watches(free_port):
     port = free_port
@@ -95,19 +86,19 @@ def test_an_http_output_draws_only_while_a_viewer_watches(free_port):
             runner = threading.Thread(target=session.run, daemon=True)
             runner.start()
             try:
-                wait_for("unwatched frames", lambda: overlays(port)[1] >= 5)
+                wait_for(lambda: overlays(port)[1] >= 5, what="unwatched frames")
                 assert overlays(port)[0] == 0          # nobody watches: nothing drawn
                 viewer = Viewer(port, "")              # a real MJPEG client: it got a frame
                 try:
-                    wait_for("frames to the viewer", lambda: len(viewer.arrivals) >= 3)
+                    wait_for(lambda: len(viewer.arrivals) >= 3, what="frames to the viewer")
                     assert overlays(port)[0] >= 4
                 finally:   # (its reader thread holds the socket's file: shut it down to end the connection)
                     viewer.sock.shutdown(socket.SHUT_RDWR)
                     viewer.close()
-                wait_for("the viewer to leave", lambda: overlays(port)[2] == 0)
+                wait_for(lambda: overlays(port)[2] == 0, what="the viewer to leave")
                 time.sleep(0.3)                        # a frame drawn as it left is through
                 drawn, skipped, _ = overlays(port)
-                wait_for("more unwatched frames", lambda: overlays(port)[1] >= skipped + 5)
+                wait_for(lambda: overlays(port)[1] >= skipped + 5, what="more unwatched frames")
                 assert overlays(port)[0] == drawn      # it left: no more drawing
             finally:
                 session.stop(force=True, quiet=True)

@@ -11,7 +11,7 @@ import time
 from app.analytics.clips import ClipRecorder
 from app.recording import Recording, open_record_input
 from app.settings import CameraSettings
-from testkit.app_helpers import first_frame_is_key
+from testkit.app_helpers import first_frame_is_key, wait_for
 from testkit.rtsp_server import publishers, relay, wait_published  # noqa: F401 (fixtures)
 
 
@@ -24,12 +24,6 @@ def _packets(path) -> int:
     assert r.returncode == 0, r.stderr
     return int(r.stdout.strip())
 
-
-def _wait(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyframe(relay, publishers, tmp_path):
@@ -53,15 +47,15 @@ def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyfra
     try:
         # The stream's first packets come in a burst (those FFmpeg read to probe it); a clip wants
         # packets at their own pace: 2 s of them, so the GOP (1 s) at the clip's start is there.
-        _wait(lambda: recording.packets >= 50)
+        wait_for(lambda: recording.packets >= 50)
         clips.start_clip("abc-1-1", time.monotonic() - 1)
-        _wait(lambda: recording.packets >= 65)
+        wait_for(lambda: recording.packets >= 65)
         clips.end_clip("abc-1-1", time.monotonic())
         publisher.stop()   # the camera goes away right after the event ...
         before = recording.packets
-        _wait(lambda: clip.exists(), timeout_s=5)   # ... the clip is written from the ring meanwhile
+        wait_for(lambda: clip.exists(), timeout_s=5)   # ... the clip is written from the ring meanwhile
         publishers(push)   # ... and comes back
-        _wait(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
+        wait_for(lambda: recording.reader.counters()["outages"] >= 1 and recording.packets >= before + 20)
     finally:
         recording.close()
         ticking.set()

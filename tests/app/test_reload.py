@@ -18,7 +18,7 @@ from app.session import Session
 from app.settings import build
 from core.errors import InputError
 from engines.onnx_engine import OnnxEngine
-from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx
+from testkit.app_helpers import SAMPLE_VIDEO, free_port, tiny_onnx, wait_for
 from testkit.app_process import App, camera_counts
 from testkit.http_clients import request
 
@@ -61,12 +61,6 @@ def coverage_rows(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def wait_for(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_reload_moves_a_zone_adds_and_removes_cameras_and_the_others_lose_no_frame(engine, slow_street, tmp_path):
@@ -232,7 +226,7 @@ def test_sighup_makes_run_camera_read_its_config_again(slow_street, tmp_path):
         app.wait_rows(5)
         config.write_text(start + camera("side", 100000, source=slow_street))
         app.signal(signal.SIGHUP)
-        wait_for(lambda: any(r["camera"] == "side" for r in read_log(tmp_path / "lat.csv")))
+        wait_for(lambda: any(r["camera"] == "side" for r in read_log(tmp_path / "lat.csv")), timeout_s=60)
         config.write_text("cameras: 3\n")
         app.signal(signal.SIGHUP)
         rows = app.rows()
