@@ -124,19 +124,26 @@ class _Adopted(Engine):
         self.asynchronous = "submit" in own
 
 
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """`batch` ([n, ...]) with zero frames after it up to `size` frames (itself when n >= size):
+    what a graph of a fixed batch takes; the padding's outputs are thrown away."""
+    n = len(batch)
+    return batch if n >= size else np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
+
+
+def labels_from(output: np.ndarray, output_name: str) -> np.ndarray:
+    """A graph's output -> labels [N, H, W]: itself for a `labels` head (argmax in the graph),
+    the argmax over the classes of a `logits` head."""
+    return output if output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)
+
+
 def run_static_batch(run, batch: np.ndarray, size: int) -> np.ndarray:
     """Run `batch` ([n, ...]) through `run`, a graph that takes exactly `size` frames: in
     chunks of `size`, the last one padded with zeros (their outputs are thrown away)."""
     n = len(batch)
     if n == size:
         return run(batch)
-    outs = []
-    for i in range(0, n, size):
-        part = batch[i:i + size]
-        if len(part) < size:
-            part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
-        outs.append(run(part)[:min(size, n - i)])
-    return np.concatenate(outs)
+    return np.concatenate([run(pad_batch(batch[i:i + size], size))[:min(size, n - i)] for i in range(0, n, size)])
 
 
 class GraphEngine(Engine):
@@ -156,10 +163,10 @@ class GraphEngine(Engine):
         return run_static_batch(self._run, batch, self.info.batch)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self._run_frames(batch)
-        if self.output_name == "labels":
-            return out
-        return np.argmax(out, axis=1).astype(np.int32)
+        return self.labels_of(self._run_frames(batch))
+
+    def labels_of(self, output: np.ndarray) -> np.ndarray:
+        return labels_from(output, self.output_name)
 
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.output_name != "logits":

@@ -31,7 +31,7 @@ import numpy as np
 
 from core.options import Rule, Section, option
 from core.validate import Number, readable_file
-from engines.base import GraphEngine, ModelInfo, check_graph_io
+from engines.base import GraphEngine, ModelInfo, check_graph_io, pad_batch
 from core.errors import InputError, first_line
 from core.sidecar import read_sidecar
 
@@ -114,8 +114,10 @@ class OpenVinoEngine(GraphEngine):
             raise InputError(f"--ov-streams {self.streams}: use 1 or more")
         # One stream: one inference at a time on every thread (latency). Several: that many
         # requests in flight, each on its own threads (throughput); submit() keeps them busy.
-        config = {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "LATENCY"} if self.streams == 1 else \
-            {"INFERENCE_PRECISION_HINT": HINT[compute], "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams}
+        config = {"INFERENCE_PRECISION_HINT": HINT[compute],
+                  "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
+        if self.streams > 1:
+            config["NUM_STREAMS"] = self.streams
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
@@ -145,10 +147,10 @@ class OpenVinoEngine(GraphEngine):
         stream is busy. A static-batch graph takes up to its batch (padded with zeros)."""
         n = len(batch)
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        if not self.info.dynamic_batch and n != self.info.batch:
+        if not self.info.dynamic_batch:
             if n > self.info.batch:
                 raise ValueError(f"{n} frames for a graph of batch {self.info.batch}")
-            x = np.concatenate([x, np.zeros((self.info.batch - n, *x.shape[1:]), np.float32)])
+            x = pad_batch(x, self.info.batch)
         future = Future()
         future.set_running_or_notify_cancel()
         self._free.acquire()
@@ -168,9 +170,6 @@ class OpenVinoEngine(GraphEngine):
             future.set_exception(e)
         finally:
             self._free.release()
-
-    def labels_of(self, output: np.ndarray) -> np.ndarray:
-        return output if self.output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)
 
     def describe(self) -> str:
         why = f" ({self.precision_reason})" if self.precision_reason else ""

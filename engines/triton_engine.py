@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engines.base import Engine, ModelInfo, ServerDown, run_static_batch
+from engines.base import Engine, ModelInfo, ServerDown, labels_from, pad_batch, run_static_batch
 from core.backoff import Backoff
 from core.errors import InputError, SetupError, first_line
 from core.install_hint import extra_hint
@@ -314,7 +314,7 @@ class TritonEngine(Engine):
 
     def labels_of(self, output: np.ndarray) -> np.ndarray:
         """What submit's Future gives -> labels (the pipeline calls this on the result)."""
-        return output if self.output_name == "labels" else np.argmax(output, axis=1).astype(np.int32)
+        return labels_from(output, self.output_name)
 
     def _check_batch(self, batch: np.ndarray, chunks: bool = True) -> None:
         """chunks: more frames than a fixed-batch model's N are allowed (infer sends them in N-frame
@@ -339,9 +339,8 @@ class TritonEngine(Engine):
         frames = len(batch)
         try:
             data = np.ascontiguousarray(batch, dtype=self.input_dtype)
-            if self.fixed_batch and frames < self.fixed_batch:   # the model's own dims: pad with zeros, trim below
-                pad = np.zeros((self.fixed_batch - frames, *data.shape[1:]), data.dtype)
-                data = np.concatenate([data, pad])
+            if self.fixed_batch:   # the model's own dims: pad with zeros, trim below
+                data = pad_batch(data, self.fixed_batch)
             dtype = "FP16" if self.input_dtype == np.float16 else "FP32"
             inp = mod.InferInput(self.input_name, list(data.shape), dtype)
             out = mod.InferRequestedOutput(self.output_name)
