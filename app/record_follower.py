@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from app.frames import Frame, ReadError, Sink
+from app.sources import decoder_of, inner_reader, live_by_kind, open_source, size_of
 
 RING = 4               # live: decoded record frames kept (about 0.25 s at 15 fps)
 TS_SLACK = 1e-3        # s: two timestamps this close are the same instant
@@ -44,8 +45,6 @@ class RecordFollower(Sink):
     """A camera's record input, decoded for overlays on its full-size picture (module doc)."""
 
     def __init__(self, spec: str, cam, down_ok: bool = False):
-        from app.sources import decoder_of, live_by_kind, open_source, size_of
-
         self.live = live_by_kind(spec)
         # A file is paired by its timestamps: never paced (--realtime paces the detect input).
         options = cam if self.live else cam.model_copy(update={"realtime": False})
@@ -159,8 +158,6 @@ class RecordFollower(Sink):
     def _keyframes_only(self, on: bool) -> None:
         """Nothing shows this camera's pixels: its decoder skips all but keyframes (the
         current connection's; a reconnect's new decoder decodes every frame)."""
-        from app.sources import inner_reader
-
         setter = getattr(inner_reader(self.reader), "keyframes_only", None)
         if setter is not None:
             setter(on)

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         reader = cam.reader
         kind = "live" if reader.live else "file"
         rate = f", {reader.fps:.3g} fps" if reader.fps else ""
-        rate += ", {}x{}".format(*size_of(reader)) if size_of(reader) else ""
+        size = size_of(reader)   # as the stream declares it
+        rate += f", {size[0]}x{size[1]}" if size else ""
         rate += f", inferred at {cam.detect_fps:.3g} fps" if cam.detect_fps else ""
         decode = f", decode: {decoder_of(reader)}" if decoder_of(reader) else ""
         # Camera roles (app/recording.py): the source is the detect input; the record input beside it.
