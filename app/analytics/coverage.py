@@ -6,6 +6,7 @@ counts from the labels on the device.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from app.analytics.zones import Raster
@@ -19,8 +20,6 @@ def cell_histogram(labels: np.ndarray, raster: Raster, num_classes: int) -> np.n
     Xeon). Its counts are float32, exact below 2^24 pixels; larger maps or more than 256 classes
     take the bincount (the same counts)."""
     if num_classes <= 256 and labels.size < 1 << 24:
-        import cv2
-
         hist = cv2.calcHist([raster.cells, labels.astype(np.uint8, copy=False)], [0, 1], None,
                             [raster.num_cells, num_classes], [0, raster.num_cells, 0, num_classes])
         return hist.astype(np.uint32)
