@@ -176,12 +176,13 @@ def model_report(model: str, cpu, runs: int, threads: int | None) -> dict:
                         "why": why, "describe": chosen.describe()}
     h, w = chosen.info.input_size
     chosen.close()
-    x = np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     for label, backend, precision in contenders(model, cpu):
         row = {"name": label, "backend": backend}
         try:
             engine = load_engine(model, backend=backend, precision=precision, threads=threads)
             row["precision"] = engine.info.precision
+            x = engine.preprocess(image)   # what the app feeds it
             engine.infer(x)   # warm-up
             ms = []
             for _ in range(runs):

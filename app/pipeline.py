@@ -66,7 +66,6 @@ from app.frames import Frame, ReadError
 from app.hud import draw_hud, draw_legend
 from app.latency import LatencyRecorder
 from core.overlay import palette_bgr, render_overlay
-from core.preprocess import preprocess
 from app.scheduler import END, BatchScheduler
 from engines.base import Engine, ServerDown, as_engine
 from engines.fused_chain import LABELS, FusedEngine
@@ -119,14 +118,13 @@ class SyncInference:
     def __init__(self, engine: Engine, alpha: float, mode: str):
         info = engine.info
         self.engine, self.alpha, self.mode = engine, alpha, mode
-        self.size_hw, self.mean, self.std = tuple(info.input_size), info.mean, info.std
+        self.size_hw = tuple(info.input_size)
         self.classes = len(info.class_names)
         self.lut = palette_bgr(info.palette)
 
     def _preprocess(self, frame: Frame) -> np.ndarray:
         # A decoded picture is converted straight to the input size (one swscale pass).
-        image = frame.image_at(self.size_hw[1], self.size_hw[0])
-        return preprocess(image, self.size_hw, self.mean, self.std, self.engine.input_dtype)
+        return self.engine.preprocess(frame.image_at(self.size_hw[1], self.size_hw[0]))
 
     def prepare(self, frame: Frame) -> None:
         """Files: preprocess in the capture thread, in parallel with the inference of earlier

@@ -36,7 +36,6 @@ from app.analytics.specs import parse_camera_analytics
 from app.settings import AnalyticsSettings  # noqa: E402
 from app.frames import Frame  # noqa: E402
 from core.overlay import palette_bgr, render_overlay  # noqa: E402
-from core.preprocess import preprocess  # noqa: E402
 
 DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), None)
 ZONES = [
@@ -156,7 +155,7 @@ def main() -> int:
         frame_ms, analytics_ms = [], []
         for i, (image, ts) in enumerate(images):
             t0 = time.perf_counter()
-            x = preprocess(image, tuple(info.input_size), info.mean, info.std)
+            x = engine.preprocess(image)
             labels = np.asarray(engine.infer(x))[0]
             overlay = render_overlay(image, labels, lut, 0.5, "overlay")
             t1 = time.perf_counter()

@@ -30,7 +30,6 @@ from app.hud import draw_hud, draw_legend  # noqa: E402
 from core.overlay import palette_bgr, render_overlay   # noqa: E402
 from app.session import Session  # noqa: E402
 from app.settings import build as run_settings  # noqa: E402
-from core.preprocess import preprocess   # noqa: E402
 from app.sources import open_source  # noqa: E402
 from engines.load import load_engine  # noqa: E402
 from engines.openvino_engine import run_streams  # noqa: E402
@@ -43,8 +42,7 @@ R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 def model_only_fps(engine, image, frames: int) -> float:
     """Back to back; an engine with several requests in flight (OpenVINO --ov-streams N) is kept
     as busy as the pipeline keeps it: submitted, its results awaited at the end."""
-    info = engine.info
-    batch = preprocess(image, info.input_size, info.mean, info.std, engine.input_dtype)
+    batch = engine.preprocess(image)
     t0 = time.perf_counter()
     if engine.asynchronous:
         for future in [engine.submit(batch) for _ in range(frames)]:

@@ -8,7 +8,6 @@ import numpy as np
 
 from core.errors import InputError
 from core.overlay import upsample_labels
-from core.preprocess import preprocess
 from engines.base import Engine, as_engine
 from engines.load import EngineOptions, load_engine
 
@@ -29,8 +28,7 @@ class Model:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise InputError(f"a frame is a uint8 BGR image H x W x 3 (OpenCV's layout), not {frame.dtype} "
                              f"{'x'.join(map(str, frame.shape))}")
-        info = self.engine.info
-        return preprocess(frame, self.input_size, info.mean, info.std, self.engine.input_dtype)
+        return self.engine.preprocess(frame)
 
     def labels(self, frame: np.ndarray, size: str = "model") -> np.ndarray:
         """Class ids, int32: at the model's input size (`size="model"`, what --save-labels

@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 import numpy as np
 
+from core.preprocess import preprocess
 from core.sidecar import SidecarError
 from core.model_info import ModelInfo  # noqa: F401  (engines take it from here too)
 from core.errors import BisenetError
@@ -23,7 +24,10 @@ class Engine:
     """Base class: every capability the run-time pipeline may use, with its default.
     Subclasses set `info` and implement `infer` or `infer_logits`; the rest is optional:
 
-        input_dtype       what preprocess should produce (float32; float16 for fp16 graphs)
+        preprocess(bgr)   one uint8 BGR image -> this engine's input row [1, ...] (default:
+                          core/preprocess.py's normalized tensor in input_dtype; OpenVINO:
+                          the image at the input size, its graph normalizes)
+        input_dtype       what core/preprocess.py should produce (float32; float16 for fp16 graphs)
         backend           its name in `describe()` and /metrics
         batch_limit(n)    frames per infer() call when n cameras share the engine
         fused             True: run_fused / run_fused_frames work (a GPU chain: uint8 frame in,
@@ -44,8 +48,14 @@ class Engine:
     fused_counts = False
     asynchronous = False
 
+    def preprocess(self, bgr: np.ndarray) -> np.ndarray:
+        """One uint8 BGR HxWx3 image -> [1, ...]: what infer() and submit() take for it."""
+        h, w = self.info.input_size
+        return preprocess(bgr, (h, w), self.info.mean, self.info.std, self.input_dtype)
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """batch: [N, 3, H, W] normalized RGB (input_dtype) -> labels [N, H, W] (uint8 or int32)."""
+        """batch: rows of preprocess(), or [N, 3, H, W] normalized RGB (input_dtype, core/
+        preprocess.py's; every engine takes those) -> labels [N, H, W] (uint8 or int32)."""
         return np.argmax(self.infer_logits(batch), axis=1).astype(np.int32)
 
     def infer_logits(self, batch: np.ndarray) -> np.ndarray:
@@ -99,7 +109,7 @@ class Engine:
 
 
 # What an engine object written without this base class may bring of its own (see as_engine).
-CAPABILITIES = ("input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "run_fused_counts",
+CAPABILITIES = ("preprocess", "input_dtype", "backend", "name", "batch_limit", "run_fused", "run_fused_frames", "run_fused_counts",
                 "submit", "labels_of", "counters", "close", "describe")
 
 

@@ -27,6 +27,7 @@ import threading
 from concurrent.futures import Future
 from typing import Annotated
 
+import cv2
 import numpy as np
 
 from core.options import Rule, Section, option
@@ -114,62 +115,109 @@ class OpenVinoEngine(GraphEngine):
             raise InputError(f"--ov-streams {self.streams}: use 1 or more")
         # One stream: one inference at a time on every thread (latency). Several: that many
         # requests in flight, each on its own threads (throughput); submit() keeps them busy.
-        config = {"INFERENCE_PRECISION_HINT": HINT[compute],
-                  "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
+        self._config = {"INFERENCE_PRECISION_HINT": HINT[compute],
+                        "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
         if self.streams > 1:
-            config["NUM_STREAMS"] = self.streams
+            self._config["NUM_STREAMS"] = self.streams
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()   # infer(): one frame at a time, as ever
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._model, self._lock, self._kinds = model, threading.Lock(), {}
         self.asynchronous = self.streams > 1   # the pipeline then submits (app/pipeline.py AsyncInference)
-        self._queue = None
-        if self.asynchronous:
-            ov = import_openvino()
-            self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
-            self._queue.set_callback(self._done)
-            self._free = threading.Semaphore(self.streams)
+        # The app's input (preprocess(): uint8 BGR images) compiles now, so a model OpenVINO
+        # cannot build fails at load; normalized float tensors compile on first use.
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         # What runs, in words: one float precision throughout (fp32 / bf16), or the model's
         # own (int8 layers, an fp16 export) + the precision of the rest ("int8+fp32").
         model_precision = self.info.precision
         self.info.precision = compute if model_precision == "fp32" else f"{model_precision}+{compute}"
-        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.precision_reason = precision_reason   # why this precision (engines/precision.py)
 
+    # ---- two inputs: the app's uint8 images, or normalized float tensors --------------------
+    def preprocess(self, bgr: np.ndarray) -> np.ndarray:
+        """One uint8 BGR image -> [1, H, W, 3] uint8 at the input size (OpenCV's INTER_LINEAR
+        resize, as core/preprocess.py's): the graph converts, swaps to RGB and normalizes it
+        itself, on its own threads (bench/pipeline.py: faster than the float tensor it replaces,
+        whose 4-byte pixels OpenVINO then copies and quantizes)."""
+        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f"preprocess takes a uint8 BGR HxWx3 image, got {bgr.dtype} {bgr.shape}")
+        h, w = self.info.input_size
+        image = bgr if bgr.shape[:2] == (h, w) else cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(image)[None]
+
+    def _kind(self, images: bool) -> "_Compiled":
+        """The model compiled for uint8 BGR images [N, H, W, 3] (the normalization in the graph)
+        or for core/preprocess.py's float tensors [N, 3, H, W]; each compiled on first use. Both
+        output labels as uint8 when there are 256 classes or fewer."""
+        with self._lock:
+            kind = self._kinds.get(images)
+            if kind is None:
+                ov = import_openvino()
+                from openvino.preprocess import ColorFormat, PrePostProcessor
+
+                model = self._model.clone()
+                ppp = PrePostProcessor(model)
+                if images:
+                    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \
+                        .set_color_format(ColorFormat.BGR)
+                    ppp.input().model().set_layout(ov.Layout("NCHW"))
+                    ppp.input().preprocess().convert_element_type().convert_color(ColorFormat.RGB) \
+                        .mean([float(v) for v in self.info.mean]).scale([float(v) for v in self.info.std])
+                if self.output_name == "labels" and len(self.info.class_names) <= 256:
+                    ppp.output().tensor().set_element_type(ov.Type.u8)
+                kind = self._kinds[images] = _Compiled(shared_core().compile_model(ppp.build(), "CPU", self._config),
+                                                       self.streams if self.asynchronous else 0, self._done)
+            return kind
+
+    @property
+    def compiled(self):
+        """The compiled model the app runs (uint8 images in)."""
+        return self._kind(True).compiled
+
+    @staticmethod
+    def _is_images(batch: np.ndarray) -> bool:
+        return batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[-1] == 3
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        images = self._is_images(batch)
+        request = self._kind(images).request
+        request.infer({0: np.ascontiguousarray(batch) if images else np.ascontiguousarray(batch, dtype=np.float32)})
         # The request reuses its output buffer on the next call: hand out a copy.
-        return self.request.get_output_tensor(0).data.copy()
+        return request.get_output_tensor(0).data.copy()
 
     # ---- several requests in flight (ov_streams >= 2) -------------------------------------
     def submit(self, batch: np.ndarray) -> Future:
         """Start one request; the Future's result goes through labels_of(). Blocks while every
         stream is busy. A static-batch graph takes up to its batch (padded with zeros)."""
         n = len(batch)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        images = self._is_images(batch)
+        x = np.ascontiguousarray(batch) if images else np.ascontiguousarray(batch, dtype=np.float32)
         if not self.info.dynamic_batch:
             if n > self.info.batch:
                 raise ValueError(f"{n} frames for a graph of batch {self.info.batch}")
             x = pad_batch(x, self.info.batch)
+        kind = self._kind(images)
+        if kind.queue is None:
+            raise NotImplementedError("this OpenVINO engine runs one request at a time (ov_streams 1): call infer()")
         future = Future()
         future.set_running_or_notify_cancel()
-        self._free.acquire()
+        kind.free.acquire()
         try:
-            self._queue.start_async({0: x}, (future, n))
+            kind.queue.start_async({0: x}, (future, n, kind.free))
         except BaseException:
-            self._free.release()
+            kind.free.release()
             raise
         return future
 
-    def _done(self, request, userdata) -> None:
+    @staticmethod
+    def _done(request, userdata) -> None:
         """OpenVINO's callback (its own thread): the output, copied out of the request's buffer."""
-        future, n = userdata
+        future, n, free = userdata
         try:
             future.set_result(request.get_output_tensor(0).data[:n].copy())
         except Exception as e:   # a failed request: the frame is dropped by the pipeline
             future.set_exception(e)
         finally:
-            self._free.release()
+            free.release()
 
     def describe(self) -> str:
         why = f" ({self.precision_reason})" if self.precision_reason else ""
@@ -177,6 +225,21 @@ class OpenVinoEngine(GraphEngine):
         return f"{super().describe()} threads={self.threads}{streams}{why}"
 
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()   # no callback may run on a closed engine
+        for kind in list(self._kinds.values()):
+            if kind.queue is not None:
+                kind.queue.wait_all()   # no callback may run on a closed engine
         super().close()
+
+
+class _Compiled:
+    """One compiled model and what runs it: a request for infer(), and for submit() (streams
+    >= 2) an AsyncInferQueue of `streams` requests with a semaphore counting the free ones."""
+
+    def __init__(self, compiled, streams: int, done):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.queue = self.free = None
+        if streams:
+            self.queue = import_openvino().AsyncInferQueue(compiled, streams)
+            self.queue.set_callback(done)
+            self.free = threading.Semaphore(streams)

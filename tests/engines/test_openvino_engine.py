@@ -46,13 +46,21 @@ def test_fp32_matches_onnxruntime_on_camvid_frames():
     equal = [np.mean(ov.infer(x) == ort.infer(x)) for x in batches(ov, frames)]
     assert ov.infer(batches(ov, frames[:1])[0]).shape == (1, 64, 96)
     assert np.mean(equal) >= 0.999, equal
+    # The app's input: the uint8 image at the input size, normalized in OpenVINO's graph; its
+    # labels come back as uint8 and agree with ONNX Runtime's from core/preprocess.py's tensor.
+    image = ov.preprocess(frames[0])
+    assert image.dtype == np.uint8 and image.shape == (1, 64, 96, 3)
+    assert ov.infer(image).dtype == np.uint8
+    equal = [np.mean(ov.infer(ov.preprocess(f)) == ort.infer(x)) for f, x in zip(frames, batches(ort, frames))]
+    assert np.mean(equal) >= 0.999, equal
 
     ov, ort = load_engine(str(logits_model), backend="openvino", threads=1), \
         load_engine(str(logits_model), backend="onnxruntime", threads=1)
-    for x in batches(ov, frames):
+    for frame, x in zip(frames, batches(ort, frames)):
         a, b = ov.infer_logits(x), ort.infer_logits(x)
         assert a.shape == b.shape == (1, 19, 64, 96)
         assert np.abs(a - b).max() <= 1e-3
+        assert np.abs(ov.infer_logits(ov.preprocess(frame)) - b).max() <= 1e-3
     # The request's output buffer is reused: a result handed out must not change afterwards.
     first = ov.infer_logits(batches(ov, frames[:1])[0])
     keep = first.copy()
@@ -147,6 +155,8 @@ def test_trained_camvid_fp32_and_int8_match_onnxruntime(tmp_path, camvid_onnx):
         ort = load_engine(str(path), backend="onnxruntime", threads=2)
         equal = [np.mean(ov.infer(x) == ort.infer(x)) for x in batches(ov, frames)]
         assert np.mean(equal) >= need, (path.name, equal)
+        app = [np.mean(ov.infer(ov.preprocess(f)) == ort.infer(x)) for f, x in zip(frames, batches(ort, frames))]
+        assert np.mean(app) >= need, (path.name, "uint8 images normalized in the graph", app)
     assert ov.info.precision == "int8+fp32" and "int8+fp32" in ov.describe()
     # The default for each file: OpenVINO for the int8 model, ONNX Runtime for fp32; bf16 is OpenVINO's.
     assert load_engine(str(int8)).backend == "openvino"
@@ -166,6 +176,9 @@ def test_streams_keep_requests_in_flight_and_give_each_frame_its_own_labels():
             assert engine.asynchronous and "streams=2" in engine.describe()
             futures = [engine.submit(x) for x in xs]   # more than two: submit waits for a free stream
             assert all(np.array_equal(engine.labels_of(f.result()), engine.infer(x)) for f, x in zip(futures, xs))
+            images = [engine.preprocess(rng.integers(0, 256, (72, 100, 3), dtype=np.uint8)) for _ in range(4)]
+            futures = [engine.submit(x) for x in images]   # the app's input: uint8 images
+            assert all(np.array_equal(engine.labels_of(f.result()), engine.infer(x)) for f, x in zip(futures, images))
         finally:
             engine.close()
     engine = load_engine(str(tiny_onnx((64, 96), dynamic_batch=True)), backend="openvino", threads=2, ov_streams=2)
