@@ -9,6 +9,11 @@ drawn:      the same pipeline drawing every frame's overlay for the null output 
             the app did before it drew only for outputs that show pixels), in the same rounds.
 inference busy: the share of the pipeline's wall time spent inside engine.infer, measured over
             the same seconds as its fps (1.0 = the pipeline adds nothing to the model's time).
+limit:      what this box can do with the source decoded in software (bench/cameras_per_box.py's
+            rule): cores x 1000 / (model core-ms + decode core-ms per frame), each measured
+            alone in the same round (CPU time of the whole process: every decoder and inference
+            thread). pipeline/limit is the share of that the app reaches; model-only never
+            decodes, so pipeline/model-only cannot pass limit/model-only.
 Rounds alternate the two (ABBA order) so a busy machine slows both alike; the ratio is per round and the
 median over rounds. A model is exported with random weights when --model is not given: the
 speed of a network does not depend on its weights.
@@ -16,6 +21,7 @@ speed of a network does not depend on its weights.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -39,18 +45,36 @@ SAMPLE = REPO.parent / "shared" / "data" / "samples" / "camvid_0016E5_15fps.mp4"
 R18 = "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024"
 
 
-def model_only_fps(engine, image, frames: int) -> float:
+def model_only_fps(engine, image, frames: int) -> tuple[float, float]:
     """Back to back; an engine with several requests in flight (OpenVINO --ov-streams N) is kept
-    as busy as the pipeline keeps it: submitted, its results awaited at the end."""
+    as busy as the pipeline keeps it: submitted, its results awaited at the end.
+    -> (fps, CPU ms per frame)."""
     batch = engine.preprocess(image)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if engine.asynchronous:
         for future in [engine.submit(batch) for _ in range(frames)]:
             future.result()
     else:
         for _ in range(frames):
             engine.infer(batch)
-    return frames / (time.perf_counter() - t0)
+    return frames / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / frames
+
+
+def decode_core_ms(source: str, frames: int) -> float:
+    """CPU ms per frame to decode the source and convert it to BGR, with the app's own reader
+    (its decoder threads included), started over at its end as --loop does."""
+    reader, done = open_source(source), 0
+    c0 = time.process_time()
+    try:
+        while done < frames:
+            if reader.read() is None:
+                reader.close()
+                reader = open_source(source)
+                continue
+            done += 1
+    finally:
+        reader.close()
+    return (time.process_time() - c0) * 1000 / frames
 
 
 def pipeline_fps(engine, source: str, frames: int, draw: bool = False) -> tuple[float, dict]:
@@ -141,32 +165,35 @@ def main() -> int:
           f"{args.frames} frames per measurement, {args.rounds} rounds", flush=True)
 
     model_only_fps(engine, first, 3)   # warm-up: first runs allocate
+    cores = os.cpu_count() or 1
     print(f"\n{'round':>6} {'model-only fps':>15} {'pipeline fps':>13} {'ratio':>7} {'inference busy':>15}"
-          f" {'drawn fps':>10}")
-    ratios, busy, model_fps, pipe_fps, drawn_fps = [], [], [], [], []
+          f" {'drawn fps':>10} {'model core-ms':>14} {'decode core-ms':>15} {'limit fps':>10} {'pipeline/limit':>15}")
+    rows = []
     for r in range(args.rounds):
         # ABBA order: a load that rises or falls during a round favors neither side.
         if r % 2 == 0:
-            m = model_only_fps(engine, first, args.frames)
+            m, m_ms = model_only_fps(engine, first, args.frames)
+            dec = decode_core_ms(args.source, args.frames)
             p, summary = pipeline_fps(engine, args.source, args.frames)
             d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
         else:
             d, drawn = pipeline_fps(engine, args.source, args.frames, draw=True)
             p, summary = pipeline_fps(engine, args.source, args.frames)
-            m = model_only_fps(engine, first, args.frames)
+            dec = decode_core_ms(args.source, args.frames)
+            m, m_ms = model_only_fps(engine, first, args.frames)
         # busy: the share of the pipeline's wall time its inference thread spent in engine.infer,
         # measured over the same seconds as its fps, so the machine's load swings cancel out.
         b = p * summary["inference_s"] / args.frames
-        ratios.append(p / m)
-        busy.append(b)
-        model_fps.append(m)
-        pipe_fps.append(p)
-        drawn_fps.append(d)
-        print(f"{r + 1:>6} {m:>15.2f} {p:>13.2f} {p / m:>7.3f} {b:>15.3f} {d:>10.2f}", flush=True)
-    print(f"median {statistics.median(model_fps):>15.2f} {statistics.median(pipe_fps):>13.2f} "
-          f"{statistics.median(ratios):>7.3f} {statistics.median(busy):>15.3f} {statistics.median(drawn_fps):>10.2f}")
+        limit = cores * 1000 / (m_ms + dec)
+        rows.append((m, p, p / m, b, d, m_ms, dec, limit, p / limit))
+        print(f"{r + 1:>6} {m:>15.2f} {p:>13.2f} {p / m:>7.3f} {b:>15.3f} {d:>10.2f} {m_ms:>14.2f} {dec:>15.2f}"
+              f" {limit:>10.2f} {p / limit:>15.3f}", flush=True)
+    med = [statistics.median(col) for col in zip(*rows)]
+    print(f"median {med[0]:>15.2f} {med[1]:>13.2f} {med[2]:>7.3f} {med[3]:>15.3f} {med[4]:>10.2f} {med[5]:>14.2f}"
+          f" {med[6]:>15.2f} {med[7]:>10.2f} {med[8]:>15.3f}")
     print("ratio = pipeline fps / model-only fps (median of per-round ratios); inference busy = pipeline fps x "
-          "its own mean inference time; drawn fps = the pipeline drawing every frame's overlay anyway")
+          "its own mean inference time; drawn fps = the pipeline drawing every frame's overlay anyway; "
+          f"limit = {cores} cores x 1000 / (model + decode core-ms)")
     st = summary["stages"]
     print("last pipeline round, ms p50: " + "  ".join(f"{k} {st[k]['p50']:.1f}" for k in
                                                       ("queue", "preprocess", "inference", "overlay", "sink", "e2e")))

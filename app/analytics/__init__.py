@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.analytics.coverage import cell_histogram, zone_counts
+from app.analytics.coverage import cell_histogram
 from app.analytics.events import EventBus, JsonlDelivery, MqttDelivery, WebhookDelivery
 from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics
@@ -65,6 +65,11 @@ class CameraState:
         self.zones = Zones(config.zones, len(class_names))
         self.watched = config.watched()                       # zone -> [class names]
         self.index = {c: i for i, c in enumerate(class_names)}
+        # The (zone, class) pairs reported (rules' pairs among them), as indices into the
+        # raster's [cells x zones] membership and the [cells x classes] counts.
+        self.pairs = [(z, c) for z, cs in self.watched.items() for c in cs]
+        self.pair_zone = np.array([self.zones.names.index(z) for z, _ in self.pairs], np.intp)
+        self.pair_class = np.array([self.index[c] for _, c in self.pairs], np.intp)
         kept = {r.spec.name: r for r in after.rules} if after is not None else {}
         self.rules = [kept[r.name] if r.name in kept and kept[r.name].spec == r else RuleState(r, name)
                       for r in config.rules]
@@ -243,15 +248,15 @@ class Analytics:
             return None
         t = cam.clock(frame)
         src_w, src_h = frame.size_wh   # without converting a decoded picture
-        counts = zone_counts(cells, raster)
-        ratios = counts / np.maximum(raster.area, 1)[:, None]
-        coverage = {zone: {c: float(ratios[raster.names.index(zone), cam.index[c]]) for c in classes}
-                    for zone, classes in cam.watched.items()}
+        # Only the pairs reported: each one's count is its zone's cells' counts of its class.
+        counts = (raster.membership[:, cam.pair_zone] * cells[:, cam.pair_class]).sum(axis=0)
+        values = dict(zip(cam.pairs, (counts / np.maximum(raster.area[cam.pair_zone], 1)).tolist()))
+        coverage = {zone: {c: values[zone, c] for c in classes} for zone, classes in cam.watched.items()}
         result = FrameAnalytics(coverage, ended)
         keep_images = cam.clips is not None and image is not None
         for rule in cam.rules:
             spec = rule.spec
-            value = float(ratios[raster.names.index(spec.zone), cam.index[spec.class_name]])
+            value = values[spec.zone, spec.class_name]
             for kind, event in rule.update(t, value, frame.id):
                 result.events.append(self._on_event(cam, kind, event, spec))
                 if kind == "end" and cam.clips is not None:
@@ -369,6 +374,7 @@ class CoverageLog:
         self.lock = threading.Lock()
         header = ""
         self.columns = sorted({f"{z}:{c}" for cam in cameras.values() for z, cs in cam.watched.items() for c in cs})
+        self.known = set(self.columns)
         if not self.jsonl:
             header = _csv_line(["camera", "frame", "time_s", *self.columns])
         self.file = RotatingLog(self.path, "--coverage-log", header=header,
@@ -386,12 +392,15 @@ class CoverageLog:
                                             for z, cs in coverage.items()}}) + "\n"
             self.file.write(line)   # whole rows, at once
             return
-        flat = {f"{z}:{c}": f"{v:.5f}" for z, cs in coverage.items() for c, v in cs.items()}
+        flat = {f"{z}:{c}": v for z, cs in coverage.items() for c, v in cs.items()}
         with self.lock:   # the cameras' output threads: one header change at a time
-            if not flat.keys() <= set(self.columns):
-                self.columns = sorted(set(self.columns) | flat.keys())
+            if not flat.keys() <= self.known:
+                self.columns = sorted(self.known | flat.keys())
+                self.known = set(self.columns)
                 self.file.new_header(_csv_line(["camera", "frame", "time_s", *self.columns]))
-            self.file.write(_csv_line([camera, frame_id, f"{t:.4f}", *(flat.get(k, "") for k in self.columns)]))
+            # A row needs no csv quoting: camera names are core/names.py's NAME_RE, the rest numbers.
+            values = ",".join("" if (v := flat.get(k)) is None else f"{v:.5f}" for k in self.columns)
+            self.file.write(f"{camera},{frame_id},{t:.4f},{values}\r\n")
 
     def close(self) -> None:
         self.file.close()

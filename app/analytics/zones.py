@@ -10,7 +10,7 @@ frame; either way they are drawn at the model's resolution (the label map), once
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,11 +41,18 @@ class Raster:
     cells: np.ndarray           # uint8 [h, w]: the cell of each label pixel
     membership: np.ndarray      # int64 [cells, zones]: 1 where the cell lies in the zone
     area: np.ndarray            # int64 [zones]: pixels in each zone
-    cell_offsets: np.ndarray    # int32 [h, w]: cell * num_classes (the histogram's row start)
+    _codes: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_cells(self) -> int:
         return self.membership.shape[0]
+
+    def codes(self, num_classes: int) -> np.ndarray:
+        """uint8 [h, w]: cell * num_classes, the first byte code of each pixel's cell (a label
+        adds its class); kept per class count. Only where cells x classes <= 256."""
+        if num_classes not in self._codes:
+            self._codes[num_classes] = (self.cells.astype(np.int32) * num_classes).astype(np.uint8)
+        return self._codes[num_classes]
 
 
 class Zones:
@@ -78,7 +85,7 @@ class Zones:
             membership[:, i + 1] = (keys >> i) & 1
         cells = inverse.reshape(h, w).astype(np.uint8)
         area = membership.T @ np.bincount(cells.ravel(), minlength=len(keys))
-        return Raster(self.names, cells, membership, area, cells.astype(np.int32) * self.num_classes)
+        return Raster(self.names, cells, membership, area)
 
     @staticmethod
     def _vertices(zone: ZoneSpec, label_hw, source_wh) -> np.ndarray:
