@@ -56,7 +56,9 @@ def run_file(name: str) -> dict:
         out.seek(0)
         text = out.read()
     if os.environ.get("TEST_LOG_DIR"):   # keep each file's whole output (e.g. with PYTEST_ADDOPTS=--durations=10)
-        Path(os.environ["TEST_LOG_DIR"], name.replace("/", "_") + ".log").write_text(text)
+        logs = Path(os.environ["TEST_LOG_DIR"])
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / (name.replace("/", "_") + ".log")).write_text(text)
     lines = text.rstrip().splitlines()
     return {"name": name, "text": text, "last": lines[-1] if lines else "", "rc": proc.returncode,
             "wall": time.monotonic() - started, "cpu": usage.ru_utime + usage.ru_stime}

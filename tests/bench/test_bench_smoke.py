@@ -53,6 +53,7 @@ def test_in_process_soak_one_minute(tmp_path):
 def test_pipeline_bench_short():
     out = bench("pipeline.py", "--model", tiny_onnx(), "--frames", 3, "--rounds", 1, "--threads", 1)
     assert "pipeline" in out and "model-only" in out, out
+    assert "decode core-ms" in out and "pipeline/limit" in out, out   # the box's limit beside the ratio
 
 
 @needs_clip
