@@ -62,16 +62,12 @@ def model_only_fps(engine, image, frames: int) -> tuple[float, float]:
 
 def decode_core_ms(source: str, frames: int) -> float:
     """CPU ms per frame to decode the source and convert it to BGR, with the app's own reader
-    (its decoder threads included), started over at its end as --loop does."""
-    reader, done = open_source(source), 0
+    (its decoder threads included), looped as the pipeline's --loop is."""
+    reader = open_source(source, {"loop": True})
     c0 = time.process_time()
     try:
-        while done < frames:
-            if reader.read() is None:
-                reader.close()
-                reader = open_source(source)
-                continue
-            done += 1
+        for _ in range(frames):
+            reader.read()
     finally:
         reader.close()
     return (time.process_time() - c0) * 1000 / frames

@@ -148,6 +148,9 @@ class OpenVinoEngine(GraphEngine):
         """The model compiled for uint8 BGR images [N, H, W, 3] (the normalization in the graph)
         or for core/preprocess.py's float tensors [N, 3, H, W]; each compiled on first use. Both
         output labels as uint8 when there are 256 classes or fewer."""
+        kind = self._kinds.get(images)   # compiled already: no lock on every frame's way
+        if kind is not None:
+            return kind
         with self._lock:
             kind = self._kinds.get(images)
             if kind is None:
@@ -173,29 +176,29 @@ class OpenVinoEngine(GraphEngine):
         """The compiled model the app runs (uint8 images in)."""
         return self._kind(True).compiled
 
-    @staticmethod
-    def _is_images(batch: np.ndarray) -> bool:
-        return batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[-1] == 3
+    def _input(self, batch: np.ndarray) -> tuple["_Compiled", np.ndarray]:
+        """-> the compiled model for `batch` (uint8 images or float tensors), and `batch` as it
+        takes it (contiguous; a tensor as float32)."""
+        images = batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[-1] == 3
+        x = np.ascontiguousarray(batch) if images else np.ascontiguousarray(batch, dtype=np.float32)
+        return self._kind(images), x
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        images = self._is_images(batch)
-        request = self._kind(images).request
-        request.infer({0: np.ascontiguousarray(batch) if images else np.ascontiguousarray(batch, dtype=np.float32)})
+        kind, x = self._input(batch)
+        kind.request.infer({0: x})
         # The request reuses its output buffer on the next call: hand out a copy.
-        return request.get_output_tensor(0).data.copy()
+        return kind.request.get_output_tensor(0).data.copy()
 
     # ---- several requests in flight (ov_streams >= 2) -------------------------------------
     def submit(self, batch: np.ndarray) -> Future:
         """Start one request; the Future's result goes through labels_of(). Blocks while every
         stream is busy. A static-batch graph takes up to its batch (padded with zeros)."""
         n = len(batch)
-        images = self._is_images(batch)
-        x = np.ascontiguousarray(batch) if images else np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.info.dynamic_batch and n > self.info.batch:
+            raise ValueError(f"{n} frames for a graph of batch {self.info.batch}")
+        kind, x = self._input(batch)
         if not self.info.dynamic_batch:
-            if n > self.info.batch:
-                raise ValueError(f"{n} frames for a graph of batch {self.info.batch}")
             x = pad_batch(x, self.info.batch)
-        kind = self._kind(images)
         if kind.queue is None:
             raise NotImplementedError("this OpenVINO engine runs one request at a time (ov_streams 1): call infer()")
         future = Future()
