@@ -14,7 +14,6 @@ and, with several cameras, an all-camera line.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.retention import csv_line
 from core.errors import InputError, file_error
 
 STAGES = ("queue", "preprocess", "inference", "overlay", "sink", "e2e")
@@ -142,7 +142,7 @@ class LatencyRecorder:
             check(latency_log_path, str(self.path), "--latency-log")   # .csv or .jsonl
             prepare_output(self.path, "--latency-log")   # missing folders made, like every output
             self._csv = self.path.suffix.lower() == ".csv"
-            header = _csv_line(COLUMNS) if self._csv else ""
+            header = csv_line(COLUMNS) if self._csv else ""
             try:
                 self.log = RotatingLog(self.path, "--latency-log", header=header,
                                        max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
@@ -235,7 +235,7 @@ class LatencyRecorder:
         if self.log is None:
             return
         if self._csv:
-            line = _csv_line(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
+            line = csv_line(["" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else row[c])
                               for c in COLUMNS])
         else:
             line = json.dumps({c: (round(row[c], 3) if isinstance(row[c], float) else row[c]) for c in COLUMNS}) + "\n"
@@ -285,11 +285,6 @@ class LatencyRecorder:
             if self.log is not None:
                 self.log.close()
 
-
-def _csv_line(values) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(values)
-    return out.getvalue()
 
 
 def read_log(path: str | Path) -> list[dict]:

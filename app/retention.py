@@ -19,6 +19,8 @@ concatenated hold exactly the rows that were written.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import stat
 import sys
@@ -195,6 +197,13 @@ class Pause:
         if self.since is not None:
             self.log(f"{self.what.rstrip(':')}: writing again; {self.lost_now} {self.unit} were not written")
         self.since, self.lost_now = None, 0
+
+
+def csv_line(values) -> str:
+    """One CSV record (quoted where it needs to be), with its \\r\\n: a RotatingLog's header or row."""
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
 
 
 class RotatingLog:

@@ -12,8 +12,6 @@ label counts) is the one call the pipeline makes per written frame; it sets `fra
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 import threading
@@ -22,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from app.analytics.coverage import cell_histogram
+from app.analytics.coverage import cell_histogram, pair_ratios
 from app.analytics.events import EventBus, JsonlDelivery, MqttDelivery, WebhookDelivery
 from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics
 from app.analytics.zones import Zones
+from app.retention import csv_line
 from core.errors import InputError
 from core.validate import prepare_output
 
@@ -67,12 +66,17 @@ class CameraState:
         self.index = {c: i for i, c in enumerate(class_names)}
         # The (zone, class) pairs reported (rules' pairs among them), as indices into the
         # raster's [cells x zones] membership and the [cells x classes] counts.
-        self.pairs = [(z, c) for z, cs in self.watched.items() for c in cs]
+        self.pairs = tuple((z, c) for z, cs in self.watched.items() for c in cs)
         self.pair_zone = np.array([self.zones.names.index(z) for z, _ in self.pairs], np.intp)
         self.pair_class = np.array([self.index[c] for _, c in self.pairs], np.intp)
+        at, self.spans = 0, []                                # (zone, its classes, their pairs' slice)
+        for zone, classes in self.watched.items():
+            self.spans.append((zone, classes, at, at + len(classes)))
+            at += len(classes)
         kept = {r.spec.name: r for r in after.rules} if after is not None else {}
         self.rules = [kept[r.name] if r.name in kept and kept[r.name].spec == r else RuleState(r, name)
                       for r in config.rules]
+        self.rule_pair = [self.pairs.index((r.zone, r.class_name)) for r in config.rules]   # its ratio's index
         self.clock = after.clock if after is not None else StreamClock()
         self.clips = clips
         self.latest: dict = after.latest if after is not None else {}
@@ -248,16 +252,13 @@ class Analytics:
             return None
         t = cam.clock(frame)
         src_w, src_h = frame.size_wh   # without converting a decoded picture
-        # Only the pairs reported: each one's count is its zone's cells' counts of its class.
-        counts = (raster.membership[:, cam.pair_zone] * cells[:, cam.pair_class]).sum(axis=0)
-        values = dict(zip(cam.pairs, (counts / np.maximum(raster.area[cam.pair_zone], 1)).tolist()))
-        coverage = {zone: {c: values[zone, c] for c in classes} for zone, classes in cam.watched.items()}
+        ratios = pair_ratios(cells, raster, cam.pair_zone, cam.pair_class)   # only the pairs reported
+        coverage = {zone: dict(zip(classes, ratios[a:b])) for zone, classes, a, b in cam.spans}
         result = FrameAnalytics(coverage, ended)
         keep_images = cam.clips is not None and image is not None
-        for rule in cam.rules:
+        for rule, i in zip(cam.rules, cam.rule_pair):
             spec = rule.spec
-            value = values[spec.zone, spec.class_name]
-            for kind, event in rule.update(t, value, frame.id):
+            for kind, event in rule.update(t, ratios[i], frame.id):
                 result.events.append(self._on_event(cam, kind, event, spec))
                 if kind == "end" and cam.clips is not None:
                     self._snapshot(cam, spec.name, event.id)
@@ -280,7 +281,7 @@ class Analytics:
             cam.latest, cam.latest_frame = coverage, frame.id
             cam.last_t, cam.last_frame = t, frame.id
         if self.coverage_log is not None:
-            self.coverage_log.write(camera, frame.id, t, coverage)
+            self.coverage_log.write(camera, frame.id, t, cam.pairs, ratios)
         frame.coverage, frame.events = result.coverage, result.events
         return result
 
@@ -375,8 +376,9 @@ class CoverageLog:
         header = ""
         self.columns = sorted({f"{z}:{c}" for cam in cameras.values() for z, cs in cam.watched.items() for c in cs})
         self.known = set(self.columns)
+        self.rows: dict = {}   # camera -> (pairs, columns, row template): _template
         if not self.jsonl:
-            header = _csv_line(["camera", "frame", "time_s", *self.columns])
+            header = csv_line(["camera", "frame", "time_s", *self.columns])
         self.file = RotatingLog(self.path, "--coverage-log", header=header,
                                 max_bytes=None if max_mb is None else max_mb * 1024 * 1024, keep=keep)
 
@@ -385,28 +387,34 @@ class CoverageLog:
         """The closed parts so far (by size or by new columns), oldest first."""
         return self.file.parts()[:-1]
 
-    def write(self, camera: str, frame_id: int, t: float, coverage: dict) -> None:
+    def write(self, camera: str, frame_id: int, t: float, pairs: tuple, ratios: list) -> None:
+        """One row: camera's coverage, ratios[i] for (zone, class) pairs[i] (the same tuple object
+        frame after frame: a camera's row template is made once per pairs and columns)."""
         if self.jsonl:
-            line = json.dumps({"camera": camera, "frame": frame_id, "time_s": round(t, 4),
-                               "coverage": {z: {c: round(v, 5) for c, v in cs.items()}
-                                            for z, cs in coverage.items()}}) + "\n"
+            coverage: dict = {}
+            for (zone, cls), v in zip(pairs, ratios):
+                coverage.setdefault(zone, {})[cls] = round(v, 5)
+            line = json.dumps({"camera": camera, "frame": frame_id, "time_s": round(t, 4), "coverage": coverage}) + "\n"
             self.file.write(line)   # whole rows, at once
             return
-        flat = {f"{z}:{c}": v for z, cs in coverage.items() for c, v in cs.items()}
         with self.lock:   # the cameras' output threads: one header change at a time
-            if not flat.keys() <= self.known:
-                self.columns = sorted(self.known | flat.keys())
-                self.known = set(self.columns)
-                self.file.new_header(_csv_line(["camera", "frame", "time_s", *self.columns]))
-            # A row needs no csv quoting: camera names are core/names.py's NAME_RE, the rest numbers.
-            values = ",".join("" if (v := flat.get(k)) is None else f"{v:.5f}" for k in self.columns)
-            self.file.write(f"{camera},{frame_id},{t:.4f},{values}\r\n")
+            row = self.rows.get(camera)
+            if row is None or row[0] is not pairs or row[1] is not self.columns:
+                row = self.rows[camera] = (pairs, *self._template(camera, pairs))
+            self.file.write(row[2].format(frame_id, t, ratios))
+
+    def _template(self, camera: str, pairs: tuple) -> tuple[list, str]:
+        """(columns, the str.format template of the camera's rows); a new zone:class starts a
+        new header (under the lock)."""
+        names = {f"{z}:{c}": i for i, (z, c) in enumerate(pairs)}
+        if not names.keys() <= self.known:
+            self.columns = sorted(self.known | names.keys())
+            self.known = set(self.columns)
+            self.file.new_header(csv_line(["camera", "frame", "time_s", *self.columns]))
+        # A row needs no csv quoting: camera names are core/names.py's NAME_RE, the rest numbers.
+        fields = ["" if (i := names.get(k)) is None else f"{{2[{i}]:.5f}}" for k in self.columns]
+        return self.columns, camera.replace("{", "{{").replace("}", "}}") + ",{0},{1:.4f}," + ",".join(fields) + "\r\n"
 
     def close(self) -> None:
         self.file.close()
 
-
-def _csv_line(values) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(values)
-    return out.getvalue()

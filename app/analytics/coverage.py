@@ -1,6 +1,6 @@
 """Coverage: for every zone and class, the share of the zone's pixels with that class, from
 ONE histogram pass over (cell, class) (app/analytics/zones.py) summed into zones by the
-membership matrix. This numpy function is the reference the CUDA kernel `zone_histogram`
+membership matrix (pair_ratios: the pairs a camera reports; coverage_ratios: every pair). This numpy function is the reference the CUDA kernel `zone_histogram`
 (engines/overlay.cu) is held to bit for bit: the kernel returns the same [cells x classes]
 counts from the labels on the device.
 """
@@ -31,25 +31,29 @@ def cell_histogram(labels: np.ndarray, raster: Raster, num_classes: int) -> np.n
     if n <= 256 and labels.size < 1 << 24:
         code = cv2.add(raster.codes(num_classes), labels.astype(np.uint8, copy=False)).reshape(-1)
         m = code.size - code.size % STRIPES
-        parts = [cv2.transpose(code[:m].reshape(STRIPES, -1))] if m else []
+        hist = cv2.calcHist([cv2.transpose(code[:m].reshape(STRIPES, -1))], [0], None, [n], [0, n]) if m else 0
         if m < code.size:   # the pixels past the last whole stripe row, as they are
-            parts.append(code[m:].reshape(1, -1))
-        hist = sum(cv2.calcHist([part], [0], None, [n], [0, n]) for part in parts)
+            hist = hist + cv2.calcHist([code[m:].reshape(1, -1)], [0], None, [n], [0, n])
         return hist.astype(np.uint32).reshape(raster.num_cells, num_classes)
     index = raster.cells.astype(np.int32) * num_classes + labels.astype(np.int32, copy=False)
     counts = np.bincount(index.ravel(), minlength=n)
     return counts.astype(np.uint32).reshape(raster.num_cells, num_classes)
 
 
-def zone_counts(cell_counts: np.ndarray, raster: Raster) -> np.ndarray:
-    """[cells, classes] -> int64 [zones, classes] (zone 0: the whole frame)."""
-    return raster.membership.T @ cell_counts.astype(np.int64)
+def pair_ratios(cell_counts: np.ndarray, raster: Raster, pair_zone: np.ndarray, pair_class: np.ndarray) -> list:
+    """[cells, classes] counts -> [the share of zone pair_zone[i]'s pixels with class
+    pair_class[i] for each i] (zone 0: the whole frame): one product with the raster's cached
+    0/1 weights, one division."""
+    weights, area = raster.pair_weights(cell_counts.shape[-1], pair_zone, pair_class)
+    return (cell_counts.reshape(-1) @ weights / area).tolist()
 
 
 def coverage_ratios(labels: np.ndarray, raster: Raster, num_classes: int) -> np.ndarray:
     """float64 [zones, classes]: the share of each zone's pixels that has each class."""
-    counts = zone_counts(cell_histogram(labels, raster, num_classes), raster)
-    return counts / np.maximum(raster.area, 1)[:, None]
+    zones = len(raster.names)
+    pair_zone, pair_class = (a.ravel() for a in np.indices((zones, num_classes)))
+    ratios = pair_ratios(cell_histogram(labels, raster, num_classes), raster, pair_zone, pair_class)
+    return np.array(ratios).reshape(zones, num_classes)
 
 
 def brute_force_ratios(labels: np.ndarray, masks: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -41,7 +41,7 @@ class Raster:
     cells: np.ndarray           # uint8 [h, w]: the cell of each label pixel
     membership: np.ndarray      # int64 [cells, zones]: 1 where the cell lies in the zone
     area: np.ndarray            # int64 [zones]: pixels in each zone
-    _codes: dict = field(default_factory=dict, repr=False)
+    _codes: dict = field(default_factory=dict, repr=False)   # codes and pair_weights, computed once
 
     @property
     def num_cells(self) -> int:
@@ -53,6 +53,19 @@ class Raster:
         if num_classes not in self._codes:
             self._codes[num_classes] = (self.cells.astype(np.int32) * num_classes).astype(np.uint8)
         return self._codes[num_classes]
+
+    def pair_weights(self, num_classes: int, pair_zone: np.ndarray, pair_class: np.ndarray):
+        """For (zone, class) pairs: float64 [cells * classes, pairs], 1 where a cell's count of a
+        class belongs to the pair's zone and class, and float64 [pairs], the zones' areas (at
+        least 1); kept per pair list. A row of [cells x classes] counts @ the first is each
+        pair's pixel count (exact: integers below 2^53)."""
+        key = ("pairs", num_classes, pair_zone.tobytes(), pair_class.tobytes())
+        if key not in self._codes:
+            weights = np.zeros((self.num_cells, num_classes, len(pair_zone)))
+            weights[:, pair_class, np.arange(len(pair_zone))] = self.membership[:, pair_zone]
+            self._codes[key] = (weights.reshape(-1, len(pair_zone)),
+                                np.maximum(self.area[pair_zone], 1).astype(np.float64))
+        return self._codes[key]
 
 
 class Zones:

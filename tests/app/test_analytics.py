@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.analytics.coverage import brute_force_ratios, cell_histogram, coverage_ratios
+from app.analytics.coverage import brute_force_ratios, cell_histogram, coverage_ratios, pair_ratios
 from app.analytics.rules import RuleState
 from app.analytics.specs import CameraAnalytics, RuleSpec, ZoneSpec, parse_camera_analytics
 from app.analytics.zones import Zones
@@ -89,6 +89,37 @@ def test_the_histogram_counts_the_same_by_opencv_and_by_bincount():
                 numpy = cell_histogram(labels.astype(dtype), raster, 300)[:, :12]  # > 256: bincount
                 assert opencv.dtype == np.uint32 and opencv.sum() == labels.size
                 assert np.array_equal(opencv, numpy), (hw, dtype)
+
+
+def test_the_reported_pairs_get_the_same_ratios_as_the_whole_table():
+    zones = Zones([zone("a", [(0.1, 0.1), (0.6, 0.1), (0.6, 0.9)]), zone("b", [(0.4, 0.0), (1.0, 0.0), (1.0, 1.0)])], 12)
+    labels = np.random.default_rng(1).integers(0, 12, (90, 120))
+    raster = zones.raster(labels.shape, (480, 360))
+    table = coverage_ratios(labels, raster, 12)
+    pair_zone, pair_class = np.array([2, 0, 1, 2], np.intp), np.array([7, 3, 3, 0], np.intp)
+    got = pair_ratios(cell_histogram(labels, raster, 12), raster, pair_zone, pair_class)
+    assert got == [table[z, c] for z, c in zip(pair_zone, pair_class)]
+
+
+def test_coverage_log_rows_put_each_camera_s_pairs_under_their_columns(tmp_path):
+    """Two cameras reporting different (zone, class) pairs share one CSV: each row fills its own
+    columns and leaves the others empty; a pair first seen later starts a part with a new header."""
+    import csv
+    from types import SimpleNamespace
+
+    from app.analytics import CoverageLog
+
+    log = CoverageLog(str(tmp_path / "cov.csv"), {"cam0": SimpleNamespace(watched={"road": ["car"]})})
+    cam0, cam1 = (("road", "car"),), (("sky", "sky"), ("road", "car"))
+    log.write("cam0", 1, 0.5, cam0, [0.25])
+    log.write("cam1", 7, 0.75, cam1, [1 / 3, 0.5])
+    log.write("cam0", 2, 1.0, cam0, [0.125])
+    log.close()
+    first, live = log.file.parts()
+    assert first.read_bytes() == b"camera,frame,time_s,road:car\r\ncam0,1,0.5000,0.25000\r\n"
+    rows = list(csv.DictReader(live.open(newline="")))
+    assert rows == [{"camera": "cam1", "frame": "7", "time_s": "0.7500", "road:car": "0.50000", "sky:sky": "0.33333"},
+                    {"camera": "cam0", "frame": "2", "time_s": "1.0000", "road:car": "0.12500", "sky:sky": ""}]
 
 
 # -- rules -----------------------------------------------------------------------------------------

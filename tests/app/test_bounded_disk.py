@@ -304,7 +304,7 @@ def test_coverage_and_events_logs_rotate_into_parts_that_hold_every_row(tmp_path
     cameras = {"cam0": SimpleNamespace(watched={"road": ["car", "person"]})}
     cov = CoverageLog(str(tmp_path / "cov.csv"), cameras, max_mb=600 / 1024 / 1024, keep=100)
     for i in range(100):
-        cov.write("cam0", i, i / 15, {"road": {"car": 0.25, "person": i / 100}})
+        cov.write("cam0", i, i / 15, (("road", "car"), ("road", "person")), [0.25, i / 100])
     cov.close()
     assert cov.file.rotated >= 3
     rows = list(csv.reader(_rows_of_parts(cov.file, "camera,frame,time_s,road:car,road:person\r\n")))
