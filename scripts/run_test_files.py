@@ -2,12 +2,15 @@
 `N passed, N failed, N skipped` (the counts of all files); exit 1 when any file failed or
 crashed. Used by scripts/test.sh for the whole suite.
 
-Two phases, so the suite fits its 15 minutes on 2 cores without making a timed test share
+Three phases, so the suite fits its 15 minutes on 2 cores without making a timed test share
 the CPU: first the files in COMPUTE_ONLY, two at a time (no fps, latency or drop checks, no
 live sources or outages whose timing matters, nothing they write that another of them reads;
 the bench smoke tests are here because each bench's verdict is accounting, not speed); then
-every other file, one at a time, on an otherwise idle machine. A new test file lands in
-the second phase until someone lists it here."""
+every other file but those in WAITING, one at a time, on an otherwise idle machine; last the
+WAITING files, two at a time: timed, but most of their wall time is real time passing (an
+outage, a reconnect, a watchdog period, a stream played at its rate) with under half a core
+busy, so two of them leave each other a core. A new test file lands in the second phase until
+someone lists it here."""
 from __future__ import annotations
 
 import os
@@ -44,6 +47,23 @@ COMPUTE_ONLY = [
     "test_console_history.py", "test_app_sinks.py", "test_train_gpu.py",
 ]
 
+# Timed files that mostly wait: wall and CPU seconds alone on the 2-core Xeon, 2026-12-07
+# (TEST_LOG_DIR run): longest first. Not here: files that check a rate or race a relay's
+# burst (test_multicamera_live, test_app_service, test_overlay_picture) or keep a core busy.
+WAITING = [
+    "test_faults_rtsp.py",                # 36 s wall, 12 s CPU
+    "test_rtsp_out.py",                   # 30, 5
+    "test_sd_notify.py",                  # 18, 6
+    "test_rtsp_app.py",                   # 16, 8
+    "test_reload.py",                     # 14, 6
+    "test_recording_live.py",             # 14, 3
+    "test_analytics_delivery_faults.py",  # 11, 1
+    "test_crash_safe_video.py",           # 5, 3
+    "test_rtsp_reconnect.py",             # 4, 0
+    "test_analytics_events.py",           # 4, 1
+    "test_app_sources.py",                # 3, 1
+]
+
 
 def run_file(name: str) -> dict:
     """One file in its own pytest process: its summary line, exit code, wall and CPU seconds."""
@@ -68,7 +88,8 @@ def main() -> int:
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py"))
     by_name = {Path(f).name: f for f in files}   # COMPUTE_ONLY names files by basename (unique in tests/)
     first = [by_name[n] for n in COMPUTE_ONLY if n in by_name]
-    rest = [f for f in files if f not in first]
+    last = [by_name[n] for n in WAITING if n in by_name]
+    rest = [f for f in files if f not in first and f not in last]
     totals = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     bad, t0, lock = [], time.monotonic(), threading.Lock()
 
@@ -86,13 +107,18 @@ def main() -> int:
                 if r["rc"] < 0 or not COUNT.search(r["last"]):
                     totals["errors"] += 1   # a crash: no summary line of its own
 
+    def two_at_a_time(names: list) -> None:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for r in pool.map(run_file, names):
+                report(r)
+
     print(f"{len(first)} compute-only files, {PARALLEL} at a time:", flush=True)
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        for r in pool.map(run_file, first):
-            report(r)
-    print(f"({time.monotonic() - t0:.0f} s) the other {len(rest)} files, one at a time:", flush=True)
+    two_at_a_time(first)
+    print(f"({time.monotonic() - t0:.0f} s) {len(rest)} timed files, one at a time:", flush=True)
     for name in rest:
         report(run_file(name))
+    print(f"({time.monotonic() - t0:.0f} s) {len(last)} timed files that mostly wait, {PARALLEL} at a time:", flush=True)
+    two_at_a_time(last)
     print(f"{len(bad)} file(s) failed: {', '.join(bad)}" if bad else "every test file passed",
           f"({time.monotonic() - t0:.0f} s)")
     print(f"{totals['passed']} passed, {totals['failed'] + totals['errors']} failed, {totals['skipped']} skipped")
