@@ -29,7 +29,8 @@ if [ $# -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@"
 fi
 # The whole suite: one pytest process per test file, so the compute-only files can run two at a
-# time and the timed ones alone after them (scripts/run_test_files.py): that keeps the suite
+# time, the timed ones alone after them, and last the timed ones that mostly wait two at a time
+# (scripts/run_test_files.py): that keeps the suite
 # inside its 15 minutes on 2 cores. (The segfault that once made one long process crash was
 # OpenVINO's CPU plugin restoring a freed signal stack; engines/openvino_engine.py works around
 # it, tests/engines/test_openvino_signal_stack.py holds both. `.venv/bin/python -m pytest -q`
