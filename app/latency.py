@@ -286,7 +286,6 @@ class LatencyRecorder:
                 self.log.close()
 
 
-
 def read_log(path: str | Path) -> list[dict]:
     """A --latency-log file -> rows as dicts with floats (None for empty), for plots and tests."""
     path = Path(path)

@@ -355,7 +355,7 @@ def in_process(args) -> int:
     seconds = args.minutes * 60
     scale = min(1.0, max(args.minutes / REFERENCE_MINUTES, 0.25))
     periods = {"rtsp": 60 * scale, "mqtt": 150 * scale, "reload": 90 * scale, "viewers_turn": 5.0}
-    # Warm-up: a third of the run, at most 10 minutes: the bounded buffers fill first (the page's
+    # Warm-up: a third of the run, at most 11 minutes: the bounded buffers fill first (the page's
     # coverage ring holds 10 minutes per camera, ONNX Runtime and malloc arenas settle).
     from app.server.coverage_ring import SPAN_S
     warmup_s = min(SPAN_S + 60.0, seconds / 3)   # the coverage ring full, and a minute more

@@ -417,4 +417,3 @@ class CoverageLog:
 
     def close(self) -> None:
         self.file.close()
-

@@ -1,8 +1,9 @@
 """Coverage: for every zone and class, the share of the zone's pixels with that class, from
 ONE histogram pass over (cell, class) (app/analytics/zones.py) summed into zones by the
-membership matrix (pair_ratios: the pairs a camera reports; coverage_ratios: every pair). This numpy function is the reference the CUDA kernel `zone_histogram`
-(engines/overlay.cu) is held to bit for bit: the kernel returns the same [cells x classes]
-counts from the labels on the device.
+membership matrix (pair_ratios: the pairs a camera reports; coverage_ratios: every pair).
+cell_histogram is the reference the CUDA kernel `zone_histogram` (engines/overlay.cu) is held
+to bit for bit: the kernel returns the same [cells x classes] counts from the labels on the
+device.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class Raster:
     cells: np.ndarray           # uint8 [h, w]: the cell of each label pixel
     membership: np.ndarray      # int64 [cells, zones]: 1 where the cell lies in the zone
     area: np.ndarray            # int64 [zones]: pixels in each zone
-    _codes: dict = field(default_factory=dict, repr=False)   # codes and pair_weights, computed once
+    _cache: dict = field(default_factory=dict, repr=False)   # codes() and pair_weights(), made once
 
     @property
     def num_cells(self) -> int:
@@ -50,9 +50,9 @@ class Raster:
     def codes(self, num_classes: int) -> np.ndarray:
         """uint8 [h, w]: cell * num_classes, the first byte code of each pixel's cell (a label
         adds its class); kept per class count. Only where cells x classes <= 256."""
-        if num_classes not in self._codes:
-            self._codes[num_classes] = (self.cells.astype(np.int32) * num_classes).astype(np.uint8)
-        return self._codes[num_classes]
+        if num_classes not in self._cache:
+            self._cache[num_classes] = (self.cells.astype(np.int32) * num_classes).astype(np.uint8)
+        return self._cache[num_classes]
 
     def pair_weights(self, num_classes: int, pair_zone: np.ndarray, pair_class: np.ndarray):
         """For (zone, class) pairs: float64 [cells * classes, pairs], 1 where a cell's count of a
@@ -60,12 +60,12 @@ class Raster:
         least 1); kept per pair list. A row of [cells x classes] counts @ the first is each
         pair's pixel count (exact: integers below 2^53)."""
         key = ("pairs", num_classes, pair_zone.tobytes(), pair_class.tobytes())
-        if key not in self._codes:
+        if key not in self._cache:
             weights = np.zeros((self.num_cells, num_classes, len(pair_zone)))
             weights[:, pair_class, np.arange(len(pair_zone))] = self.membership[:, pair_zone]
-            self._codes[key] = (weights.reshape(-1, len(pair_zone)),
+            self._cache[key] = (weights.reshape(-1, len(pair_zone)),
                                 np.maximum(self.area[pair_zone], 1).astype(np.float64))
-        return self._codes[key]
+        return self._cache[key]
 
 
 class Zones:

@@ -49,7 +49,6 @@ def frame(i, value):
     return Frame(i, 100.0 + i * 0.1, np.zeros((4, 8, 3), np.uint8)), np.full((4, 8), value, np.int64)
 
 
-
 def test_coverage_history_reads_a_rotated_log_with_two_headers_in_wall_time(tmp_path):
     log = tmp_path / "coverage.csv"
     square = {"name": "a", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}

@@ -75,7 +75,6 @@ def overlays(port: int) -> tuple[float, float, float]:
             metric_values(text, "bisenet_http_viewers").get((), 0.0))
 
 
-
 def test_an_http_output_draws_only_while_a_viewer_watches(free_port):
     port = free_port
     settings = build({"source": [str(SAMPLE_VIDEO)], "realtime": True, "loop": True,

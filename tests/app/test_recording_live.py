@@ -25,7 +25,6 @@ def _packets(path) -> int:
     return int(r.stdout.strip())
 
 
-
 def test_a_live_record_input_reconnects_and_goes_on_in_a_new_segment_at_a_keyframe(relay, publishers, tmp_path):
     push, pull = relay.push_url("/main"), relay.pull_url("/main")
     publisher = publishers(push)

@@ -62,7 +62,6 @@ def coverage_rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-
 def test_a_reload_moves_a_zone_adds_and_removes_cameras_and_the_others_lose_no_frame(engine, slow_street, tmp_path):
     """Three cameras run; a reload moves camera a's zone and gives it a new one, removes c and
     adds d: a and b write every frame, their latency rows go on with the next ids, the coverage

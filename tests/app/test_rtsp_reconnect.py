@@ -175,4 +175,3 @@ def test_uses_an_already_opened_first_reader():
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="--source-timeout"):
         ReconnectingReader(lambda: None, timeout_s=0)
-
